@@ -1,0 +1,250 @@
+//! Recurrent cells: one file per kind, each holding its forward pass over a whole
+//! sequence and its hand-derived backward pass through time.
+//!
+//! Shared conventions: time-major `[T, B, F]` buffers; parameters in torch.nn's
+//! layout (`W_ih [G·H, I]`, `W_hh [G·H, H]`, gate blocks stacked by rows); the big
+//! input GEMMs are hoisted out of the time loop (here), only `h_{t-1}·W_hhᵀ` and
+//! `dgates_t·W_hh` stay inside it (in the cell files).
+
+pub mod gru;
+pub mod lstm;
+pub mod rnn;
+
+use crate::kernel::{add_bias_rows, matmul, sum_rows_into, MatMut, MatRef};
+use crate::tensor::{Real, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Which recurrence a layer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellKind {
+    /// Elman RNN with tanh: `h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`.
+    RnnTanh,
+    /// Elman RNN with ReLU.
+    RnnRelu,
+    /// Long short-term memory, gates i, f, g, o.
+    Lstm,
+    /// Gated recurrent unit as torch.nn.GRU: reset applied after the recurrent matmul.
+    Gru,
+    /// GRU as Keras with `reset_after=False`: reset applied to `h` before the matmul, one bias.
+    GruResetBefore,
+}
+
+impl CellKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [CellKind; 5] = [
+        CellKind::RnnTanh,
+        CellKind::RnnRelu,
+        CellKind::Lstm,
+        CellKind::Gru,
+        CellKind::GruResetBefore,
+    ];
+
+    /// Number of gate blocks G in `W_ih [G·H, I]`.
+    pub fn gates(self) -> usize {
+        match self {
+            CellKind::RnnTanh | CellKind::RnnRelu => 1,
+            CellKind::Lstm => 4,
+            CellKind::Gru | CellKind::GruResetBefore => 3,
+        }
+    }
+
+    /// Whether the cell carries a second state `c` besides `h`.
+    pub fn has_cell_state(self) -> bool {
+        self == CellKind::Lstm
+    }
+
+    /// Whether there is a `bias_hh` vector besides `bias_ih`.
+    pub fn has_bias_hh(self) -> bool {
+        self != CellKind::GruResetBefore
+    }
+
+    /// The name used in checkpoints and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellKind::RnnTanh => "rnn_tanh",
+            CellKind::RnnRelu => "rnn_relu",
+            CellKind::Lstm => "lstm",
+            CellKind::Gru => "gru",
+            CellKind::GruResetBefore => "gru_reset_before",
+        }
+    }
+
+    /// Parses [`CellKind::name`].
+    pub fn from_name(s: &str) -> Option<CellKind> {
+        CellKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+impl std::fmt::Display for CellKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The parameters of one cell (one layer, one direction), in torch.nn's shapes.
+/// The same struct holds their gradients.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CellParams<T = f32> {
+    /// Input weights `[G·H, I]`, gate blocks stacked by rows.
+    pub w_ih: Tensor<T>,
+    /// Recurrent weights `[G·H, H]`.
+    pub w_hh: Tensor<T>,
+    /// Input bias `[G·H]`.
+    pub b_ih: Tensor<T>,
+    /// Recurrent bias `[G·H]`; absent for [`CellKind::GruResetBefore`].
+    pub b_hh: Option<Tensor<T>>,
+}
+
+impl<T: Real> CellParams<T> {
+    /// All-zero parameters (used for gradients).
+    pub fn zeros(kind: CellKind, input_size: usize, hidden_size: usize) -> Self {
+        let gh = kind.gates() * hidden_size;
+        CellParams {
+            w_ih: Tensor::zeros(&[gh, input_size]),
+            w_hh: Tensor::zeros(&[gh, hidden_size]),
+            b_ih: Tensor::zeros(&[gh]),
+            b_hh: kind.has_bias_hh().then(|| Tensor::zeros(&[gh])),
+        }
+    }
+
+    /// Hidden size H.
+    pub fn hidden_size(&self) -> usize {
+        self.w_hh.shape()[1]
+    }
+
+    /// Input size I.
+    pub fn input_size(&self) -> usize {
+        self.w_ih.shape()[1]
+    }
+
+    /// The tensors with their torch.nn suffix-less names (`weight_ih`, …), in state-dict order.
+    pub fn named(&self) -> Vec<(&'static str, &Tensor<T>)> {
+        let mut v = vec![
+            ("weight_ih", &self.w_ih),
+            ("weight_hh", &self.w_hh),
+            ("bias_ih", &self.b_ih),
+        ];
+        if let Some(b) = &self.b_hh {
+            v.push(("bias_hh", b));
+        }
+        v
+    }
+
+    /// Mutable version of [`CellParams::named`].
+    pub fn named_mut(&mut self) -> Vec<(&'static str, &mut Tensor<T>)> {
+        let mut v = vec![
+            ("weight_ih", &mut self.w_ih),
+            ("weight_hh", &mut self.w_hh),
+            ("bias_ih", &mut self.b_ih),
+        ];
+        if let Some(b) = &mut self.b_hh {
+            v.push(("bias_hh", b));
+        }
+        v
+    }
+}
+
+/// How one direction of one layer walks a batch of sequences.
+#[derive(Clone, Copy, Debug)]
+pub struct Seq<'a> {
+    /// Number of timesteps T (the padded length).
+    pub steps: usize,
+    /// Batch size B.
+    pub batch: usize,
+    /// One length per sequence (≤ T); `None` means all are T.
+    pub lengths: Option<&'a [usize]>,
+    /// Walk from the last step to the first.
+    pub reverse: bool,
+}
+
+impl Seq<'_> {
+    /// The timestep processed at step `s` of the walk.
+    #[inline]
+    pub fn time(&self, s: usize) -> usize {
+        if self.reverse {
+            self.steps - 1 - s
+        } else {
+            s
+        }
+    }
+
+    /// Whether sequence `b` has a real input at time `t`. Padded steps leave the
+    /// state unchanged and output zero, so the reverse walk starts at each
+    /// sequence's own last step.
+    #[inline]
+    pub fn valid(&self, t: usize, b: usize) -> bool {
+        self.lengths.is_none_or(|l| t < l[b])
+    }
+}
+
+/// `xp [rows, G·H] = x [rows, I] · W_ihᵀ + b_ih`, plus `b_hh` when `fold_bias_hh`
+/// (cells whose recurrent term is purely additive fold both biases in once).
+pub(crate) fn project_inputs<T: Real>(
+    p: &CellParams<T>,
+    x: &[T],
+    rows: usize,
+    xp: &mut [T],
+    fold_bias_hh: bool,
+) {
+    let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
+    matmul(
+        MatMut::dense(xp, rows, gh),
+        MatRef::dense(x, rows, i),
+        MatRef::dense(p.w_ih.data(), gh, i).t(),
+        false,
+    );
+    add_bias_rows(xp, p.b_ih.data());
+    if fold_bias_hh {
+        if let Some(b) = &p.b_hh {
+            add_bias_rows(xp, b.data());
+        }
+    }
+}
+
+/// After the time loop, from the pre-activation gradients `dg [rows, G·H]` of the
+/// input side: `dW_ih += dgᵀ·x`, `db_ih += Σ dg`, `dx += dg·W_ih`.
+pub(crate) fn input_grads<T: Real>(
+    p: &CellParams<T>,
+    g: &mut CellParams<T>,
+    x: &[T],
+    rows: usize,
+    dg: &[T],
+    dx: &mut [T],
+) {
+    let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
+    let dg_mat = MatRef::dense(dg, rows, gh);
+    matmul(
+        MatMut::dense(g.w_ih.data_mut(), gh, i),
+        dg_mat.t(),
+        MatRef::dense(x, rows, i),
+        true,
+    );
+    sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
+    matmul(
+        MatMut::dense(dx, rows, i),
+        dg_mat,
+        MatRef::dense(p.w_ih.data(), gh, i),
+        true,
+    );
+}
+
+/// `dW_hh += dghᵀ·h_prev` and `db_hh += Σ dgh`, for cells whose recurrent
+/// pre-activation is `h_{t-1}·W_hhᵀ + b_hh` throughout.
+pub(crate) fn recurrent_grads<T: Real>(
+    g: &mut CellParams<T>,
+    h_prev: &[T],
+    rows: usize,
+    dgh: &[T],
+) {
+    let (gh, h) = (g.w_hh.shape()[0], g.w_hh.shape()[1]);
+    matmul(
+        MatMut::dense(g.w_hh.data_mut(), gh, h),
+        MatRef::dense(dgh, rows, gh).t(),
+        MatRef::dense(h_prev, rows, h),
+        true,
+    );
+    if let Some(b) = &mut g.b_hh {
+        sum_rows_into(b.data_mut(), &dgh[..rows * gh]);
+    }
+}

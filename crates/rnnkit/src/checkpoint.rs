@@ -1,0 +1,315 @@
+//! Safetensors files: reading with every name, dtype and shape checked, and
+//! atomic writing (temporary file in the same folder, fsync, rename).
+
+use crate::cell::{CellKind, CellParams};
+use crate::error::{Error, Result};
+use crate::layer::{Recurrent, RecurrentConfig};
+use crate::tensor::{Real, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A safetensors file read into memory and validated (header, offsets, sizes).
+#[derive(Debug)]
+pub struct TensorFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    /// Reads and validates `path`; a truncated or hostile file is an error, never a panic.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// Validates an in-memory file; `path` is only used in messages.
+    pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self> {
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint {
+            path: path.clone(),
+            msg: format!("not a valid safetensors file ({e}); was it written completely?"),
+        })?;
+        // read_metadata checks the header; deserialize also checks every tensor's offsets and size.
+        SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint {
+            path: path.clone(),
+            msg: format!("not a valid safetensors file ({e})"),
+        })?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        Ok(TensorFile {
+            path,
+            bytes,
+            metadata,
+        })
+    }
+
+    /// The file this was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The string → string metadata of the header.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("validated in from_bytes")
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tensors()
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The shape of tensor `name`, if present.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors().tensor(name).ok().map(|t| t.shape().to_vec())
+    }
+
+    /// An error about this file.
+    pub fn error(&self, msg: impl Into<String>) -> Error {
+        Error::Checkpoint {
+            path: self.path.clone(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Reads tensor `name` (stored as F32 or F64) as `T`; when `shape` is given it must match exactly.
+    pub fn get<T: Real>(&self, name: &str, shape: Option<&[usize]>) -> Result<Tensor<T>> {
+        let st = self.tensors();
+        let view = st
+            .tensor(name)
+            .map_err(|_| self.error(format!("tensor `{name}` is missing")))?;
+        if let Some(want) = shape {
+            if view.shape() != want {
+                return Err(self.error(format!(
+                    "tensor `{name}` has shape {:?}, expected {want:?}",
+                    view.shape()
+                )));
+            }
+        }
+        let data: Vec<T> = match view.dtype() {
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| T::of(f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64))
+                .collect(),
+            Dtype::F64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|b| T::of(f64::from_le_bytes(b.try_into().expect("8 bytes"))))
+                .collect(),
+            other => {
+                return Err(self.error(format!(
+                    "tensor `{name}` has dtype {other:?}; rnnkit reads F32 or F64"
+                )))
+            }
+        };
+        Tensor::from_vec(view.shape(), data)
+            .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
+    }
+
+    /// Reads an integer tensor `name` (I64 or I32), e.g. sequence lengths.
+    pub fn get_ints(&self, name: &str) -> Result<Vec<i64>> {
+        let st = self.tensors();
+        let view = st
+            .tensor(name)
+            .map_err(|_| self.error(format!("tensor `{name}` is missing")))?;
+        match view.dtype() {
+            Dtype::I64 => Ok(view
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect()),
+            Dtype::I32 => Ok(view
+                .data()
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64)
+                .collect()),
+            other => Err(self.error(format!(
+                "tensor `{name}` has dtype {other:?}; expected I64 or I32"
+            ))),
+        }
+    }
+}
+
+/// Writes `tensors` (name, tensor) and `metadata` to `path` atomically: a reader sees
+/// the old file or the complete new one, never a partial file.
+pub fn save<T: Real>(
+    path: impl AsRef<Path>,
+    tensors: &[(String, &Tensor<T>)],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let dtype = if T::DTYPE == "F64" {
+        Dtype::F64
+    } else {
+        Dtype::F32
+    };
+    let bufs: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let bytes = t
+                .data()
+                .iter()
+                .flat_map(|&v| {
+                    if dtype == Dtype::F64 {
+                        v.f64().to_le_bytes().to_vec()
+                    } else {
+                        (v.f64() as f32).to_le_bytes().to_vec()
+                    }
+                })
+                .collect();
+            (n.clone(), bytes, t.shape().to_vec())
+        })
+        .collect();
+    let views = bufs
+        .iter()
+        .map(|(n, b, s)| {
+            Ok((
+                n.as_str(),
+                safetensors::tensor::TensorView::new(dtype, s.clone(), b)
+                    .map_err(|e| Error::Shape(format!("{n}: {e}")))?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes =
+        safetensors::serialize(views, Some(metadata.clone())).map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all(); // best effort: not every filesystem syncs directories
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+impl<T: Real> Recurrent<T> {
+    /// Loads the parameters of this layer from `file`, each named `{prefix}{torch name}`
+    /// (e.g. `rnn.weight_ih_l0`). Every name, dtype and shape is checked first; the
+    /// layer is unchanged on error.
+    pub fn load_params(&mut self, file: &TensorFile, prefix: &str) -> Result<()> {
+        let mut loaded = Vec::new();
+        let mut err = None;
+        self.visit_params(&mut |name, t| {
+            if err.is_none() {
+                match file.get::<T>(&format!("{prefix}{name}"), Some(t.shape())) {
+                    Ok(v) => loaded.push(v),
+                    Err(e) => err = Some(e),
+                }
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let mut it = loaded.into_iter();
+        self.visit_params_mut(&mut |_, t, _| *t = it.next().expect("one per parameter"));
+        Ok(())
+    }
+
+    /// Builds a layer from a torch state dict saved as safetensors, inferring sizes,
+    /// layer count and directions from the tensors named `{prefix}weight_ih_l0` etc.
+    /// The cell kind cannot be told from shapes alone (tanh vs relu), so it is given.
+    pub fn from_state_dict(file: &TensorFile, prefix: &str, cell: CellKind) -> Result<Self> {
+        let first = format!("{prefix}weight_ih_l0");
+        let shape = file.shape(&first).ok_or_else(|| {
+            file.error(format!(
+                "tensor `{first}` is missing: not a {cell} state dict with prefix `{prefix}`"
+            ))
+        })?;
+        let [gh, input_size] = shape[..] else {
+            return Err(file.error(format!("tensor `{first}` must be 2-D, got {shape:?}")));
+        };
+        if gh == 0 || gh % cell.gates() != 0 {
+            return Err(file.error(format!(
+                "tensor `{first}` has {gh} rows, not a multiple of {} as a {cell} needs",
+                cell.gates()
+            )));
+        }
+        let hidden_size = gh / cell.gates();
+        let mut num_layers = 0;
+        while file
+            .shape(&format!("{prefix}weight_ih_l{num_layers}"))
+            .is_some()
+        {
+            num_layers += 1;
+        }
+        let bidirectional = file
+            .shape(&format!("{prefix}weight_ih_l0_reverse"))
+            .is_some();
+        let config = RecurrentConfig::new(cell, input_size, hidden_size)
+            .with_layers(num_layers)
+            .with_bidirectional(bidirectional);
+        config.validate()?;
+        let params = (0..num_layers * config.directions())
+            .map(|idx| {
+                CellParams::zeros(
+                    cell,
+                    config.layer_input_size(idx / config.directions()),
+                    hidden_size,
+                )
+            })
+            .collect();
+        let mut layer = Recurrent::from_params(config, params)?;
+        layer.load_params(file, prefix)?;
+        Ok(layer)
+    }
+
+    /// Saves this layer's parameters under torch's names (with `prefix`) to `path`, atomically.
+    pub fn save_params(
+        &self,
+        path: impl AsRef<Path>,
+        prefix: &str,
+        metadata: &HashMap<String, String>,
+    ) -> Result<()> {
+        let mut named = Vec::new();
+        self.visit_params(&mut |n, t| named.push((format!("{prefix}{n}"), t.clone())));
+        let refs: Vec<(String, &Tensor<T>)> = named.iter().map(|(n, t)| (n.clone(), t)).collect();
+        save(path, &refs, metadata)
+    }
+}

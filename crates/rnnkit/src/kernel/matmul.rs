@@ -1,0 +1,228 @@
+//! `C (+)= op(A) · op(B)` through the `gemm` crate, which picks AVX-512, AVX2 or
+//! scalar micro-kernels at run time, so one binary runs on any x86-64 CPU.
+
+use crate::tensor::Real;
+use gemm::Parallelism;
+
+/// A read-only matrix operand: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A row-major `rows × cols` matrix whose rows start `ld` elements apart.
+    pub fn new(data: &'a [T], rows: usize, cols: usize, ld: usize) -> Self {
+        let m = MatRef {
+            data,
+            rows,
+            cols,
+            rs: ld,
+            cs: 1,
+        };
+        m.check();
+        m
+    }
+
+    /// A dense row-major `rows × cols` matrix.
+    pub fn dense(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self::new(data, rows, cols, cols)
+    }
+
+    /// The transpose, without moving data.
+    pub fn t(self) -> Self {
+        MatRef {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matrix operand outside its buffer");
+        }
+    }
+}
+
+/// A row-major output matrix: element `(i, j)` is `data[i * ld + j]`.
+#[derive(Debug)]
+pub struct MatMut<'a, T> {
+    data: &'a mut [T],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+}
+
+impl<'a, T> MatMut<'a, T> {
+    /// A row-major `rows × cols` output whose rows start `ld` elements apart.
+    pub fn new(data: &'a mut [T], rows: usize, cols: usize, ld: usize) -> Self {
+        if rows > 0 && cols > 0 {
+            assert!(
+                (rows - 1) * ld + cols <= data.len(),
+                "output outside its buffer"
+            );
+        }
+        MatMut {
+            data,
+            rows,
+            cols,
+            ld,
+        }
+    }
+
+    /// A dense row-major `rows × cols` output.
+    pub fn dense(data: &'a mut [T], rows: usize, cols: usize) -> Self {
+        Self::new(data, rows, cols, cols)
+    }
+}
+
+/// Below this many multiply-adds a product runs on the calling thread: waking
+/// the pool costs more than it saves.
+const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+
+/// `C = A·B`, or `C += A·B` when `accumulate`. Shapes must agree (checked).
+pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, accumulate: bool) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    assert!(a.rows == m && b.rows == k && b.cols == n, "matmul shapes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c.data[i * c.ld..i * c.ld + n].fill(T::zero());
+            }
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: `MatRef::new`/`MatMut::new` checked that every addressed element lies
+    // inside its slice; `c` is borrowed mutably so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.data.as_mut_ptr(),
+            1,
+            c.ld as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The plain triple loop that [`matmul`] must agree with.
+pub fn matmul_ref<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, accumulate: bool) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    assert!(a.rows == m && b.rows == k && b.cols == n, "matmul shapes");
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = T::zero();
+            for p in 0..k {
+                s += a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs];
+            }
+            let dst = &mut c.data[i * c.ld + j];
+            *dst = if accumulate { *dst + s } else { s };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
+        (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
+    }
+
+    #[test]
+    fn agrees_with_the_triple_loop_on_awkward_shapes_and_transposes() {
+        let mut rng = Rng::new(3);
+        for &(m, n, k) in &[
+            (0, 3, 2),
+            (1, 1, 1),
+            (3, 0, 5),
+            (2, 3, 0),
+            (15, 17, 16),
+            (63, 33, 65),
+            (64, 200, 50),
+        ] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for accumulate in [false, true] {
+                    let a = random(m * k + 1, &mut rng);
+                    let b = random(k * n + 1, &mut rng);
+                    let init = random(m * n, &mut rng);
+                    let op = |d: &[f32], r: usize, c: usize, t: bool| {
+                        if t {
+                            MatRef::dense(&d[..r * c], c, r).t()
+                        } else {
+                            MatRef::dense(&d[..r * c], r, c)
+                        }
+                    };
+                    let mut c1 = init.clone();
+                    let mut c2 = init.clone();
+                    matmul(
+                        MatMut::dense(&mut c1, m, n),
+                        op(&a, m, k, ta),
+                        op(&b, k, n, tb),
+                        accumulate,
+                    );
+                    matmul_ref(
+                        MatMut::dense(&mut c2, m, n),
+                        op(&a, m, k, ta),
+                        op(&b, k, n, tb),
+                        accumulate,
+                    );
+                    for (i, (x, y)) in c1.iter().zip(&c2).enumerate() {
+                        assert!(
+                            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                            "m{m} n{n} k{k} ta{ta} tb{tb} acc{accumulate} [{i}]: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_sub_blocks() {
+        // The middle 2 columns of a 3×4 matrix, times a 2×2 block.
+        let a: Vec<f64> = (0..12).map(f64::from).collect();
+        let b = [1.0, 2.0, 3.0, 4.0];
+        let mut c = vec![0.0; 3 * 5];
+        matmul(
+            MatMut::new(&mut c, 3, 2, 5),
+            MatRef::new(&a[1..], 3, 2, 4),
+            MatRef::dense(&b, 2, 2),
+            false,
+        );
+        assert_eq!(&c[0..2], &[1.0 + 2.0 * 3.0, 2.0 + 2.0 * 4.0]);
+        assert_eq!(&c[5..7], &[5.0 + 6.0 * 3.0, 2.0 * 5.0 + 6.0 * 4.0]);
+    }
+}

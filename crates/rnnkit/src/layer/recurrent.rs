@@ -1,0 +1,641 @@
+//! The recurrent layer: one cell kind × `num_layers` × one or two directions,
+//! parameters named and shaped as torch.nn.RNN / LSTM / GRU.
+
+use super::Dropout;
+use crate::cell::gru::{self, GruCache};
+use crate::cell::lstm::{self, LstmCache};
+use crate::cell::rnn::{self, Activation, RnnCache};
+use crate::cell::{CellKind, CellParams, Seq};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use crate::tensor::{scratch, Real, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// How the two directions of a bidirectional layer are combined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Merge {
+    /// `[forward, backward]` side by side (torch.nn's behaviour), width 2H.
+    #[default]
+    Concat,
+    /// Elementwise sum, width H.
+    Sum,
+    /// Elementwise product, width H.
+    Mul,
+    /// Elementwise mean, width H.
+    Average,
+}
+
+/// Configuration of a [`Recurrent`] layer; stored with the model in checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecurrentConfig {
+    /// The recurrence.
+    pub cell: CellKind,
+    /// Width of the input features.
+    pub input_size: usize,
+    /// Width of the hidden state H.
+    pub hidden_size: usize,
+    /// Number of stacked layers.
+    pub num_layers: usize,
+    /// Run a second, reversed direction in every layer.
+    pub bidirectional: bool,
+    /// How the two directions are combined (bidirectional only).
+    pub merge: Merge,
+    /// Dropout probability on the outputs of every layer but the last, in training.
+    pub dropout: f32,
+}
+
+impl RecurrentConfig {
+    /// One unidirectional layer, no dropout.
+    pub fn new(cell: CellKind, input_size: usize, hidden_size: usize) -> Self {
+        RecurrentConfig {
+            cell,
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            bidirectional: false,
+            merge: Merge::Concat,
+            dropout: 0.0,
+        }
+    }
+
+    /// Sets the number of stacked layers.
+    pub fn with_layers(mut self, num_layers: usize) -> Self {
+        self.num_layers = num_layers;
+        self
+    }
+
+    /// Makes every layer bidirectional (or not).
+    pub fn with_bidirectional(mut self, bidirectional: bool) -> Self {
+        self.bidirectional = bidirectional;
+        self
+    }
+
+    /// Sets how directions are merged.
+    pub fn with_merge(mut self, merge: Merge) -> Self {
+        self.merge = merge;
+        self
+    }
+
+    /// Sets the dropout between stacked layers.
+    pub fn with_dropout(mut self, dropout: f32) -> Self {
+        self.dropout = dropout;
+        self
+    }
+
+    /// Number of directions D (1 or 2).
+    pub fn directions(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Width of each layer's output: D·H when concatenated, else H.
+    pub fn output_size(&self) -> usize {
+        if self.bidirectional && self.merge == Merge::Concat {
+            2 * self.hidden_size
+        } else {
+            self.hidden_size
+        }
+    }
+
+    /// Width of the input of layer `l`.
+    pub fn layer_input_size(&self, l: usize) -> usize {
+        if l == 0 {
+            self.input_size
+        } else {
+            self.output_size()
+        }
+    }
+
+    /// Fails with a message naming the field if a value is impossible.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.input_size == 0 {
+            return bad("input_size must be at least 1".into());
+        }
+        if self.hidden_size == 0 {
+            return bad("hidden_size must be at least 1".into());
+        }
+        if self.num_layers == 0 {
+            return bad("num_layers must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// Builds the layer with torch.nn's default initialisation: every weight and bias U(−1/√H, 1/√H).
+    pub fn init<T: Real>(&self, rng: &mut Rng) -> Result<Recurrent<T>> {
+        self.validate()?;
+        let k = 1.0 / (self.hidden_size as f64).sqrt();
+        let mut params = Vec::new();
+        for l in 0..self.num_layers {
+            for _ in 0..self.directions() {
+                let mut p =
+                    CellParams::zeros(self.cell, self.layer_input_size(l), self.hidden_size);
+                for (_, t) in p.named_mut() {
+                    t.data_mut()
+                        .iter_mut()
+                        .for_each(|v| *v = T::of(rng.uniform_in(-k, k)));
+                }
+                params.push(p);
+            }
+        }
+        Recurrent::from_params(self.clone(), params)
+    }
+}
+
+/// The state of a recurrent layer, laid out as torch.nn's `h_n` / `c_n`:
+/// `[num_layers · D, B, H]`, ordered layer 0 forward, layer 0 reverse, layer 1 forward, …
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecurrentState<T = f32> {
+    /// Hidden state.
+    pub h: Tensor<T>,
+    /// Cell state (LSTM only).
+    pub c: Option<Tensor<T>>,
+}
+
+impl<T: Real> RecurrentState<T> {
+    /// The all-zero state for a batch of `batch` sequences.
+    pub fn zeros(config: &RecurrentConfig, batch: usize) -> Self {
+        let shape = [
+            config.num_layers * config.directions(),
+            batch,
+            config.hidden_size,
+        ];
+        RecurrentState {
+            h: Tensor::zeros(&shape),
+            c: config.cell.has_cell_state().then(|| Tensor::zeros(&shape)),
+        }
+    }
+
+    fn check(&self, config: &RecurrentConfig, batch: usize, what: &str) -> Result<()> {
+        let shape = [
+            config.num_layers * config.directions(),
+            batch,
+            config.hidden_size,
+        ];
+        self.h.expect_shape(&format!("{what} h"), &shape)?;
+        match (&self.c, config.cell.has_cell_state()) {
+            (Some(c), true) => c.expect_shape(&format!("{what} c"), &shape),
+            (None, false) => Ok(()),
+            (None, true) => Err(Error::Shape(format!(
+                "{what}: an LSTM state needs c as well as h"
+            ))),
+            (Some(_), false) => Err(Error::Shape(format!(
+                "{what}: a {} state has no c",
+                config.cell
+            ))),
+        }
+    }
+}
+
+/// Saved activations of one cell, by kind.
+#[derive(Clone, Debug)]
+enum CellCache<T> {
+    Rnn(RnnCache<T>),
+    Lstm(LstmCache<T>),
+    Gru(GruCache<T>),
+}
+
+/// Everything the last forward pass keeps for the backward pass; reused between calls.
+#[derive(Clone, Debug, Default)]
+struct Saved<T> {
+    steps: usize,
+    batch: usize,
+    lengths: Option<Vec<usize>>,
+    /// Input of every layer (after dropout) `[T, B, in_l]`.
+    inputs: Vec<Vec<T>>,
+    /// Dropout on the input of every layer (unused for layer 0).
+    dropout: Vec<Dropout<T>>,
+    /// Output of every cell `[T, B, H]`.
+    outputs: Vec<Vec<T>>,
+    caches: Vec<CellCache<T>>,
+    /// Scratch for splitting output gradients by direction `[T, B, H]`.
+    d_out: Vec<T>,
+    /// The gradient flowing between layers `[T, B, width]`.
+    d_between: Vec<T>,
+    ready: bool,
+}
+
+/// A stack of recurrent layers, uni- or bidirectional, with its parameter gradients.
+#[derive(Clone, Debug)]
+pub struct Recurrent<T: Real = f32> {
+    config: RecurrentConfig,
+    params: Vec<CellParams<T>>,
+    grads: Vec<CellParams<T>>,
+    saved: Saved<T>,
+}
+
+impl<T: Real> Recurrent<T> {
+    /// Builds the layer from given parameters, one [`CellParams`] per (layer, direction)
+    /// in torch's order; checks every shape against the configuration.
+    pub fn from_params(config: RecurrentConfig, params: Vec<CellParams<T>>) -> Result<Self> {
+        config.validate()?;
+        let want = config.num_layers * config.directions();
+        if params.len() != want {
+            return Err(Error::Shape(format!(
+                "{want} cells expected, {} given",
+                params.len()
+            )));
+        }
+        for (idx, p) in params.iter().enumerate() {
+            let expect = CellParams::<T>::zeros(
+                config.cell,
+                config.layer_input_size(idx / config.directions()),
+                config.hidden_size,
+            );
+            if p.b_hh.is_some() != expect.b_hh.is_some() {
+                return Err(Error::Shape(format!(
+                    "{}: bias_hh{} is {}",
+                    config.cell,
+                    suffix(&config, idx),
+                    if expect.b_hh.is_some() {
+                        "required"
+                    } else {
+                        "not used"
+                    }
+                )));
+            }
+            for ((name, got), (_, exp)) in p.named().into_iter().zip(expect.named()) {
+                got.expect_shape(&format!("{name}{}", suffix(&config, idx)), exp.shape())?;
+            }
+        }
+        let grads = params
+            .iter()
+            .enumerate()
+            .map(|(idx, _)| {
+                CellParams::zeros(
+                    config.cell,
+                    config.layer_input_size(idx / config.directions()),
+                    config.hidden_size,
+                )
+            })
+            .collect();
+        Ok(Recurrent {
+            config,
+            params,
+            grads,
+            saved: Saved::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RecurrentConfig {
+        &self.config
+    }
+
+    /// The parameters of every cell, in torch's order (layer 0 forward, layer 0 reverse, …).
+    pub fn cells(&self) -> &[CellParams<T>] {
+        &self.params
+    }
+
+    /// Calls `f(name, value)` for every parameter, named as torch.nn names it (`weight_ih_l0`, …).
+    pub fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<T>)) {
+        for (idx, p) in self.params.iter().enumerate() {
+            for (name, t) in p.named() {
+                f(&format!("{name}{}", suffix(&self.config, idx)), t);
+            }
+        }
+    }
+
+    /// Calls `f(name, value, gradient)` for every parameter: the one visitor that the
+    /// optimiser, clipping and checkpoints use.
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor<T>, &mut Tensor<T>)) {
+        for (idx, (p, g)) in self.params.iter_mut().zip(&mut self.grads).enumerate() {
+            for ((name, t), (_, gt)) in p.named_mut().into_iter().zip(g.named_mut()) {
+                f(&format!("{name}{}", suffix(&self.config, idx)), t, gt);
+            }
+        }
+    }
+
+    /// The accumulated gradient of the parameter named `name` (torch naming).
+    pub fn grad(&self, name: &str) -> Option<&Tensor<T>> {
+        let idx = self.params_index(name)?;
+        let base = name.split("_l").next()?;
+        self.grads[idx]
+            .named()
+            .into_iter()
+            .find(|(n, _)| *n == base)
+            .map(|(_, t)| t)
+    }
+
+    /// The parameter named `name` (torch naming).
+    pub fn param(&self, name: &str) -> Option<&Tensor<T>> {
+        let idx = self.params_index(name)?;
+        let base = name.split("_l").next()?;
+        self.params[idx]
+            .named()
+            .into_iter()
+            .find(|(n, _)| *n == base)
+            .map(|(_, t)| t)
+    }
+
+    fn params_index(&self, name: &str) -> Option<usize> {
+        (0..self.params.len()).find(|&idx| {
+            let sfx = suffix(&self.config, idx);
+            name.strip_suffix(&sfx).is_some_and(|base| {
+                ["weight_ih", "weight_hh", "bias_ih", "bias_hh"].contains(&base)
+            })
+        })
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grad(&mut self) {
+        self.visit_params_mut(&mut |_, _, g| g.fill_zero());
+    }
+
+    /// Runs the stack over `x [T, B, input_size]` (time-major) in inference mode.
+    /// See [`Recurrent::forward_train`].
+    pub fn forward(
+        &mut self,
+        x: &Tensor<T>,
+        lengths: Option<&[usize]>,
+        init: Option<&RecurrentState<T>>,
+    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        self.run_forward(x, lengths, init, None)
+    }
+
+    /// Runs the stack over `x [T, B, input_size]` (time-major), applying dropout
+    /// between layers with masks drawn from `rng`. `lengths` (one per sequence, ≤ T)
+    /// marks padding: padded steps output zero and leave the state unchanged.
+    /// `init` defaults to zeros. Returns the output `[T, B, output_size]` and the
+    /// final state; keeps what [`Recurrent::backward`] needs.
+    pub fn forward_train(
+        &mut self,
+        x: &Tensor<T>,
+        lengths: Option<&[usize]>,
+        init: Option<&RecurrentState<T>>,
+        rng: &mut Rng,
+    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        self.run_forward(x, lengths, init, Some(rng))
+    }
+
+    fn run_forward(
+        &mut self,
+        x: &Tensor<T>,
+        lengths: Option<&[usize]>,
+        init: Option<&RecurrentState<T>>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        let cfg = &self.config;
+        let &[steps, batch, width] = x.shape() else {
+            return Err(Error::Shape(format!(
+                "input must be [T, B, {}], got {:?}",
+                cfg.input_size,
+                x.shape()
+            )));
+        };
+        if width != cfg.input_size {
+            return Err(Error::Shape(format!(
+                "input must be [T, B, {}], got {:?}",
+                cfg.input_size,
+                x.shape()
+            )));
+        }
+        if let Some(l) = lengths {
+            if l.len() != batch {
+                return Err(Error::Shape(format!(
+                    "{} lengths given for a batch of {batch}",
+                    l.len()
+                )));
+            }
+            if let Some((b, &len)) = l.iter().enumerate().find(|(_, &len)| len > steps) {
+                return Err(Error::Input(format!(
+                    "length {len} of sequence {b} exceeds the {steps} timesteps of the input"
+                )));
+            }
+        }
+        let mut state = match init {
+            Some(s) => {
+                s.check(cfg, batch, "initial state")?;
+                s.clone()
+            }
+            None => RecurrentState::zeros(cfg, batch),
+        };
+        let (dirs, hs, layers) = (cfg.directions(), cfg.hidden_size, cfg.num_layers);
+        let saved = &mut self.saved;
+        saved.ready = false;
+        saved.steps = steps;
+        saved.batch = batch;
+        saved.lengths = lengths.map(<[usize]>::to_vec);
+        saved.inputs.resize_with(layers, Vec::new);
+        saved.dropout.resize_with(layers, Dropout::default);
+        saved.outputs.resize_with(layers * dirs, Vec::new);
+        if saved.caches.len() != layers * dirs {
+            saved.caches = (0..layers * dirs)
+                .map(|_| match cfg.cell {
+                    CellKind::RnnTanh | CellKind::RnnRelu => CellCache::Rnn(RnnCache::default()),
+                    CellKind::Lstm => CellCache::Lstm(LstmCache::default()),
+                    CellKind::Gru | CellKind::GruResetBefore => CellCache::Gru(GruCache::default()),
+                })
+                .collect();
+        }
+        let out_w = cfg.output_size();
+        let mut out = Tensor::zeros(&[steps, batch, out_w]);
+        for l in 0..layers {
+            if l == 0 {
+                scratch(&mut saved.inputs[0], x.len()).copy_from_slice(x.data());
+            } else {
+                let inp = scratch(&mut saved.inputs[l], out.len());
+                inp.copy_from_slice(out.data());
+                match rng.as_deref_mut() {
+                    Some(r) => saved.dropout[l].forward(inp, cfg.dropout, r),
+                    None => saved.dropout[l].forward(inp, 0.0, &mut Rng::new(0)),
+                }
+            }
+            for d in 0..dirs {
+                let idx = l * dirs + d;
+                let seq = Seq {
+                    steps,
+                    batch,
+                    lengths,
+                    reverse: d == 1,
+                };
+                let y = scratch(&mut saved.outputs[idx], steps * batch * hs);
+                let h = &mut state.h.data_mut()[idx * batch * hs..][..batch * hs];
+                let x_l = &saved.inputs[l];
+                let p = &self.params[idx];
+                match (&mut saved.caches[idx], cfg.cell) {
+                    (CellCache::Rnn(c), CellKind::RnnTanh) => {
+                        rnn::forward(p, Activation::Tanh, seq, x_l, c, y, h)
+                    }
+                    (CellCache::Rnn(c), _) => rnn::forward(p, Activation::Relu, seq, x_l, c, y, h),
+                    (CellCache::Lstm(c), _) => {
+                        let cs = &mut state.c.as_mut().expect("LSTM state has c").data_mut()
+                            [idx * batch * hs..][..batch * hs];
+                        lstm::forward(p, seq, x_l, c, y, h, cs)
+                    }
+                    (CellCache::Gru(c), kind) => {
+                        gru::forward(p, kind == CellKind::Gru, seq, x_l, c, y, h)
+                    }
+                }
+            }
+            merge_forward(
+                cfg,
+                &saved.outputs[l * dirs..(l + 1) * dirs],
+                out.data_mut(),
+            );
+        }
+        saved.ready = true;
+        Ok((out, state))
+    }
+
+    /// Backpropagates through the last forward pass. `dy [T, B, output_size]` is the
+    /// gradient of the output (ignored at padded steps); `d_final` that of the final
+    /// state (zeros if `None`). Adds every parameter gradient (so truncated BPTT and
+    /// shared weights accumulate) and returns the gradients of the input `[T, B, input_size]`
+    /// and of the initial state.
+    pub fn backward(
+        &mut self,
+        dy: &Tensor<T>,
+        d_final: Option<&RecurrentState<T>>,
+    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        let cfg = &self.config;
+        let saved = &mut self.saved;
+        if !saved.ready {
+            return Err(Error::Input(
+                "backward called without a forward pass before it".into(),
+            ));
+        }
+        let (steps, batch) = (saved.steps, saved.batch);
+        dy.expect_shape("output gradient", &[steps, batch, cfg.output_size()])?;
+        let mut d_state = match d_final {
+            Some(s) => {
+                s.check(cfg, batch, "final-state gradient")?;
+                s.clone()
+            }
+            None => RecurrentState::zeros(cfg, batch),
+        };
+        let (dirs, hs) = (cfg.directions(), cfg.hidden_size);
+        let lengths = saved.lengths.as_deref();
+        scratch(&mut saved.d_between, dy.len()).copy_from_slice(dy.data());
+        let mut dx = Vec::new();
+        for l in (0..cfg.num_layers).rev() {
+            let in_w = cfg.layer_input_size(l);
+            dx = vec![T::zero(); steps * batch * in_w];
+            for d in 0..dirs {
+                let idx = l * dirs + d;
+                let seq = Seq {
+                    steps,
+                    batch,
+                    lengths,
+                    reverse: d == 1,
+                };
+                merge_backward(
+                    cfg,
+                    &saved.d_between,
+                    &saved.outputs[l * dirs..(l + 1) * dirs],
+                    d,
+                    scratch(&mut saved.d_out, steps * batch * hs),
+                );
+                let dh = &mut d_state.h.data_mut()[idx * batch * hs..][..batch * hs];
+                let (p, g, x_l, dout) = (
+                    &self.params[idx],
+                    &mut self.grads[idx],
+                    &saved.inputs[l],
+                    &saved.d_out,
+                );
+                match (&mut saved.caches[idx], cfg.cell) {
+                    (CellCache::Rnn(c), CellKind::RnnTanh) => {
+                        rnn::backward(p, g, Activation::Tanh, seq, x_l, c, dout, dh, &mut dx)
+                    }
+                    (CellCache::Rnn(c), _) => {
+                        rnn::backward(p, g, Activation::Relu, seq, x_l, c, dout, dh, &mut dx)
+                    }
+                    (CellCache::Lstm(c), _) => {
+                        let dc = &mut d_state.c.as_mut().expect("LSTM state has c").data_mut()
+                            [idx * batch * hs..][..batch * hs];
+                        lstm::backward(p, g, seq, x_l, c, dout, dh, dc, &mut dx)
+                    }
+                    (CellCache::Gru(c), kind) => {
+                        gru::backward(p, g, kind == CellKind::Gru, seq, x_l, c, dout, dh, &mut dx)
+                    }
+                }
+            }
+            if l > 0 {
+                saved.dropout[l].backward(&mut dx);
+                scratch(&mut saved.d_between, dx.len()).copy_from_slice(&dx);
+            }
+        }
+        Ok((
+            Tensor::from_vec(&[steps, batch, cfg.input_size], dx)?,
+            d_state,
+        ))
+    }
+}
+
+/// `_l{k}` or `_l{k}_reverse`: torch's suffix for cell `idx`.
+fn suffix(cfg: &RecurrentConfig, idx: usize) -> String {
+    let (l, d) = (idx / cfg.directions(), idx % cfg.directions());
+    format!("_l{l}{}", if d == 1 { "_reverse" } else { "" })
+}
+
+/// Combines the direction outputs `[T, B, H]` of one layer into `out [T, B, output_size]`.
+fn merge_forward<T: Real>(cfg: &RecurrentConfig, dirs: &[Vec<T>], out: &mut [T]) {
+    let hs = cfg.hidden_size;
+    if dirs.len() == 1 {
+        out.copy_from_slice(&dirs[0]);
+        return;
+    }
+    let (f, b) = (&dirs[0], &dirs[1]);
+    match cfg.merge {
+        Merge::Concat => {
+            for ((o, fr), br) in out
+                .chunks_exact_mut(2 * hs)
+                .zip(f.chunks_exact(hs))
+                .zip(b.chunks_exact(hs))
+            {
+                o[..hs].copy_from_slice(fr);
+                o[hs..].copy_from_slice(br);
+            }
+        }
+        Merge::Sum => out
+            .iter_mut()
+            .zip(f.iter().zip(b))
+            .for_each(|(o, (&x, &y))| *o = x + y),
+        Merge::Mul => out
+            .iter_mut()
+            .zip(f.iter().zip(b))
+            .for_each(|(o, (&x, &y))| *o = x * y),
+        Merge::Average => out
+            .iter_mut()
+            .zip(f.iter().zip(b))
+            .for_each(|(o, (&x, &y))| *o = (x + y) * T::of(0.5)),
+    }
+}
+
+/// The gradient reaching direction `d` from the merged output gradient `dy`.
+fn merge_backward<T: Real>(
+    cfg: &RecurrentConfig,
+    dy: &[T],
+    dirs: &[Vec<T>],
+    d: usize,
+    out: &mut [T],
+) {
+    let hs = cfg.hidden_size;
+    if dirs.len() == 1 {
+        out.copy_from_slice(dy);
+        return;
+    }
+    match cfg.merge {
+        Merge::Concat => {
+            for (o, g) in out.chunks_exact_mut(hs).zip(dy.chunks_exact(2 * hs)) {
+                o.copy_from_slice(&g[d * hs..(d + 1) * hs]);
+            }
+        }
+        Merge::Sum => out.copy_from_slice(dy),
+        Merge::Mul => out
+            .iter_mut()
+            .zip(dy.iter().zip(&dirs[1 - d]))
+            .for_each(|(o, (&g, &other))| *o = g * other),
+        Merge::Average => out
+            .iter_mut()
+            .zip(dy)
+            .for_each(|(o, &g)| *o = g * T::of(0.5)),
+    }
+}

@@ -1,0 +1,21 @@
+//! rnnkit: recurrent neural networks (vanilla RNN, LSTM, GRU) trained by
+//! backpropagation through time on the CPU, numerically equal to PyTorch.
+//!
+//! Layering, top to bottom: [`layer`] (recurrent stacks, embeddings, linear maps),
+//! [`cell`] (one recurrence per file, forward and backward), [`kernel`] (GEMM and
+//! elementwise work), [`tensor`] (owned buffers). [`checkpoint`] reads and writes
+//! safetensors files under torch's parameter names.
+
+pub mod cell;
+pub mod checkpoint;
+pub mod error;
+pub mod kernel;
+pub mod layer;
+pub mod rng;
+pub mod tensor;
+
+pub use cell::CellKind;
+pub use error::{Error, Result};
+pub use layer::{Merge, Recurrent, RecurrentConfig, RecurrentState};
+pub use rng::Rng;
+pub use tensor::{Real, Tensor};

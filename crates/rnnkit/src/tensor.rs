@@ -1,0 +1,153 @@
+//! Plain owned tensors: a shape and a row-major buffer. No autograd tape.
+
+use crate::error::{Error, Result};
+use std::fmt::Debug;
+
+/// Floating-point element type of tensors: `f32` for work, `f64` for gradient checks.
+pub trait Real:
+    num_traits::Float
+    + num_traits::FromPrimitive
+    + num_traits::ToPrimitive
+    + Default
+    + Debug
+    + Send
+    + Sync
+    + std::iter::Sum
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::MulAssign
+    + 'static
+{
+    /// Name of the safetensors dtype (`F32`, `F64`).
+    const DTYPE: &'static str;
+    /// Converts from `f64`, rounding to nearest.
+    fn of(x: f64) -> Self;
+    /// Widens to `f64`.
+    fn f64(self) -> f64;
+}
+
+impl Real for f32 {
+    const DTYPE: &'static str = "F32";
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    const DTYPE: &'static str = "F64";
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+}
+
+/// An owned, row-major, n-dimensional array.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor<T = f32> {
+    shape: Vec<usize>,
+    data: Vec<T>,
+}
+
+impl<T: Real> Tensor<T> {
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize]) -> Self {
+        Tensor {
+            shape: shape.to_vec(),
+            data: vec![T::zero(); shape.iter().product()],
+        }
+    }
+
+    /// Wraps a buffer; fails if its length is not the product of `shape`.
+    pub fn from_vec(shape: &[usize], data: Vec<T>) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::Shape(format!(
+                "shape {shape:?} holds {n} elements but {} were given",
+                data.len()
+            )));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    /// The dimensions.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The elements, row-major.
+    pub fn data(&self) -> &[T] {
+        &self.data
+    }
+
+    /// The elements, row-major, mutable.
+    pub fn data_mut(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the tensor holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Gives up the buffer.
+    pub fn into_vec(self) -> Vec<T> {
+        self.data
+    }
+
+    /// Same elements under another shape with the same element count.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != self.data.len() {
+            return Err(Error::Shape(format!(
+                "cannot reshape {:?} into {shape:?}",
+                self.shape
+            )));
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// Sets every element to zero.
+    pub fn fill_zero(&mut self) {
+        self.data.iter_mut().for_each(|x| *x = T::zero());
+    }
+
+    /// Converts every element to another precision.
+    pub fn cast<U: Real>(&self) -> Tensor<U> {
+        Tensor {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|&x| U::of(x.f64())).collect(),
+        }
+    }
+
+    /// Fails unless the shape is exactly `expected`; `what` names the tensor in the message.
+    pub fn expect_shape(&self, what: &str, expected: &[usize]) -> Result<()> {
+        if self.shape != expected {
+            return Err(Error::Shape(format!(
+                "{what}: expected shape {expected:?}, got {:?}",
+                self.shape
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Resizes a scratch buffer to `n` elements, reusing its allocation when it is large enough.
+pub(crate) fn scratch<T: Real>(buf: &mut Vec<T>, n: usize) -> &mut [T] {
+    buf.clear();
+    buf.resize(n, T::zero());
+    &mut buf[..]
+}
