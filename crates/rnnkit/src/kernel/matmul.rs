@@ -157,6 +157,15 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
+    /// `d` as an `r × c` operand, stored transposed when `t`.
+    fn op(d: &[f32], r: usize, c: usize, t: bool) -> MatRef<'_, f32> {
+        if t {
+            MatRef::dense(&d[..r * c], c, r).t()
+        } else {
+            MatRef::dense(&d[..r * c], r, c)
+        }
+    }
+
     fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
         (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
     }
@@ -178,13 +187,6 @@ mod tests {
                     let a = random(m * k + 1, &mut rng);
                     let b = random(k * n + 1, &mut rng);
                     let init = random(m * n, &mut rng);
-                    let op = |d: &[f32], r: usize, c: usize, t: bool| {
-                        if t {
-                            MatRef::dense(&d[..r * c], c, r).t()
-                        } else {
-                            MatRef::dense(&d[..r * c], r, c)
-                        }
-                    };
                     let mut c1 = init.clone();
                     let mut c2 = init.clone();
                     matmul(

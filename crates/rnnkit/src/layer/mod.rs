@@ -8,4 +8,4 @@ mod recurrent;
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use recurrent::{Merge, Recurrent, RecurrentConfig, RecurrentState};
+pub use recurrent::{Merge, ParamVisitor, Recurrent, RecurrentConfig, RecurrentState};

@@ -194,6 +194,9 @@ impl<T: Real> RecurrentState<T> {
     }
 }
 
+/// `f(name, value, gradient)`, called once per parameter.
+pub type ParamVisitor<'a, T> = dyn FnMut(&str, &mut Tensor<T>, &mut Tensor<T>) + 'a;
+
 /// Saved activations of one cell, by kind.
 #[derive(Clone, Debug)]
 enum CellCache<T> {
@@ -305,7 +308,7 @@ impl<T: Real> Recurrent<T> {
 
     /// Calls `f(name, value, gradient)` for every parameter: the one visitor that the
     /// optimiser, clipping and checkpoints use.
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor<T>, &mut Tensor<T>)) {
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
         for (idx, (p, g)) in self.params.iter_mut().zip(&mut self.grads).enumerate() {
             for ((name, t), (_, gt)) in p.named_mut().into_iter().zip(g.named_mut()) {
                 f(&format!("{name}{}", suffix(&self.config, idx)), t, gt);
