@@ -3,7 +3,7 @@
 //! elements/s where one element is one floating-point operation, i.e. GFLOP/s.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rnnkit::{CellKind, Recurrent, RecurrentConfig, Rng, Tensor};
+use rnnkit::{CellKind, Parameters, Recurrent, RecurrentConfig, Rng, Tensor};
 
 fn lstm_forward_backward(c: &mut Criterion) {
     let (t, b, i, h) = (100, 64, 512, 512);

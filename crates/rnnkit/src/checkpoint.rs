@@ -3,7 +3,7 @@
 
 use crate::cell::{CellKind, CellParams};
 use crate::error::{Error, Result};
-use crate::layer::{Recurrent, RecurrentConfig};
+use crate::layer::{Parameters, Recurrent, RecurrentConfig};
 use crate::tensor::{Real, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -229,29 +229,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.map_err(io)
 }
 
-impl<T: Real> Recurrent<T> {
-    /// Loads the parameters of this layer from `file`, each named `{prefix}{torch name}`
-    /// (e.g. `rnn.weight_ih_l0`). Every name, dtype and shape is checked first; the
-    /// layer is unchanged on error.
-    pub fn load_params(&mut self, file: &TensorFile, prefix: &str) -> Result<()> {
-        let mut loaded = Vec::new();
-        let mut err = None;
-        self.visit_params(&mut |name, t| {
-            if err.is_none() {
-                match file.get::<T>(&format!("{prefix}{name}"), Some(t.shape())) {
-                    Ok(v) => loaded.push(v),
-                    Err(e) => err = Some(e),
-                }
+/// Loads every parameter of `model` from `file`, each named `{prefix}{name}`
+/// (e.g. `rnn.weight_ih_l0`). Every name, dtype and shape is checked before
+/// anything is replaced, so the model is unchanged on error.
+pub fn load_params<T: Real>(model: &mut dyn Parameters<T>, file: &TensorFile, prefix: &str) -> Result<()> {
+    let mut loaded = Vec::new();
+    let mut err = None;
+    model.visit_params(&mut |name, t| {
+        if err.is_none() {
+            match file.get::<T>(&format!("{prefix}{name}"), Some(t.shape())) {
+                Ok(v) => loaded.push(v),
+                Err(e) => err = Some(e),
             }
-        });
-        if let Some(e) = err {
-            return Err(e);
         }
-        let mut it = loaded.into_iter();
-        self.visit_params_mut(&mut |_, t, _| *t = it.next().expect("one per parameter"));
-        Ok(())
+    });
+    if let Some(e) = err {
+        return Err(e);
     }
+    let mut it = loaded.into_iter();
+    model.visit_params_mut(&mut |_, t, _| *t = it.next().expect("one per parameter"));
+    Ok(())
+}
 
+/// Every parameter of `model` as (`{prefix}{name}`, value), in visiting order.
+pub fn named_params<T: Real>(model: &dyn Parameters<T>, prefix: &str) -> Vec<(String, Tensor<T>)> {
+    let mut named = Vec::new();
+    model.visit_params(&mut |n, t| named.push((format!("{prefix}{n}"), t.clone())));
+    named
+}
+
+impl<T: Real> Recurrent<T> {
     /// Builds a layer from a torch state dict saved as safetensors, inferring sizes,
     /// layer count and directions from the tensors named `{prefix}weight_ih_l0` etc.
     /// The cell kind cannot be told from shapes alone (tanh vs relu), so it is given.
@@ -296,7 +303,7 @@ impl<T: Real> Recurrent<T> {
             })
             .collect();
         let mut layer = Recurrent::from_params(config, params)?;
-        layer.load_params(file, prefix)?;
+        load_params(&mut layer, file, prefix)?;
         Ok(layer)
     }
 
@@ -307,8 +314,7 @@ impl<T: Real> Recurrent<T> {
         prefix: &str,
         metadata: &HashMap<String, String>,
     ) -> Result<()> {
-        let mut named = Vec::new();
-        self.visit_params(&mut |n, t| named.push((format!("{prefix}{n}"), t.clone())));
+        let named = named_params(self, prefix);
         let refs: Vec<(String, &Tensor<T>)> = named.iter().map(|(n, t)| (n.clone(), t)).collect();
         save(path, &refs, metadata)
     }

@@ -27,6 +27,9 @@ pub enum Error {
     /// Tensors passed to a layer do not fit it or each other.
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// Training produced a non-finite loss.
+    #[error("training diverged: {0}")]
+    Diverged(String),
     /// The data given (text, tokens, lengths) cannot be used.
     #[error("invalid input: {0}")]
     Input(String),

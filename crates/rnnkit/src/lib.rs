@@ -8,14 +8,20 @@
 
 pub mod cell;
 pub mod checkpoint;
+pub mod data;
+pub mod decode;
 pub mod error;
 pub mod kernel;
 pub mod layer;
+pub mod loss;
+pub mod model;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use cell::CellKind;
 pub use error::{Error, Result};
-pub use layer::{Merge, Recurrent, RecurrentConfig, RecurrentState};
+pub use layer::{Merge, Parameters, Recurrent, RecurrentConfig, RecurrentState};
 pub use rng::Rng;
 pub use tensor::{Real, Tensor};

@@ -4,7 +4,7 @@
 //! flowing in from the outputs and from the final states.
 
 use rnnkit::layer::{Embedding, Linear};
-use rnnkit::{CellKind, Merge, Recurrent, RecurrentConfig, RecurrentState, Rng, Tensor};
+use rnnkit::{CellKind, Parameters, Merge, Recurrent, RecurrentConfig, RecurrentState, Rng, Tensor};
 
 const EPS: f64 = 1e-6;
 

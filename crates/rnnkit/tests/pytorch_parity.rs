@@ -5,7 +5,7 @@
 //! state-dict path, `Recurrent::from_state_dict`.
 
 use rnnkit::checkpoint::TensorFile;
-use rnnkit::{CellKind, Real, Recurrent, RecurrentState, Tensor};
+use rnnkit::{CellKind, Parameters, Real, Recurrent, RecurrentState, Tensor};
 use std::path::PathBuf;
 
 fn fixture_dir() -> PathBuf {

@@ -2,7 +2,7 @@
 //! file can be wrong: each is a clear error that names the file and the tensor.
 
 use rnnkit::checkpoint::{self, TensorFile};
-use rnnkit::{CellKind, Recurrent, RecurrentConfig, Rng, Tensor};
+use rnnkit::{CellKind, Parameters, Recurrent, RecurrentConfig, Rng, Tensor};
 use std::collections::HashMap;
 
 fn bilstm() -> Recurrent<f32> {
@@ -54,7 +54,7 @@ fn write(dir: &std::path::Path, tensors: &[(&str, Tensor<f32>)]) -> std::path::P
 fn load_err(path: &std::path::Path) -> String {
     let layer_result = TensorFile::open(path).and_then(|f| {
         let mut l = bilstm();
-        l.load_params(&f, "")
+        checkpoint::load_params(&mut l, &f, "")
     });
     layer_result.unwrap_err().to_string()
 }

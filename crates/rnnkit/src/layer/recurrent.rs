@@ -1,7 +1,7 @@
 //! The recurrent layer: one cell kind × `num_layers` × one or two directions,
 //! parameters named and shaped as torch.nn.RNN / LSTM / GRU.
 
-use super::Dropout;
+use super::{Dropout, ParamVisitor, Parameters};
 use crate::cell::gru::{self, GruCache};
 use crate::cell::lstm::{self, LstmCache};
 use crate::cell::rnn::{self, Activation, RnnCache};
@@ -194,9 +194,6 @@ impl<T: Real> RecurrentState<T> {
     }
 }
 
-/// `f(name, value, gradient)`, called once per parameter.
-pub type ParamVisitor<'a, T> = dyn FnMut(&str, &mut Tensor<T>, &mut Tensor<T>) + 'a;
-
 /// Saved activations of one cell, by kind.
 #[derive(Clone, Debug)]
 enum CellCache<T> {
@@ -297,25 +294,6 @@ impl<T: Real> Recurrent<T> {
         &self.params
     }
 
-    /// Calls `f(name, value)` for every parameter, named as torch.nn names it (`weight_ih_l0`, …).
-    pub fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<T>)) {
-        for (idx, p) in self.params.iter().enumerate() {
-            for (name, t) in p.named() {
-                f(&format!("{name}{}", suffix(&self.config, idx)), t);
-            }
-        }
-    }
-
-    /// Calls `f(name, value, gradient)` for every parameter: the one visitor that the
-    /// optimiser, clipping and checkpoints use.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
-        for (idx, (p, g)) in self.params.iter_mut().zip(&mut self.grads).enumerate() {
-            for ((name, t), (_, gt)) in p.named_mut().into_iter().zip(g.named_mut()) {
-                f(&format!("{name}{}", suffix(&self.config, idx)), t, gt);
-            }
-        }
-    }
-
     /// The accumulated gradient of the parameter named `name` (torch naming).
     pub fn grad(&self, name: &str) -> Option<&Tensor<T>> {
         let idx = self.params_index(name)?;
@@ -345,11 +323,6 @@ impl<T: Real> Recurrent<T> {
                 ["weight_ih", "weight_hh", "bias_ih", "bias_hh"].contains(&base)
             })
         })
-    }
-
-    /// Sets every gradient to zero.
-    pub fn zero_grad(&mut self) {
-        self.visit_params_mut(&mut |_, _, g| g.fill_zero());
     }
 
     /// Runs the stack over `x [T, B, input_size]` (time-major) in inference mode.
@@ -569,6 +542,25 @@ impl<T: Real> Recurrent<T> {
             Tensor::from_vec(&[steps, batch, cfg.input_size], dx)?,
             d_state,
         ))
+    }
+}
+
+impl<T: Real> Parameters<T> for Recurrent<T> {
+    /// Names as torch.nn: `weight_ih_l0`, …, `bias_hh_l1_reverse`.
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<T>)) {
+        for (idx, p) in self.params.iter().enumerate() {
+            for (name, t) in p.named() {
+                f(&format!("{name}{}", suffix(&self.config, idx)), t);
+            }
+        }
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
+        for (idx, (p, g)) in self.params.iter_mut().zip(&mut self.grads).enumerate() {
+            for ((name, t), (_, gt)) in p.named_mut().into_iter().zip(g.named_mut()) {
+                f(&format!("{name}{}", suffix(&self.config, idx)), t, gt);
+            }
+        }
     }
 }
 

@@ -1,0 +1,208 @@
+//! Optimisers (Adam as torch.optim.Adam, SGD with momentum as torch.optim.SGD)
+//! and gradient clipping (global norm as torch.nn.utils.clip_grad_norm_, or by value).
+
+use crate::error::{Error, Result};
+use crate::layer::Parameters;
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Which update rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam with bias correction, β = (0.9, 0.999), ε = 1e-8.
+    Adam,
+    /// Stochastic gradient descent with (optional) heavy-ball momentum.
+    Sgd,
+}
+
+/// The optimiser with its per-parameter state, in the parameters' visiting order.
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    kind: OptimizerKind,
+    momentum: f32,
+    steps: u64,
+    /// Adam: first moments; SGD: momentum buffers.
+    m: Vec<Vec<f32>>,
+    /// Adam: second moments.
+    v: Vec<Vec<f32>>,
+}
+
+/// Reads a stored tensor by name, checking its shape.
+pub type TensorSource<'a> = dyn FnMut(&str, &[usize]) -> Result<Tensor<f32>> + 'a;
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f32 = 1e-8;
+
+impl Optimizer {
+    /// A fresh optimiser; `momentum` only matters for SGD.
+    pub fn new(kind: OptimizerKind, momentum: f32) -> Self {
+        Optimizer { kind, momentum, steps: 0, m: Vec::new(), v: Vec::new() }
+    }
+
+    /// Number of updates applied so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Applies one update with learning rate `lr` to every parameter from its gradient.
+    pub fn step(&mut self, model: &mut dyn Parameters<f32>, lr: f32) {
+        self.steps += 1;
+        let (kind, momentum, t) = (self.kind, self.momentum, self.steps as i32);
+        let (bc1, bc2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+        let step_size = (lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let (ms, vs) = (&mut self.m, &mut self.v);
+        let mut idx = 0;
+        model.visit_params_mut(&mut |_, p, g| {
+            if ms.len() <= idx {
+                ms.push(vec![0.0; p.len()]);
+                vs.push(if kind == OptimizerKind::Adam { vec![0.0; p.len()] } else { Vec::new() });
+            }
+            let (m, v) = (&mut ms[idx], &mut vs[idx]);
+            match kind {
+                OptimizerKind::Adam => {
+                    // torch.optim.Adam: p −= lr/bc1 · m / (√v / √bc2 + ε)
+                    for (((p, &g), m), v) in p.data_mut().iter_mut().zip(g.data()).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        *m = BETA1 as f32 * *m + (1.0 - BETA1 as f32) * g;
+                        *v = BETA2 as f32 * *v + (1.0 - BETA2 as f32) * g * g;
+                        *p -= step_size * *m / (v.sqrt() / bc2_sqrt + EPS);
+                    }
+                }
+                OptimizerKind::Sgd => {
+                    for ((p, &g), b) in p.data_mut().iter_mut().zip(g.data()).zip(m.iter_mut()) {
+                        *b = if momentum > 0.0 { momentum * *b + g } else { g };
+                        *p -= lr * *b;
+                    }
+                }
+            }
+            idx += 1;
+        });
+    }
+
+    /// The state as named tensors (`{prefix}m.{name}`, `{prefix}v.{name}`) to store in a checkpoint.
+    pub fn state_tensors(&self, model: &dyn Parameters<f32>, prefix: &str) -> Vec<(String, Tensor<f32>)> {
+        let mut out = Vec::new();
+        let mut idx = 0;
+        model.visit_params(&mut |name, p| {
+            if let Some(m) = self.m.get(idx) {
+                out.push((format!("{prefix}m.{name}"), Tensor::from_vec(p.shape(), m.clone()).expect("sized like p")));
+            }
+            if let Some(v) = self.v.get(idx).filter(|v| !v.is_empty()) {
+                out.push((format!("{prefix}v.{name}"), Tensor::from_vec(p.shape(), v.clone()).expect("sized like p")));
+            }
+            idx += 1;
+        });
+        out
+    }
+
+    /// Restores the state written by [`Optimizer::state_tensors`] after `steps` updates;
+    /// `get(name, shape)` reads one stored tensor.
+    pub fn restore(&mut self, model: &dyn Parameters<f32>, steps: u64, get: &mut TensorSource<'_>, prefix: &str) -> Result<()> {
+        self.steps = steps;
+        self.m.clear();
+        self.v.clear();
+        if steps == 0 {
+            return Ok(());
+        }
+        let mut err: Option<Error> = None;
+        model.visit_params(&mut |name, p| {
+            if err.is_some() {
+                return;
+            }
+            let mut read = |k: &str| get(&format!("{prefix}{k}.{name}"), p.shape()).map(Tensor::into_vec);
+            match read("m") {
+                Ok(m) => self.m.push(m),
+                Err(e) => err = Some(e),
+            }
+            if self.kind == OptimizerKind::Adam {
+                match read("v") {
+                    Ok(v) => self.v.push(v),
+                    Err(e) => err = Some(e),
+                }
+            } else {
+                self.v.push(Vec::new());
+            }
+        });
+        err.map_or(Ok(()), Err)
+    }
+}
+
+/// Global L2 norm of all gradients (accumulated in f64).
+pub fn grad_norm(model: &mut dyn Parameters<f32>) -> f64 {
+    let mut sq = 0.0f64;
+    model.visit_params_mut(&mut |_, _, g| sq += g.data().iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>());
+    sq.sqrt()
+}
+
+/// Scales all gradients so their global norm is at most `max_norm` (as
+/// torch.nn.utils.clip_grad_norm_, coefficient `max_norm / (norm + 1e-6)`);
+/// returns the norm before clipping.
+pub fn clip_grad_norm(model: &mut dyn Parameters<f32>, max_norm: f64) -> f64 {
+    let norm = grad_norm(model);
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        let c = coef as f32;
+        model.visit_params_mut(&mut |_, _, g| g.data_mut().iter_mut().for_each(|x| *x *= c));
+    }
+    norm
+}
+
+/// Clamps every gradient element to `[−limit, limit]`.
+pub fn clip_grad_value(model: &mut dyn Parameters<f32>, limit: f32) {
+    model.visit_params_mut(&mut |_, _, g| g.data_mut().iter_mut().for_each(|x| *x = x.clamp(-limit, limit)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::ParamVisitor;
+
+    struct One(Tensor<f32>, Tensor<f32>);
+    impl Parameters<f32> for One {
+        fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
+            f("w", &self.0)
+        }
+        fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
+            f("w", &mut self.0, &mut self.1)
+        }
+    }
+
+    #[test]
+    fn adam_first_step_moves_by_lr_times_sign() {
+        let mut p = One(Tensor::from_vec(&[2], vec![1.0, 1.0]).unwrap(), Tensor::from_vec(&[2], vec![0.5, -3.0]).unwrap());
+        let mut o = Optimizer::new(OptimizerKind::Adam, 0.0);
+        o.step(&mut p, 0.1);
+        assert!((p.0.data()[0] - 0.9).abs() < 1e-6 && (p.0.data()[1] - 1.1).abs() < 1e-6, "{:?}", p.0);
+    }
+
+    #[test]
+    fn sgd_momentum_and_clipping() {
+        let mut p = One(Tensor::from_vec(&[1], vec![0.0]).unwrap(), Tensor::from_vec(&[1], vec![1.0]).unwrap());
+        let mut o = Optimizer::new(OptimizerKind::Sgd, 0.9);
+        o.step(&mut p, 0.1);
+        o.step(&mut p, 0.1);
+        assert!((p.0.data()[0] + 0.1 + 0.19).abs() < 1e-6);
+        p.1 = Tensor::from_vec(&[1], vec![10.0]).unwrap();
+        assert_eq!(clip_grad_norm(&mut p, 5.0), 10.0);
+        assert!((p.1.data()[0] - 5.0).abs() < 1e-5);
+        clip_grad_value(&mut p, 2.0);
+        assert_eq!(p.1.data()[0], 2.0);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let mut p = One(Tensor::from_vec(&[2], vec![1.0, 2.0]).unwrap(), Tensor::from_vec(&[2], vec![0.5, -3.0]).unwrap());
+        let mut a = Optimizer::new(OptimizerKind::Adam, 0.0);
+        a.step(&mut p, 0.1);
+        let saved = a.state_tensors(&p, "opt.");
+        let mut b = Optimizer::new(OptimizerKind::Adam, 0.0);
+        let mut get = |n: &str, _: &[usize]| Ok(saved.iter().find(|(k, _)| k == n).unwrap().1.clone());
+        b.restore(&p, 1, &mut get, "opt.").unwrap();
+        let mut p2 = One(p.0.clone(), p.1.clone());
+        a.step(&mut p, 0.1);
+        b.step(&mut p2, 0.1);
+        assert_eq!(p.0, p2.0);
+    }
+}
