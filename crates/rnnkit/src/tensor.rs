@@ -24,6 +24,14 @@ pub trait Real:
     fn of(x: f64) -> Self;
     /// Widens to `f64`.
     fn f64(self) -> f64;
+    /// `x ← σ(x)` elementwise (vectorised for f32).
+    fn sigmoid_inplace(x: &mut [Self]) {
+        x.iter_mut().for_each(|v| *v = crate::kernel::sigmoid(*v));
+    }
+    /// `x ← tanh(x)` elementwise (vectorised for f32).
+    fn tanh_inplace(x: &mut [Self]) {
+        x.iter_mut().for_each(|v| *v = v.tanh());
+    }
 }
 
 impl Real for f32 {
@@ -33,6 +41,12 @@ impl Real for f32 {
     }
     fn f64(self) -> f64 {
         self as f64
+    }
+    fn sigmoid_inplace(x: &mut [Self]) {
+        crate::kernel::sigmoid_f32(x)
+    }
+    fn tanh_inplace(x: &mut [Self]) {
+        crate::kernel::tanh_f32(x)
     }
 }
 

@@ -24,8 +24,8 @@
 //!               dh_prev += d(r⊙h) ⊙ r + [da_r, da_z] · W_h{r,z}
 //! ```
 
-use super::{input_grads, project_inputs, recurrent_grads, CellParams, Seq};
-use crate::kernel::{matmul, sigmoid, MatMut, MatRef};
+use super::{for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq, Shared};
+use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
 
 /// What the forward pass saves for the backward pass, reused between calls.
@@ -37,106 +37,86 @@ pub struct GruCache<T> {
     h_prev: Vec<T>,
     /// Reset after: `W_hn h_{t-1} + b_hn`; reset before: `r ⊙ h_{t-1}`; `[T, B, H]`.
     aux: Vec<T>,
-    /// Per-step recurrent product `[B, 3H]`.
-    hp: Vec<T>,
+    /// `W_hhᵀ [H, 3H]`, the fast layout for the per-step products.
+    w_hh_t: Vec<T>,
     /// Input-side pre-activation gradients `[T, B, 3H]` (backward).
     dgx: Vec<T>,
     /// Recurrent-side pre-activation gradients `[T, B, 3H]` (backward, reset after only).
     dgh: Vec<T>,
-    /// Per-step `d(r ⊙ h)` `[B, H]` (backward, reset before only).
-    drh: Vec<T>,
 }
 
 /// Runs the cell over `x [T, B, I]` from `h` = h0; writes every output to
 /// `y [T, B, H]` (zero at padded steps) and leaves the final state in `h [B, H]`.
 /// `reset_after` picks torch's form; otherwise Keras' `reset_after=False`.
 #[allow(clippy::too_many_arguments)]
-pub fn forward<T: Real>(
-    p: &CellParams<T>,
-    reset_after: bool,
-    seq: Seq,
-    x: &[T],
-    cache: &mut GruCache<T>,
-    y: &mut [T],
-    h: &mut [T],
-) {
+pub fn forward<T: Real>(p: &CellParams<T>, reset_after: bool, seq: Seq, x: &[T], cache: &mut GruCache<T>, y: &mut [T], h: &mut [T]) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g3 = 3 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g3);
     project_inputs(p, x, steps * batch, gates, false);
-    let h_prev = scratch(&mut cache.h_prev, steps * batch * hs);
-    let aux = scratch(&mut cache.aux, steps * batch * hs);
-    let hp = scratch(&mut cache.hp, batch * g3);
-    let w_hh = p.w_hh.data();
-    let zero = Vec::new();
-    let b_hh = p.b_hh.as_ref().map_or(&zero[..], |b| b.data());
-    for s in 0..steps {
-        let t = seq.time(s);
-        let at = t * batch * hs;
-        h_prev[at..at + batch * hs].copy_from_slice(h);
-        let h_in = MatRef::dense(&h_prev[at..at + batch * hs], batch, hs);
-        if reset_after {
-            matmul(
-                MatMut::dense(hp, batch, g3),
-                h_in,
-                MatRef::dense(w_hh, g3, hs).t(),
-                false,
-            );
-        } else {
-            // Only r and z see h directly; n sees r ⊙ h, known after this product.
-            matmul(
-                MatMut::new(hp, batch, 2 * hs, g3),
-                h_in,
-                MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs).t(),
-                false,
-            );
-            for b in 0..batch {
+    transpose_into(p.w_hh.data(), g3, hs, &mut cache.w_hh_t);
+    let w_t = &cache.w_hh_t;
+    let no_bias = Vec::new();
+    let b_hh = p.b_hh.as_ref().map_or(&no_bias[..], |b| b.data());
+    let gates = Shared::new(gates, batch, g3);
+    let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
+    let aux = Shared::new(scratch(&mut cache.aux, steps * batch * hs), batch, hs);
+    let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
+    for_row_blocks(batch, |rows| {
+        let m = rows.len();
+        let mut hp = vec![T::zero(); m * g3];
+        // SAFETY: every block touches only its own batch rows of each buffer.
+        let h = unsafe { h.rows(0, &rows) };
+        for s in 0..steps {
+            let t = seq.time(s);
+            // SAFETY: as above; one slice per buffer and timestep.
+            let (a, hp_t, aux, y) = unsafe { (gates.rows(t, &rows), h_prev.rows(t, &rows), aux.rows(t, &rows), y.rows(t, &rows)) };
+            hp_t.copy_from_slice(h);
+            if reset_after {
+                matmul(MatMut::dense(&mut hp, m, g3), MatRef::dense(hp_t, m, hs), MatRef::dense(w_t, hs, g3), false);
+            } else {
+                // Only r and z see h directly; n sees r ⊙ h, known after this product.
+                matmul(MatMut::new(&mut hp, m, 2 * hs, g3), MatRef::dense(hp_t, m, hs), MatRef::new(w_t, hs, 2 * hs, g3), false);
+                for (i, b) in rows.clone().enumerate() {
+                    if seq.valid(t, b) {
+                        let r = &mut a[i * g3..][..hs];
+                        r.iter_mut().zip(&hp[i * g3..][..hs]).for_each(|(v, &u)| *v += u);
+                        T::sigmoid_inplace(r);
+                        for j in 0..hs {
+                            aux[i * hs + j] = r[j] * h[i * hs + j];
+                        }
+                    }
+                }
+                matmul(MatMut::new(&mut hp[2 * hs..], m, hs, g3), MatRef::dense(aux, m, hs), MatRef::new(&w_t[2 * hs..], hs, hs, g3), false);
+            }
+            for (i, b) in rows.clone().enumerate() {
+                let r = i * hs..(i + 1) * hs;
                 if !seq.valid(t, b) {
+                    y[r].fill(T::zero()); // padded: state carried unchanged
                     continue;
                 }
-                let a = &mut gates[(t * batch + b) * g3..][..g3];
+                let (a, hp) = (&mut a[i * g3..][..g3], &hp[i * g3..][..g3]);
+                if reset_after {
+                    a[..2 * hs].iter_mut().zip(&hp[..2 * hs]).zip(b_hh).for_each(|((v, &u), &bias)| *v += u + bias);
+                    T::sigmoid_inplace(&mut a[..2 * hs]);
+                    let hn = &mut aux[r.clone()];
+                    hn.iter_mut().zip(&hp[2 * hs..]).zip(&b_hh[2 * hs..]).for_each(|((v, &u), &bias)| *v = u + bias);
+                    let (rz, n) = a.split_at_mut(2 * hs);
+                    n.iter_mut().zip(&rz[..hs]).zip(hn.iter()).for_each(|((v, &rv), &hv)| *v += rv * hv);
+                } else {
+                    a[hs..].iter_mut().zip(&hp[hs..]).for_each(|(v, &u)| *v += u);
+                    T::sigmoid_inplace(&mut a[hs..2 * hs]);
+                }
+                T::tanh_inplace(&mut a[2 * hs..]);
+                let (z, n) = a[hs..].split_at(hs);
                 for j in 0..hs {
-                    let r = sigmoid(a[j] + hp[b * g3 + j]);
-                    a[j] = r;
-                    aux[at + b * hs + j] = r * h[b * hs + j];
+                    let v = (T::one() - z[j]) * n[j] + z[j] * h[i * hs + j];
+                    h[i * hs + j] = v;
+                    y[i * hs + j] = v;
                 }
             }
-            matmul(
-                MatMut::new(&mut hp[2 * hs..], batch, hs, g3),
-                MatRef::dense(&aux[at..at + batch * hs], batch, hs),
-                MatRef::dense(&w_hh[2 * hs * hs..], hs, hs).t(),
-                false,
-            );
         }
-        for b in 0..batch {
-            let row = at + b * hs;
-            let y_row = &mut y[row..row + hs];
-            if !seq.valid(t, b) {
-                y_row.fill(T::zero());
-                continue;
-            }
-            let a = &mut gates[(t * batch + b) * g3..][..g3];
-            let hp_row = &hp[b * g3..][..g3];
-            for j in 0..hs {
-                let (z, n) = if reset_after {
-                    let r = sigmoid(a[j] + hp_row[j] + b_hh[j]);
-                    let z = sigmoid(a[hs + j] + hp_row[hs + j] + b_hh[hs + j]);
-                    let hn = hp_row[2 * hs + j] + b_hh[2 * hs + j];
-                    a[j] = r;
-                    aux[row + j] = hn;
-                    (z, (a[2 * hs + j] + r * hn).tanh())
-                } else {
-                    let z = sigmoid(a[hs + j] + hp_row[hs + j]);
-                    (z, (a[2 * hs + j] + hp_row[2 * hs + j]).tanh())
-                };
-                a[hs + j] = z;
-                a[2 * hs + j] = n;
-                let v = (T::one() - z) * n + z * h[b * hs + j];
-                h[b * hs + j] = v;
-                y_row[j] = v;
-            }
-        }
-    }
+    });
 }
 
 /// Backpropagates through the sequence of the last [`forward`]: `dy [T, B, H]`
@@ -158,96 +138,72 @@ pub fn backward<T: Real>(
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g3 = 3 * hs;
     let one = T::one();
-    let dgx = scratch(&mut cache.dgx, steps * batch * g3);
-    let dgh = scratch(
-        &mut cache.dgh,
-        if reset_after { steps * batch * g3 } else { 0 },
-    );
-    let drh = scratch(&mut cache.drh, batch * hs);
     let w_hh = p.w_hh.data();
-    for s in (0..steps).rev() {
-        let t = seq.time(s);
-        let at = t * batch * hs;
-        for b in 0..batch {
-            if !seq.valid(t, b) {
-                continue; // dh passes through unchanged
-            }
-            let row = at + b * hs;
-            let a = &cache.gates[(t * batch + b) * g3..][..g3];
-            let dg = &mut dgx[(t * batch + b) * g3..][..g3];
-            for j in 0..hs {
-                let (r, z, n) = (a[j], a[hs + j], a[2 * hs + j]);
-                let h_old = cache.h_prev[row + j];
-                let d = dh[b * hs + j] + dy[row + j];
-                let dan = d * (one - z) * (one - n * n);
-                dg[hs + j] = d * (h_old - n) * z * (one - z);
-                dg[2 * hs + j] = dan;
-                if reset_after {
-                    dg[j] = dan * cache.aux[row + j] * r * (one - r);
-                    let dgh_row = &mut dgh[(t * batch + b) * g3..][..g3];
-                    (dgh_row[j], dgh_row[hs + j], dgh_row[2 * hs + j]) =
-                        (dg[j], dg[hs + j], dan * r);
+    let (gates, h_prev, aux) = (&cache.gates, &cache.h_prev, &cache.aux);
+    let dgx_all = Shared::new(scratch(&mut cache.dgx, steps * batch * g3), batch, g3);
+    let dgh_all = Shared::new(scratch(&mut cache.dgh, if reset_after { steps * batch * g3 } else { 0 }), batch, g3);
+    let dh_all = Shared::new(dh, batch, hs);
+    for_row_blocks(batch, |rows| {
+        let m = rows.len();
+        let mut drh = vec![T::zero(); if reset_after { 0 } else { m * hs }];
+        // SAFETY: every block touches only its own batch rows of each buffer.
+        let dh = unsafe { dh_all.rows(0, &rows) };
+        for s in (0..steps).rev() {
+            let t = seq.time(s);
+            // SAFETY: as above.
+            let dgx = unsafe { dgx_all.rows(t, &rows) };
+            let dgh: &mut [T] = if reset_after { unsafe { dgh_all.rows(t, &rows) } } else { &mut [] };
+            for (i, b) in rows.clone().enumerate() {
+                if !seq.valid(t, b) {
+                    continue; // dh passes through unchanged
                 }
-                dh[b * hs + j] = d * z;
+                let row = t * batch + b;
+                let a = &gates[row * g3..][..g3];
+                let dg = &mut dgx[i * g3..][..g3];
+                for j in 0..hs {
+                    let (r, z, n) = (a[j], a[hs + j], a[2 * hs + j]);
+                    let d = dh[i * hs + j] + dy[row * hs + j];
+                    let dan = d * (one - z) * (one - n * n);
+                    dg[hs + j] = d * (h_prev[row * hs + j] - n) * z * (one - z);
+                    dg[2 * hs + j] = dan;
+                    if reset_after {
+                        dg[j] = dan * aux[row * hs + j] * r * (one - r);
+                        let dgh = &mut dgh[i * g3..][..g3];
+                        (dgh[j], dgh[hs + j], dgh[2 * hs + j]) = (dg[j], dg[hs + j], dan * r);
+                    }
+                    dh[i * hs + j] = d * z;
+                }
             }
-        }
-        let dg_t = &mut dgx[t * batch * g3..][..batch * g3];
-        if reset_after {
-            matmul(
-                MatMut::dense(dh, batch, hs),
-                MatRef::dense(&dgh[t * batch * g3..][..batch * g3], batch, g3),
-                MatRef::dense(w_hh, g3, hs),
-                true,
-            );
-            continue;
-        }
-        // Reset before: route da_n through W_hn to r ⊙ h, then to r and h.
-        matmul(
-            MatMut::dense(drh, batch, hs),
-            MatRef::new(&dg_t[2 * hs..], batch, hs, g3),
-            MatRef::dense(&w_hh[2 * hs * hs..], hs, hs),
-            false,
-        );
-        for b in 0..batch {
-            if !seq.valid(t, b) {
+            if reset_after {
+                matmul(MatMut::dense(dh, m, hs), MatRef::dense(dgh, m, g3), MatRef::dense(w_hh, g3, hs), true);
                 continue;
             }
-            let row = at + b * hs;
-            let dg = &mut dg_t[b * g3..][..g3];
-            let a = &cache.gates[(t * batch + b) * g3..][..g3];
-            for j in 0..hs {
-                let r = a[j];
-                let d_rh = drh[b * hs + j];
-                dg[j] = d_rh * cache.h_prev[row + j] * r * (one - r);
-                dh[b * hs + j] += d_rh * r;
+            // Reset before: route da_n through W_hn to r ⊙ h, then to r and h.
+            matmul(MatMut::dense(&mut drh, m, hs), MatRef::new(&dgx[2 * hs..], m, hs, g3), MatRef::dense(&w_hh[2 * hs * hs..], hs, hs), false);
+            for (i, b) in rows.clone().enumerate() {
+                if !seq.valid(t, b) {
+                    continue;
+                }
+                let row = t * batch + b;
+                let dg = &mut dgx[i * g3..][..g3];
+                for j in 0..hs {
+                    let r = gates[row * g3 + j];
+                    let d_rh = drh[i * hs + j];
+                    dg[j] = d_rh * h_prev[row * hs + j] * r * (one - r);
+                    dh[i * hs + j] += d_rh * r;
+                }
             }
+            matmul(MatMut::dense(dh, m, hs), MatRef::new(dgx, m, 2 * hs, g3), MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs), true);
         }
-        matmul(
-            MatMut::dense(dh, batch, hs),
-            MatRef::new(dg_t, batch, 2 * hs, g3),
-            MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs),
-            true,
-        );
-    }
+    });
     let rows = steps * batch;
-    input_grads(p, g, x, rows, dgx, dx);
+    input_grads(p, g, x, rows, &cache.dgx, dx);
     if reset_after {
-        recurrent_grads(g, &cache.h_prev, rows, dgh);
+        recurrent_grads(g, &cache.h_prev, rows, &cache.dgh);
     } else {
         // W_h{r,z} saw h_{t-1}; W_hn saw r ⊙ h_{t-1}.
-        let dw = g.w_hh.data_mut();
-        let (dw_rz, dw_n) = dw.split_at_mut(2 * hs * hs);
-        matmul(
-            MatMut::dense(dw_rz, 2 * hs, hs),
-            MatRef::new(dgx, rows, 2 * hs, g3).t(),
-            MatRef::dense(&cache.h_prev, rows, hs),
-            true,
-        );
-        matmul(
-            MatMut::dense(dw_n, hs, hs),
-            MatRef::new(&dgx[2 * hs..], rows, hs, g3).t(),
-            MatRef::dense(&cache.aux, rows, hs),
-            true,
-        );
+        let (dw_rz, dw_n) = g.w_hh.data_mut().split_at_mut(2 * hs * hs);
+        matmul(MatMut::dense(dw_rz, 2 * hs, hs), MatRef::new(&cache.dgx, rows, 2 * hs, g3).t(), MatRef::dense(&cache.h_prev, rows, hs), true);
+        matmul(MatMut::dense(dw_n, hs, hs), MatRef::new(&cache.dgx[2 * hs..], rows, hs, g3).t(), MatRef::dense(&cache.aux, rows, hs), true);
     }
 }

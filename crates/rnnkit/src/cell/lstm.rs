@@ -16,8 +16,8 @@
 //! dh_{t-1} = da · W_hh
 //! ```
 
-use super::{input_grads, project_inputs, recurrent_grads, CellParams, Seq};
-use crate::kernel::{matmul, sigmoid, MatMut, MatRef};
+use super::{for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq, Shared};
+use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
 
 /// What the forward pass saves for the backward pass, reused between calls.
@@ -31,8 +31,8 @@ pub struct LstmCache<T> {
     c_prev: Vec<T>,
     /// `tanh(c_t)` `[T, B, H]`.
     tanh_c: Vec<T>,
-    /// Per-step recurrent product `h_{t-1}·W_hhᵀ` `[B, 4H]`.
-    hp: Vec<T>,
+    /// `W_hhᵀ [H, 4H]`, the fast layout for the per-step product.
+    w_hh_t: Vec<T>,
     /// Pre-activation gradients `[T, B, 4H]` (backward).
     dgates: Vec<T>,
 }
@@ -40,59 +40,61 @@ pub struct LstmCache<T> {
 /// Runs the cell over `x [T, B, I]` from `(h, c)` = `(h0, c0)`. Writes every
 /// output to `y [T, B, H]` (zero at padded steps) and leaves the final state in
 /// `h`, `c` (each `[B, H]`).
-pub fn forward<T: Real>(
-    p: &CellParams<T>,
-    seq: Seq,
-    x: &[T],
-    cache: &mut LstmCache<T>,
-    y: &mut [T],
-    h: &mut [T],
-    c: &mut [T],
-) {
+pub fn forward<T: Real>(p: &CellParams<T>, seq: Seq, x: &[T], cache: &mut LstmCache<T>, y: &mut [T], h: &mut [T], c: &mut [T]) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g4 = 4 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g4);
     project_inputs(p, x, steps * batch, gates, true);
-    let h_prev = scratch(&mut cache.h_prev, steps * batch * hs);
-    let c_prev = scratch(&mut cache.c_prev, steps * batch * hs);
-    let tanh_c = scratch(&mut cache.tanh_c, steps * batch * hs);
-    let hp = scratch(&mut cache.hp, batch * g4);
-    let w_hh = MatRef::dense(p.w_hh.data(), g4, hs).t();
-    for s in 0..steps {
-        let t = seq.time(s);
-        let at = t * batch * hs;
-        h_prev[at..at + batch * hs].copy_from_slice(h);
-        c_prev[at..at + batch * hs].copy_from_slice(c);
-        matmul(
-            MatMut::dense(hp, batch, g4),
-            MatRef::dense(h, batch, hs),
-            w_hh,
-            false,
-        );
-        for b in 0..batch {
-            let row = at + b * hs;
-            let y_row = &mut y[row..row + hs];
-            if !seq.valid(t, b) {
-                y_row.fill(T::zero());
-                continue;
-            }
-            let a = &mut gates[(t * batch + b) * g4..][..g4];
-            let hp_row = &hp[b * g4..][..g4];
-            let (h_row, c_row) = (&mut h[b * hs..][..hs], &mut c[b * hs..][..hs]);
-            for j in 0..hs {
-                let i = sigmoid(a[j] + hp_row[j]);
-                let f = sigmoid(a[hs + j] + hp_row[hs + j]);
-                let g = (a[2 * hs + j] + hp_row[2 * hs + j]).tanh();
-                let o = sigmoid(a[3 * hs + j] + hp_row[3 * hs + j]);
-                (a[j], a[hs + j], a[2 * hs + j], a[3 * hs + j]) = (i, f, g, o);
-                let c_new = f * c_row[j] + i * g;
-                let tc = c_new.tanh();
-                c_row[j] = c_new;
-                tanh_c[row + j] = tc;
-                h_row[j] = o * tc;
-                y_row[j] = o * tc;
+    transpose_into(p.w_hh.data(), g4, hs, &mut cache.w_hh_t);
+    let w_t = MatRef::dense(&cache.w_hh_t, hs, g4);
+    let gates = Shared::new(gates, batch, g4);
+    let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
+    let c_prev = Shared::new(scratch(&mut cache.c_prev, steps * batch * hs), batch, hs);
+    let tanh_c = Shared::new(scratch(&mut cache.tanh_c, steps * batch * hs), batch, hs);
+    let (y, h, c) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs), Shared::new(c, batch, hs));
+    for_row_blocks(batch, |rows| {
+        let m = rows.len();
+        let mut hp = vec![T::zero(); m * g4];
+        // SAFETY: every block touches only its own batch rows of each buffer.
+        let (h, c) = unsafe { (h.rows(0, &rows), c.rows(0, &rows)) };
+        for s in 0..steps {
+            let t = seq.time(s);
+            // SAFETY: as above; one slice per buffer and timestep.
+            let (a, hp_t, cp_t, tc, y) = unsafe { (gates.rows(t, &rows), h_prev.rows(t, &rows), c_prev.rows(t, &rows), tanh_c.rows(t, &rows), y.rows(t, &rows)) };
+            hp_t.copy_from_slice(h);
+            cp_t.copy_from_slice(c);
+            matmul(MatMut::dense(&mut hp, m, g4), MatRef::dense(hp_t, m, hs), w_t, false);
+            for (i, b) in rows.clone().enumerate() {
+                let r = i * hs..(i + 1) * hs;
+                if !seq.valid(t, b) {
+                    y[r].fill(T::zero()); // padded: state carried unchanged
+                    continue;
+                }
+                let g = i * g4..(i + 1) * g4;
+                step(&mut a[g.clone()], &hp[g], &mut c[r.clone()], &mut tc[r.clone()], &mut h[r.clone()], &mut y[r]);
             }
         }
+    });
+}
+
+/// One sequence, one step: `a` holds the input projection and becomes the activated gates.
+fn step<T: Real>(a: &mut [T], hp: &[T], c: &mut [T], tanh_c: &mut [T], h: &mut [T], y: &mut [T]) {
+    let hs = c.len();
+    a.iter_mut().zip(hp).for_each(|(v, &u)| *v += u);
+    T::sigmoid_inplace(&mut a[..2 * hs]);
+    T::tanh_inplace(&mut a[2 * hs..3 * hs]);
+    T::sigmoid_inplace(&mut a[3 * hs..]);
+    let (i, rest) = a.split_at(hs);
+    let (f, rest) = rest.split_at(hs);
+    let (g, o) = rest.split_at(hs);
+    for j in 0..hs {
+        c[j] = f[j] * c[j] + i[j] * g[j];
+    }
+    tanh_c.copy_from_slice(c);
+    T::tanh_inplace(tanh_c);
+    for j in 0..hs {
+        h[j] = o[j] * tanh_c[j];
+        y[j] = h[j];
     }
 }
 
@@ -115,41 +117,44 @@ pub fn backward<T: Real>(
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g4 = 4 * hs;
     let one = T::one();
-    let dgates = scratch(&mut cache.dgates, steps * batch * g4);
     let w_hh = MatRef::dense(p.w_hh.data(), g4, hs);
-    for s in (0..steps).rev() {
-        let t = seq.time(s);
-        let at = t * batch * hs;
-        for b in 0..batch {
-            if !seq.valid(t, b) {
-                continue; // no gate gradient; dh and dc pass through unchanged
+    let (gates, tanh_c, c_prev) = (&cache.gates, &cache.tanh_c, &cache.c_prev);
+    let dgates = Shared::new(scratch(&mut cache.dgates, steps * batch * g4), batch, g4);
+    let (dh_all, dc_all) = (Shared::new(dh, batch, hs), Shared::new(dc, batch, hs));
+    for_row_blocks(batch, |rows| {
+        let m = rows.len();
+        // SAFETY: every block touches only its own batch rows of each buffer.
+        let (dh, dc) = unsafe { (dh_all.rows(0, &rows), dc_all.rows(0, &rows)) };
+        for s in (0..steps).rev() {
+            let t = seq.time(s);
+            // SAFETY: as above.
+            let da_t = unsafe { dgates.rows(t, &rows) };
+            for (i, b) in rows.clone().enumerate() {
+                if !seq.valid(t, b) {
+                    continue; // no gate gradient; dh and dc pass through unchanged
+                }
+                let row = t * batch + b;
+                let a = &gates[row * g4..][..g4];
+                let da = &mut da_t[i * g4..][..g4];
+                let (dh, dc) = (&mut dh[i * hs..][..hs], &mut dc[i * hs..][..hs]);
+                let (tc, cp, dy) = (&tanh_c[row * hs..][..hs], &c_prev[row * hs..][..hs], &dy[row * hs..][..hs]);
+                for j in 0..hs {
+                    let (i_, f, gg, o) = (a[j], a[hs + j], a[2 * hs + j], a[3 * hs + j]);
+                    let dh_t = dh[j] + dy[j];
+                    let dc_t = dc[j] + dh_t * o * (one - tc[j] * tc[j]);
+                    da[j] = dc_t * gg * i_ * (one - i_);
+                    da[hs + j] = dc_t * cp[j] * f * (one - f);
+                    da[2 * hs + j] = dc_t * i_ * (one - gg * gg);
+                    da[3 * hs + j] = dh_t * tc[j] * o * (one - o);
+                    dc[j] = dc_t * f;
+                    dh[j] = T::zero(); // replaced by da · W_hh below
+                }
             }
-            let row = at + b * hs;
-            let a = &cache.gates[(t * batch + b) * g4..][..g4];
-            let da = &mut dgates[(t * batch + b) * g4..][..g4];
-            let (dh_row, dc_row) = (&mut dh[b * hs..][..hs], &mut dc[b * hs..][..hs]);
-            for j in 0..hs {
-                let (i, f, gg, o) = (a[j], a[hs + j], a[2 * hs + j], a[3 * hs + j]);
-                let tc = cache.tanh_c[row + j];
-                let dh_t = dh_row[j] + dy[row + j];
-                let dc_t = dc_row[j] + dh_t * o * (one - tc * tc);
-                da[j] = dc_t * gg * i * (one - i);
-                da[hs + j] = dc_t * cache.c_prev[row + j] * f * (one - f);
-                da[2 * hs + j] = dc_t * i * (one - gg * gg);
-                da[3 * hs + j] = dh_t * tc * o * (one - o);
-                dc_row[j] = dc_t * f;
-                dh_row[j] = T::zero(); // replaced by da · W_hh below
-            }
+            // dh_{t-1} = da_t · W_hh, added onto rows that are zero (valid) or carried (padded).
+            matmul(MatMut::dense(dh, m, hs), MatRef::dense(da_t, m, g4), w_hh, true);
         }
-        // dh_{t-1} = da_t · W_hh, added onto rows that are zero (valid) or carried (padded).
-        matmul(
-            MatMut::dense(dh, batch, hs),
-            MatRef::dense(&dgates[t * batch * g4..][..batch * g4], batch, g4),
-            w_hh,
-            true,
-        );
-    }
+    });
     let rows = steps * batch;
-    input_grads(p, g, x, rows, dgates, dx);
-    recurrent_grads(g, &cache.h_prev, rows, dgates);
+    input_grads(p, g, x, rows, &cache.dgates, dx);
+    recurrent_grads(g, &cache.h_prev, rows, &cache.dgates);
 }

@@ -7,7 +7,7 @@
 //! Backward: `da_t = dh ⊙ act'(a_t)` with `tanh' = 1 − h_t²` and `relu' = [h_t > 0]`;
 //! `dh_{t-1} = da_t · W_hh`.
 
-use super::{input_grads, project_inputs, recurrent_grads, CellParams, Seq};
+use super::{for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq, Shared};
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
 
@@ -27,8 +27,8 @@ pub struct RnnCache<T> {
     h_new: Vec<T>,
     /// `h_{t-1}` for every t `[T, B, H]`.
     h_prev: Vec<T>,
-    /// Per-step recurrent product `[B, H]`.
-    hp: Vec<T>,
+    /// `W_hhᵀ`, the fast layout for the per-step product.
+    w_hh_t: Vec<T>,
     /// Pre-activation gradients `[T, B, H]` (backward).
     da: Vec<T>,
 }
@@ -36,50 +36,43 @@ pub struct RnnCache<T> {
 /// Runs the cell over `x [T, B, I]` from `h` = h0; writes every output to
 /// `y [T, B, H]` (zero at padded steps) and leaves the final state in `h [B, H]`.
 #[allow(clippy::too_many_arguments)]
-pub fn forward<T: Real>(
-    p: &CellParams<T>,
-    act: Activation,
-    seq: Seq,
-    x: &[T],
-    cache: &mut RnnCache<T>,
-    y: &mut [T],
-    h: &mut [T],
-) {
+pub fn forward<T: Real>(p: &CellParams<T>, act: Activation, seq: Seq, x: &[T], cache: &mut RnnCache<T>, y: &mut [T], h: &mut [T]) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let h_new = scratch(&mut cache.h_new, steps * batch * hs);
     project_inputs(p, x, steps * batch, h_new, true);
-    let h_prev = scratch(&mut cache.h_prev, steps * batch * hs);
-    let hp = scratch(&mut cache.hp, batch * hs);
-    let w_hh = MatRef::dense(p.w_hh.data(), hs, hs).t();
-    for s in 0..steps {
-        let t = seq.time(s);
-        let at = t * batch * hs;
-        h_prev[at..at + batch * hs].copy_from_slice(h);
-        matmul(
-            MatMut::dense(hp, batch, hs),
-            MatRef::dense(h, batch, hs),
-            w_hh,
-            false,
-        );
-        for b in 0..batch {
-            let row = at + b * hs;
-            let y_row = &mut y[row..row + hs];
-            if !seq.valid(t, b) {
-                y_row.fill(T::zero());
-                continue;
-            }
-            for j in 0..hs {
-                let a = h_new[row + j] + hp[b * hs + j];
-                let v = match act {
-                    Activation::Tanh => a.tanh(),
-                    Activation::Relu => a.max(T::zero()),
-                };
-                h_new[row + j] = v;
-                h[b * hs + j] = v;
-                y_row[j] = v;
+    transpose_into(p.w_hh.data(), hs, hs, &mut cache.w_hh_t);
+    let w_t = MatRef::dense(&cache.w_hh_t, hs, hs);
+    let h_new = Shared::new(h_new, batch, hs);
+    let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
+    let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
+    for_row_blocks(batch, |rows| {
+        let m = rows.len();
+        let mut hp = vec![T::zero(); m * hs];
+        // SAFETY: every block touches only its own batch rows of each buffer.
+        let h = unsafe { h.rows(0, &rows) };
+        for s in 0..steps {
+            let t = seq.time(s);
+            // SAFETY: as above; one slice per buffer and timestep.
+            let (a, hp_t, y) = unsafe { (h_new.rows(t, &rows), h_prev.rows(t, &rows), y.rows(t, &rows)) };
+            hp_t.copy_from_slice(h);
+            matmul(MatMut::dense(&mut hp, m, hs), MatRef::dense(hp_t, m, hs), w_t, false);
+            for (i, b) in rows.clone().enumerate() {
+                let r = i * hs..(i + 1) * hs;
+                if !seq.valid(t, b) {
+                    y[r].fill(T::zero()); // padded: state carried unchanged
+                    continue;
+                }
+                let a = &mut a[r.clone()];
+                a.iter_mut().zip(&hp[r.clone()]).for_each(|(v, &u)| *v += u);
+                match act {
+                    Activation::Tanh => T::tanh_inplace(a),
+                    Activation::Relu => a.iter_mut().for_each(|v| *v = v.max(T::zero())),
+                }
+                h[r.clone()].copy_from_slice(a);
+                y[r].copy_from_slice(a);
             }
         }
-    }
+    });
 }
 
 /// Backpropagates through the sequence of the last [`forward`]: `dy [T, B, H]`
@@ -99,35 +92,38 @@ pub fn backward<T: Real>(
     dx: &mut [T],
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
-    let da = scratch(&mut cache.da, steps * batch * hs);
     let w_hh = MatRef::dense(p.w_hh.data(), hs, hs);
-    for s in (0..steps).rev() {
-        let t = seq.time(s);
-        let at = t * batch * hs;
-        for b in 0..batch {
-            if !seq.valid(t, b) {
-                continue; // dh passes through unchanged
+    let h_new = &cache.h_new;
+    let da_all = Shared::new(scratch(&mut cache.da, steps * batch * hs), batch, hs);
+    let dh_all = Shared::new(dh, batch, hs);
+    for_row_blocks(batch, |rows| {
+        let m = rows.len();
+        // SAFETY: every block touches only its own batch rows of each buffer.
+        let dh = unsafe { dh_all.rows(0, &rows) };
+        for s in (0..steps).rev() {
+            let t = seq.time(s);
+            // SAFETY: as above.
+            let da = unsafe { da_all.rows(t, &rows) };
+            for (i, b) in rows.clone().enumerate() {
+                if !seq.valid(t, b) {
+                    continue; // dh passes through unchanged
+                }
+                let row = (t * batch + b) * hs;
+                for j in 0..hs {
+                    let v = h_new[row + j];
+                    let d = dh[i * hs + j] + dy[row + j];
+                    da[i * hs + j] = match act {
+                        Activation::Tanh => d * (T::one() - v * v),
+                        Activation::Relu if v > T::zero() => d,
+                        Activation::Relu => T::zero(),
+                    };
+                    dh[i * hs + j] = T::zero();
+                }
             }
-            let row = at + b * hs;
-            for j in 0..hs {
-                let v = cache.h_new[row + j];
-                let d = dh[b * hs + j] + dy[row + j];
-                da[row + j] = match act {
-                    Activation::Tanh => d * (T::one() - v * v),
-                    Activation::Relu if v > T::zero() => d,
-                    Activation::Relu => T::zero(),
-                };
-                dh[b * hs + j] = T::zero();
-            }
+            matmul(MatMut::dense(dh, m, hs), MatRef::dense(da, m, hs), w_hh, true);
         }
-        matmul(
-            MatMut::dense(dh, batch, hs),
-            MatRef::dense(&da[at..at + batch * hs], batch, hs),
-            w_hh,
-            true,
-        );
-    }
+    });
     let rows = steps * batch;
-    input_grads(p, g, x, rows, da, dx);
-    recurrent_grads(g, &cache.h_prev, rows, da);
+    input_grads(p, g, x, rows, &cache.da, dx);
+    recurrent_grads(g, &cache.h_prev, rows, &cache.da);
 }

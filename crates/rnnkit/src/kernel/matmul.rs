@@ -104,7 +104,9 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS {
+    // Inside a worker the caller already splits the work: never nest a parallel GEMM.
+    let in_worker = rayon::current_thread_index().is_some();
+    let parallelism = if threads > 1 && !in_worker && m * n * k >= PARALLEL_MIN_FLOPS {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None

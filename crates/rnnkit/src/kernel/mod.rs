@@ -1,8 +1,11 @@
 //! The only code that touches the GEMM crate or SIMD: matrix products and the
 //! elementwise work around them. Layers and cells never call `gemm` directly.
 
+mod activation;
 mod elementwise;
 mod matmul;
+
+pub use activation::{sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
 pub use matmul::{matmul, matmul_ref, MatMut, MatRef};

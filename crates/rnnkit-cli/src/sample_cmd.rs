@@ -1,0 +1,56 @@
+//! `rnnkit sample`: prime, then generate, streaming characters to stdout.
+
+use clap::Args;
+use rnnkit::decode::{generate, SamplingConfig};
+use rnnkit::model::CharLm;
+use rnnkit::Rng;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags of `rnnkit sample`.
+#[derive(Args)]
+pub struct SampleOpts {
+    /// Checkpoint to sample from (rnnkit's or a PyTorch CharLM state dict).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text fed to the model first and printed as is; empty starts from a newline.
+    #[arg(long, default_value = "")]
+    prime: String,
+    /// Number of characters to generate.
+    #[arg(long, default_value_t = 500)]
+    length: usize,
+    /// Softmax temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Sample only among the k most likely characters.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    top_k: Option<u32>,
+    /// Sample only among the most likely characters whose probability adds up to p, in (0, 1].
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Random seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Worker threads [default: 1; batch-1 sampling gains nothing from more].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
+pub fn run(o: SampleOpts) -> anyhow::Result<ExitCode> {
+    crate::set_threads(Some(o.threads.map_or(1, usize::from)))?;
+    let cfg = SamplingConfig { temperature: o.temperature, top_k: o.top_k.map(|k| k as usize), top_p: o.top_p };
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e} (check --temperature, --top-k, --top-p)"))?;
+    let (mut model, _) = CharLm::load(&o.checkpoint)?;
+    // Check the prime before anything is printed.
+    model.vocab().encode(&o.prime).map_err(|e| anyhow::anyhow!("--prime: {e}"))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.write_all(o.prime.as_bytes())?;
+    out.flush()?;
+    let mut buf = [0u8; 4];
+    generate(&mut model, &o.prime, o.length, &cfg, &mut Rng::new(o.seed), &mut |c| {
+        out.write_all(c.encode_utf8(&mut buf).as_bytes()).and_then(|_| out.flush()).map_err(|e| rnnkit::Error::Io { path: "<stdout>".into(), source: e })
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
