@@ -30,10 +30,14 @@ pub fn run(o: EvalOpts) -> anyhow::Result<ExitCode> {
     crate::set_threads(o.threads.map(usize::from))?;
     let (mut model, _) = CharLm::load(&o.checkpoint)?;
     let text = rnnkit::data::read_text(&o.text)?;
-    let (chars, nats) = rnnkit::train::eval_text(&mut model, &text, CHUNK).with_context(|| format!("scoring {}", o.text.display()))?;
+    let (chars, nats) = rnnkit::train::eval_text(&mut model, &text, CHUNK)
+        .with_context(|| format!("scoring {}", o.text.display()))?;
     let bits = nats / std::f64::consts::LN_2;
     if o.json {
-        println!("{}", serde_json::json!({ "chars": chars, "nats_per_char": nats, "bits_per_char": bits }));
+        println!(
+            "{}",
+            serde_json::json!({ "chars": chars, "nats_per_char": nats, "bits_per_char": bits })
+        );
     } else {
         println!("chars predicted: {chars}");
         println!("cross-entropy:   {nats:.4} nats/char = {bits:.4} bits/char");

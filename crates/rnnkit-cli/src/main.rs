@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 /// Recurrent neural networks (RNN, LSTM, GRU) on the CPU.
 #[derive(Parser)]
-#[command(name = "rnnkit", version, about, long_about = None)]
+#[command(name = "rnnkit", version, about, long_about = None, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,5 +46,8 @@ fn main() -> ExitCode {
 /// Sets the number of worker threads for the whole process.
 pub(crate) fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))
 }

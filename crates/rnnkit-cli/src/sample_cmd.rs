@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 /// Flags of `rnnkit sample`.
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct SampleOpts {
     /// Checkpoint to sample from (rnnkit's or a PyTorch CharLM state dict).
     #[arg(long)]
@@ -39,18 +40,38 @@ pub struct SampleOpts {
 
 pub fn run(o: SampleOpts) -> anyhow::Result<ExitCode> {
     crate::set_threads(Some(o.threads.map_or(1, usize::from)))?;
-    let cfg = SamplingConfig { temperature: o.temperature, top_k: o.top_k.map(|k| k as usize), top_p: o.top_p };
-    cfg.validate().map_err(|e| anyhow::anyhow!("{e} (check --temperature, --top-k, --top-p)"))?;
+    let cfg = SamplingConfig {
+        temperature: o.temperature,
+        top_k: o.top_k.map(|k| k as usize),
+        top_p: o.top_p,
+    };
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("{e} (check --temperature, --top-k, --top-p)"))?;
     let (mut model, _) = CharLm::load(&o.checkpoint)?;
     // Check the prime before anything is printed.
-    model.vocab().encode(&o.prime).map_err(|e| anyhow::anyhow!("--prime: {e}"))?;
+    model
+        .vocab()
+        .encode(&o.prime)
+        .map_err(|e| anyhow::anyhow!("--prime: {e}"))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     out.write_all(o.prime.as_bytes())?;
     out.flush()?;
     let mut buf = [0u8; 4];
-    generate(&mut model, &o.prime, o.length, &cfg, &mut Rng::new(o.seed), &mut |c| {
-        out.write_all(c.encode_utf8(&mut buf).as_bytes()).and_then(|_| out.flush()).map_err(|e| rnnkit::Error::Io { path: "<stdout>".into(), source: e })
-    })?;
+    generate(
+        &mut model,
+        &o.prime,
+        o.length,
+        &cfg,
+        &mut Rng::new(o.seed),
+        &mut |c| {
+            out.write_all(c.encode_utf8(&mut buf).as_bytes())
+                .and_then(|_| out.flush())
+                .map_err(|e| rnnkit::Error::Io {
+                    path: "<stdout>".into(),
+                    source: e,
+                })
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -40,6 +40,7 @@ enum Opt {
 /// Flags of `rnnkit train`. Settings left out take the default shown, or, with
 /// `--resume`, the checkpoint's value; giving one that contradicts the checkpoint is an error.
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TrainOpts {
     /// UTF-8 text to train on [default: the bundled Shakespeare, data/shakespeare.txt].
     #[arg(long)]
@@ -129,7 +130,13 @@ pub struct TrainOpts {
 
 fn default_recipe() -> Recipe {
     Recipe {
-        model: CharLmConfig { cell: CellKind::Lstm, embed_size: 64, hidden_size: 384, num_layers: 2, dropout: 0.1 },
+        model: CharLmConfig {
+            cell: CellKind::Lstm,
+            embed_size: 64,
+            hidden_size: 384,
+            num_layers: 2,
+            dropout: 0.1,
+        },
         batch: 32,
         seq_len: 100,
         lr: 2e-3,
@@ -224,7 +231,9 @@ impl TrainOpts {
 
     fn config(&self) -> anyhow::Result<TrainConfig> {
         let base = match &self.resume {
-            Some(p) => train::stored_recipe(p).with_context(|| format!("--resume {}", p.display()))?,
+            Some(p) => {
+                train::stored_recipe(p).with_context(|| format!("--resume {}", p.display()))?
+            }
             None => default_recipe(),
         };
         let recipe = self.recipe(base)?;
@@ -249,7 +258,10 @@ impl TrainOpts {
             time_limit,
             eval_every: self.eval_every.unwrap_or(100),
             checkpoint_every: self.checkpoint_every.unwrap_or(200),
-            out_dir: self.out.clone().unwrap_or_else(|| PathBuf::from("runs/char-lm")),
+            out_dir: self
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runs/char-lm")),
             resume: self.resume.clone(),
         })
     }
@@ -292,7 +304,10 @@ impl Observer for Progress {
     fn on_step(&mut self, r: &StepReport) {
         self.bar.set_position(r.step);
         let val = self.last_val.map_or("-".into(), |v| format!("{v:.3}"));
-        self.bar.set_message(format!("epoch {:.2} | loss {:.3} | val {val} | {:.0} tok/s", r.epoch, r.loss, r.tokens_per_sec));
+        self.bar.set_message(format!(
+            "epoch {:.2} | loss {:.3} | val {val} | {:.0} tok/s",
+            r.epoch, r.loss, r.tokens_per_sec
+        ));
     }
 
     fn on_eval(&mut self, history: &[EvalReport]) {
@@ -300,7 +315,12 @@ impl Observer for Progress {
             self.last_val = e.val_nats_per_char.or(self.last_val);
         }
         if let Err(e) = plot::loss_curve(history, &self.plot_path) {
-            self.bar.suspend(|| eprintln!("warning: could not draw {}: {e:#}", self.plot_path.display()));
+            self.bar.suspend(|| {
+                eprintln!(
+                    "warning: could not draw {}: {e:#}",
+                    self.plot_path.display()
+                )
+            });
         }
     }
 
@@ -320,16 +340,26 @@ pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
     {
         let stop = stop.clone();
         // A second Ctrl-C while the checkpoint is written is ignored: the write is atomic anyway.
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
     }
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} | {msg} | ETA {eta}").expect("valid template").progress_chars("=> "),
+        ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} | {msg} | ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
-    let mut progress = Progress { bar, plot_path: cfg.out_dir.join("loss.svg"), stop, last_val: None };
+    let mut progress = Progress {
+        bar,
+        plot_path: cfg.out_dir.join("loss.svg"),
+        stop,
+        last_val: None,
+    };
     let result = train::run(&cfg, &text, &mut progress);
     progress.bar.finish_and_clear();
     let summary = result?;
-    let val = summary.val_nats_per_char.map_or("n/a".into(), |v| format!("{v:.4}"));
+    let val = summary
+        .val_nats_per_char
+        .map_or("n/a".into(), |v| format!("{v:.4}"));
     eprintln!(
         "{} at step {} (epoch {:.2}): train {:.4} nats/char, validation {val} nats/char, {:.0} tokens/s",
         if summary.interrupted { "stopped" } else { "finished" },
@@ -374,7 +404,10 @@ fn print_json(o: &TrainOpts, s: &train::Summary) {
 fn closing_sample(checkpoint: &Path, length: usize) -> anyhow::Result<()> {
     let (mut model, _) = CharLm::load(checkpoint)?;
     let mut text = String::new();
-    let cfg = SamplingConfig { temperature: 0.8, ..Default::default() };
+    let cfg = SamplingConfig {
+        temperature: 0.8,
+        ..Default::default()
+    };
     generate(&mut model, "", length, &cfg, &mut Rng::new(1), &mut |c| {
         text.push(c);
         Ok(())

@@ -232,7 +232,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Loads every parameter of `model` from `file`, each named `{prefix}{name}`
 /// (e.g. `rnn.weight_ih_l0`). Every name, dtype and shape is checked before
 /// anything is replaced, so the model is unchanged on error.
-pub fn load_params<T: Real>(model: &mut dyn Parameters<T>, file: &TensorFile, prefix: &str) -> Result<()> {
+pub fn load_params<T: Real>(
+    model: &mut dyn Parameters<T>,
+    file: &TensorFile,
+    prefix: &str,
+) -> Result<()> {
     let mut loaded = Vec::new();
     let mut err = None;
     model.visit_params(&mut |name, t| {

@@ -8,23 +8,36 @@ use std::path::Path;
 /// Reads a UTF-8 text file, refusing missing, empty, binary and non-UTF-8 files
 /// with a message that says which and where.
 pub fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let bad = |msg: String| Err(Error::Input(format!("{}: {msg}", path.display())));
     if bytes.is_empty() {
-        return bad("the file is empty; give a UTF-8 text file with at least a few thousand characters".into());
+        return bad(
+            "the file is empty; give a UTF-8 text file with at least a few thousand characters"
+                .into(),
+        );
     }
     if let Some(pos) = bytes.iter().position(|&b| b == 0) {
-        return bad(format!("looks binary (NUL byte at offset {pos}); give a UTF-8 text file"));
+        return bad(format!(
+            "looks binary (NUL byte at offset {pos}); give a UTF-8 text file"
+        ));
     }
     match String::from_utf8(bytes) {
         Ok(s) => Ok(s),
-        Err(e) => bad(format!("not valid UTF-8 (bad byte at offset {}); convert it to UTF-8 first", e.utf8_error().valid_up_to())),
+        Err(e) => bad(format!(
+            "not valid UTF-8 (bad byte at offset {}); convert it to UTF-8 first",
+            e.utf8_error().valid_up_to()
+        )),
     }
 }
 
 /// 64-bit FNV-1a of a text: identifies the training data in a checkpoint.
 pub fn fingerprint(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The characters a model knows; token id i is character i.
@@ -37,7 +50,11 @@ pub struct Vocab {
 impl Vocab {
     /// The distinct characters of `text`, sorted by code point.
     pub fn from_text(text: &str) -> Self {
-        let mut chars: Vec<char> = text.chars().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let mut chars: Vec<char> = text
+            .chars()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         chars.dedup();
         Self::from_chars(chars).expect("distinct characters")
     }
@@ -50,7 +67,9 @@ impl Vocab {
         let mut index = HashMap::with_capacity(chars.len());
         for (i, &c) in chars.iter().enumerate() {
             if index.insert(c, i).is_some() {
-                return Err(Error::Input(format!("character {c:?} appears twice in the vocabulary")));
+                return Err(Error::Input(format!(
+                    "character {c:?} appears twice in the vocabulary"
+                )));
             }
         }
         Ok(Vocab { chars, index })
@@ -99,7 +118,8 @@ impl Vocab {
 
     /// Parses [`Vocab::to_json`]; every entry must be exactly one character.
     pub fn from_json(s: &str) -> Result<Self> {
-        let strings: Vec<String> = serde_json::from_str(s).map_err(|e| Error::Input(format!("vocabulary is not a JSON array of strings: {e}")))?;
+        let strings: Vec<String> = serde_json::from_str(s)
+            .map_err(|e| Error::Input(format!("vocabulary is not a JSON array of strings: {e}")))?;
         let chars = strings
             .iter()
             .enumerate()
@@ -107,7 +127,9 @@ impl Vocab {
                 let mut it = s.chars();
                 match (it.next(), it.next()) {
                     (Some(c), None) => Ok(c),
-                    _ => Err(Error::Input(format!("vocabulary entry {i} is {s:?}, not one character"))),
+                    _ => Err(Error::Input(format!(
+                        "vocabulary entry {i} is {s:?}, not one character"
+                    ))),
                 }
             })
             .collect::<Result<Vec<char>>>()?;
@@ -130,7 +152,9 @@ impl Streams {
     /// Cuts `ids` into streams; `what` names the text in the error if it is too short.
     pub fn new(ids: Vec<usize>, batch: usize, seq_len: usize, what: &str) -> Result<Self> {
         if batch == 0 || seq_len == 0 {
-            return Err(Error::Config("batch and sequence length must be at least 1".into()));
+            return Err(Error::Config(
+                "batch and sequence length must be at least 1".into(),
+            ));
         }
         let need = batch * seq_len + 1;
         if ids.len() < need {
@@ -140,7 +164,12 @@ impl Streams {
             )));
         }
         let stream_len = (ids.len() - 1) / batch;
-        Ok(Streams { ids, batch, seq_len, stream_len })
+        Ok(Streams {
+            ids,
+            batch,
+            seq_len,
+            stream_len,
+        })
     }
 
     /// Number of batches in one pass over the text.
@@ -190,8 +219,14 @@ mod tests {
         assert_eq!(v.encode("hel").unwrap().len(), 3);
         let e = v.encode("hex").unwrap_err().to_string();
         assert!(e.contains("'x'") && e.contains("position 2"), "{e}");
-        assert!(Vocab::from_json(r#"["a","bc"]"#).unwrap_err().to_string().contains("entry 1"));
-        assert!(Vocab::from_json(r#"["a","a"]"#).unwrap_err().to_string().contains("twice"));
+        assert!(Vocab::from_json(r#"["a","bc"]"#)
+            .unwrap_err()
+            .to_string()
+            .contains("entry 1"));
+        assert!(Vocab::from_json(r#"["a","a"]"#)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         assert!(Vocab::from_json("[]").is_err());
         assert!(Vocab::from_json("{").is_err());
     }
@@ -208,8 +243,13 @@ mod tests {
         assert_eq!(t, [1, 12, 2, 13, 3, 14]);
         s.batch(1, &mut i, &mut t);
         assert_eq!(i, [3, 14, 4, 15, 5, 16]);
-        let e = Streams::new((0..6).collect(), 2, 3, "training text").unwrap_err().to_string();
-        assert!(e.contains("training text has 6 characters") && e.contains("at least 7"), "{e}");
+        let e = Streams::new((0..6).collect(), 2, 3, "training text")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("training text has 6 characters") && e.contains("at least 7"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -18,7 +18,11 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { temperature: 1.0, top_k: None, top_p: None }
+        SamplingConfig {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+        }
     }
 }
 
@@ -26,7 +30,10 @@ impl SamplingConfig {
     /// Fails with a message naming the setting if a value is impossible.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Config(format!("temperature must be a finite number ≥ 0, got {}", self.temperature)));
+            return Err(Error::Config(format!(
+                "temperature must be a finite number ≥ 0, got {}",
+                self.temperature
+            )));
         }
         if self.top_k == Some(0) {
             return Err(Error::Config("top-k must be at least 1".into()));
@@ -42,14 +49,30 @@ impl SamplingConfig {
 
 /// Draws a token id from `logits` (one per vocabulary entry).
 pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> usize {
-    let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0;
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
+            .0
+    };
     if cfg.temperature == 0.0 {
         return argmax();
     }
     let inv_t = 1.0 / cfg.temperature as f64;
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
     // (id, unnormalised probability), most likely first when a cut is asked for.
-    let mut probs: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &v)| (i, ((v as f64 - max) * inv_t).exp())).collect();
+    let mut probs: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i, ((v as f64 - max) * inv_t).exp()))
+        .collect();
     if cfg.top_k.is_some() || cfg.top_p.is_some() {
         probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if let Some(k) = cfg.top_k {
@@ -82,9 +105,20 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> usize {
 /// Feeds `prime` through the model, then generates `length` characters, passing
 /// each to `emit` as soon as it is drawn. An empty prime starts from a newline
 /// (or the first vocabulary character), which is not emitted.
-pub fn generate(model: &mut CharLm, prime: &str, length: usize, cfg: &SamplingConfig, rng: &mut Rng, emit: &mut dyn FnMut(char) -> Result<()>) -> Result<()> {
+pub fn generate(
+    model: &mut CharLm,
+    prime: &str,
+    length: usize,
+    cfg: &SamplingConfig,
+    rng: &mut Rng,
+    emit: &mut dyn FnMut(char) -> Result<()>,
+) -> Result<()> {
     cfg.validate()?;
-    let ids = if prime.is_empty() { vec![model.vocab().id('\n').unwrap_or(0)] } else { model.vocab().encode(prime)? };
+    let ids = if prime.is_empty() {
+        vec![model.vocab().id('\n').unwrap_or(0)]
+    } else {
+        model.vocab().encode(prime)?
+    };
     let (mut logits, mut state) = model.next_logits(&ids, None)?;
     for i in 0..length {
         let id = sample(&logits, cfg, rng);
@@ -104,13 +138,25 @@ mod tests {
     fn greedy_top_k_and_top_p() {
         let logits = [0.0, 3.0, 1.0, 2.9];
         let mut rng = Rng::new(0);
-        let greedy = SamplingConfig { temperature: 0.0, ..Default::default() };
+        let greedy = SamplingConfig {
+            temperature: 0.0,
+            ..Default::default()
+        };
         assert_eq!(sample(&logits, &greedy, &mut rng), 1);
-        let top1 = SamplingConfig { top_k: Some(1), ..Default::default() };
+        let top1 = SamplingConfig {
+            top_k: Some(1),
+            ..Default::default()
+        };
         assert!((0..50).all(|_| sample(&logits, &top1, &mut rng) == 1));
-        let top2 = SamplingConfig { top_k: Some(2), ..Default::default() };
+        let top2 = SamplingConfig {
+            top_k: Some(2),
+            ..Default::default()
+        };
         assert!((0..200).all(|_| matches!(sample(&logits, &top2, &mut rng), 1 | 3)));
-        let nucleus = SamplingConfig { top_p: Some(0.5), ..Default::default() };
+        let nucleus = SamplingConfig {
+            top_p: Some(0.5),
+            ..Default::default()
+        };
         assert!((0..200).all(|_| matches!(sample(&logits, &nucleus, &mut rng), 1 | 3)));
         let all = SamplingConfig::default();
         let mut seen = [0; 4];
@@ -123,11 +169,26 @@ mod tests {
     #[test]
     fn impossible_settings_are_refused() {
         for bad in [
-            SamplingConfig { temperature: -0.1, ..Default::default() },
-            SamplingConfig { temperature: f32::NAN, ..Default::default() },
-            SamplingConfig { top_k: Some(0), ..Default::default() },
-            SamplingConfig { top_p: Some(0.0), ..Default::default() },
-            SamplingConfig { top_p: Some(1.5), ..Default::default() },
+            SamplingConfig {
+                temperature: -0.1,
+                ..Default::default()
+            },
+            SamplingConfig {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingConfig {
+                top_k: Some(0),
+                ..Default::default()
+            },
+            SamplingConfig {
+                top_p: Some(0.0),
+                ..Default::default()
+            },
+            SamplingConfig {
+                top_p: Some(1.5),
+                ..Default::default()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

@@ -25,3 +25,8 @@ pub use error::{Error, Result};
 pub use layer::{Merge, Parameters, Recurrent, RecurrentConfig, RecurrentState};
 pub use rng::Rng;
 pub use tensor::{Real, Tensor};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -5,7 +5,12 @@ use crate::tensor::Real;
 /// Mean over rows of `−log softmax(logits_row)[target]` for `logits [n, vocab]`.
 /// When `dlogits` is given, writes `∂mean/∂logits = (softmax − onehot) / n` into it.
 /// Sums in f64 so the mean does not depend on n's size.
-pub fn softmax_cross_entropy<T: Real>(logits: &[T], targets: &[usize], vocab: usize, mut dlogits: Option<&mut [T]>) -> f64 {
+pub fn softmax_cross_entropy<T: Real>(
+    logits: &[T],
+    targets: &[usize],
+    vocab: usize,
+    mut dlogits: Option<&mut [T]>,
+) -> f64 {
     let n = targets.len();
     let mut total = 0.0f64;
     for (r, &target) in targets.iter().enumerate() {
@@ -46,7 +51,9 @@ mod tests {
             let (mut up, mut down) = (logits, logits);
             up[i] += 1e-6;
             down[i] -= 1e-6;
-            let num = (softmax_cross_entropy(&up, &targets, 3, None) - softmax_cross_entropy(&down, &targets, 3, None)) / 2e-6;
+            let num = (softmax_cross_entropy(&up, &targets, 3, None)
+                - softmax_cross_entropy(&down, &targets, 3, None))
+                / 2e-6;
             assert!((num - d[i]).abs() < 1e-8, "[{i}] {num} vs {}", d[i]);
         }
         // Large logits stay finite.

@@ -38,7 +38,13 @@ const EPS: f32 = 1e-8;
 impl Optimizer {
     /// A fresh optimiser; `momentum` only matters for SGD.
     pub fn new(kind: OptimizerKind, momentum: f32) -> Self {
-        Optimizer { kind, momentum, steps: 0, m: Vec::new(), v: Vec::new() }
+        Optimizer {
+            kind,
+            momentum,
+            steps: 0,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
     }
 
     /// Number of updates applied so far.
@@ -58,13 +64,23 @@ impl Optimizer {
         model.visit_params_mut(&mut |_, p, g| {
             if ms.len() <= idx {
                 ms.push(vec![0.0; p.len()]);
-                vs.push(if kind == OptimizerKind::Adam { vec![0.0; p.len()] } else { Vec::new() });
+                vs.push(if kind == OptimizerKind::Adam {
+                    vec![0.0; p.len()]
+                } else {
+                    Vec::new()
+                });
             }
             let (m, v) = (&mut ms[idx], &mut vs[idx]);
             match kind {
                 OptimizerKind::Adam => {
                     // torch.optim.Adam: p −= lr/bc1 · m / (√v / √bc2 + ε)
-                    for (((p, &g), m), v) in p.data_mut().iter_mut().zip(g.data()).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    for (((p, &g), m), v) in p
+                        .data_mut()
+                        .iter_mut()
+                        .zip(g.data())
+                        .zip(m.iter_mut())
+                        .zip(v.iter_mut())
+                    {
                         *m = BETA1 as f32 * *m + (1.0 - BETA1 as f32) * g;
                         *v = BETA2 as f32 * *v + (1.0 - BETA2 as f32) * g * g;
                         *p -= step_size * *m / (v.sqrt() / bc2_sqrt + EPS);
@@ -82,15 +98,25 @@ impl Optimizer {
     }
 
     /// The state as named tensors (`{prefix}m.{name}`, `{prefix}v.{name}`) to store in a checkpoint.
-    pub fn state_tensors(&self, model: &dyn Parameters<f32>, prefix: &str) -> Vec<(String, Tensor<f32>)> {
+    pub fn state_tensors(
+        &self,
+        model: &dyn Parameters<f32>,
+        prefix: &str,
+    ) -> Vec<(String, Tensor<f32>)> {
         let mut out = Vec::new();
         let mut idx = 0;
         model.visit_params(&mut |name, p| {
             if let Some(m) = self.m.get(idx) {
-                out.push((format!("{prefix}m.{name}"), Tensor::from_vec(p.shape(), m.clone()).expect("sized like p")));
+                out.push((
+                    format!("{prefix}m.{name}"),
+                    Tensor::from_vec(p.shape(), m.clone()).expect("sized like p"),
+                ));
             }
             if let Some(v) = self.v.get(idx).filter(|v| !v.is_empty()) {
-                out.push((format!("{prefix}v.{name}"), Tensor::from_vec(p.shape(), v.clone()).expect("sized like p")));
+                out.push((
+                    format!("{prefix}v.{name}"),
+                    Tensor::from_vec(p.shape(), v.clone()).expect("sized like p"),
+                ));
             }
             idx += 1;
         });
@@ -99,7 +125,13 @@ impl Optimizer {
 
     /// Restores the state written by [`Optimizer::state_tensors`] after `steps` updates;
     /// `get(name, shape)` reads one stored tensor.
-    pub fn restore(&mut self, model: &dyn Parameters<f32>, steps: u64, get: &mut TensorSource<'_>, prefix: &str) -> Result<()> {
+    pub fn restore(
+        &mut self,
+        model: &dyn Parameters<f32>,
+        steps: u64,
+        get: &mut TensorSource<'_>,
+        prefix: &str,
+    ) -> Result<()> {
         self.steps = steps;
         self.m.clear();
         self.v.clear();
@@ -111,7 +143,8 @@ impl Optimizer {
             if err.is_some() {
                 return;
             }
-            let mut read = |k: &str| get(&format!("{prefix}{k}.{name}"), p.shape()).map(Tensor::into_vec);
+            let mut read =
+                |k: &str| get(&format!("{prefix}{k}.{name}"), p.shape()).map(Tensor::into_vec);
             match read("m") {
                 Ok(m) => self.m.push(m),
                 Err(e) => err = Some(e),
@@ -132,7 +165,13 @@ impl Optimizer {
 /// Global L2 norm of all gradients (accumulated in f64).
 pub fn grad_norm(model: &mut dyn Parameters<f32>) -> f64 {
     let mut sq = 0.0f64;
-    model.visit_params_mut(&mut |_, _, g| sq += g.data().iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>());
+    model.visit_params_mut(&mut |_, _, g| {
+        sq += g
+            .data()
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+    });
     sq.sqrt()
 }
 
@@ -151,7 +190,11 @@ pub fn clip_grad_norm(model: &mut dyn Parameters<f32>, max_norm: f64) -> f64 {
 
 /// Clamps every gradient element to `[−limit, limit]`.
 pub fn clip_grad_value(model: &mut dyn Parameters<f32>, limit: f32) {
-    model.visit_params_mut(&mut |_, _, g| g.data_mut().iter_mut().for_each(|x| *x = x.clamp(-limit, limit)));
+    model.visit_params_mut(&mut |_, _, g| {
+        g.data_mut()
+            .iter_mut()
+            .for_each(|x| *x = x.clamp(-limit, limit))
+    });
 }
 
 #[cfg(test)]
@@ -171,15 +214,25 @@ mod tests {
 
     #[test]
     fn adam_first_step_moves_by_lr_times_sign() {
-        let mut p = One(Tensor::from_vec(&[2], vec![1.0, 1.0]).unwrap(), Tensor::from_vec(&[2], vec![0.5, -3.0]).unwrap());
+        let mut p = One(
+            Tensor::from_vec(&[2], vec![1.0, 1.0]).unwrap(),
+            Tensor::from_vec(&[2], vec![0.5, -3.0]).unwrap(),
+        );
         let mut o = Optimizer::new(OptimizerKind::Adam, 0.0);
         o.step(&mut p, 0.1);
-        assert!((p.0.data()[0] - 0.9).abs() < 1e-6 && (p.0.data()[1] - 1.1).abs() < 1e-6, "{:?}", p.0);
+        assert!(
+            (p.0.data()[0] - 0.9).abs() < 1e-6 && (p.0.data()[1] - 1.1).abs() < 1e-6,
+            "{:?}",
+            p.0
+        );
     }
 
     #[test]
     fn sgd_momentum_and_clipping() {
-        let mut p = One(Tensor::from_vec(&[1], vec![0.0]).unwrap(), Tensor::from_vec(&[1], vec![1.0]).unwrap());
+        let mut p = One(
+            Tensor::from_vec(&[1], vec![0.0]).unwrap(),
+            Tensor::from_vec(&[1], vec![1.0]).unwrap(),
+        );
         let mut o = Optimizer::new(OptimizerKind::Sgd, 0.9);
         o.step(&mut p, 0.1);
         o.step(&mut p, 0.1);
@@ -193,12 +246,16 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        let mut p = One(Tensor::from_vec(&[2], vec![1.0, 2.0]).unwrap(), Tensor::from_vec(&[2], vec![0.5, -3.0]).unwrap());
+        let mut p = One(
+            Tensor::from_vec(&[2], vec![1.0, 2.0]).unwrap(),
+            Tensor::from_vec(&[2], vec![0.5, -3.0]).unwrap(),
+        );
         let mut a = Optimizer::new(OptimizerKind::Adam, 0.0);
         a.step(&mut p, 0.1);
         let saved = a.state_tensors(&p, "opt.");
         let mut b = Optimizer::new(OptimizerKind::Adam, 0.0);
-        let mut get = |n: &str, _: &[usize]| Ok(saved.iter().find(|(k, _)| k == n).unwrap().1.clone());
+        let mut get =
+            |n: &str, _: &[usize]| Ok(saved.iter().find(|(k, _)| k == n).unwrap().1.clone());
         b.restore(&p, 1, &mut get, "opt.").unwrap();
         let mut p2 = One(p.0.clone(), p.1.clone());
         a.step(&mut p, 0.1);

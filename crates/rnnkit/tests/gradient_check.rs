@@ -4,7 +4,9 @@
 //! flowing in from the outputs and from the final states.
 
 use rnnkit::layer::{Embedding, Linear};
-use rnnkit::{CellKind, Parameters, Merge, Recurrent, RecurrentConfig, RecurrentState, Rng, Tensor};
+use rnnkit::{
+    CellKind, Merge, Parameters, Recurrent, RecurrentConfig, RecurrentState, Rng, Tensor,
+};
 
 const EPS: f64 = 1e-6;
 
@@ -133,16 +135,18 @@ fn gradcheck(case: Case) {
     layer.zero_grad();
     let (dx, d_init) = layer.backward(&dy, Some(&d_final)).unwrap();
 
-    let numeric =
-        |layer: &mut Recurrent<f64>, x: &Tensor<f64>, init: &RecurrentState<f64>, bump: &Bump<'_>| {
-            let (mut l2, mut x2, mut i2) = (layer.clone(), x.clone(), init.clone());
-            bump(&mut l2, &mut x2, &mut i2, EPS);
-            let up = loss(&mut l2, &x2, &i2);
-            let (mut l2, mut x2, mut i2) = (layer.clone(), x.clone(), init.clone());
-            bump(&mut l2, &mut x2, &mut i2, -EPS);
-            let down = loss(&mut l2, &x2, &i2);
-            (up - down) / (2.0 * EPS)
-        };
+    let numeric = |layer: &mut Recurrent<f64>,
+                   x: &Tensor<f64>,
+                   init: &RecurrentState<f64>,
+                   bump: &Bump<'_>| {
+        let (mut l2, mut x2, mut i2) = (layer.clone(), x.clone(), init.clone());
+        bump(&mut l2, &mut x2, &mut i2, EPS);
+        let up = loss(&mut l2, &x2, &i2);
+        let (mut l2, mut x2, mut i2) = (layer.clone(), x.clone(), init.clone());
+        bump(&mut l2, &mut x2, &mut i2, -EPS);
+        let down = loss(&mut l2, &x2, &i2);
+        (up - down) / (2.0 * EPS)
+    };
 
     for i in 0..x.len() {
         let n = numeric(&mut layer, &x, &init, &|_, x, _, e| x.data_mut()[i] += e);

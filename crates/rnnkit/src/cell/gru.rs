@@ -24,7 +24,10 @@
 //!               dh_prev += d(r⊙h) ⊙ r + [da_r, da_z] · W_h{r,z}
 //! ```
 
-use super::{for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq, Shared};
+use super::{
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq,
+    Shared,
+};
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
 
@@ -49,7 +52,15 @@ pub struct GruCache<T> {
 /// `y [T, B, H]` (zero at padded steps) and leaves the final state in `h [B, H]`.
 /// `reset_after` picks torch's form; otherwise Keras' `reset_after=False`.
 #[allow(clippy::too_many_arguments)]
-pub fn forward<T: Real>(p: &CellParams<T>, reset_after: bool, seq: Seq, x: &[T], cache: &mut GruCache<T>, y: &mut [T], h: &mut [T]) {
+pub fn forward<T: Real>(
+    p: &CellParams<T>,
+    reset_after: bool,
+    seq: Seq,
+    x: &[T],
+    cache: &mut GruCache<T>,
+    y: &mut [T],
+    h: &mut [T],
+) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g3 = 3 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g3);
@@ -70,24 +81,48 @@ pub fn forward<T: Real>(p: &CellParams<T>, reset_after: bool, seq: Seq, x: &[T],
         for s in 0..steps {
             let t = seq.time(s);
             // SAFETY: as above; one slice per buffer and timestep.
-            let (a, hp_t, aux, y) = unsafe { (gates.rows(t, &rows), h_prev.rows(t, &rows), aux.rows(t, &rows), y.rows(t, &rows)) };
+            let (a, hp_t, aux, y) = unsafe {
+                (
+                    gates.rows(t, &rows),
+                    h_prev.rows(t, &rows),
+                    aux.rows(t, &rows),
+                    y.rows(t, &rows),
+                )
+            };
             hp_t.copy_from_slice(h);
             if reset_after {
-                matmul(MatMut::dense(&mut hp, m, g3), MatRef::dense(hp_t, m, hs), MatRef::dense(w_t, hs, g3), false);
+                matmul(
+                    MatMut::dense(&mut hp, m, g3),
+                    MatRef::dense(hp_t, m, hs),
+                    MatRef::dense(w_t, hs, g3),
+                    false,
+                );
             } else {
                 // Only r and z see h directly; n sees r ⊙ h, known after this product.
-                matmul(MatMut::new(&mut hp, m, 2 * hs, g3), MatRef::dense(hp_t, m, hs), MatRef::new(w_t, hs, 2 * hs, g3), false);
+                matmul(
+                    MatMut::new(&mut hp, m, 2 * hs, g3),
+                    MatRef::dense(hp_t, m, hs),
+                    MatRef::new(w_t, hs, 2 * hs, g3),
+                    false,
+                );
                 for (i, b) in rows.clone().enumerate() {
                     if seq.valid(t, b) {
                         let r = &mut a[i * g3..][..hs];
-                        r.iter_mut().zip(&hp[i * g3..][..hs]).for_each(|(v, &u)| *v += u);
+                        r.iter_mut()
+                            .zip(&hp[i * g3..][..hs])
+                            .for_each(|(v, &u)| *v += u);
                         T::sigmoid_inplace(r);
                         for j in 0..hs {
                             aux[i * hs + j] = r[j] * h[i * hs + j];
                         }
                     }
                 }
-                matmul(MatMut::new(&mut hp[2 * hs..], m, hs, g3), MatRef::dense(aux, m, hs), MatRef::new(&w_t[2 * hs..], hs, hs, g3), false);
+                matmul(
+                    MatMut::new(&mut hp[2 * hs..], m, hs, g3),
+                    MatRef::dense(aux, m, hs),
+                    MatRef::new(&w_t[2 * hs..], hs, hs, g3),
+                    false,
+                );
             }
             for (i, b) in rows.clone().enumerate() {
                 let r = i * hs..(i + 1) * hs;
@@ -97,14 +132,27 @@ pub fn forward<T: Real>(p: &CellParams<T>, reset_after: bool, seq: Seq, x: &[T],
                 }
                 let (a, hp) = (&mut a[i * g3..][..g3], &hp[i * g3..][..g3]);
                 if reset_after {
-                    a[..2 * hs].iter_mut().zip(&hp[..2 * hs]).zip(b_hh).for_each(|((v, &u), &bias)| *v += u + bias);
+                    a[..2 * hs]
+                        .iter_mut()
+                        .zip(&hp[..2 * hs])
+                        .zip(b_hh)
+                        .for_each(|((v, &u), &bias)| *v += u + bias);
                     T::sigmoid_inplace(&mut a[..2 * hs]);
                     let hn = &mut aux[r.clone()];
-                    hn.iter_mut().zip(&hp[2 * hs..]).zip(&b_hh[2 * hs..]).for_each(|((v, &u), &bias)| *v = u + bias);
+                    hn.iter_mut()
+                        .zip(&hp[2 * hs..])
+                        .zip(&b_hh[2 * hs..])
+                        .for_each(|((v, &u), &bias)| *v = u + bias);
                     let (rz, n) = a.split_at_mut(2 * hs);
-                    n.iter_mut().zip(&rz[..hs]).zip(hn.iter()).for_each(|((v, &rv), &hv)| *v += rv * hv);
+                    n.iter_mut()
+                        .zip(&rz[..hs])
+                        .zip(hn.iter())
+                        .for_each(|((v, &rv), &hv)| *v += rv * hv);
                 } else {
-                    a[hs..].iter_mut().zip(&hp[hs..]).for_each(|(v, &u)| *v += u);
+                    a[hs..]
+                        .iter_mut()
+                        .zip(&hp[hs..])
+                        .for_each(|(v, &u)| *v += u);
                     T::sigmoid_inplace(&mut a[hs..2 * hs]);
                 }
                 T::tanh_inplace(&mut a[2 * hs..]);
@@ -141,7 +189,14 @@ pub fn backward<T: Real>(
     let w_hh = p.w_hh.data();
     let (gates, h_prev, aux) = (&cache.gates, &cache.h_prev, &cache.aux);
     let dgx_all = Shared::new(scratch(&mut cache.dgx, steps * batch * g3), batch, g3);
-    let dgh_all = Shared::new(scratch(&mut cache.dgh, if reset_after { steps * batch * g3 } else { 0 }), batch, g3);
+    let dgh_all = Shared::new(
+        scratch(
+            &mut cache.dgh,
+            if reset_after { steps * batch * g3 } else { 0 },
+        ),
+        batch,
+        g3,
+    );
     let dh_all = Shared::new(dh, batch, hs);
     for_row_blocks(batch, |rows| {
         let m = rows.len();
@@ -152,7 +207,11 @@ pub fn backward<T: Real>(
             let t = seq.time(s);
             // SAFETY: as above.
             let dgx = unsafe { dgx_all.rows(t, &rows) };
-            let dgh: &mut [T] = if reset_after { unsafe { dgh_all.rows(t, &rows) } } else { &mut [] };
+            let dgh: &mut [T] = if reset_after {
+                unsafe { dgh_all.rows(t, &rows) }
+            } else {
+                &mut []
+            };
             for (i, b) in rows.clone().enumerate() {
                 if !seq.valid(t, b) {
                     continue; // dh passes through unchanged
@@ -175,11 +234,21 @@ pub fn backward<T: Real>(
                 }
             }
             if reset_after {
-                matmul(MatMut::dense(dh, m, hs), MatRef::dense(dgh, m, g3), MatRef::dense(w_hh, g3, hs), true);
+                matmul(
+                    MatMut::dense(dh, m, hs),
+                    MatRef::dense(dgh, m, g3),
+                    MatRef::dense(w_hh, g3, hs),
+                    true,
+                );
                 continue;
             }
             // Reset before: route da_n through W_hn to r ⊙ h, then to r and h.
-            matmul(MatMut::dense(&mut drh, m, hs), MatRef::new(&dgx[2 * hs..], m, hs, g3), MatRef::dense(&w_hh[2 * hs * hs..], hs, hs), false);
+            matmul(
+                MatMut::dense(&mut drh, m, hs),
+                MatRef::new(&dgx[2 * hs..], m, hs, g3),
+                MatRef::dense(&w_hh[2 * hs * hs..], hs, hs),
+                false,
+            );
             for (i, b) in rows.clone().enumerate() {
                 if !seq.valid(t, b) {
                     continue;
@@ -193,7 +262,12 @@ pub fn backward<T: Real>(
                     dh[i * hs + j] += d_rh * r;
                 }
             }
-            matmul(MatMut::dense(dh, m, hs), MatRef::new(dgx, m, 2 * hs, g3), MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs), true);
+            matmul(
+                MatMut::dense(dh, m, hs),
+                MatRef::new(dgx, m, 2 * hs, g3),
+                MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs),
+                true,
+            );
         }
     });
     let rows = steps * batch;
@@ -203,7 +277,17 @@ pub fn backward<T: Real>(
     } else {
         // W_h{r,z} saw h_{t-1}; W_hn saw r ⊙ h_{t-1}.
         let (dw_rz, dw_n) = g.w_hh.data_mut().split_at_mut(2 * hs * hs);
-        matmul(MatMut::dense(dw_rz, 2 * hs, hs), MatRef::new(&cache.dgx, rows, 2 * hs, g3).t(), MatRef::dense(&cache.h_prev, rows, hs), true);
-        matmul(MatMut::dense(dw_n, hs, hs), MatRef::new(&cache.dgx[2 * hs..], rows, hs, g3).t(), MatRef::dense(&cache.aux, rows, hs), true);
+        matmul(
+            MatMut::dense(dw_rz, 2 * hs, hs),
+            MatRef::new(&cache.dgx, rows, 2 * hs, g3).t(),
+            MatRef::dense(&cache.h_prev, rows, hs),
+            true,
+        );
+        matmul(
+            MatMut::dense(dw_n, hs, hs),
+            MatRef::new(&cache.dgx[2 * hs..], rows, hs, g3).t(),
+            MatRef::dense(&cache.aux, rows, hs),
+            true,
+        );
     }
 }

@@ -16,7 +16,10 @@
 //! dh_{t-1} = da · W_hh
 //! ```
 
-use super::{for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq, Shared};
+use super::{
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq,
+    Shared,
+};
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
 
@@ -40,7 +43,15 @@ pub struct LstmCache<T> {
 /// Runs the cell over `x [T, B, I]` from `(h, c)` = `(h0, c0)`. Writes every
 /// output to `y [T, B, H]` (zero at padded steps) and leaves the final state in
 /// `h`, `c` (each `[B, H]`).
-pub fn forward<T: Real>(p: &CellParams<T>, seq: Seq, x: &[T], cache: &mut LstmCache<T>, y: &mut [T], h: &mut [T], c: &mut [T]) {
+pub fn forward<T: Real>(
+    p: &CellParams<T>,
+    seq: Seq,
+    x: &[T],
+    cache: &mut LstmCache<T>,
+    y: &mut [T],
+    h: &mut [T],
+    c: &mut [T],
+) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g4 = 4 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g4);
@@ -51,7 +62,11 @@ pub fn forward<T: Real>(p: &CellParams<T>, seq: Seq, x: &[T], cache: &mut LstmCa
     let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
     let c_prev = Shared::new(scratch(&mut cache.c_prev, steps * batch * hs), batch, hs);
     let tanh_c = Shared::new(scratch(&mut cache.tanh_c, steps * batch * hs), batch, hs);
-    let (y, h, c) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs), Shared::new(c, batch, hs));
+    let (y, h, c) = (
+        Shared::new(y, batch, hs),
+        Shared::new(h, batch, hs),
+        Shared::new(c, batch, hs),
+    );
     for_row_blocks(batch, |rows| {
         let m = rows.len();
         let mut hp = vec![T::zero(); m * g4];
@@ -60,10 +75,23 @@ pub fn forward<T: Real>(p: &CellParams<T>, seq: Seq, x: &[T], cache: &mut LstmCa
         for s in 0..steps {
             let t = seq.time(s);
             // SAFETY: as above; one slice per buffer and timestep.
-            let (a, hp_t, cp_t, tc, y) = unsafe { (gates.rows(t, &rows), h_prev.rows(t, &rows), c_prev.rows(t, &rows), tanh_c.rows(t, &rows), y.rows(t, &rows)) };
+            let (a, hp_t, cp_t, tc, y) = unsafe {
+                (
+                    gates.rows(t, &rows),
+                    h_prev.rows(t, &rows),
+                    c_prev.rows(t, &rows),
+                    tanh_c.rows(t, &rows),
+                    y.rows(t, &rows),
+                )
+            };
             hp_t.copy_from_slice(h);
             cp_t.copy_from_slice(c);
-            matmul(MatMut::dense(&mut hp, m, g4), MatRef::dense(hp_t, m, hs), w_t, false);
+            matmul(
+                MatMut::dense(&mut hp, m, g4),
+                MatRef::dense(hp_t, m, hs),
+                w_t,
+                false,
+            );
             for (i, b) in rows.clone().enumerate() {
                 let r = i * hs..(i + 1) * hs;
                 if !seq.valid(t, b) {
@@ -71,7 +99,14 @@ pub fn forward<T: Real>(p: &CellParams<T>, seq: Seq, x: &[T], cache: &mut LstmCa
                     continue;
                 }
                 let g = i * g4..(i + 1) * g4;
-                step(&mut a[g.clone()], &hp[g], &mut c[r.clone()], &mut tc[r.clone()], &mut h[r.clone()], &mut y[r]);
+                step(
+                    &mut a[g.clone()],
+                    &hp[g],
+                    &mut c[r.clone()],
+                    &mut tc[r.clone()],
+                    &mut h[r.clone()],
+                    &mut y[r],
+                );
             }
         }
     });
@@ -137,7 +172,11 @@ pub fn backward<T: Real>(
                 let a = &gates[row * g4..][..g4];
                 let da = &mut da_t[i * g4..][..g4];
                 let (dh, dc) = (&mut dh[i * hs..][..hs], &mut dc[i * hs..][..hs]);
-                let (tc, cp, dy) = (&tanh_c[row * hs..][..hs], &c_prev[row * hs..][..hs], &dy[row * hs..][..hs]);
+                let (tc, cp, dy) = (
+                    &tanh_c[row * hs..][..hs],
+                    &c_prev[row * hs..][..hs],
+                    &dy[row * hs..][..hs],
+                );
                 for j in 0..hs {
                     let (i_, f, gg, o) = (a[j], a[hs + j], a[2 * hs + j], a[3 * hs + j]);
                     let dh_t = dh[j] + dy[j];
@@ -151,7 +190,12 @@ pub fn backward<T: Real>(
                 }
             }
             // dh_{t-1} = da_t · W_hh, added onto rows that are zero (valid) or carried (padded).
-            matmul(MatMut::dense(dh, m, hs), MatRef::dense(da_t, m, g4), w_hh, true);
+            matmul(
+                MatMut::dense(dh, m, hs),
+                MatRef::dense(da_t, m, g4),
+                w_hh,
+                true,
+            );
         }
     });
     let rows = steps * batch;

@@ -271,7 +271,9 @@ pub(crate) fn for_row_blocks(batch: usize, f: impl Fn(Range<usize>) + Sync + Sen
     if blocks == 1 {
         return f(0..batch);
     }
-    (0..blocks).into_par_iter().for_each(|k| f(k * batch / blocks..(k + 1) * batch / blocks));
+    (0..blocks)
+        .into_par_iter()
+        .for_each(|k| f(k * batch / blocks..(k + 1) * batch / blocks));
 }
 
 /// A `[T, B, width]` (or `[B, width]`) buffer that several threads write, each
@@ -291,7 +293,13 @@ unsafe impl<T: Send> Sync for Shared<'_, T> {}
 impl<'a, T> Shared<'a, T> {
     /// Shares `buf`, laid out as `[*, batch, width]`.
     pub(crate) fn new(buf: &'a mut [T], batch: usize, width: usize) -> Self {
-        Shared { ptr: buf.as_mut_ptr(), len: buf.len(), batch, width, _borrow: PhantomData }
+        Shared {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            batch,
+            width,
+            _borrow: PhantomData,
+        }
     }
 
     /// The rows `rows` of timestep `t`, `[rows.len(), width]`.

@@ -7,7 +7,10 @@
 //! Backward: `da_t = dh ⊙ act'(a_t)` with `tanh' = 1 − h_t²` and `relu' = [h_t > 0]`;
 //! `dh_{t-1} = da_t · W_hh`.
 
-use super::{for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq, Shared};
+use super::{
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq,
+    Shared,
+};
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
 
@@ -36,7 +39,15 @@ pub struct RnnCache<T> {
 /// Runs the cell over `x [T, B, I]` from `h` = h0; writes every output to
 /// `y [T, B, H]` (zero at padded steps) and leaves the final state in `h [B, H]`.
 #[allow(clippy::too_many_arguments)]
-pub fn forward<T: Real>(p: &CellParams<T>, act: Activation, seq: Seq, x: &[T], cache: &mut RnnCache<T>, y: &mut [T], h: &mut [T]) {
+pub fn forward<T: Real>(
+    p: &CellParams<T>,
+    act: Activation,
+    seq: Seq,
+    x: &[T],
+    cache: &mut RnnCache<T>,
+    y: &mut [T],
+    h: &mut [T],
+) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let h_new = scratch(&mut cache.h_new, steps * batch * hs);
     project_inputs(p, x, steps * batch, h_new, true);
@@ -53,9 +64,20 @@ pub fn forward<T: Real>(p: &CellParams<T>, act: Activation, seq: Seq, x: &[T], c
         for s in 0..steps {
             let t = seq.time(s);
             // SAFETY: as above; one slice per buffer and timestep.
-            let (a, hp_t, y) = unsafe { (h_new.rows(t, &rows), h_prev.rows(t, &rows), y.rows(t, &rows)) };
+            let (a, hp_t, y) = unsafe {
+                (
+                    h_new.rows(t, &rows),
+                    h_prev.rows(t, &rows),
+                    y.rows(t, &rows),
+                )
+            };
             hp_t.copy_from_slice(h);
-            matmul(MatMut::dense(&mut hp, m, hs), MatRef::dense(hp_t, m, hs), w_t, false);
+            matmul(
+                MatMut::dense(&mut hp, m, hs),
+                MatRef::dense(hp_t, m, hs),
+                w_t,
+                false,
+            );
             for (i, b) in rows.clone().enumerate() {
                 let r = i * hs..(i + 1) * hs;
                 if !seq.valid(t, b) {
@@ -120,7 +142,12 @@ pub fn backward<T: Real>(
                     dh[i * hs + j] = T::zero();
                 }
             }
-            matmul(MatMut::dense(dh, m, hs), MatRef::dense(da, m, hs), w_hh, true);
+            matmul(
+                MatMut::dense(dh, m, hs),
+                MatRef::dense(da, m, hs),
+                w_hh,
+                true,
+            );
         }
     });
     let rows = steps * batch;

@@ -16,7 +16,10 @@ fn exp(x: f32) -> f32 {
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
     let z = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
     let y = p * z + r + 1.0;
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -29,7 +32,12 @@ fn sigmoid(x: f32) -> f32 {
 #[inline(always)]
 fn tanh(x: f32) -> f32 {
     let z = x * x;
-    let small = ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z - 3.333_328_2e-1) * z * x + x;
+    let small =
+        ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
+            - 3.333_328_2e-1)
+            * z
+            * x
+            + x;
     let large = 1.0 - 2.0 / (exp(2.0 * x) + 1.0);
     if x.abs() < 0.625 {
         small
@@ -62,7 +70,9 @@ macro_rules! dispatch {
                     // SAFETY: the CPU supports the features the function was compiled for.
                     return unsafe { avx512(x) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
                     // SAFETY: as above.
                     return unsafe { avx2(x) };
                 }
@@ -72,7 +82,11 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(sigmoid_f32, sigmoid, "`x ← 1 / (1 + e^{−x})` elementwise, finite for every finite input.");
+dispatch!(
+    sigmoid_f32,
+    sigmoid,
+    "`x ← 1 / (1 + e^{−x})` elementwise, finite for every finite input."
+);
 dispatch!(tanh_f32, tanh, "`x ← tanh(x)` elementwise.");
 
 /// The plain twin of [`sigmoid_f32`]: libm's `exp`.
@@ -94,7 +108,9 @@ mod tests {
         let mut rng = Rng::new(11);
         for &n in &[0usize, 1, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 1000] {
             for &scale in &[0.01f64, 0.7, 3.0, 12.0, 100.0] {
-                let xs: Vec<f32> = (0..n).map(|_| rng.uniform_in(-scale, scale) as f32).collect();
+                let xs: Vec<f32> = (0..n)
+                    .map(|_| rng.uniform_in(-scale, scale) as f32)
+                    .collect();
                 let (mut a, mut b) = (xs.clone(), xs.clone());
                 fast(&mut a);
                 reference(&mut b);
@@ -104,7 +120,18 @@ mod tests {
                 }
             }
         }
-        let mut edge = [0.0f32, -0.0, 0.625, -0.625, 88.0, -88.0, 1e30, -1e30, f32::MAX, f32::MIN];
+        let mut edge = [
+            0.0f32,
+            -0.0,
+            0.625,
+            -0.625,
+            88.0,
+            -88.0,
+            1e30,
+            -1e30,
+            f32::MAX,
+            f32::MIN,
+        ];
         fast(&mut edge);
         assert!(edge.iter().all(|v| v.is_finite()), "{what}: {edge:?}");
     }

@@ -6,7 +6,9 @@ use crate::cell::CellKind;
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Vocab;
 use crate::error::{Error, Result};
-use crate::layer::{Embedding, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig, RecurrentState};
+use crate::layer::{
+    Embedding, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig, RecurrentState,
+};
 use crate::loss::softmax_cross_entropy;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -36,7 +38,9 @@ pub struct CharLmConfig {
 
 impl CharLmConfig {
     fn recurrent(&self) -> RecurrentConfig {
-        RecurrentConfig::new(self.cell, self.embed_size, self.hidden_size).with_layers(self.num_layers).with_dropout(self.dropout)
+        RecurrentConfig::new(self.cell, self.embed_size, self.hidden_size)
+            .with_layers(self.num_layers)
+            .with_dropout(self.dropout)
     }
 
     /// Fails with a message naming the field if a value is impossible.
@@ -49,8 +53,14 @@ impl CharLmConfig {
 
     /// Multiply-adds ×2 per predicted token of one forward pass (embedding lookups excluded).
     pub fn flops_per_token(&self, vocab: usize) -> u64 {
-        let (e, h, g) = (self.embed_size as u64, self.hidden_size as u64, self.cell.gates() as u64);
-        let rnn: u64 = (0..self.num_layers as u64).map(|l| 2 * (if l == 0 { e } else { h } + h) * g * h).sum();
+        let (e, h, g) = (
+            self.embed_size as u64,
+            self.hidden_size as u64,
+            self.cell.gates() as u64,
+        );
+        let rnn: u64 = (0..self.num_layers as u64)
+            .map(|l| 2 * (if l == 0 { e } else { h } + h) * g * h)
+            .sum();
         rnn + 2 * h * vocab as u64
     }
 }
@@ -74,13 +84,24 @@ impl CharLm {
         let embed = Embedding::new(vocab.len(), config.embed_size, rng);
         let rnn = config.recurrent().init(rng)?;
         let head = Linear::new(config.hidden_size, vocab.len(), rng);
-        Ok(CharLm { embed, rnn, head, vocab })
+        Ok(CharLm {
+            embed,
+            rnn,
+            head,
+            vocab,
+        })
     }
 
     /// The sizes (dropout as configured for training).
     pub fn config(&self) -> CharLmConfig {
         let r = self.rnn.config();
-        CharLmConfig { cell: r.cell, embed_size: r.input_size, hidden_size: r.hidden_size, num_layers: r.num_layers, dropout: r.dropout }
+        CharLmConfig {
+            cell: r.cell,
+            embed_size: r.input_size,
+            hidden_size: r.hidden_size,
+            num_layers: r.num_layers,
+            dropout: r.dropout,
+        }
     }
 
     /// Sets the dropout used by [`CharLm::train_step`].
@@ -96,10 +117,20 @@ impl CharLm {
         &self.vocab
     }
 
-    fn logits(&mut self, inputs: &[usize], steps: usize, batch: usize, init: Option<&RecurrentState<f32>>, rng: Option<&mut Rng>) -> Result<(Tensor<f32>, Vec<f32>, RecurrentState<f32>)> {
+    fn logits(
+        &mut self,
+        inputs: &[usize],
+        steps: usize,
+        batch: usize,
+        init: Option<&RecurrentState<f32>>,
+        rng: Option<&mut Rng>,
+    ) -> Result<(Tensor<f32>, Vec<f32>, RecurrentState<f32>)> {
         let n = steps * batch;
         if inputs.len() != n {
-            return Err(Error::Shape(format!("{} inputs given for {steps} steps × {batch} sequences", inputs.len())));
+            return Err(Error::Shape(format!(
+                "{} inputs given for {steps} steps × {batch} sequences",
+                inputs.len()
+            )));
         }
         let mut x = Tensor::zeros(&[steps, batch, self.embed.dim()]);
         self.embed.forward(inputs, x.data_mut())?;
@@ -114,10 +145,17 @@ impl CharLm {
 
     fn check_targets(&self, targets: &[usize], n: usize) -> Result<()> {
         if targets.len() != n {
-            return Err(Error::Shape(format!("{} targets given for {n} inputs", targets.len())));
+            return Err(Error::Shape(format!(
+                "{} targets given for {n} inputs",
+                targets.len()
+            )));
         }
         match targets.iter().position(|&t| t >= self.vocab.len()) {
-            Some(k) => Err(Error::Input(format!("target id {} at position {k} is outside the vocabulary of {}", targets[k], self.vocab.len()))),
+            Some(k) => Err(Error::Input(format!(
+                "target id {} at position {k} is outside the vocabulary of {}",
+                targets[k],
+                self.vocab.len()
+            ))),
             None => Ok(()),
         }
     }
@@ -126,29 +164,52 @@ impl CharLm {
     /// gradients of that mean loss to every parameter. `inputs` and `targets` are
     /// time-major `[T, B]`. Returns the loss (nats per character) and the final state,
     /// from which the next batch may continue (gradients stop at the batch boundary).
-    pub fn train_step(&mut self, inputs: &[usize], targets: &[usize], steps: usize, batch: usize, init: Option<&RecurrentState<f32>>, rng: &mut Rng) -> Result<(f64, RecurrentState<f32>)> {
+    pub fn train_step(
+        &mut self,
+        inputs: &[usize],
+        targets: &[usize],
+        steps: usize,
+        batch: usize,
+        init: Option<&RecurrentState<f32>>,
+        rng: &mut Rng,
+    ) -> Result<(f64, RecurrentState<f32>)> {
         let n = steps * batch;
         self.check_targets(targets, n)?;
         let (y, logits, fin) = self.logits(inputs, steps, batch, init, Some(rng))?;
         let mut dlogits = vec![0.0; logits.len()];
         let loss = softmax_cross_entropy(&logits, targets, self.vocab.len(), Some(&mut dlogits));
         let mut dy = Tensor::zeros(y.shape());
-        self.head.backward(y.data(), &dlogits, n, Some(dy.data_mut()));
+        self.head
+            .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
         let (dx, _) = self.rnn.backward(&dy, None)?;
         self.embed.backward(inputs, dx.data());
         Ok((loss, fin))
     }
 
     /// Mean cross-entropy of `targets` (nats per character) without dropout or gradients.
-    pub fn loss(&mut self, inputs: &[usize], targets: &[usize], steps: usize, batch: usize, init: Option<&RecurrentState<f32>>) -> Result<(f64, RecurrentState<f32>)> {
+    pub fn loss(
+        &mut self,
+        inputs: &[usize],
+        targets: &[usize],
+        steps: usize,
+        batch: usize,
+        init: Option<&RecurrentState<f32>>,
+    ) -> Result<(f64, RecurrentState<f32>)> {
         self.check_targets(targets, steps * batch)?;
         let (_, logits, fin) = self.logits(inputs, steps, batch, init, None)?;
-        Ok((softmax_cross_entropy(&logits, targets, self.vocab.len(), None), fin))
+        Ok((
+            softmax_cross_entropy(&logits, targets, self.vocab.len(), None),
+            fin,
+        ))
     }
 
     /// Feeds `ids` to one sequence (batch 1) from `state`; returns the logits
     /// of the character after the last id, and the new state.
-    pub fn next_logits(&mut self, ids: &[usize], state: Option<&RecurrentState<f32>>) -> Result<(Vec<f32>, RecurrentState<f32>)> {
+    pub fn next_logits(
+        &mut self,
+        ids: &[usize],
+        state: Option<&RecurrentState<f32>>,
+    ) -> Result<(Vec<f32>, RecurrentState<f32>)> {
         if ids.is_empty() {
             return Err(Error::Input("no character to feed".into()));
         }
@@ -159,12 +220,21 @@ impl CharLm {
 
     /// Writes the model as the PyTorch `CharLM` state dict plus `extra` tensors and
     /// metadata (training state), atomically.
-    pub fn save(&self, path: &Path, extra: &[(String, Tensor<f32>)], metadata: HashMap<String, String>) -> Result<()> {
+    pub fn save(
+        &self,
+        path: &Path,
+        extra: &[(String, Tensor<f32>)],
+        metadata: HashMap<String, String>,
+    ) -> Result<()> {
         let mut meta = metadata;
         meta.insert(META_CELL.into(), self.rnn.config().cell.name().into());
         meta.insert(META_VOCAB.into(), self.vocab.to_json());
         let named = checkpoint::named_params(self, "");
-        let refs: Vec<(String, &Tensor<f32>)> = named.iter().chain(extra).map(|(n, t)| (n.clone(), t)).collect();
+        let refs: Vec<(String, &Tensor<f32>)> = named
+            .iter()
+            .chain(extra)
+            .map(|(n, t)| (n.clone(), t))
+            .collect();
         checkpoint::save(path, &refs, &meta)
     }
 
@@ -173,24 +243,56 @@ impl CharLm {
     /// open file too, for any training state in it.
     pub fn load(path: &Path) -> Result<(CharLm, TensorFile)> {
         let file = TensorFile::open(path)?;
-        let cell_name = file.metadata().get(META_CELL).ok_or_else(|| file.error(format!("metadata `{META_CELL}` is missing: not an rnnkit char-LM checkpoint")))?;
+        let cell_name = file.metadata().get(META_CELL).ok_or_else(|| {
+            file.error(format!(
+                "metadata `{META_CELL}` is missing: not an rnnkit char-LM checkpoint"
+            ))
+        })?;
         let cell = CellKind::from_name(cell_name).ok_or_else(|| {
             let known: Vec<&str> = CellKind::ALL.iter().map(|k| k.name()).collect();
-            file.error(format!("metadata `{META_CELL}` is {cell_name:?}; expected one of {}", known.join(", ")))
+            file.error(format!(
+                "metadata `{META_CELL}` is {cell_name:?}; expected one of {}",
+                known.join(", ")
+            ))
         })?;
-        let vocab_json = file.metadata().get(META_VOCAB).ok_or_else(|| file.error(format!("metadata `{META_VOCAB}` (the vocabulary) is missing")))?;
-        let vocab = Vocab::from_json(vocab_json).map_err(|e| file.error(format!("metadata `{META_VOCAB}`: {e}")))?;
-        let embed = Embedding::from_weight(file.get("embed.weight", None)?).map_err(|e| file.error(e.to_string()))?;
+        let vocab_json = file.metadata().get(META_VOCAB).ok_or_else(|| {
+            file.error(format!(
+                "metadata `{META_VOCAB}` (the vocabulary) is missing"
+            ))
+        })?;
+        let vocab = Vocab::from_json(vocab_json)
+            .map_err(|e| file.error(format!("metadata `{META_VOCAB}`: {e}")))?;
+        let embed = Embedding::from_weight(file.get("embed.weight", None)?)
+            .map_err(|e| file.error(e.to_string()))?;
         if embed.vocab() != vocab.len() {
-            return Err(file.error(format!("`embed.weight` has {} rows but the vocabulary has {} characters", embed.vocab(), vocab.len())));
+            return Err(file.error(format!(
+                "`embed.weight` has {} rows but the vocabulary has {} characters",
+                embed.vocab(),
+                vocab.len()
+            )));
         }
         let rnn = Recurrent::from_state_dict(&file, "rnn.", cell)?;
         if rnn.config().input_size != embed.dim() {
-            return Err(file.error(format!("`rnn.weight_ih_l0` takes {} inputs but `embed.weight` gives {}", rnn.config().input_size, embed.dim())));
+            return Err(file.error(format!(
+                "`rnn.weight_ih_l0` takes {} inputs but `embed.weight` gives {}",
+                rnn.config().input_size,
+                embed.dim()
+            )));
         }
         let out = rnn.config().output_size();
-        let head = Linear::from_params(file.get("head.weight", Some(&[vocab.len(), out]))?, file.get("head.bias", Some(&[vocab.len()]))?)?;
-        Ok((CharLm { embed, rnn, head, vocab }, file))
+        let head = Linear::from_params(
+            file.get("head.weight", Some(&[vocab.len(), out]))?,
+            file.get("head.bias", Some(&[vocab.len()]))?,
+        )?;
+        Ok((
+            CharLm {
+                embed,
+                rnn,
+                head,
+                vocab,
+            },
+            file,
+        ))
     }
 }
 
@@ -204,9 +306,18 @@ impl Parameters<f32> for CharLm {
     }
 
     fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
-        f("embed.weight", &mut self.embed.weight, &mut self.embed.grad_weight);
-        self.rnn.visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
-        f("head.weight", &mut self.head.weight, &mut self.head.grad_weight);
+        f(
+            "embed.weight",
+            &mut self.embed.weight,
+            &mut self.embed.grad_weight,
+        );
+        self.rnn
+            .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
+        f(
+            "head.weight",
+            &mut self.head.weight,
+            &mut self.head.grad_weight,
+        );
         f("head.bias", &mut self.head.bias, &mut self.head.grad_bias);
     }
 }

@@ -73,7 +73,10 @@ impl Recipe {
             return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
         }
         if !(0.0..0.5).contains(&self.val_frac) {
-            return bad(format!("val-frac must be in [0, 0.5), got {}", self.val_frac));
+            return bad(format!(
+                "val-frac must be in [0, 0.5), got {}",
+                self.val_frac
+            ));
         }
         Ok(())
     }
@@ -87,19 +90,29 @@ impl Recipe {
     /// Every setting in which `self` differs from `stored`, as `name: stored → asked`.
     pub fn differences(&self, stored: &Recipe) -> Vec<String> {
         let (a, b) = (flatten(stored), flatten(self));
-        a.iter().zip(&b).filter(|(x, y)| x.1 != y.1).map(|(x, y)| format!("{} is {} in the checkpoint but {} was asked", x.0, x.1, y.1)).collect()
+        a.iter()
+            .zip(&b)
+            .filter(|(x, y)| x.1 != y.1)
+            .map(|(x, y)| format!("{} is {} in the checkpoint but {} was asked", x.0, x.1, y.1))
+            .collect()
     }
 }
 
 fn flatten(r: &Recipe) -> Vec<(String, String)> {
     fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
         match v {
-            serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| walk(&format!("{prefix}{k}."), v, out)),
+            serde_json::Value::Object(m) => m
+                .iter()
+                .for_each(|(k, v)| walk(&format!("{prefix}{k}."), v, out)),
             other => out.push((prefix.trim_end_matches('.').to_string(), other.to_string())),
         }
     }
     let mut out = Vec::new();
-    walk("", &serde_json::to_value(r).expect("serialisable"), &mut out);
+    walk(
+        "",
+        &serde_json::to_value(r).expect("serialisable"),
+        &mut out,
+    );
     out
 }
 
@@ -223,10 +236,14 @@ pub const METRICS: &str = "metrics.jsonl";
 pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result<Summary> {
     cfg.recipe.validate()?;
     if cfg.eval_every == 0 || cfg.checkpoint_every == 0 {
-        return Err(Error::Config("eval-every and checkpoint-every must be at least 1".into()));
+        return Err(Error::Config(
+            "eval-every and checkpoint-every must be at least 1".into(),
+        ));
     }
     if cfg.steps.is_none() && cfg.epochs.is_none() && cfg.time_limit.is_none() {
-        return Err(Error::Config("give a bound: steps, epochs or a time limit".into()));
+        return Err(Error::Config(
+            "give a bound: steps, epochs or a time limit".into(),
+        ));
     }
     if cfg.epochs.is_some_and(|e| !(e > 0.0 && e.is_finite())) {
         return Err(Error::Config("epochs must be positive".into()));
@@ -238,7 +255,11 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
             let (model, st) = TrainState::load(path)?;
             let diffs = recipe.differences(&st.recipe);
             if !diffs.is_empty() {
-                return Err(Error::Config(format!("cannot resume {}: {}; drop those flags or start a new run", path.display(), diffs.join("; "))));
+                return Err(Error::Config(format!(
+                    "cannot resume {}: {}; drop those flags or start a new run",
+                    path.display(),
+                    diffs.join("; ")
+                )));
             }
             if st.data_fingerprint != data_fingerprint {
                 return Err(Error::Config(format!("cannot resume {}: the training text differs from the one it was trained on; give the same --data", path.display())));
@@ -249,18 +270,34 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
             let vocab = Vocab::from_text(text);
             let mut rng = Rng::new(recipe.seed);
             let model = CharLm::new(&recipe.model, vocab, &mut rng)?;
-            (model, TrainState::fresh(recipe.clone(), rng, data_fingerprint))
+            (
+                model,
+                TrainState::fresh(recipe.clone(), rng, data_fingerprint),
+            )
         }
     };
     let ids = model.vocab().encode(text)?;
     let n_val = (ids.len() as f64 * recipe.val_frac) as usize;
     let val_ids = ids[ids.len() - n_val..].to_vec();
-    let train = Streams::new(ids[..ids.len() - n_val].to_vec(), recipe.batch, recipe.seq_len, "training text")?;
+    let train = Streams::new(
+        ids[..ids.len() - n_val].to_vec(),
+        recipe.batch,
+        recipe.seq_len,
+        "training text",
+    )?;
     let val = if n_val == 0 {
         None
     } else {
-        let streams = recipe.batch.min((n_val.saturating_sub(1)) / recipe.seq_len).max(1);
-        Some(Streams::new(val_ids, streams, recipe.seq_len, "validation text (the last --val-frac of the data)")?)
+        let streams = recipe
+            .batch
+            .min((n_val.saturating_sub(1)) / recipe.seq_len)
+            .max(1);
+        Some(Streams::new(
+            val_ids,
+            streams,
+            recipe.seq_len,
+            "validation text (the last --val-frac of the data)",
+        )?)
     };
     let batches = train.batches() as u64;
     let total_steps = match (cfg.steps, cfg.epochs) {
@@ -269,7 +306,10 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
         (None, Some(e)) => Some((e * batches as f64).ceil() as u64),
         (None, None) => None,
     };
-    std::fs::create_dir_all(&cfg.out_dir).map_err(|source| Error::Io { path: cfg.out_dir.clone(), source })?;
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|source| Error::Io {
+        path: cfg.out_dir.clone(),
+        source,
+    })?;
     let latest = cfg.out_dir.join(LATEST);
     let best = cfg.out_dir.join(BEST);
     let mut optimizer = Optimizer::new(recipe.optimizer, recipe.momentum);
@@ -291,9 +331,12 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
     let mut tokens = 0u64;
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
     let mut interrupted = false;
+    let mut last_report: Option<EvalReport> = None;
     let tokens_per_sec = |tokens: u64, t: Duration| tokens as f64 / t.as_secs_f64().max(1e-9);
     loop {
-        if total_steps.is_some_and(|t| st.step >= t) || cfg.time_limit.is_some_and(|l| started.elapsed() >= l) {
+        if total_steps.is_some_and(|t| st.step >= t)
+            || cfg.time_limit.is_some_and(|l| started.elapsed() >= l)
+        {
             break;
         }
         let t0 = Instant::now();
@@ -304,8 +347,19 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
         let lr = recipe.lr_at(st.step / batches);
         train.batch(k, &mut inputs, &mut targets);
         model.zero_grad();
-        let init = if recipe.carry_state { st.carry.as_ref() } else { None };
-        let (loss, fin) = model.train_step(&inputs, &targets, recipe.seq_len, recipe.batch, init, &mut st.rng)?;
+        let init = if recipe.carry_state {
+            st.carry.as_ref()
+        } else {
+            None
+        };
+        let (loss, fin) = model.train_step(
+            &inputs,
+            &targets,
+            recipe.seq_len,
+            recipe.batch,
+            init,
+            &mut st.rng,
+        )?;
         if !loss.is_finite() {
             return Err(Error::Diverged(format!(
                 "the loss became {loss} at step {}; {} holds the last good checkpoint; lower --lr or set --grad-clip",
@@ -327,16 +381,29 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
         train_time += t0.elapsed();
         tokens += (recipe.batch * recipe.seq_len) as u64;
         let epoch = st.step as f64 / batches as f64;
-        observer.on_step(&StepReport { step: st.step, total_steps, epoch, loss, lr, tokens_per_sec: tokens_per_sec(tokens, train_time) });
+        observer.on_step(&StepReport {
+            step: st.step,
+            total_steps,
+            epoch,
+            loss,
+            lr,
+            tokens_per_sec: tokens_per_sec(tokens, train_time),
+        });
         interrupted = observer.should_stop();
-        let finished = interrupted || total_steps.is_some_and(|t| st.step >= t) || cfg.time_limit.is_some_and(|l| started.elapsed() >= l);
-        if st.step % cfg.eval_every == 0 || finished {
+        let finished = interrupted
+            || total_steps.is_some_and(|t| st.step >= t)
+            || cfg.time_limit.is_some_and(|l| started.elapsed() >= l);
+        let on_cadence = st.step % cfg.eval_every == 0;
+        if on_cadence || finished {
             let val_loss = val.as_ref().map(|v| evaluate(&mut model, v)).transpose()?;
             let train_loss = st.loss_sum / st.loss_count.max(1) as f64;
-            st.history.push(EvalReport { step: st.step, epoch, train_nats_per_char: train_loss, val_nats_per_char: val_loss, lr });
-            st.loss_sum = 0.0;
-            st.loss_count = 0;
-            write_metrics(&cfg.out_dir.join(METRICS), &st.history)?;
+            let report = EvalReport {
+                step: st.step,
+                epoch,
+                train_nats_per_char: train_loss,
+                val_nats_per_char: val_loss,
+                lr,
+            };
             if let Some(v) = val_loss {
                 if st.best_val.is_none_or(|b| v < b) {
                     st.best_val = Some(v);
@@ -344,7 +411,18 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
                     observer.on_checkpoint(&best);
                 }
             }
-            observer.on_eval(&st.history);
+            if on_cadence {
+                st.history.push(report.clone());
+                st.loss_sum = 0.0;
+                st.loss_count = 0;
+                write_metrics(&cfg.out_dir.join(METRICS), &st.history)?;
+                observer.on_eval(&st.history);
+            } else {
+                // An end-of-run validation off the cadence is reported but not logged, so a
+                // run stopped and resumed logs exactly what an uninterrupted one does.
+                observer.on_eval(&[st.history.clone(), vec![report.clone()]].concat());
+            }
+            last_report = Some(report);
         }
         if st.step % cfg.checkpoint_every == 0 || finished {
             st.save(&model, &optimizer, &latest)?;
@@ -358,7 +436,7 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
         // Nothing to do (already at the bound): still leave a checkpoint behind.
         st.save(&model, &optimizer, &latest)?;
     }
-    let last = st.history.last();
+    let last = last_report.as_ref().or(st.history.last());
     Ok(Summary {
         steps: st.step,
         epochs: st.step as f64 / batches as f64,
@@ -378,7 +456,13 @@ pub fn evaluate(model: &mut CharLm, val: &Streams) -> Result<f64> {
     let mut sum = 0.0;
     for k in 0..val.batches() {
         val.batch(k, &mut inputs, &mut targets);
-        let (loss, fin) = model.loss(&inputs, &targets, val.seq_len(), val.batch_size(), state.as_ref())?;
+        let (loss, fin) = model.loss(
+            &inputs,
+            &targets,
+            val.seq_len(),
+            val.batch_size(),
+            state.as_ref(),
+        )?;
         sum += loss;
         state = Some(fin);
     }
@@ -390,7 +474,9 @@ pub fn evaluate(model: &mut CharLm, val: &Streams) -> Result<f64> {
 pub fn eval_text(model: &mut CharLm, text: &str, chunk: usize) -> Result<(usize, f64)> {
     let ids = model.vocab().encode(text)?;
     if ids.len() < 2 {
-        return Err(Error::Input("the text needs at least 2 characters to predict one".into()));
+        return Err(Error::Input(
+            "the text needs at least 2 characters to predict one".into(),
+        ));
     }
     let chunk = chunk.max(1);
     let mut state: Option<RecurrentState<f32>> = None;
@@ -399,7 +485,13 @@ pub fn eval_text(model: &mut CharLm, text: &str, chunk: usize) -> Result<(usize,
     let mut pos = 0;
     while pos < n {
         let len = chunk.min(n - pos);
-        let (loss, fin) = model.loss(&ids[pos..pos + len], &ids[pos + 1..pos + 1 + len], len, 1, state.as_ref())?;
+        let (loss, fin) = model.loss(
+            &ids[pos..pos + len],
+            &ids[pos + 1..pos + 1 + len],
+            len,
+            1,
+            state.as_ref(),
+        )?;
         sum += loss * len as f64;
         state = Some(fin);
         pos += len;

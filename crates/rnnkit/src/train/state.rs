@@ -73,19 +73,38 @@ impl TrainState {
         let recipe = read_recipe(&file)?;
         model.set_dropout(recipe.model.dropout)?;
         let m = |k: &str| meta(&file, k);
-        let rng_words: Vec<String> = serde_json::from_str(&m(RNG)?).map_err(|e| file.error(format!("metadata `{RNG}`: {e}")))?;
-        let rng_state: Vec<u64> = rng_words.iter().map(|w| w.parse::<u64>()).collect::<std::result::Result<_, _>>().map_err(|e| file.error(format!("metadata `{RNG}`: {e}")))?;
-        let rng_state: [u64; 4] = rng_state.try_into().map_err(|_| file.error(format!("metadata `{RNG}` must hold 4 numbers")))?;
+        let rng_words: Vec<String> = serde_json::from_str(&m(RNG)?)
+            .map_err(|e| file.error(format!("metadata `{RNG}`: {e}")))?;
+        let rng_state: Vec<u64> = rng_words
+            .iter()
+            .map(|w| w.parse::<u64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| file.error(format!("metadata `{RNG}`: {e}")))?;
+        let rng_state: [u64; 4] = rng_state
+            .try_into()
+            .map_err(|_| file.error(format!("metadata `{RNG}` must hold 4 numbers")))?;
         let best_bits = m(BEST_VAL)?;
         let cfg = model.rnn.config().clone();
         let carry = match file.shape(CARRY_H) {
-            Some(shape) if shape.len() == 3 && shape[0] == cfg.num_layers * cfg.directions() && shape[2] == cfg.hidden_size => {
+            Some(shape)
+                if shape.len() == 3
+                    && shape[0] == cfg.num_layers * cfg.directions()
+                    && shape[2] == cfg.hidden_size =>
+            {
                 let batch = [shape[0], recipe.batch, shape[2]];
                 let h = file.get(CARRY_H, Some(&batch))?;
-                let c = if cfg.cell.has_cell_state() { Some(file.get(CARRY_C, Some(&batch))?) } else { None };
+                let c = if cfg.cell.has_cell_state() {
+                    Some(file.get(CARRY_C, Some(&batch))?)
+                } else {
+                    None
+                };
                 Some(RecurrentState { h, c })
             }
-            Some(shape) => return Err(file.error(format!("`{CARRY_H}` has shape {shape:?}, which does not fit the model"))),
+            Some(shape) => {
+                return Err(file.error(format!(
+                    "`{CARRY_H}` has shape {shape:?}, which does not fit the model"
+                )))
+            }
             None => None,
         };
         let st = TrainState {
@@ -94,9 +113,15 @@ impl TrainState {
             carry,
             loss_sum: f64::from_bits(parse(&file, LOSS_SUM)?),
             loss_count: parse(&file, LOSS_COUNT)?,
-            best_val: if best_bits == "none" { None } else { Some(f64::from_bits(parse(&file, BEST_VAL)?)) },
-            history: serde_json::from_str(&m(HISTORY)?).map_err(|e| file.error(format!("metadata `{HISTORY}`: {e}")))?,
-            data_fingerprint: u64::from_str_radix(&m(DATA)?, 16).map_err(|e| file.error(format!("metadata `{DATA}`: {e}")))?,
+            best_val: if best_bits == "none" {
+                None
+            } else {
+                Some(f64::from_bits(parse(&file, BEST_VAL)?))
+            },
+            history: serde_json::from_str(&m(HISTORY)?)
+                .map_err(|e| file.error(format!("metadata `{HISTORY}`: {e}")))?,
+            data_fingerprint: u64::from_str_radix(&m(DATA)?, 16)
+                .map_err(|e| file.error(format!("metadata `{DATA}`: {e}")))?,
             optimizer_steps: parse(&file, OPT_STEPS)?,
             recipe,
             file: Some(file),
@@ -105,22 +130,46 @@ impl TrainState {
     }
 
     /// Puts the stored optimiser moments (if any) into `optimizer`.
-    pub(super) fn restore_optimizer(&mut self, optimizer: &mut Optimizer, model: &CharLm) -> Result<()> {
-        let Some(file) = self.file.take() else { return Ok(()) };
-        optimizer.restore(model, self.optimizer_steps, &mut |name, shape| file.get(name, Some(shape)), OPT_PREFIX)
+    pub(super) fn restore_optimizer(
+        &mut self,
+        optimizer: &mut Optimizer,
+        model: &CharLm,
+    ) -> Result<()> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        optimizer.restore(
+            model,
+            self.optimizer_steps,
+            &mut |name, shape| file.get(name, Some(shape)),
+            OPT_PREFIX,
+        )
     }
 
     /// Writes the model with this state, atomically.
     pub(super) fn save(&self, model: &CharLm, optimizer: &Optimizer, path: &Path) -> Result<()> {
         let mut meta = HashMap::new();
-        meta.insert(RECIPE.into(), serde_json::to_string(&self.recipe).expect("serialisable"));
+        meta.insert(
+            RECIPE.into(),
+            serde_json::to_string(&self.recipe).expect("serialisable"),
+        );
         meta.insert(STEP.into(), self.step.to_string());
         let words: Vec<String> = self.rng.state().iter().map(u64::to_string).collect();
-        meta.insert(RNG.into(), serde_json::to_string(&words).expect("serialisable"));
+        meta.insert(
+            RNG.into(),
+            serde_json::to_string(&words).expect("serialisable"),
+        );
         meta.insert(LOSS_SUM.into(), self.loss_sum.to_bits().to_string());
         meta.insert(LOSS_COUNT.into(), self.loss_count.to_string());
-        meta.insert(BEST_VAL.into(), self.best_val.map_or("none".into(), |b| b.to_bits().to_string()));
-        meta.insert(HISTORY.into(), serde_json::to_string(&self.history).expect("serialisable"));
+        meta.insert(
+            BEST_VAL.into(),
+            self.best_val
+                .map_or("none".into(), |b| b.to_bits().to_string()),
+        );
+        meta.insert(
+            HISTORY.into(),
+            serde_json::to_string(&self.history).expect("serialisable"),
+        );
         meta.insert(DATA.into(), format!("{:016x}", self.data_fingerprint));
         meta.insert(OPT_STEPS.into(), optimizer.steps().to_string());
         let mut extra: Vec<(String, Tensor<f32>)> = optimizer.state_tensors(model, OPT_PREFIX);
@@ -147,12 +196,21 @@ fn read_recipe(file: &TensorFile) -> Result<Recipe> {
 }
 
 fn meta(file: &TensorFile, key: &str) -> Result<String> {
-    file.metadata().get(key).cloned().ok_or_else(|| file.error(format!("metadata `{key}` is missing: the training state is incomplete")))
+    file.metadata().get(key).cloned().ok_or_else(|| {
+        file.error(format!(
+            "metadata `{key}` is missing: the training state is incomplete"
+        ))
+    })
 }
 
 fn parse<T: std::str::FromStr>(file: &TensorFile, key: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    meta(file, key)?.parse().map_err(|e: T::Err| Error::Checkpoint { path: file.path().to_path_buf(), msg: format!("metadata `{key}`: {e}") })
+    meta(file, key)?
+        .parse()
+        .map_err(|e: T::Err| Error::Checkpoint {
+            path: file.path().to_path_buf(),
+            msg: format!("metadata `{key}`: {e}"),
+        })
 }

@@ -1,0 +1,543 @@
+//! End-to-end tests: the real `rnnkit` binary in a temporary folder.
+
+use rnnkit::checkpoint::TensorFile;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rnnkit(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rnnkit"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("binary runs")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The first `n` characters of the bundled corpus, as `corpus.txt` in `dir`.
+fn corpus(dir: &Path, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("data/shakespeare.txt")).unwrap();
+    let p = dir.join("corpus.txt");
+    std::fs::write(&p, text.chars().take(n).collect::<String>()).unwrap();
+    p
+}
+
+/// A small, fast model; every run uses the same thread count so results are bit-for-bit comparable.
+const TINY: &[&str] = &[
+    "--hidden",
+    "16",
+    "--embed",
+    "8",
+    "--layers",
+    "2",
+    "--batch",
+    "4",
+    "--seq-len",
+    "16",
+    "--threads",
+    "2",
+    "--eval-every",
+    "4",
+    "--checkpoint-every",
+    "4",
+    "--dropout",
+    "0.1",
+    "--sample-length",
+    "0",
+];
+
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--data", "corpus.txt"];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    rnnkit(&args, dir)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).expect("UTF-8 stdout")
+}
+
+fn fails_with(o: &Output, needle: &str) {
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {}",
+        stderr(o)
+    );
+    let e = stderr(o);
+    assert!(e.contains(needle), "stderr lacks {needle:?}: {e}");
+    assert!(!e.contains("panicked"), "panic: {e}");
+}
+
+#[test]
+fn train_writes_checkpoints_metrics_plot_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 20_000);
+    let o = train(
+        dir.path(),
+        &[
+            "--steps",
+            "8",
+            "--out",
+            "out",
+            "--json",
+            "--sample-length",
+            "50",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let last = out.lines().last().unwrap();
+    let j: serde_json::Value = serde_json::from_str(last).unwrap();
+    for k in [
+        "steps",
+        "epochs",
+        "train_nats_per_char",
+        "val_nats_per_char",
+        "tokens_per_sec",
+        "checkpoint",
+    ] {
+        assert!(j.get(k).is_some(), "missing {k} in {last}");
+    }
+    assert_eq!(j["steps"], 8);
+    assert!(out.contains("--- sample (50 characters"), "{out}");
+    let out_dir = dir.path().join("out");
+    for f in [
+        "latest.safetensors",
+        "best.safetensors",
+        "metrics.jsonl",
+        "loss.svg",
+    ] {
+        assert!(out_dir.join(f).exists(), "{f} missing");
+    }
+    let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().count(),
+        2,
+        "one line per eval at steps 4 and 8"
+    );
+    assert!(std::fs::read_to_string(out_dir.join("loss.svg"))
+        .unwrap()
+        .contains("<svg"));
+    // The checkpoint follows the contract.
+    let f = TensorFile::open(out_dir.join("latest.safetensors")).unwrap();
+    assert_eq!(f.metadata()["rnnkit.cell"], "lstm");
+    assert!(f.metadata()["rnnkit.vocab"].starts_with('['));
+    assert_eq!(f.shape("rnn.weight_ih_l1"), Some(vec![64, 16]));
+    assert!(f.shape("head.weight").is_some() && f.shape("embed.weight").is_some());
+}
+
+#[test]
+fn resume_continues_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 20_000);
+    let whole = train(dir.path(), &["--steps", "12", "--out", "whole"]);
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let first = train(
+        dir.path(),
+        &["--steps", "6", "--out", "split", "--checkpoint-every", "3"],
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    // Resume takes the recipe from the checkpoint; only the bound changes.
+    let rest = rnnkit(
+        &[
+            "train",
+            "--data",
+            "corpus.txt",
+            "--resume",
+            "split/latest.safetensors",
+            "--steps",
+            "12",
+            "--out",
+            "split",
+            "--threads",
+            "2",
+            "--sample-length",
+            "0",
+            "--eval-every",
+            "4",
+        ],
+        dir.path(),
+    );
+    assert!(rest.status.success(), "{}", stderr(&rest));
+    let m1 = std::fs::read_to_string(dir.path().join("whole/metrics.jsonl")).unwrap();
+    let m2 = std::fs::read_to_string(dir.path().join("split/metrics.jsonl")).unwrap();
+    assert_eq!(m1, m2, "the same losses, bit for bit");
+    let a = TensorFile::open(dir.path().join("whole/latest.safetensors")).unwrap();
+    let b = TensorFile::open(dir.path().join("split/latest.safetensors")).unwrap();
+    assert_eq!(a.names(), b.names());
+    for n in a.names() {
+        assert_eq!(
+            a.get::<f32>(&n, None).unwrap(),
+            b.get::<f32>(&n, None).unwrap(),
+            "tensor {n}"
+        );
+    }
+}
+
+#[test]
+fn resume_with_a_contradicting_flag_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 20_000);
+    assert!(train(dir.path(), &["--steps", "4", "--out", "o"])
+        .status
+        .success());
+    let o = rnnkit(
+        &[
+            "train",
+            "--data",
+            "corpus.txt",
+            "--resume",
+            "o/latest.safetensors",
+            "--hidden",
+            "32",
+            "--steps",
+            "8",
+            "--out",
+            "o",
+        ],
+        dir.path(),
+    );
+    fails_with(&o, "hidden_size is 16 in the checkpoint but 32 was asked");
+    std::fs::write(
+        dir.path().join("other.txt"),
+        "something else entirely. ".repeat(400),
+    )
+    .unwrap();
+    let o = rnnkit(
+        &[
+            "train",
+            "--data",
+            "other.txt",
+            "--resume",
+            "o/latest.safetensors",
+            "--steps",
+            "8",
+            "--out",
+            "o",
+        ],
+        dir.path(),
+    );
+    fails_with(&o, "training text differs");
+}
+
+#[test]
+fn sample_streams_exactly_prime_plus_length_and_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 20_000);
+    assert!(train(dir.path(), &["--steps", "4", "--out", "o"])
+        .status
+        .success());
+    let args = [
+        "sample",
+        "--checkpoint",
+        "o/latest.safetensors",
+        "--prime",
+        "ROMEO:",
+        "--length",
+        "40",
+        "--seed",
+        "3",
+    ];
+    let a = rnnkit(&args, dir.path());
+    assert!(a.status.success(), "{}", stderr(&a));
+    let text = stdout(&a);
+    assert!(text.starts_with("ROMEO:"));
+    assert_eq!(text.chars().count(), 6 + 40, "{text:?}");
+    assert_eq!(
+        text,
+        stdout(&rnnkit(&args, dir.path())),
+        "same seed, same text"
+    );
+    let greedy = [
+        "sample",
+        "--checkpoint",
+        "o/latest.safetensors",
+        "--prime",
+        "the",
+        "--length",
+        "30",
+        "--temperature",
+        "0",
+    ];
+    assert_eq!(
+        stdout(&rnnkit(&greedy, dir.path())),
+        stdout(&rnnkit(&greedy, dir.path()))
+    );
+    for (flags, needle) in [
+        (
+            vec!["--prime", "ab\u{1F600}c"],
+            "'\u{1F600}' (U+1F600) at position 2",
+        ),
+        (vec!["--temperature", "-1"], "temperature"),
+        (vec!["--top-p", "1.5"], "top-p must be in (0, 1]"),
+        (vec!["--top-p", "0"], "top-p must be in (0, 1]"),
+        (vec!["--top-k", "0"], "--top-k"),
+    ] {
+        let mut args = vec!["sample", "--checkpoint", "o/latest.safetensors"];
+        args.extend(flags);
+        let o = rnnkit(&args, dir.path());
+        fails_with(&o, needle);
+        assert!(o.stdout.is_empty(), "nothing printed on error");
+    }
+}
+
+#[test]
+fn eval_reports_chars_nats_and_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 20_000);
+    assert!(train(dir.path(), &["--steps", "4", "--out", "o"])
+        .status
+        .success());
+    std::fs::write(
+        dir.path().join("t.txt"),
+        "To be, or not to be: that is the question.",
+    )
+    .unwrap();
+    let o = rnnkit(
+        &[
+            "eval",
+            "--checkpoint",
+            "o/latest.safetensors",
+            "--text",
+            "t.txt",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(j["chars"], 41);
+    let (nats, bits) = (
+        j["nats_per_char"].as_f64().unwrap(),
+        j["bits_per_char"].as_f64().unwrap(),
+    );
+    assert!(nats > 0.5 && nats < 6.0 && (bits - nats / std::f64::consts::LN_2).abs() < 1e-12);
+}
+
+#[test]
+fn bad_data_files_get_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("empty.txt"), "").unwrap();
+    std::fs::write(d.join("binary.bin"), [0x7fu8, b'E', b'L', b'F', 0, 1, 2]).unwrap();
+    std::fs::write(d.join("latin1.txt"), b"caf\xe9 au lait").unwrap();
+    std::fs::write(d.join("short.txt"), "tiny text").unwrap();
+    for (file, needle) in [
+        ("missing.txt", "missing.txt"),
+        ("empty.txt", "is empty"),
+        ("binary.bin", "looks binary"),
+        ("latin1.txt", "not valid UTF-8 (bad byte at offset 3)"),
+        (
+            "short.txt",
+            "has 9 characters but one batch of 4 × 16 needs at least 65",
+        ),
+    ] {
+        let mut args = vec!["train", "--data", file, "--out", "o"];
+        args.extend_from_slice(TINY);
+        let o = rnnkit(&args, d);
+        fails_with(&o, needle);
+        assert_eq!(
+            stderr(&o).trim().lines().count(),
+            1,
+            "one line: {}",
+            stderr(&o)
+        );
+        assert!(
+            !d.join("o/latest.safetensors").exists(),
+            "no checkpoint for bad data"
+        );
+    }
+}
+
+#[test]
+fn impossible_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 5_000);
+    for (flags, needle) in [
+        (vec!["--hidden", "0"], "--hidden"),
+        (vec!["--batch=-3"], "--batch"),
+        (vec!["--layers", "0"], "--layers"),
+        (vec!["--dropout", "1"], "--dropout must be in [0, 1)"),
+        (vec!["--lr", "0"], "--lr must be a positive number"),
+        (vec!["--lr-decay", "1.5"], "--lr-decay must be in (0, 1]"),
+        (vec!["--val-frac", "0.7"], "--val-frac must be in [0, 0.5)"),
+        (vec!["--epochs", "-1"], "--epochs must be positive"),
+        (
+            vec!["--time-limit", "0"],
+            "--time-limit must be a positive number",
+        ),
+        (vec!["--cell", "transformer"], "--cell"),
+        (vec!["--frobnicate"], "--frobnicate"),
+    ] {
+        let mut args = vec!["train", "--data", "corpus.txt", "--out", "o"];
+        args.extend(flags.iter().copied());
+        fails_with(&rnnkit(&args, dir.path()), needle);
+    }
+}
+
+#[test]
+fn broken_and_hostile_checkpoints_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    corpus(d, 20_000);
+    assert!(train(d, &["--steps", "4", "--out", "o"]).status.success());
+    let good = std::fs::read(d.join("o/latest.safetensors")).unwrap();
+    std::fs::write(d.join("truncated.safetensors"), &good[..good.len() - 100]).unwrap();
+    let mut absurd = good.clone();
+    absurd[..8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    std::fs::write(d.join("absurd.safetensors"), absurd).unwrap();
+    std::fs::write(d.join("text.safetensors"), "not a checkpoint").unwrap();
+    // A well-formed file whose tensors do not fit together: head.weight for another vocabulary.
+    let f = TensorFile::open(d.join("o/latest.safetensors")).unwrap();
+    let mut tensors: Vec<(String, rnnkit::Tensor<f32>)> = f
+        .names()
+        .into_iter()
+        .map(|n| (n.clone(), f.get(&n, None).unwrap()))
+        .collect();
+    let mut meta = f.metadata().clone();
+    for (n, t) in tensors.iter_mut() {
+        if n == "head.weight" {
+            *t = rnnkit::Tensor::zeros(&[t.shape()[0] + 1, t.shape()[1]]);
+        }
+    }
+    let refs: Vec<(String, &rnnkit::Tensor<f32>)> =
+        tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+    rnnkit::checkpoint::save(d.join("misfit.safetensors"), &refs, &meta).unwrap();
+    meta.remove("rnnkit.vocab");
+    let good_tensors: Vec<(String, rnnkit::Tensor<f32>)> = f
+        .names()
+        .into_iter()
+        .map(|n| (n.clone(), f.get(&n, None).unwrap()))
+        .collect();
+    let refs: Vec<(String, &rnnkit::Tensor<f32>)> =
+        good_tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+    rnnkit::checkpoint::save(d.join("novocab.safetensors"), &refs, &meta).unwrap();
+    for (file, needle) in [
+        ("missing.safetensors", "missing.safetensors"),
+        ("truncated.safetensors", "not a valid safetensors file"),
+        ("absurd.safetensors", "not a valid safetensors file"),
+        ("text.safetensors", "not a valid safetensors file"),
+        ("misfit.safetensors", "`head.weight` has shape"),
+        (
+            "novocab.safetensors",
+            "`rnnkit.vocab` (the vocabulary) is missing",
+        ),
+    ] {
+        fails_with(
+            &rnnkit(&["sample", "--checkpoint", file, "--length", "5"], d),
+            needle,
+        );
+        std::fs::write(d.join("t.txt"), "To be, or not").unwrap();
+        fails_with(
+            &rnnkit(&["eval", "--checkpoint", file, "--text", "t.txt"], d),
+            needle,
+        );
+        let o = rnnkit(
+            &[
+                "train",
+                "--data",
+                "corpus.txt",
+                "--resume",
+                file,
+                "--steps",
+                "8",
+                "--out",
+                "r",
+            ],
+            d,
+        );
+        assert!(
+            !o.status.success() && !stderr(&o).contains("panicked"),
+            "{file}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn divergence_stops_with_the_step_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 20_000);
+    let o = train(
+        dir.path(),
+        &[
+            "--steps",
+            "50",
+            "--lr",
+            "1e30",
+            "--grad-clip",
+            "0",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            "o",
+        ],
+    );
+    fails_with(&o, "training diverged: the loss became");
+    let e = stderr(&o);
+    let step: u64 = e
+        .split("at step ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let f = TensorFile::open(dir.path().join("o/latest.safetensors"))
+        .expect("last good checkpoint intact");
+    assert_eq!(f.metadata()["train.step"], (step - 1).to_string());
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_cleanly_with_a_checkpoint_and_resume_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 20_000);
+    let mut args = vec![
+        "train",
+        "--data",
+        "corpus.txt",
+        "--steps",
+        "1000000",
+        "--out",
+        "o",
+    ];
+    args.extend_from_slice(TINY);
+    let child = Command::new(env!("CARGO_BIN_EXE_rnnkit"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training runs (the first periodic checkpoint exists), then interrupt.
+    let latest = dir.path().join("o/latest.safetensors");
+    for _ in 0..600 {
+        if latest.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(latest.exists(), "training did not start");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("continue with: rnnkit train --resume"),
+        "{}",
+        stderr(&o)
+    );
+    let f = TensorFile::open(&latest).unwrap();
+    let step: u64 = f.metadata()["train.step"].parse().unwrap();
+    assert!(step >= 4);
+}
