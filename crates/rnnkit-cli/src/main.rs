@@ -1,6 +1,7 @@
 //! `rnnkit`: train, sample from and evaluate character language models.
 //! This binary parses flags, calls the library and renders progress; it holds no math.
 
+mod bench_cmd;
 mod eval_cmd;
 mod plot;
 mod sample_cmd;
@@ -25,6 +26,8 @@ enum Command {
     Sample(sample_cmd::SampleOpts),
     /// Report the cross-entropy of a checkpoint on a text file.
     Eval(eval_cmd::EvalOpts),
+    /// Measure training and sampling throughput on synthetic tokens.
+    Bench(bench_cmd::BenchOpts),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Command::Train(o) => train_cmd::run(*o),
         Command::Sample(o) => sample_cmd::run(o),
         Command::Eval(o) => eval_cmd::run(o),
+        Command::Bench(o) => bench_cmd::run(o),
     };
     match result {
         Ok(code) => code,

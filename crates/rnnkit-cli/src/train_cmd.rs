@@ -19,8 +19,9 @@ use std::time::Duration;
 /// The corpus used when `--data` is not given: nine Shakespeare plays (see data/README).
 const SHAKESPEARE: &str = include_str!("../../../data/shakespeare.txt");
 
+/// `--cell` values, named as in checkpoints.
 #[derive(Clone, Copy, ValueEnum)]
-enum Cell {
+pub enum Cell {
     Lstm,
     Gru,
     #[value(name = "rnn_tanh")]
@@ -155,18 +156,25 @@ fn default_recipe() -> Recipe {
 /// Default bound when none is given: about five minutes of the default model on two cores.
 const DEFAULT_STEPS: u64 = 2000;
 
+impl Cell {
+    /// The library's cell kind.
+    pub fn kind(self) -> CellKind {
+        match self {
+            Cell::Lstm => CellKind::Lstm,
+            Cell::Gru => CellKind::Gru,
+            Cell::RnnTanh => CellKind::RnnTanh,
+            Cell::RnnRelu => CellKind::RnnRelu,
+            Cell::GruResetBefore => CellKind::GruResetBefore,
+        }
+    }
+}
+
 impl TrainOpts {
     /// Overlays the given flags on `base` (defaults, or the checkpoint's recipe).
     fn recipe(&self, base: Recipe) -> anyhow::Result<Recipe> {
         let mut r = base;
         if let Some(c) = self.cell {
-            r.model.cell = match c {
-                Cell::Lstm => CellKind::Lstm,
-                Cell::Gru => CellKind::Gru,
-                Cell::RnnTanh => CellKind::RnnTanh,
-                Cell::RnnRelu => CellKind::RnnRelu,
-                Cell::GruResetBefore => CellKind::GruResetBefore,
-            };
+            r.model.cell = c.kind();
         }
         set(&mut r.model.num_layers, self.layers.map(|v| v as usize));
         set(&mut r.model.hidden_size, self.hidden.map(|v| v as usize));

@@ -42,10 +42,20 @@ pub struct GruCache<T> {
     aux: Vec<T>,
     /// `W_hhᵀ [H, 3H]`, the fast layout for the per-step products.
     w_hh_t: Vec<T>,
+    /// Whether `w_hh_t` matches the parameters (see [`GruCache::weights_changed`]).
+    w_hh_t_valid: bool,
     /// Input-side pre-activation gradients `[T, B, 3H]` (backward).
     dgx: Vec<T>,
     /// Recurrent-side pre-activation gradients `[T, B, 3H]` (backward, reset after only).
     dgh: Vec<T>,
+}
+
+impl<T> GruCache<T> {
+    /// Must be called when the cell's parameters change: a cache belongs to one
+    /// set of parameters and keeps a transposed copy of `W_hh` between calls.
+    pub fn weights_changed(&mut self) {
+        self.w_hh_t_valid = false;
+    }
 }
 
 /// Runs the cell over `x [T, B, I]` from `h` = h0; writes every output to
@@ -65,7 +75,10 @@ pub fn forward<T: Real>(
     let g3 = 3 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g3);
     project_inputs(p, x, steps * batch, gates, false);
-    transpose_into(p.w_hh.data(), g3, hs, &mut cache.w_hh_t);
+    if !cache.w_hh_t_valid {
+        transpose_into(p.w_hh.data(), g3, hs, &mut cache.w_hh_t);
+        cache.w_hh_t_valid = true;
+    }
     let w_t = &cache.w_hh_t;
     let no_bias = Vec::new();
     let b_hh = p.b_hh.as_ref().map_or(&no_bias[..], |b| b.data());

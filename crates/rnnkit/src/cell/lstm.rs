@@ -36,8 +36,18 @@ pub struct LstmCache<T> {
     tanh_c: Vec<T>,
     /// `W_hhᵀ [H, 4H]`, the fast layout for the per-step product.
     w_hh_t: Vec<T>,
+    /// Whether `w_hh_t` matches the parameters (see [`LstmCache::weights_changed`]).
+    w_hh_t_valid: bool,
     /// Pre-activation gradients `[T, B, 4H]` (backward).
     dgates: Vec<T>,
+}
+
+impl<T> LstmCache<T> {
+    /// Must be called when the cell's parameters change: a cache belongs to one
+    /// set of parameters and keeps a transposed copy of `W_hh` between calls.
+    pub fn weights_changed(&mut self) {
+        self.w_hh_t_valid = false;
+    }
 }
 
 /// Runs the cell over `x [T, B, I]` from `(h, c)` = `(h0, c0)`. Writes every
@@ -56,7 +66,10 @@ pub fn forward<T: Real>(
     let g4 = 4 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g4);
     project_inputs(p, x, steps * batch, gates, true);
-    transpose_into(p.w_hh.data(), g4, hs, &mut cache.w_hh_t);
+    if !cache.w_hh_t_valid {
+        transpose_into(p.w_hh.data(), g4, hs, &mut cache.w_hh_t);
+        cache.w_hh_t_valid = true;
+    }
     let w_t = MatRef::dense(&cache.w_hh_t, hs, g4);
     let gates = Shared::new(gates, batch, g4);
     let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);

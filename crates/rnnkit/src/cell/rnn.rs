@@ -32,8 +32,18 @@ pub struct RnnCache<T> {
     h_prev: Vec<T>,
     /// `W_hhᵀ`, the fast layout for the per-step product.
     w_hh_t: Vec<T>,
+    /// Whether `w_hh_t` matches the parameters (see [`RnnCache::weights_changed`]).
+    w_hh_t_valid: bool,
     /// Pre-activation gradients `[T, B, H]` (backward).
     da: Vec<T>,
+}
+
+impl<T> RnnCache<T> {
+    /// Must be called when the cell's parameters change: a cache belongs to one
+    /// set of parameters and keeps a transposed copy of `W_hh` between calls.
+    pub fn weights_changed(&mut self) {
+        self.w_hh_t_valid = false;
+    }
 }
 
 /// Runs the cell over `x [T, B, I]` from `h` = h0; writes every output to
@@ -51,7 +61,10 @@ pub fn forward<T: Real>(
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let h_new = scratch(&mut cache.h_new, steps * batch * hs);
     project_inputs(p, x, steps * batch, h_new, true);
-    transpose_into(p.w_hh.data(), hs, hs, &mut cache.w_hh_t);
+    if !cache.w_hh_t_valid {
+        transpose_into(p.w_hh.data(), hs, hs, &mut cache.w_hh_t);
+        cache.w_hh_t_valid = true;
+    }
     let w_t = MatRef::dense(&cache.w_hh_t, hs, hs);
     let h_new = Shared::new(h_new, batch, hs);
     let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);

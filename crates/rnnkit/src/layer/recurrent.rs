@@ -202,6 +202,16 @@ enum CellCache<T> {
     Gru(GruCache<T>),
 }
 
+impl<T> CellCache<T> {
+    fn weights_changed(&mut self) {
+        match self {
+            CellCache::Rnn(c) => c.weights_changed(),
+            CellCache::Lstm(c) => c.weights_changed(),
+            CellCache::Gru(c) => c.weights_changed(),
+        }
+    }
+}
+
 /// Everything the last forward pass keeps for the backward pass; reused between calls.
 #[derive(Clone, Debug, Default)]
 struct Saved<T> {
@@ -556,6 +566,10 @@ impl<T: Real> Parameters<T> for Recurrent<T> {
     }
 
     fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
+        self.saved
+            .caches
+            .iter_mut()
+            .for_each(CellCache::weights_changed);
         for (idx, (p, g)) in self.params.iter_mut().zip(&mut self.grads).enumerate() {
             for ((name, t), (_, gt)) in p.named_mut().into_iter().zip(g.named_mut()) {
                 f(&format!("{name}{}", suffix(&self.config, idx)), t, gt);

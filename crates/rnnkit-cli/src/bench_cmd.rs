@@ -1,0 +1,80 @@
+//! `rnnkit bench`: training and sampling throughput of the char-LM on synthetic tokens.
+
+use crate::train_cmd::Cell;
+use clap::Args;
+use rnnkit::bench::{self, BenchConfig};
+use std::process::ExitCode;
+
+/// Flags of `rnnkit bench`.
+#[derive(Args)]
+pub struct BenchOpts {
+    /// Recurrent cell.
+    #[arg(long, value_enum, default_value = "lstm")]
+    cell: Cell,
+    /// Stacked recurrent layers.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    layers: u32,
+    /// Hidden units per layer.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    hidden: u32,
+    /// Embedding width.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    embed: u32,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 65, value_parser = clap::value_parser!(u32).range(2..=65536))]
+    vocab: u32,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    batch: u32,
+    /// Timesteps per batch.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    seq_len: u32,
+    /// Timed training steps (the median is reported).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    steps: u32,
+    /// Timed batch-1 sampled characters.
+    #[arg(long, default_value_t = 500)]
+    sample_chars: u32,
+    /// Worker threads [default: all cores].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(o: BenchOpts) -> anyhow::Result<ExitCode> {
+    crate::set_threads(o.threads.map(usize::from))?;
+    let cfg = BenchConfig {
+        model: bench::model(
+            o.cell.kind(),
+            o.layers as usize,
+            o.hidden as usize,
+            o.embed as usize,
+        ),
+        vocab: o.vocab as usize,
+        batch: o.batch as usize,
+        seq_len: o.seq_len as usize,
+        steps: o.steps as usize,
+        sample_chars: o.sample_chars as usize,
+    };
+    let r = bench::run(&cfg)?;
+    if o.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} {}x{} embed {} vocab {} batch {} seq {} threads {}",
+            cfg.model.cell, o.layers, o.hidden, o.embed, o.vocab, o.batch, o.seq_len, r.threads
+        );
+        println!(
+            "training: {:.0} tokens/s, {:.1} GFLOP/s ({:.3} s per step, median)",
+            r.train_tokens_per_sec, r.train_gflops, r.step_seconds
+        );
+        println!(
+            "sampling: {:.1} µs per character (batch 1)",
+            r.sample_us_per_char
+        );
+        println!("peak RSS: {:.1} MiB", r.peak_rss_mb);
+    }
+    Ok(ExitCode::SUCCESS)
+}

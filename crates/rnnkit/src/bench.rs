@@ -1,0 +1,129 @@
+//! Throughput measurement of the char language model on synthetic tokens:
+//! training steps (forward, cross-entropy, backward, global-norm clip 5, Adam)
+//! and batch-1 sampling with the state carried.
+
+use crate::cell::CellKind;
+use crate::data::Vocab;
+use crate::decode::{sample, SamplingConfig};
+use crate::error::{Error, Result};
+use crate::layer::Parameters;
+use crate::model::{CharLm, CharLmConfig};
+use crate::optim::{clip_grad_norm, Optimizer, OptimizerKind};
+use crate::rng::Rng;
+use serde::Serialize;
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchConfig {
+    /// Model sizes.
+    pub model: CharLmConfig,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Sequences per training batch.
+    pub batch: usize,
+    /// Timesteps per training batch.
+    pub seq_len: usize,
+    /// Timed training steps (after one untimed warm-up step).
+    pub steps: usize,
+    /// Timed sampled characters (after a few untimed ones).
+    pub sample_chars: usize,
+}
+
+/// Measured figures; field names are the `--json` keys.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Median training throughput over the timed steps.
+    pub train_tokens_per_sec: f64,
+    /// Model FLOPs per token × 3 (forward + backward) × tokens per second, in GFLOP/s.
+    pub train_gflops: f64,
+    /// Median seconds per training step.
+    pub step_seconds: f64,
+    /// Mean microseconds per sampled character (batch 1, temperature 1, state carried).
+    pub sample_us_per_char: f64,
+    /// Peak resident memory of the process, in MiB (Linux; 0 elsewhere).
+    pub peak_rss_mb: f64,
+    /// Worker threads used.
+    pub threads: usize,
+}
+
+/// Runs the measurement.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    if cfg.vocab < 2 || cfg.batch == 0 || cfg.seq_len == 0 || cfg.steps == 0 {
+        return Err(Error::Config(
+            "vocab ≥ 2, batch, seq-len and steps ≥ 1 are needed".into(),
+        ));
+    }
+    let chars: Vec<char> = (0..cfg.vocab as u32)
+        .map(|i| char::from_u32(0x100 + i).expect("valid code point"))
+        .collect();
+    let mut rng = Rng::new(1);
+    let mut model = CharLm::new(&cfg.model, Vocab::from_chars(chars)?, &mut rng)?;
+    let mut optimizer = Optimizer::new(OptimizerKind::Adam, 0.0);
+    let n = cfg.batch * cfg.seq_len;
+    let inputs: Vec<usize> = (0..n).map(|_| rng.below(cfg.vocab)).collect();
+    let targets: Vec<usize> = (0..n).map(|_| rng.below(cfg.vocab)).collect();
+    let mut times = Vec::with_capacity(cfg.steps);
+    for i in 0..=cfg.steps {
+        let t0 = Instant::now();
+        model.zero_grad();
+        let (loss, _) =
+            model.train_step(&inputs, &targets, cfg.seq_len, cfg.batch, None, &mut rng)?;
+        if !loss.is_finite() {
+            return Err(Error::Diverged(format!("benchmark loss became {loss}")));
+        }
+        clip_grad_norm(&mut model, 5.0);
+        optimizer.step(&mut model, 1e-3);
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let step_seconds = times[times.len() / 2];
+    let tokens_per_sec = n as f64 / step_seconds;
+    let flops = 3.0 * cfg.model.flops_per_token(cfg.vocab) as f64;
+
+    let sampling = SamplingConfig::default();
+    let (mut logits, mut state) = model.next_logits(&[0], None)?;
+    let warm = 10;
+    let mut t0 = Instant::now();
+    for i in 0..warm + cfg.sample_chars {
+        if i == warm {
+            t0 = Instant::now();
+        }
+        let id = sample(&logits, &sampling, &mut rng);
+        (logits, state) = model.next_logits(&[id], Some(&state))?;
+    }
+    let sample_us = t0.elapsed().as_secs_f64() * 1e6 / cfg.sample_chars.max(1) as f64;
+    Ok(BenchReport {
+        train_tokens_per_sec: tokens_per_sec,
+        train_gflops: flops * tokens_per_sec / 1e9,
+        step_seconds,
+        sample_us_per_char: sample_us,
+        peak_rss_mb: peak_rss_mb(),
+        threads: rayon::current_num_threads(),
+    })
+}
+
+/// Peak resident set size (VmHWM) of this process in MiB; 0 where unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The model of a benchmark row: `cell`, layers × hidden, embedding width.
+pub fn model(cell: CellKind, layers: usize, hidden: usize, embed: usize) -> CharLmConfig {
+    CharLmConfig {
+        cell,
+        embed_size: embed,
+        hidden_size: hidden,
+        num_layers: layers,
+        dropout: 0.0,
+    }
+}
