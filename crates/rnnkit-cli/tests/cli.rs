@@ -541,3 +541,24 @@ fn ctrl_c_stops_cleanly_with_a_checkpoint_and_resume_hint() {
     let step: u64 = f.metadata()["train.step"].parse().unwrap();
     assert!(step >= 4);
 }
+
+#[test]
+fn a_model_too_large_for_memory_is_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 5_000);
+    let o = rnnkit(
+        &[
+            "train",
+            "--data",
+            "corpus.txt",
+            "--hidden",
+            "65536",
+            "--layers",
+            "64",
+            "--out",
+            "o",
+        ],
+        dir.path(),
+    );
+    fails_with(&o, "of memory is available; lower --hidden");
+}

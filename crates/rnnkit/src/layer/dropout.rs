@@ -14,8 +14,7 @@ impl<T: Real> Dropout<T> {
     /// With `p == 0` nothing changes and no random number is drawn.
     pub fn forward(&mut self, x: &mut [T], p: f32, rng: &mut Rng) {
         if p <= 0.0 {
-            self.mask.clear();
-            return;
+            return self.disable();
         }
         let keep = T::of(1.0 / (1.0 - p as f64));
         let mask = scratch(&mut self.mask, x.len());
@@ -27,6 +26,11 @@ impl<T: Real> Dropout<T> {
             };
             *v *= *m;
         }
+    }
+
+    /// Forgets the mask: the next backward passes gradients through unchanged (inference).
+    pub fn disable(&mut self) {
+        self.mask.clear();
     }
 
     /// Multiplies the gradient by the mask of the last forward (a no-op when p was 0).

@@ -431,7 +431,7 @@ impl<T: Real> Recurrent<T> {
                 inp.copy_from_slice(out.data());
                 match rng.as_deref_mut() {
                     Some(r) => saved.dropout[l].forward(inp, cfg.dropout, r),
-                    None => saved.dropout[l].forward(inp, 0.0, &mut Rng::new(0)),
+                    None => saved.dropout[l].disable(),
                 }
             }
             for d in 0..dirs {

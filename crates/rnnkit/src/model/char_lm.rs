@@ -51,6 +51,28 @@ impl CharLmConfig {
         self.recurrent().validate()
     }
 
+    /// Bytes that training needs, roughly: parameters with their gradients and Adam
+    /// moments, plus the activations one `batch × seq_len` batch keeps for backward.
+    pub fn training_memory(&self, vocab: usize, batch: usize, seq_len: usize) -> u64 {
+        let (e, h, g, l, v) = (
+            self.embed_size as u64,
+            self.hidden_size as u64,
+            self.cell.gates() as u64,
+            self.num_layers as u64,
+            vocab as u64,
+        );
+        let params = v * e
+            + (0..l)
+                .map(|k| (if k == 0 { e } else { h } + h + 2) * g * h)
+                .sum::<u64>()
+            + (h + 1) * v;
+        // Per layer and token: gates twice (values and gradients), a few H-wide
+        // buffers and the layer input; then embeddings and logits with their gradients.
+        let activations =
+            (batch * seq_len) as u64 * (l * (2 * g * h + 6 * h + e.max(h)) + 2 * e + 2 * v);
+        4u64.saturating_mul(4 * params + activations)
+    }
+
     /// Multiply-adds ×2 per predicted token of one forward pass (embedding lookups excluded).
     pub fn flops_per_token(&self, vocab: usize) -> u64 {
         let (e, h, g) = (

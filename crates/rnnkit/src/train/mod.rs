@@ -264,10 +264,12 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
             if st.data_fingerprint != data_fingerprint {
                 return Err(Error::Config(format!("cannot resume {}: the training text differs from the one it was trained on; give the same --data", path.display())));
             }
+            check_memory(recipe, model.vocab().len())?;
             (model, st)
         }
         None => {
             let vocab = Vocab::from_text(text);
+            check_memory(recipe, vocab.len())?;
             let mut rng = Rng::new(recipe.seed);
             let model = CharLm::new(&recipe.model, vocab, &mut rng)?;
             (
@@ -497,6 +499,42 @@ pub fn eval_text(model: &mut CharLm, text: &str, chunk: usize) -> Result<(usize,
         pos += len;
     }
     Ok((n, sum / n as f64))
+}
+
+/// Refuses a run that cannot fit in memory, before anything large is allocated.
+fn check_memory(recipe: &Recipe, vocab: usize) -> Result<()> {
+    check_training_memory(&recipe.model, vocab, recipe.batch, recipe.seq_len)
+}
+
+/// Refuses training `model` with `batch × seq_len` batches if it cannot fit in memory.
+pub fn check_training_memory(
+    model: &CharLmConfig,
+    vocab: usize,
+    batch: usize,
+    seq_len: usize,
+) -> Result<()> {
+    let need = model.training_memory(vocab, batch, seq_len);
+    match available_memory() {
+        Some(avail) if need > avail => Err(Error::Config(format!(
+            "this model and batch need about {:.1} GiB but only {:.1} GiB of memory is available; lower --hidden, --layers, --batch or --seq-len",
+            need as f64 / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Memory the system can still give this process (Linux `MemAvailable`), in bytes.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 fn write_metrics(path: &Path, history: &[EvalReport]) -> Result<()> {

@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""Compare `rnnkit bench` with its PyTorch reference (bench/pytorch_ref.py).
+
+Default mode: for each configuration of a built-in table, run rnnkit and the
+PyTorch reference ALTERNATELY --repeats times (rnnkit, PyTorch, rnnkit, ...),
+both with --threads workers, take the median of each figure over the repeats
+and print a Markdown table.  Ratios read "> 1 = rnnkit better":
+tok/s ratio = rnnkit / PyTorch, sampling speed-up = PyTorch µs / rnnkit µs,
+RSS ratio = PyTorch MiB / rnnkit MiB.
+
+--scaling: rnnkit alone, LSTM 2x512 (embed 64): threads 1 vs --threads,
+batch 1 / 8 / 64 and seq-len 50 / 100 / 400.
+
+Standard library only; run with plain python3 from anywhere:
+
+    python3 bench/compare.py                      # full comparison table
+    python3 bench/compare.py --only lstm-2x512    # one row
+    python3 bench/compare.py --scaling            # rnnkit scaling table
+    python3 bench/compare.py --json-out raw.json  # also dump every run
+
+Progress goes to stderr, the table to stdout.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PYTORCH_REF = os.path.join(HERE, "pytorch_ref.py")
+
+FIGURES = ("train_tokens_per_sec", "train_gflops", "step_seconds",
+           "sample_us_per_char", "peak_rss_mb", "threads")
+
+# name, flags (vocab 65 everywhere), show sampling, show peak RSS
+COMPARE_ROWS = [
+    ("lstm-2x512", "--cell lstm --layers 2 --hidden 512 --embed 64 --batch 64 --seq-len 100", True, True),
+    ("gru-2x512", "--cell gru --layers 2 --hidden 512 --embed 64 --batch 64 --seq-len 100", False, False),
+    ("rnn-2x512", "--cell rnn_tanh --layers 2 --hidden 512 --embed 64 --batch 64 --seq-len 100", False, False),
+    ("lstm-1x1024", "--cell lstm --layers 1 --hidden 1024 --embed 256 --batch 64 --seq-len 100", False, False),
+    ("lstm-1x128", "--cell lstm --layers 1 --hidden 128 --embed 32 --batch 32 --seq-len 64", True, False),
+]
+DEFAULT_STEPS = 10
+SAMPLE_CHARS = 500
+
+# rnnkit alone, LSTM 2x512 embed 64.  name, flags, threads (None = --threads), steps
+SCALING_MODEL = "--cell lstm --layers 2 --hidden 512 --embed 64"
+
+
+def scaling_rows(threads):
+    rows = []
+    for t in sorted({1, threads}):
+        rows.append((f"threads-{t}", "--batch 64 --seq-len 100", t, DEFAULT_STEPS))
+    for b, steps in ((1, 3), (8, DEFAULT_STEPS), (64, DEFAULT_STEPS)):
+        rows.append((f"batch-{b}", f"--batch {b} --seq-len 100", threads, steps))
+    for s, steps in ((50, DEFAULT_STEPS), (100, DEFAULT_STEPS), (400, 3)):
+        rows.append((f"seq-{s}", f"--batch 64 --seq-len {s}", threads, steps))
+    return rows
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_json(cmd, timeout):
+    """Runs one benchmark process; returns (report dict, None) or (None, error text)."""
+    log("  $ " + " ".join(shlex.quote(c) for c in cmd))
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout} s"
+    except OSError as e:
+        return None, str(e)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        return None, f"exit {p.returncode}: {p.stderr.strip()[-2000:]}"
+    for line in reversed(p.stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                break
+            missing = [k for k in FIGURES if k not in r]
+            if missing:
+                return None, f"JSON lacks {missing}: {line}"
+            r["wall_seconds"] = wall
+            return r, None
+    return None, f"no JSON object in output: {p.stdout.strip()[-2000:]}"
+
+
+def medians(runs):
+    if not runs:
+        return None
+    return {k: statistics.median(r[k] for r in runs) for k in FIGURES}
+
+
+def fmt(x, digits=0):
+    if x is None:
+        return "—"
+    return f"{x:,.{digits}f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}×"
+
+
+def flags_with(flags, threads, steps, sample_chars):
+    return (["--vocab", "65"] + shlex.split(flags)
+            + ["--steps", str(steps), "--sample-chars", str(sample_chars),
+               "--threads", str(threads), "--json"])
+
+
+def torch_version(python):
+    try:
+        p = subprocess.run([python, "-c", "import torch; print(torch.__version__)"],
+                           capture_output=True, text=True, timeout=120)
+        return p.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def env_note():
+    """Threading-related environment variables that are set, for the table header."""
+    keys = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
+    set_ = [f"{k}={os.environ[k]}" for k in keys if k in os.environ]
+    return ("; env: " + " ".join(set_)) if set_ else ""
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def compare(args):
+    rows = [r for r in COMPARE_ROWS if args.only in (None, r[0])]
+    results = []
+    failed = False
+    for name, flags, with_sampling, with_rss in rows:
+        steps = args.steps or DEFAULT_STEPS
+        sample_chars = SAMPLE_CHARS if with_sampling else 0
+        extra = flags_with(flags, args.threads, steps, sample_chars)
+        cmds = {
+            "rnnkit": [args.rnnkit, "bench"] + extra,
+            "pytorch": [args.python, PYTORCH_REF] + extra,
+        }
+        runs = {"rnnkit": [], "pytorch": []}
+        errors = []
+        log(f"{name}: {flags} (steps {steps}, sample-chars {sample_chars}, threads {args.threads})")
+        for rep in range(args.repeats):
+            for who in ("rnnkit", "pytorch"):
+                log(f" repeat {rep + 1}/{args.repeats} {who}")
+                r, err = run_json(cmds[who], args.timeout)
+                if r is None:
+                    log(f"  FAILED: {err}")
+                    errors.append(f"{who}: {err}")
+                    failed = True
+                else:
+                    runs[who].append(r)
+        results.append({
+            "name": name, "flags": flags, "steps": steps, "sample_chars": sample_chars,
+            "sampling": with_sampling, "rss": with_rss, "commands": cmds,
+            "runs": runs, "errors": errors,
+            "median": {who: medians(rs) for who, rs in runs.items()},
+        })
+
+    out = [
+        f"rnnkit vs PyTorch {torch_version(args.python)}, {args.threads} threads, "
+        f"median of {args.repeats} alternating runs each; CPU: {cpu_model()} "
+        f"({os.cpu_count()} logical cores){env_note()}",
+        "",
+        "| configuration | rnnkit tok/s | PyTorch tok/s | ratio | rnnkit GFLOP/s | PyTorch GFLOP/s "
+        "| rnnkit µs/char | PyTorch µs/char | sampling speed-up "
+        "| rnnkit peak RSS MiB | PyTorch peak RSS MiB | RSS ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for res in results:
+        mr, mp = res["median"]["rnnkit"], res["median"]["pytorch"]
+        g = lambda m, k: None if m is None else m[k]  # noqa: E731
+        cells = [
+            res["name"],
+            fmt(g(mr, "train_tokens_per_sec")), fmt(g(mp, "train_tokens_per_sec")),
+            ratio(g(mr, "train_tokens_per_sec"), g(mp, "train_tokens_per_sec")),
+            fmt(g(mr, "train_gflops"), 1), fmt(g(mp, "train_gflops"), 1),
+        ]
+        if res["sampling"]:
+            cells += [fmt(g(mr, "sample_us_per_char"), 1), fmt(g(mp, "sample_us_per_char"), 1),
+                      ratio(g(mp, "sample_us_per_char"), g(mr, "sample_us_per_char"))]
+        else:
+            cells += ["—"] * 3
+        if res["rss"]:
+            cells += [fmt(g(mr, "peak_rss_mb"), 1), fmt(g(mp, "peak_rss_mb"), 1),
+                      ratio(g(mp, "peak_rss_mb"), g(mr, "peak_rss_mb"))]
+        else:
+            cells += ["—"] * 3
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "ratio = rnnkit tok/s ÷ PyTorch tok/s; sampling speed-up = PyTorch µs ÷ rnnkit µs; "
+            "RSS ratio = PyTorch MiB ÷ rnnkit MiB (> 1 = rnnkit better in all three)."]
+    return results, out, failed
+
+
+def scaling(args):
+    rows = [r for r in scaling_rows(args.threads) if args.only in (None, r[0])]
+    results = []
+    failed = False
+    done = {}  # identical commands are measured once
+    for name, flags, threads, steps in rows:
+        steps = args.steps or steps
+        cmd = [args.rnnkit, "bench"] + flags_with(f"{SCALING_MODEL} {flags}", threads, steps, 0)
+        key = tuple(cmd)
+        log(f"{name}: {SCALING_MODEL} {flags} (steps {steps}, threads {threads})")
+        if key in done:
+            log("  same command as an earlier row; reusing its runs")
+            runs, errors = done[key]
+        else:
+            runs, errors = [], []
+            for rep in range(args.repeats):
+                log(f" repeat {rep + 1}/{args.repeats}")
+                r, err = run_json(cmd, args.timeout)
+                if r is None:
+                    log(f"  FAILED: {err}")
+                    errors.append(err)
+                    failed = True
+                else:
+                    runs.append(r)
+            done[key] = (runs, errors)
+        results.append({"name": name, "flags": f"{SCALING_MODEL} {flags}", "threads": threads,
+                        "steps": steps, "command": cmd, "runs": {"rnnkit": runs},
+                        "errors": errors, "median": {"rnnkit": medians(runs)}})
+
+    out = [
+        f"rnnkit scaling, LSTM 2x512 embed 64 vocab 65, median of {args.repeats} runs; "
+        f"CPU: {cpu_model()} ({os.cpu_count()} logical cores){env_note()}",
+        "",
+        "| config | tok/s | GFLOP/s | s/step |",
+        "|---|---:|---:|---:|",
+    ]
+    for res in results:
+        m = res["median"]["rnnkit"]
+        desc = {"threads": f"threads {res['threads']} (batch 64, seq 100)",
+                "batch": f"batch {res['name'].split('-')[1]} (seq 100, {res['threads']} threads)",
+                "seq": f"seq-len {res['name'].split('-')[1]} (batch 64, {res['threads']} threads)",
+                }[res["name"].split("-")[0]]
+        if m is None:
+            out.append(f"| {desc} | — | — | — |")
+        else:
+            out.append(f"| {desc} | {fmt(m['train_tokens_per_sec'])} | {fmt(m['train_gflops'], 1)} "
+                       f"| {m['step_seconds']:.3f} |")
+    out += ["", "With cost linear in seq-len, tok/s stays flat across the seq-len rows."]
+    return results, out, failed
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rnnkit", default=os.path.join(REPO, "target", "release", "rnnkit"),
+                   help="rnnkit binary [default: target/release/rnnkit of this repository]")
+    p.add_argument("--python", default=os.path.expanduser("~/torch/bin/python"),
+                   help="Python with torch installed [default: ~/torch/bin/python]")
+    p.add_argument("--threads", type=int, default=2, help="worker threads for both [default: 2]")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="alternating runs per configuration [default: 3]")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed training steps for every row [default: 10; 3 for the "
+                        "batch-1 and seq-400 scaling rows]")
+    p.add_argument("--only", metavar="NAME", default=None, help="run only this row")
+    p.add_argument("--scaling", action="store_true",
+                   help="measure rnnkit alone: threads, batch and seq-len scaling")
+    p.add_argument("--json-out", metavar="FILE", help="write every raw result to FILE")
+    p.add_argument("--timeout", type=float, default=1800,
+                   help="seconds before one benchmark process is abandoned [default: 1800]")
+    args = p.parse_args()
+
+    if args.threads < 1 or args.repeats < 1 or (args.steps is not None and args.steps < 1):
+        p.error("--threads, --repeats and --steps must be >= 1")
+    names = ([r[0] for r in scaling_rows(args.threads)] if args.scaling
+             else [r[0] for r in COMPARE_ROWS])
+    if args.only is not None and args.only not in names:
+        p.error(f"--only: unknown row {args.only!r}; one of {', '.join(names)}")
+    if not os.path.isfile(args.rnnkit):
+        p.error(f"rnnkit binary not found at {args.rnnkit} (cargo build --release, or --rnnkit PATH)")
+    if not args.scaling and not os.path.isfile(args.python):
+        p.error(f"Python not found at {args.python} (see bench/README.md, or --python PATH)")
+
+    results, lines, failed = (scaling if args.scaling else compare)(args)
+    print("\n".join(lines))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"mode": "scaling" if args.scaling else "compare",
+                       "threads": args.threads, "repeats": args.repeats,
+                       "cpu": cpu_model(), "rows": results}, f, indent=2)
+        log(f"raw results written to {args.json_out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
