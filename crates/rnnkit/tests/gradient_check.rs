@@ -34,6 +34,17 @@ fn assert_close(what: &str, analytic: f64, numeric: f64) {
     );
 }
 
+/// Compares every `analytic[i]` with the central difference of `loss_at(i, ±EPS)`.
+fn check_all(what: &str, analytic: &[f64], loss_at: impl Fn(usize, f64) -> f64) {
+    for (i, &a) in analytic.iter().enumerate() {
+        assert_close(
+            &format!("{what}[{i}]"),
+            a,
+            (loss_at(i, EPS) - loss_at(i, -EPS)) / (2.0 * EPS),
+        );
+    }
+}
+
 struct Case {
     cfg: RecurrentConfig,
     steps: usize,
@@ -266,36 +277,21 @@ fn linear_and_embedding() {
     let mut l = lin.clone();
     let mut dx = vec![0.0; rows * fin];
     l.backward(x.data(), dy.data(), rows, Some(&mut dx));
-    for (i, &d) in dx.iter().enumerate() {
-        let (mut up, mut down) = (x.clone(), x.clone());
-        up.data_mut()[i] += EPS;
-        down.data_mut()[i] -= EPS;
-        assert_close(
-            &format!("linear dx[{i}]"),
-            d,
-            (loss(&lin, &up) - loss(&lin, &down)) / (2.0 * EPS),
-        );
-    }
-    for i in 0..lin.weight.len() {
-        let (mut up, mut down) = (lin.clone(), lin.clone());
-        up.weight.data_mut()[i] += EPS;
-        down.weight.data_mut()[i] -= EPS;
-        assert_close(
-            &format!("linear dW[{i}]"),
-            l.grad_weight.data()[i],
-            (loss(&up, &x) - loss(&down, &x)) / (2.0 * EPS),
-        );
-    }
-    for i in 0..lin.bias.len() {
-        let (mut up, mut down) = (lin.clone(), lin.clone());
-        up.bias.data_mut()[i] += EPS;
-        down.bias.data_mut()[i] -= EPS;
-        assert_close(
-            &format!("linear db[{i}]"),
-            l.grad_bias.data()[i],
-            (loss(&up, &x) - loss(&down, &x)) / (2.0 * EPS),
-        );
-    }
+    check_all("linear dx", &dx, |i, e| {
+        let mut x2 = x.clone();
+        x2.data_mut()[i] += e;
+        loss(&lin, &x2)
+    });
+    check_all("linear dW", l.grad_weight.data(), |i, e| {
+        let mut l2 = lin.clone();
+        l2.weight.data_mut()[i] += e;
+        loss(&l2, &x)
+    });
+    check_all("linear db", l.grad_bias.data(), |i, e| {
+        let mut l2 = lin.clone();
+        l2.bias.data_mut()[i] += e;
+        loss(&l2, &x)
+    });
 
     let emb: Embedding<f64> = Embedding::new(6, 3, &mut rng);
     let ids = [2usize, 5, 2, 0];
@@ -307,16 +303,11 @@ fn linear_and_embedding() {
     };
     let mut e = emb.clone();
     e.backward(&ids, dout.data());
-    for i in 0..emb.weight.len() {
-        let (mut up, mut down) = (emb.clone(), emb.clone());
-        up.weight.data_mut()[i] += EPS;
-        down.weight.data_mut()[i] -= EPS;
-        assert_close(
-            &format!("embedding dW[{i}]"),
-            e.grad_weight.data()[i],
-            (loss(&up) - loss(&down)) / (2.0 * EPS),
-        );
-    }
+    check_all("embedding dW", e.grad_weight.data(), |i, d| {
+        let mut e2 = emb.clone();
+        e2.weight.data_mut()[i] += d;
+        loss(&e2)
+    });
     assert!(
         emb.forward(&[6], &mut [0.0; 3]).is_err(),
         "an id outside the table is an error"
