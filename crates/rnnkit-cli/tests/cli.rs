@@ -562,3 +562,37 @@ fn a_model_too_large_for_memory_is_refused_before_allocating() {
     );
     fails_with(&o, "of memory is available; lower --hidden");
 }
+
+#[test]
+fn bench_prints_the_documented_json_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--hidden",
+        "8",
+        "--layers",
+        "2",
+        "--embed",
+        "4",
+        "--batch",
+        "2",
+        "--seq-len",
+        "5",
+        "--steps",
+        "2",
+        "--sample-chars",
+        "5",
+        "--json",
+    ];
+    let o = rnnkit(&args, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    for k in [
+        "train_tokens_per_sec",
+        "train_gflops",
+        "sample_us_per_char",
+        "peak_rss_mb",
+    ] {
+        assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {j}");
+    }
+}
