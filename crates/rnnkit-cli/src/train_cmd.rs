@@ -52,7 +52,7 @@ pub struct TrainOpts {
     /// Stacked recurrent layers [default: 2].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     layers: Option<u32>,
-    /// Hidden units per layer [default: 384].
+    /// Hidden units per layer [default: 256].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
     hidden: Option<u32>,
     /// Embedding width [default: 64].
@@ -67,13 +67,13 @@ pub struct TrainOpts {
     /// Timesteps per batch (BPTT length) [default: 100].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
     seq_len: Option<u32>,
-    /// Learning rate [default: 0.002].
+    /// Learning rate [default: 0.003].
     #[arg(long)]
     lr: Option<f32>,
-    /// Multiply the learning rate by this at the end of every epoch after --decay-after [default: 0.8].
+    /// Multiply the learning rate by this at the end of every epoch after --decay-after [default: 0.75].
     #[arg(long)]
     lr_decay: Option<f32>,
-    /// Epochs at the initial learning rate before decay starts [default: 2].
+    /// Epochs at the initial learning rate before decay starts [default: 1].
     #[arg(long)]
     decay_after: Option<u64>,
     /// Clip the global gradient norm to this; 0 turns it off [default: 5].
@@ -134,15 +134,15 @@ fn default_recipe() -> Recipe {
         model: CharLmConfig {
             cell: CellKind::Lstm,
             embed_size: 64,
-            hidden_size: 384,
+            hidden_size: 256,
             num_layers: 2,
             dropout: 0.1,
         },
         batch: 32,
         seq_len: 100,
-        lr: 2e-3,
-        lr_decay: 0.8,
-        decay_after: 2,
+        lr: 3e-3,
+        lr_decay: 0.75,
+        decay_after: 1,
         grad_clip: Some(5.0),
         clip_value: None,
         optimizer: OptimizerKind::Adam,
