@@ -55,3 +55,58 @@ pub(crate) fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
         .build_global()
         .map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The `[default: …]` that `rnnkit train --help` shows for flag `id`.
+    fn shown_default(id: &str) -> String {
+        let cmd = Cli::command();
+        let train = cmd.find_subcommand("train").expect("train subcommand");
+        let arg = train
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .unwrap_or_else(|| panic!("no flag {id}"));
+        let help = arg.get_help().expect("documented").to_string();
+        let tail = help
+            .split("[default: ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{id}: no default in {help:?}"));
+        tail.split([']', ' ']).next().unwrap().to_string()
+    }
+
+    #[test]
+    fn help_shows_the_defaults_that_are_used() {
+        let r = train_cmd::default_recipe();
+        let m = &r.model;
+        let cases = [
+            ("cell", m.cell.to_string()),
+            ("layers", m.num_layers.to_string()),
+            ("hidden", m.hidden_size.to_string()),
+            ("embed", m.embed_size.to_string()),
+            ("dropout", m.dropout.to_string()),
+            ("batch", r.batch.to_string()),
+            ("seq_len", r.seq_len.to_string()),
+            ("lr", r.lr.to_string()),
+            ("lr_decay", r.lr_decay.to_string()),
+            ("decay_after", r.decay_after.to_string()),
+            ("grad_clip", r.grad_clip.unwrap().to_string()),
+            ("momentum", r.momentum.to_string()),
+            ("val_frac", r.val_frac.to_string()),
+            ("seed", r.seed.to_string()),
+            ("steps", train_cmd::DEFAULT_STEPS.to_string()),
+            ("eval_every", train_cmd::DEFAULT_EVAL_EVERY.to_string()),
+            (
+                "checkpoint_every",
+                train_cmd::DEFAULT_CHECKPOINT_EVERY.to_string(),
+            ),
+        ];
+        for (id, used) in cases {
+            assert_eq!(shown_default(id), used, "--{id}");
+        }
+        assert_eq!(r.optimizer, rnnkit::optim::OptimizerKind::Adam);
+        assert_eq!(shown_default("optimizer"), "adam");
+    }
+}

@@ -129,7 +129,7 @@ pub struct TrainOpts {
     sample_length: usize,
 }
 
-fn default_recipe() -> Recipe {
+pub(crate) fn default_recipe() -> Recipe {
     Recipe {
         model: CharLmConfig {
             cell: CellKind::Lstm,
@@ -154,7 +154,11 @@ fn default_recipe() -> Recipe {
 }
 
 /// Default bound when none is given: about five minutes of the default model on two cores.
-const DEFAULT_STEPS: u64 = 2000;
+pub(crate) const DEFAULT_STEPS: u64 = 2000;
+/// Validation cadence when `--eval-every` is not given.
+pub(crate) const DEFAULT_EVAL_EVERY: u64 = 100;
+/// Checkpoint cadence when `--checkpoint-every` is not given.
+pub(crate) const DEFAULT_CHECKPOINT_EVERY: u64 = 200;
 
 impl Cell {
     /// The library's cell kind.
@@ -264,8 +268,8 @@ impl TrainOpts {
             steps,
             epochs: self.epochs,
             time_limit,
-            eval_every: self.eval_every.unwrap_or(100),
-            checkpoint_every: self.checkpoint_every.unwrap_or(200),
+            eval_every: self.eval_every.unwrap_or(DEFAULT_EVAL_EVERY),
+            checkpoint_every: self.checkpoint_every.unwrap_or(DEFAULT_CHECKPOINT_EVERY),
             out_dir: self
                 .out
                 .clone()
