@@ -5,7 +5,7 @@ use crate::cell::{CellKind, CellParams};
 use crate::error::{Error, Result};
 use crate::layer::{Parameters, Recurrent, RecurrentConfig};
 use crate::tensor::{Real, Tensor};
-use safetensors::tensor::{Dtype, SafeTensors};
+use safetensors::tensor::{Dtype, SafeTensors, TensorInfo};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 pub struct TensorFile {
     path: PathBuf,
     bytes: Vec<u8>,
+    /// Where the tensor data starts: after the 8-byte length and the header.
+    data_start: usize,
+    /// Every tensor's dtype, shape and byte range, parsed once.
+    index: HashMap<String, TensorInfo>,
     metadata: HashMap<String, String>,
 }
 
@@ -31,19 +35,27 @@ impl TensorFile {
 
     /// Validates an in-memory file; `path` is only used in messages.
     pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self> {
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint {
-            path: path.clone(),
-            msg: format!("not a valid safetensors file ({e}); was it written completely?"),
-        })?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint {
+                path: path.clone(),
+                msg: format!("not a valid safetensors file ({e}); was it written completely?"),
+            })?;
         // read_metadata checks the header; deserialize also checks every tensor's offsets and size.
         SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint {
             path: path.clone(),
             msg: format!("not a valid safetensors file ({e})"),
         })?;
         let metadata = meta.metadata().clone().unwrap_or_default();
+        let index = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name, info.clone()))
+            .collect();
         Ok(TensorFile {
             path,
             bytes,
+            data_start: 8 + header_len,
+            index,
             metadata,
         })
     }
@@ -58,25 +70,16 @@ impl TensorFile {
         &self.metadata
     }
 
-    fn tensors(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).expect("validated in from_bytes")
-    }
-
     /// Names of all tensors, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .tensors()
-            .names()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let mut v: Vec<String> = self.index.keys().cloned().collect();
         v.sort();
         v
     }
 
     /// The shape of tensor `name`, if present.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.tensors().tensor(name).ok().map(|t| t.shape().to_vec())
+        self.index.get(name).map(|t| t.shape.clone())
     }
 
     /// An error about this file.
@@ -87,28 +90,36 @@ impl TensorFile {
         }
     }
 
+    /// The entry of tensor `name` and its bytes (in bounds: checked when the file was opened).
+    fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let info = self
+            .index
+            .get(name)
+            .ok_or_else(|| self.error(format!("tensor `{name}` is missing")))?;
+        let (start, end) = info.data_offsets;
+        Ok((
+            info,
+            &self.bytes[self.data_start + start..self.data_start + end],
+        ))
+    }
+
     /// Reads tensor `name` (stored as F32 or F64) as `T`; when `shape` is given it must match exactly.
     pub fn get<T: Real>(&self, name: &str, shape: Option<&[usize]>) -> Result<Tensor<T>> {
-        let st = self.tensors();
-        let view = st
-            .tensor(name)
-            .map_err(|_| self.error(format!("tensor `{name}` is missing")))?;
+        let (info, bytes) = self.raw(name)?;
         if let Some(want) = shape {
-            if view.shape() != want {
+            if info.shape != want {
                 return Err(self.error(format!(
                     "tensor `{name}` has shape {:?}, expected {want:?}",
-                    view.shape()
+                    info.shape
                 )));
             }
         }
-        let data: Vec<T> = match view.dtype() {
-            Dtype::F32 => view
-                .data()
+        let data: Vec<T> = match info.dtype {
+            Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| T::of(f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64))
                 .collect(),
-            Dtype::F64 => view
-                .data()
+            Dtype::F64 => bytes
                 .chunks_exact(8)
                 .map(|b| T::of(f64::from_le_bytes(b.try_into().expect("8 bytes"))))
                 .collect(),
@@ -118,24 +129,18 @@ impl TensorFile {
                 )))
             }
         };
-        Tensor::from_vec(view.shape(), data)
-            .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
+        Tensor::from_vec(&info.shape, data).map_err(|e| self.error(format!("tensor `{name}`: {e}")))
     }
 
     /// Reads an integer tensor `name` (I64 or I32), e.g. sequence lengths.
     pub fn get_ints(&self, name: &str) -> Result<Vec<i64>> {
-        let st = self.tensors();
-        let view = st
-            .tensor(name)
-            .map_err(|_| self.error(format!("tensor `{name}` is missing")))?;
-        match view.dtype() {
-            Dtype::I64 => Ok(view
-                .data()
+        let (info, bytes) = self.raw(name)?;
+        match info.dtype {
+            Dtype::I64 => Ok(bytes
                 .chunks_exact(8)
                 .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
                 .collect()),
-            Dtype::I32 => Ok(view
-                .data()
+            Dtype::I32 => Ok(bytes
                 .chunks_exact(4)
                 .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64)
                 .collect()),
