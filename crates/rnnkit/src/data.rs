@@ -48,15 +48,14 @@ pub struct Vocab {
 }
 
 impl Vocab {
-    /// The distinct characters of `text`, sorted by code point.
-    pub fn from_text(text: &str) -> Self {
-        let mut chars: Vec<char> = text
+    /// The distinct characters of `text`, sorted by code point; fails on empty text.
+    pub fn from_text(text: &str) -> Result<Self> {
+        let chars: Vec<char> = text
             .chars()
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        chars.dedup();
-        Self::from_chars(chars).expect("distinct characters")
+        Self::from_chars(chars)
     }
 
     /// A vocabulary of the given characters in order; fails on duplicates or none.
@@ -212,7 +211,8 @@ mod tests {
 
     #[test]
     fn vocab_round_trips_and_names_unknown_characters() {
-        let v = Vocab::from_text("hello, wörld");
+        let v = Vocab::from_text("hello, wörld").unwrap();
+        assert!(Vocab::from_text("").is_err());
         assert_eq!(v.len(), 10);
         let v2 = Vocab::from_json(&v.to_json()).unwrap();
         assert_eq!(v, v2);

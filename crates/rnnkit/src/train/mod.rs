@@ -268,7 +268,7 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
             (model, st)
         }
         None => {
-            let vocab = Vocab::from_text(text);
+            let vocab = Vocab::from_text(text)?;
             check_memory(recipe, vocab.len())?;
             let mut rng = Rng::new(recipe.seed);
             let model = CharLm::new(&recipe.model, vocab, &mut rng)?;
