@@ -84,6 +84,20 @@ impl<'a, T> MatMut<'a, T> {
     }
 }
 
+thread_local! {
+    /// Set while the caller already runs one task per core (see [`serial`]).
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every [`matmul`] it makes on this thread single-threaded: for
+/// callers that already split work across the cores, so no GEMM is nested in them.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    let before = SERIAL.replace(true);
+    let r = f();
+    SERIAL.set(before);
+    r
+}
+
 /// Below this many multiply-adds a product runs on the calling thread: waking
 /// the pool costs more than it saves.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
@@ -104,9 +118,7 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
         return;
     }
     let threads = rayon::current_num_threads();
-    // Inside a worker the caller already splits the work: never nest a parallel GEMM.
-    let in_worker = rayon::current_thread_index().is_some();
-    let parallelism = if threads > 1 && !in_worker && m * n * k >= PARALLEL_MIN_FLOPS {
+    let parallelism = if threads > 1 && !SERIAL.get() && m * n * k >= PARALLEL_MIN_FLOPS {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None

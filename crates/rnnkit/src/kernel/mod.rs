@@ -8,4 +8,4 @@ mod matmul;
 pub use activation::{sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
-pub use matmul::{matmul, matmul_ref, MatMut, MatRef};
+pub use matmul::{matmul, matmul_ref, serial, MatMut, MatRef};
