@@ -306,32 +306,21 @@ impl<T: Real> Recurrent<T> {
 
     /// The accumulated gradient of the parameter named `name` (torch naming).
     pub fn grad(&self, name: &str) -> Option<&Tensor<T>> {
-        let idx = self.params_index(name)?;
-        let base = name.split("_l").next()?;
-        self.grads[idx]
-            .named()
-            .into_iter()
-            .find(|(n, _)| *n == base)
-            .map(|(_, t)| t)
+        find_named(&self.grads, self.locate(name)?)
     }
 
     /// The parameter named `name` (torch naming).
     pub fn param(&self, name: &str) -> Option<&Tensor<T>> {
-        let idx = self.params_index(name)?;
-        let base = name.split("_l").next()?;
-        self.params[idx]
-            .named()
-            .into_iter()
-            .find(|(n, _)| *n == base)
-            .map(|(_, t)| t)
+        find_named(&self.params, self.locate(name)?)
     }
 
-    fn params_index(&self, name: &str) -> Option<usize> {
-        (0..self.params.len()).find(|&idx| {
-            let sfx = suffix(&self.config, idx);
-            name.strip_suffix(&sfx).is_some_and(|base| {
-                ["weight_ih", "weight_hh", "bias_ih", "bias_hh"].contains(&base)
-            })
+    /// The cell index and the suffix-less name (`weight_ih`, …) of a torch parameter name.
+    fn locate<'a>(&self, name: &'a str) -> Option<(usize, &'a str)> {
+        (0..self.params.len()).find_map(|idx| {
+            let base = name.strip_suffix(&suffix(&self.config, idx))?;
+            ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+                .contains(&base)
+                .then_some((idx, base))
         })
     }
 
@@ -576,6 +565,18 @@ impl<T: Real> Parameters<T> for Recurrent<T> {
             }
         }
     }
+}
+
+/// Tensor `base` (`weight_ih`, …) of cell `idx` in `cells` (parameters or gradients).
+fn find_named<'a, T: Real>(
+    cells: &'a [CellParams<T>],
+    (idx, base): (usize, &str),
+) -> Option<&'a Tensor<T>> {
+    cells[idx]
+        .named()
+        .into_iter()
+        .find(|(n, _)| *n == base)
+        .map(|(_, t)| t)
 }
 
 /// `_l{k}` or `_l{k}_reverse`: torch's suffix for cell `idx`.
