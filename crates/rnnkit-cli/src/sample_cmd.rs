@@ -53,8 +53,7 @@ pub fn run(o: SampleOpts) -> anyhow::Result<ExitCode> {
         .vocab()
         .encode(&o.prime)
         .map_err(|e| anyhow::anyhow!("--prime: {e}"))?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = std::io::stdout();
     out.write_all(o.prime.as_bytes())?;
     out.flush()?;
     let mut buf = [0u8; 4];

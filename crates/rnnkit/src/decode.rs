@@ -111,9 +111,20 @@ pub fn generate(
     length: usize,
     cfg: &SamplingConfig,
     rng: &mut Rng,
-    emit: &mut dyn FnMut(char) -> Result<()>,
+    emit: &mut (dyn FnMut(char) -> Result<()> + Send),
 ) -> Result<()> {
     cfg.validate()?;
+    crate::kernel::on_pool(|| generate_here(model, prime, length, cfg, rng, emit))
+}
+
+fn generate_here(
+    model: &mut CharLm,
+    prime: &str,
+    length: usize,
+    cfg: &SamplingConfig,
+    rng: &mut Rng,
+    emit: &mut (dyn FnMut(char) -> Result<()> + Send),
+) -> Result<()> {
     let ids = if prime.is_empty() {
         vec![model.vocab().id('\n').unwrap_or(0)]
     } else {

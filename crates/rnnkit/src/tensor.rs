@@ -1,6 +1,7 @@
 //! Plain owned tensors: a shape and a row-major buffer. No autograd tape.
 
 use crate::error::{Error, Result};
+use crate::kernel::MatRef;
 use std::fmt::Debug;
 
 /// Floating-point element type of tensors: `f32` for work, `f64` for gradient checks.
@@ -32,6 +33,11 @@ pub trait Real:
     fn tanh_inplace(x: &mut [Self]) {
         x.iter_mut().for_each(|v| *v = v.tanh());
     }
+    /// `y = x·b` (or `y += x·b`) for one row `x` by a hand-written kernel, where this
+    /// type and CPU have one; false (nothing done) sends the caller to the GEMM.
+    fn gemv(_y: &mut [Self], _x: &[Self], _b: MatRef<'_, Self>, _accumulate: bool) -> bool {
+        false
+    }
 }
 
 impl Real for f32 {
@@ -44,6 +50,9 @@ impl Real for f32 {
     }
     fn sigmoid_inplace(x: &mut [Self]) {
         crate::kernel::sigmoid_f32(x)
+    }
+    fn gemv(y: &mut [Self], x: &[Self], b: MatRef<'_, Self>, accumulate: bool) -> bool {
+        crate::kernel::gemv_f32(y, x, b, accumulate)
     }
     fn tanh_inplace(x: &mut [Self]) {
         crate::kernel::tanh_f32(x)

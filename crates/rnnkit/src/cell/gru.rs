@@ -25,8 +25,8 @@
 //! ```
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq,
-    Shared,
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, RecurrentWeights,
+    Seq, Shared,
 };
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -75,11 +75,7 @@ pub fn forward<T: Real>(
     let g3 = 3 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g3);
     project_inputs(p, x, steps * batch, gates, false);
-    if !cache.w_hh_t_valid {
-        transpose_into(p.w_hh.data(), g3, hs, &mut cache.w_hh_t);
-        cache.w_hh_t_valid = true;
-    }
-    let w_t = &cache.w_hh_t;
+    let w_hh = RecurrentWeights::new(p, batch, &mut cache.w_hh_t, &mut cache.w_hh_t_valid);
     let no_bias = Vec::new();
     let b_hh = p.b_hh.as_ref().map_or(&no_bias[..], |b| b.data());
     let gates = Shared::new(gates, batch, g3);
@@ -107,7 +103,7 @@ pub fn forward<T: Real>(
                 matmul(
                     MatMut::dense(&mut hp, m, g3),
                     MatRef::dense(hp_t, m, hs),
-                    MatRef::dense(w_t, hs, g3),
+                    w_hh.blocks(0..3, m),
                     false,
                 );
             } else {
@@ -115,7 +111,7 @@ pub fn forward<T: Real>(
                 matmul(
                     MatMut::new(&mut hp, m, 2 * hs, g3),
                     MatRef::dense(hp_t, m, hs),
-                    MatRef::new(w_t, hs, 2 * hs, g3),
+                    w_hh.blocks(0..2, m),
                     false,
                 );
                 for (i, b) in rows.clone().enumerate() {
@@ -133,7 +129,7 @@ pub fn forward<T: Real>(
                 matmul(
                     MatMut::new(&mut hp[2 * hs..], m, hs, g3),
                     MatRef::dense(aux, m, hs),
-                    MatRef::new(&w_t[2 * hs..], hs, hs, g3),
+                    w_hh.blocks(2..3, m),
                     false,
                 );
             }

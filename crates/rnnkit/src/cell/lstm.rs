@@ -17,8 +17,8 @@
 //! ```
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq,
-    Shared,
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, RecurrentWeights,
+    Seq, Shared,
 };
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -66,11 +66,7 @@ pub fn forward<T: Real>(
     let g4 = 4 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g4);
     project_inputs(p, x, steps * batch, gates, true);
-    if !cache.w_hh_t_valid {
-        transpose_into(p.w_hh.data(), g4, hs, &mut cache.w_hh_t);
-        cache.w_hh_t_valid = true;
-    }
-    let w_t = MatRef::dense(&cache.w_hh_t, hs, g4);
+    let w_hh = RecurrentWeights::new(p, batch, &mut cache.w_hh_t, &mut cache.w_hh_t_valid);
     let gates = Shared::new(gates, batch, g4);
     let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
     let c_prev = Shared::new(scratch(&mut cache.c_prev, steps * batch * hs), batch, hs);
@@ -102,7 +98,7 @@ pub fn forward<T: Real>(
             matmul(
                 MatMut::dense(&mut hp, m, g4),
                 MatRef::dense(hp_t, m, hs),
-                w_t,
+                w_hh.blocks(0..4, m),
                 false,
             );
             for (i, b) in rows.clone().enumerate() {

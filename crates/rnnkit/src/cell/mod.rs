@@ -252,13 +252,53 @@ pub(crate) fn recurrent_grads<T: Real>(
     }
 }
 
-/// `w_t [cols, rows] = wᵀ` for a row-major `w [rows, cols]`. The per-step product
-/// `h·W_hhᵀ` runs about twice as fast from this layout: the GEMM reads it without packing.
-pub(crate) fn transpose_into<T: Real>(w: &[T], rows: usize, cols: usize, w_t: &mut Vec<T>) {
-    let w_t = crate::tensor::scratch(w_t, rows * cols);
-    for (i, row) in w.chunks_exact(cols).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            w_t[j * rows + i] = v;
+/// The right operand of the per-step product `h_{t-1}·W_hhᵀ`, for the gate blocks
+/// `blocks`, when a thread's block of the batch has `m` rows. Several rows read a
+/// transposed copy of `W_hh` (kept in the cell's cache: the GEMM reads it without
+/// packing, about twice as fast); a single row reads `W_hh` itself, one dot product
+/// per gate row, the fastest layout for a matrix–vector product.
+pub(crate) struct RecurrentWeights<'a, T> {
+    w: &'a [T],
+    w_t: &'a [T],
+    hs: usize,
+    gh: usize,
+}
+
+impl<'a, T: Real> RecurrentWeights<'a, T> {
+    /// Refreshes the transposed copy in `w_t` unless `valid` (and unless no block of
+    /// `batch` rows will ever need it).
+    pub(crate) fn new(
+        p: &'a CellParams<T>,
+        batch: usize,
+        w_t: &'a mut Vec<T>,
+        valid: &mut bool,
+    ) -> Self {
+        let (gh, hs) = (p.w_hh.shape()[0], p.hidden_size());
+        if batch > 1 && !*valid {
+            let buf = crate::tensor::scratch(&mut *w_t, gh * hs);
+            for (i, row) in p.w_hh.data().chunks_exact(hs).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    buf[j * gh + i] = v;
+                }
+            }
+            *valid = true;
+        }
+        let w_t: &'a Vec<T> = w_t;
+        RecurrentWeights {
+            w: p.w_hh.data(),
+            w_t,
+            hs,
+            gh,
+        }
+    }
+
+    /// `W_hh[blocks]ᵀ`, `[H, blocks·H]`, for a block of `m` rows.
+    pub(crate) fn blocks(&self, blocks: Range<usize>, m: usize) -> MatRef<'a, T> {
+        let (hs, cols) = (self.hs, blocks.len() * self.hs);
+        if m == 1 {
+            MatRef::new(&self.w[blocks.start * hs * hs..], cols, hs, hs).t()
+        } else {
+            MatRef::new(&self.w_t[blocks.start * hs..], hs, cols, self.gh)
         }
     }
 }
@@ -273,7 +313,7 @@ pub(crate) fn for_row_blocks(batch: usize, f: impl Fn(Range<usize>) + Sync + Sen
     }
     (0..blocks)
         .into_par_iter()
-        .for_each(|k| f(k * batch / blocks..(k + 1) * batch / blocks));
+        .for_each(|k| crate::kernel::serial(|| f(k * batch / blocks..(k + 1) * batch / blocks)));
 }
 
 /// A `[T, B, width]` (or `[B, width]`) buffer that several threads write, each

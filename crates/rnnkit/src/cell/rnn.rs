@@ -8,8 +8,8 @@
 //! `dh_{t-1} = da_t · W_hh`.
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, transpose_into, CellParams, Seq,
-    Shared,
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, RecurrentWeights,
+    Seq, Shared,
 };
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -61,11 +61,7 @@ pub fn forward<T: Real>(
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let h_new = scratch(&mut cache.h_new, steps * batch * hs);
     project_inputs(p, x, steps * batch, h_new, true);
-    if !cache.w_hh_t_valid {
-        transpose_into(p.w_hh.data(), hs, hs, &mut cache.w_hh_t);
-        cache.w_hh_t_valid = true;
-    }
-    let w_t = MatRef::dense(&cache.w_hh_t, hs, hs);
+    let w_hh = RecurrentWeights::new(p, batch, &mut cache.w_hh_t, &mut cache.w_hh_t_valid);
     let h_new = Shared::new(h_new, batch, hs);
     let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
     let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
@@ -88,7 +84,7 @@ pub fn forward<T: Real>(
             matmul(
                 MatMut::dense(&mut hp, m, hs),
                 MatRef::dense(hp_t, m, hs),
-                w_t,
+                w_hh.blocks(0..1, m),
                 false,
             );
             for (i, b) in rows.clone().enumerate() {

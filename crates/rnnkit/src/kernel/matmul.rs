@@ -7,11 +7,11 @@ use gemm::Parallelism;
 /// A read-only matrix operand: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
+    pub(crate) data: &'a [T],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 
 impl<'a, T> MatRef<'a, T> {
@@ -86,7 +86,7 @@ impl<'a, T> MatMut<'a, T> {
 
 thread_local! {
     /// Set while the caller already runs one task per core (see [`serial`]).
-    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    pub(crate) static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Runs `f` with every [`matmul`] it makes on this thread single-threaded: for
@@ -96,6 +96,18 @@ pub fn serial<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     SERIAL.set(before);
     r
+}
+
+/// Runs `f` on a thread of the pool (at once when already on one). Batch-1 work
+/// splits each matrix–vector product between the cores: from inside the pool a
+/// split costs about a microsecond, from outside it each one waits for a worker to
+/// wake (tens of microseconds under a hypervisor). Loops of batch-1 steps run here.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
 }
 
 /// Below this many multiply-adds a product runs on the calling thread: waking
@@ -115,6 +127,9 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
                 c.data[i * c.ld..i * c.ld + n].fill(T::zero());
             }
         }
+        return;
+    }
+    if m == 1 && (a.cs == 1 || k == 1) && T::gemv(&mut c.data[..n], &a.data[..k], b, accumulate) {
         return;
     }
     let threads = rayon::current_num_threads();
@@ -195,6 +210,11 @@ mod tests {
             (15, 17, 16),
             (63, 33, 65),
             (64, 200, 50),
+            (1, 2048, 512),
+            (1, 300, 77),
+            (1, 17, 3),
+            (1, 65, 33),
+            (1, 256, 1),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 for accumulate in [false, true] {

@@ -3,9 +3,11 @@
 
 mod activation;
 mod elementwise;
+mod gemv;
 mod matmul;
 
 pub use activation::{sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
-pub use matmul::{matmul, matmul_ref, serial, MatMut, MatRef};
+pub(crate) use gemv::gemv_f32;
+pub use matmul::{matmul, matmul_ref, on_pool, serial, MatMut, MatRef};
