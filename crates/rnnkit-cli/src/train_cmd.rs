@@ -414,13 +414,13 @@ fn print_json(o: &TrainOpts, s: &train::Summary) {
 }
 
 fn closing_sample(checkpoint: &Path, length: usize) -> anyhow::Result<()> {
-    let (mut model, _) = CharLm::load(checkpoint)?;
+    let (model, _) = CharLm::load(checkpoint)?;
     let mut text = String::new();
     let cfg = SamplingConfig {
         temperature: 0.8,
         ..Default::default()
     };
-    generate(&mut model, "", length, &cfg, &mut Rng::new(1), &mut |c| {
+    generate(&model, "", length, &cfg, &mut Rng::new(1), &mut |c| {
         text.push(c);
         Ok(())
     })?;

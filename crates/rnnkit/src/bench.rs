@@ -7,7 +7,7 @@ use crate::data::Vocab;
 use crate::decode::{sample, SamplingConfig};
 use crate::error::{Error, Result};
 use crate::layer::Parameters;
-use crate::model::{CharLm, CharLmConfig};
+use crate::model::{CharLm, CharLmConfig, Precision, Stepper};
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerKind};
 use crate::rng::Rng;
 use serde::Serialize;
@@ -41,6 +41,8 @@ pub struct BenchReport {
     pub step_seconds: f64,
     /// Mean microseconds per sampled character (batch 1, temperature 1, state carried).
     pub sample_us_per_char: f64,
+    /// The same with the weights held in bfloat16 ([`Precision::Bf16`]).
+    pub sample_bf16_us_per_char: f64,
     /// Peak resident memory of the process, in MiB (Linux; 0 elsewhere).
     pub peak_rss_mb: f64,
     /// Worker threads used.
@@ -84,29 +86,33 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let tokens_per_sec = n as f64 / step_seconds;
     let flops = 3.0 * cfg.model.flops_per_token(cfg.vocab) as f64;
 
-    let sample_us = crate::kernel::on_pool(|| time_sampling(&mut model, cfg.sample_chars, &mut rng))?;
+    let mut sample_us = [0.0; 2];
+    for (us, precision) in sample_us.iter_mut().zip([Precision::F32, Precision::Bf16]) {
+        let mut stepper = Stepper::new(&model, precision)?;
+        *us = crate::kernel::on_pool(|| time_sampling(&mut stepper, cfg.sample_chars, &mut rng))?;
+    }
     Ok(BenchReport {
         train_tokens_per_sec: tokens_per_sec,
         train_gflops: flops * tokens_per_sec / 1e9,
         step_seconds,
-        sample_us_per_char: sample_us,
+        sample_us_per_char: sample_us[0],
+        sample_bf16_us_per_char: sample_us[1],
         peak_rss_mb: peak_rss_mb(),
         threads: rayon::current_num_threads(),
     })
 }
 
 /// Mean microseconds per character of batch-1 sampling with the state carried.
-fn time_sampling(model: &mut CharLm, chars: usize, rng: &mut Rng) -> Result<f64> {
+fn time_sampling(stepper: &mut Stepper, chars: usize, rng: &mut Rng) -> Result<f64> {
     let sampling = SamplingConfig::default();
-    let (mut logits, mut state) = model.next_logits(&[0], None)?;
     let warm = 10;
+    let mut id = 0;
     let mut t0 = Instant::now();
     for i in 0..warm + chars {
         if i == warm {
             t0 = Instant::now();
         }
-        let id = sample(&logits, &sampling, rng);
-        (logits, state) = model.next_logits(&[id], Some(&state))?;
+        id = sample(stepper.feed(id)?, &sampling, rng);
     }
     Ok(t0.elapsed().as_secs_f64() * 1e6 / chars.max(1) as f64)
 }

@@ -2,7 +2,7 @@
 //! sampling, greedy when the temperature is 0; and text generation from a prime.
 
 use crate::error::{Error, Result};
-use crate::model::CharLm;
+use crate::model::{CharLm, Precision, Stepper};
 use crate::rng::Rng;
 
 /// How the next character is drawn.
@@ -14,6 +14,8 @@ pub struct SamplingConfig {
     pub top_k: Option<usize>,
     /// Keep the smallest set of most likely tokens whose probability reaches p, in (0, 1].
     pub top_p: Option<f32>,
+    /// How the model's weights are held while generating.
+    pub precision: Precision,
 }
 
 impl Default for SamplingConfig {
@@ -22,6 +24,7 @@ impl Default for SamplingConfig {
             temperature: 1.0,
             top_k: None,
             top_p: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -106,7 +109,7 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> usize {
 /// each to `emit` as soon as it is drawn. An empty prime starts from a newline
 /// (or the first vocabulary character), which is not emitted.
 pub fn generate(
-    model: &mut CharLm,
+    model: &CharLm,
     prime: &str,
     length: usize,
     cfg: &SamplingConfig,
@@ -114,31 +117,25 @@ pub fn generate(
     emit: &mut (dyn FnMut(char) -> Result<()> + Send),
 ) -> Result<()> {
     cfg.validate()?;
-    crate::kernel::on_pool(|| generate_here(model, prime, length, cfg, rng, emit))
-}
-
-fn generate_here(
-    model: &mut CharLm,
-    prime: &str,
-    length: usize,
-    cfg: &SamplingConfig,
-    rng: &mut Rng,
-    emit: &mut (dyn FnMut(char) -> Result<()> + Send),
-) -> Result<()> {
     let ids = if prime.is_empty() {
         vec![model.vocab().id('\n').unwrap_or(0)]
     } else {
         model.vocab().encode(prime)?
     };
-    let (mut logits, mut state) = model.next_logits(&ids, None)?;
-    for i in 0..length {
-        let id = sample(&logits, cfg, rng);
-        emit(model.vocab().char(id))?;
-        if i + 1 < length {
-            (logits, state) = model.next_logits(&[id], Some(&state))?;
+    let mut stepper = Stepper::new(model, cfg.precision)?;
+    let vocab = model.vocab();
+    crate::kernel::on_pool(|| {
+        let (&last, prime) = ids.split_last().expect("at least one id");
+        for &id in prime {
+            stepper.feed(id)?;
         }
-    }
-    Ok(())
+        let mut next = last;
+        for _ in 0..length {
+            next = sample(stepper.feed(next)?, cfg, rng);
+            emit(vocab.char(next))?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

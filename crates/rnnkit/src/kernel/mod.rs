@@ -9,5 +9,5 @@ mod matmul;
 pub use activation::{sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
-pub(crate) use gemv::gemv_f32;
+pub(crate) use gemv::{dot_rows_bf16, gemv_f32, to_bf16};
 pub use matmul::{matmul, matmul_ref, on_pool, serial, MatMut, MatRef};

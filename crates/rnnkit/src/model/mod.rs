@@ -1,5 +1,7 @@
 //! Whole models built from layers.
 
 mod char_lm;
+mod stepper;
 
 pub use char_lm::{CharLm, CharLmConfig};
+pub use stepper::{Precision, Stepper};

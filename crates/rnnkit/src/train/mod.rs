@@ -474,6 +474,10 @@ pub fn evaluate(model: &mut CharLm, val: &Streams) -> Result<f64> {
 /// Mean cross-entropy of predicting characters 2..N of `text` (nats per character),
 /// batch 1 from a zero state, fed `chunk` characters at a time so memory stays bounded.
 pub fn eval_text(model: &mut CharLm, text: &str, chunk: usize) -> Result<(usize, f64)> {
+    crate::kernel::on_pool(|| eval_text_here(model, text, chunk))
+}
+
+fn eval_text_here(model: &mut CharLm, text: &str, chunk: usize) -> Result<(usize, f64)> {
     let ids = model.vocab().encode(text)?;
     if ids.len() < 2 {
         return Err(Error::Input(

@@ -1,0 +1,368 @@
+//! Batch-1 inference of a [`CharLm`], one character at a time (sampling). Batch-1
+//! steps are bound by streaming the weights, so each layer's step is one pass over
+//! them: the hidden units are shared out between the cores, each computing the gate
+//! rows of its units and their cell update (one join per layer); the first layer's
+//! input product is a table lookup, `W_ih0·E[id] + b_ih0` precomputed per
+//! character; the weights can be kept in bfloat16, halving the bytes to stream.
+//! The cell equations are those of `crate::cell` (named there).
+
+use super::CharLm;
+use crate::cell::CellKind;
+use crate::error::{Error, Result};
+use crate::kernel::{
+    add_bias_rows, dot_rows_bf16, matmul, serial, sigmoid_f32, tanh_f32, to_bf16, MatMut, MatRef,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// How the stepper stores the weights it streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// As trained: results match [`CharLm::next_logits`] to rounding.
+    #[default]
+    F32,
+    /// Weights rounded to bfloat16 (8-bit mantissa), arithmetic in f32: half the
+    /// memory traffic, logits within about 1 % of f32.
+    Bf16,
+}
+
+/// A row-major weight matrix `[rows, cols]` in the stepper's precision.
+#[derive(Clone, Debug)]
+enum Rows {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+impl Rows {
+    fn new(w: &[f32], precision: Precision) -> Rows {
+        match precision {
+            Precision::F32 => Rows::F32(w.to_vec()),
+            Precision::Bf16 => Rows::Bf16(w.iter().map(|&v| to_bf16(v)).collect()),
+        }
+    }
+
+    /// `y[i] = row(r0 + i)·x` (+ `bias[r0 + i]`).
+    fn dot(&self, r0: usize, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+        let (k, m) = (x.len(), y.len());
+        let rows = r0 * k..(r0 + m) * k;
+        match self {
+            Rows::F32(w) => matmul(
+                MatMut::dense(y, 1, m),
+                MatRef::dense(x, 1, k),
+                MatRef::dense(&w[rows], m, k).t(),
+                false,
+            ),
+            Rows::Bf16(w) => dot_rows_bf16(y, &w[rows], x),
+        }
+        if let Some(b) = bias {
+            y.iter_mut().zip(&b[r0..r0 + m]).for_each(|(y, &b)| *y += b);
+        }
+    }
+}
+
+/// One recurrent layer's weights and state.
+#[derive(Clone, Debug)]
+struct Layer {
+    /// `W_ih`; `None` on the first layer when the table replaces it.
+    w_ih: Option<Rows>,
+    w_hh: Rows,
+    b_ih: Vec<f32>,
+    b_hh: Option<Vec<f32>>,
+    h: Vec<f32>,
+    /// Cell state (LSTM); unused zeros otherwise.
+    c: Vec<f32>,
+}
+
+/// Runs a [`CharLm`] on one sequence, a character per [`Stepper::feed`], with the
+/// state carried. Built from a model by [`Stepper::new`]; independent of it after.
+#[derive(Clone, Debug)]
+pub struct Stepper {
+    kind: CellKind,
+    hs: usize,
+    vocab: usize,
+    embed: Vec<f32>,
+    /// `[V, G·H]`: `W_ih0·E[v] + b_ih0` for every character v (empty when not used).
+    table: Vec<f32>,
+    layers: Vec<Layer>,
+    head_w: Rows,
+    head_b: Vec<f32>,
+    /// Hidden units per share of the work (a multiple of 16, so no share but the
+    /// last needs masked loads).
+    share: usize,
+    /// Per share: the input and recurrent gate pre-activations of its units.
+    scratch: Vec<Vec<f32>>,
+    h_next: Vec<f32>,
+    /// `r ⊙ h` of the reset-before GRU, read by every share in its second phase.
+    rh: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// Below this many multiply-adds per layer step, one thread does the whole step.
+const PARALLEL_MIN: usize = 1 << 16;
+
+impl Stepper {
+    /// Prepares `model` for batch-1 steps from the zero state. Fails on a
+    /// bidirectional model, which cannot run one step at a time.
+    pub fn new(model: &CharLm, precision: Precision) -> Result<Stepper> {
+        let cfg = model.rnn.config();
+        if cfg.bidirectional {
+            return Err(Error::Config(
+                "a bidirectional model cannot generate one character at a time".into(),
+            ));
+        }
+        let (kind, hs, g) = (cfg.cell, cfg.hidden_size, cfg.cell.gates());
+        let (vocab, e) = (model.vocab().len(), model.embed.dim());
+        let embed = model.embed.weight.data().to_vec();
+        let cells = model.rnn.cells();
+        // The table costs V·G·H floats against W_ih0's E·G·H: worth it unless the
+        // vocabulary is much wider than the embedding.
+        let use_table = vocab <= 4 * e.max(16);
+        let mut table = Vec::new();
+        if use_table {
+            table = vec![0.0; vocab * g * hs];
+            matmul(
+                MatMut::dense(&mut table, vocab, g * hs),
+                MatRef::dense(&embed, vocab, e),
+                MatRef::dense(cells[0].w_ih.data(), g * hs, e).t(),
+                false,
+            );
+            add_bias_rows(&mut table, cells[0].b_ih.data());
+        }
+        let layers = cells
+            .iter()
+            .enumerate()
+            .map(|(l, p)| Layer {
+                w_ih: (l > 0 || !use_table).then(|| Rows::new(p.w_ih.data(), precision)),
+                w_hh: Rows::new(p.w_hh.data(), precision),
+                b_ih: p.b_ih.data().to_vec(),
+                b_hh: p.b_hh.as_ref().map(|b| b.data().to_vec()),
+                h: vec![0.0; hs],
+                c: vec![0.0; hs],
+            })
+            .collect();
+        let threads = if g * hs * 2 * hs >= PARALLEL_MIN {
+            rayon::current_num_threads().max(1)
+        } else {
+            1
+        };
+        let share = hs.div_ceil(threads).div_ceil(16) * 16;
+        let shares = hs.div_ceil(share);
+        Ok(Stepper {
+            kind,
+            hs,
+            vocab,
+            embed,
+            table,
+            layers,
+            head_w: Rows::new(model.head.weight.data(), precision),
+            head_b: model.head.bias.data().to_vec(),
+            share,
+            scratch: vec![vec![0.0; 2 * g * share]; shares],
+            h_next: vec![0.0; hs],
+            rh: vec![0.0; hs],
+            logits: vec![0.0; vocab],
+        })
+    }
+
+    /// Back to the zero state.
+    pub fn reset(&mut self) {
+        for l in &mut self.layers {
+            l.h.fill(0.0);
+            l.c.fill(0.0);
+        }
+    }
+
+    /// Feeds character `id`; returns the logits of the next one.
+    pub fn feed(&mut self, id: usize) -> Result<&[f32]> {
+        if id >= self.vocab {
+            return Err(Error::Input(format!(
+                "character id {id} is outside the vocabulary of {}",
+                self.vocab
+            )));
+        }
+        let (hs, e) = (self.hs, self.embed.len() / self.vocab);
+        let gh = self.kind.gates() * hs;
+        for l in 0..self.layers.len() {
+            let (below, rest) = self.layers.split_at_mut(l);
+            let layer = &mut rest[0];
+            let input = match below.last() {
+                Some(prev) => Input::Project(&prev.h),
+                None if self.table.is_empty() => Input::Project(&self.embed[id * e..][..e]),
+                None => Input::Ready(&self.table[id * gh..][..gh]),
+            };
+            step_layer(
+                self.kind,
+                self.share,
+                layer,
+                input,
+                &mut self.scratch,
+                &mut self.h_next,
+                &mut self.rh,
+            );
+        }
+        let top = &self.layers[self.layers.len() - 1].h;
+        self.head_w
+            .dot(0, top, Some(&self.head_b), &mut self.logits);
+        Ok(&self.logits)
+    }
+}
+
+/// A layer's input: a vector to multiply by `W_ih`, or `W_ih x + b_ih` already.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Project(&'a [f32]),
+    Ready(&'a [f32]),
+}
+
+/// One step of one layer: every share computes its units, then `h` is replaced.
+fn step_layer(
+    kind: CellKind,
+    share: usize,
+    layer: &mut Layer,
+    input: Input<'_>,
+    scratch: &mut [Vec<f32>],
+    h_next: &mut [f32],
+    rh: &mut [f32],
+) {
+    let Layer {
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
+        h,
+        c,
+    } = layer;
+    let (hs, g) = (h.len(), kind.gates());
+    let h_old = &*h;
+    // Pre-activations of every gate of the share's units: [G, m] input side, [G, m]
+    // recurrent side (for the reset-before GRU the candidate's recurrent part waits).
+    let preact = |k: usize, sc: &mut [f32], m: usize| {
+        let j0 = k * share;
+        let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
+        for gate in 0..g {
+            let (r0, out) = (gate * hs + j0, &mut xp[gate * m..][..m]);
+            match input {
+                Input::Ready(v) => out.copy_from_slice(&v[r0..r0 + m]),
+                Input::Project(x) => {
+                    let w = w_ih.as_ref().expect("W_ih kept for projected inputs");
+                    w.dot(r0, x, Some(b_ih), out);
+                }
+            }
+            if kind == CellKind::GruResetBefore && gate == 2 {
+                continue;
+            }
+            w_hh.dot(r0, h_old, b_hh.as_deref(), &mut hp[gate * m..][..m]);
+        }
+    };
+    match kind {
+        CellKind::GruResetBefore => {
+            // Phase 1: r and z of every unit, and r ⊙ h for the candidate's product.
+            rh.par_chunks_mut(share)
+                .zip(scratch.par_iter_mut())
+                .enumerate()
+                .for_each(|(k, (rh, sc))| {
+                    serial(|| {
+                        let m = rh.len();
+                        preact(k, sc, m);
+                        let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
+                        for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
+                            *v += u;
+                        }
+                        sigmoid_f32(&mut xp[..2 * m]);
+                        for ((rh, &r), &h) in rh.iter_mut().zip(&xp[..m]).zip(&h_old[k * share..]) {
+                            *rh = r * h;
+                        }
+                    })
+                });
+            let rh = &*rh;
+            h_next
+                .par_chunks_mut(share)
+                .zip(scratch.par_iter_mut())
+                .enumerate()
+                .for_each(|(k, (hn, sc))| {
+                    serial(|| {
+                        let (m, j0) = (hn.len(), k * share);
+                        let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
+                        let hp_n = &mut hp[2 * m..3 * m];
+                        w_hh.dot(2 * hs + j0, rh, None, hp_n);
+                        let (rz, n) = xp.split_at_mut(2 * m);
+                        for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
+                            *v += u;
+                        }
+                        tanh_f32(n);
+                        for j in 0..m {
+                            let z = rz[m + j];
+                            hn[j] = (1.0 - z) * n[j] + z * h_old[j0 + j];
+                        }
+                    })
+                });
+        }
+        _ => {
+            h_next
+                .par_chunks_mut(share)
+                .zip(c.par_chunks_mut(share))
+                .zip(scratch.par_iter_mut())
+                .enumerate()
+                .for_each(|(k, ((hn, c), sc))| {
+                    serial(|| {
+                        let m = hn.len();
+                        preact(k, sc, m);
+                        let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
+                        update(kind, xp, hp, &h_old[k * share..][..m], c, hn);
+                    })
+                });
+        }
+    }
+    h.copy_from_slice(h_next);
+}
+
+/// The cell update of `m` units from their pre-activations `xp`, `hp` (`[G, m]`
+/// each, biases included); `xp` is overwritten.
+fn update(kind: CellKind, xp: &mut [f32], hp: &[f32], h: &[f32], c: &mut [f32], hn: &mut [f32]) {
+    let m = hn.len();
+    match kind {
+        CellKind::RnnTanh | CellKind::RnnRelu => {
+            for ((o, &a), &b) in hn.iter_mut().zip(&*xp).zip(hp) {
+                *o = a + b;
+            }
+            if kind == CellKind::RnnTanh {
+                tanh_f32(hn);
+            } else {
+                hn.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        }
+        CellKind::Lstm => {
+            for (v, &u) in xp.iter_mut().zip(hp) {
+                *v += u;
+            }
+            sigmoid_f32(&mut xp[..2 * m]);
+            tanh_f32(&mut xp[2 * m..3 * m]);
+            sigmoid_f32(&mut xp[3 * m..]);
+            for j in 0..m {
+                c[j] = xp[m + j] * c[j] + xp[j] * xp[2 * m + j];
+                hn[j] = c[j];
+            }
+            tanh_f32(hn);
+            for j in 0..m {
+                hn[j] *= xp[3 * m + j];
+            }
+        }
+        CellKind::Gru => {
+            for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
+                *v += u;
+            }
+            sigmoid_f32(&mut xp[..2 * m]);
+            let (rz, n) = xp.split_at_mut(2 * m);
+            for j in 0..m {
+                n[j] += rz[j] * hp[2 * m + j];
+            }
+            tanh_f32(n);
+            for j in 0..m {
+                let z = rz[m + j];
+                hn[j] = (1.0 - z) * n[j] + z * h[j];
+            }
+        }
+        CellKind::GruResetBefore => unreachable!("handled in two phases by step_layer"),
+    }
+}
