@@ -25,8 +25,8 @@
 //! ```
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, RecurrentWeights,
-    Seq, Shared,
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, Input,
+    RecurrentWeights, Seq, Shared,
 };
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -66,7 +66,7 @@ pub fn forward<T: Real>(
     p: &CellParams<T>,
     reset_after: bool,
     seq: Seq,
-    x: &[T],
+    x: Input<'_, T>,
     cache: &mut GruCache<T>,
     y: &mut [T],
     h: &mut [T],
@@ -186,7 +186,7 @@ pub fn backward<T: Real>(
     g: &mut CellParams<T>,
     reset_after: bool,
     seq: Seq,
-    x: &[T],
+    x: Input<'_, T>,
     cache: &mut GruCache<T>,
     dy: &[T],
     dh: &mut [T],

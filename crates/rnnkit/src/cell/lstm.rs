@@ -17,8 +17,8 @@
 //! ```
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, RecurrentWeights,
-    Seq, Shared,
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, Input,
+    RecurrentWeights, Seq, Shared,
 };
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -56,7 +56,7 @@ impl<T> LstmCache<T> {
 pub fn forward<T: Real>(
     p: &CellParams<T>,
     seq: Seq,
-    x: &[T],
+    x: Input<'_, T>,
     cache: &mut LstmCache<T>,
     y: &mut [T],
     h: &mut [T],
@@ -151,7 +151,7 @@ pub fn backward<T: Real>(
     p: &CellParams<T>,
     g: &mut CellParams<T>,
     seq: Seq,
-    x: &[T],
+    x: Input<'_, T>,
     cache: &mut LstmCache<T>,
     dy: &[T],
     dh: &mut [T],

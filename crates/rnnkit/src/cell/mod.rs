@@ -181,55 +181,102 @@ impl Seq<'_> {
     }
 }
 
+/// The input of one layer, `[rows, I]`.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a, T> {
+    /// Dense rows.
+    Dense(&'a [T]),
+    /// Row r is `table[ids[r]]`, a row of an embedding `table [V, I]`: the input
+    /// product is then taken once per table row instead of once per row, and the
+    /// input gradient is that of the table, `[V, I]`.
+    Embedded {
+        /// The embedding `[V, I]`.
+        table: &'a [T],
+        /// One id (< V) per row.
+        ids: &'a [usize],
+    },
+}
+
 /// `xp [rows, G·H] = x [rows, I] · W_ihᵀ + b_ih`, plus `b_hh` when `fold_bias_hh`
 /// (cells whose recurrent term is purely additive fold both biases in once).
 pub(crate) fn project_inputs<T: Real>(
     p: &CellParams<T>,
-    x: &[T],
+    x: Input<'_, T>,
     rows: usize,
     xp: &mut [T],
     fold_bias_hh: bool,
 ) {
     let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
-    matmul(
-        MatMut::dense(xp, rows, gh),
-        MatRef::dense(x, rows, i),
-        MatRef::dense(p.w_ih.data(), gh, i).t(),
-        false,
-    );
-    add_bias_rows(xp, p.b_ih.data());
-    if fold_bias_hh {
-        if let Some(b) = &p.b_hh {
-            add_bias_rows(xp, b.data());
+    let project = |x: &[T], rows: usize, out: &mut [T]| {
+        matmul(
+            MatMut::dense(out, rows, gh),
+            MatRef::dense(x, rows, i),
+            MatRef::dense(p.w_ih.data(), gh, i).t(),
+            false,
+        );
+        add_bias_rows(out, p.b_ih.data());
+        if fold_bias_hh {
+            if let Some(b) = &p.b_hh {
+                add_bias_rows(out, b.data());
+            }
+        }
+    };
+    match x {
+        Input::Dense(x) => project(x, rows, &mut xp[..rows * gh]),
+        Input::Embedded { table, ids } => {
+            let v = table.len() / i.max(1);
+            let mut per_id = vec![T::zero(); v * gh];
+            project(table, v, &mut per_id);
+            for (out, &id) in xp.chunks_exact_mut(gh).zip(&ids[..rows]) {
+                out.copy_from_slice(&per_id[id * gh..][..gh]);
+            }
         }
     }
 }
 
 /// After the time loop, from the pre-activation gradients `dg [rows, G·H]` of the
-/// input side: `dW_ih += dgᵀ·x`, `db_ih += Σ dg`, `dx += dg·W_ih`.
+/// input side: `dW_ih += dgᵀ·x`, `db_ih += Σ dg`, `dx += dg·W_ih` (for embedded
+/// inputs `dx` is the table's gradient `[V, I]`: the rows of `dg` are first summed
+/// per id, so the products run over V rows instead of `rows`).
 pub(crate) fn input_grads<T: Real>(
     p: &CellParams<T>,
     g: &mut CellParams<T>,
-    x: &[T],
+    x: Input<'_, T>,
     rows: usize,
     dg: &[T],
     dx: &mut [T],
 ) {
     let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
-    let dg_mat = MatRef::dense(dg, rows, gh);
-    matmul(
-        MatMut::dense(g.w_ih.data_mut(), gh, i),
-        dg_mat.t(),
-        MatRef::dense(x, rows, i),
-        true,
-    );
-    sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
-    matmul(
-        MatMut::dense(dx, rows, i),
-        dg_mat,
-        MatRef::dense(p.w_ih.data(), gh, i),
-        true,
-    );
+    let grads = |g: &mut CellParams<T>, x: &[T], rows: usize, dg: &[T], dx: &mut [T]| {
+        let dg_mat = MatRef::dense(dg, rows, gh);
+        matmul(
+            MatMut::dense(g.w_ih.data_mut(), gh, i),
+            dg_mat.t(),
+            MatRef::dense(x, rows, i),
+            true,
+        );
+        sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
+        matmul(
+            MatMut::dense(dx, rows, i),
+            dg_mat,
+            MatRef::dense(p.w_ih.data(), gh, i),
+            true,
+        );
+    };
+    match x {
+        Input::Dense(x) => grads(g, x, rows, dg, dx),
+        Input::Embedded { table, ids } => {
+            let v = table.len() / i.max(1);
+            let mut per_id = vec![T::zero(); v * gh];
+            for (row, &id) in dg.chunks_exact(gh).zip(&ids[..rows]) {
+                per_id[id * gh..][..gh]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(a, &d)| *a += d);
+            }
+            grads(g, table, v, &per_id, dx);
+        }
+    }
 }
 
 /// `dW_hh += dghᵀ·h_prev` and `db_hh += Σ dgh`, for cells whose recurrent

@@ -8,8 +8,8 @@
 //! `dh_{t-1} = da_t · W_hh`.
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, RecurrentWeights,
-    Seq, Shared,
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, Input,
+    RecurrentWeights, Seq, Shared,
 };
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -53,7 +53,7 @@ pub fn forward<T: Real>(
     p: &CellParams<T>,
     act: Activation,
     seq: Seq,
-    x: &[T],
+    x: Input<'_, T>,
     cache: &mut RnnCache<T>,
     y: &mut [T],
     h: &mut [T],
@@ -116,7 +116,7 @@ pub fn backward<T: Real>(
     g: &mut CellParams<T>,
     act: Activation,
     seq: Seq,
-    x: &[T],
+    x: Input<'_, T>,
     cache: &mut RnnCache<T>,
     dy: &[T],
     dh: &mut [T],

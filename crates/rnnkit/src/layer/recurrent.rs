@@ -5,7 +5,7 @@ use super::{Dropout, ParamVisitor, Parameters};
 use crate::cell::gru::{self, GruCache};
 use crate::cell::lstm::{self, LstmCache};
 use crate::cell::rnn::{self, Activation, RnnCache};
-use crate::cell::{CellKind, CellParams, Seq};
+use crate::cell::{CellKind, CellParams, Input, Seq};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{scratch, Real, Tensor};
@@ -218,8 +218,13 @@ struct Saved<T> {
     steps: usize,
     batch: usize,
     lengths: Option<Vec<usize>>,
-    /// Input of every layer (after dropout) `[T, B, in_l]`.
+    /// Input of every layer (after dropout) `[T, B, in_l]`; layer 0's stays empty
+    /// when the input came as ids into `table`.
     inputs: Vec<Vec<T>>,
+    /// Layer 0's input as token ids `[T, B]` into `table` ([`Recurrent::forward_embedded`]).
+    ids: Option<Vec<usize>>,
+    /// The embedding the ids index, `[V, input_size]`.
+    table: Vec<T>,
     /// Dropout on the input of every layer (unused for layer 0).
     dropout: Vec<Dropout<T>>,
     /// Output of every cell `[T, B, H]`.
@@ -332,7 +337,8 @@ impl<T: Real> Recurrent<T> {
         lengths: Option<&[usize]>,
         init: Option<&RecurrentState<T>>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
-        self.run_forward(x, lengths, init, None)
+        let (steps, batch) = self.check_input(x)?;
+        self.run_forward(Input::Dense(x.data()), steps, batch, lengths, init, None)
     }
 
     /// Runs the stack over `x [T, B, input_size]` (time-major), applying dropout
@@ -347,31 +353,85 @@ impl<T: Real> Recurrent<T> {
         init: Option<&RecurrentState<T>>,
         rng: &mut Rng,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
-        self.run_forward(x, lengths, init, Some(rng))
+        let (steps, batch) = self.check_input(x)?;
+        self.run_forward(
+            Input::Dense(x.data()),
+            steps,
+            batch,
+            lengths,
+            init,
+            Some(rng),
+        )
+    }
+
+    /// As [`Recurrent::forward_train`] (inference mode when `rng` is `None`) for
+    /// inputs that are rows of an embedding `table [V, input_size]`, given as ids
+    /// `[T, B]` (time-major): the first layer then multiplies each of the V table
+    /// rows once instead of each of the T·B inputs, and [`Recurrent::backward`]
+    /// returns the table's gradient `[V, input_size]` instead of the inputs'.
+    pub fn forward_embedded(
+        &mut self,
+        table: &Tensor<T>,
+        ids: &[usize],
+        (steps, batch): (usize, usize),
+        init: Option<&RecurrentState<T>>,
+        rng: Option<&mut Rng>,
+    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        let &[v, width] = table.shape() else {
+            return Err(Error::Shape(format!(
+                "embedding table must be [V, {}], got {:?}",
+                self.config.input_size,
+                table.shape()
+            )));
+        };
+        if width != self.config.input_size {
+            return Err(Error::Shape(format!(
+                "embedding table must be [V, {}], got {:?}",
+                self.config.input_size,
+                table.shape()
+            )));
+        }
+        if ids.len() != steps * batch {
+            return Err(Error::Shape(format!(
+                "{} ids given for {steps} steps × {batch} sequences",
+                ids.len()
+            )));
+        }
+        if let Some(k) = ids.iter().position(|&id| id >= v) {
+            return Err(Error::Input(format!(
+                "id {} at position {k} is outside the embedding table of {v} rows",
+                ids[k]
+            )));
+        }
+        let x = Input::Embedded {
+            table: table.data(),
+            ids,
+        };
+        self.run_forward(x, steps, batch, None, init, rng)
+    }
+
+    /// `(T, B)` of an input `[T, B, input_size]`.
+    fn check_input(&self, x: &Tensor<T>) -> Result<(usize, usize)> {
+        match *x.shape() {
+            [steps, batch, width] if width == self.config.input_size => Ok((steps, batch)),
+            _ => Err(Error::Shape(format!(
+                "input must be [T, B, {}], got {:?}",
+                self.config.input_size,
+                x.shape()
+            ))),
+        }
     }
 
     fn run_forward(
         &mut self,
-        x: &Tensor<T>,
+        x: Input<'_, T>,
+        steps: usize,
+        batch: usize,
         lengths: Option<&[usize]>,
         init: Option<&RecurrentState<T>>,
         mut rng: Option<&mut Rng>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
         let cfg = &self.config;
-        let &[steps, batch, width] = x.shape() else {
-            return Err(Error::Shape(format!(
-                "input must be [T, B, {}], got {:?}",
-                cfg.input_size,
-                x.shape()
-            )));
-        };
-        if width != cfg.input_size {
-            return Err(Error::Shape(format!(
-                "input must be [T, B, {}], got {:?}",
-                cfg.input_size,
-                x.shape()
-            )));
-        }
         if let Some(l) = lengths {
             if l.len() != batch {
                 return Err(Error::Shape(format!(
@@ -414,7 +474,16 @@ impl<T: Real> Recurrent<T> {
         let mut out = Tensor::zeros(&[steps, batch, out_w]);
         for l in 0..layers {
             if l == 0 {
-                scratch(&mut saved.inputs[0], x.len()).copy_from_slice(x.data());
+                saved.inputs[0].clear();
+                saved.ids = None;
+                match x {
+                    Input::Dense(x) => saved.inputs[0].extend_from_slice(x),
+                    Input::Embedded { table, ids } => {
+                        saved.table.clear();
+                        saved.table.extend_from_slice(table);
+                        saved.ids = Some(ids.to_vec());
+                    }
+                }
             } else {
                 let inp = scratch(&mut saved.inputs[l], out.len());
                 inp.copy_from_slice(out.data());
@@ -433,7 +502,13 @@ impl<T: Real> Recurrent<T> {
                 };
                 let y = scratch(&mut saved.outputs[idx], steps * batch * hs);
                 let h = &mut state.h.data_mut()[idx * batch * hs..][..batch * hs];
-                let x_l = &saved.inputs[l];
+                let x_l = match (&saved.ids, l) {
+                    (Some(ids), 0) => Input::Embedded {
+                        table: &saved.table,
+                        ids,
+                    },
+                    _ => Input::Dense(&saved.inputs[l]),
+                };
                 let p = &self.params[idx];
                 match (&mut saved.caches[idx], cfg.cell) {
                     (CellCache::Rnn(c), CellKind::RnnTanh) => {
@@ -490,9 +565,14 @@ impl<T: Real> Recurrent<T> {
         let lengths = saved.lengths.as_deref();
         scratch(&mut saved.d_between, dy.len()).copy_from_slice(dy.data());
         let mut dx = Vec::new();
+        let dx_rows = |l: usize| match (&saved.ids, l) {
+            (Some(_), 0) => saved.table.len() / cfg.input_size.max(1),
+            _ => steps * batch,
+        };
+        let dx_shape = [dx_rows(0), cfg.input_size];
         for l in (0..cfg.num_layers).rev() {
             let in_w = cfg.layer_input_size(l);
-            dx = vec![T::zero(); steps * batch * in_w];
+            dx = vec![T::zero(); dx_rows(l) * in_w];
             for d in 0..dirs {
                 let idx = l * dirs + d;
                 let seq = Seq {
@@ -509,12 +589,14 @@ impl<T: Real> Recurrent<T> {
                     scratch(&mut saved.d_out, steps * batch * hs),
                 );
                 let dh = &mut d_state.h.data_mut()[idx * batch * hs..][..batch * hs];
-                let (p, g, x_l, dout) = (
-                    &self.params[idx],
-                    &mut self.grads[idx],
-                    &saved.inputs[l],
-                    &saved.d_out,
-                );
+                let x_l = match (&saved.ids, l) {
+                    (Some(ids), 0) => Input::Embedded {
+                        table: &saved.table,
+                        ids,
+                    },
+                    _ => Input::Dense(&saved.inputs[l]),
+                };
+                let (p, g, dout) = (&self.params[idx], &mut self.grads[idx], &saved.d_out);
                 match (&mut saved.caches[idx], cfg.cell) {
                     (CellCache::Rnn(c), CellKind::RnnTanh) => {
                         rnn::backward(p, g, Activation::Tanh, seq, x_l, c, dout, dh, &mut dx)
@@ -537,10 +619,11 @@ impl<T: Real> Recurrent<T> {
                 scratch(&mut saved.d_between, dx.len()).copy_from_slice(&dx);
             }
         }
-        Ok((
-            Tensor::from_vec(&[steps, batch, cfg.input_size], dx)?,
-            d_state,
-        ))
+        let shape = match saved.ids {
+            Some(_) => &dx_shape[..],
+            None => &[steps, batch, cfg.input_size][..],
+        };
+        Ok((Tensor::from_vec(shape, dx)?, d_state))
     }
 }
 

@@ -154,12 +154,16 @@ impl CharLm {
                 inputs.len()
             )));
         }
-        let mut x = Tensor::zeros(&[steps, batch, self.embed.dim()]);
-        self.embed.forward(inputs, x.data_mut())?;
-        let (y, fin) = match rng {
-            Some(r) => self.rnn.forward_train(&x, None, init, r)?,
-            None => self.rnn.forward(&x, None, init)?,
-        };
+        if let Some(k) = inputs.iter().position(|&t| t >= self.vocab.len()) {
+            return Err(Error::Input(format!(
+                "input id {} at position {k} is outside the vocabulary of {}",
+                inputs[k],
+                self.vocab.len()
+            )));
+        }
+        let (y, fin) =
+            self.rnn
+                .forward_embedded(&self.embed.weight, inputs, (steps, batch), init, rng)?;
         let mut logits = vec![0.0; n * self.vocab.len()];
         self.head.forward(y.data(), n, &mut logits);
         Ok((y, logits, fin))
@@ -203,8 +207,14 @@ impl CharLm {
         let mut dy = Tensor::zeros(y.shape());
         self.head
             .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
-        let (dx, _) = self.rnn.backward(&dy, None)?;
-        self.embed.backward(inputs, dx.data());
+        // The embedded forward pass hands back the embedding's gradient directly.
+        let (d_embed, _) = self.rnn.backward(&dy, None)?;
+        self.embed
+            .grad_weight
+            .data_mut()
+            .iter_mut()
+            .zip(d_embed.data())
+            .for_each(|(g, &d)| *g += d);
         Ok((loss, fin))
     }
 
