@@ -1,10 +1,10 @@
 //! Softmax cross-entropy, as torch.nn.functional.cross_entropy with mean reduction.
 
-use crate::tensor::Real;
+use crate::tensor::{scratch, Real};
 
 /// Mean over rows of `−log softmax(logits_row)[target]` for `logits [n, vocab]`.
 /// When `dlogits` is given, writes `∂mean/∂logits = (softmax − onehot) / n` into it.
-/// Sums in f64 so the mean does not depend on n's size.
+/// One exponential per logit; sums in f64 so the mean does not depend on n's size.
 pub fn softmax_cross_entropy<T: Real>(
     logits: &[T],
     targets: &[usize],
@@ -13,19 +13,24 @@ pub fn softmax_cross_entropy<T: Real>(
 ) -> f64 {
     let n = targets.len();
     let mut total = 0.0f64;
+    let mut tmp = Vec::new();
+    let want_grad = dlogits.is_some();
     for (r, &target) in targets.iter().enumerate() {
         let row = &logits[r * vocab..(r + 1) * vocab];
         let max = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
-        let sum: f64 = row.iter().map(|&v| (v - max).f64().exp()).sum();
-        let log_z = max.f64() + sum.ln();
-        total += log_z - row[target].f64();
-        if let Some(d) = dlogits.as_deref_mut() {
-            let d = &mut d[r * vocab..(r + 1) * vocab];
-            let inv_n = 1.0 / n as f64;
-            for (j, (dv, &v)) in d.iter_mut().zip(row).enumerate() {
-                let p = (v.f64() - log_z).exp();
-                *dv = T::of((p - if j == target { 1.0 } else { 0.0 }) * inv_n);
-            }
+        // e^(v − max) ≤ 1, into the gradient's row when there is one.
+        let e = match dlogits.as_deref_mut() {
+            Some(d) => &mut d[r * vocab..(r + 1) * vocab],
+            None => scratch(&mut tmp, vocab),
+        };
+        e.iter_mut().zip(row).for_each(|(e, &v)| *e = v - max);
+        T::exp_inplace(e);
+        let sum: f64 = e.iter().map(|v| v.f64()).sum();
+        total += max.f64() + sum.ln() - row[target].f64();
+        if want_grad {
+            let scale = 1.0 / (sum * n as f64);
+            e.iter_mut().for_each(|p| *p = T::of(p.f64() * scale));
+            e[target] -= T::of(1.0 / n as f64);
         }
     }
     if n == 0 {

@@ -33,6 +33,10 @@ pub trait Real:
     fn tanh_inplace(x: &mut [Self]) {
         x.iter_mut().for_each(|v| *v = v.tanh());
     }
+    /// `x ← e^x` elementwise (vectorised for f32, where x ≤ 88 is required).
+    fn exp_inplace(x: &mut [Self]) {
+        x.iter_mut().for_each(|v| *v = v.exp());
+    }
     /// `y = x·b` (or `y += x·b`) for one row `x` by a hand-written kernel, where this
     /// type and CPU have one; false (nothing done) sends the caller to the GEMM.
     fn gemv(_y: &mut [Self], _x: &[Self], _b: MatRef<'_, Self>, _accumulate: bool) -> bool {
@@ -53,6 +57,9 @@ impl Real for f32 {
     }
     fn gemv(y: &mut [Self], x: &[Self], b: MatRef<'_, Self>, accumulate: bool) -> bool {
         crate::kernel::gemv_f32(y, x, b, accumulate)
+    }
+    fn exp_inplace(x: &mut [Self]) {
+        crate::kernel::exp_f32(x)
     }
     fn tanh_inplace(x: &mut [Self]) {
         crate::kernel::tanh_f32(x)

@@ -88,6 +88,11 @@ dispatch!(
     "`x ← 1 / (1 + e^{−x})` elementwise, finite for every finite input."
 );
 dispatch!(tanh_f32, tanh, "`x ← tanh(x)` elementwise.");
+dispatch!(
+    exp_f32,
+    exp,
+    "`x ← e^x` elementwise, for x ≤ 88 (larger x give e^88; below −87.3, e^−87.3)."
+);
 
 /// The plain twin of [`sigmoid_f32`]: libm's `exp`.
 pub fn sigmoid_f32_ref(x: &mut [f32]) {
@@ -139,6 +144,20 @@ mod tests {
     #[test]
     fn sigmoid_matches_libm() {
         compare(sigmoid_f32, sigmoid_f32_ref, "sigmoid");
+    }
+
+    #[test]
+    fn exp_matches_libm() {
+        let xs: Vec<f32> = (0..4000).map(|i| -87.0 + i as f32 * 0.04375).collect();
+        let mut fast = xs.clone();
+        exp_f32(&mut fast);
+        for (&x, &f) in xs.iter().zip(&fast) {
+            let r = x.exp();
+            assert!(
+                (f - r).abs() <= 2.0 * f32::EPSILON * r,
+                "exp({x}): {f} vs {r}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod elementwise;
 mod gemv;
 mod matmul;
 
-pub use activation::{sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
+pub use activation::{exp_f32, sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
 pub(crate) use gemv::{dot_rows_bf16, gemv_f32, to_bf16};
