@@ -3,6 +3,7 @@
 use crate::train_cmd::Cell;
 use clap::Args;
 use rnnkit::bench::{self, BenchConfig};
+use rnnkit::model::Precision;
 use std::process::ExitCode;
 
 /// Flags of `rnnkit bench`.
@@ -38,6 +39,9 @@ pub struct BenchOpts {
     /// Worker threads [default: all cores].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// Train with bfloat16 matrix products (see `rnnkit train --bf16`).
+    #[arg(long)]
+    bf16: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -57,6 +61,11 @@ pub fn run(o: BenchOpts) -> anyhow::Result<ExitCode> {
         seq_len: o.seq_len as usize,
         steps: o.steps as usize,
         sample_chars: o.sample_chars as usize,
+        precision: if o.bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        },
     };
     let r = bench::run(&cfg)?;
     if o.json {
@@ -67,12 +76,15 @@ pub fn run(o: BenchOpts) -> anyhow::Result<ExitCode> {
             cfg.model.cell, o.layers, o.hidden, o.embed, o.vocab, o.batch, o.seq_len, r.threads
         );
         println!(
-            "training: {:.0} tokens/s, {:.1} GFLOP/s ({:.3} s per step, median)",
-            r.train_tokens_per_sec, r.train_gflops, r.step_seconds
+            "training ({}): {:.0} tokens/s, {:.1} GFLOP/s ({:.3} s per step, median)",
+            if o.bf16 { "bf16 products" } else { "f32" },
+            r.train_tokens_per_sec,
+            r.train_gflops,
+            r.step_seconds
         );
         println!(
-            "sampling: {:.1} µs per character (batch 1)",
-            r.sample_us_per_char
+            "sampling: {:.1} µs per character (batch 1), {:.1} with bf16 weights",
+            r.sample_us_per_char, r.sample_bf16_us_per_char
         );
         println!("peak RSS: {:.1} MiB", r.peak_rss_mb);
     }

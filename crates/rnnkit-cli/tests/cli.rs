@@ -596,3 +596,50 @@ fn bench_prints_the_documented_json_keys() {
         assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {j}");
     }
 }
+
+#[test]
+fn bf16_training_resumes_in_bf16_and_refuses_a_change_of_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 20_000);
+    let whole = train(dir.path(), &["--steps", "8", "--out", "whole", "--bf16"]);
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let first = train(dir.path(), &["--steps", "4", "--out", "split", "--bf16"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    // No --bf16 here: the checkpoint's recipe carries the precision.
+    let rest = train(
+        dir.path(),
+        &[
+            "--steps",
+            "8",
+            "--out",
+            "split",
+            "--resume",
+            "split/latest.safetensors",
+        ],
+    );
+    assert!(rest.status.success(), "{}", stderr(&rest));
+    let m1 = std::fs::read_to_string(dir.path().join("whole/metrics.jsonl")).unwrap();
+    let m2 = std::fs::read_to_string(dir.path().join("split/metrics.jsonl")).unwrap();
+    assert_eq!(m1, m2, "bf16 runs resume bit for bit too");
+    let f = TensorFile::open(dir.path().join("whole/latest.safetensors")).unwrap();
+    assert!(
+        f.metadata()["train.recipe"].contains(r#""precision":"bf16""#),
+        "{}",
+        f.metadata()["train.recipe"]
+    );
+    let f32_run = train(dir.path(), &["--steps", "4", "--out", "f32"]);
+    assert!(f32_run.status.success(), "{}", stderr(&f32_run));
+    let o = train(
+        dir.path(),
+        &[
+            "--steps",
+            "8",
+            "--out",
+            "f32",
+            "--resume",
+            "f32/latest.safetensors",
+            "--bf16",
+        ],
+    );
+    fails_with(&o, "precision is \"f32\" in the checkpoint");
+}

@@ -28,6 +28,8 @@ pub struct BenchConfig {
     pub steps: usize,
     /// Timed sampled characters (after a few untimed ones).
     pub sample_chars: usize,
+    /// Arithmetic of the training step's matrix products.
+    pub precision: Precision,
 }
 
 /// Measured figures; field names are the `--json` keys.
@@ -62,6 +64,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         .collect();
     let mut rng = Rng::new(1);
     let mut model = CharLm::new(&cfg.model, Vocab::from_chars(chars)?, &mut rng)?;
+    model.set_precision(cfg.precision);
     let mut optimizer = Optimizer::new(OptimizerKind::Adam, 0.0);
     let n = cfg.batch * cfg.seq_len;
     let inputs: Vec<usize> = (0..n).map(|_| rng.below(cfg.vocab)).collect();

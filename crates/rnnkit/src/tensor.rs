@@ -1,7 +1,7 @@
 //! Plain owned tensors: a shape and a row-major buffer. No autograd tape.
 
 use crate::error::{Error, Result};
-use crate::kernel::MatRef;
+use crate::kernel::{MatMut, MatRef, PackedB};
 use std::fmt::Debug;
 
 /// Floating-point element type of tensors: `f32` for work, `f64` for gradient checks.
@@ -33,6 +33,25 @@ pub trait Real:
     fn tanh_inplace(x: &mut [Self]) {
         x.iter_mut().for_each(|v| *v = v.tanh());
     }
+    /// `c (+)= a·b` with bfloat16 operands where this type and CPU can; hands `c`
+    /// back untouched otherwise.
+    fn matmul_bf16<'c>(
+        c: MatMut<'c, Self>,
+        _a: MatRef<'_, Self>,
+        _b: MatRef<'_, Self>,
+        _accumulate: bool,
+    ) -> std::result::Result<(), MatMut<'c, Self>> {
+        Err(c)
+    }
+    /// `c (+)= a·b` with `b` packed by [`Real::pack_bf16`].
+    fn gemm_packed(_c: MatMut<'_, Self>, _a: MatRef<'_, Self>, _b: &PackedB, _accumulate: bool) {
+        unreachable!("only types whose pack_bf16 succeeds have packed operands")
+    }
+    /// Packs `b` for [`Real::gemm_packed`] where this type and CPU run bfloat16
+    /// products; false otherwise.
+    fn pack_bf16(_b: MatRef<'_, Self>, _out: &mut PackedB) -> bool {
+        false
+    }
     /// `x ← e^x` elementwise (vectorised for f32, where x ≤ 88 is required).
     fn exp_inplace(x: &mut [Self]) {
         x.iter_mut().for_each(|v| *v = v.exp());
@@ -60,6 +79,28 @@ impl Real for f32 {
     }
     fn exp_inplace(x: &mut [Self]) {
         crate::kernel::exp_f32(x)
+    }
+    fn matmul_bf16<'c>(
+        c: MatMut<'c, Self>,
+        a: MatRef<'_, Self>,
+        b: MatRef<'_, Self>,
+        accumulate: bool,
+    ) -> std::result::Result<(), MatMut<'c, Self>> {
+        if crate::kernel::bf16_supported() {
+            crate::kernel::matmul_bf16(c, a, b, accumulate);
+            Ok(())
+        } else {
+            Err(c)
+        }
+    }
+    fn gemm_packed(c: MatMut<'_, Self>, a: MatRef<'_, Self>, b: &PackedB, accumulate: bool) {
+        crate::kernel::gemm_bf16(c, a, b, accumulate)
+    }
+    fn pack_bf16(b: MatRef<'_, Self>, out: &mut PackedB) -> bool {
+        crate::kernel::bf16_supported() && {
+            out.pack(b);
+            true
+        }
     }
     fn tanh_inplace(x: &mut [Self]) {
         crate::kernel::tanh_f32(x)

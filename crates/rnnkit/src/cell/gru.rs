@@ -25,8 +25,8 @@
 //! ```
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, Input,
-    RecurrentWeights, Seq, Shared,
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, step_product, CellParams, Input,
+    PackedSteps, RecurrentWeights, Seq, Shared,
 };
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -48,6 +48,9 @@ pub struct GruCache<T> {
     dgx: Vec<T>,
     /// Recurrent-side pre-activation gradients `[T, B, 3H]` (backward, reset after only).
     dgh: Vec<T>,
+    /// bf16 mode: the views of `W_hhᵀ` (forward) and `W_hh` (backward) that the
+    /// per-step products use.
+    packed: [PackedSteps; 2],
 }
 
 impl<T> GruCache<T> {
@@ -55,6 +58,7 @@ impl<T> GruCache<T> {
     /// set of parameters and keeps a transposed copy of `W_hh` between calls.
     pub fn weights_changed(&mut self) {
         self.w_hh_t_valid = false;
+        self.packed.iter_mut().for_each(PackedSteps::invalidate);
     }
 }
 
@@ -76,6 +80,14 @@ pub fn forward<T: Real>(
     let gates = scratch(&mut cache.gates, steps * batch * g3);
     project_inputs(p, x, steps * batch, gates, false);
     let w_hh = RecurrentWeights::new(p, batch, &mut cache.w_hh_t, &mut cache.w_hh_t_valid);
+    // Torch's form multiplies by all three blocks at once; Keras' by r, z then n.
+    let views = if reset_after {
+        vec![w_hh.blocks(0..3, 1)]
+    } else {
+        vec![w_hh.blocks(0..2, 1), w_hh.blocks(2..3, 1)]
+    };
+    let packed = cache.packed[0].prepare(&views);
+    let slot = |k: usize| packed.map(|p| &p[k]);
     let no_bias = Vec::new();
     let b_hh = p.b_hh.as_ref().map_or(&no_bias[..], |b| b.data());
     let gates = Shared::new(gates, batch, g3);
@@ -100,18 +112,20 @@ pub fn forward<T: Real>(
             };
             hp_t.copy_from_slice(h);
             if reset_after {
-                matmul(
+                step_product(
                     MatMut::dense(&mut hp, m, g3),
                     MatRef::dense(hp_t, m, hs),
                     w_hh.blocks(0..3, m),
+                    slot(0),
                     false,
                 );
             } else {
                 // Only r and z see h directly; n sees r ⊙ h, known after this product.
-                matmul(
+                step_product(
                     MatMut::new(&mut hp, m, 2 * hs, g3),
                     MatRef::dense(hp_t, m, hs),
                     w_hh.blocks(0..2, m),
+                    slot(0),
                     false,
                 );
                 for (i, b) in rows.clone().enumerate() {
@@ -126,10 +140,11 @@ pub fn forward<T: Real>(
                         }
                     }
                 }
-                matmul(
+                step_product(
                     MatMut::new(&mut hp[2 * hs..], m, hs, g3),
                     MatRef::dense(aux, m, hs),
                     w_hh.blocks(2..3, m),
+                    slot(1),
                     false,
                 );
             }
@@ -196,6 +211,16 @@ pub fn backward<T: Real>(
     let g3 = 3 * hs;
     let one = T::one();
     let w_hh = p.w_hh.data();
+    let views = if reset_after {
+        vec![MatRef::dense(w_hh, g3, hs)]
+    } else {
+        vec![
+            MatRef::dense(&w_hh[2 * hs * hs..], hs, hs),
+            MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs),
+        ]
+    };
+    let packed = cache.packed[1].prepare(&views);
+    let bslot = |k: usize| packed.map(|p| &p[k]);
     let (gates, h_prev, aux) = (&cache.gates, &cache.h_prev, &cache.aux);
     let dgx_all = Shared::new(scratch(&mut cache.dgx, steps * batch * g3), batch, g3);
     let dgh_all = Shared::new(
@@ -243,19 +268,21 @@ pub fn backward<T: Real>(
                 }
             }
             if reset_after {
-                matmul(
+                step_product(
                     MatMut::dense(dh, m, hs),
                     MatRef::dense(dgh, m, g3),
                     MatRef::dense(w_hh, g3, hs),
+                    bslot(0),
                     true,
                 );
                 continue;
             }
             // Reset before: route da_n through W_hn to r ⊙ h, then to r and h.
-            matmul(
+            step_product(
                 MatMut::dense(&mut drh, m, hs),
                 MatRef::new(&dgx[2 * hs..], m, hs, g3),
                 MatRef::dense(&w_hh[2 * hs * hs..], hs, hs),
+                bslot(0),
                 false,
             );
             for (i, b) in rows.clone().enumerate() {
@@ -271,10 +298,11 @@ pub fn backward<T: Real>(
                     dh[i * hs + j] += d_rh * r;
                 }
             }
-            matmul(
+            step_product(
                 MatMut::dense(dh, m, hs),
                 MatRef::new(dgx, m, 2 * hs, g3),
                 MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs),
+                bslot(1),
                 true,
             );
         }

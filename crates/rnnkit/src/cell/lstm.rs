@@ -17,10 +17,10 @@
 //! ```
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, Input,
-    RecurrentWeights, Seq, Shared,
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, step_product, CellParams, Input,
+    PackedSteps, RecurrentWeights, Seq, Shared,
 };
-use crate::kernel::{matmul, MatMut, MatRef};
+use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{scratch, Real};
 
 /// What the forward pass saves for the backward pass, reused between calls.
@@ -40,6 +40,8 @@ pub struct LstmCache<T> {
     w_hh_t_valid: bool,
     /// Pre-activation gradients `[T, B, 4H]` (backward).
     dgates: Vec<T>,
+    /// bf16 mode: `W_hhᵀ` for the forward and `W_hh` for the backward per-step products.
+    packed: [PackedSteps; 2],
 }
 
 impl<T> LstmCache<T> {
@@ -47,6 +49,7 @@ impl<T> LstmCache<T> {
     /// set of parameters and keeps a transposed copy of `W_hh` between calls.
     pub fn weights_changed(&mut self) {
         self.w_hh_t_valid = false;
+        self.packed.iter_mut().for_each(PackedSteps::invalidate);
     }
 }
 
@@ -67,6 +70,7 @@ pub fn forward<T: Real>(
     let gates = scratch(&mut cache.gates, steps * batch * g4);
     project_inputs(p, x, steps * batch, gates, true);
     let w_hh = RecurrentWeights::new(p, batch, &mut cache.w_hh_t, &mut cache.w_hh_t_valid);
+    let packed = cache.packed[0].prepare(&[w_hh.blocks(0..4, 1)]);
     let gates = Shared::new(gates, batch, g4);
     let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
     let c_prev = Shared::new(scratch(&mut cache.c_prev, steps * batch * hs), batch, hs);
@@ -95,10 +99,11 @@ pub fn forward<T: Real>(
             };
             hp_t.copy_from_slice(h);
             cp_t.copy_from_slice(c);
-            matmul(
+            step_product(
                 MatMut::dense(&mut hp, m, g4),
                 MatRef::dense(hp_t, m, hs),
                 w_hh.blocks(0..4, m),
+                packed.map(|p| &p[0]),
                 false,
             );
             for (i, b) in rows.clone().enumerate() {
@@ -162,6 +167,7 @@ pub fn backward<T: Real>(
     let g4 = 4 * hs;
     let one = T::one();
     let w_hh = MatRef::dense(p.w_hh.data(), g4, hs);
+    let packed = cache.packed[1].prepare(&[w_hh]);
     let (gates, tanh_c, c_prev) = (&cache.gates, &cache.tanh_c, &cache.c_prev);
     let dgates = Shared::new(scratch(&mut cache.dgates, steps * batch * g4), batch, g4);
     let (dh_all, dc_all) = (Shared::new(dh, batch, hs), Shared::new(dc, batch, hs));
@@ -199,10 +205,11 @@ pub fn backward<T: Real>(
                 }
             }
             // dh_{t-1} = da_t · W_hh, added onto rows that are zero (valid) or carried (padded).
-            matmul(
+            step_product(
                 MatMut::dense(dh, m, hs),
                 MatRef::dense(da_t, m, g4),
                 w_hh,
+                packed.map(|p| &p[0]),
                 true,
             );
         }

@@ -10,7 +10,10 @@ pub mod gru;
 pub mod lstm;
 pub mod rnn;
 
-use crate::kernel::{add_bias_rows, matmul, sum_rows_into, MatMut, MatRef};
+use crate::kernel::{
+    add_bias_rows, matmul, precision, serial, sum_rows_into, with_precision, MatMut, MatRef,
+    PackedB, Precision,
+};
 use crate::tensor::{Real, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -350,6 +353,56 @@ impl<'a, T: Real> RecurrentWeights<'a, T> {
     }
 }
 
+/// bfloat16 copies of fixed views of `W_hh`, packed once per change of the weights
+/// for the per-step products of the bf16 mode: packing at every timestep would
+/// cost about half as much as the product itself.
+#[derive(Clone, Debug, Default)]
+pub struct PackedSteps {
+    slots: Vec<PackedB>,
+    valid: bool,
+}
+
+impl PackedSteps {
+    /// Forgets the packed copies (the weights changed).
+    pub(crate) fn invalidate(&mut self) {
+        self.valid = false;
+    }
+
+    /// In bf16 mode (and where `T` has bfloat16 products), packs `views` unless
+    /// done since the last change and returns them, one per view; `None` otherwise.
+    pub(crate) fn prepare<T: Real>(&mut self, views: &[MatRef<'_, T>]) -> Option<&[PackedB]> {
+        if precision() != Precision::Bf16 {
+            return None;
+        }
+        if !self.valid || self.slots.len() != views.len() {
+            self.slots.resize_with(views.len(), PackedB::default);
+            for (slot, &v) in self.slots.iter_mut().zip(views) {
+                if !T::pack_bf16(v, slot) {
+                    return None;
+                }
+            }
+            self.valid = true;
+        }
+        Some(&self.slots)
+    }
+}
+
+/// `c (+)= a·b` for a per-step product with a fixed `b`: from its packed copy in
+/// bf16 mode (more than one row; a single row is a matrix–vector product, faster
+/// in f32), else by [`matmul`].
+pub(crate) fn step_product<T: Real>(
+    c: MatMut<'_, T>,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    packed: Option<&PackedB>,
+    accumulate: bool,
+) {
+    match packed {
+        Some(p) if a.rows > 1 => T::gemm_packed(c, a, p, accumulate),
+        _ => matmul(c, a, b, accumulate),
+    }
+}
+
 /// Runs `f` on one block of batch rows per worker thread. Sequences in a batch
 /// never interact, so each block runs the whole time loop on its own, with no
 /// synchronisation per timestep; its GEMMs run single-threaded inside the worker.
@@ -358,9 +411,12 @@ pub(crate) fn for_row_blocks(batch: usize, f: impl Fn(Range<usize>) + Sync + Sen
     if blocks == 1 {
         return f(0..batch);
     }
-    (0..blocks)
-        .into_par_iter()
-        .for_each(|k| crate::kernel::serial(|| f(k * batch / blocks..(k + 1) * batch / blocks)));
+    let prec = precision();
+    (0..blocks).into_par_iter().for_each(|k| {
+        with_precision(prec, || {
+            serial(|| f(k * batch / blocks..(k + 1) * batch / blocks))
+        })
+    });
 }
 
 /// A `[T, B, width]` (or `[B, width]`) buffer that several threads write, each

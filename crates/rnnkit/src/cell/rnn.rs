@@ -8,10 +8,10 @@
 //! `dh_{t-1} = da_t · W_hh`.
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, CellParams, Input,
-    RecurrentWeights, Seq, Shared,
+    for_row_blocks, input_grads, project_inputs, recurrent_grads, step_product, CellParams, Input,
+    PackedSteps, RecurrentWeights, Seq, Shared,
 };
-use crate::kernel::{matmul, MatMut, MatRef};
+use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{scratch, Real};
 
 /// The nonlinearity of an Elman RNN.
@@ -36,6 +36,8 @@ pub struct RnnCache<T> {
     w_hh_t_valid: bool,
     /// Pre-activation gradients `[T, B, H]` (backward).
     da: Vec<T>,
+    /// bf16 mode: `W_hhᵀ` for the forward and `W_hh` for the backward per-step products.
+    packed: [PackedSteps; 2],
 }
 
 impl<T> RnnCache<T> {
@@ -43,6 +45,7 @@ impl<T> RnnCache<T> {
     /// set of parameters and keeps a transposed copy of `W_hh` between calls.
     pub fn weights_changed(&mut self) {
         self.w_hh_t_valid = false;
+        self.packed.iter_mut().for_each(PackedSteps::invalidate);
     }
 }
 
@@ -62,6 +65,7 @@ pub fn forward<T: Real>(
     let h_new = scratch(&mut cache.h_new, steps * batch * hs);
     project_inputs(p, x, steps * batch, h_new, true);
     let w_hh = RecurrentWeights::new(p, batch, &mut cache.w_hh_t, &mut cache.w_hh_t_valid);
+    let packed = cache.packed[0].prepare(&[w_hh.blocks(0..1, 1)]);
     let h_new = Shared::new(h_new, batch, hs);
     let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
     let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
@@ -81,10 +85,11 @@ pub fn forward<T: Real>(
                 )
             };
             hp_t.copy_from_slice(h);
-            matmul(
+            step_product(
                 MatMut::dense(&mut hp, m, hs),
                 MatRef::dense(hp_t, m, hs),
                 w_hh.blocks(0..1, m),
+                packed.map(|p| &p[0]),
                 false,
             );
             for (i, b) in rows.clone().enumerate() {
@@ -124,6 +129,7 @@ pub fn backward<T: Real>(
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let w_hh = MatRef::dense(p.w_hh.data(), hs, hs);
+    let packed = cache.packed[1].prepare(&[w_hh]);
     let h_new = &cache.h_new;
     let da_all = Shared::new(scratch(&mut cache.da, steps * batch * hs), batch, hs);
     let dh_all = Shared::new(dh, batch, hs);
@@ -151,10 +157,11 @@ pub fn backward<T: Real>(
                     dh[i * hs + j] = T::zero();
                 }
             }
-            matmul(
+            step_product(
                 MatMut::dense(dh, m, hs),
                 MatRef::dense(da, m, hs),
                 w_hh,
+                packed.map(|p| &p[0]),
                 true,
             );
         }

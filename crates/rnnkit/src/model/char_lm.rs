@@ -6,6 +6,7 @@ use crate::cell::CellKind;
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Vocab;
 use crate::error::{Error, Result};
+use crate::kernel::{with_precision, Precision};
 use crate::layer::{
     Embedding, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig, RecurrentState,
 };
@@ -97,6 +98,7 @@ pub struct CharLm {
     /// `head.weight [V, H·D]`, `head.bias [V]`.
     pub head: Linear<f32>,
     vocab: Vocab,
+    precision: Precision,
 }
 
 impl CharLm {
@@ -111,6 +113,7 @@ impl CharLm {
             rnn,
             head,
             vocab,
+            precision: Precision::F32,
         })
     }
 
@@ -134,12 +137,36 @@ impl CharLm {
         Ok(())
     }
 
+    /// Sets the arithmetic of the matrix products of [`CharLm::train_step`],
+    /// [`CharLm::loss`] and [`CharLm::next_logits`] (f32 unless set).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The arithmetic of the matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// The vocabulary.
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
     }
 
     fn logits(
+        &mut self,
+        inputs: &[usize],
+        steps: usize,
+        batch: usize,
+        init: Option<&RecurrentState<f32>>,
+        rng: Option<&mut Rng>,
+    ) -> Result<(Tensor<f32>, Vec<f32>, RecurrentState<f32>)> {
+        with_precision(self.precision, || {
+            self.logits_here(inputs, steps, batch, init, rng)
+        })
+    }
+
+    fn logits_here(
         &mut self,
         inputs: &[usize],
         steps: usize,
@@ -205,16 +232,19 @@ impl CharLm {
         let mut dlogits = vec![0.0; logits.len()];
         let loss = softmax_cross_entropy(&logits, targets, self.vocab.len(), Some(&mut dlogits));
         let mut dy = Tensor::zeros(y.shape());
-        self.head
-            .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
-        // The embedded forward pass hands back the embedding's gradient directly.
-        let (d_embed, _) = self.rnn.backward(&dy, None)?;
-        self.embed
-            .grad_weight
-            .data_mut()
-            .iter_mut()
-            .zip(d_embed.data())
-            .for_each(|(g, &d)| *g += d);
+        with_precision(self.precision, || -> Result<()> {
+            self.head
+                .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
+            // The embedded forward pass hands back the embedding's gradient directly.
+            let (d_embed, _) = self.rnn.backward(&dy, None)?;
+            self.embed
+                .grad_weight
+                .data_mut()
+                .iter_mut()
+                .zip(d_embed.data())
+                .for_each(|(g, &d)| *g += d);
+            Ok(())
+        })?;
         Ok((loss, fin))
     }
 
@@ -322,6 +352,7 @@ impl CharLm {
                 rnn,
                 head,
                 vocab,
+                precision: Precision::F32,
             },
             file,
         ))

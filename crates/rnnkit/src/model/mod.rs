@@ -3,5 +3,6 @@
 mod char_lm;
 mod stepper;
 
+pub use crate::kernel::Precision;
 pub use char_lm::{CharLm, CharLmConfig};
-pub use stepper::{Precision, Stepper};
+pub use stepper::Stepper;

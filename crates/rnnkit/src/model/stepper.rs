@@ -11,21 +11,9 @@ use crate::cell::CellKind;
 use crate::error::{Error, Result};
 use crate::kernel::{
     add_bias_rows, dot_rows_bf16, matmul, serial, sigmoid_f32, tanh_f32, to_bf16, MatMut, MatRef,
+    Precision,
 };
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
-
-/// How the stepper stores the weights it streams.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// As trained: results match [`CharLm::next_logits`] to rounding.
-    #[default]
-    F32,
-    /// Weights rounded to bfloat16 (8-bit mantissa), arithmetic in f32: half the
-    /// memory traffic, logits within about 1 % of f32.
-    Bf16,
-}
 
 /// A row-major weight matrix `[rows, cols]` in the stepper's precision.
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ pub use state::{stored_recipe, TrainState};
 use crate::data::{fingerprint, Streams, Vocab};
 use crate::error::{Error, Result};
 use crate::layer::Parameters;
-use crate::model::{CharLm, CharLmConfig};
+use crate::model::{CharLm, CharLmConfig, Precision};
 use crate::optim::{clip_grad_norm, clip_grad_value, Optimizer, OptimizerKind};
 use crate::rng::Rng;
 use crate::RecurrentState;
@@ -47,6 +47,9 @@ pub struct Recipe {
     pub seed: u64,
     /// Carry the hidden state from batch to batch (else start each batch from zeros).
     pub carry_state: bool,
+    /// Arithmetic of the matrix products (absent in checkpoints before it existed: f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Recipe {
@@ -278,6 +281,7 @@ pub fn run(cfg: &TrainConfig, text: &str, observer: &mut dyn Observer) -> Result
             )
         }
     };
+    model.set_precision(recipe.precision);
     let ids = model.vocab().encode(text)?;
     let n_val = (ids.len() as f64 * recipe.val_frac) as usize;
     let val_ids = ids[ids.len() - n_val..].to_vec();
