@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Compare `rnnkit bench` with its PyTorch reference (bench/pytorch_ref.py).
 
-Default mode: for each configuration of a built-in table, run rnnkit and the
-PyTorch reference ALTERNATELY --repeats times (rnnkit, PyTorch, rnnkit, ...),
-both with --threads workers, take the median of each figure over the repeats
-and print a Markdown table.  Ratios read "> 1 = rnnkit better":
-tok/s ratio = rnnkit / PyTorch, sampling speed-up = PyTorch µs / rnnkit µs,
-RSS ratio = PyTorch MiB / rnnkit MiB.
+Default mode: for each configuration of a built-in table, run rnnkit (f32),
+rnnkit with --bf16 (bfloat16 matrix products; skip with --no-bf16) and the
+PyTorch reference ALTERNATELY --repeats times, all with --threads workers, take
+the median of each figure over the repeats and print a Markdown table.  Ratios
+read "> 1 = rnnkit better": tok/s ratio = rnnkit / PyTorch, sampling speed-up =
+PyTorch µs / rnnkit µs (f32 weights, and bfloat16 weights), RSS ratio =
+PyTorch MiB / rnnkit MiB.
 
 --scaling: rnnkit alone, LSTM 2x512 (embed 64): threads 1 vs --threads,
 batch 1 / 8 / 64 and seq-len 50 / 100 / 400.
@@ -97,9 +98,12 @@ def run_json(cmd, timeout):
 
 
 def medians(runs):
+    """Median of every numeric figure that all runs report."""
     if not runs:
         return None
-    return {k: statistics.median(r[k] for r in runs) for k in FIGURES}
+    keys = [k for k, v in runs[0].items()
+            if isinstance(v, (int, float)) and all(k in r for r in runs)]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
 def fmt(x, digits=0):
@@ -159,11 +163,14 @@ def compare(args):
             "rnnkit": [args.rnnkit, "bench"] + extra,
             "pytorch": [args.python, PYTORCH_REF] + extra,
         }
-        runs = {"rnnkit": [], "pytorch": []}
+        if not args.no_bf16:
+            bf16 = flags_with(flags, args.threads, steps, 0)
+            cmds["rnnkit_bf16"] = [args.rnnkit, "bench"] + bf16 + ["--bf16"]
+        runs = {who: [] for who in cmds}
         errors = []
         log(f"{name}: {flags} (steps {steps}, sample-chars {sample_chars}, threads {args.threads})")
         for rep in range(args.repeats):
-            for who in ("rnnkit", "pytorch"):
+            for who in cmds:
                 log(f" repeat {rep + 1}/{args.repeats} {who}")
                 r, err = run_json(cmds[who], args.timeout)
                 if r is None:
@@ -179,30 +186,34 @@ def compare(args):
             "median": {who: medians(rs) for who, rs in runs.items()},
         })
 
+    bf = not args.no_bf16
     out = [
         f"rnnkit vs PyTorch {torch_version(args.python)}, {args.threads} threads, "
         f"median of {args.repeats} alternating runs each; CPU: {cpu_model()} "
         f"({os.cpu_count()} logical cores){env_note()}",
         "",
-        "| configuration | rnnkit tok/s | PyTorch tok/s | ratio | rnnkit GFLOP/s | PyTorch GFLOP/s "
-        "| rnnkit µs/char | PyTorch µs/char | sampling speed-up "
-        "| rnnkit peak RSS MiB | PyTorch peak RSS MiB | RSS ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | rnnkit tok/s | " + ("rnnkit bf16 tok/s | " if bf else "")
+        + "PyTorch tok/s | ratio | " + ("bf16 ratio | " if bf else "")
+        + "rnnkit GFLOP/s | " + ("bf16 GFLOP/s | " if bf else "") + "PyTorch GFLOP/s "
+        "| rnnkit µs/char | bf16-weights µs/char | PyTorch µs/char | sampling speed-up "
+        "| bf16-weights speed-up | rnnkit peak RSS MiB | PyTorch peak RSS MiB | RSS ratio |",
+        "|---|" + "---:|" * (14 if bf else 11),
     ]
     for res in results:
-        mr, mp = res["median"]["rnnkit"], res["median"]["pytorch"]
-        g = lambda m, k: None if m is None else m[k]  # noqa: E731
-        cells = [
-            res["name"],
-            fmt(g(mr, "train_tokens_per_sec")), fmt(g(mp, "train_tokens_per_sec")),
-            ratio(g(mr, "train_tokens_per_sec"), g(mp, "train_tokens_per_sec")),
-            fmt(g(mr, "train_gflops"), 1), fmt(g(mp, "train_gflops"), 1),
-        ]
+        med = res["median"]
+        mr, mp, mb = med["rnnkit"], med["pytorch"], med.get("rnnkit_bf16")
+        g = lambda m, k: None if m is None else m.get(k)  # noqa: E731
+        tok = lambda m: g(m, "train_tokens_per_sec")  # noqa: E731
+        cells = [res["name"], fmt(tok(mr))] + ([fmt(tok(mb))] if bf else [])
+        cells += [fmt(tok(mp)), ratio(tok(mr), tok(mp))] + ([ratio(tok(mb), tok(mp))] if bf else [])
+        cells += [fmt(g(mr, "train_gflops"), 1)] + ([fmt(g(mb, "train_gflops"), 1)] if bf else [])
+        cells += [fmt(g(mp, "train_gflops"), 1)]
         if res["sampling"]:
-            cells += [fmt(g(mr, "sample_us_per_char"), 1), fmt(g(mp, "sample_us_per_char"), 1),
-                      ratio(g(mp, "sample_us_per_char"), g(mr, "sample_us_per_char"))]
+            us, us16, ust = (g(mr, "sample_us_per_char"), g(mr, "sample_bf16_us_per_char"),
+                             g(mp, "sample_us_per_char"))
+            cells += [fmt(us, 1), fmt(us16, 1), fmt(ust, 1), ratio(ust, us), ratio(ust, us16)]
         else:
-            cells += ["—"] * 3
+            cells += ["—"] * 5
         if res["rss"]:
             cells += [fmt(g(mr, "peak_rss_mb"), 1), fmt(g(mp, "peak_rss_mb"), 1),
                       ratio(g(mp, "peak_rss_mb"), g(mr, "peak_rss_mb"))]
@@ -210,7 +221,9 @@ def compare(args):
             cells += ["—"] * 3
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "ratio = rnnkit tok/s ÷ PyTorch tok/s; sampling speed-up = PyTorch µs ÷ rnnkit µs; "
-            "RSS ratio = PyTorch MiB ÷ rnnkit MiB (> 1 = rnnkit better in all three)."]
+            "RSS ratio = PyTorch MiB ÷ rnnkit MiB (> 1 = rnnkit better in all three). "
+            "bf16: `rnnkit bench --bf16` (bfloat16 operands, f32 sums in the matrix products) "
+            "and sampling with bfloat16 weights; every other column is f32."]
     return results, out, failed
 
 
@@ -281,6 +294,8 @@ def main():
     p.add_argument("--only", metavar="NAME", default=None, help="run only this row")
     p.add_argument("--scaling", action="store_true",
                    help="measure rnnkit alone: threads, batch and seq-len scaling")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="skip the rnnkit --bf16 runs and columns")
     p.add_argument("--json-out", metavar="FILE", help="write every raw result to FILE")
     p.add_argument("--timeout", type=float, default=1800,
                    help="seconds before one benchmark process is abandoned [default: 1800]")

@@ -1,9 +1,15 @@
 //! Recurrent layers forward and backward through time, one layer, B 64, T 100,
-//! input = hidden = 512, for every cell kind. Run: `cargo bench -p rnnkit --bench recurrent`.
+//! input = hidden = 512, for every cell kind (and the LSTM in bf16 mode); and the
+//! products inside the time loop: one thread's per-step product in f32 and bf16,
+//! and the batch-1 matrix–vector product. Run: `cargo bench -p rnnkit --bench recurrent`.
 //! Throughput is reported in elements/s where one element is one floating-point
 //! operation, so "Gelem/s" reads as GFLOP/s.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rnnkit::kernel::{
+    bf16_supported, gemm_bf16, matmul, on_pool, serial, with_precision, MatMut, MatRef, PackedB,
+    Precision,
+};
 use rnnkit::{CellKind, Parameters, Recurrent, RecurrentConfig, Rng, Tensor};
 
 const T: usize = 100;
@@ -52,9 +58,78 @@ fn cells(c: &mut Criterion) {
                 layer.backward(&dy, None).unwrap()
             })
         });
+        if cell == CellKind::Lstm {
+            group.bench_function("forward+backward bf16", |b| {
+                b.iter(|| {
+                    with_precision(Precision::Bf16, || {
+                        layer.zero_grad();
+                        layer
+                            .forward_train(&x, None, None, &mut Rng::new(0))
+                            .unwrap();
+                        layer.backward(&dy, None).unwrap()
+                    })
+                })
+            });
+        }
         group.finish();
     }
 }
 
-criterion_group!(benches, cells);
+/// The products inside the time loop of an LSTM layer with H = 512.
+fn products(c: &mut Criterion) {
+    let (m, k, n) = (B / 2, H, 4 * H);
+    let mut rng = Rng::new(2);
+    let h = random(&[m, k], &mut rng);
+    let w_t = random(&[k, n], &mut rng);
+    let mut out = vec![0.0f32; m * n];
+    let mut group = c.benchmark_group(format!("per-step product {m}×{k} · {k}×{n}, one thread"));
+    group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+    group.bench_function("f32", |b| {
+        b.iter(|| {
+            serial(|| {
+                matmul(
+                    MatMut::dense(&mut out, m, n),
+                    MatRef::dense(h.data(), m, k),
+                    MatRef::dense(w_t.data(), k, n),
+                    false,
+                )
+            })
+        })
+    });
+    if bf16_supported() {
+        let mut packed = PackedB::default();
+        packed.pack(MatRef::dense(w_t.data(), k, n));
+        group.bench_function("bf16, weights packed", |b| {
+            b.iter(|| {
+                serial(|| {
+                    gemm_bf16(
+                        MatMut::dense(&mut out, m, n),
+                        MatRef::dense(h.data(), m, k),
+                        &packed,
+                        false,
+                    )
+                })
+            })
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group(format!("batch-1 product 1×{k} · {k}×{n}, all threads"));
+    group.throughput(Throughput::Elements(2 * (n * k) as u64));
+    let w = random(&[n, k], &mut rng);
+    group.bench_function("f32", |b| {
+        b.iter(|| {
+            on_pool(|| {
+                matmul(
+                    MatMut::dense(&mut out[..n], 1, n),
+                    MatRef::dense(&h.data()[..k], 1, k),
+                    MatRef::dense(w.data(), n, k).t(),
+                    false,
+                )
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, cells, products);
 criterion_main!(benches);
