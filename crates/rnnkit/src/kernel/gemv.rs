@@ -172,16 +172,30 @@ mod avx512 {
     /// Rows of bfloat16 weights, 8 at a time, by `vdpbf16ps` on 32 weights at once.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn dot_rows_dpbf16(y: &mut [f32], w: &[u16], x: &[f32]) {
-        let k = x.len();
+        let w = w.as_ptr();
+        eight_rows_at_a_time(
+            y,
+            x.len(),
+            |at| unsafe { dots_dpbf16::<8>(x, w.add(at)) },
+            |at| unsafe { dots_dpbf16::<1>(x, w.add(at)) }[0],
+        );
+    }
+
+    /// `y[i..i + 8] = eight(offset of row i)` while 8 rows are left, then one by one.
+    #[inline(always)]
+    fn eight_rows_at_a_time(
+        y: &mut [f32],
+        k: usize,
+        eight: impl Fn(usize) -> [f32; 8],
+        one: impl Fn(usize) -> f32,
+    ) {
         let mut i = 0;
         while y.len() - i >= 8 {
-            let d = unsafe { dots_dpbf16::<8>(x, w.as_ptr().add(i * k)) };
-            y[i..i + 8].copy_from_slice(&d);
+            y[i..i + 8].copy_from_slice(&eight(i * k));
             i += 8;
         }
-        while i < y.len() {
-            y[i] = unsafe { dots_dpbf16::<1>(x, w.as_ptr().add(i * k)) }[0];
-            i += 1;
+        for (j, y) in y.iter_mut().enumerate().skip(i) {
+            *y = one(j * k);
         }
     }
 
@@ -221,17 +235,13 @@ mod avx512 {
     /// Rows of bfloat16 weights, 8 at a time; each weight widened by a shift.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn dot_rows_bf16(y: &mut [f32], w: &[u16], x: &[f32]) {
-        let k = x.len();
-        let mut i = 0;
-        while y.len() - i >= 8 {
-            let d = unsafe { dots_bf16::<8>(x, w.as_ptr().add(i * k)) };
-            y[i..i + 8].copy_from_slice(&d);
-            i += 8;
-        }
-        while i < y.len() {
-            y[i] = unsafe { dots_bf16::<1>(x, w.as_ptr().add(i * k)) }[0];
-            i += 1;
-        }
+        let w = w.as_ptr();
+        eight_rows_at_a_time(
+            y,
+            x.len(),
+            |at| unsafe { dots_bf16::<8>(x, w.add(at)) },
+            |at| unsafe { dots_bf16::<1>(x, w.add(at)) }[0],
+        );
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]

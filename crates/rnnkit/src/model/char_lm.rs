@@ -162,38 +162,27 @@ impl CharLm {
         rng: Option<&mut Rng>,
     ) -> Result<(Tensor<f32>, Vec<f32>, RecurrentState<f32>)> {
         with_precision(self.precision, || {
-            self.logits_here(inputs, steps, batch, init, rng)
+            let n = steps * batch;
+            if inputs.len() != n {
+                return Err(Error::Shape(format!(
+                    "{} inputs given for {steps} steps × {batch} sequences",
+                    inputs.len()
+                )));
+            }
+            if let Some(k) = inputs.iter().position(|&t| t >= self.vocab.len()) {
+                return Err(Error::Input(format!(
+                    "input id {} at position {k} is outside the vocabulary of {}",
+                    inputs[k],
+                    self.vocab.len()
+                )));
+            }
+            let (y, fin) =
+                self.rnn
+                    .forward_embedded(&self.embed.weight, inputs, (steps, batch), init, rng)?;
+            let mut logits = vec![0.0; n * self.vocab.len()];
+            self.head.forward(y.data(), n, &mut logits);
+            Ok((y, logits, fin))
         })
-    }
-
-    fn logits_here(
-        &mut self,
-        inputs: &[usize],
-        steps: usize,
-        batch: usize,
-        init: Option<&RecurrentState<f32>>,
-        rng: Option<&mut Rng>,
-    ) -> Result<(Tensor<f32>, Vec<f32>, RecurrentState<f32>)> {
-        let n = steps * batch;
-        if inputs.len() != n {
-            return Err(Error::Shape(format!(
-                "{} inputs given for {steps} steps × {batch} sequences",
-                inputs.len()
-            )));
-        }
-        if let Some(k) = inputs.iter().position(|&t| t >= self.vocab.len()) {
-            return Err(Error::Input(format!(
-                "input id {} at position {k} is outside the vocabulary of {}",
-                inputs[k],
-                self.vocab.len()
-            )));
-        }
-        let (y, fin) =
-            self.rnn
-                .forward_embedded(&self.embed.weight, inputs, (steps, batch), init, rng)?;
-        let mut logits = vec![0.0; n * self.vocab.len()];
-        self.head.forward(y.data(), n, &mut logits);
-        Ok((y, logits, fin))
     }
 
     fn check_targets(&self, targets: &[usize], n: usize) -> Result<()> {
