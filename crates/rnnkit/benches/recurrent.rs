@@ -7,7 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rnnkit::kernel::{
-    bf16_supported, gemm_bf16, matmul, on_pool, serial, with_precision, MatMut, MatRef, PackedB,
+    bf16_supported, gemm_packed, matmul, on_pool, serial, with_precision, MatMut, MatRef, PackedB,
     Precision,
 };
 use rnnkit::{CellKind, Parameters, Recurrent, RecurrentConfig, Rng, Tensor};
@@ -84,7 +84,7 @@ fn products(c: &mut Criterion) {
     let mut out = vec![0.0f32; m * n];
     let mut group = c.benchmark_group(format!("per-step product {m}×{k} · {k}×{n}, one thread"));
     group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
-    group.bench_function("f32", |b| {
+    group.bench_function("f32 (gemm crate)", |b| {
         b.iter(|| {
             serial(|| {
                 matmul(
@@ -96,13 +96,19 @@ fn products(c: &mut Criterion) {
             })
         })
     });
-    if bf16_supported() {
+    for (name, precision) in [
+        ("f32, weights packed", Precision::F32),
+        ("bf16, weights packed", Precision::Bf16),
+    ] {
+        if precision == Precision::Bf16 && !bf16_supported() {
+            continue;
+        }
         let mut packed = PackedB::default();
-        packed.pack(MatRef::dense(w_t.data(), k, n));
-        group.bench_function("bf16, weights packed", |b| {
+        packed.pack(MatRef::dense(w_t.data(), k, n), precision);
+        group.bench_function(name, |b| {
             b.iter(|| {
                 serial(|| {
-                    gemm_bf16(
+                    gemm_packed(
                         MatMut::dense(&mut out, m, n),
                         MatRef::dense(h.data(), m, k),
                         &packed,

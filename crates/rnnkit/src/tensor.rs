@@ -1,7 +1,7 @@
 //! Plain owned tensors: a shape and a row-major buffer. No autograd tape.
 
 use crate::error::{Error, Result};
-use crate::kernel::{MatMut, MatRef, PackedB};
+use crate::kernel::{MatMut, MatRef, PackedB, Precision};
 use std::fmt::Debug;
 
 /// Floating-point element type of tensors: `f32` for work, `f64` for gradient checks.
@@ -43,13 +43,13 @@ pub trait Real:
     ) -> std::result::Result<(), MatMut<'c, Self>> {
         Err(c)
     }
-    /// `c (+)= a·b` with `b` packed by [`Real::pack_bf16`].
+    /// `c (+)= a·b` with `b` packed by [`Real::pack`].
     fn gemm_packed(_c: MatMut<'_, Self>, _a: MatRef<'_, Self>, _b: &PackedB, _accumulate: bool) {
-        unreachable!("only types whose pack_bf16 succeeds have packed operands")
+        unreachable!("only types whose pack succeeds have packed operands")
     }
-    /// Packs `b` for [`Real::gemm_packed`] where this type and CPU run bfloat16
-    /// products; false otherwise.
-    fn pack_bf16(_b: MatRef<'_, Self>, _out: &mut PackedB) -> bool {
+    /// Packs `b` for [`Real::gemm_packed`] in `precision` where this type and CPU
+    /// have the packed products; false otherwise.
+    fn pack(_b: MatRef<'_, Self>, _precision: Precision, _out: &mut PackedB) -> bool {
         false
     }
     /// `x ← e^x` elementwise (vectorised for f32, where x ≤ 88 is required).
@@ -94,11 +94,11 @@ impl Real for f32 {
         }
     }
     fn gemm_packed(c: MatMut<'_, Self>, a: MatRef<'_, Self>, b: &PackedB, accumulate: bool) {
-        crate::kernel::gemm_bf16(c, a, b, accumulate)
+        crate::kernel::gemm_packed(c, a, b, accumulate)
     }
-    fn pack_bf16(b: MatRef<'_, Self>, out: &mut PackedB) -> bool {
-        crate::kernel::bf16_supported() && {
-            out.pack(b);
+    fn pack(b: MatRef<'_, Self>, precision: Precision, out: &mut PackedB) -> bool {
+        crate::kernel::packed_supported(precision) && {
+            out.pack(b, precision);
             true
         }
     }

@@ -353,9 +353,11 @@ impl<'a, T: Real> RecurrentWeights<'a, T> {
     }
 }
 
-/// bfloat16 copies of fixed views of `W_hh`, packed once per change of the weights
-/// for the per-step products of the bf16 mode: packing at every timestep would
-/// cost about half as much as the product itself.
+/// Copies of fixed views of `W_hh` packed once per change of the weights for the
+/// per-step products, in the precision of the thread (see
+/// [`crate::kernel::with_precision`]): the `gemm` crate would pack `W_hh` again at
+/// every timestep, which halves its speed once the matrix outgrows the L2 cache,
+/// and bf16 packing also rounds.
 #[derive(Clone, Debug, Default)]
 pub struct PackedSteps {
     slots: Vec<PackedB>,
@@ -368,16 +370,21 @@ impl PackedSteps {
         self.valid = false;
     }
 
-    /// In bf16 mode (and where `T` has bfloat16 products), packs `views` unless
-    /// done since the last change and returns them, one per view; `None` otherwise.
+    /// Packs `views` (unless done since the last change, in this precision) and
+    /// returns them, one per view; `None` where `T` or the CPU has no packed products.
     pub(crate) fn prepare<T: Real>(&mut self, views: &[MatRef<'_, T>]) -> Option<&[PackedB]> {
-        if precision() != Precision::Bf16 {
+        let precision = precision();
+        if precision == Precision::F32 && views.iter().any(|v| v.rows * v.cols < PACK_F32_MIN) {
             return None;
         }
-        if !self.valid || self.slots.len() != views.len() {
+        let fresh = self.valid
+            && self.slots.len() == views.len()
+            && self.slots.iter().all(|s| s.precision() == precision);
+        if !fresh {
+            self.valid = false;
             self.slots.resize_with(views.len(), PackedB::default);
             for (slot, &v) in self.slots.iter_mut().zip(views) {
-                if !T::pack_bf16(v, slot) {
+                if !T::pack(v, precision, slot) {
                     return None;
                 }
             }
@@ -387,9 +394,14 @@ impl PackedSteps {
     }
 }
 
-/// `c (+)= a·b` for a per-step product with a fixed `b`: from its packed copy in
-/// bf16 mode (more than one row; a single row is a matrix–vector product, faster
-/// in f32), else by [`matmul`].
+/// Below this many elements of `W_hh` the `gemm` crate's repacking is cheap (the
+/// matrix stays in L2) and it beats the packed f32 kernel; above, the packed one
+/// wins (32 × 1024 · 1024 × 4096 per thread: 87 against 60 GFLOP/s).
+const PACK_F32_MIN: usize = 1 << 20;
+
+/// `c (+)= a·b` for a per-step product with a fixed `b`: from its packed copy for
+/// more than one row (a single row is a matrix–vector product, faster in f32 from
+/// `b` itself), else by [`matmul`].
 pub(crate) fn step_product<T: Real>(
     c: MatMut<'_, T>,
     a: MatRef<'_, T>,

@@ -2,13 +2,13 @@
 //! elementwise work around them. Layers and cells never call `gemm` directly.
 
 mod activation;
-mod bf16;
 mod elementwise;
 mod gemv;
 mod matmul;
+mod packed;
 
 pub use activation::{exp_f32, sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
-pub use bf16::{bf16_supported, gemm_bf16, matmul_bf16, PackedB};
+pub use packed::{bf16_supported, gemm_packed, matmul_bf16, packed_supported, PackedB};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
 pub(crate) use gemv::{dot_rows_bf16, gemv_f32, to_bf16};

@@ -1,0 +1,487 @@
+//! Matrix products whose right operand is packed once and reused: a recurrent
+//! weight matrix over every timestep (the `gemm` crate packs it again on every
+//! call, which halves its speed once `W_hh` outgrows the L2 cache), and the
+//! products of the bf16 mode, where packing also rounds to bfloat16 and the
+//! micro-kernel is `vdpbf16ps` (AVX-512 BF16: 32 multiply-adds per instruction,
+//! twice an f32 FMA's; sums stay f32).
+//!
+//! Layout: `B [k, n]` is packed into panels of [`NR`] columns, each `[depth][NR]`
+//! 32-bit lanes, where a lane is one f32 (depth = k) or a pair of bfloat16 of
+//! consecutive k (depth = k/2, as `vdpbf16ps` reads them); `A [m, k]` into panels
+//! of [`MR`] rows, `[depth][MR]` lanes each. A micro-tile of `MR × NR` outputs lives
+//! in 24 registers for a whole block of depth.
+
+use super::matmul::{MatMut, MatRef, Precision, SERIAL};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Rows of `A` per micro-tile.
+const MR: usize = 8;
+/// 16-lane vectors of `C` per micro-tile row.
+const NV: usize = 3;
+/// Columns of `B` per micro-tile.
+const NR: usize = 16 * NV;
+/// Lanes of depth per cache block: a packed `B` panel block is `KC·NR·4` bytes (48 KiB).
+const KC: usize = 256;
+/// Rows of `A` per cache block (`MC·KC·4` bytes = 192 KiB, kept in L2).
+const MC: usize = 192;
+
+/// Whether this CPU runs the packed products in `precision` (AVX-512F, and BF16
+/// for [`Precision::Bf16`]).
+pub fn packed_supported(precision: Precision) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && (precision == Precision::F32 || std::arch::is_x86_feature_detected!("avx512bf16"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = precision;
+        false
+    }
+}
+
+/// Whether this CPU runs bfloat16 products (AVX-512 BF16).
+pub fn bf16_supported() -> bool {
+    packed_supported(Precision::Bf16)
+}
+
+/// Two f32 rounded to bfloat16 (to nearest, ties to even) in one 32-bit lane, `lo`
+/// in the low half as `vdpbf16ps` pairs them. Branch-free so packing loops
+/// vectorise; a NaN may round to an infinity, which keeps a diverged run visible.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    let round = |b: u32| b.wrapping_add(0x7fff + ((b >> 16) & 1));
+    (round(lo.to_bits()) >> 16) | (round(hi.to_bits()) & 0xffff_0000)
+}
+
+/// The 32-bit lane of depth `d` from the values at k = `d` (f32) or k = 2d, 2d + 1 (bf16).
+#[inline(always)]
+fn lane(precision: Precision, lo: f32, hi: f32) -> u32 {
+    match precision {
+        Precision::F32 => lo.to_bits(),
+        Precision::Bf16 => pair(lo, hi),
+    }
+}
+
+/// Values of k per lane.
+fn per_lane(precision: Precision) -> usize {
+    match precision {
+        Precision::F32 => 1,
+        Precision::Bf16 => 2,
+    }
+}
+
+/// A right operand `B [k, n]` packed once (and in bf16 rounded), for products
+/// that reuse it.
+#[derive(Clone, Debug, Default)]
+pub struct PackedB {
+    /// Panels of `NR` columns, `[depth][NR]` lanes each (zero-padded).
+    data: Vec<u32>,
+    k: usize,
+    n: usize,
+    precision: Precision,
+}
+
+impl PackedB {
+    /// Packs `b` for products in `precision`, reusing this buffer.
+    pub fn pack(&mut self, b: MatRef<'_, f32>, precision: Precision) {
+        let (k, n) = (b.rows, b.cols);
+        let (depth, panels) = (k.div_ceil(per_lane(precision)), n.div_ceil(NR));
+        self.k = k;
+        self.n = n;
+        self.precision = precision;
+        self.data.clear();
+        self.data.resize(panels * depth * NR, 0);
+        if b.cs == 1 && packed_supported(Precision::F32) {
+            // SAFETY: AVX-512F is present; the loops stay within the operand
+            // (MatRef checked its extent) and the buffer.
+            unsafe { pack_rows(&mut self.data, b, depth, precision) }
+        } else {
+            pack_any(&mut self.data, b, depth, precision)
+        }
+    }
+
+    /// The precision the operand was packed for.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Rows k of the packed matrix.
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    /// Columns n of the packed matrix.
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+}
+
+/// `B` with unit column stride: a panel's width of one row (f32) or two (bf16) per lane row.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn pack_rows(out: &mut [u32], b: MatRef<'_, f32>, depth: usize, precision: Precision) {
+    let (k, n, step) = (b.rows, b.cols, per_lane(precision));
+    let zeros = [0.0f32; NR];
+    for (q, panel) in out.chunks_exact_mut(depth * NR).enumerate() {
+        let (j0, w) = (q * NR, NR.min(n - q * NR));
+        for (d, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            let row = |p: usize| {
+                if p < k {
+                    &b.data[p * b.rs + j0..][..w]
+                } else {
+                    &zeros[..w]
+                }
+            };
+            let (lo, hi) = (row(step * d), row(step * d + 1));
+            match precision {
+                Precision::F32 => {
+                    for (dst, &l) in dst[..w].iter_mut().zip(lo) {
+                        *dst = l.to_bits();
+                    }
+                }
+                Precision::Bf16 => {
+                    for ((dst, &l), &h) in dst[..w].iter_mut().zip(lo).zip(hi) {
+                        *dst = pair(l, h);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `B` with any strides (a transposed view: values of one column lie together).
+fn pack_any(out: &mut [u32], b: MatRef<'_, f32>, depth: usize, precision: Precision) {
+    let (k, n, step) = (b.rows, b.cols, per_lane(precision));
+    let at = |p: usize, col: usize| if p < k { b.data[col + p * b.rs] } else { 0.0 };
+    for (q, panel) in out.chunks_exact_mut(depth * NR).enumerate() {
+        for jj in 0..NR.min(n - q * NR) {
+            let col = (q * NR + jj) * b.cs;
+            for d in 0..depth {
+                panel[d * NR + jj] = lane(precision, at(step * d, col), at(step * d + 1, col));
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Packing buffers reused between calls on one thread: `A` panels, and `B`
+    /// for products that pack it on the fly.
+    static SCRATCH: RefCell<(Vec<u32>, PackedB)> = RefCell::default();
+}
+
+/// Packs rows `rows` of `a [m, k]` into panels of `MR` rows, `[depth][MR]` lanes each.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn pack_a(
+    a: MatRef<'_, f32>,
+    rows: std::ops::Range<usize>,
+    precision: Precision,
+    out: &mut Vec<u32>,
+) {
+    let (k, step) = (a.cols, per_lane(precision));
+    let depth = k.div_ceil(step);
+    let panels = rows.len().div_ceil(MR);
+    out.clear();
+    out.resize(panels * depth * MR, 0);
+    for (r, panel) in out.chunks_exact_mut(depth * MR).enumerate() {
+        let i0 = rows.start + r * MR;
+        let mi = MR.min(rows.end - i0);
+        if a.cs == 1 {
+            // Row-major: the values of one lane are adjacent.
+            for ii in 0..mi {
+                let row = &a.data[(i0 + ii) * a.rs..][..k];
+                for (d, v) in row.chunks(step).enumerate() {
+                    panel[d * MR + ii] = lane(precision, v[0], v.get(1).copied().unwrap_or(0.0));
+                }
+            }
+        } else {
+            // Transposed: the rows of one k lie next to each other.
+            for (d, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let col = |p: usize| (p < k).then(|| &a.data[p * a.cs + i0 * a.rs..]);
+                let (lo, hi) = (col(step * d), col(step * d + 1));
+                for (ii, dst) in dst[..mi].iter_mut().enumerate() {
+                    let at = |c: Option<&[f32]>| c.map_or(0.0, |c| c[ii * a.rs]);
+                    *dst = lane(precision, at(lo), at(hi));
+                }
+            }
+        }
+    }
+}
+
+/// `C = A·B` (or `C += A·B`) with `B` packed; `A` is packed here, in `B`'s
+/// precision (bf16: both operands rounded, the sums f32). Large products split
+/// their rows between the cores unless the caller is already one task per core.
+///
+/// # Panics
+/// If the shapes disagree or the CPU cannot (see [`packed_supported`]).
+pub fn gemm_packed(c: MatMut<'_, f32>, a: MatRef<'_, f32>, b: &PackedB, accumulate: bool) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    assert!(a.rows == m && b.k == k && b.n == n, "gemm_packed shapes");
+    assert!(
+        packed_supported(b.precision),
+        "gemm_packed needs AVX-512 (and BF16 for bf16)"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let ld = c.ld;
+    let threads = rayon::current_num_threads();
+    if threads > 1 && !SERIAL.get() && m >= 2 * MR && m * n * k >= 1 << 20 {
+        // Row blocks in whole micro-tiles; each thread writes only its own rows.
+        let share = m.div_ceil(threads).div_ceil(MR) * MR;
+        c.data
+            .par_chunks_mut(share * ld)
+            .enumerate()
+            .for_each(|(t, cd)| {
+                let rows = t * share..((t + 1) * share).min(m);
+                run_rows(cd, ld, a, rows, b, accumulate);
+            });
+    } else {
+        run_rows(c.data, ld, a, 0..m, b, accumulate);
+    }
+}
+
+/// `C = A·B` (or `+=`), packing both operands on the fly (for products whose
+/// operands change every call).
+pub fn matmul_bf16(c: MatMut<'_, f32>, a: MatRef<'_, f32>, b: MatRef<'_, f32>, accumulate: bool) {
+    let mut packed = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().1));
+    packed.pack(b, Precision::Bf16);
+    gemm_packed(c, a, &packed, accumulate);
+    SCRATCH.with(|s| s.borrow_mut().1 = packed);
+}
+
+/// Rows `rows` of the product into `cd`, whose row 0 is C's row `rows.start`.
+fn run_rows(
+    cd: &mut [f32],
+    ld: usize,
+    a: MatRef<'_, f32>,
+    rows: std::ops::Range<usize>,
+    b: &PackedB,
+    accumulate: bool,
+) {
+    let (n, precision) = (b.n, b.precision);
+    let kp = b.k.div_ceil(per_lane(precision));
+    let mut apack = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
+    for r0 in (rows.start..rows.end).step_by(MC) {
+        let r1 = (r0 + MC).min(rows.end);
+        // SAFETY: AVX-512F is present (the caller asserted it).
+        unsafe { pack_a(a, r0..r1, precision, &mut apack) };
+        let a_panels = (r1 - r0).div_ceil(MR);
+        for p0 in (0..kp).step_by(KC) {
+            let p1 = (p0 + KC).min(kp);
+            let acc = accumulate || p0 > 0;
+            for q in 0..n.div_ceil(NR) {
+                let bp = &b.data[(q * kp + p0) * NR..(q * kp + p1) * NR];
+                for ra in 0..a_panels {
+                    let ap = &apack[(ra * kp + p0) * MR..(ra * kp + p1) * MR];
+                    let mut tile = [[0.0f32; NR]; MR];
+                    // SAFETY: the caller asserted the CPU features of `precision`;
+                    // both panels hold p1 − p0 lanes of depth (sliced above).
+                    unsafe {
+                        match precision {
+                            Precision::F32 => avx512::tile_f32(ap, bp, &mut tile),
+                            Precision::Bf16 => avx512::tile_bf16(ap, bp, &mut tile),
+                        }
+                    };
+                    let (i0, j0) = (r0 - rows.start + ra * MR, q * NR);
+                    let (mi, nj) = (MR.min(r1 - r0 - ra * MR), NR.min(n - j0));
+                    for (i, t) in tile.iter().enumerate().take(mi) {
+                        let dst = &mut cd[(i0 + i) * ld + j0..][..nj];
+                        if acc {
+                            dst.iter_mut().zip(t).for_each(|(d, &v)| *d += v);
+                        } else {
+                            dst.copy_from_slice(&t[..nj]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    SCRATCH.with(|s| s.borrow_mut().0 = apack);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR, NV};
+    use std::arch::x86_64::*;
+
+    /// 16 lanes of 32 bits seen as 32 bfloat16.
+    #[inline(always)]
+    fn bh(v: __m512) -> __m512bh {
+        // SAFETY: both are 64-byte plain vectors; every bit pattern is valid in both.
+        unsafe { std::mem::transmute::<__m512, __m512bh>(v) }
+    }
+
+    /// `tile = Σ_p A[p]·B[p]` over one block of f32 lanes: `a` is `[depth][MR]`,
+    /// `b` is `[depth][NR]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_f32(a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
+        let depth = a.len() / MR;
+        debug_assert!(b.len() == depth * NR);
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for p in 0..depth {
+            let bp = unsafe { b.as_ptr().add(p * NR) };
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = unsafe { _mm512_loadu_ps(bp.add(16 * v).cast()) };
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(f32::from_bits(a[p * MR + i]));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(av, bv, *acc);
+                }
+            }
+        }
+        store(&acc, tile);
+    }
+
+    /// The same over bfloat16 pairs.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile_bf16(a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
+        let pairs = a.len() / MR;
+        debug_assert!(b.len() == pairs * NR);
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for p in 0..pairs {
+            let bp = unsafe { b.as_ptr().add(p * NR) };
+            let mut bv = [bh(_mm512_setzero_ps()); NV];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = bh(unsafe { _mm512_loadu_ps(bp.add(16 * v).cast()) });
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av = bh(_mm512_castsi512_ps(_mm512_set1_epi32(a[p * MR + i] as i32)));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_dpbf16_ps(*acc, av, bv);
+                }
+            }
+        }
+        store(&acc, tile);
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn store(acc: &[[__m512; NV]; MR], tile: &mut [[f32; NR]; MR]) {
+        for (t, acc) in tile.iter_mut().zip(acc) {
+            for (v, acc) in acc.iter().enumerate() {
+                // SAFETY: 16 lanes at 16·v < NR of the row.
+                unsafe { _mm512_storeu_ps(t.as_mut_ptr().add(16 * v), *acc) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn packed_f32_products_agree_with_f64() {
+        if !packed_supported(Precision::F32) {
+            return;
+        }
+        let mut rng = Rng::new(6);
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (9, 48, 300),
+            (33, 100, 515),
+            (200, 49, 3),
+        ] {
+            for (ta, tb) in [(false, false), (true, true)] {
+                let a: Vec<f32> = (0..m * k)
+                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+                    .collect();
+                let b: Vec<f32> = (0..k * n)
+                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+                    .collect();
+                let am = if ta {
+                    MatRef::dense(&a, k, m).t()
+                } else {
+                    MatRef::dense(&a, m, k)
+                };
+                let bm = if tb {
+                    MatRef::dense(&b, n, k).t()
+                } else {
+                    MatRef::dense(&b, k, n)
+                };
+                let mut packed = PackedB::default();
+                packed.pack(bm, Precision::F32);
+                let mut c = vec![0.5f32; m * n];
+                gemm_packed(MatMut::dense(&mut c, m, n), am, &packed, true);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = 0.5
+                            + (0..k)
+                                .map(|p| {
+                                    am.data[i * am.rs + p * am.cs] as f64
+                                        * bm.data[p * bm.rs + j * bm.cs] as f64
+                                })
+                                .sum::<f64>();
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (k as f64).sqrt(),
+                            "m{m} n{n} k{k} [{i},{j}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_products_agree_with_f64_within_bf16_rounding() {
+        if !bf16_supported() {
+            return;
+        }
+        let mut rng = Rng::new(4);
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (8, 48, 512),
+            (33, 100, 515),
+            (200, 49, 3),
+        ] {
+            for (ta, tb) in [(false, false), (true, true)] {
+                let a: Vec<f32> = (0..m * k)
+                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+                    .collect();
+                let b: Vec<f32> = (0..k * n)
+                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+                    .collect();
+                let am = if ta {
+                    MatRef::dense(&a, k, m).t()
+                } else {
+                    MatRef::dense(&a, m, k)
+                };
+                let bm = if tb {
+                    MatRef::dense(&b, n, k).t()
+                } else {
+                    MatRef::dense(&b, k, n)
+                };
+                for accumulate in [false, true] {
+                    let mut c = vec![1.0f32; m * n];
+                    matmul_bf16(MatMut::dense(&mut c, m, n), am, bm, accumulate);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (mut want, mut scale) = (0.0f64, 0.0f64);
+                            for p in 0..k {
+                                let v = am.data[i * am.rs + p * am.cs] as f64
+                                    * bm.data[p * bm.rs + j * bm.cs] as f64;
+                                want += v;
+                                scale += v.abs();
+                            }
+                            if accumulate {
+                                want += 1.0;
+                            }
+                            let got = c[i * n + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 + scale / 128.0,
+                                "m{m} n{n} k{k} ta{ta} [{i},{j}]: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Layers wide enough that their per-step products run on `W_hh` packed once per
+//! weight change (≥ 2^20 elements): f32 agrees with f64 (which goes through the
+//! `gemm` crate), forward and backward, for every cell kind, also after the
+//! weights change between calls.
+
+use rnnkit::{CellKind, Parameters, Recurrent, RecurrentConfig, Rng, Tensor};
+
+fn random(shape: &[usize], rng: &mut Rng) -> Vec<f64> {
+    let n: usize = shape.iter().product();
+    (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()
+}
+
+fn to32(v: &[f64], shape: &[usize]) -> Tensor<f32> {
+    Tensor::from_vec(shape, v.iter().map(|&x| x as f32).collect()).unwrap()
+}
+
+fn worst(a: &[f32], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn wide_layers_agree_with_f64() {
+    let (t, b, i) = (3, 4, 8);
+    for cell in CellKind::ALL {
+        // Hidden sizes whose smallest W_hh view reaches 2^20 elements.
+        let h = match cell {
+            CellKind::Lstm => 512,
+            CellKind::Gru => 640,
+            _ => 1024,
+        };
+        let cfg = RecurrentConfig::new(cell, i, h);
+        let mut l64: Recurrent<f64> = cfg.init(&mut Rng::new(5)).unwrap();
+        let mut params = Vec::new();
+        l64.visit_params(&mut |_, p| {
+            params.push(p.data().iter().map(|&v| v as f32).collect::<Vec<_>>())
+        });
+        let mut l32: Recurrent<f32> = cfg.init(&mut Rng::new(0)).unwrap();
+        let mut k = 0;
+        l32.visit_params_mut(&mut |_, p, _| {
+            p.data_mut().copy_from_slice(&params[k]);
+            k += 1;
+        });
+        let mut rng = Rng::new(1);
+        let (x, dy) = (random(&[t, b, i], &mut rng), random(&[t, b, h], &mut rng));
+        let x64 = Tensor::from_vec(&[t, b, i], x.clone()).unwrap();
+        let dy64 = Tensor::from_vec(&[t, b, h], dy.clone()).unwrap();
+        for round in 0..2 {
+            let (y64, _) = l64
+                .forward_train(&x64, None, None, &mut Rng::new(0))
+                .unwrap();
+            let (dx64, _) = l64.backward(&dy64, None).unwrap();
+            let (y32, _) = l32
+                .forward_train(&to32(&x, &[t, b, i]), None, None, &mut Rng::new(0))
+                .unwrap();
+            let (dx32, _) = l32.backward(&to32(&dy, &[t, b, h]), None).unwrap();
+            assert!(
+                worst(y32.data(), y64.data()) < 1e-5,
+                "{cell} H{h} round {round}: y"
+            );
+            assert!(
+                worst(dx32.data(), dx64.data()) < 1e-4,
+                "{cell} H{h} round {round}: dx"
+            );
+            let g64 = l64.grad("weight_hh_l0").unwrap().data().to_vec();
+            let g32 = l32.grad("weight_hh_l0").unwrap().data().to_vec();
+            assert!(worst(&g32, &g64) < 1e-4, "{cell} H{h} round {round}: dW_hh");
+            // Change the weights the same way in both; the packed copies must follow.
+            l64.visit_params_mut(&mut |_, p, g| {
+                p.data_mut().iter_mut().for_each(|v| *v *= 0.9);
+                g.data_mut().fill(0.0);
+            });
+            l32.visit_params_mut(&mut |_, p, g| {
+                p.data_mut().iter_mut().for_each(|v| *v *= 0.9);
+                g.data_mut().fill(0.0);
+            });
+        }
+    }
+}
