@@ -197,7 +197,7 @@ def compare(args):
         + "rnnkit GFLOP/s | " + ("bf16 GFLOP/s | " if bf else "") + "PyTorch GFLOP/s "
         "| rnnkit µs/char | bf16-weights µs/char | PyTorch µs/char | sampling speed-up "
         "| bf16-weights speed-up | rnnkit peak RSS MiB | PyTorch peak RSS MiB | RSS ratio |",
-        "|---|" + "---:|" * (14 if bf else 11),
+        "|---|" + "---:|" * (16 if bf else 13),
     ]
     for res in results:
         med = res["median"]
