@@ -119,7 +119,9 @@ fn products(c: &mut Criterion) {
         });
     }
     group.finish();
-    let mut group = c.benchmark_group(format!("batch-1 product 1×{k} · {k}×{n}, all threads"));
+    let mut group = c.benchmark_group(format!(
+        "batch-1 product 1×{k} · {k}×{n}, all threads, handed to the pool per call"
+    ));
     group.throughput(Throughput::Elements(2 * (n * k) as u64));
     let w = random(&[n, k], &mut rng);
     group.bench_function("f32", |b| {
