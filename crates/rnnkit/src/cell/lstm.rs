@@ -127,7 +127,15 @@ pub fn forward<T: Real>(
 }
 
 /// One sequence, one step: `a` holds the input projection and becomes the activated gates.
-fn step<T: Real>(a: &mut [T], hp: &[T], c: &mut [T], tanh_c: &mut [T], h: &mut [T], y: &mut [T]) {
+/// (Also the batch-1 stepper's update of a share of the units: blocks of `c.len()`.)
+pub(crate) fn step<T: Real>(
+    a: &mut [T],
+    hp: &[T],
+    c: &mut [T],
+    tanh_c: &mut [T],
+    h: &mut [T],
+    y: &mut [T],
+) {
     let hs = c.len();
     a.iter_mut().zip(hp).for_each(|(v, &u)| *v += u);
     T::sigmoid_inplace(&mut a[..2 * hs]);

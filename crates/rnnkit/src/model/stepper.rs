@@ -7,7 +7,7 @@
 //! The cell equations are those of `crate::cell` (named there).
 
 use super::CharLm;
-use crate::cell::CellKind;
+use crate::cell::{lstm, CellKind};
 use crate::error::{Error, Result};
 use crate::kernel::{
     add_bias_rows, dot_rows_bf16, matmul, serial, sigmoid_f32, tanh_f32, to_bf16, MatMut, MatRef,
@@ -78,7 +78,8 @@ pub struct Stepper {
     /// Hidden units per share of the work (a multiple of 16, so no share but the
     /// last needs masked loads).
     share: usize,
-    /// Per share: the input and recurrent gate pre-activations of its units.
+    /// Per share: the input and recurrent gate pre-activations of its units, and two
+    /// unit-wide buffers for the LSTM update.
     scratch: Vec<Vec<f32>>,
     h_next: Vec<f32>,
     /// `r ⊙ h` of the reset-before GRU, read by every share in its second phase.
@@ -146,7 +147,7 @@ impl Stepper {
             head_w: Rows::new(model.head.weight.data(), precision),
             head_b: model.head.bias.data().to_vec(),
             share,
-            scratch: vec![vec![0.0; 2 * g * share]; shares],
+            scratch: vec![vec![0.0; (2 * g + 2) * share]; shares],
             h_next: vec![0.0; hs],
             rh: vec![0.0; hs],
             logits: vec![0.0; vocab],
@@ -296,8 +297,10 @@ fn step_layer(
                     serial(|| {
                         let m = hn.len();
                         preact(k, sc, m);
-                        let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
-                        update(kind, xp, hp, &h_old[k * share..][..m], c, hn);
+                        let (pre, spare) = sc[..(2 * g + 2) * m].split_at_mut(2 * g * m);
+                        let (xp, hp) = pre.split_at_mut(g * m);
+                        let h = &h_old[k * share..][..m];
+                        update(kind, xp, hp, h, c, hn, spare);
                     })
                 });
         }
@@ -306,8 +309,16 @@ fn step_layer(
 }
 
 /// The cell update of `m` units from their pre-activations `xp`, `hp` (`[G, m]`
-/// each, biases included); `xp` is overwritten.
-fn update(kind: CellKind, xp: &mut [f32], hp: &[f32], h: &[f32], c: &mut [f32], hn: &mut [f32]) {
+/// each, biases included); `xp` is overwritten, `spare` (`2m`) is scratch.
+fn update(
+    kind: CellKind,
+    xp: &mut [f32],
+    hp: &[f32],
+    h: &[f32],
+    c: &mut [f32],
+    hn: &mut [f32],
+    spare: &mut [f32],
+) {
     let m = hn.len();
     match kind {
         CellKind::RnnTanh | CellKind::RnnRelu => {
@@ -321,20 +332,8 @@ fn update(kind: CellKind, xp: &mut [f32], hp: &[f32], h: &[f32], c: &mut [f32], 
             }
         }
         CellKind::Lstm => {
-            for (v, &u) in xp.iter_mut().zip(hp) {
-                *v += u;
-            }
-            sigmoid_f32(&mut xp[..2 * m]);
-            tanh_f32(&mut xp[2 * m..3 * m]);
-            sigmoid_f32(&mut xp[3 * m..]);
-            for j in 0..m {
-                c[j] = xp[m + j] * c[j] + xp[j] * xp[2 * m + j];
-                hn[j] = c[j];
-            }
-            tanh_f32(hn);
-            for j in 0..m {
-                hn[j] *= xp[3 * m + j];
-            }
+            let (tanh_c, y) = spare.split_at_mut(m);
+            lstm::step(xp, hp, c, tanh_c, hn, y);
         }
         CellKind::Gru => {
             for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
