@@ -374,80 +374,23 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    #[test]
-    fn packed_f32_products_agree_with_f64() {
-        if !packed_supported(Precision::F32) {
-            return;
-        }
-        let mut rng = Rng::new(6);
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (3, 5, 7),
-            (9, 48, 300),
-            (33, 100, 515),
-            (200, 49, 3),
-        ] {
-            for (ta, tb) in [(false, false), (true, true)] {
-                let a: Vec<f32> = (0..m * k)
-                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-                    .collect();
-                let b: Vec<f32> = (0..k * n)
-                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-                    .collect();
-                let am = if ta {
-                    MatRef::dense(&a, k, m).t()
-                } else {
-                    MatRef::dense(&a, m, k)
-                };
-                let bm = if tb {
-                    MatRef::dense(&b, n, k).t()
-                } else {
-                    MatRef::dense(&b, k, n)
-                };
-                let mut packed = PackedB::default();
-                packed.pack(bm, Precision::F32);
-                let mut c = vec![0.5f32; m * n];
-                gemm_packed(MatMut::dense(&mut c, m, n), am, &packed, true);
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f64 = 0.5
-                            + (0..k)
-                                .map(|p| {
-                                    am.data[i * am.rs + p * am.cs] as f64
-                                        * bm.data[p * bm.rs + j * bm.cs] as f64
-                                })
-                                .sum::<f64>();
-                        let got = c[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (k as f64).sqrt(),
-                            "m{m} n{n} k{k} [{i},{j}]"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn bf16_products_agree_with_f64_within_bf16_rounding() {
-        if !bf16_supported() {
-            return;
-        }
+    /// Every shape and transpose, accumulating or not, against sums in f64, within
+    /// `tol(k, Σ|products|)`. f32 packs `B` once; bf16 packs both on the fly.
+    fn check(precision: Precision, tol: impl Fn(usize, f64) -> f64) {
         let mut rng = Rng::new(4);
         for &(m, n, k) in &[
             (1, 1, 1),
             (3, 5, 7),
             (8, 48, 512),
+            (9, 48, 300),
             (33, 100, 515),
             (200, 49, 3),
         ] {
             for (ta, tb) in [(false, false), (true, true)] {
-                let a: Vec<f32> = (0..m * k)
-                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-                    .collect();
-                let b: Vec<f32> = (0..k * n)
-                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-                    .collect();
+                let mut random = |len: usize| -> Vec<f32> {
+                    (0..len).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
+                };
+                let (a, b) = (random(m * k), random(k * n));
                 let am = if ta {
                     MatRef::dense(&a, k, m).t()
                 } else {
@@ -460,28 +403,46 @@ mod tests {
                 };
                 for accumulate in [false, true] {
                     let mut c = vec![1.0f32; m * n];
-                    matmul_bf16(MatMut::dense(&mut c, m, n), am, bm, accumulate);
+                    let out = MatMut::dense(&mut c, m, n);
+                    if precision == Precision::Bf16 {
+                        matmul_bf16(out, am, bm, accumulate);
+                    } else {
+                        let mut packed = PackedB::default();
+                        packed.pack(bm, precision);
+                        gemm_packed(out, am, &packed, accumulate);
+                    }
                     for i in 0..m {
                         for j in 0..n {
-                            let (mut want, mut scale) = (0.0f64, 0.0f64);
+                            let (mut want, mut scale) = (f64::from(accumulate), 0.0f64);
                             for p in 0..k {
                                 let v = am.data[i * am.rs + p * am.cs] as f64
                                     * bm.data[p * bm.rs + j * bm.cs] as f64;
                                 want += v;
                                 scale += v.abs();
                             }
-                            if accumulate {
-                                want += 1.0;
-                            }
                             let got = c[i * n + j] as f64;
                             assert!(
-                                (got - want).abs() <= 1e-5 + scale / 128.0,
-                                "m{m} n{n} k{k} ta{ta} [{i},{j}]: {got} vs {want}"
+                                (got - want).abs() <= tol(k, scale),
+                                "{precision:?} m{m} n{n} k{k} ta{ta} acc{accumulate} [{i},{j}]: {got} vs {want}"
                             );
                         }
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn packed_f32_products_agree_with_f64() {
+        if packed_supported(Precision::F32) {
+            check(Precision::F32, |k, _| 1e-5 * (k as f64).sqrt());
+        }
+    }
+
+    #[test]
+    fn bf16_products_agree_with_f64_within_bf16_rounding() {
+        if bf16_supported() {
+            check(Precision::Bf16, |_, scale| 1e-5 + scale / 128.0);
         }
     }
 }
