@@ -12,6 +12,7 @@
 //! in 24 registers for a whole block of depth.
 
 use super::matmul::{MatMut, MatRef, Precision, SERIAL};
+use super::to_bf16;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -46,13 +47,11 @@ pub fn bf16_supported() -> bool {
     packed_supported(Precision::Bf16)
 }
 
-/// Two f32 rounded to bfloat16 (to nearest, ties to even) in one 32-bit lane, `lo`
-/// in the low half as `vdpbf16ps` pairs them. Branch-free so packing loops
-/// vectorise; a NaN may round to an infinity, which keeps a diverged run visible.
+/// Two f32 rounded to bfloat16 in one 32-bit lane, `lo` in the low half as
+/// `vdpbf16ps` pairs them.
 #[inline(always)]
 fn pair(lo: f32, hi: f32) -> u32 {
-    let round = |b: u32| b.wrapping_add(0x7fff + ((b >> 16) & 1));
-    (round(lo.to_bits()) >> 16) | (round(hi.to_bits()) & 0xffff_0000)
+    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
 }
 
 /// The 32-bit lane of depth `d` from the values at k = `d` (f32) or k = 2d, 2d + 1 (bf16).
@@ -105,16 +104,6 @@ impl PackedB {
     /// The precision the operand was packed for.
     pub fn precision(&self) -> Precision {
         self.precision
-    }
-
-    /// Rows k of the packed matrix.
-    pub fn rows(&self) -> usize {
-        self.k
-    }
-
-    /// Columns n of the packed matrix.
-    pub fn cols(&self) -> usize {
-        self.n
     }
 }
 

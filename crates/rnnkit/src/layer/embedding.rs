@@ -9,7 +9,8 @@ use crate::tensor::{Real, Tensor};
 pub struct Embedding<T = f32> {
     /// Table `[vocab, dim]`.
     pub weight: Tensor<T>,
-    /// Gradient of `weight`, accumulated by [`Embedding::backward`].
+    /// Gradient of `weight`, accumulated by [`Embedding::backward`] (or by a caller
+    /// that has it whole, as `CharLm` from `Recurrent::forward_embedded`).
     pub grad_weight: Tensor<T>,
 }
 

@@ -162,20 +162,9 @@ impl CharLm {
         rng: Option<&mut Rng>,
     ) -> Result<(Tensor<f32>, Vec<f32>, RecurrentState<f32>)> {
         with_precision(self.precision, || {
+            // The count of inputs is checked by the recurrent layer.
+            self.check_in_vocab("input", inputs)?;
             let n = steps * batch;
-            if inputs.len() != n {
-                return Err(Error::Shape(format!(
-                    "{} inputs given for {steps} steps × {batch} sequences",
-                    inputs.len()
-                )));
-            }
-            if let Some(k) = inputs.iter().position(|&t| t >= self.vocab.len()) {
-                return Err(Error::Input(format!(
-                    "input id {} at position {k} is outside the vocabulary of {}",
-                    inputs[k],
-                    self.vocab.len()
-                )));
-            }
             let (y, fin) =
                 self.rnn
                     .forward_embedded(&self.embed.weight, inputs, (steps, batch), init, rng)?;
@@ -192,10 +181,14 @@ impl CharLm {
                 targets.len()
             )));
         }
-        match targets.iter().position(|&t| t >= self.vocab.len()) {
+        self.check_in_vocab("target", targets)
+    }
+
+    fn check_in_vocab(&self, what: &str, ids: &[usize]) -> Result<()> {
+        match ids.iter().position(|&t| t >= self.vocab.len()) {
             Some(k) => Err(Error::Input(format!(
-                "target id {} at position {k} is outside the vocabulary of {}",
-                targets[k],
+                "{what} id {} at position {k} is outside the vocabulary of {}",
+                ids[k],
                 self.vocab.len()
             ))),
             None => Ok(()),
