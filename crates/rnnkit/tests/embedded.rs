@@ -47,11 +47,13 @@ fn embedded_inputs_match_dense_inputs() {
         }
         let dy = random(&[t, b, cfg.output_size()], &mut rng);
 
-        let (y_dense, fin_dense) = layer.forward(&x, None, None).unwrap();
+        // Variable lengths, one sequence cut to a single step.
+        let lengths = [t, 1, t - 1];
+        let (y_dense, fin_dense) = layer.forward(&x, Some(&lengths), None).unwrap();
         let (dx, _) = layer.backward(&dy, None).unwrap();
         let g_dense = grads(&mut layer);
         let (y_emb, fin_emb) = layer
-            .forward_embedded(&table, &ids, (t, b), None, None)
+            .forward_embedded(&table, &ids, (t, b), Some(&lengths), None, None)
             .unwrap();
         let (d_table, _) = layer.backward(&dy, None).unwrap();
         let g_emb = grads(&mut layer);
@@ -76,10 +78,10 @@ fn bad_embedded_inputs_are_errors() {
     let mut layer: Recurrent<f32> = cfg.init(&mut Rng::new(1)).unwrap();
     let table = Tensor::zeros(&[5, 4]);
     let err = |r: rnnkit::Result<_>| r.map(|_: (Tensor<f32>, _)| ()).unwrap_err().to_string();
-    let e = err(layer.forward_embedded(&Tensor::zeros(&[5, 3]), &[0, 1], (2, 1), None, None));
+    let e = err(layer.forward_embedded(&Tensor::zeros(&[5, 3]), &[0, 1], (2, 1), None, None, None));
     assert!(e.contains("[V, 4]"), "{e}");
-    let e = err(layer.forward_embedded(&table, &[0, 1, 2], (2, 1), None, None));
+    let e = err(layer.forward_embedded(&table, &[0, 1, 2], (2, 1), None, None, None));
     assert!(e.contains("3 ids given for 2 steps"), "{e}");
-    let e = err(layer.forward_embedded(&table, &[0, 5], (2, 1), None, None));
+    let e = err(layer.forward_embedded(&table, &[0, 5], (2, 1), None, None, None));
     assert!(e.contains("id 5 at position 1"), "{e}");
 }

@@ -366,14 +366,16 @@ impl<T: Real> Recurrent<T> {
 
     /// As [`Recurrent::forward_train`] (inference mode when `rng` is `None`) for
     /// inputs that are rows of an embedding `table [V, input_size]`, given as ids
-    /// `[T, B]` (time-major): the first layer then multiplies each of the V table
-    /// rows once instead of each of the T·B inputs, and [`Recurrent::backward`]
-    /// returns the table's gradient `[V, input_size]` instead of the inputs'.
+    /// `[T, B]` (time-major) with optional `lengths` as there: the first layer then
+    /// multiplies each of the V table rows once instead of each of the T·B inputs, and
+    /// [`Recurrent::backward`] returns the table's gradient `[V, input_size]` instead
+    /// of the inputs'. Ids at padded steps must still be valid rows (0 will do).
     pub fn forward_embedded(
         &mut self,
         table: &Tensor<T>,
         ids: &[usize],
         (steps, batch): (usize, usize),
+        lengths: Option<&[usize]>,
         init: Option<&RecurrentState<T>>,
         rng: Option<&mut Rng>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
@@ -407,7 +409,7 @@ impl<T: Real> Recurrent<T> {
             table: table.data(),
             ids,
         };
-        self.run_forward(x, steps, batch, None, init, rng)
+        self.run_forward(x, steps, batch, lengths, init, rng)
     }
 
     /// `(T, B)` of an input `[T, B, input_size]`.

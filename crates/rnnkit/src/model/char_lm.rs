@@ -167,7 +167,7 @@ impl CharLm {
             let n = steps * batch;
             let (y, fin) =
                 self.rnn
-                    .forward_embedded(&self.embed.weight, inputs, (steps, batch), init, rng)?;
+                    .forward_embedded(&self.embed.weight, inputs, (steps, batch), None, init, rng)?;
             let mut logits = vec![0.0; n * self.vocab.len()];
             self.head.forward(y.data(), n, &mut logits);
             Ok((y, logits, fin))
