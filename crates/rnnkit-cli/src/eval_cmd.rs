@@ -30,7 +30,7 @@ pub fn run(o: EvalOpts) -> anyhow::Result<ExitCode> {
     crate::set_threads(o.threads.map(usize::from))?;
     let (mut model, _) = CharLm::load(&o.checkpoint)?;
     let text = rnnkit::data::read_text(&o.text)?;
-    let (chars, nats) = rnnkit::train::eval_text(&mut model, &text, CHUNK)
+    let (chars, nats) = rnnkit::task::char_lm::eval_text(&mut model, &text, CHUNK)
         .with_context(|| format!("scoring {}", o.text.display()))?;
     let bits = nats / std::f64::consts::LN_2;
     if o.json {

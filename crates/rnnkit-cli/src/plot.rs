@@ -1,54 +1,182 @@
-//! The loss curve (train and validation against steps) as an SVG picture.
+//! The training picture (SVG): training loss (each logged point, and smoothed) and
+//! validation loss against steps; below it the validation scores, when the task has any.
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
-use rnnkit::train::EvalReport;
+use rnnkit::train::LogEntry;
+use std::collections::BTreeMap;
 use std::path::Path;
 
+/// File name of the picture in the output folder.
+pub const LOSS_SVG: &str = "loss.svg";
+
+/// How to draw.
+pub struct Style {
+    /// The loss's unit as logged (e.g. `nats_per_char`).
+    pub loss_name: &'static str,
+    /// Logarithmic loss axis.
+    pub log_scale: bool,
+}
+
 /// Draws `history` to `path` (SVG), replacing the file atomically.
-pub fn loss_curve(history: &[EvalReport], path: &Path) -> anyhow::Result<()> {
+pub fn loss_curve(history: &[LogEntry], style: &Style, path: &Path) -> anyhow::Result<()> {
+    let mut scores: BTreeMap<&str, Vec<(u64, f64)>> = BTreeMap::new();
+    for e in history {
+        for (k, v) in e.val.iter().flat_map(|v| &v.scores) {
+            scores.entry(k).or_default().push((e.step, *v));
+        }
+    }
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        let height = if scores.is_empty() { 480 } else { 760 };
+        let root = SVGBackend::with_string(&mut svg, (800, height)).into_drawing_area();
         root.fill(&WHITE)?;
-        let train: Vec<(f64, f64)> = history
-            .iter()
-            .map(|e| (e.step as f64, e.train_nats_per_char))
-            .filter(|p| p.1.is_finite())
-            .collect();
-        let val: Vec<(f64, f64)> = history
-            .iter()
-            .filter_map(|e| e.val_nats_per_char.map(|v| (e.step as f64, v)))
-            .collect();
-        let all = train.iter().chain(&val);
-        let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
-        let y_max = all.clone().map(|p| p.1).fold(0.5, f64::max) * 1.05;
-        let y_min = all.map(|p| p.1).fold(y_max, f64::min) * 0.95;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("cross-entropy (nats per character)", ("sans-serif", 20))
-            .margin(15)
-            .x_label_area_size(35)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..x_max, y_min.min(y_max - 1e-3)..y_max)?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("nats/char")
-            .draw()?;
-        chart
-            .draw_series(LineSeries::new(train, &BLUE))?
-            .label("train")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
-        chart
-            .draw_series(LineSeries::new(val, &RED))?
-            .label("validation")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE)
-            .draw()?;
+        if scores.is_empty() {
+            losses(&root, history, style)?;
+        } else {
+            let (top, bottom) = root.split_vertically(480);
+            losses(&top, history, style)?;
+            score_panel(&bottom, &scores, x_max(history))?;
+        }
         root.present()?;
     }
     rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
+
+fn x_max(history: &[LogEntry]) -> u64 {
+    history.iter().map(|e| e.step).max().unwrap_or(1).max(1)
+}
+
+/// Exponential moving average, as TensorBoard smooths curves (weight 0.8 on the past).
+fn smoothed(points: &[(u64, f64)]) -> Vec<(u64, f64)> {
+    let mut out = Vec::with_capacity(points.len());
+    let mut avg: Option<f64> = None;
+    for &(x, y) in points {
+        let a = avg.map_or(y, |a| 0.8 * a + 0.2 * y);
+        avg = Some(a);
+        out.push((x, a));
+    }
+    out
+}
+
+fn losses<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    history: &[LogEntry],
+    style: &Style,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let train: Vec<(u64, f64)> = history
+        .iter()
+        .map(|e| (e.step, e.train_loss))
+        .filter(|p| p.1.is_finite() && (!style.log_scale || p.1 > 0.0))
+        .collect();
+    let val: Vec<(u64, f64)> = history
+        .iter()
+        .filter_map(|e| e.val.as_ref().map(|v| (e.step, v.loss)))
+        .filter(|p| p.1.is_finite() && (!style.log_scale || p.1 > 0.0))
+        .collect();
+    let all = train.iter().chain(&val).map(|p| p.1);
+    let y_hi = all.clone().fold(f64::MIN, f64::max);
+    let y_lo = all.fold(f64::MAX, f64::min);
+    let (y_lo, y_hi) = if y_hi < y_lo {
+        (0.1, 1.0)
+    } else {
+        let pad = ((y_hi - y_lo) * 0.05).max(1e-3);
+        let lo = if style.log_scale {
+            y_lo * 0.95
+        } else {
+            y_lo - pad
+        };
+        (lo, y_hi + pad)
+    };
+    let unit = style.loss_name.replace("nats_per_char", "nats/char");
+    let caption = format!(
+        "training and validation loss ({unit}){}",
+        if style.log_scale { ", log scale" } else { "" }
+    );
+    let x_max = x_max(history);
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(55);
+    // The two axis kinds are different types, so each branch draws its own chart.
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .y_desc(unit.as_str())
+                .x_label_formatter(&|x| x.to_string())
+                .draw()?;
+            chart
+                .draw_series(LineSeries::new(train.clone(), BLUE.mix(0.25)))?
+                .label("train (logged)")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.mix(0.25)));
+            chart
+                .draw_series(LineSeries::new(smoothed(&train), &BLUE))?
+                .label("train (smoothed)")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+            chart
+                .draw_series(LineSeries::new(val.clone(), &RED))?
+                .label("validation")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+            chart.draw_series(val.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
+            chart
+                .configure_series_labels()
+                .border_style(BLACK)
+                .background_style(WHITE)
+                .draw()?;
+        }};
+    }
+    if style.log_scale {
+        draw!(builder.build_cartesian_2d(0u64..x_max, (y_lo..y_hi).log_scale())?);
+    } else {
+        draw!(builder.build_cartesian_2d(0u64..x_max, y_lo..y_hi)?);
+    }
+    Ok(())
+}
+
+fn score_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    scores: &BTreeMap<&str, Vec<(u64, f64)>>,
+    x_max: u64,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let all = scores.values().flatten().map(|p| p.1);
+    let lo = all.clone().fold(f64::MAX, f64::min).min(1.0);
+    let hi = all.fold(f64::MIN, f64::max).max(lo + 1e-3);
+    let mut chart = ChartBuilder::on(area)
+        .caption("validation scores", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0u64..x_max, (lo - 0.02).max(0.0)..(hi + 0.02).min(1.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&|x| x.to_string())
+        .draw()?;
+    let colors = [GREEN, MAGENTA, CYAN, BLACK];
+    for (i, (name, pts)) in scores.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
     Ok(())
 }

@@ -58,7 +58,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             "vocab ≥ 2, batch, seq-len and steps ≥ 1 are needed".into(),
         ));
     }
-    crate::train::check_training_memory(&cfg.model, cfg.vocab, cfg.batch, cfg.seq_len)?;
+    crate::task::char_lm::check_training_memory(&cfg.model, cfg.vocab, cfg.batch, cfg.seq_len)?;
     let chars: Vec<char> = (0..cfg.vocab as u32)
         .map(|i| char::from_u32(0x100 + i).expect("valid code point"))
         .collect();

@@ -68,6 +68,13 @@ impl Rng {
         // Multiply-shift; the bias is below 2^-64 · n, far under anything observable here.
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
+
+    /// Shuffles `items` in place (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,78 +1,147 @@
-//! Training state inside a checkpoint: everything needed to continue a run
-//! exactly as if it had never stopped, under `train.`-prefixed names.
+//! Training state inside a checkpoint: everything needed to continue a run exactly
+//! as if it had never stopped, under `train.`-prefixed names beside the model.
 
-use super::{EvalReport, Recipe};
+use super::{LogEntry, Recipe, Schedule};
 use crate::checkpoint::TensorFile;
 use crate::error::{Error, Result};
-use crate::model::CharLm;
+use crate::layer::Parameters;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
+use crate::task::Task;
 use crate::tensor::Tensor;
-use crate::RecurrentState;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const RECIPE: &str = "train.recipe";
+const SCHEDULE: &str = "train.schedule";
 const STEP: &str = "train.step";
 const RNG: &str = "train.rng";
 const LOSS_SUM: &str = "train.loss_sum_bits";
 const LOSS_COUNT: &str = "train.loss_count";
 const BEST_VAL: &str = "train.best_val_bits";
+const BEST_STEP: &str = "train.best_step";
+const SINCE_BEST: &str = "train.evals_since_best";
 const HISTORY: &str = "train.history";
 const DATA: &str = "train.data_fingerprint";
+const DATA_PATH: &str = "train.data_path";
 const OPT_STEPS: &str = "train.optimizer_steps";
 const OPT_PREFIX: &str = "train.optimizer.";
-const CARRY_H: &str = "train.carry.h";
-const CARRY_C: &str = "train.carry.c";
 
-/// Where a run stands, besides the model and the optimiser moments.
+/// Where a run stands, besides the model, the optimiser moments and the task's carried state.
 #[derive(Debug)]
 pub struct TrainState {
-    /// What defines the run.
-    pub recipe: Recipe,
+    /// The recipe as stored (JSON), rewritten by the trainer from its configuration.
+    pub recipe: String,
+    /// Bounds and cadences.
+    pub schedule: Schedule,
     /// Optimizer steps done.
     pub step: u64,
     /// Dropout randomness, continued exactly.
     pub rng: Rng,
-    /// The hidden state carried into the next batch.
-    pub carry: Option<RecurrentState<f32>>,
-    /// Training-loss sum since the last validation.
+    /// Training-loss sum since the last log line.
     pub loss_sum: f64,
     /// Steps in that sum.
     pub loss_count: u64,
-    /// Lowest validation loss so far.
-    pub best_val: Option<f64>,
-    /// Every validation so far.
-    pub history: Vec<EvalReport>,
-    /// Fingerprint of the training text.
+    /// The best validation so far: its selection value (lower is better) and step.
+    pub best: Option<(f64, u64)>,
+    /// Validations since the best one (for early stopping).
+    pub evals_since_best: u64,
+    /// The log so far.
+    pub history: Vec<LogEntry>,
+    /// Fingerprint of the training data.
     pub data_fingerprint: u64,
+    /// Where the training data came from, if from a file.
+    pub data_path: Option<PathBuf>,
+    /// The step of the last checkpoint written or read.
+    pub saved_step: u64,
     optimizer_steps: u64,
     file: Option<TensorFile>,
 }
 
+/// What a checkpoint says about the run that wrote it, for a resumed run to start from.
+#[derive(Clone, Debug)]
+pub struct StoredRun<M> {
+    /// The recipe.
+    pub recipe: Recipe<M>,
+    /// Bounds and cadences (absent in checkpoints written before they were stored).
+    pub schedule: Option<Schedule>,
+    /// Where the training data came from.
+    pub data_path: Option<PathBuf>,
+    /// The step it stopped at.
+    pub step: u64,
+}
+
+/// Reads what a checkpoint says about its run, without loading the model.
+pub fn stored_run<M: Serialize + DeserializeOwned>(path: &Path) -> Result<StoredRun<M>> {
+    let file = TensorFile::open(path)?;
+    Ok(StoredRun {
+        recipe: read_recipe(&file)?,
+        schedule: match file.metadata().get(SCHEDULE) {
+            Some(s) => Some(
+                serde_json::from_str(s)
+                    .map_err(|e| file.error(format!("metadata `{SCHEDULE}`: {e}")))?,
+            ),
+            None => None,
+        },
+        data_path: file.metadata().get(DATA_PATH).map(PathBuf::from),
+        step: parse(&file, STEP)?,
+    })
+}
+
+/// The step a training checkpoint was written at.
+pub fn stored_step(path: &Path) -> Result<u64> {
+    parse(&TensorFile::open(path)?, STEP)
+}
+
 impl TrainState {
-    pub(super) fn fresh(recipe: Recipe, rng: Rng, data_fingerprint: u64) -> Self {
+    /// The state of a run that has not started; `rng` continues the stream that
+    /// initialised the model (dropout draws from it).
+    pub fn fresh(rng: Rng, data_fingerprint: u64) -> Self {
         TrainState {
-            recipe,
+            recipe: String::new(),
+            schedule: Schedule {
+                steps: None,
+                epochs: None,
+                time_limit: None,
+                eval_every: 1,
+                checkpoint_every: 1,
+                checkpoint_every_epochs: None,
+                log_every: 1,
+                patience: None,
+            },
             step: 0,
             rng,
-            carry: None,
             loss_sum: 0.0,
             loss_count: 0,
-            best_val: None,
+            best: None,
+            evals_since_best: 0,
             history: Vec::new(),
             data_fingerprint,
+            data_path: None,
+            saved_step: 0,
             optimizer_steps: 0,
             file: None,
         }
     }
 
-    /// Reads a checkpoint written during training: the model and where the run stands.
-    pub fn load(path: &Path) -> Result<(CharLm, TrainState)> {
-        let (mut model, file) = CharLm::load(path)?;
-        let recipe = read_recipe(&file)?;
-        model.set_dropout(recipe.model.dropout)?;
+    /// Reads the training state of a checkpoint whose model the task has already read;
+    /// `data_fingerprint` is that of the data given now, which must match.
+    pub fn load(file: TensorFile, data_fingerprint: u64) -> Result<Self> {
         let m = |k: &str| meta(&file, k);
+        let stored_data = u64::from_str_radix(&m(DATA)?, 16)
+            .map_err(|e| file.error(format!("metadata `{DATA}`: {e}")))?;
+        if stored_data != data_fingerprint {
+            let hint = match file.metadata().get(DATA_PATH) {
+                Some(p) => format!("it was trained on {p}"),
+                None => "give the same --data".into(),
+            };
+            return Err(file.error(format!(
+                "cannot resume: the training data differs from the data it was trained on ({hint}); to train this model on other data, start a new run with --init {}",
+                file.path().display()
+            )));
+        }
         let rng_words: Vec<String> = serde_json::from_str(&m(RNG)?)
             .map_err(|e| file.error(format!("metadata `{RNG}`: {e}")))?;
         let rng_state: Vec<u64> = rng_words
@@ -83,57 +152,42 @@ impl TrainState {
         let rng_state: [u64; 4] = rng_state
             .try_into()
             .map_err(|_| file.error(format!("metadata `{RNG}` must hold 4 numbers")))?;
-        let best_bits = m(BEST_VAL)?;
-        let cfg = model.rnn.config().clone();
-        let carry = match file.shape(CARRY_H) {
-            Some(shape)
-                if shape.len() == 3
-                    && shape[0] == cfg.num_layers * cfg.directions()
-                    && shape[2] == cfg.hidden_size =>
-            {
-                let batch = [shape[0], recipe.batch, shape[2]];
-                let h = file.get(CARRY_H, Some(&batch))?;
-                let c = if cfg.cell.has_cell_state() {
-                    Some(file.get(CARRY_C, Some(&batch))?)
-                } else {
-                    None
-                };
-                Some(RecurrentState { h, c })
-            }
-            Some(shape) => {
-                return Err(file.error(format!(
-                    "`{CARRY_H}` has shape {shape:?}, which does not fit the model"
-                )))
-            }
-            None => None,
+        let best = match m(BEST_VAL)?.as_str() {
+            "none" => None,
+            _ => Some((
+                f64::from_bits(parse(&file, BEST_VAL)?),
+                opt_parse(&file, BEST_STEP)?.unwrap_or(0),
+            )),
         };
-        let st = TrainState {
-            step: parse(&file, STEP)?,
+        let step = parse(&file, STEP)?;
+        Ok(TrainState {
+            recipe: m(RECIPE)?,
+            schedule: match file.metadata().get(SCHEDULE) {
+                Some(s) => serde_json::from_str(s)
+                    .map_err(|e| file.error(format!("metadata `{SCHEDULE}`: {e}")))?,
+                None => TrainState::fresh(Rng::new(0), 0).schedule,
+            },
+            step,
             rng: Rng::from_state(rng_state),
-            carry,
             loss_sum: f64::from_bits(parse(&file, LOSS_SUM)?),
             loss_count: parse(&file, LOSS_COUNT)?,
-            best_val: if best_bits == "none" {
-                None
-            } else {
-                Some(f64::from_bits(parse(&file, BEST_VAL)?))
-            },
+            best,
+            evals_since_best: opt_parse(&file, SINCE_BEST)?.unwrap_or(0),
             history: serde_json::from_str(&m(HISTORY)?)
                 .map_err(|e| file.error(format!("metadata `{HISTORY}`: {e}")))?,
-            data_fingerprint: u64::from_str_radix(&m(DATA)?, 16)
-                .map_err(|e| file.error(format!("metadata `{DATA}`: {e}")))?,
+            data_fingerprint,
+            data_path: file.metadata().get(DATA_PATH).map(PathBuf::from),
+            saved_step: step,
             optimizer_steps: parse(&file, OPT_STEPS)?,
-            recipe,
             file: Some(file),
-        };
-        Ok((model, st))
+        })
     }
 
     /// Puts the stored optimiser moments (if any) into `optimizer`.
     pub(super) fn restore_optimizer(
         &mut self,
         optimizer: &mut Optimizer,
-        model: &CharLm,
+        model: &dyn Parameters<f32>,
     ) -> Result<()> {
         let Some(file) = self.file.take() else {
             return Ok(());
@@ -146,53 +200,61 @@ impl TrainState {
         )
     }
 
-    /// Writes the model with this state, atomically.
-    pub(super) fn save(&self, model: &CharLm, optimizer: &Optimizer, path: &Path) -> Result<()> {
+    /// Writes the task's model with this state, atomically.
+    pub(super) fn save<T: Task>(
+        &mut self,
+        task: &T,
+        optimizer: &Optimizer,
+        path: &Path,
+    ) -> Result<()> {
         let mut meta = HashMap::new();
-        meta.insert(
-            RECIPE.into(),
-            serde_json::to_string(&self.recipe).expect("serialisable"),
-        );
+        meta.insert(RECIPE.into(), self.recipe.clone());
+        meta.insert(SCHEDULE.into(), json(&self.schedule));
         meta.insert(STEP.into(), self.step.to_string());
         let words: Vec<String> = self.rng.state().iter().map(u64::to_string).collect();
-        meta.insert(
-            RNG.into(),
-            serde_json::to_string(&words).expect("serialisable"),
-        );
+        meta.insert(RNG.into(), json(&words));
         meta.insert(LOSS_SUM.into(), self.loss_sum.to_bits().to_string());
         meta.insert(LOSS_COUNT.into(), self.loss_count.to_string());
         meta.insert(
             BEST_VAL.into(),
-            self.best_val
-                .map_or("none".into(), |b| b.to_bits().to_string()),
+            self.best
+                .map_or("none".into(), |(b, _)| b.to_bits().to_string()),
         );
-        meta.insert(
-            HISTORY.into(),
-            serde_json::to_string(&self.history).expect("serialisable"),
-        );
-        meta.insert(DATA.into(), format!("{:016x}", self.data_fingerprint));
-        meta.insert(OPT_STEPS.into(), optimizer.steps().to_string());
-        let mut extra: Vec<(String, Tensor<f32>)> = optimizer.state_tensors(model, OPT_PREFIX);
-        if let Some(c) = &self.carry {
-            extra.push((CARRY_H.into(), c.h.clone()));
-            if let Some(cc) = &c.c {
-                extra.push((CARRY_C.into(), cc.clone()));
-            }
+        if let Some((_, s)) = self.best {
+            meta.insert(BEST_STEP.into(), s.to_string());
         }
-        model.save(path, &extra, meta)
+        meta.insert(SINCE_BEST.into(), self.evals_since_best.to_string());
+        meta.insert(HISTORY.into(), json(&self.history));
+        meta.insert(DATA.into(), format!("{:016x}", self.data_fingerprint));
+        if let Some(p) = &self.data_path {
+            meta.insert(DATA_PATH.into(), p.display().to_string());
+        }
+        meta.insert(OPT_STEPS.into(), optimizer.steps().to_string());
+        let mut extra: Vec<(String, Tensor<f32>)> = optimizer.state_tensors(task, OPT_PREFIX);
+        extra.extend(task.carried_state());
+        task.save(path, &extra, meta)?;
+        self.saved_step = self.step;
+        Ok(())
     }
 }
 
-/// The recipe a checkpoint was trained with, so a resumed run can default to it.
-pub fn stored_recipe(path: &Path) -> Result<Recipe> {
-    read_recipe(&TensorFile::open(path)?)
+/// A metadata value: JSON text.
+fn json<T: Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).expect("serialisable")
 }
 
-fn read_recipe(file: &TensorFile) -> Result<Recipe> {
+fn read_recipe<M: Serialize + DeserializeOwned>(file: &TensorFile) -> Result<Recipe<M>>
+where
+    Recipe<M>: DeserializeOwned,
+{
     let s = file.metadata().get(RECIPE).ok_or_else(|| {
-        file.error(format!("metadata `{RECIPE}` is missing: this checkpoint holds a model but no training state, so it can be sampled and evaluated but not resumed"))
+        file.error(format!("metadata `{RECIPE}` is missing: this checkpoint holds a model but no training state, so it can be used (and fine-tuned with --init) but not resumed"))
     })?;
-    serde_json::from_str(s).map_err(|e| file.error(format!("metadata `{RECIPE}`: {e}")))
+    serde_json::from_str(s).map_err(|e| {
+        file.error(format!(
+            "metadata `{RECIPE}`: {e} (is it a checkpoint of another task?)"
+        ))
+    })
 }
 
 fn meta(file: &TensorFile, key: &str) -> Result<String> {
@@ -213,4 +275,14 @@ where
             path: file.path().to_path_buf(),
             msg: format!("metadata `{key}`: {e}"),
         })
+}
+
+fn opt_parse<T: std::str::FromStr>(file: &TensorFile, key: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match file.metadata().contains_key(key) {
+        true => parse(file, key).map(Some),
+        false => Ok(None),
+    }
 }

@@ -1,0 +1,441 @@
+//! The character language model as a task: next-character prediction on a text,
+//! batched as char-rnn's carried streams (truncated BPTT) or as shuffled independent
+//! windows (the Keras text-generation recipe), validated on the text's last part.
+
+use super::{BatchLoss, Metrics, Selection, Task};
+use crate::checkpoint::TensorFile;
+use crate::data::{Streams, Vocab};
+use crate::error::{Error, Result};
+use crate::layer::{ParamVisitor, Parameters};
+use crate::model::{CharLm, CharLmConfig};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::{Change, Setting, Settings};
+use crate::RecurrentState;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+const CARRY_H: &str = "train.carry.h";
+const CARRY_C: &str = "train.carry.c";
+
+/// How the training text is cut into batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Batching {
+    /// `batch` contiguous streams, each batch continuing every stream (char-rnn): the
+    /// hidden state may be carried from batch to batch.
+    #[default]
+    Streams,
+    /// Independent windows of `seq_len + 1` characters in a shuffled order each epoch,
+    /// every batch from a zero state (the Keras recipe).
+    Shuffled,
+}
+
+impl Batching {
+    /// The name the `--batching` flag takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Batching::Streams => "streams",
+            Batching::Shuffled => "shuffled",
+        }
+    }
+}
+
+/// The char LM's part of a recipe: model sizes and how the text is batched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CharLmRecipe {
+    /// Model sizes and dropout.
+    pub model: CharLmConfig,
+    /// Timesteps per batch (the truncation length of BPTT).
+    pub seq_len: usize,
+    /// Carry the hidden state from batch to batch (streams only).
+    pub carry_state: bool,
+    /// How the text is cut into batches (absent in older checkpoints: streams).
+    #[serde(default)]
+    pub batching: Batching,
+}
+
+impl Settings for CharLmRecipe {
+    fn settings(&self) -> Vec<Setting> {
+        use Change::*;
+        let m = &self.model;
+        vec![
+            Setting::new("--cell", m.cell, Fixed),
+            Setting::new("--layers", m.num_layers, Fixed),
+            Setting::new("--hidden", m.hidden_size, Fixed),
+            Setting::new("--embed", m.embed_size, Fixed),
+            Setting::new("--dropout", m.dropout, Alters),
+            Setting::new("--seq-len", self.seq_len, Fixed),
+            Setting::new(
+                "--no-carry",
+                if self.carry_state { "off" } else { "on" },
+                Fixed,
+            ),
+            Setting::new("--batching", self.batching.name(), Fixed),
+        ]
+    }
+}
+
+/// Training text as batches of `[T, B]` inputs and targets.
+enum TrainText {
+    Streams(Streams),
+    Windows {
+        ids: Vec<usize>,
+        windows: usize,
+        batch: usize,
+        seq_len: usize,
+        seed: u64,
+    },
+}
+
+impl TrainText {
+    fn batches(&self) -> usize {
+        match self {
+            TrainText::Streams(s) => s.batches(),
+            TrainText::Windows { windows, batch, .. } => windows / batch,
+        }
+    }
+
+    fn fill(&self, epoch: u64, k: usize, inputs: &mut Vec<usize>, targets: &mut Vec<usize>) {
+        match self {
+            TrainText::Streams(s) => s.batch(k, inputs, targets),
+            TrainText::Windows {
+                ids,
+                windows,
+                batch,
+                seq_len,
+                seed,
+            } => {
+                // The order of one epoch depends only on the seed and the epoch, so a
+                // resumed run needs nothing but the step to find its place.
+                let mut order: Vec<usize> = (0..*windows).collect();
+                Rng::new(seed ^ 0x5851_f42d_4c95_7f2d_u64.wrapping_mul(epoch + 1))
+                    .shuffle(&mut order);
+                let chosen = &order[k * batch..(k + 1) * batch];
+                inputs.clear();
+                targets.clear();
+                for t in 0..*seq_len {
+                    for &w in chosen {
+                        let pos = w * (seq_len + 1) + t;
+                        inputs.push(ids[pos]);
+                        targets.push(ids[pos + 1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A [`CharLm`] with its training and validation text.
+pub struct CharLmTask {
+    /// The model.
+    pub model: CharLm,
+    recipe: CharLmRecipe,
+    batch: usize,
+    train: TrainText,
+    val: Option<Streams>,
+    carry: Option<RecurrentState<f32>>,
+    train_chars: usize,
+    buffers: (Vec<usize>, Vec<usize>),
+}
+
+impl CharLmTask {
+    /// Cuts `text` into training and validation parts (the last `val_frac`) for `model`.
+    pub fn new(
+        model: CharLm,
+        recipe: &CharLmRecipe,
+        batch: usize,
+        val_frac: f64,
+        seed: u64,
+        text: &str,
+    ) -> Result<Self> {
+        let ids = model.vocab().encode(text)?;
+        let n_val = (ids.len() as f64 * val_frac) as usize;
+        let val_ids = ids[ids.len() - n_val..].to_vec();
+        let train_ids = ids[..ids.len() - n_val].to_vec();
+        let train_chars = train_ids.len();
+        let seq_len = recipe.seq_len;
+        let train = match recipe.batching {
+            Batching::Streams => {
+                TrainText::Streams(Streams::new(train_ids, batch, seq_len, "training text")?)
+            }
+            Batching::Shuffled => {
+                let windows = train_ids.len() / (seq_len + 1);
+                if windows < batch {
+                    return Err(Error::Input(format!(
+                        "the training text has {} characters but one batch of {batch} windows of {} needs {}; give more text or lower --batch / --seq-len",
+                        train_ids.len(),
+                        seq_len + 1,
+                        batch * (seq_len + 1)
+                    )));
+                }
+                TrainText::Windows {
+                    ids: train_ids,
+                    windows,
+                    batch,
+                    seq_len,
+                    seed,
+                }
+            }
+        };
+        let val = if n_val == 0 {
+            None
+        } else {
+            let streams = batch.min(n_val.saturating_sub(1) / seq_len).max(1);
+            Some(Streams::new(
+                val_ids,
+                streams,
+                seq_len,
+                "validation text (the last --val-frac of the data)",
+            )?)
+        };
+        Ok(CharLmTask {
+            model,
+            recipe: recipe.clone(),
+            batch,
+            train,
+            val,
+            carry: None,
+            train_chars,
+            buffers: (Vec::new(), Vec::new()),
+        })
+    }
+
+    fn carries(&self) -> bool {
+        self.recipe.carry_state && self.recipe.batching == Batching::Streams
+    }
+}
+
+impl Parameters<f32> for CharLmTask {
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
+        self.model.visit_params(f)
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
+        self.model.visit_params_mut(f)
+    }
+}
+
+impl Task for CharLmTask {
+    type Config = CharLmRecipe;
+
+    fn kind(&self) -> &'static str {
+        "char_lm"
+    }
+
+    fn loss_name(&self) -> &'static str {
+        "nats_per_char"
+    }
+
+    fn selection(&self) -> Selection {
+        Selection::MinLoss
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "training on {} characters ({} held out for validation), vocabulary {}",
+            self.train_chars,
+            self.val
+                .as_ref()
+                .map_or(0, |v| v.tokens_per_pass() + v.batch_size()),
+            self.model.vocab().len()
+        )
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.train.batches()
+    }
+
+    fn start_epoch(&mut self, _epoch: u64) {
+        self.carry = None; // a new pass starts the streams again
+    }
+
+    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
+        let (mut inputs, mut targets) = std::mem::take(&mut self.buffers);
+        self.train.fill(epoch, k, &mut inputs, &mut targets);
+        let init = if self.carries() {
+            self.carry.as_ref()
+        } else {
+            None
+        };
+        let result = self.model.train_step(
+            &inputs,
+            &targets,
+            self.recipe.seq_len,
+            self.batch,
+            init,
+            rng,
+        );
+        self.buffers = (inputs, targets);
+        let (loss, fin) = result?;
+        self.carry = self.carries().then_some(fin);
+        Ok(BatchLoss {
+            loss,
+            tokens: self.batch * self.recipe.seq_len,
+        })
+    }
+
+    fn validate(&mut self) -> Result<Option<Metrics>> {
+        let Some(val) = &self.val else {
+            return Ok(None);
+        };
+        Ok(Some(Metrics {
+            loss: evaluate(&mut self.model, val)?,
+            scores: Default::default(),
+        }))
+    }
+
+    fn carried_state(&self) -> Vec<(String, Tensor<f32>)> {
+        let mut out = Vec::new();
+        if let Some(c) = &self.carry {
+            out.push((CARRY_H.into(), c.h.clone()));
+            if let Some(cc) = &c.c {
+                out.push((CARRY_C.into(), cc.clone()));
+            }
+        }
+        out
+    }
+
+    fn restore_carried_state(&mut self, file: &TensorFile) -> Result<()> {
+        let cfg = self.model.rnn.config().clone();
+        self.carry = match file.shape(CARRY_H) {
+            None => None,
+            Some(shape) => {
+                let want = [
+                    cfg.num_layers * cfg.directions(),
+                    self.batch,
+                    cfg.hidden_size,
+                ];
+                if shape != want {
+                    return Err(file.error(format!(
+                        "`{CARRY_H}` has shape {shape:?} but the model and batch need {want:?}"
+                    )));
+                }
+                let h = file.get(CARRY_H, Some(&want))?;
+                let c = match cfg.cell.has_cell_state() {
+                    true => Some(file.get(CARRY_C, Some(&want))?),
+                    false => None,
+                };
+                Some(RecurrentState { h, c })
+            }
+        };
+        Ok(())
+    }
+
+    fn flops_per_token(&self) -> u64 {
+        self.model
+            .config()
+            .flops_per_token(self.model.vocab().len())
+    }
+
+    fn save(
+        &self,
+        path: &Path,
+        extra: &[(String, Tensor<f32>)],
+        metadata: HashMap<String, String>,
+    ) -> Result<()> {
+        self.model.save(path, extra, metadata)
+    }
+}
+
+/// Mean cross-entropy over every stream of `val`, carrying the state, without dropout.
+pub fn evaluate(model: &mut CharLm, val: &Streams) -> Result<f64> {
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    let mut state: Option<RecurrentState<f32>> = None;
+    let mut sum = 0.0;
+    for k in 0..val.batches() {
+        val.batch(k, &mut inputs, &mut targets);
+        let (loss, fin) = model.loss(
+            &inputs,
+            &targets,
+            val.seq_len(),
+            val.batch_size(),
+            state.as_ref(),
+        )?;
+        sum += loss;
+        state = Some(fin);
+    }
+    Ok(sum / val.batches().max(1) as f64)
+}
+
+/// Mean cross-entropy of predicting characters 2..N of `text` (nats per character),
+/// batch 1 from a zero state, fed `chunk` characters at a time so memory stays bounded.
+pub fn eval_text(model: &mut CharLm, text: &str, chunk: usize) -> Result<(usize, f64)> {
+    let ids = model.vocab().encode(text)?;
+    eval_ids(model, &ids, chunk)
+}
+
+/// As [`eval_text`] for a text already encoded as ids.
+pub fn eval_ids(model: &mut CharLm, ids: &[usize], chunk: usize) -> Result<(usize, f64)> {
+    crate::kernel::on_pool(|| eval_ids_here(model, ids, chunk))
+}
+
+fn eval_ids_here(model: &mut CharLm, ids: &[usize], chunk: usize) -> Result<(usize, f64)> {
+    if ids.len() < 2 {
+        return Err(Error::Input(
+            "the text needs at least 2 characters to predict one".into(),
+        ));
+    }
+    let chunk = chunk.max(1);
+    let mut state: Option<RecurrentState<f32>> = None;
+    let mut sum = 0.0;
+    let n = ids.len() - 1;
+    let mut pos = 0;
+    while pos < n {
+        let len = chunk.min(n - pos);
+        let (loss, fin) = model.loss(
+            &ids[pos..pos + len],
+            &ids[pos + 1..pos + 1 + len],
+            len,
+            1,
+            state.as_ref(),
+        )?;
+        sum += loss * len as f64;
+        state = Some(fin);
+        pos += len;
+    }
+    Ok((n, sum / n as f64))
+}
+
+/// Refuses training `model` with `batch × seq_len` batches if it cannot fit in memory.
+pub fn check_training_memory(
+    model: &CharLmConfig,
+    vocab: usize,
+    batch: usize,
+    seq_len: usize,
+) -> Result<()> {
+    crate::train::check_memory(
+        model.training_memory(vocab, batch, seq_len),
+        "--hidden, --layers, --batch or --seq-len",
+    )
+}
+
+/// A model for fine-tuning on another text: `model`'s vocabulary is extended by the
+/// characters of `text` it lacks (appended, so every known id keeps its rows); their
+/// embedding rows and output units are initialised as a fresh model's would be.
+/// Returns the model and the characters added.
+pub fn extend_vocab(model: CharLm, text: &str, rng: &mut Rng) -> Result<(CharLm, Vec<char>)> {
+    let known = model.vocab().clone();
+    let added: Vec<char> = Vocab::from_text(text)?
+        .chars()
+        .iter()
+        .copied()
+        .filter(|&c| known.id(c).is_none())
+        .collect();
+    if added.is_empty() {
+        return Ok((model, added));
+    }
+    let mut chars = known.chars().to_vec();
+    chars.extend(&added);
+    let vocab = Vocab::from_chars(chars)?;
+    let cfg = model.config();
+    let fresh = CharLm::new(&cfg, vocab.clone(), rng)?;
+    let (v_old, e, h) = (known.len(), cfg.embed_size, model.head.in_features());
+    let mut grown = fresh;
+    grown.embed.weight.data_mut()[..v_old * e].copy_from_slice(model.embed.weight.data());
+    grown.rnn = model.rnn.clone();
+    grown.head.weight.data_mut()[..v_old * h].copy_from_slice(model.head.weight.data());
+    grown.head.bias.data_mut()[..v_old].copy_from_slice(model.head.bias.data());
+    Ok((grown, added))
+}

@@ -1,0 +1,170 @@
+//! Tasks: a model together with its data, behind the one trait the trainer drives.
+//! A task says how to train on batch k of an epoch, how to validate, what to carry
+//! between batches and how to save itself; the trainer does everything else.
+
+pub mod char_lm;
+
+use crate::checkpoint::TensorFile;
+use crate::error::Result;
+use crate::layer::Parameters;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::Settings;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Metadata key naming the task of a checkpoint (absent in char-LM checkpoints).
+pub const META_TASK: &str = "rnnkit.task";
+
+/// Loss and scores of one validation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Mean loss.
+    pub loss: f64,
+    /// Task scores by name (e.g. `accuracy`, `macro_f1`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scores: BTreeMap<String, f64>,
+}
+
+/// Which validation number chooses the best checkpoint and drives early stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The lowest validation loss.
+    MinLoss,
+    /// The highest value of the named score.
+    MaxScore(&'static str),
+}
+
+impl Selection {
+    /// The selection value of `m` as a number where lower is better.
+    pub fn key(self, m: &Metrics) -> Option<f64> {
+        match self {
+            Selection::MinLoss => Some(m.loss),
+            Selection::MaxScore(name) => m.scores.get(name).map(|v| -v),
+        }
+    }
+
+    /// The name shown to users.
+    pub fn name(self) -> &'static str {
+        match self {
+            Selection::MinLoss => "validation loss",
+            Selection::MaxScore(name) => name,
+        }
+    }
+}
+
+/// The loss of one training batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchLoss {
+    /// Mean loss over the batch.
+    pub loss: f64,
+    /// Input tokens (timesteps × sequences, padding excluded) the batch processed.
+    pub tokens: usize,
+}
+
+/// A model with its training and validation data, as the trainer drives it.
+pub trait Task: Parameters<f32> {
+    /// The task's own part of the recipe (model sizes, data settings).
+    type Config: Clone + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned + Settings;
+
+    /// Name in checkpoints (`rnnkit.task`) and in messages.
+    fn kind(&self) -> &'static str;
+    /// Unit of the loss in logs (`nats_per_char` for the char LM, else `loss`).
+    fn loss_name(&self) -> &'static str {
+        "loss"
+    }
+    /// What chooses the best checkpoint.
+    fn selection(&self) -> Selection;
+    /// One line about the data and the model, printed as training starts.
+    fn describe(&self) -> String;
+    /// Batches in one pass over the training data.
+    fn batches_per_epoch(&self) -> usize;
+    /// Called before the first batch of every epoch (a carried state starts afresh).
+    fn start_epoch(&mut self, _epoch: u64) {}
+    /// Forward with dropout, loss and backward on batch `k` of epoch `epoch` (whose
+    /// order depends only on the seed and the epoch); adds the gradients of the mean loss.
+    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss>;
+    /// Loss and scores on the validation data, if there is any.
+    fn validate(&mut self) -> Result<Option<Metrics>>;
+    /// State carried from batch to batch that a resumed run needs, as named tensors.
+    fn carried_state(&self) -> Vec<(String, Tensor<f32>)> {
+        Vec::new()
+    }
+    /// Restores what [`Task::carried_state`] stored.
+    fn restore_carried_state(&mut self, _file: &TensorFile) -> Result<()> {
+        Ok(())
+    }
+    /// Multiply-adds ×2 per token of one forward pass, for throughput reports.
+    fn flops_per_token(&self) -> u64 {
+        0
+    }
+    /// Writes the model (torch-style names and the task's metadata) with `extra`
+    /// tensors and `metadata`, atomically.
+    fn save(
+        &self,
+        path: &Path,
+        extra: &[(String, Tensor<f32>)],
+        metadata: HashMap<String, String>,
+    ) -> Result<()>;
+}
+
+/// The batches of one epoch: `n` items in an order fixed by `seed` and `epoch`,
+/// grouped by similar `lengths` so that padding costs little. Items are shuffled,
+/// sorted by length within pools of 50 batches, cut into batches, and the batches
+/// shuffled again (as torchtext's bucket iterator).
+pub fn bucketed_batches(lengths: &[usize], batch: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+    let batch = batch.max(1);
+    let mut rng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch.wrapping_add(1)));
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    rng.shuffle(&mut order);
+    for pool in order.chunks_mut(batch * 50) {
+        pool.sort_by_key(|&i| lengths[i]);
+    }
+    let mut batches: Vec<Vec<usize>> = order.chunks(batch).map(<[usize]>::to_vec).collect();
+    rng.shuffle(&mut batches);
+    batches
+}
+
+/// Fraction of the padded `[T, B]` grid of `batches` that is padding.
+pub fn padding_fraction(lengths: &[usize], batches: &[Vec<usize>]) -> f64 {
+    let (mut real, mut grid) = (0usize, 0usize);
+    for b in batches {
+        let max = b.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+        real += b.iter().map(|&i| lengths[i]).sum::<usize>();
+        grid += max * b.len();
+    }
+    if grid == 0 {
+        0.0
+    } else {
+        1.0 - real as f64 / grid as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucketed_batches_cover_every_item_once_and_depend_on_seed_and_epoch() {
+        let lengths: Vec<usize> = (0..1000).map(|i| (i * 7919) % 97 + 1).collect();
+        let a = bucketed_batches(&lengths, 16, 1, 0);
+        let mut all: Vec<usize> = a.iter().flatten().copied().collect();
+        all.sort();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        assert_eq!(a, bucketed_batches(&lengths, 16, 1, 0));
+        assert_ne!(a, bucketed_batches(&lengths, 16, 1, 1));
+        assert_ne!(a, bucketed_batches(&lengths, 16, 2, 0));
+        // Bucketing wastes far less than a random order would.
+        let pad = padding_fraction(&lengths, &a);
+        let mut rng = Rng::new(3);
+        let mut order: Vec<usize> = (0..1000).collect();
+        rng.shuffle(&mut order);
+        let random: Vec<Vec<usize>> = order.chunks(16).map(<[usize]>::to_vec).collect();
+        assert!(
+            pad < 0.1 && padding_fraction(&lengths, &random) > 0.3,
+            "{pad}"
+        );
+    }
+}
