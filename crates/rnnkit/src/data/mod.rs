@@ -1,6 +1,10 @@
 //! Data: text corpora and their character vocabulary, batching, and the readers of
 //! each task's file format.
 
+mod conllu;
 mod text;
 
+pub use conllu::{
+    looks_like_conllu, parse_conllu, read_conllu, sentences_from_plain, Sentence, TagColumn,
+};
 pub use text::{fingerprint, read_text, Streams, Vocab};
