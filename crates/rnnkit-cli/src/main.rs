@@ -2,6 +2,7 @@
 //! This binary parses flags, calls the library and renders progress; it holds no math.
 
 mod bench_cmd;
+mod classify_cmd;
 mod eval_cmd;
 mod plot;
 mod sample_cmd;
@@ -27,6 +28,9 @@ enum Command {
     Sample(sample_cmd::SampleOpts),
     /// Report the cross-entropy of a checkpoint on a text file.
     Eval(eval_cmd::EvalOpts),
+    /// Classify whole sequences (UEA/UCR `.ts` time series): train, eval, predict.
+    #[command(subcommand)]
+    Classify(classify_cmd::ClassifyCmd),
     /// Measure training and sampling throughput on synthetic tokens.
     Bench(bench_cmd::BenchOpts),
 }
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Command::Train(o) => train_cmd::run(*o),
         Command::Sample(o) => sample_cmd::run(o),
         Command::Eval(o) => eval_cmd::run(o),
+        Command::Classify(c) => classify_cmd::run(c),
         Command::Bench(o) => bench_cmd::run(o),
     };
     match result {
@@ -54,9 +59,25 @@ fn main() -> ExitCode {
 
 /// The command line, with each task's defaults shown in its `--help`.
 fn command() -> clap::Command {
-    Cli::command().mut_subcommand("train", |c| {
-        trainer::with_defaults(c, &train_cmd::shown_defaults())
-    })
+    Cli::command()
+        .mut_subcommand("train", |c| {
+            trainer::with_defaults(c, &train_cmd::shown_defaults())
+        })
+        .mut_subcommand("classify", |c| {
+            c.mut_subcommand("train", |c| {
+                trainer::with_defaults(c, &classify_cmd::shown_defaults())
+            })
+        })
+}
+
+/// Writes `text` to stdout; a closed pipe (`… | head`) is not an error.
+pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Keeps freed memory in the process instead of handing it back to the kernel at

@@ -180,3 +180,54 @@ where
         .draw()?;
     Ok(())
 }
+
+/// Draws a confusion matrix (rows: true classes, columns: predictions) as an SVG heat map.
+pub fn confusion(matrix: &[Vec<usize>], labels: &[String], path: &Path) -> anyhow::Result<()> {
+    let k = labels.len().max(1);
+    let cell = (480 / k).clamp(12, 60) as i32;
+    let side = cell * k as i32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (side as u32 + 200, side as u32 + 120))
+            .into_drawing_area();
+        root.fill(&WHITE)?;
+        root.draw(&Text::new(
+            "confusion matrix (rows: true class, columns: predicted)",
+            (10, 10),
+            ("sans-serif", 16),
+        ))?;
+        let (x0, y0) = (150, 60);
+        for (i, row) in matrix.iter().enumerate() {
+            let total = row.iter().sum::<usize>().max(1) as f64;
+            root.draw(&Text::new(
+                labels[i].clone(),
+                (10, y0 + i as i32 * cell + cell / 3),
+                ("sans-serif", 12),
+            ))?;
+            for (j, &v) in row.iter().enumerate() {
+                let shade = 1.0 - v as f64 / total;
+                let c = RGBColor(
+                    (255.0 * shade) as u8,
+                    (255.0 * shade) as u8,
+                    255,
+                );
+                let (x, y) = (x0 + j as i32 * cell, y0 + i as i32 * cell);
+                root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], c.filled()))?;
+                root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK.stroke_width(1)))?;
+                if cell >= 20 {
+                    root.draw(&Text::new(v.to_string(), (x + 4, y + cell / 3), ("sans-serif", 11)))?;
+                }
+            }
+        }
+        for (j, l) in labels.iter().enumerate() {
+            root.draw(&Text::new(
+                l.clone(),
+                (x0 + j as i32 * cell + 2, y0 + side + 8),
+                ("sans-serif", 11),
+            ))?;
+        }
+        root.present()?;
+    }
+    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}

@@ -4,5 +4,5 @@ mod char_lm;
 mod stepper;
 
 pub use crate::kernel::Precision;
-pub use char_lm::{CharLm, CharLmConfig};
+pub use char_lm::{CharLm, CharLmConfig, META_CELL, META_VOCAB};
 pub use stepper::Stepper;

@@ -3,6 +3,7 @@
 //! between batches and how to save itself; the trainer does everything else.
 
 pub mod char_lm;
+pub mod classifier;
 
 use crate::checkpoint::TensorFile;
 use crate::error::Result;
@@ -38,11 +39,16 @@ pub enum Selection {
 }
 
 impl Selection {
-    /// The selection value of `m` as a number where lower is better.
+    /// The selection value of `m` as a number where lower is better. Equal scores
+    /// (common on small validation sets) are told apart by the lower loss: scores are
+    /// fractions of cases, so a loss term under 1e-3 never outweighs one case in a thousand.
     pub fn key(self, m: &Metrics) -> Option<f64> {
         match self {
             Selection::MinLoss => Some(m.loss),
-            Selection::MaxScore(name) => m.scores.get(name).map(|v| -v),
+            Selection::MaxScore(name) => m
+                .scores
+                .get(name)
+                .map(|v| -v + 1e-6 * m.loss.clamp(0.0, 999.0)),
         }
     }
 
@@ -108,6 +114,44 @@ pub trait Task: Parameters<f32> {
         extra: &[(String, Tensor<f32>)],
         metadata: HashMap<String, String>,
     ) -> Result<()>;
+}
+
+/// Fails unless the checkpoint's `rnnkit.task` is `kind`.
+pub(crate) fn expect_task(file: &TensorFile, kind: &str) -> Result<()> {
+    match file.metadata().get(META_TASK) {
+        Some(k) if k == kind => Ok(()),
+        Some(k) => Err(file.error(format!(
+            "this is a checkpoint of the `{k}` task, not of `{kind}`; use the `{k}` command with it"
+        ))),
+        None => Err(file.error(format!(
+            "metadata `{META_TASK}` is missing: not an rnnkit `{kind}` checkpoint (a char-LM checkpoint goes to `rnnkit sample` and `rnnkit eval`)"
+        ))),
+    }
+}
+
+/// The cell kind named in a checkpoint's metadata.
+pub(crate) fn meta_cell(file: &TensorFile) -> Result<crate::CellKind> {
+    let key = crate::model::META_CELL;
+    let name = file
+        .metadata()
+        .get(key)
+        .ok_or_else(|| file.error(format!("metadata `{key}` is missing")))?;
+    crate::CellKind::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = crate::CellKind::ALL.iter().map(|k| k.name()).collect();
+        file.error(format!(
+            "metadata `{key}` is {name:?}; expected one of {}",
+            known.join(", ")
+        ))
+    })
+}
+
+/// A JSON value from a checkpoint's metadata.
+pub(crate) fn meta_json<T: DeserializeOwned>(file: &TensorFile, key: &str) -> Result<T> {
+    let s = file
+        .metadata()
+        .get(key)
+        .ok_or_else(|| file.error(format!("metadata `{key}` is missing")))?;
+    serde_json::from_str(s).map_err(|e| file.error(format!("metadata `{key}`: {e}")))
 }
 
 /// The batches of one epoch: `n` items in an order fixed by `seed` and `epoch`,

@@ -1,0 +1,577 @@
+//! Sequence classification (many-to-one) on multichannel time series: standardised
+//! features → recurrent stack (uni- or bidirectional, variable lengths) → pooling over
+//! valid steps → linear → softmax. Stored as the PyTorch module
+//! `tools/task_modules.py::SequenceClassifier` (`rnn.*`, `head.*`, buffers `norm.mean`, `norm.std`).
+
+use super::{bucketed_batches, meta_json, padding_fraction, BatchLoss, Metrics, Selection, Task};
+use crate::checkpoint::{self, TensorFile};
+use crate::data::{Series, TsDataset};
+use crate::error::{Error, Result};
+use crate::layer::{Linear, ParamVisitor, Parameters, Pool, PoolKind, Recurrent, RecurrentConfig};
+use crate::loss::{argmax_rows, cross_entropy, CrossEntropy};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::{Change, Setting, Settings};
+use crate::CellKind;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Metadata key of the class names (JSON array, index = class id).
+pub const META_LABELS: &str = "rnnkit.labels";
+/// Metadata key of the pooling.
+pub const META_POOL: &str = "rnnkit.pool";
+
+/// Sizes of a [`Classifier`]; channels and classes come from the data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierConfig {
+    /// The recurrence.
+    pub cell: CellKind,
+    /// Hidden width H per direction.
+    pub hidden_size: usize,
+    /// Stacked recurrent layers.
+    pub num_layers: usize,
+    /// Read each sequence in both directions.
+    pub bidirectional: bool,
+    /// Dropout between recurrent layers and before the head, in training.
+    pub dropout: f32,
+    /// How the outputs over time become one vector.
+    pub pool: PoolKind,
+}
+
+impl Settings for ClassifierConfig {
+    fn settings(&self) -> Vec<Setting> {
+        use Change::*;
+        vec![
+            Setting::new("--cell", self.cell, Fixed),
+            Setting::new("--layers", self.num_layers, Fixed),
+            Setting::new("--hidden", self.hidden_size, Fixed),
+            Setting::new("--bidirectional", self.bidirectional, Fixed),
+            Setting::new("--pool", self.pool.name(), Fixed),
+            Setting::new("--dropout", self.dropout, Alters),
+        ]
+    }
+}
+
+/// Per-channel standardisation `(x − mean) / std`, fitted on training data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Standardizer {
+    /// `norm.mean [C]`.
+    pub mean: Tensor<f32>,
+    /// `norm.std [C]` (never zero: constant channels get 1).
+    pub std: Tensor<f32>,
+}
+
+impl Standardizer {
+    /// Mean and standard deviation of every channel over all steps of `cases`.
+    pub fn fit(cases: &[&Series], channels: usize) -> Self {
+        let (mut sum, mut sq, mut n) = (vec![0f64; channels], vec![0f64; channels], 0usize);
+        for s in cases {
+            for row in s.values.chunks_exact(channels) {
+                for (c, &v) in row.iter().enumerate() {
+                    sum[c] += v as f64;
+                    sq[c] += v as f64 * v as f64;
+                }
+                n += 1;
+            }
+        }
+        let n = n.max(1) as f64;
+        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+        let std: Vec<f32> = sum
+            .iter()
+            .zip(&sq)
+            .map(|(s, q)| {
+                let var = (q / n - (s / n) * (s / n)).max(0.0);
+                if var > 1e-12 {
+                    var.sqrt() as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Standardizer {
+            mean: Tensor::from_vec(&[channels], mean).expect("sized"),
+            std: Tensor::from_vec(&[channels], std).expect("sized"),
+        }
+    }
+
+    fn apply(&self, row: &[f32], out: &mut [f32]) {
+        for (((o, &v), &m), &s) in out
+            .iter_mut()
+            .zip(row)
+            .zip(self.mean.data())
+            .zip(self.std.data())
+        {
+            *o = (v - m) / s;
+        }
+    }
+}
+
+/// The model with its gradients, class names and normalisation.
+#[derive(Clone, Debug)]
+pub struct Classifier {
+    /// `rnn.*`, torch names.
+    pub rnn: Recurrent<f32>,
+    /// `head.weight [K, D·H]`, `head.bias [K]`.
+    pub head: Linear<f32>,
+    /// Input standardisation.
+    pub norm: Standardizer,
+    /// Class names, index = class id.
+    pub labels: Vec<String>,
+    pool: Pool<f32>,
+    dropout: crate::layer::Dropout<f32>,
+}
+
+/// A padded, time-major batch of dense sequences.
+#[derive(Clone, Debug)]
+pub struct DenseBatch {
+    /// `[T, B, C]`, zeros past each sequence's end.
+    pub x: Tensor<f32>,
+    /// Valid steps of each sequence.
+    pub lengths: Vec<usize>,
+}
+
+impl Classifier {
+    /// A freshly initialised model for `channels` inputs and `labels.len()` classes.
+    pub fn new(
+        config: &ClassifierConfig,
+        channels: usize,
+        labels: Vec<String>,
+        norm: Standardizer,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        if labels.len() < 2 {
+            return Err(Error::Input(format!(
+                "a classifier needs at least 2 classes, got {}",
+                labels.len()
+            )));
+        }
+        let rnn = Self::recurrent(config, channels).init(rng)?;
+        let head = Linear::new(rnn.config().output_size(), labels.len(), rng);
+        Ok(Classifier {
+            rnn,
+            head,
+            norm,
+            labels,
+            pool: Pool::new(config.pool),
+            dropout: Default::default(),
+        })
+    }
+
+    fn recurrent(config: &ClassifierConfig, channels: usize) -> RecurrentConfig {
+        RecurrentConfig::new(config.cell, channels, config.hidden_size)
+            .with_layers(config.num_layers)
+            .with_bidirectional(config.bidirectional)
+            .with_dropout(config.dropout)
+    }
+
+    /// The sizes (dropout as configured for training).
+    pub fn config(&self) -> ClassifierConfig {
+        let r = self.rnn.config();
+        ClassifierConfig {
+            cell: r.cell,
+            hidden_size: r.hidden_size,
+            num_layers: r.num_layers,
+            bidirectional: r.bidirectional,
+            dropout: r.dropout,
+            pool: self.pool.kind(),
+        }
+    }
+
+    /// Input channels.
+    pub fn channels(&self) -> usize {
+        self.rnn.config().input_size
+    }
+
+    /// Sets the dropout used in training.
+    pub fn set_dropout(&mut self, dropout: f32) -> Result<()> {
+        let cfg = self.rnn.config().clone().with_dropout(dropout);
+        cfg.validate()?;
+        self.rnn = Recurrent::from_params(cfg, self.rnn.cells().to_vec())?;
+        Ok(())
+    }
+
+    /// Standardises and pads `cases` into one time-major batch.
+    pub fn batch(&self, cases: &[&Series]) -> Result<DenseBatch> {
+        let c = self.channels();
+        if let Some(s) = cases.iter().find(|s| s.values.len() != s.len * c || s.len == 0) {
+            return Err(Error::Input(format!(
+                "a series has {} values for {} steps, but the model reads {c} channels per step (and at least one step)",
+                s.values.len(),
+                s.len
+            )));
+        }
+        let steps = cases.iter().map(|s| s.len).max().unwrap_or(0);
+        let b = cases.len();
+        let mut x = Tensor::zeros(&[steps, b, c]);
+        for (j, s) in cases.iter().enumerate() {
+            for (t, row) in s.values.chunks_exact(c).enumerate() {
+                self.norm
+                    .apply(row, &mut x.data_mut()[(t * b + j) * c..][..c]);
+            }
+        }
+        Ok(DenseBatch {
+            x,
+            lengths: cases.iter().map(|s| s.len).collect(),
+        })
+    }
+
+    /// Logits `[B, K]` in inference mode.
+    pub fn logits(&mut self, batch: &DenseBatch) -> Result<Vec<f32>> {
+        let (y, _) = self.rnn.forward(&batch.x, Some(&batch.lengths), None)?;
+        let pooled = self.pool_forward(&y, &batch.lengths)?;
+        let b = batch.lengths.len();
+        let mut logits = vec![0.0; b * self.labels.len()];
+        self.head.forward(pooled.data(), b, &mut logits);
+        Ok(logits)
+    }
+
+    /// Forward with dropout, mean cross-entropy of `targets` (class ids), backward:
+    /// adds the gradients of that mean to every parameter. Returns the loss.
+    pub fn train_step(&mut self, batch: &DenseBatch, targets: &[usize], rng: &mut Rng) -> Result<f64> {
+        let b = batch.lengths.len();
+        let k = self.labels.len();
+        let (y, _) = self
+            .rnn
+            .forward_train(&batch.x, Some(&batch.lengths), None, rng)?;
+        let mut pooled = self.pool_forward(&y, &batch.lengths)?;
+        self.dropout
+            .forward(pooled.data_mut(), self.rnn.config().dropout, rng);
+        let mut logits = vec![0.0; b * k];
+        self.head.forward(pooled.data(), b, &mut logits);
+        let mut dlogits = vec![0.0; logits.len()];
+        let loss = cross_entropy(
+            &logits,
+            k,
+            targets,
+            None,
+            &CrossEntropy::default(),
+            Some(&mut dlogits),
+        )?;
+        let mut dpooled = vec![0.0; pooled.len()];
+        self.head
+            .backward(pooled.data(), &dlogits, b, Some(&mut dpooled));
+        self.dropout.backward(&mut dpooled);
+        let dy = self.pool.backward(&dpooled)?;
+        self.rnn.backward(&dy, None)?;
+        Ok(loss.mean)
+    }
+
+    fn pool_forward(&mut self, y: &Tensor<f32>, lengths: &[usize]) -> Result<Tensor<f32>> {
+        let &[t, b, w] = y.shape() else {
+            unreachable!("the recurrent layer returns [T, B, W]")
+        };
+        self.pool
+            .forward(y.data(), (t, b, w), lengths, self.rnn.config().directions())
+    }
+
+    /// Writes the model as the PyTorch `SequenceClassifier` state dict plus `extra`
+    /// tensors and `metadata`, atomically.
+    pub fn save(
+        &self,
+        path: &Path,
+        extra: &[(String, Tensor<f32>)],
+        metadata: HashMap<String, String>,
+    ) -> Result<()> {
+        let mut meta = metadata;
+        meta.insert(super::META_TASK.into(), "classify".into());
+        meta.insert(
+            crate::model::META_CELL.into(),
+            self.rnn.config().cell.name().into(),
+        );
+        meta.insert(META_LABELS.into(), serde_json::to_string(&self.labels).expect("strings"));
+        meta.insert(META_POOL.into(), self.pool.kind().name().into());
+        let mut named = checkpoint::named_params(self, "");
+        named.push(("norm.mean".into(), self.norm.mean.clone()));
+        named.push(("norm.std".into(), self.norm.std.clone()));
+        let refs: Vec<(String, &Tensor<f32>)> = named
+            .iter()
+            .chain(extra)
+            .map(|(n, t)| (n.clone(), t))
+            .collect();
+        checkpoint::save(path, &refs, &meta)
+    }
+
+    /// Reads a checkpoint written by [`Classifier::save`] (or by PyTorch for the same
+    /// module), checking every shape; returns the open file for any training state.
+    pub fn load(path: &Path) -> Result<(Classifier, TensorFile)> {
+        let file = TensorFile::open(path)?;
+        super::expect_task(&file, "classify")?;
+        let cell = super::meta_cell(&file)?;
+        let labels: Vec<String> = meta_json(&file, META_LABELS)?;
+        let pool = file
+            .metadata()
+            .get(META_POOL)
+            .map(|p| {
+                PoolKind::from_name(p)
+                    .ok_or_else(|| file.error(format!("metadata `{META_POOL}` is {p:?}; expected last, mean or max")))
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let rnn = Recurrent::from_state_dict(&file, "rnn.", cell)?;
+        let (c, k, w) = (
+            rnn.config().input_size,
+            labels.len(),
+            rnn.config().output_size(),
+        );
+        if k < 2 {
+            return Err(file.error(format!("metadata `{META_LABELS}` must name at least 2 classes")));
+        }
+        let head = Linear::from_params(
+            file.get("head.weight", Some(&[k, w]))?,
+            file.get("head.bias", Some(&[k]))?,
+        )?;
+        let norm = Standardizer {
+            mean: file.get("norm.mean", Some(&[c]))?,
+            std: file.get("norm.std", Some(&[c]))?,
+        };
+        if let Some(i) = norm.std.data().iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(file.error(format!("`norm.std` entry {i} must be positive")));
+        }
+        Ok((
+            Classifier {
+                rnn,
+                head,
+                norm,
+                labels,
+                pool: Pool::new(pool),
+                dropout: Default::default(),
+            },
+            file,
+        ))
+    }
+
+    /// Class ids and probabilities `[B, K]` of a batch.
+    pub fn predict(&mut self, batch: &DenseBatch) -> Result<(Vec<usize>, Vec<f32>)> {
+        let mut logits = self.logits(batch)?;
+        let k = self.labels.len();
+        let ids = argmax_rows(&logits, k);
+        crate::loss::softmax_rows(&mut logits, k);
+        Ok((ids, logits))
+    }
+}
+
+impl Parameters<f32> for Classifier {
+    /// Names as the PyTorch module: `rnn.weight_ih_l0`, …, `head.weight`, `head.bias`.
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
+        self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
+        f("head.weight", &self.head.weight);
+        f("head.bias", &self.head.bias);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
+        self.rnn
+            .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
+        f("head.weight", &mut self.head.weight, &mut self.head.grad_weight);
+        f("head.bias", &mut self.head.bias, &mut self.head.grad_bias);
+    }
+}
+
+/// Accuracy, macro-F1 and the confusion matrix of predictions against truth.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClassScores {
+    /// Cases scored.
+    pub cases: usize,
+    /// Fraction predicted right.
+    pub accuracy: f64,
+    /// Mean over classes of F1 (a class never predicted nor present counts as 1, as
+    /// scikit-learn's `zero_division=1`; absent but predicted counts as 0).
+    pub macro_f1: f64,
+    /// `confusion[truth][predicted]`.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+impl ClassScores {
+    /// Scores `predicted` against `truth` over `classes` classes.
+    pub fn new(truth: &[usize], predicted: &[usize], classes: usize) -> Self {
+        let mut confusion = vec![vec![0usize; classes]; classes];
+        for (&t, &p) in truth.iter().zip(predicted) {
+            confusion[t][p] += 1;
+        }
+        let right: usize = (0..classes).map(|c| confusion[c][c]).sum();
+        let f1: f64 = (0..classes)
+            .map(|c| {
+                let tp = confusion[c][c] as f64;
+                let actual: usize = confusion[c].iter().sum();
+                let predicted: usize = confusion.iter().map(|r| r[c]).sum();
+                if actual + predicted == 0 {
+                    1.0
+                } else {
+                    2.0 * tp / (actual + predicted) as f64
+                }
+            })
+            .sum::<f64>()
+            / classes.max(1) as f64;
+        ClassScores {
+            cases: truth.len(),
+            accuracy: right as f64 / truth.len().max(1) as f64,
+            macro_f1: f1,
+            confusion,
+        }
+    }
+}
+
+/// Loss and scores of `model` on `cases`, in batches of `batch`.
+pub fn evaluate(model: &mut Classifier, cases: &[&Series], batch: usize) -> Result<(f64, ClassScores)> {
+    let k = model.labels.len();
+    let (mut truth, mut predicted) = (Vec::new(), Vec::new());
+    let mut loss_sum = 0.0;
+    for chunk in cases.chunks(batch.max(1)) {
+        let b = model.batch(chunk)?;
+        let logits = model.logits(&b)?;
+        let targets: Vec<usize> = chunk.iter().map(|s| s.label).collect();
+        let l = cross_entropy(&logits, k, &targets, None, &CrossEntropy::default(), None)?;
+        loss_sum += l.mean * chunk.len() as f64;
+        predicted.extend(argmax_rows(&logits, k));
+        truth.extend(targets);
+    }
+    let scores = ClassScores::new(&truth, &predicted, k);
+    Ok((loss_sum / cases.len().max(1) as f64, scores))
+}
+
+/// The training cases split into training and validation parts, stratified: within
+/// every class, a seeded shuffle and the last `val_frac` (rounded) held out.
+pub fn stratified_split(data: &TsDataset, val_frac: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = Rng::new(seed ^ 0x7f4a_7c15_9e37_79b9);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for class in 0..data.labels.len() {
+        let mut idx: Vec<usize> = (0..data.cases.len())
+            .filter(|&i| data.cases[i].label == class)
+            .collect();
+        rng.shuffle(&mut idx);
+        let n_val = (idx.len() as f64 * val_frac).round() as usize;
+        let n_val = n_val.min(idx.len().saturating_sub(1));
+        val.extend_from_slice(&idx[idx.len() - n_val..]);
+        train.extend_from_slice(&idx[..idx.len() - n_val]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
+/// A [`Classifier`] with its training and validation cases.
+pub struct ClassifyTask {
+    /// The model.
+    pub model: Classifier,
+    train: Vec<Series>,
+    val: Vec<Series>,
+    batch: usize,
+    seed: u64,
+}
+
+impl ClassifyTask {
+    /// Takes the cases `train` and `val` of `data` for `model`.
+    pub fn new(
+        model: Classifier,
+        data: &TsDataset,
+        (train, val): (&[usize], &[usize]),
+        batch: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let pick = |idx: &[usize]| idx.iter().map(|&i| data.cases[i].clone()).collect::<Vec<_>>();
+        if data.channels != model.channels() {
+            return Err(Error::Input(format!(
+                "the data has {} channels but the model reads {}",
+                data.channels,
+                model.channels()
+            )));
+        }
+        if train.is_empty() {
+            return Err(Error::Input("no training cases".into()));
+        }
+        Ok(ClassifyTask {
+            model,
+            train: pick(train),
+            val: pick(val),
+            batch,
+            seed,
+        })
+    }
+
+    fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
+        let lengths: Vec<usize> = self.train.iter().map(|s| s.len).collect();
+        bucketed_batches(&lengths, self.batch, self.seed, epoch)
+    }
+
+    /// Fraction of padding in one epoch's batches.
+    pub fn padding_fraction(&self) -> f64 {
+        let lengths: Vec<usize> = self.train.iter().map(|s| s.len).collect();
+        padding_fraction(&lengths, &self.epoch(0))
+    }
+}
+
+impl Parameters<f32> for ClassifyTask {
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
+        self.model.visit_params(f)
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
+        self.model.visit_params_mut(f)
+    }
+}
+
+impl Task for ClassifyTask {
+    type Config = ClassifierConfig;
+
+    fn kind(&self) -> &'static str {
+        "classify"
+    }
+
+    fn selection(&self) -> Selection {
+        if self.val.is_empty() {
+            Selection::MinLoss
+        } else {
+            Selection::MaxScore("accuracy")
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "training on {} series ({} held out for validation), {} channels, {} classes, padding {:.1} %",
+            self.train.len(),
+            self.val.len(),
+            self.model.channels(),
+            self.model.labels.len(),
+            100.0 * self.padding_fraction()
+        )
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.train.len().div_ceil(self.batch.max(1))
+    }
+
+    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
+        let batches = self.epoch(epoch);
+        let cases: Vec<&Series> = batches[k].iter().map(|&i| &self.train[i]).collect();
+        let targets: Vec<usize> = cases.iter().map(|s| s.label).collect();
+        let tokens = cases.iter().map(|s| s.len).sum();
+        let batch = self.model.batch(&cases)?;
+        let loss = self.model.train_step(&batch, &targets, rng)?;
+        Ok(BatchLoss { loss, tokens })
+    }
+
+    fn validate(&mut self) -> Result<Option<Metrics>> {
+        if self.val.is_empty() {
+            return Ok(None);
+        }
+        let cases: Vec<&Series> = self.val.iter().collect();
+        let (loss, s) = evaluate(&mut self.model, &cases, self.batch)?;
+        Ok(Some(Metrics {
+            loss,
+            scores: [
+                ("accuracy".to_string(), s.accuracy),
+                ("macro_f1".to_string(), s.macro_f1),
+            ]
+            .into(),
+        }))
+    }
+
+    fn save(
+        &self,
+        path: &Path,
+        extra: &[(String, Tensor<f32>)],
+        metadata: HashMap<String, String>,
+    ) -> Result<()> {
+        self.model.save(path, extra, metadata)
+    }
+}
