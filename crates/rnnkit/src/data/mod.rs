@@ -3,8 +3,10 @@
 
 mod conllu;
 mod text;
+mod ts;
 
 pub use conllu::{
     looks_like_conllu, parse_conllu, read_conllu, sentences_from_plain, Sentence, TagColumn,
 };
 pub use text::{fingerprint, read_text, Streams, Vocab};
+pub use ts::{parse_ts, read_ts, Series, TsDataset};
