@@ -165,9 +165,14 @@ impl CharLm {
             // The count of inputs is checked by the recurrent layer.
             self.check_in_vocab("input", inputs)?;
             let n = steps * batch;
-            let (y, fin) =
-                self.rnn
-                    .forward_embedded(&self.embed.weight, inputs, (steps, batch), None, init, rng)?;
+            let (y, fin) = self.rnn.forward_embedded(
+                &self.embed.weight,
+                inputs,
+                (steps, batch),
+                None,
+                init,
+                rng,
+            )?;
             let mut logits = vec![0.0; n * self.vocab.len()];
             self.head.forward(y.data(), n, &mut logits);
             Ok((y, logits, fin))
