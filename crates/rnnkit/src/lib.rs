@@ -24,7 +24,7 @@ pub mod train;
 
 pub use cell::CellKind;
 pub use error::{Error, Result};
-pub use layer::{Merge, Parameters, Recurrent, RecurrentConfig, RecurrentState};
+pub use layer::{Merge, Parameters, Pool, PoolKind, Recurrent, RecurrentConfig, RecurrentState};
 pub use rng::Rng;
 pub use tensor::{Real, Tensor};
 

@@ -1,9 +1,10 @@
 //! Finite-difference gradient checks in f64 of every backward pass: each cell kind
 //! (both GRU forms, tanh and relu), stacked and bidirectional with every merge,
 //! dropout, equal and variable lengths, saturated pre-activations, and gradients
-//! flowing in from the outputs and from the final states.
+//! flowing in from the outputs and from the final states; linear maps, embeddings and
+//! pooling over time.
 
-use rnnkit::layer::{Embedding, Linear};
+use rnnkit::layer::{Embedding, Linear, Pool, PoolKind};
 use rnnkit::{
     CellKind, Merge, Parameters, Recurrent, RecurrentConfig, RecurrentState, Rng, Tensor,
 };
@@ -312,4 +313,43 @@ fn linear_and_embedding() {
         emb.forward(&[6], &mut [0.0; 3]).is_err(),
         "an id outside the table is an error"
     );
+}
+
+#[test]
+fn pooling_every_kind_variable_lengths_one_and_two_directions() {
+    let mut rng = Rng::new(11);
+    let dims @ (steps, batch, width) = (5, 4, 6);
+    let lengths = [5, 1, 3, 4];
+    for kind in PoolKind::ALL {
+        for directions in [1, 2] {
+            // Padding is large so that reading it would show in the loss.
+            let mut y = random(&[steps, batch, width], 1.0, &mut rng);
+            for (i, v) in y.data_mut().iter_mut().enumerate() {
+                let (t, b) = (i / (batch * width), i / width % batch);
+                if t >= lengths[b] {
+                    *v = 100.0;
+                }
+            }
+            let dout = random(&[batch, width], 1.0, &mut rng);
+            let loss = |y: &Tensor<f64>| {
+                let out = Pool::new(kind)
+                    .forward(y.data(), dims, &lengths, directions)
+                    .unwrap();
+                dot(&out, &dout)
+            };
+            let mut pool = Pool::new(kind);
+            pool.forward(y.data(), dims, &lengths, directions).unwrap();
+            let dy = pool.backward(dout.data()).unwrap();
+            assert_eq!(dy.shape(), [steps, batch, width]);
+            check_all(
+                &format!("pool {kind} directions={directions} dy"),
+                dy.data(),
+                |i, e| {
+                    let mut y2 = y.clone();
+                    y2.data_mut()[i] += e;
+                    loss(&y2)
+                },
+            );
+        }
+    }
 }

@@ -1,13 +1,16 @@
-//! Layers built from cells and kernels: the recurrent stack, embeddings, linear maps, dropout.
+//! Layers built from cells and kernels: the recurrent stack, embeddings, linear maps, dropout,
+//! pooling over time.
 
 mod dropout;
 mod embedding;
 mod linear;
+mod pool;
 mod recurrent;
 
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
+pub use pool::{Pool, PoolKind};
 pub use recurrent::{Merge, Recurrent, RecurrentConfig, RecurrentState};
 
 use crate::tensor::{Real, Tensor};
