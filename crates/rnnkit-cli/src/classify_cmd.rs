@@ -13,7 +13,6 @@ use rnnkit::task::classifier::{
     evaluate, stratified_split, ClassScores, Classifier, ClassifierConfig, ClassifyTask,
     Standardizer,
 };
-use rnnkit::task::Task;
 use rnnkit::train::{Recipe, Schedule, Settings, TrainSettings, TrainState};
 use rnnkit::{CellKind, Rng};
 use std::path::{Path, PathBuf};
@@ -80,11 +79,11 @@ pub(crate) fn default_recipe() -> Recipe<ClassifierConfig> {
     Recipe {
         task: ClassifierConfig {
             cell: CellKind::Lstm,
-            hidden_size: 64,
+            hidden_size: 128,
             num_layers: 1,
             bidirectional: true,
             dropout: 0.2,
-            pool: PoolKind::Mean,
+            pool: PoolKind::Max,
         },
         train: TrainSettings {
             batch: 16,
@@ -194,12 +193,14 @@ impl ClassifyTrainOpts {
 }
 
 /// A bundled data file, found from the working directory or the repository.
-fn bundled(rel: &str) -> PathBuf {
+pub(crate) fn bundled(rel: &str) -> PathBuf {
     let here = PathBuf::from(rel);
     if here.exists() {
         return here;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<TsDataset> {
@@ -211,11 +212,17 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
     if c.init.is_some() {
         bail!("--init is not supported by classify train yet; use --resume to continue a run");
     }
-    let resolved = trainer::resolve(c, default_recipe(), default_schedule(), "runs/classify", |m| {
-        o.overlay(m)
-    })?;
+    let resolved = trainer::resolve(
+        c,
+        default_recipe(),
+        default_schedule(),
+        "runs/classify",
+        |m| o.overlay(m),
+    )?;
     crate::set_threads(c.threads.map(usize::from))?;
-    let train_path = resolved.data_path(&o.train).unwrap_or_else(|| bundled(DEFAULT_TRAIN));
+    let train_path = resolved
+        .data_path(&o.train)
+        .unwrap_or_else(|| bundled(DEFAULT_TRAIN));
     let test_path = match (&o.test, &o.train, &resolved.resume) {
         (Some(t), _, _) => Some(t.clone()),
         (None, None, None) => Some(bundled(DEFAULT_TEST)),
@@ -223,15 +230,22 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
     };
     let data = read(&train_path, "--train")?;
     let test = test_path.as_ref().map(|p| read(p, "--test")).transpose()?;
-    let bytes = std::fs::read(&train_path).with_context(|| format!("--train {}", train_path.display()))?;
+    let bytes =
+        std::fs::read(&train_path).with_context(|| format!("--train {}", train_path.display()))?;
     let data_fingerprint = rnnkit::data::fingerprint(&String::from_utf8_lossy(&bytes));
     let r = &resolved.recipe;
     let (train_idx, val_idx) = stratified_split(&data, r.train.val_frac, r.train.seed);
     let (model, file, rng) = match &resolved.resume {
         Some((p, _)) => {
-            let (mut model, file) = Classifier::load(p).with_context(|| format!("--resume {}", p.display()))?;
+            let (mut model, file) =
+                Classifier::load(p).with_context(|| format!("--resume {}", p.display()))?;
             if model.labels != data.labels {
-                bail!("cannot resume {}: its classes {:?} differ from those of --train ({:?})", p.display(), model.labels, data.labels);
+                bail!(
+                    "cannot resume {}: its classes {:?} differ from those of --train ({:?})",
+                    p.display(),
+                    model.labels,
+                    data.labels
+                );
             }
             model.set_dropout(r.task.dropout)?;
             (model, Some(file), None)
@@ -240,11 +254,18 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
             let mut rng = Rng::new(r.train.seed);
             let fit: Vec<&Series> = train_idx.iter().map(|&i| &data.cases[i]).collect();
             let norm = Standardizer::fit(&fit, data.channels);
-            let model = Classifier::new(&r.task, data.channels, data.labels.clone(), norm, &mut rng)?;
+            let model =
+                Classifier::new(&r.task, data.channels, data.labels.clone(), norm, &mut rng)?;
             (model, None, Some(rng))
         }
     };
-    let task = ClassifyTask::new(model, &data, (&train_idx, &val_idx), r.train.batch, r.train.seed)?;
+    let task = ClassifyTask::new(
+        model,
+        &data,
+        (&train_idx, &val_idx),
+        r.train.batch,
+        r.train.seed,
+    )?;
     let state = match (file, rng) {
         (Some(file), _) => TrainState::load(file, data_fingerprint)?,
         (None, Some(rng)) => TrainState::fresh(rng, data_fingerprint),
@@ -269,10 +290,14 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
         "checkpoint": s.checkpoint,
     });
     if let (Some(test), false) = (&test, s.interrupted) {
-        let chosen = s.best_checkpoint.clone().unwrap_or_else(|| s.checkpoint.clone());
+        let chosen = s
+            .best_checkpoint
+            .clone()
+            .unwrap_or_else(|| s.checkpoint.clone());
         let (mut model, _) = Classifier::load(&chosen)?;
         let cases = test_cases(&model, test)?;
-        let (loss, scores) = evaluate(&mut model, &cases, 64)?;
+        let refs: Vec<&Series> = cases.iter().collect();
+        let (loss, scores) = evaluate(&mut model, &refs, 64)?;
         eprintln!(
             "test ({} cases, {}): accuracy {:.4}, macro-F1 {:.4}, loss {loss:.4}",
             scores.cases,
@@ -291,26 +316,37 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
 }
 
 /// The cases of `data` with their labels mapped to the model's class ids.
-fn test_cases<'a>(model: &Classifier, data: &'a TsDataset) -> anyhow::Result<Vec<Series>> {
+fn test_cases(model: &Classifier, data: &TsDataset) -> anyhow::Result<Vec<Series>> {
     if data.channels != model.channels() {
-        bail!("the data has {} channels but the model reads {}", data.channels, model.channels());
+        bail!(
+            "the data has {} channels but the model reads {}",
+            data.channels,
+            model.channels()
+        );
     }
     data.cases
         .iter()
         .map(|s| {
             let name = &data.labels[s.label];
-            let label = model.labels.iter().position(|l| l == name).with_context(|| {
-                format!("class {name:?} of the data is not one of the model's classes {:?}", model.labels)
-            })?;
+            let label = model
+                .labels
+                .iter()
+                .position(|l| l == name)
+                .with_context(|| {
+                    format!(
+                        "class {name:?} of the data is not one of the model's classes {:?}",
+                        model.labels
+                    )
+                })?;
             Ok(Series { label, ..s.clone() })
         })
-        .collect::<anyhow::Result<Vec<_>>>()
-        .map(|v| v.into_iter().collect())
+        .collect()
 }
 
 fn eval(o: ClassifyEvalOpts) -> anyhow::Result<ExitCode> {
     crate::set_threads(o.threads.map(usize::from))?;
-    let (mut model, _) = Classifier::load(&o.checkpoint).with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
+    let (mut model, _) = Classifier::load(&o.checkpoint)
+        .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
     let data = read(&o.data, "--data")?;
     let cases = test_cases(&model, &data)?;
     let refs: Vec<&Series> = cases.iter().collect();
@@ -338,9 +374,18 @@ fn eval(o: ClassifyEvalOpts) -> anyhow::Result<ExitCode> {
 
 /// The confusion matrix as aligned text: rows are true classes, columns predictions.
 fn confusion_text(s: &ClassScores, labels: &[String]) -> String {
-    let w = labels.iter().map(|l| l.chars().count()).max().unwrap_or(1).max(
-        s.confusion.iter().flatten().max().map_or(1, |m| m.to_string().len()),
-    );
+    let w = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(1)
+        .max(
+            s.confusion
+                .iter()
+                .flatten()
+                .max()
+                .map_or(1, |m| m.to_string().len()),
+        );
     let mut out = format!("{:>w$}  predicted →\n", "true ↓");
     out.push_str(&format!("{:>w$}", ""));
     for l in labels {
@@ -359,10 +404,15 @@ fn confusion_text(s: &ClassScores, labels: &[String]) -> String {
 
 fn predict(o: ClassifyPredictOpts) -> anyhow::Result<ExitCode> {
     crate::set_threads(o.threads.map(usize::from))?;
-    let (mut model, _) = Classifier::load(&o.checkpoint).with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
+    let (mut model, _) = Classifier::load(&o.checkpoint)
+        .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
     let data = read(&o.data, "--data")?;
     if data.channels != model.channels() {
-        bail!("--data has {} channels but the model reads {}", data.channels, model.channels());
+        bail!(
+            "--data has {} channels but the model reads {}",
+            data.channels,
+            model.channels()
+        );
     }
     let k = model.labels.len();
     let mut out = String::new();

@@ -6,6 +6,7 @@ mod classify_cmd;
 mod eval_cmd;
 mod plot;
 mod sample_cmd;
+mod tag_cmd;
 mod train_cmd;
 mod trainer;
 
@@ -31,6 +32,9 @@ enum Command {
     /// Classify whole sequences (UEA/UCR `.ts` time series): train, eval, predict.
     #[command(subcommand)]
     Classify(classify_cmd::ClassifyCmd),
+    /// Tag every word (part of speech from CoNLL-U treebanks): train, eval, predict.
+    #[command(subcommand)]
+    Tag(tag_cmd::TagCmd),
     /// Measure training and sampling throughput on synthetic tokens.
     Bench(bench_cmd::BenchOpts),
 }
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Sample(o) => sample_cmd::run(o),
         Command::Eval(o) => eval_cmd::run(o),
         Command::Classify(c) => classify_cmd::run(c),
+        Command::Tag(c) => tag_cmd::run(c),
         Command::Bench(o) => bench_cmd::run(o),
     };
     match result {
@@ -66,6 +71,11 @@ fn command() -> clap::Command {
         .mut_subcommand("classify", |c| {
             c.mut_subcommand("train", |c| {
                 trainer::with_defaults(c, &classify_cmd::shown_defaults())
+            })
+        })
+        .mut_subcommand("tag", |c| {
+            c.mut_subcommand("train", |c| {
+                trainer::with_defaults(c, &tag_cmd::shown_defaults())
             })
         })
 }

@@ -206,16 +206,19 @@ pub fn confusion(matrix: &[Vec<usize>], labels: &[String], path: &Path) -> anyho
             ))?;
             for (j, &v) in row.iter().enumerate() {
                 let shade = 1.0 - v as f64 / total;
-                let c = RGBColor(
-                    (255.0 * shade) as u8,
-                    (255.0 * shade) as u8,
-                    255,
-                );
+                let c = RGBColor((255.0 * shade) as u8, (255.0 * shade) as u8, 255);
                 let (x, y) = (x0 + j as i32 * cell, y0 + i as i32 * cell);
                 root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], c.filled()))?;
-                root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK.stroke_width(1)))?;
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    BLACK.stroke_width(1),
+                ))?;
                 if cell >= 20 {
-                    root.draw(&Text::new(v.to_string(), (x + 4, y + cell / 3), ("sans-serif", 11)))?;
+                    root.draw(&Text::new(
+                        v.to_string(),
+                        (x + 4, y + cell / 3),
+                        ("sans-serif", 11),
+                    ))?;
                 }
             }
         }

@@ -194,7 +194,10 @@ impl Classifier {
     /// Standardises and pads `cases` into one time-major batch.
     pub fn batch(&self, cases: &[&Series]) -> Result<DenseBatch> {
         let c = self.channels();
-        if let Some(s) = cases.iter().find(|s| s.values.len() != s.len * c || s.len == 0) {
+        if let Some(s) = cases
+            .iter()
+            .find(|s| s.values.len() != s.len * c || s.len == 0)
+        {
             return Err(Error::Input(format!(
                 "a series has {} values for {} steps, but the model reads {c} channels per step (and at least one step)",
                 s.values.len(),
@@ -228,7 +231,12 @@ impl Classifier {
 
     /// Forward with dropout, mean cross-entropy of `targets` (class ids), backward:
     /// adds the gradients of that mean to every parameter. Returns the loss.
-    pub fn train_step(&mut self, batch: &DenseBatch, targets: &[usize], rng: &mut Rng) -> Result<f64> {
+    pub fn train_step(
+        &mut self,
+        batch: &DenseBatch,
+        targets: &[usize],
+        rng: &mut Rng,
+    ) -> Result<f64> {
         let b = batch.lengths.len();
         let k = self.labels.len();
         let (y, _) = self
@@ -279,7 +287,10 @@ impl Classifier {
             crate::model::META_CELL.into(),
             self.rnn.config().cell.name().into(),
         );
-        meta.insert(META_LABELS.into(), serde_json::to_string(&self.labels).expect("strings"));
+        meta.insert(
+            META_LABELS.into(),
+            serde_json::to_string(&self.labels).expect("strings"),
+        );
         meta.insert(META_POOL.into(), self.pool.kind().name().into());
         let mut named = checkpoint::named_params(self, "");
         named.push(("norm.mean".into(), self.norm.mean.clone()));
@@ -303,8 +314,11 @@ impl Classifier {
             .metadata()
             .get(META_POOL)
             .map(|p| {
-                PoolKind::from_name(p)
-                    .ok_or_else(|| file.error(format!("metadata `{META_POOL}` is {p:?}; expected last, mean or max")))
+                PoolKind::from_name(p).ok_or_else(|| {
+                    file.error(format!(
+                        "metadata `{META_POOL}` is {p:?}; expected last, mean or max"
+                    ))
+                })
             })
             .transpose()?
             .unwrap_or_default();
@@ -315,7 +329,9 @@ impl Classifier {
             rnn.config().output_size(),
         );
         if k < 2 {
-            return Err(file.error(format!("metadata `{META_LABELS}` must name at least 2 classes")));
+            return Err(file.error(format!(
+                "metadata `{META_LABELS}` must name at least 2 classes"
+            )));
         }
         let head = Linear::from_params(
             file.get("head.weight", Some(&[k, w]))?,
@@ -325,7 +341,12 @@ impl Classifier {
             mean: file.get("norm.mean", Some(&[c]))?,
             std: file.get("norm.std", Some(&[c]))?,
         };
-        if let Some(i) = norm.std.data().iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+        if let Some(i) = norm
+            .std
+            .data()
+            .iter()
+            .position(|s| !(s.is_finite() && *s > 0.0))
+        {
             return Err(file.error(format!("`norm.std` entry {i} must be positive")));
         }
         Ok((
@@ -362,7 +383,11 @@ impl Parameters<f32> for Classifier {
     fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
         self.rnn
             .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
-        f("head.weight", &mut self.head.weight, &mut self.head.grad_weight);
+        f(
+            "head.weight",
+            &mut self.head.weight,
+            &mut self.head.grad_weight,
+        );
         f("head.bias", &mut self.head.bias, &mut self.head.grad_bias);
     }
 }
@@ -412,7 +437,11 @@ impl ClassScores {
 }
 
 /// Loss and scores of `model` on `cases`, in batches of `batch`.
-pub fn evaluate(model: &mut Classifier, cases: &[&Series], batch: usize) -> Result<(f64, ClassScores)> {
+pub fn evaluate(
+    model: &mut Classifier,
+    cases: &[&Series],
+    batch: usize,
+) -> Result<(f64, ClassScores)> {
     let k = model.labels.len();
     let (mut truth, mut predicted) = (Vec::new(), Vec::new());
     let mut loss_sum = 0.0;
@@ -468,7 +497,11 @@ impl ClassifyTask {
         batch: usize,
         seed: u64,
     ) -> Result<Self> {
-        let pick = |idx: &[usize]| idx.iter().map(|&i| data.cases[i].clone()).collect::<Vec<_>>();
+        let pick = |idx: &[usize]| {
+            idx.iter()
+                .map(|&i| data.cases[i].clone())
+                .collect::<Vec<_>>()
+        };
         if data.channels != model.channels() {
             return Err(Error::Input(format!(
                 "the data has {} channels but the model reads {}",

@@ -4,6 +4,7 @@
 
 pub mod char_lm;
 pub mod classifier;
+pub mod tagger;
 
 use crate::checkpoint::TensorFile;
 use crate::error::Result;

@@ -1,0 +1,766 @@
+//! Sequence tagging (many-to-many): one label per word. Each word is represented by
+//! its embedding (lowercased form; unknown words and word dropout map to `<unk>`)
+//! concatenated with a character BiLSTM's final states over its characters (forward
+//! direction's last step, reverse direction's first); a BiLSTM reads the sentence and
+//! a linear layer scores the tags of every word (Plank et al. 2016). Stored as the
+//! PyTorch module `tools/task_modules.py::Tagger`.
+
+use super::{bucketed_batches, meta_json, padding_fraction, BatchLoss, Metrics, Selection, Task};
+use crate::checkpoint::{self, TensorFile};
+use crate::data::{Sentence, TagColumn};
+use crate::error::{Error, Result};
+use crate::layer::{
+    Dropout, Embedding, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig,
+    RecurrentState,
+};
+use crate::loss::{argmax_rows, cross_entropy, CrossEntropy};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::{Change, Setting, Settings};
+use crate::CellKind;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Metadata keys of the word list, character list and tag list (JSON arrays, index = id).
+pub const META_WORDS: &str = "rnnkit.words";
+/// See [`META_WORDS`].
+pub const META_CHARS: &str = "rnnkit.chars";
+/// See [`META_WORDS`].
+pub const META_TAGS: &str = "rnnkit.tags";
+/// Metadata key of the CoNLL-U column the tags come from.
+pub const META_COLUMN: &str = "rnnkit.column";
+
+/// The unknown word and character (id 0 of both lists).
+pub const UNK: &str = "<unk>";
+/// Characters of a word the character model reads: the first and last half of this.
+pub const MAX_WORD_CHARS: usize = 24;
+
+/// Sizes and regularisation of a [`Tagger`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaggerConfig {
+    /// The recurrence of both the word-level and the character-level networks.
+    pub cell: CellKind,
+    /// Word embedding width.
+    pub word_embed: usize,
+    /// Character embedding width.
+    pub char_embed: usize,
+    /// Hidden width per direction of the character network (0: no character features).
+    pub char_hidden: usize,
+    /// Hidden width per direction of the sentence network.
+    pub hidden_size: usize,
+    /// Stacked sentence layers.
+    pub num_layers: usize,
+    /// Dropout on the sentence network's input and output, in training.
+    pub dropout: f32,
+    /// Probability of replacing a known word by `<unk>` in training.
+    pub word_dropout: f32,
+    /// Words seen fewer times than this in training are unknown.
+    pub min_freq: usize,
+    /// The CoNLL-U column tagged.
+    pub column: TagColumn,
+}
+
+impl Settings for TaggerConfig {
+    fn settings(&self) -> Vec<Setting> {
+        use Change::*;
+        vec![
+            Setting::new("--cell", self.cell, Fixed),
+            Setting::new("--word-embed", self.word_embed, Fixed),
+            Setting::new("--char-embed", self.char_embed, Fixed),
+            Setting::new("--char-hidden", self.char_hidden, Fixed),
+            Setting::new("--hidden", self.hidden_size, Fixed),
+            Setting::new("--layers", self.num_layers, Fixed),
+            Setting::new("--dropout", self.dropout, Alters),
+            Setting::new("--word-dropout", self.word_dropout, Alters),
+            Setting::new("--min-freq", self.min_freq, Fixed),
+            Setting::new("--column", self.column.name(), Fixed),
+        ]
+    }
+}
+
+/// A list of strings with its index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Index {
+    items: Vec<String>,
+    ids: HashMap<String, usize>,
+}
+
+impl Index {
+    /// Indexes `items` (which must be distinct).
+    pub fn new(items: Vec<String>) -> Result<Self> {
+        let mut ids = HashMap::with_capacity(items.len());
+        for (i, s) in items.iter().enumerate() {
+            if ids.insert(s.clone(), i).is_some() {
+                return Err(Error::Input(format!("{s:?} appears twice in a list")));
+            }
+        }
+        Ok(Index { items, ids })
+    }
+
+    /// The id of `s`.
+    pub fn id(&self, s: &str) -> Option<usize> {
+        self.ids.get(s).copied()
+    }
+
+    /// The items in id order.
+    pub fn items(&self) -> &[String] {
+        &self.items
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// The model with its gradients and its word, character and tag lists.
+#[derive(Clone, Debug)]
+pub struct Tagger {
+    /// `word_embed.weight [Vw, Ew]`.
+    pub word_embed: Embedding<f32>,
+    /// `char_embed.weight [Vc, Ec]`.
+    pub char_embed: Embedding<f32>,
+    /// `char_rnn.*`: one bidirectional layer over a word's characters (absent with char_hidden 0).
+    pub char_rnn: Option<Recurrent<f32>>,
+    /// `rnn.*`: the sentence network, bidirectional.
+    pub rnn: Recurrent<f32>,
+    /// `head.weight [K, 2H]`, `head.bias [K]`.
+    pub head: Linear<f32>,
+    /// Words (lowercased), id 0 = `<unk>`.
+    pub words: Index,
+    /// Characters, id 0 = `<unk>`.
+    pub chars: Index,
+    /// Tags.
+    pub tags: Index,
+    /// The column tagged.
+    pub column: TagColumn,
+    config: TaggerConfig,
+    drop_in: Dropout<f32>,
+    drop_out: Dropout<f32>,
+}
+
+/// One batch of sentences as the model reads it.
+struct Encoded {
+    steps: usize,
+    lengths: Vec<usize>,
+    /// Word id per `[T, B]` position (0 at padding).
+    word_ids: Vec<usize>,
+    /// Unique-word index per `[T, B]` position.
+    unique_of: Vec<usize>,
+    /// Character ids `[Lc, U]` of the unique words, with their lengths.
+    char_ids: Vec<usize>,
+    char_steps: usize,
+    char_lengths: Vec<usize>,
+}
+
+impl Tagger {
+    /// A fresh model whose lists come from `train` (tags of `column`).
+    pub fn new(config: &TaggerConfig, train: &[Sentence], rng: &mut Rng) -> Result<Self> {
+        let mut freq: HashMap<String, usize> = HashMap::new();
+        let mut chars = std::collections::BTreeSet::new();
+        let mut tags = std::collections::BTreeSet::new();
+        for s in train {
+            for i in 0..s.len() {
+                *freq.entry(s.form(i).to_lowercase()).or_default() += 1;
+                chars.extend(s.form(i).chars());
+                tags.insert(s.tag(i, config.column).to_string());
+            }
+        }
+        if tags.len() < 2 {
+            return Err(Error::Input(format!(
+                "the training data has {} distinct {} tags; a tagger needs at least 2",
+                tags.len(),
+                config.column.name()
+            )));
+        }
+        let mut words: Vec<String> = freq
+            .into_iter()
+            .filter(|(_, n)| *n >= config.min_freq.max(1))
+            .map(|(w, _)| w)
+            .collect();
+        words.sort();
+        words.insert(0, UNK.into());
+        let mut char_list = vec![UNK.to_string()];
+        char_list.extend(chars.into_iter().map(String::from));
+        let (words, chars, tags) = (
+            Index::new(words)?,
+            Index::new(char_list)?,
+            Index::new(tags.into_iter().collect())?,
+        );
+        Self::init(config, words, chars, tags, rng)
+    }
+
+    fn init(
+        config: &TaggerConfig,
+        words: Index,
+        chars: Index,
+        tags: Index,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        if config.word_embed == 0 || config.hidden_size == 0 || config.num_layers == 0 {
+            return Err(Error::Config(
+                "--word-embed, --hidden and --layers must be at least 1".into(),
+            ));
+        }
+        for (name, p) in [
+            ("--dropout", config.dropout),
+            ("--word-dropout", config.word_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::Config(format!("{name} must be in [0, 1), got {p}")));
+            }
+        }
+        let word_embed = Embedding::new(words.len(), config.word_embed, rng);
+        let char_embed = Embedding::new(chars.len(), config.char_embed.max(1), rng);
+        let char_rnn = (config.char_hidden > 0)
+            .then(|| {
+                RecurrentConfig::new(config.cell, config.char_embed.max(1), config.char_hidden)
+                    .with_bidirectional(true)
+                    .init(rng)
+            })
+            .transpose()?;
+        let rnn = RecurrentConfig::new(
+            config.cell,
+            config.word_embed + 2 * config.char_hidden,
+            config.hidden_size,
+        )
+        .with_layers(config.num_layers)
+        .with_bidirectional(true)
+        .with_dropout(config.dropout)
+        .init(rng)?;
+        let head = Linear::new(2 * config.hidden_size, tags.len(), rng);
+        Ok(Tagger {
+            word_embed,
+            char_embed,
+            char_rnn,
+            rnn,
+            head,
+            words,
+            chars,
+            tags,
+            column: config.column,
+            config: config.clone(),
+            drop_in: Dropout::default(),
+            drop_out: Dropout::default(),
+        })
+    }
+
+    /// The configuration (dropouts as set for training).
+    pub fn config(&self) -> &TaggerConfig {
+        &self.config
+    }
+
+    /// Sets the dropouts used in training.
+    pub fn set_dropout(&mut self, dropout: f32, word_dropout: f32) -> Result<()> {
+        for (name, p) in [("--dropout", dropout), ("--word-dropout", word_dropout)] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::Config(format!("{name} must be in [0, 1), got {p}")));
+            }
+        }
+        let cfg = self.rnn.config().clone().with_dropout(dropout);
+        self.rnn = Recurrent::from_params(cfg, self.rnn.cells().to_vec())?;
+        self.config.dropout = dropout;
+        self.config.word_dropout = word_dropout;
+        Ok(())
+    }
+
+    /// Whether a word is outside the vocabulary (scored as unseen).
+    pub fn is_unknown(&self, form: &str) -> bool {
+        self.words.id(&form.to_lowercase()).is_none()
+    }
+
+    fn encode(&self, sentences: &[&Sentence], mut word_drop: Option<&mut Rng>) -> Encoded {
+        let b = sentences.len();
+        let steps = sentences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut word_ids = vec![0; steps * b];
+        let mut unique_of = vec![0; steps * b];
+        let mut unique: HashMap<&str, usize> = HashMap::new();
+        let mut forms: Vec<&str> = Vec::new();
+        for (j, s) in sentences.iter().enumerate() {
+            for t in 0..s.len() {
+                let form = s.form(t);
+                let mut id = self.words.id(&form.to_lowercase()).unwrap_or(0);
+                if let Some(rng) = word_drop.as_deref_mut() {
+                    if id != 0 && rng.uniform() < self.config.word_dropout as f64 {
+                        id = 0;
+                    }
+                }
+                word_ids[t * b + j] = id;
+                let u = *unique.entry(form).or_insert_with(|| {
+                    forms.push(form);
+                    forms.len() - 1
+                });
+                unique_of[t * b + j] = u;
+            }
+        }
+        // Characters: the first and last halves of long words, where affixes live.
+        let clipped: Vec<Vec<usize>> = forms
+            .iter()
+            .map(|f| {
+                let ids: Vec<usize> = f
+                    .chars()
+                    .map(|c| self.chars.id(c.encode_utf8(&mut [0; 4])).unwrap_or(0))
+                    .collect();
+                if ids.len() <= MAX_WORD_CHARS {
+                    ids
+                } else {
+                    let h = MAX_WORD_CHARS / 2;
+                    [&ids[..h], &ids[ids.len() - h..]].concat()
+                }
+            })
+            .collect();
+        let char_steps = clipped.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let u = clipped.len();
+        let mut char_ids = vec![0; char_steps * u];
+        for (k, ids) in clipped.iter().enumerate() {
+            for (t, &id) in ids.iter().enumerate() {
+                char_ids[t * u + k] = id;
+            }
+        }
+        Encoded {
+            steps,
+            lengths: sentences.iter().map(|s| s.len()).collect(),
+            word_ids,
+            unique_of,
+            char_ids,
+            char_steps,
+            char_lengths: clipped.iter().map(|c| c.len().max(1)).collect(),
+        }
+    }
+
+    /// Forward over a batch: logits `[T·B, K]` (time-major) and what backward needs.
+    fn forward(
+        &mut self,
+        e: &Encoded,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<(Vec<f32>, Tensor<f32>, Tensor<f32>)> {
+        let b = e.lengths.len();
+        let (ew, hc) = (self.config.word_embed, self.config.char_hidden);
+        let width = ew + 2 * hc;
+        let u = e.char_lengths.len();
+        let char_repr = match &mut self.char_rnn {
+            Some(crnn) => {
+                let (_, fin) = crnn.forward_embedded(
+                    &self.char_embed.weight,
+                    &e.char_ids,
+                    (e.char_steps, u),
+                    Some(&e.char_lengths),
+                    None,
+                    rng.as_deref_mut(),
+                )?;
+                fin.h // [2, U, Hc]
+            }
+            None => Tensor::zeros(&[2, u, 0]),
+        };
+        let mut x = Tensor::zeros(&[e.steps, b, width]);
+        for t in 0..e.steps {
+            for j in 0..b {
+                if t >= e.lengths[j] {
+                    continue;
+                }
+                let p = t * b + j;
+                let row = &mut x.data_mut()[p * width..][..width];
+                let id = e.word_ids[p];
+                row[..ew].copy_from_slice(&self.word_embed.weight.data()[id * ew..][..ew]);
+                let k = e.unique_of[p];
+                for d in 0..2 {
+                    row[ew + d * hc..][..hc]
+                        .copy_from_slice(&char_repr.data()[(d * u + k) * hc..][..hc]);
+                }
+            }
+        }
+        let p = self.config.dropout;
+        let y = match rng.as_deref_mut() {
+            Some(r) => {
+                self.drop_in.forward(x.data_mut(), p, r);
+                let (mut y, _) = self.rnn.forward_train(&x, Some(&e.lengths), None, r)?;
+                self.drop_out.forward(y.data_mut(), p, r);
+                y
+            }
+            None => self.rnn.forward(&x, Some(&e.lengths), None)?.0,
+        };
+        let n = e.steps * b;
+        let mut logits = vec![0.0; n * self.tags.len()];
+        self.head.forward(y.data(), n, &mut logits);
+        Ok((logits, y, char_repr))
+    }
+
+    fn targets(&self, sentences: &[&Sentence], e: &Encoded) -> Result<(Vec<usize>, Vec<bool>)> {
+        let b = sentences.len();
+        let mut targets = vec![0; e.steps * b];
+        let mut mask = vec![false; e.steps * b];
+        for (j, s) in sentences.iter().enumerate() {
+            for t in 0..s.len() {
+                let tag = s.tag(t, self.column);
+                targets[t * b + j] = self.tags.id(tag).ok_or_else(|| {
+                    Error::Input(format!(
+                        "sentence at line {}: tag {tag:?} of word {} is not one the model knows ({} tags: {})",
+                        s.line,
+                        t + 1,
+                        self.tags.len(),
+                        self.tags.items().join(" ")
+                    ))
+                })?;
+                mask[t * b + j] = true;
+            }
+        }
+        Ok((targets, mask))
+    }
+
+    /// Forward with dropout, mean cross-entropy over every word, backward: adds the
+    /// gradients to every parameter. Returns the loss and the number of words.
+    pub fn train_step(&mut self, sentences: &[&Sentence], rng: &mut Rng) -> Result<(f64, usize)> {
+        let e = self.encode(sentences, Some(rng));
+        let (targets, mask) = self.targets(sentences, &e)?;
+        let (logits, y, _) = self.forward(&e, Some(rng))?;
+        let k = self.tags.len();
+        let mut dlogits = vec![0.0; logits.len()];
+        let loss = cross_entropy(
+            &logits,
+            k,
+            &targets,
+            Some(&mask),
+            &CrossEntropy::default(),
+            Some(&mut dlogits),
+        )?;
+        let b = e.lengths.len();
+        let n = e.steps * b;
+        let mut dy = Tensor::zeros(y.shape());
+        self.head
+            .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
+        self.drop_out.backward(dy.data_mut());
+        let (mut dx, _) = self.rnn.backward(&dy, None)?;
+        self.drop_in.backward(dx.data_mut());
+        let (ew, hc) = (self.config.word_embed, self.config.char_hidden);
+        let width = ew + 2 * hc;
+        let u = e.char_lengths.len();
+        let mut d_char = vec![0.0f32; 2 * u * hc];
+        let gw = self.word_embed.grad_weight.data_mut();
+        for t in 0..e.steps {
+            for j in 0..b {
+                if t >= e.lengths[j] {
+                    continue;
+                }
+                let p = t * b + j;
+                let row = &dx.data()[p * width..][..width];
+                let id = e.word_ids[p];
+                gw[id * ew..][..ew]
+                    .iter_mut()
+                    .zip(&row[..ew])
+                    .for_each(|(g, &d)| *g += d);
+                let k = e.unique_of[p];
+                for d in 0..2 {
+                    d_char[(d * u + k) * hc..][..hc]
+                        .iter_mut()
+                        .zip(&row[ew + d * hc..][..hc])
+                        .for_each(|(g, &v)| *g += v);
+                }
+            }
+        }
+        if let Some(crnn) = &mut self.char_rnn {
+            let mut d_final = RecurrentState::zeros(crnn.config(), u);
+            d_final.h.data_mut().copy_from_slice(&d_char);
+            let dy_chars = Tensor::zeros(&[e.char_steps, u, 2 * hc]);
+            let (d_table, _) = crnn.backward(&dy_chars, Some(&d_final))?;
+            self.char_embed
+                .grad_weight
+                .data_mut()
+                .iter_mut()
+                .zip(d_table.data())
+                .for_each(|(g, &d)| *g += d);
+        }
+        Ok((loss.mean, mask.iter().filter(|&&m| m).count()))
+    }
+
+    /// The predicted tag id of every word of every sentence.
+    pub fn predict(&mut self, sentences: &[&Sentence]) -> Result<Vec<Vec<usize>>> {
+        let e = self.encode(sentences, None);
+        let (logits, _, _) = self.forward(&e, None)?;
+        let ids = argmax_rows(&logits, self.tags.len());
+        let b = sentences.len();
+        Ok(sentences
+            .iter()
+            .enumerate()
+            .map(|(j, s)| (0..s.len()).map(|t| ids[t * b + j]).collect())
+            .collect())
+    }
+
+    /// Loss, accuracy and unknown-word accuracy on `sentences`, in batches of `batch`.
+    pub fn evaluate(&mut self, sentences: &[&Sentence], batch: usize) -> Result<TagScores> {
+        let mut s = TagScores::default();
+        let mut loss_sum = 0.0;
+        let mut chunk_order: Vec<usize> = (0..sentences.len()).collect();
+        chunk_order.sort_by_key(|&i| sentences[i].len());
+        for chunk in chunk_order.chunks(batch.max(1)) {
+            let sents: Vec<&Sentence> = chunk.iter().map(|&i| sentences[i]).collect();
+            let e = self.encode(&sents, None);
+            let (targets, mask) = self.targets(&sents, &e)?;
+            let (logits, _, _) = self.forward(&e, None)?;
+            let l = cross_entropy(
+                &logits,
+                self.tags.len(),
+                &targets,
+                Some(&mask),
+                &CrossEntropy::default(),
+                None,
+            )?;
+            loss_sum += l.mean * l.weight;
+            let pred = argmax_rows(&logits, self.tags.len());
+            let b = sents.len();
+            for (j, sent) in sents.iter().enumerate() {
+                for t in 0..sent.len() {
+                    let right = pred[t * b + j] == targets[t * b + j];
+                    s.tokens += 1;
+                    s.correct += right as usize;
+                    if self.is_unknown(sent.form(t)) {
+                        s.oov_tokens += 1;
+                        s.oov_correct += right as usize;
+                    }
+                }
+            }
+        }
+        s.loss = loss_sum / s.tokens.max(1) as f64;
+        Ok(s)
+    }
+
+    /// Writes the model as the PyTorch `Tagger` state dict plus `extra` tensors and
+    /// `metadata`, atomically.
+    pub fn save(
+        &self,
+        path: &Path,
+        extra: &[(String, Tensor<f32>)],
+        metadata: HashMap<String, String>,
+    ) -> Result<()> {
+        let mut meta = metadata;
+        let json = |v: &[String]| serde_json::to_string(v).expect("strings");
+        meta.insert(super::META_TASK.into(), "tag".into());
+        meta.insert(
+            crate::model::META_CELL.into(),
+            self.config.cell.name().into(),
+        );
+        meta.insert(META_WORDS.into(), json(self.words.items()));
+        meta.insert(META_CHARS.into(), json(self.chars.items()));
+        meta.insert(META_TAGS.into(), json(self.tags.items()));
+        meta.insert(META_COLUMN.into(), self.column.name().into());
+        meta.insert(
+            "rnnkit.config".into(),
+            serde_json::to_string(&self.config).expect("config"),
+        );
+        let named = checkpoint::named_params(self, "");
+        let refs: Vec<(String, &Tensor<f32>)> = named
+            .iter()
+            .chain(extra)
+            .map(|(n, t)| (n.clone(), t))
+            .collect();
+        checkpoint::save(path, &refs, &meta)
+    }
+
+    /// Reads a checkpoint written by [`Tagger::save`], checking every shape; returns the
+    /// open file for any training state.
+    pub fn load(path: &Path) -> Result<(Tagger, TensorFile)> {
+        let file = TensorFile::open(path)?;
+        super::expect_task(&file, "tag")?;
+        let config: TaggerConfig = meta_json(&file, "rnnkit.config")?;
+        let list = |key: &str| -> Result<Index> {
+            Index::new(meta_json::<Vec<String>>(&file, key)?)
+                .map_err(|e| file.error(format!("metadata `{key}`: {e}")))
+        };
+        let (words, chars, tags) = (list(META_WORDS)?, list(META_CHARS)?, list(META_TAGS)?);
+        if tags.len() < 2 || words.is_empty() || chars.is_empty() {
+            return Err(file.error(
+                "the word, character and tag lists must not be empty (and at least 2 tags)",
+            ));
+        }
+        let mut model = Tagger::init(&config, words, chars, tags, &mut Rng::new(0))
+            .map_err(|e| file.error(format!("metadata `rnnkit.config`: {e}")))?;
+        checkpoint::load_params(&mut model, &file, "")?;
+        Ok((model, file))
+    }
+}
+
+impl Parameters<f32> for Tagger {
+    /// Names as the PyTorch module: `word_embed.weight`, `char_embed.weight`, `char_rnn.*`, `rnn.*`, `head.*`.
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
+        f("word_embed.weight", &self.word_embed.weight);
+        if let Some(c) = &self.char_rnn {
+            f("char_embed.weight", &self.char_embed.weight);
+            c.visit_params(&mut |n, t| f(&format!("char_rnn.{n}"), t));
+        }
+        self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
+        f("head.weight", &self.head.weight);
+        f("head.bias", &self.head.bias);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
+        f(
+            "word_embed.weight",
+            &mut self.word_embed.weight,
+            &mut self.word_embed.grad_weight,
+        );
+        if let Some(c) = &mut self.char_rnn {
+            f(
+                "char_embed.weight",
+                &mut self.char_embed.weight,
+                &mut self.char_embed.grad_weight,
+            );
+            c.visit_params_mut(&mut |n, t, g| f(&format!("char_rnn.{n}"), t, g));
+        }
+        self.rnn
+            .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
+        f(
+            "head.weight",
+            &mut self.head.weight,
+            &mut self.head.grad_weight,
+        );
+        f("head.bias", &mut self.head.bias, &mut self.head.grad_bias);
+    }
+}
+
+/// Token accuracy overall and on unknown words.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TagScores {
+    /// Words scored.
+    pub tokens: usize,
+    /// Words tagged right.
+    pub correct: usize,
+    /// Words outside the vocabulary.
+    pub oov_tokens: usize,
+    /// Of those, tagged right.
+    pub oov_correct: usize,
+    /// Mean cross-entropy per word.
+    pub loss: f64,
+}
+
+impl TagScores {
+    /// Fraction of words tagged right.
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.tokens.max(1) as f64
+    }
+
+    /// Fraction of unknown words tagged right.
+    pub fn oov_accuracy(&self) -> f64 {
+        self.oov_correct as f64 / self.oov_tokens.max(1) as f64
+    }
+}
+
+/// A [`Tagger`] with its training and development sentences.
+pub struct TagTask {
+    /// The model.
+    pub model: Tagger,
+    train: Vec<Sentence>,
+    dev: Vec<Sentence>,
+    batch: usize,
+    seed: u64,
+    order: Option<(u64, Vec<Vec<usize>>)>,
+}
+
+impl TagTask {
+    /// Trains `model` on `train`, validating on `dev`.
+    pub fn new(
+        model: Tagger,
+        train: Vec<Sentence>,
+        dev: Vec<Sentence>,
+        batch: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if train.is_empty() {
+            return Err(Error::Input("no training sentences".into()));
+        }
+        Ok(TagTask {
+            model,
+            train,
+            dev,
+            batch,
+            seed,
+            order: None,
+        })
+    }
+
+    fn lengths(&self) -> Vec<usize> {
+        self.train.iter().map(Sentence::len).collect()
+    }
+}
+
+impl Parameters<f32> for TagTask {
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
+        self.model.visit_params(f)
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
+        self.model.visit_params_mut(f)
+    }
+}
+
+impl Task for TagTask {
+    type Config = TaggerConfig;
+
+    fn kind(&self) -> &'static str {
+        "tag"
+    }
+
+    fn selection(&self) -> Selection {
+        Selection::MaxScore("accuracy")
+    }
+
+    fn describe(&self) -> String {
+        let lengths = self.lengths();
+        let words: usize = lengths.iter().sum();
+        format!(
+            "training on {} sentences ({words} words), validating on {}, {} words known, {} characters, {} tags, padding {:.1} %",
+            self.train.len(),
+            self.dev.len(),
+            self.model.words.len(),
+            self.model.chars.len(),
+            self.model.tags.len(),
+            100.0 * padding_fraction(&lengths, &bucketed_batches(&lengths, self.batch, self.seed, 0))
+        )
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.train.len().div_ceil(self.batch.max(1))
+    }
+
+    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            self.order = Some((
+                epoch,
+                bucketed_batches(&self.lengths(), self.batch, self.seed, epoch),
+            ));
+        }
+        let (_, order) = self.order.as_ref().expect("set above");
+        let sents: Vec<&Sentence> = order[k].iter().map(|&i| &self.train[i]).collect();
+        let (loss, tokens) = self.model.train_step(&sents, rng)?;
+        Ok(BatchLoss { loss, tokens })
+    }
+
+    fn validate(&mut self) -> Result<Option<Metrics>> {
+        if self.dev.is_empty() {
+            return Ok(None);
+        }
+        let dev: Vec<&Sentence> = self.dev.iter().collect();
+        let s = self.model.evaluate(&dev, 64)?;
+        Ok(Some(Metrics {
+            loss: s.loss,
+            scores: [
+                ("accuracy".to_string(), s.accuracy()),
+                ("oov_accuracy".to_string(), s.oov_accuracy()),
+            ]
+            .into(),
+        }))
+    }
+
+    fn save(
+        &self,
+        path: &Path,
+        extra: &[(String, Tensor<f32>)],
+        metadata: HashMap<String, String>,
+    ) -> Result<()> {
+        self.model.save(path, extra, metadata)
+    }
+}
