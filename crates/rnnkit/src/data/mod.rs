@@ -3,4 +3,4 @@
 
 mod text;
 
-pub use text::{fingerprint, read_text, Streams, Vocab};
+pub use text::{fingerprint, read_text, Streams, UnknownPolicy, UnknownReport, Vocab};
