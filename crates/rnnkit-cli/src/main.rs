@@ -4,6 +4,7 @@
 mod bench_cmd;
 mod classify_cmd;
 mod eval_cmd;
+mod import_cmd;
 mod plot;
 mod sample_cmd;
 mod tag_cmd;
@@ -37,10 +38,13 @@ enum Command {
     Tag(tag_cmd::TagCmd),
     /// Measure training and sampling throughput on synthetic tokens.
     Bench(bench_cmd::BenchOpts),
+    /// Turn a PyTorch CharLM state dict (safetensors) into a checkpoint, given its cell and vocabulary.
+    Import(import_cmd::ImportOpts),
 }
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    exit_quietly_when_stdout_closes();
     let cli = match Cli::from_arg_matches(&command().get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -52,14 +56,62 @@ fn main() -> ExitCode {
         Command::Classify(c) => classify_cmd::run(c),
         Command::Tag(c) => tag_cmd::run(c),
         Command::Bench(o) => bench_cmd::run(o),
+        Command::Import(o) => import_cmd::run(o),
     };
     match result {
         Ok(code) => code,
+        // The reader of our output is gone (`rnnkit sample | head`): nothing is wrong.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: a cause whose text is
+/// already on the line (a library error that quotes the OS message, whose source is
+/// that same OS error) is left out.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if line.contains(&msg) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+    }
+    line
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has closed it.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `println!` panics when stdout is a closed pipe (Rust ignores SIGPIPE); end the
+/// process quietly with success then, as a filter would, whatever command printed.
+fn exit_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let broken = std::io::Error::from_raw_os_error(libc::EPIPE).to_string();
+        if msg.starts_with("failed printing to stdout") && msg.contains(&broken) {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
 }
 
 /// The command line, with each task's defaults shown in its `--help`.
@@ -130,6 +182,22 @@ mod tests {
             .nth(1)
             .unwrap_or_else(|| panic!("{id}: no default in {help:?}"));
         tail.split([']', ' ']).next().unwrap().to_string()
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(rnnkit::Error::Io {
+            path: "x.txt".into(),
+            source: io,
+        })
+        .context("reading the text");
+        let line = one_line(&e);
+        assert_eq!(line.matches("not found").count(), 1, "{line}");
+        assert!(line.starts_with("reading the text: x.txt: "), "{line}");
+        let pipe = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("writing");
+        assert!(is_broken_pipe(&pipe) && !is_broken_pipe(&e));
     }
 
     #[test]

@@ -35,11 +35,17 @@ impl TensorFile {
 
     /// Validates an in-memory file; `path` is only used in messages.
     pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self> {
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint {
+        let (header_len, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            let msg = if is_torch_pickle(&bytes) {
+                TORCH_PICKLE.to_string()
+            } else {
+                format!("not a valid safetensors file ({e}); was it written completely?")
+            };
+            Error::Checkpoint {
                 path: path.clone(),
-                msg: format!("not a valid safetensors file ({e}); was it written completely?"),
-            })?;
+                msg,
+            }
+        })?;
         // read_metadata checks the header; deserialize also checks every tensor's offsets and size.
         SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint {
             path: path.clone(),
@@ -82,6 +88,22 @@ impl TensorFile {
         self.index.get(name).map(|t| t.shape.clone())
     }
 
+    /// The tensors of this file for a message: `N tensors: name [shape], …`, the first
+    /// [`LISTED_NAMES`] in name order.
+    pub fn describe_tensors(&self) -> String {
+        let names = self.names();
+        let shown: Vec<String> = names
+            .iter()
+            .take(LISTED_NAMES)
+            .map(|n| format!("{n} {:?}", self.index[n].shape))
+            .collect();
+        let more = match names.len().saturating_sub(LISTED_NAMES) {
+            0 => String::new(),
+            k => format!(", … and {k} more"),
+        };
+        format!("{} tensors: {}{more}", names.len(), shown.join(", "))
+    }
+
     /// An error about this file.
     pub fn error(&self, msg: impl Into<String>) -> Error {
         Error::Checkpoint {
@@ -92,10 +114,12 @@ impl TensorFile {
 
     /// The entry of tensor `name` and its bytes (in bounds: checked when the file was opened).
     fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
-        let info = self
-            .index
-            .get(name)
-            .ok_or_else(|| self.error(format!("tensor `{name}` is missing")))?;
+        let info = self.index.get(name).ok_or_else(|| {
+            self.error(format!(
+                "tensor `{name}` is missing; the file has {}",
+                self.describe_tensors()
+            ))
+        })?;
         let (start, end) = info.data_offsets;
         Ok((
             info,
@@ -103,7 +127,8 @@ impl TensorFile {
         ))
     }
 
-    /// Reads tensor `name` (stored as F32 or F64) as `T`; when `shape` is given it must match exactly.
+    /// Reads tensor `name` (stored as F32, F64, F16 or BF16) as `T`; when `shape` is
+    /// given it must match exactly. The one place where stored floats are converted.
     pub fn get<T: Real>(&self, name: &str, shape: Option<&[usize]>) -> Result<Tensor<T>> {
         let (info, bytes) = self.raw(name)?;
         if let Some(want) = shape {
@@ -123,9 +148,17 @@ impl TensorFile {
                 .chunks_exact(8)
                 .map(|b| T::of(f64::from_le_bytes(b.try_into().expect("8 bytes"))))
                 .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| T::of(f16_to_f32(u16::from_le_bytes([b[0], b[1]])) as f64))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| T::of(bf16_to_f32(u16::from_le_bytes([b[0], b[1]])) as f64))
+                .collect(),
             other => {
                 return Err(self.error(format!(
-                    "tensor `{name}` has dtype {other:?}; rnnkit reads F32 or F64"
+                    "tensor `{name}` has dtype {other:?}; rnnkit reads F32, F64, F16 or BF16"
                 )))
             }
         };
@@ -149,6 +182,49 @@ impl TensorFile {
             ))),
         }
     }
+}
+
+/// How many tensor names an error message lists at most.
+pub const LISTED_NAMES: usize = 20;
+
+/// What to say about a file written by `torch.save` (a zip archive or a bare pickle).
+const TORCH_PICKLE: &str = "this is a PyTorch pickle file (torch.save), not safetensors; \
+save the state dict as safetensors instead: python -c \"import torch, safetensors.torch as st; \
+sd = torch.load('model.pt', map_location='cpu'); \
+st.save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\" \
+(for a whole pickled module, use its .state_dict())";
+
+/// Whether `bytes` start like a `torch.save` file: a zip archive (`PK\x03\x04`, the
+/// format since PyTorch 1.6) or a pickle (protocol byte 0x80).
+fn is_torch_pickle(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80)
+}
+
+/// IEEE half precision to f32 (exact: every f16 is an f32).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    match exp {
+        // Zero and subnormals: man · 2⁻²⁴, exact in f32.
+        0 => {
+            let v = man as f32 * (1.0 / 16_777_216.0);
+            if sign != 0 {
+                -v
+            } else {
+                v
+            }
+        }
+        // Infinities and NaNs (the payload kept in the high mantissa bits).
+        0x1f => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
+        // Normal numbers: rebias the exponent from 15 to 127.
+        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
+    }
+}
+
+/// bfloat16 to f32: the top half of an f32.
+fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
 }
 
 /// Writes `tensors` (name, tensor) and `metadata` to `path` atomically: a reader sees
@@ -326,5 +402,32 @@ impl<T: Real> Recurrent<T> {
         let named = named_params(self, prefix);
         let refs: Vec<(String, &Tensor<T>)> = named.iter().map(|(n, t)| (n.clone(), t)).collect();
         save(path, &refs, metadata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_f16_converts_as_its_formula_says() {
+        for h in 0..=u16::MAX {
+            let (s, e, m) = (h >> 15, i32::from((h >> 10) & 0x1f), f64::from(h & 0x3ff));
+            let sign = if s == 1 { -1.0 } else { 1.0 };
+            let got = f16_to_f32(h);
+            match e {
+                0x1f if m == 0.0 => assert_eq!(got, sign as f32 * f32::INFINITY, "{h:#06x}"),
+                0x1f => assert!(got.is_nan(), "{h:#06x}"),
+                0 => assert_eq!(got as f64, sign * m / 1024.0 * 2f64.powi(-14), "{h:#06x}"),
+                _ => assert_eq!(
+                    got as f64,
+                    sign * (1.0 + m / 1024.0) * 2f64.powi(e - 15),
+                    "{h:#06x}"
+                ),
+            }
+            assert_eq!(got.is_sign_negative(), s == 1, "{h:#06x} sign");
+        }
+        assert_eq!(bf16_to_f32(0x3f80), 1.0);
+        assert_eq!(bf16_to_f32(0xc040), -3.0);
     }
 }

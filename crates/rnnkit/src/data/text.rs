@@ -109,6 +109,62 @@ impl Vocab {
             .collect()
     }
 
+    /// Token ids of `text` with characters outside the vocabulary handled by `policy`,
+    /// and a report of them. A `\r\n` pair is read as `\n` when the vocabulary has no
+    /// `\r` (a lone `\r` stays an unknown character). [`UnknownPolicy::Error`] refuses
+    /// the text with every unknown character and its count; [`UnknownPolicy::Replace`]
+    /// fails at once if its character is not in the vocabulary either.
+    pub fn encode_with(
+        &self,
+        text: &str,
+        policy: UnknownPolicy,
+    ) -> Result<(Vec<usize>, UnknownReport)> {
+        let replacement = match policy {
+            UnknownPolicy::Replace(r) => Some(self.id(r).ok_or_else(|| {
+                Error::Input(format!(
+                    "the replacement {r:?} is not in the model's vocabulary either; choose one of its {} characters",
+                    self.len()
+                ))
+            })?),
+            _ => None,
+        };
+        let fold_crlf = self.id('\r').is_none();
+        let mut ids = Vec::with_capacity(text.len());
+        // Unknown character → (count, order of first sight).
+        let mut unknown: HashMap<char, (usize, usize)> = HashMap::new();
+        let mut crlf = 0;
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\r' && fold_crlf && chars.peek() == Some(&'\n') {
+                crlf += 1;
+                continue;
+            }
+            match self.id(c) {
+                Some(id) => ids.push(id),
+                None => {
+                    let seen = unknown.len();
+                    unknown.entry(c).or_insert((0, seen)).0 += 1;
+                    ids.extend(replacement);
+                }
+            }
+        }
+        let mut counts: Vec<(char, usize, usize)> =
+            unknown.into_iter().map(|(c, (n, i))| (c, n, i)).collect();
+        counts.sort_by_key(|&(_, n, first)| (std::cmp::Reverse(n), first));
+        let report = UnknownReport {
+            counts: counts.into_iter().map(|(c, n, _)| (c, n)).collect(),
+            crlf,
+        };
+        if policy == UnknownPolicy::Error && report.total() > 0 {
+            return Err(Error::Input(format!(
+                "{} characters ({} distinct) are not in the model's vocabulary: {report}",
+                report.total(),
+                report.counts.len()
+            )));
+        }
+        Ok((ids, report))
+    }
+
     /// The checkpoint form: a JSON array of one-character strings.
     pub fn to_json(&self) -> String {
         let strings: Vec<String> = self.chars.iter().map(|c| c.to_string()).collect();
@@ -133,6 +189,44 @@ impl Vocab {
             })
             .collect::<Result<Vec<char>>>()?;
         Self::from_chars(chars)
+    }
+}
+
+/// What [`Vocab::encode_with`] does with a character the vocabulary lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownPolicy {
+    /// Refuse the text, naming every unknown character with its count.
+    Error,
+    /// Leave unknown characters out, as if the text did not have them.
+    Skip,
+    /// Put this character (which must be in the vocabulary) in their place.
+    Replace(char),
+}
+
+/// The characters [`Vocab::encode_with`] did not find in the vocabulary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnknownReport {
+    /// Each unknown character and its count, most frequent first (ties: first seen first).
+    pub counts: Vec<(char, usize)>,
+    /// Number of `\r\n` pairs read as `\n`.
+    pub crlf: usize,
+}
+
+impl UnknownReport {
+    /// Number of unknown characters in all (refused, skipped or replaced).
+    pub fn total(&self) -> usize {
+        self.counts.iter().map(|&(_, n)| n).sum()
+    }
+}
+
+impl std::fmt::Display for UnknownReport {
+    /// The unknown characters with their counts: `'9' ×12, '#' ×1`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (c, n)) in self.counts.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{c:?} ×{n}")?;
+        }
+        Ok(())
     }
 }
 
@@ -229,6 +323,36 @@ mod tests {
             .contains("twice"));
         assert!(Vocab::from_json("[]").is_err());
         assert!(Vocab::from_json("{").is_err());
+    }
+
+    #[test]
+    fn encode_with_counts_skips_or_replaces_unknown_characters() {
+        let v = Vocab::from_text("ab \n").unwrap();
+        let e = v
+            .encode_with("a9b#9\r\na", UnknownPolicy::Error)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("3 characters (2 distinct)") && e.ends_with("'9' ×2, '#' ×1"),
+            "{e}"
+        );
+        let (ids, r) = v.encode_with("a9b#9\r\na", UnknownPolicy::Skip).unwrap();
+        assert_eq!(ids, v.encode("ab\na").unwrap());
+        assert_eq!(
+            (r.total(), r.crlf, r.to_string()),
+            (3, 1, "'9' ×2, '#' ×1".into())
+        );
+        let (ids, _) = v.encode_with("a9b\r", UnknownPolicy::Replace(' ')).unwrap();
+        assert_eq!(ids, v.encode("a b ").unwrap(), "a lone \\r is unknown");
+        let e = v
+            .encode_with("a", UnknownPolicy::Replace('z'))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("replacement 'z'"), "{e}");
+        // A vocabulary with '\r' keeps it.
+        let crlf = Vocab::from_text("a\r\n").unwrap();
+        let (ids, r) = crlf.encode_with("a\r\n", UnknownPolicy::Error).unwrap();
+        assert_eq!((ids.len(), r.crlf), (3, 0));
     }
 
     #[test]

@@ -292,11 +292,23 @@ impl CharLm {
     /// open file too, for any training state in it.
     pub fn load(path: &Path) -> Result<(CharLm, TensorFile)> {
         let file = TensorFile::open(path)?;
-        let cell_name = file.metadata().get(META_CELL).ok_or_else(|| {
-            file.error(format!(
-                "metadata `{META_CELL}` is missing: not an rnnkit char-LM checkpoint"
-            ))
-        })?;
+        check_charlm_names(&file)?;
+        let meta = |key: &str, what: &str| {
+            file.metadata().get(key).ok_or_else(|| {
+                file.error(format!(
+                    "metadata `{key}` ({what}) is missing: the tensors look like a PyTorch CharLM \
+                     state dict, but an rnnkit checkpoint also names its cell and vocabulary. \
+                     Save it with them: safetensors.torch.save_file(sd, path, metadata=\
+                     {{\"{META_CELL}\": \"{}\", \"{META_VOCAB}\": json.dumps(list(chars))}}) \
+                     where the cell is one of rnn_tanh, rnn_relu, lstm, gru, gru_reset_before \
+                     and chars are the model's characters in token-id order \
+                     (sorted(set(text)) if built as `rnnkit train` builds it), \
+                     or convert it with `rnnkit import`",
+                    guess_cell(&file)
+                ))
+            })
+        };
+        let cell_name = meta(META_CELL, "the cell")?;
         let cell = CellKind::from_name(cell_name).ok_or_else(|| {
             let known: Vec<&str> = CellKind::ALL.iter().map(|k| k.name()).collect();
             file.error(format!(
@@ -304,13 +316,17 @@ impl CharLm {
                 known.join(", ")
             ))
         })?;
-        let vocab_json = file.metadata().get(META_VOCAB).ok_or_else(|| {
-            file.error(format!(
-                "metadata `{META_VOCAB}` (the vocabulary) is missing"
-            ))
-        })?;
-        let vocab = Vocab::from_json(vocab_json)
+        let vocab = Vocab::from_json(meta(META_VOCAB, "the vocabulary")?)
             .map_err(|e| file.error(format!("metadata `{META_VOCAB}`: {e}")))?;
+        let model = CharLm::from_state_dict(&file, cell, vocab)?;
+        Ok((model, file))
+    }
+
+    /// Builds a model from the PyTorch `CharLM` tensors of `file` with the cell and
+    /// vocabulary given (not read from the metadata): sizes come from the shapes, and
+    /// every shape is checked against the others and the vocabulary. Other tensors are ignored.
+    pub fn from_state_dict(file: &TensorFile, cell: CellKind, vocab: Vocab) -> Result<CharLm> {
+        check_charlm_names(file)?;
         let embed = Embedding::from_weight(file.get("embed.weight", None)?)
             .map_err(|e| file.error(e.to_string()))?;
         if embed.vocab() != vocab.len() {
@@ -320,7 +336,7 @@ impl CharLm {
                 vocab.len()
             )));
         }
-        let rnn = Recurrent::from_state_dict(&file, "rnn.", cell)?;
+        let rnn = Recurrent::from_state_dict(file, "rnn.", cell)?;
         if rnn.config().input_size != embed.dim() {
             return Err(file.error(format!(
                 "`rnn.weight_ih_l0` takes {} inputs but `embed.weight` gives {}",
@@ -333,16 +349,69 @@ impl CharLm {
             file.get("head.weight", Some(&[vocab.len(), out]))?,
             file.get("head.bias", Some(&[vocab.len()]))?,
         )?;
-        Ok((
-            CharLm {
-                embed,
-                rnn,
-                head,
-                vocab,
-                precision: Precision::F32,
-            },
-            file,
-        ))
+        Ok(CharLm {
+            embed,
+            rnn,
+            head,
+            vocab,
+            precision: Precision::F32,
+        })
+    }
+}
+
+/// The tensors every `CharLM` state dict has, whatever its size.
+const CHARLM_ANCHORS: [&str; 4] = [
+    "embed.weight",
+    "rnn.weight_ih_l0",
+    "head.weight",
+    "head.bias",
+];
+
+/// Refuses a file without the `CharLM` tensor names, listing the names expected
+/// against those found, with a hint when the names differ only by a prefix.
+fn check_charlm_names(file: &TensorFile) -> Result<()> {
+    let missing: Vec<String> = CHARLM_ANCHORS
+        .iter()
+        .filter(|n| file.shape(n).is_none())
+        .map(|n| format!("`{n}`"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names = file.names();
+    let mut hint = String::new();
+    if let Some(found) = names.iter().find(|n| n.ends_with("weight_ih_l0")) {
+        let prefix = &found[..found.len() - "weight_ih_l0".len()];
+        if prefix != "rnn." {
+            hint = format!(
+                "; the recurrent weights are under `{prefix}`: rename the keys before saving \
+                 (e.g. {{k.replace('{prefix}', 'rnn.', 1): v for k, v in sd.items()}}), and the \
+                 embedding and output layer to `embed.` and `head.`"
+            );
+        }
+    }
+    Err(file.error(format!(
+        "not a PyTorch CharLM state dict: {} missing. Expected embed.weight [V, E]; \
+         rnn.weight_ih_l{{k}}, rnn.weight_hh_l{{k}}, rnn.bias_ih_l{{k}}, rnn.bias_hh_l{{k}} \
+         for each layer k (`_reverse` for a backward direction); head.weight [V, H]; \
+         head.bias [V]. The file has {}{hint}",
+        missing.join(", "),
+        file.describe_tensors()
+    )))
+}
+
+/// The cell a state dict's shapes suggest, for a message: `W_hh` is `[G·H, H]`.
+fn guess_cell(file: &TensorFile) -> &'static str {
+    let gates = match file.shape("rnn.weight_hh_l0").as_deref() {
+        Some(&[gh, h]) if h > 0 => gh / h,
+        _ => 0,
+    };
+    let has_bias_hh = file.shape("rnn.bias_hh_l0").is_some();
+    match gates {
+        4 => "lstm",
+        3 if has_bias_hh => "gru",
+        3 => "gru_reset_before",
+        _ => "rnn_tanh",
     }
 }
 

@@ -376,7 +376,7 @@ impl Tagger {
             }
         }
         let p = self.config.dropout;
-        let y = match rng.as_deref_mut() {
+        let y = match rng {
             Some(r) => {
                 self.drop_in.forward(x.data_mut(), p, r);
                 let (mut y, _) = self.rnn.forward_train(&x, Some(&e.lengths), None, r)?;
