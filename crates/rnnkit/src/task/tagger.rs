@@ -478,6 +478,14 @@ impl Tagger {
         Ok((loss.mean, mask.iter().filter(|&&m| m).count()))
     }
 
+    /// Tag scores `[T, B, K]` (time-major, T the longest sentence; zero rows past a
+    /// sentence's end are padding) in inference mode.
+    pub fn logits(&mut self, sentences: &[&Sentence]) -> Result<Tensor<f32>> {
+        let e = self.encode(sentences, None);
+        let (logits, _, _) = self.forward(&e, None)?;
+        Tensor::from_vec(&[e.steps, sentences.len(), self.tags.len()], logits)
+    }
+
     /// The predicted tag id of every word of every sentence.
     pub fn predict(&mut self, sentences: &[&Sentence]) -> Result<Vec<Vec<usize>>> {
         let e = self.encode(sentences, None);
