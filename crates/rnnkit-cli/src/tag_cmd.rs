@@ -77,7 +77,7 @@ pub struct TagTrainOpts {
     /// Dropout on the sentence network's input and output, in [0, 1).
     #[arg(long)]
     dropout: Option<f32>,
-    /// Probability of replacing a known word by <unk> in training, in [0, 1).
+    /// Word dropout α: a word seen f times in training becomes <unk> with probability α / (α + f).
     #[arg(long)]
     word_dropout: Option<f32>,
     /// Words seen fewer times in training are unknown.
@@ -98,7 +98,7 @@ pub(crate) fn default_recipe() -> Recipe<TaggerConfig> {
             hidden_size: 128,
             num_layers: 1,
             dropout: 0.25,
-            word_dropout: 0.1,
+            word_dropout: 0.25,
             min_freq: 1,
             column: TagColumn::Upos,
         },
@@ -192,17 +192,8 @@ impl TagTrainOpts {
         set(&mut m.hidden_size, self.hidden.map(|v| v as usize));
         set(&mut m.num_layers, self.layers.map(|v| v as usize));
         set(&mut m.min_freq, self.min_freq.map(|v| v as usize));
-        for (flag, v, slot) in [
-            ("--dropout", self.dropout, &mut m.dropout),
-            ("--word-dropout", self.word_dropout, &mut m.word_dropout),
-        ] {
-            if let Some(p) = v {
-                if !(0.0..1.0).contains(&p) {
-                    bail!("{flag} must be in [0, 1), got {p}");
-                }
-                *slot = p;
-            }
-        }
+        set(&mut m.dropout, self.dropout);
+        set(&mut m.word_dropout, self.word_dropout);
         Ok(())
     }
 }

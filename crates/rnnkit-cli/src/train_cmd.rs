@@ -78,8 +78,8 @@ pub struct TrainOpts {
     /// Hidden units per layer.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
     hidden: Option<u32>,
-    /// Embedding width.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    /// Embedding width; 0 feeds one-hot vectors straight into the first layer.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65536))]
     embed: Option<u32>,
     /// Dropout between recurrent layers, in [0, 1).
     #[arg(long)]

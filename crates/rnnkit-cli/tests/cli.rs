@@ -658,3 +658,42 @@ fn bf16_training_resumes_in_bf16_and_refuses_a_change_of_precision() {
     );
     fails_with(&o, "--bf16 is off in the checkpoint but on was asked");
 }
+
+#[test]
+fn one_hot_inputs_train_sample_and_store_no_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path(), 20_000);
+    let o = train(dir.path(), &["--steps", "4", "--out", "o", "--embed", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = TensorFile::open(dir.path().join("o/latest.safetensors")).unwrap();
+    let v: Vec<String> = serde_json::from_str(&f.metadata()["rnnkit.vocab"]).unwrap();
+    assert!(f.shape("embed.weight").is_none());
+    assert_eq!(f.shape("rnn.weight_ih_l0"), Some(vec![64, v.len()]));
+    let o = rnnkit(
+        &[
+            "sample",
+            "--checkpoint",
+            "o/latest.safetensors",
+            "--length",
+            "20",
+            "--prime",
+            "The",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).chars().count(), 23);
+    let o = rnnkit(
+        &[
+            "train",
+            "--resume",
+            "o/latest.safetensors",
+            "--steps",
+            "8",
+            "--sample-length",
+            "0",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -85,3 +85,43 @@ fn bad_embedded_inputs_are_errors() {
     let e = err(layer.forward_embedded(&table, &[0, 5], (2, 1), None, None, None));
     assert!(e.contains("id 5 at position 1"), "{e}");
 }
+
+/// One-hot ids (`--embed 0`) compute the dense pass on one-hot vectors, without a
+/// product with zeros, and give the same parameter gradients.
+#[test]
+fn one_hot_inputs_match_dense_one_hot_vectors() {
+    let (v, h, t, b) = (6, 5, 4, 3);
+    for cell in CellKind::ALL {
+        let cfg = RecurrentConfig::new(cell, v, h)
+            .with_layers(2)
+            .with_bidirectional(true);
+        let mut rng = Rng::new(4);
+        let mut layer: Recurrent<f64> = cfg.init(&mut rng).unwrap();
+        let ids: Vec<usize> = (0..t * b).map(|_| rng.below(v)).collect();
+        let mut x = Tensor::zeros(&[t, b, v]);
+        for (row, &id) in x.data_mut().chunks_exact_mut(v).zip(&ids) {
+            row[id] = 1.0;
+        }
+        let dy = random(&[t, b, cfg.output_size()], &mut rng);
+        let lengths = [t, 2, 1];
+        let (y_dense, _) = layer.forward(&x, Some(&lengths), None).unwrap();
+        layer.backward(&dy, None).unwrap();
+        let g_dense = grads(&mut layer);
+        let (y_hot, _) = layer
+            .forward_one_hot(&ids, (t, b), Some(&lengths), None, None)
+            .unwrap();
+        let (dx, _) = layer.backward(&dy, None).unwrap();
+        let g_hot = grads(&mut layer);
+        assert_close(&format!("{cell} y"), y_hot.data(), y_dense.data());
+        assert_close(&format!("{cell} grads"), &g_hot, &g_dense);
+        assert_eq!(dx.shape(), &[0, v]);
+    }
+    let mut layer: Recurrent<f32> = RecurrentConfig::new(CellKind::Gru, 4, 3)
+        .init(&mut Rng::new(1))
+        .unwrap();
+    let e = layer
+        .forward_one_hot(&[0, 4], (2, 1), None, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("id 4 at position 1"), "{e}");
+}

@@ -49,8 +49,9 @@ fn stepper_matches_the_sequence_forward_pass() {
         .unwrap();
     pool.install(|| {
         for cell in CellKind::ALL {
-            // (vocab, embed, hidden): table, no table (vocab ≫ embed), split units (H 150 → 80 + 70).
-            for (vocab, embed, hidden) in [(30, 8, 40), (100, 8, 24), (20, 16, 150)] {
+            // (vocab, embed, hidden): table, no table (vocab ≫ embed), split units (H 150 → 80 + 70),
+            // one-hot inputs (embed 0).
+            for (vocab, embed, hidden) in [(30, 8, 40), (100, 8, 24), (20, 16, 150), (30, 0, 40)] {
                 let mut m = model(cell, vocab, embed, hidden);
                 let e = worst_error(&mut m, Precision::F32);
                 assert!(e < 2e-5, "{cell} V{vocab} E{embed} H{hidden} f32: {e}");

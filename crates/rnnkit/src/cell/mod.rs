@@ -198,6 +198,13 @@ pub enum Input<'a, T> {
         /// One id (< V) per row.
         ids: &'a [usize],
     },
+    /// Row r is the one-hot vector of `ids[r]` (< I, the input width): the input
+    /// product is a column of `W_ih`, looked up, never multiplied; there is no input
+    /// gradient.
+    OneHot {
+        /// One id (< I) per row.
+        ids: &'a [usize],
+    },
 }
 
 /// `xp [rows, G·H] = x [rows, I] · W_ihᵀ + b_ih`, plus `b_hh` when `fold_bias_hh`
@@ -230,6 +237,27 @@ pub(crate) fn project_inputs<T: Real>(
             let v = table.len() / i.max(1);
             let mut per_id = vec![T::zero(); v * gh];
             project(table, v, &mut per_id);
+            for (out, &id) in xp.chunks_exact_mut(gh).zip(&ids[..rows]) {
+                out.copy_from_slice(&per_id[id * gh..][..gh]);
+            }
+        }
+        Input::OneHot { ids } => {
+            // W_ih x for a one-hot x is column id of W_ih: per_id [I, G·H] = W_ihᵀ + biases.
+            let w = p.w_ih.data();
+            let mut per_id = vec![T::zero(); i * gh];
+            for (g, row) in w.chunks_exact(i.max(1)).enumerate().take(gh) {
+                for (v, &x) in row.iter().enumerate() {
+                    per_id[v * gh + g] = x;
+                }
+            }
+            for row in per_id.chunks_exact_mut(gh) {
+                add_bias_rows(row, p.b_ih.data());
+                if fold_bias_hh {
+                    if let Some(b) = &p.b_hh {
+                        add_bias_rows(row, b.data());
+                    }
+                }
+            }
             for (out, &id) in xp.chunks_exact_mut(gh).zip(&ids[..rows]) {
                 out.copy_from_slice(&per_id[id * gh..][..gh]);
             }
@@ -278,6 +306,23 @@ pub(crate) fn input_grads<T: Real>(
                     .for_each(|(a, &d)| *a += d);
             }
             grads(g, table, v, &per_id, dx);
+        }
+        Input::OneHot { ids } => {
+            // dW_ih[:, id] += Σ of the rows of dg with that id; no input gradient.
+            let mut per_id = vec![T::zero(); i * gh];
+            for (row, &id) in dg.chunks_exact(gh).zip(&ids[..rows]) {
+                per_id[id * gh..][..gh]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(a, &d)| *a += d);
+            }
+            let gw = g.w_ih.data_mut();
+            for (v, col) in per_id.chunks_exact(gh).enumerate() {
+                for (gate, &d) in col.iter().enumerate() {
+                    gw[gate * i + v] += d;
+                }
+            }
+            sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
         }
     }
 }

@@ -223,6 +223,8 @@ struct Saved<T> {
     inputs: Vec<Vec<T>>,
     /// Layer 0's input as token ids `[T, B]` into `table` ([`Recurrent::forward_embedded`]).
     ids: Option<Vec<usize>>,
+    /// The ids stand for one-hot vectors (no table).
+    one_hot: bool,
     /// The embedding the ids index, `[V, input_size]`.
     table: Vec<T>,
     /// Dropout on the input of every layer (unused for layer 0).
@@ -412,6 +414,34 @@ impl<T: Real> Recurrent<T> {
         self.run_forward(x, steps, batch, lengths, init, rng)
     }
 
+    /// As [`Recurrent::forward_embedded`] for one-hot inputs: `ids [T, B]` (< input_size)
+    /// stand for one-hot vectors, so the first layer's input product is a column of
+    /// `W_ih` looked up per id (never a product with zeros), and [`Recurrent::backward`]
+    /// returns an empty input gradient `[0, input_size]`.
+    pub fn forward_one_hot(
+        &mut self,
+        ids: &[usize],
+        (steps, batch): (usize, usize),
+        lengths: Option<&[usize]>,
+        init: Option<&RecurrentState<T>>,
+        rng: Option<&mut Rng>,
+    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        if ids.len() != steps * batch {
+            return Err(Error::Shape(format!(
+                "{} ids given for {steps} steps × {batch} sequences",
+                ids.len()
+            )));
+        }
+        let v = self.config.input_size;
+        if let Some(k) = ids.iter().position(|&id| id >= v) {
+            return Err(Error::Input(format!(
+                "id {} at position {k} is outside the {v} one-hot inputs",
+                ids[k]
+            )));
+        }
+        self.run_forward(Input::OneHot { ids }, steps, batch, lengths, init, rng)
+    }
+
     /// `(T, B)` of an input `[T, B, input_size]`.
     fn check_input(&self, x: &Tensor<T>) -> Result<(usize, usize)> {
         match *x.shape() {
@@ -484,6 +514,12 @@ impl<T: Real> Recurrent<T> {
                         saved.table.clear();
                         saved.table.extend_from_slice(table);
                         saved.ids = Some(ids.to_vec());
+                        saved.one_hot = false;
+                    }
+                    Input::OneHot { ids } => {
+                        saved.table.clear();
+                        saved.ids = Some(ids.to_vec());
+                        saved.one_hot = true;
                     }
                 }
             } else {
@@ -505,6 +541,7 @@ impl<T: Real> Recurrent<T> {
                 let y = scratch(&mut saved.outputs[idx], steps * batch * hs);
                 let h = &mut state.h.data_mut()[idx * batch * hs..][..batch * hs];
                 let x_l = match (&saved.ids, l) {
+                    (Some(ids), 0) if saved.one_hot => Input::OneHot { ids },
                     (Some(ids), 0) => Input::Embedded {
                         table: &saved.table,
                         ids,
@@ -592,6 +629,7 @@ impl<T: Real> Recurrent<T> {
                 );
                 let dh = &mut d_state.h.data_mut()[idx * batch * hs..][..batch * hs];
                 let x_l = match (&saved.ids, l) {
+                    (Some(ids), 0) if saved.one_hot => Input::OneHot { ids },
                     (Some(ids), 0) => Input::Embedded {
                         table: &saved.table,
                         ids,

@@ -27,7 +27,7 @@ pub const META_VOCAB: &str = "rnnkit.vocab";
 pub struct CharLmConfig {
     /// The recurrence.
     pub cell: CellKind,
-    /// Embedding width E.
+    /// Embedding width E; 0 feeds one-hot vectors to the first layer (no embedding).
     pub embed_size: usize,
     /// Hidden width H of every recurrent layer.
     pub hidden_size: usize,
@@ -38,18 +38,20 @@ pub struct CharLmConfig {
 }
 
 impl CharLmConfig {
-    fn recurrent(&self) -> RecurrentConfig {
-        RecurrentConfig::new(self.cell, self.embed_size, self.hidden_size)
+    fn recurrent(&self, vocab: usize) -> RecurrentConfig {
+        let input = if self.embed_size == 0 {
+            vocab
+        } else {
+            self.embed_size
+        };
+        RecurrentConfig::new(self.cell, input, self.hidden_size)
             .with_layers(self.num_layers)
             .with_dropout(self.dropout)
     }
 
     /// Fails with a message naming the field if a value is impossible.
     pub fn validate(&self) -> Result<()> {
-        if self.embed_size == 0 {
-            return Err(Error::Config("embed_size must be at least 1".into()));
-        }
-        self.recurrent().validate()
+        self.recurrent(1).validate()
     }
 
     /// Bytes that training needs, roughly: parameters with their gradients and Adam
@@ -91,8 +93,9 @@ impl CharLmConfig {
 /// The model, its gradients and its vocabulary.
 #[derive(Clone, Debug)]
 pub struct CharLm {
-    /// `embed.weight [V, E]`.
-    pub embed: Embedding<f32>,
+    /// `embed.weight [V, E]`; `None` for one-hot inputs (embed size 0), where
+    /// `rnn.weight_ih_l0` is `[G·H, V]` as in torch's `nn.LSTM(V, H)` on one-hot vectors.
+    pub embed: Option<Embedding<f32>>,
     /// `rnn.*`, torch names.
     pub rnn: Recurrent<f32>,
     /// `head.weight [V, H·D]`, `head.bias [V]`.
@@ -105,8 +108,9 @@ impl CharLm {
     /// A freshly initialised model (torch.nn's default initialisation for every part).
     pub fn new(config: &CharLmConfig, vocab: Vocab, rng: &mut Rng) -> Result<Self> {
         config.validate()?;
-        let embed = Embedding::new(vocab.len(), config.embed_size, rng);
-        let rnn = config.recurrent().init(rng)?;
+        let embed =
+            (config.embed_size > 0).then(|| Embedding::new(vocab.len(), config.embed_size, rng));
+        let rnn = config.recurrent(vocab.len()).init(rng)?;
         let head = Linear::new(config.hidden_size, vocab.len(), rng);
         Ok(CharLm {
             embed,
@@ -122,7 +126,7 @@ impl CharLm {
         let r = self.rnn.config();
         CharLmConfig {
             cell: r.cell,
-            embed_size: r.input_size,
+            embed_size: self.embed.as_ref().map_or(0, |e| e.dim()),
             hidden_size: r.hidden_size,
             num_layers: r.num_layers,
             dropout: r.dropout,
@@ -165,14 +169,15 @@ impl CharLm {
             // The count of inputs is checked by the recurrent layer.
             self.check_in_vocab("input", inputs)?;
             let n = steps * batch;
-            let (y, fin) = self.rnn.forward_embedded(
-                &self.embed.weight,
-                inputs,
-                (steps, batch),
-                None,
-                init,
-                rng,
-            )?;
+            let (y, fin) = match &self.embed {
+                Some(e) => {
+                    self.rnn
+                        .forward_embedded(&e.weight, inputs, (steps, batch), None, init, rng)?
+                }
+                None => self
+                    .rnn
+                    .forward_one_hot(inputs, (steps, batch), None, init, rng)?,
+            };
             let mut logits = vec![0.0; n * self.vocab.len()];
             self.head.forward(y.data(), n, &mut logits);
             Ok((y, logits, fin))
@@ -224,7 +229,10 @@ impl CharLm {
                 .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
             // The embedded forward pass hands back the embedding's gradient directly.
             let (d_embed, _) = self.rnn.backward(&dy, None)?;
-            self.embed
+            let Some(embed) = &mut self.embed else {
+                return Ok(());
+            };
+            embed
                 .grad_weight
                 .data_mut()
                 .iter_mut()
@@ -327,21 +335,35 @@ impl CharLm {
     /// every shape is checked against the others and the vocabulary. Other tensors are ignored.
     pub fn from_state_dict(file: &TensorFile, cell: CellKind, vocab: Vocab) -> Result<CharLm> {
         check_charlm_names(file)?;
-        let embed = Embedding::from_weight(file.get("embed.weight", None)?)
-            .map_err(|e| file.error(e.to_string()))?;
-        if embed.vocab() != vocab.len() {
-            return Err(file.error(format!(
-                "`embed.weight` has {} rows but the vocabulary has {} characters",
-                embed.vocab(),
-                vocab.len()
-            )));
+        // Without `embed.weight` the model reads one-hot vectors (`--embed 0`).
+        let embed = match file.shape("embed.weight") {
+            None => None,
+            Some(_) => Some(
+                Embedding::from_weight(file.get("embed.weight", None)?)
+                    .map_err(|e| file.error(e.to_string()))?,
+            ),
+        };
+        if let Some(embed) = &embed {
+            if embed.vocab() != vocab.len() {
+                return Err(file.error(format!(
+                    "`embed.weight` has {} rows but the vocabulary has {} characters",
+                    embed.vocab(),
+                    vocab.len()
+                )));
+            }
         }
         let rnn = Recurrent::from_state_dict(file, "rnn.", cell)?;
-        if rnn.config().input_size != embed.dim() {
+        let (width, what) = match &embed {
+            Some(e) => (e.dim(), "`embed.weight` gives"),
+            None => (
+                vocab.len(),
+                "one-hot inputs (no `embed.weight`) over the vocabulary give",
+            ),
+        };
+        if rnn.config().input_size != width {
             return Err(file.error(format!(
-                "`rnn.weight_ih_l0` takes {} inputs but `embed.weight` gives {}",
+                "`rnn.weight_ih_l0` takes {} inputs but {what} {width}",
                 rnn.config().input_size,
-                embed.dim()
             )));
         }
         let out = rnn.config().output_size();
@@ -360,12 +382,7 @@ impl CharLm {
 }
 
 /// The tensors every `CharLM` state dict has, whatever its size.
-const CHARLM_ANCHORS: [&str; 4] = [
-    "embed.weight",
-    "rnn.weight_ih_l0",
-    "head.weight",
-    "head.bias",
-];
+const CHARLM_ANCHORS: [&str; 3] = ["rnn.weight_ih_l0", "head.weight", "head.bias"];
 
 /// Refuses a file without the `CharLM` tensor names, listing the names expected
 /// against those found, with a hint when the names differ only by a prefix.
@@ -418,18 +435,18 @@ fn guess_cell(file: &TensorFile) -> &'static str {
 impl Parameters<f32> for CharLm {
     /// Names as the PyTorch module: `embed.weight`, `rnn.weight_ih_l0`, …, `head.bias`.
     fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
-        f("embed.weight", &self.embed.weight);
+        if let Some(e) = &self.embed {
+            f("embed.weight", &e.weight);
+        }
         self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
         f("head.weight", &self.head.weight);
         f("head.bias", &self.head.bias);
     }
 
     fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
-        f(
-            "embed.weight",
-            &mut self.embed.weight,
-            &mut self.embed.grad_weight,
-        );
+        if let Some(e) = &mut self.embed {
+            f("embed.weight", &mut e.weight, &mut e.grad_weight);
+        }
         self.rnn
             .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
         f(

@@ -101,14 +101,27 @@ impl Stepper {
             ));
         }
         let (kind, hs, g) = (cfg.cell, cfg.hidden_size, cfg.cell.gates());
-        let (vocab, e) = (model.vocab().len(), model.embed.dim());
-        let embed = model.embed.weight.data().to_vec();
+        let vocab = model.vocab().len();
+        let (e, embed) = match &model.embed {
+            Some(m) => (m.dim(), m.weight.data().to_vec()),
+            None => (0, Vec::new()),
+        };
         let cells = model.rnn.cells();
         // The table costs V·G·H floats against W_ih0's E·G·H: worth it unless the
-        // vocabulary is much wider than the embedding.
-        let use_table = vocab <= 4 * e.max(16);
+        // vocabulary is much wider than the embedding. One-hot inputs always use it:
+        // their table is W_ih0ᵀ itself.
+        let use_table = e == 0 || vocab <= 4 * e.max(16);
         let mut table = Vec::new();
-        if use_table {
+        if e == 0 {
+            let w = cells[0].w_ih.data();
+            table = vec![0.0; vocab * g * hs];
+            for (r, row) in w.chunks_exact(vocab).enumerate() {
+                for (v, &x) in row.iter().enumerate() {
+                    table[v * g * hs + r] = x;
+                }
+            }
+            add_bias_rows(&mut table, cells[0].b_ih.data());
+        } else if use_table {
             table = vec![0.0; vocab * g * hs];
             matmul(
                 MatMut::dense(&mut table, vocab, g * hs),

@@ -431,9 +431,17 @@ pub fn extend_vocab(model: CharLm, text: &str, rng: &mut Rng) -> Result<(CharLm,
     let vocab = Vocab::from_chars(chars)?;
     let cfg = model.config();
     let fresh = CharLm::new(&cfg, vocab.clone(), rng)?;
+    if model.embed.is_none() {
+        return Err(Error::Input(format!(
+            "the text has characters the one-hot model does not know ({}); a one-hot model's input width is its vocabulary, so it cannot grow: fine-tune on text with the model's characters only",
+            added.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(" ")
+        )));
+    }
     let (v_old, e, h) = (known.len(), cfg.embed_size, model.head.in_features());
     let mut grown = fresh;
-    grown.embed.weight.data_mut()[..v_old * e].copy_from_slice(model.embed.weight.data());
+    if let (Some(g), Some(m)) = (&mut grown.embed, &model.embed) {
+        g.weight.data_mut()[..v_old * e].copy_from_slice(m.weight.data());
+    }
     grown.rnn = model.rnn.clone();
     grown.head.weight.data_mut()[..v_old * h].copy_from_slice(model.head.weight.data());
     grown.head.bias.data_mut()[..v_old].copy_from_slice(model.head.bias.data());

@@ -53,7 +53,9 @@ pub struct TaggerConfig {
     pub num_layers: usize,
     /// Dropout on the sentence network's input and output, in training.
     pub dropout: f32,
-    /// Probability of replacing a known word by `<unk>` in training.
+    /// Word dropout α: in training a known word seen f times is replaced by `<unk>`
+    /// with probability α / (α + f), so rare words teach the model to rely on their
+    /// characters (Kiperwasser and Goldberg 2016).
     pub word_dropout: f32,
     /// Words seen fewer times than this in training are unknown.
     pub min_freq: usize,
@@ -141,6 +143,8 @@ pub struct Tagger {
     /// The column tagged.
     pub column: TagColumn,
     config: TaggerConfig,
+    /// Training frequency of every word id (for word dropout; empty: none).
+    word_freq: Vec<usize>,
     drop_in: Dropout<f32>,
     drop_out: Dropout<f32>,
 }
@@ -208,14 +212,7 @@ impl Tagger {
                 "--word-embed, --hidden and --layers must be at least 1".into(),
             ));
         }
-        for (name, p) in [
-            ("--dropout", config.dropout),
-            ("--word-dropout", config.word_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(Error::Config(format!("{name} must be in [0, 1), got {p}")));
-            }
-        }
+        check_dropouts(config.dropout, config.word_dropout)?;
         let word_embed = Embedding::new(words.len(), config.word_embed, rng);
         let char_embed = Embedding::new(chars.len(), config.char_embed.max(1), rng);
         let char_rnn = (config.char_hidden > 0)
@@ -246,6 +243,7 @@ impl Tagger {
             tags,
             column: config.column,
             config: config.clone(),
+            word_freq: Vec::new(),
             drop_in: Dropout::default(),
             drop_out: Dropout::default(),
         })
@@ -258,16 +256,25 @@ impl Tagger {
 
     /// Sets the dropouts used in training.
     pub fn set_dropout(&mut self, dropout: f32, word_dropout: f32) -> Result<()> {
-        for (name, p) in [("--dropout", dropout), ("--word-dropout", word_dropout)] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(Error::Config(format!("{name} must be in [0, 1), got {p}")));
-            }
-        }
+        check_dropouts(dropout, word_dropout)?;
         let cfg = self.rnn.config().clone().with_dropout(dropout);
         self.rnn = Recurrent::from_params(cfg, self.rnn.cells().to_vec())?;
         self.config.dropout = dropout;
         self.config.word_dropout = word_dropout;
         Ok(())
+    }
+
+    /// Counts how often each known word occurs in `sentences` (for word dropout).
+    pub fn count_words(&mut self, sentences: &[Sentence]) {
+        let mut freq = vec![0; self.words.len()];
+        for s in sentences {
+            for i in 0..s.len() {
+                if let Some(id) = self.words.id(&s.form(i).to_lowercase()) {
+                    freq[id] += 1;
+                }
+            }
+        }
+        self.word_freq = freq;
     }
 
     /// Whether a word is outside the vocabulary (scored as unseen).
@@ -286,8 +293,9 @@ impl Tagger {
             for t in 0..s.len() {
                 let form = s.form(t);
                 let mut id = self.words.id(&form.to_lowercase()).unwrap_or(0);
-                if let Some(rng) = word_drop.as_deref_mut() {
-                    if id != 0 && rng.uniform() < self.config.word_dropout as f64 {
+                if let (Some(rng), Some(&f)) = (word_drop.as_deref_mut(), self.word_freq.get(id)) {
+                    let a = self.config.word_dropout as f64;
+                    if id != 0 && a > 0.0 && rng.uniform() < a / (a + f as f64) {
                         id = 0;
                     }
                 }
@@ -592,6 +600,20 @@ impl Tagger {
     }
 }
 
+fn check_dropouts(dropout: f32, word_dropout: f32) -> Result<()> {
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(Error::Config(format!(
+            "--dropout must be in [0, 1), got {dropout}"
+        )));
+    }
+    if !(word_dropout >= 0.0 && word_dropout <= 1e6) {
+        return Err(Error::Config(format!(
+            "--word-dropout must be in [0, 1e6], got {word_dropout}"
+        )));
+    }
+    Ok(())
+}
+
 impl Parameters<f32> for Tagger {
     /// Names as the PyTorch module: `word_embed.weight`, `char_embed.weight`, `char_rnn.*`, `rnn.*`, `head.*`.
     fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
@@ -680,6 +702,8 @@ impl TagTask {
         if train.is_empty() {
             return Err(Error::Input("no training sentences".into()));
         }
+        let mut model = model;
+        model.count_words(&train);
         Ok(TagTask {
             model,
             train,
