@@ -486,8 +486,8 @@ impl Tagger {
         Ok((loss.mean, mask.iter().filter(|&&m| m).count()))
     }
 
-    /// Tag scores `[T, B, K]` (time-major, T the longest sentence; zero rows past a
-    /// sentence's end are padding) in inference mode.
+    /// Tag scores `[T, B, K]` (time-major, T the longest sentence; rows past a
+    /// sentence's end are padding and hold `head.bias`) in inference mode.
     pub fn logits(&mut self, sentences: &[&Sentence]) -> Result<Tensor<f32>> {
         let e = self.encode(sentences, None);
         let (logits, _, _) = self.forward(&e, None)?;
