@@ -1,6 +1,7 @@
 //! Token embedding as torch.nn.Embedding: row `id` of `W [vocab, dim]`.
 
 use crate::error::{Error, Result};
+use crate::layer::{ParamVisitor, Parameters};
 use crate::rng::Rng;
 use crate::tensor::{Real, Tensor};
 
@@ -72,5 +73,41 @@ impl<T: Real> Embedding<T> {
                 *a += b;
             }
         }
+    }
+}
+
+impl<T: Real> Parameters<T> for Embedding<T> {
+    /// torch.nn.Embedding's name: `weight`.
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<T>)) {
+        f("weight", &self.weight);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
+        f("weight", &mut self.weight, &mut self.grad_weight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_torch_named_and_reach_the_gradient() {
+        let mut emb = Embedding::<f32>::new(4, 2, &mut Rng::new(0));
+        emb.backward(&[3, 1, 3], &[1.0, 2.0, 10.0, 20.0, 100.0, 200.0]);
+        let mut seen = Vec::new();
+        emb.visit_params_mut(&mut |n, t, g| {
+            seen.push((n.to_string(), t.shape().to_vec(), g.data().to_vec()))
+        });
+        assert_eq!(
+            seen,
+            [(
+                "weight".into(),
+                vec![4, 2],
+                vec![0.0, 0.0, 10.0, 20.0, 0.0, 0.0, 101.0, 202.0]
+            )]
+        );
+        emb.zero_grad();
+        assert!(emb.grad_weight.data().iter().all(|&g| g == 0.0));
     }
 }

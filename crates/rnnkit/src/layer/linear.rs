@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::kernel::{add_bias_rows, matmul, sum_rows_into, MatMut, MatRef};
+use crate::layer::{ParamVisitor, Parameters};
 use crate::rng::Rng;
 use crate::tensor::{Real, Tensor};
 
@@ -95,5 +96,51 @@ impl<T: Real> Linear<T> {
                 false,
             );
         }
+    }
+}
+
+impl<T: Real> Parameters<T> for Linear<T> {
+    /// torch.nn.Linear's names: `weight`, `bias`.
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<T>)) {
+        f("weight", &self.weight);
+        f("bias", &self.bias);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
+        f("weight", &mut self.weight, &mut self.grad_weight);
+        f("bias", &mut self.bias, &mut self.grad_bias);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_torch_named_and_reach_the_gradients() {
+        let mut lin = Linear::<f32>::new(3, 2, &mut Rng::new(0));
+        let mut names = Vec::new();
+        lin.visit_params(&mut |n, t| names.push((n.to_string(), t.shape().to_vec())));
+        assert_eq!(
+            names,
+            [("weight".into(), vec![2, 3]), ("bias".into(), vec![2])]
+        );
+        lin.backward(&[1.0, 2.0, 3.0], &[1.0, -1.0], 1, None);
+        assert_eq!(lin.grad_bias.data(), &[1.0, -1.0]);
+        let mut grads = Vec::new();
+        lin.visit_params_mut(&mut |n, _, g| grads.push((n.to_string(), g.data().to_vec())));
+        assert_eq!(
+            grads[0].1,
+            [1.0, 2.0, 3.0, -1.0, -2.0, -3.0],
+            "weight gradient"
+        );
+        assert_eq!(grads[1].1, [1.0, -1.0], "bias gradient");
+        lin.zero_grad();
+        assert!(lin
+            .grad_weight
+            .data()
+            .iter()
+            .chain(lin.grad_bias.data())
+            .all(|&g| g == 0.0));
     }
 }
