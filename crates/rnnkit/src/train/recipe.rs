@@ -76,6 +76,26 @@ pub struct TrainSettings {
     pub precision: Precision,
 }
 
+impl Default for TrainSettings {
+    /// Adam at 0.001 without decay, global-norm clipping at 5, batch 32, a tenth held
+    /// out for validation, seed 1, f32 (each task's CLI states its own defaults).
+    fn default() -> Self {
+        TrainSettings {
+            batch: 32,
+            lr: 1e-3,
+            lr_decay: 1.0,
+            decay_after: 0,
+            grad_clip: Some(5.0),
+            clip_value: None,
+            optimizer: OptimizerKind::Adam,
+            momentum: 0.9,
+            val_frac: 0.1,
+            seed: 1,
+            precision: Precision::F32,
+        }
+    }
+}
+
 impl TrainSettings {
     /// Fails with a message naming the flag if a value is impossible.
     pub fn validate(&self) -> Result<()> {
@@ -189,6 +209,22 @@ pub struct Schedule {
 
 fn default_log_every() -> u64 {
     10
+}
+
+impl Default for Schedule {
+    /// Ten epochs, validation every 100 steps, a checkpoint every 500, a log line every 10.
+    fn default() -> Self {
+        Schedule {
+            steps: None,
+            epochs: Some(10.0),
+            time_limit: None,
+            eval_every: 100,
+            checkpoint_every: 500,
+            checkpoint_every_epochs: None,
+            log_every: 10,
+            patience: None,
+        }
+    }
 }
 
 /// The longest wall-time bound accepted, so that it always converts to a duration.
