@@ -2,7 +2,7 @@
 //! time series with the shared trainer.
 
 use crate::train_cmd::Cell;
-use crate::trainer::{self, set, Ready, TrainerOpts};
+use crate::trainer::{self, set, Ready, Start, TrainerOpts};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use rnnkit::data::{read_ts, Series, TsDataset};
@@ -13,7 +13,7 @@ use rnnkit::task::classifier::{
     evaluate, stratified_split, ClassScores, Classifier, ClassifierConfig, ClassifyTask,
     Standardizer,
 };
-use rnnkit::train::{Recipe, Schedule, Settings, TrainSettings, TrainState};
+use rnnkit::train::{Recipe, Schedule, Settings, TrainSettings};
 use rnnkit::{CellKind, Rng};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -235,7 +235,7 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
     let data_fingerprint = rnnkit::data::fingerprint(&String::from_utf8_lossy(&bytes));
     let r = &resolved.recipe;
     let (train_idx, val_idx) = stratified_split(&data, r.train.val_frac, r.train.seed);
-    let (model, file, rng) = match &resolved.resume {
+    let (model, start) = match &resolved.resume {
         Some((p, _)) => {
             let (mut model, file) =
                 Classifier::load(p).with_context(|| format!("--resume {}", p.display()))?;
@@ -248,7 +248,7 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
                 );
             }
             model.set_dropout(r.task.dropout)?;
-            (model, Some(file), None)
+            (model, Start::Resumed(file))
         }
         None => {
             let mut rng = Rng::new(r.train.seed);
@@ -256,7 +256,7 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
             let norm = Standardizer::fit(&fit, data.channels);
             let model =
                 Classifier::new(&r.task, data.channels, data.labels.clone(), norm, &mut rng)?;
-            (model, None, Some(rng))
+            (model, Start::Fresh(rng))
         }
     };
     let task = ClassifyTask::new(
@@ -266,29 +266,16 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
         r.train.batch,
         r.train.seed,
     )?;
-    let state = match (file, rng) {
-        (Some(file), _) => TrainState::load(file, data_fingerprint)?,
-        (None, Some(rng)) => TrainState::fresh(rng, data_fingerprint),
-        (None, None) => unreachable!("a fresh model comes with its generator"),
-    };
     let ready = Ready {
         resolved,
         task,
-        state,
+        start,
         data_fingerprint,
         data_path: Some(train_path),
     };
     let finished = trainer::train(c, ready, "rnnkit classify train")?;
     let s = &finished.summary;
-    let mut json = serde_json::json!({
-        "steps": s.steps,
-        "epochs": s.epochs,
-        "train_loss": s.train_loss,
-        "val_loss": s.val.as_ref().map(|v| v.loss),
-        "val_accuracy": s.val.as_ref().and_then(|v| v.scores.get("accuracy")),
-        "tokens_per_sec": s.tokens_per_sec,
-        "checkpoint": s.checkpoint,
-    });
+    let mut json = trainer::summary_json(s);
     if let (Some(test), false) = (&test, s.interrupted) {
         let chosen = s
             .best_checkpoint

@@ -2,7 +2,7 @@
 //! treebanks with the shared trainer.
 
 use crate::train_cmd::Cell;
-use crate::trainer::{self, set, Ready, TrainerOpts};
+use crate::trainer::{self, set, Ready, Start, TrainerOpts};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use rnnkit::data::{
@@ -11,7 +11,7 @@ use rnnkit::data::{
 use rnnkit::model::Precision;
 use rnnkit::optim::OptimizerKind;
 use rnnkit::task::tagger::{TagTask, Tagger, TaggerConfig};
-use rnnkit::train::{Recipe, Schedule, Settings, TrainSettings, TrainState};
+use rnnkit::train::{Recipe, Schedule, Settings, TrainSettings};
 use rnnkit::{CellKind, Rng};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -234,43 +234,30 @@ fn train(o: TagTrainOpts) -> anyhow::Result<ExitCode> {
         .transpose()?
         .unwrap_or_default();
     let r = &resolved.recipe;
-    let (model, file, rng) = match &resolved.resume {
+    let (model, start) = match &resolved.resume {
         Some((p, _)) => {
             let (mut model, file) =
                 Tagger::load(p).with_context(|| format!("--resume {}", p.display()))?;
             model.set_dropout(r.task.dropout, r.task.word_dropout)?;
-            (model, Some(file), None)
+            (model, Start::Resumed(file))
         }
         None => {
             let mut rng = Rng::new(r.train.seed);
             let model = Tagger::new(&r.task, &train, &mut rng)?;
-            (model, None, Some(rng))
+            (model, Start::Fresh(rng))
         }
     };
     let task = TagTask::new(model, train, dev, r.train.batch, r.train.seed)?;
-    let state = match (file, rng) {
-        (Some(file), _) => TrainState::load(file, data_fingerprint)?,
-        (None, Some(rng)) => TrainState::fresh(rng, data_fingerprint),
-        (None, None) => unreachable!("a fresh model comes with its generator"),
-    };
     let ready = Ready {
         resolved,
         task,
-        state,
+        start,
         data_fingerprint,
         data_path: Some(train_path),
     };
     let finished = trainer::train(c, ready, "rnnkit tag train")?;
     let s = &finished.summary;
-    let mut json = serde_json::json!({
-        "steps": s.steps,
-        "epochs": s.epochs,
-        "train_loss": s.train_loss,
-        "val_loss": s.val.as_ref().map(|v| v.loss),
-        "val_accuracy": s.val.as_ref().and_then(|v| v.scores.get("accuracy")),
-        "tokens_per_sec": s.tokens_per_sec,
-        "checkpoint": s.checkpoint,
-    });
+    let mut json = trainer::summary_json(s);
     if let (Some(test), false) = (&test_path, s.interrupted) {
         let chosen = s
             .best_checkpoint

@@ -1,7 +1,7 @@
 //! `rnnkit train`: the character language model's flags, its data and model, then
 //! the shared trainer, then a closing sample.
 
-use crate::trainer::{self, set, Ready, TrainerOpts};
+use crate::trainer::{self, set, Ready, Start, TrainerOpts};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use rnnkit::data::{fingerprint, read_text, Vocab};
@@ -11,8 +11,7 @@ use rnnkit::optim::OptimizerKind;
 use rnnkit::task::char_lm::{
     check_training_memory, extend_vocab, Batching, CharLmRecipe, CharLmTask,
 };
-use rnnkit::task::Task;
-use rnnkit::train::{Recipe, Schedule, Settings, TrainSettings, TrainState};
+use rnnkit::train::{Recipe, Schedule, Settings, TrainSettings};
 use rnnkit::{CellKind, Rng};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -234,11 +233,11 @@ pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
     };
     let data_fingerprint = fingerprint(&text);
     let seed = resolved.recipe.train.seed;
-    let (model, file, rng) = match (&resolved.resume, &c.init) {
+    let (model, start) = match (&resolved.resume, &c.init) {
         (Some((p, _)), _) => {
             let (model, file) =
                 CharLm::load(p).with_context(|| format!("--resume {}", p.display()))?;
-            (model, Some(file), None)
+            (model, Start::Resumed(file))
         }
         (None, Some(init)) => {
             let (model, _) =
@@ -257,7 +256,7 @@ pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
                 dropout,
                 ..model.config()
             };
-            (model, None, Some(rng))
+            (model, Start::Fresh(rng))
         }
         (None, None) => {
             let vocab = Vocab::from_text(&text)?;
@@ -265,7 +264,7 @@ pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
             check_training_memory(&r.task.model, vocab.len(), r.train.batch, r.task.seq_len)?;
             let mut rng = Rng::new(seed);
             let model = CharLm::new(&r.task.model, vocab, &mut rng)?;
-            (model, None, Some(rng))
+            (model, Start::Fresh(rng))
         }
     };
     let r = &resolved.recipe;
@@ -278,19 +277,11 @@ pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
         r.train.batch,
         r.task.seq_len,
     )?;
-    let mut task = CharLmTask::new(model, &r.task, r.train.batch, r.train.val_frac, seed, &text)?;
-    let state = match (file, rng) {
-        (Some(file), _) => {
-            task.restore_carried_state(&file)?;
-            TrainState::load(file, data_fingerprint)?
-        }
-        (None, Some(rng)) => TrainState::fresh(rng, data_fingerprint),
-        (None, None) => unreachable!("a fresh model comes with its generator"),
-    };
+    let task = CharLmTask::new(model, &r.task, r.train.batch, r.train.val_frac, seed, &text)?;
     let ready = Ready {
         resolved,
         task,
-        state,
+        start,
         data_fingerprint,
         data_path,
     };

@@ -405,14 +405,23 @@ impl Observer for Progress {
     }
 }
 
-/// A run ready to go: the resolved settings, the task and its state.
+/// Where a run starts: a resumed checkpoint (its training state is read from it)
+/// or a fresh model with the generator that initialised it (dropout continues it).
+pub enum Start {
+    /// The open checkpoint being resumed.
+    Resumed(rnnkit::checkpoint::TensorFile),
+    /// A new run.
+    Fresh(rnnkit::Rng),
+}
+
+/// A run ready to go: the resolved settings, the task and where it starts.
 pub struct Ready<T: Task> {
     /// Settings.
     pub resolved: Resolved<T::Config>,
     /// The model with its data.
     pub task: T,
-    /// Fresh or loaded training state.
-    pub state: TrainState,
+    /// Fresh or resumed.
+    pub start: Start,
     /// Identifies the training data.
     pub data_fingerprint: u64,
     /// The training data's file, if any (recorded for resume).
@@ -434,10 +443,17 @@ pub fn train<T: Task>(o: &TrainerOpts, run: Ready<T>, command: &str) -> anyhow::
     let Ready {
         resolved,
         mut task,
-        state,
+        start,
         data_fingerprint,
         data_path,
     } = run;
+    let state = match start {
+        Start::Resumed(file) => {
+            task.restore_carried_state(&file)?;
+            TrainState::load(file, data_fingerprint)?
+        }
+        Start::Fresh(rng) => TrainState::fresh(rng, data_fingerprint),
+    };
     if !resolved.altered.is_empty() {
         eprintln!(
             "resuming with changed settings ({}): the run is no longer identical to an uninterrupted one",
@@ -523,6 +539,19 @@ pub fn train<T: Task>(o: &TrainerOpts, run: Ready<T>, command: &str) -> anyhow::
         ExitCode::SUCCESS
     };
     Ok(Finished { summary, code })
+}
+
+/// The `--json` line of a task trained with a validation metric (classify, tag).
+pub fn summary_json(s: &Summary) -> serde_json::Value {
+    serde_json::json!({
+        "steps": s.steps,
+        "epochs": s.epochs,
+        "train_loss": s.train_loss,
+        "val_loss": s.val.as_ref().map(|v| v.loss),
+        "val_accuracy": s.val.as_ref().and_then(|v| v.scores.get("accuracy")),
+        "tokens_per_sec": s.tokens_per_sec,
+        "checkpoint": s.checkpoint,
+    })
 }
 
 /// `s` quoted for a POSIX shell when it needs it.

@@ -44,5 +44,8 @@ fn every_file_the_readme_names_exists() {
     }
     missing.sort();
     missing.dedup();
-    assert!(missing.is_empty(), "the README names files that do not exist: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the README names files that do not exist: {missing:?}"
+    );
 }

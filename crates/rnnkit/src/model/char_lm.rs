@@ -408,7 +408,7 @@ fn check_charlm_names(file: &TensorFile) -> Result<()> {
         }
     }
     Err(file.error(format!(
-        "not a PyTorch CharLM state dict: {} missing. Expected embed.weight [V, E]; \
+        "not a PyTorch CharLM state dict: {} missing. Expected embed.weight [V, E] (none for one-hot inputs); \
          rnn.weight_ih_l{{k}}, rnn.weight_hh_l{{k}}, rnn.bias_ih_l{{k}}, rnn.bias_hh_l{{k}} \
          for each layer k (`_reverse` for a backward direction); head.weight [V, H]; \
          head.bias [V]. The file has {}{hint}",

@@ -6,7 +6,6 @@ use super::{BatchLoss, Metrics, Selection, Task};
 use crate::checkpoint::TensorFile;
 use crate::data::{Streams, Vocab};
 use crate::error::{Error, Result};
-use crate::layer::{ParamVisitor, Parameters};
 use crate::model::{CharLm, CharLmConfig};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -207,15 +206,7 @@ impl CharLmTask {
     }
 }
 
-impl Parameters<f32> for CharLmTask {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
-        self.model.visit_params(f)
-    }
-
-    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
-        self.model.visit_params_mut(f)
-    }
-}
+super::params_of_model!(CharLmTask);
 
 impl Task for CharLmTask {
     type Config = CharLmRecipe;

@@ -533,15 +533,7 @@ impl ClassifyTask {
     }
 }
 
-impl Parameters<f32> for ClassifyTask {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
-        self.model.visit_params(f)
-    }
-
-    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
-        self.model.visit_params_mut(f)
-    }
-}
+super::params_of_model!(ClassifyTask);
 
 impl Task for ClassifyTask {
     type Config = ClassifierConfig;

@@ -17,6 +17,22 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+/// `impl Parameters<f32>` for a task struct by handing the visitor to its `model` field.
+macro_rules! params_of_model {
+    ($task:ty) => {
+        impl $crate::layer::Parameters<f32> for $task {
+            fn visit_params(&self, f: &mut dyn FnMut(&str, &$crate::tensor::Tensor<f32>)) {
+                self.model.visit_params(f)
+            }
+
+            fn visit_params_mut(&mut self, f: &mut $crate::layer::ParamVisitor<'_, f32>) {
+                self.model.visit_params_mut(f)
+            }
+        }
+    };
+}
+use params_of_model;
+
 /// Metadata key naming the task of a checkpoint (absent in char-LM checkpoints).
 pub const META_TASK: &str = "rnnkit.task";
 

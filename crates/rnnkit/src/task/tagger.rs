@@ -606,7 +606,7 @@ fn check_dropouts(dropout: f32, word_dropout: f32) -> Result<()> {
             "--dropout must be in [0, 1), got {dropout}"
         )));
     }
-    if !(word_dropout >= 0.0 && word_dropout <= 1e6) {
+    if !(0.0..=1e6).contains(&word_dropout) {
         return Err(Error::Config(format!(
             "--word-dropout must be in [0, 1e6], got {word_dropout}"
         )));
@@ -719,15 +719,7 @@ impl TagTask {
     }
 }
 
-impl Parameters<f32> for TagTask {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
-        self.model.visit_params(f)
-    }
-
-    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
-        self.model.visit_params_mut(f)
-    }
-}
+super::params_of_model!(TagTask);
 
 impl Task for TagTask {
     type Config = TaggerConfig;
