@@ -4,7 +4,9 @@
 Default mode: for each configuration of a built-in table, run rnnkit (f32),
 rnnkit with --bf16 (bfloat16 matrix products; skip with --no-bf16) and the
 PyTorch reference ALTERNATELY --repeats times, all with --threads workers, take
-the median of each figure over the repeats and print a Markdown table.  Ratios
+the median of each figure over the repeats and print a Markdown table; then the
+same for the classifier and the tagger (`--task classify`, `--task tag`), in a
+second table.  Ratios
 read "> 1 = rnnkit better": tok/s ratio = rnnkit / PyTorch, sampling speed-up =
 PyTorch µs / rnnkit µs (f32 weights, and bfloat16 weights), RSS ratio =
 PyTorch MiB / rnnkit MiB.
@@ -16,6 +18,7 @@ Standard library only; run with plain python3 from anywhere:
 
     python3 bench/compare.py                      # full comparison table
     python3 bench/compare.py --only lstm-2x512    # one row
+    python3 bench/compare.py --only classify,tag  # the task rows only
     python3 bench/compare.py --scaling            # rnnkit scaling table
     python3 bench/compare.py --json-out raw.json  # also dump every run
 
@@ -50,6 +53,16 @@ COMPARE_ROWS = [
 DEFAULT_STEPS = 10
 SAMPLE_CHARS = 500
 
+# The task rows: name, flags (each task's defaults: the `rnnkit classify train` and
+# `rnnkit tag train` models and batches), timed steps (each on its own batch),
+# what a token is.
+TASK_ROWS = [
+    ("classify", "--task classify", 100, "timesteps"),
+    ("tag", "--task tag", 20, "words"),
+]
+TASK_FIGURES = ("train_tokens_per_sec", "train_gflops", "step_seconds", "tokens_per_step",
+                "peak_rss_mb", "threads")
+
 # rnnkit alone, LSTM 2x512 embed 64.  name, flags, threads (None = --threads), steps
 SCALING_MODEL = "--cell lstm --layers 2 --hidden 512 --embed 64"
 
@@ -69,7 +82,7 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_json(cmd, timeout):
+def run_json(cmd, timeout, figures=FIGURES):
     """Runs one benchmark process; returns (report dict, None) or (None, error text)."""
     log("  $ " + " ".join(shlex.quote(c) for c in cmd))
     t0 = time.perf_counter()
@@ -89,7 +102,7 @@ def run_json(cmd, timeout):
                 r = json.loads(line)
             except ValueError:
                 break
-            missing = [k for k in FIGURES if k not in r]
+            missing = [k for k in figures if k not in r]
             if missing:
                 return None, f"JSON lacks {missing}: {line}"
             r["wall_seconds"] = wall
@@ -151,8 +164,24 @@ def cpu_model():
     return platform.processor() or "?"
 
 
+def measure(cmds, args, figures=FIGURES):
+    """Runs the commands `cmds` (who -> argv) alternately --repeats times."""
+    runs = {who: [] for who in cmds}
+    errors = []
+    for rep in range(args.repeats):
+        for who in cmds:
+            log(f" repeat {rep + 1}/{args.repeats} {who}")
+            r, err = run_json(cmds[who], args.timeout, figures)
+            if r is None:
+                log(f"  FAILED: {err}")
+                errors.append(f"{who}: {err}")
+            else:
+                runs[who].append(r)
+    return runs, errors
+
+
 def compare(args):
-    rows = [r for r in COMPARE_ROWS if args.only in (None, r[0])]
+    rows = [r for r in COMPARE_ROWS if args.only is None or r[0] in args.only]
     results = []
     failed = False
     for name, flags, with_sampling, with_rss in rows:
@@ -166,19 +195,9 @@ def compare(args):
         if not args.no_bf16:
             bf16 = flags_with(flags, args.threads, steps, 0)
             cmds["rnnkit_bf16"] = [args.rnnkit, "bench"] + bf16 + ["--bf16"]
-        runs = {who: [] for who in cmds}
-        errors = []
         log(f"{name}: {flags} (steps {steps}, sample-chars {sample_chars}, threads {args.threads})")
-        for rep in range(args.repeats):
-            for who in cmds:
-                log(f" repeat {rep + 1}/{args.repeats} {who}")
-                r, err = run_json(cmds[who], args.timeout)
-                if r is None:
-                    log(f"  FAILED: {err}")
-                    errors.append(f"{who}: {err}")
-                    failed = True
-                else:
-                    runs[who].append(r)
+        runs, errors = measure(cmds, args)
+        failed = failed or bool(errors)
         results.append({
             "name": name, "flags": flags, "steps": steps, "sample_chars": sample_chars,
             "sampling": with_sampling, "rss": with_rss, "commands": cmds,
@@ -191,6 +210,19 @@ def compare(args):
         f"rnnkit vs PyTorch {torch_version(args.python)}, {args.threads} threads, "
         f"median of {args.repeats} alternating runs each; CPU: {cpu_model()} "
         f"({os.cpu_count()} logical cores){env_note()}",
+    ]
+    g = lambda m, k: None if m is None else m.get(k)  # noqa: E731
+    tok = lambda m: g(m, "train_tokens_per_sec")  # noqa: E731
+    if results:
+        out += char_lm_table(results, bf, g, tok)
+    task_results, task_failed = compare_tasks(args)
+    if task_results:
+        out += task_table(task_results, bf, g, tok)
+    return results + task_results, out, failed or task_failed
+
+
+def char_lm_table(results, bf, g, tok):
+    out = [
         "",
         "| configuration | rnnkit tok/s | " + ("rnnkit bf16 tok/s | " if bf else "")
         + "PyTorch tok/s | ratio | " + ("bf16 ratio | " if bf else "")
@@ -202,8 +234,6 @@ def compare(args):
     for res in results:
         med = res["median"]
         mr, mp, mb = med["rnnkit"], med["pytorch"], med.get("rnnkit_bf16")
-        g = lambda m, k: None if m is None else m.get(k)  # noqa: E731
-        tok = lambda m: g(m, "train_tokens_per_sec")  # noqa: E731
         cells = [res["name"], fmt(tok(mr))] + ([fmt(tok(mb))] if bf else [])
         cells += [fmt(tok(mp)), ratio(tok(mr), tok(mp))] + ([ratio(tok(mb), tok(mp))] if bf else [])
         cells += [fmt(g(mr, "train_gflops"), 1)] + ([fmt(g(mb, "train_gflops"), 1)] if bf else [])
@@ -224,11 +254,68 @@ def compare(args):
             "RSS ratio = PyTorch MiB ÷ rnnkit MiB (> 1 = rnnkit better in all three). "
             "bf16: `rnnkit bench --bf16` (bfloat16 operands, f32 sums in the matrix products) "
             "and sampling with bfloat16 weights; every other column is f32."]
-    return results, out, failed
+    return out
+
+
+def compare_tasks(args):
+    """The classifier and tagger rows: rnnkit, PyTorch (and rnnkit --bf16) alternately."""
+    rows = [r for r in TASK_ROWS if args.only is None or r[0] in args.only]
+    results = []
+    failed = False
+    for name, flags, default_steps, unit in rows:
+        steps = args.steps or default_steps
+        extra = shlex.split(flags) + ["--steps", str(steps), "--threads", str(args.threads), "--json"]
+        cmds = {
+            "rnnkit": [args.rnnkit, "bench"] + extra,
+            "pytorch": [args.python, PYTORCH_REF] + extra,
+        }
+        if not args.no_bf16:
+            cmds["rnnkit_bf16"] = [args.rnnkit, "bench"] + extra + ["--bf16"]
+        log(f"{name}: {flags} (steps {steps}, threads {args.threads})")
+        runs, errors = measure(cmds, args, TASK_FIGURES)
+        # Both programs draw the same data from the same seed: equal tokens per step.
+        per_step = {round(r["tokens_per_step"], 6) for rs in runs.values() for r in rs}
+        if len(per_step) > 1:
+            errors.append(f"the programs trained on different data: tokens per step {sorted(per_step)}")
+            log(f"  FAILED: {errors[-1]}")
+        failed = failed or bool(errors)
+        results.append({
+            "name": name, "flags": flags, "steps": steps, "unit": unit, "commands": cmds,
+            "runs": runs, "errors": errors,
+            "median": {who: medians(rs) for who, rs in runs.items()},
+        })
+    return results, failed
+
+
+def task_table(results, bf, g, tok):
+    out = [
+        "",
+        "| task | tokens per step | rnnkit tok/s | " + ("rnnkit bf16 tok/s | " if bf else "")
+        + "PyTorch tok/s | ratio | " + ("bf16 ratio | " if bf else "")
+        + "rnnkit GFLOP/s | " + ("bf16 GFLOP/s | " if bf else "") + "PyTorch GFLOP/s "
+        "| rnnkit ms/step | PyTorch ms/step | rnnkit peak RSS MiB | PyTorch peak RSS MiB |",
+        "|---|" + "---:|" * (13 if bf else 10),
+    ]
+    for res in results:
+        med = res["median"]
+        mr, mp, mb = med["rnnkit"], med["pytorch"], med.get("rnnkit_bf16")
+        per_step = g(mr, "tokens_per_step") or g(mp, "tokens_per_step")
+        ms = lambda m: None if g(m, "step_seconds") is None else 1e3 * m["step_seconds"]  # noqa: E731
+        cells = [res["name"], f"{fmt(per_step, 1)} {res['unit']}", fmt(tok(mr))]
+        cells += [fmt(tok(mb))] if bf else []
+        cells += [fmt(tok(mp)), ratio(tok(mr), tok(mp))] + ([ratio(tok(mb), tok(mp))] if bf else [])
+        cells += [fmt(g(mr, "train_gflops"), 1)] + ([fmt(g(mb, "train_gflops"), 1)] if bf else [])
+        cells += [fmt(g(mp, "train_gflops"), 1), fmt(ms(mr), 2), fmt(ms(mp), 2),
+                  fmt(g(mr, "peak_rss_mb"), 1), fmt(g(mp, "peak_rss_mb"), 1)]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Tasks: tok/s = valid tokens (timesteps for classify, words for tag) of the timed "
+            "steps ÷ their seconds, each step on its own batch of the same synthetic data in both "
+            "programs; ms/step is the median step. ratio = rnnkit ÷ PyTorch (> 1 = rnnkit faster)."]
+    return out
 
 
 def scaling(args):
-    rows = [r for r in scaling_rows(args.threads) if args.only in (None, r[0])]
+    rows = [r for r in scaling_rows(args.threads) if args.only is None or r[0] in args.only]
     results = []
     failed = False
     done = {}  # identical commands are measured once
@@ -289,9 +376,10 @@ def main():
     p.add_argument("--repeats", type=int, default=3,
                    help="alternating runs per configuration [default: 3]")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed training steps for every row [default: 10; 3 for the "
-                        "batch-1 and seq-400 scaling rows]")
-    p.add_argument("--only", metavar="NAME", default=None, help="run only this row")
+                   help="timed training steps for every row [default: 10; 100 for classify, "
+                        "20 for tag, 3 for the batch-1 and seq-400 scaling rows]")
+    p.add_argument("--only", metavar="NAMES", default=None,
+                   help="run only these rows (comma-separated names, e.g. classify,tag)")
     p.add_argument("--scaling", action="store_true",
                    help="measure rnnkit alone: threads, batch and seq-len scaling")
     p.add_argument("--no-bf16", action="store_true",
@@ -304,9 +392,12 @@ def main():
     if args.threads < 1 or args.repeats < 1 or (args.steps is not None and args.steps < 1):
         p.error("--threads, --repeats and --steps must be >= 1")
     names = ([r[0] for r in scaling_rows(args.threads)] if args.scaling
-             else [r[0] for r in COMPARE_ROWS])
-    if args.only is not None and args.only not in names:
-        p.error(f"--only: unknown row {args.only!r}; one of {', '.join(names)}")
+             else [r[0] for r in COMPARE_ROWS + TASK_ROWS])
+    if args.only is not None:
+        args.only = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in args.only if n not in names]
+        if unknown or not args.only:
+            p.error(f"--only: unknown row {', '.join(unknown) or '(none)'}; one of {', '.join(names)}")
     if not os.path.isfile(args.rnnkit):
         p.error(f"rnnkit binary not found at {args.rnnkit} (cargo build --release, or --rnnkit PATH)")
     if not args.scaling and not os.path.isfile(args.python):

@@ -25,6 +25,30 @@ targets, B sequences of T steps).
   it includes the Python interpreter and the torch libraries.
 * threads: torch.get_num_threads() after torch.set_num_threads(--threads).
 
+--task classify: rnnkit's sequence classifier (`rnnkit classify train`'s model):
+standardised [T, B, C] series -> nn.LSTM/GRU/RNN (bidirectional by default)
+over pack_padded_sequence -> pooling over the valid steps (max by default; last
+= the final states, mean) -> dropout 0.2 -> Linear -> cross-entropy.
+--task tag: rnnkit's tagger (`rnnkit tag train`'s model): lowercased word
+embedding (word dropout 0.1 to id 0) concatenated with a character BiLSTM's final
+states over each distinct word of the batch (packed; forward at the last
+character, reverse at the first) -> dropout 0.25 -> BiLSTM (packed) -> dropout ->
+Linear -> cross-entropy over the words.
+Both draw the data of `rnnkit bench --task ...` from the same seed with a port of
+rnnkit's generator (class Rng), so both programs train on the same batches: random
+series of random lengths, or random sentences of random words.  Each step builds
+its batch from the raw data (padding, standardising / encoding words and
+characters), as rnnkit's step does, then zero grads, forward, backward,
+clip_grad_norm_(5), Adam(lr 1e-3).  3 untimed warm-up steps, then --steps timed
+ones, each on its own batch:
+    train_tokens_per_sec = valid tokens (timesteps / words) of the timed steps
+                           / their seconds
+    train_gflops         = counted FLOPs of the timed steps / their seconds / 1e9
+                           (classify_flops, tag_flops: as rnnkit's bench::classify::flops
+                           and bench::tag::flops)
+    step_seconds         = the median step time
+    tokens_per_step      = mean valid tokens per timed step (equal in both programs)
+
 Output is one JSON object with exactly the keys of `rnnkit bench --json`
 (or a short human-readable summary without --json).
 
@@ -36,6 +60,9 @@ torch is not a dependency of the repository; install it outside it:
     ~/torch/bin/python bench/pytorch_ref.py --cell lstm --layers 2 --hidden 512 \\
         --embed 64 --vocab 65 --batch 64 --seq-len 100 --steps 10 \\
         --sample-chars 500 --threads 2 --json
+
+    ~/torch/bin/python bench/pytorch_ref.py --task classify --threads 2 --json
+    ~/torch/bin/python bench/pytorch_ref.py --task tag --threads 2 --json
 
 bench/compare.py runs it alternately with `rnnkit bench` and tabulates both.
 """
@@ -67,27 +94,116 @@ def non_negative(text):
     return value
 
 
+def int_range(text):
+    """MIN-MAX or N (= N-N), as `rnnkit bench`."""
+    lo, _, hi = text.partition("-")
+    try:
+        lo, hi = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX or N with whole numbers, got {text!r}")
+    if lo < 1 or lo > hi or hi > 100_000:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX <= 100000, got {text!r}")
+    return lo, hi
+
+
+def boolean(text):
+    if text in ("true", "false"):
+        return text == "true"
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+# Defaults per task: (char-lm, classify, tag); None = the flag does not apply.
+TASK_DEFAULTS = {
+    "layers": (2, 1, 1),
+    "hidden": (512, 128, 128),
+    "batch": (64, 16, 32),
+    "steps": (10, 100, 20),
+    "embed": (64, None, None),
+    "vocab": (65, None, None),
+    "seq_len": (100, None, None),
+    "sample_chars": (500, None, None),
+    "channels": (None, 12, None),
+    "classes": (None, 9, None),
+    "min_len": (None, 7, None),
+    "max_len": (None, 29, None),
+    "pool": (None, "max", None),
+    "bidirectional": (None, True, None),
+    "word_vocab": (None, None, 16000),
+    "char_vocab": (None, None, 100),
+    "tags": (None, None, 17),
+    "words_per_sentence": (None, None, (5, 30)),
+    "chars_per_word": (None, None, (2, 10)),
+    "word_embed": (None, None, 100),
+    "char_embed": (None, None, 32),
+    "char_hidden": (None, None, 64),
+    "seed": (None, 1, 1),
+}
+TASKS = ("char-lm", "classify", "tag")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="PyTorch reference of `rnnkit bench`: training and sampling "
-        "throughput of the char-LM on synthetic tokens.")
+        "throughput of the char-LM on synthetic tokens, or training throughput of "
+        "the classifier (--task classify) or the tagger (--task tag) on synthetic data.")
+    p.add_argument("--task", choices=TASKS, default="char-lm", help="what to measure [default: char-lm]")
     p.add_argument("--cell", choices=CELLS, default="lstm", help="recurrent cell [default: lstm]")
-    p.add_argument("--layers", type=positive, default=2, help="stacked recurrent layers [default: 2]")
-    p.add_argument("--hidden", type=positive, default=512, help="hidden units per layer [default: 512]")
-    p.add_argument("--embed", type=positive, default=64, help="embedding width [default: 64]")
-    p.add_argument("--vocab", type=int, default=65, help="vocabulary size [default: 65]")
-    p.add_argument("--batch", type=positive, default=64, help="sequences per batch [default: 64]")
-    p.add_argument("--seq-len", type=positive, default=100, help="timesteps per batch [default: 100]")
-    p.add_argument("--steps", type=positive, default=10,
-                   help="timed training steps (the median is reported) [default: 10]")
-    p.add_argument("--sample-chars", type=non_negative, default=500,
-                   help="timed batch-1 sampled characters [default: 500]")
+    p.add_argument("--layers", type=positive, help="stacked recurrent layers [default: 2; classify and tag: 1]")
+    p.add_argument("--hidden", type=positive,
+                   help="hidden units per layer (per direction) [default: 512; classify and tag: 128]")
+    p.add_argument("--embed", type=positive, help="embedding width (char-lm) [default: 64]")
+    p.add_argument("--vocab", type=int, help="vocabulary size (char-lm) [default: 65]")
+    p.add_argument("--batch", type=positive, help="sequences per batch [default: 64; classify: 16; tag: 32]")
+    p.add_argument("--seq-len", type=positive, help="timesteps per batch (char-lm) [default: 100]")
+    p.add_argument("--steps", type=positive,
+                   help="timed training steps [default: 10; classify: 100; tag: 20]")
+    p.add_argument("--sample-chars", type=non_negative,
+                   help="timed batch-1 sampled characters (char-lm) [default: 500]")
+    p.add_argument("--channels", type=positive, help="input channels (classify) [default: 12]")
+    p.add_argument("--classes", type=int, help="classes (classify) [default: 9]")
+    p.add_argument("--min-len", type=positive, help="fewest steps of a series (classify) [default: 7]")
+    p.add_argument("--max-len", type=positive, help="most steps of a series (classify) [default: 29]")
+    p.add_argument("--pool", choices=("last", "mean", "max"), help="pooling over time (classify) [default: max]")
+    p.add_argument("--bidirectional", type=boolean,
+                   help="read each series in both directions (classify) [default: true]")
+    p.add_argument("--word-vocab", type=positive, help="distinct words of the lexicon (tag) [default: 16000]")
+    p.add_argument("--char-vocab", type=positive, help="characters of the words (tag) [default: 100]")
+    p.add_argument("--tags", type=int, help="distinct tags (tag) [default: 17]")
+    p.add_argument("--words-per-sentence", type=int_range,
+                   help="words of a sentence, MIN-MAX or N (tag) [default: 5-30]")
+    p.add_argument("--chars-per-word", type=int_range,
+                   help="characters of a word, MIN-MAX or N (tag) [default: 2-10]")
+    p.add_argument("--word-embed", type=positive, help="word embedding width (tag) [default: 100]")
+    p.add_argument("--char-embed", type=positive, help="character embedding width (tag) [default: 32]")
+    p.add_argument("--char-hidden", type=non_negative,
+                   help="hidden units per direction of the character network (tag) [default: 64]")
+    p.add_argument("--seed", type=non_negative, help="seed of the synthetic data (classify, tag) [default: 1]")
     p.add_argument("--threads", type=positive, default=os.cpu_count() or 1,
                    help="worker threads [default: all cores]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    if args.vocab < 2:
+    k = TASKS.index(args.task)
+    for name, defaults in TASK_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[k])
+        elif defaults[k] is None:
+            tasks = [t for t, d in zip(TASKS, defaults) if d is not None]
+            p.error(f"--{name.replace('_', '-')} applies to --task {' or '.join(tasks)} only")
+    if args.task == "char-lm" and args.vocab < 2:
         p.error("--vocab must be >= 2")
+    if args.task == "classify":
+        if args.classes < 2:
+            p.error("--classes must be >= 2")
+        if args.min_len > args.max_len:
+            p.error(f"--min-len ({args.min_len}) must not exceed --max-len ({args.max_len})")
+    if args.task == "tag":
+        if args.tags < 2:
+            p.error("--tags must be >= 2")
+        if args.word_vocab < args.tags:
+            p.error("--word-vocab must be at least --tags: every tag needs a word")
+        lo, hi = args.chars_per_word
+        if sum(args.char_vocab ** n for n in range(lo, min(hi, lo + 64) + 1)) < 2 * args.word_vocab:
+            p.error("too few spellings for --word-vocab: raise --char-vocab or --chars-per-word")
     return args
 
 
@@ -179,8 +295,312 @@ def run(args):
     }
 
 
+# ---------------------------------------------------------------------------
+# The classifier and tagger benchmarks (--task classify, --task tag)
+# ---------------------------------------------------------------------------
+
+WARMUP_STEPS = 3  # untimed steps before the timed ones, as rnnkit's TASK_WARMUP_STEPS
+MAX_WORD_CHARS = 24  # characters of a word the tagger's character network reads
+ALPHABET_START = 0x4E00  # caseless characters, so lowercasing keeps words distinct
+MASK64 = (1 << 64) - 1
+
+
+def _rotl(x, k):
+    return ((x << k) | (x >> (64 - k))) & MASK64
+
+
+class Rng:
+    """rnnkit::Rng (xoshiro256++ seeded by SplitMix64), so that the data are rnnkit's."""
+
+    def __init__(self, seed):
+        x, s = seed & MASK64, []
+        for _ in range(4):
+            x = (x + 0x9E3779B97F4A7C15) & MASK64
+            z = x
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+            s.append(z ^ (z >> 31))
+        self.s = s
+
+    def next_u64(self):
+        s0, s1, s2, s3 = self.s
+        result = (_rotl((s0 + s3) & MASK64, 23) + s0) & MASK64
+        t = (s1 << 17) & MASK64
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
+        s2 ^= t
+        s3 = _rotl(s3, 45)
+        self.s = [s0, s1, s2, s3]
+        return result
+
+    def uniform(self):
+        return (self.next_u64() >> 11) * (1.0 / (1 << 53))
+
+    def below(self, n):
+        return (self.next_u64() * n) >> 64
+
+
+def make_rnn(cell, input_size, hidden, layers, bidirectional, dropout):
+    kw = dict(num_layers=layers, bidirectional=bidirectional,
+              dropout=dropout if layers > 1 else 0.0)
+    if cell == "lstm":
+        return nn.LSTM(input_size, hidden, **kw)
+    if cell == "gru":
+        return nn.GRU(input_size, hidden, **kw)
+    return nn.RNN(input_size, hidden, nonlinearity="tanh" if cell == "rnn_tanh" else "relu", **kw)
+
+
+def final_h(cell, h_n):
+    return h_n[0] if cell == "lstm" else h_n
+
+
+class Classifier(nn.Module):
+    """rnnkit's Classifier: [T, B, C] -> (bi)RNN over the valid steps -> pooling -> dropout -> linear."""
+
+    def __init__(self, a, dropout):
+        super().__init__()
+        self.cell, self.pool = a.cell, a.pool
+        self.dirs = 2 if a.bidirectional else 1
+        self.rnn = make_rnn(a.cell, a.channels, a.hidden, a.layers, a.bidirectional, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(self.dirs * a.hidden, a.classes)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, h_n = self.rnn(packed)
+        if self.pool == "last":
+            h = final_h(self.cell, h_n)[-self.dirs:]  # the last layer's directions
+            pooled = torch.cat(list(h), dim=1)
+        elif self.pool == "max":
+            y, _ = nn.utils.rnn.pad_packed_sequence(out, padding_value=float("-inf"))
+            pooled = y.max(dim=0).values
+        else:
+            y, _ = nn.utils.rnn.pad_packed_sequence(out)
+            pooled = y.sum(dim=0) / lengths.unsqueeze(1).to(y.dtype)
+        return self.head(self.drop(pooled))
+
+
+class Tagger(nn.Module):
+    """rnnkit's Tagger: word embedding + char BiRNN final states -> dropout -> BiRNN -> dropout -> linear."""
+
+    def __init__(self, a, words, chars, dropout):
+        super().__init__()
+        self.cell, self.char_hidden = a.cell, a.char_hidden
+        self.word_embed = nn.Embedding(words, a.word_embed)
+        if a.char_hidden > 0:
+            self.char_embed = nn.Embedding(chars, a.char_embed)
+            self.char_rnn = make_rnn(a.cell, a.char_embed, a.char_hidden, 1, True, 0.0)
+        self.rnn = make_rnn(a.cell, a.word_embed + 2 * a.char_hidden, a.hidden, a.layers, True, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * a.hidden, a.tags)
+
+    def forward(self, word_ids, lengths, unique_of, char_ids, char_lengths):
+        """Logits of the valid words [N, K], in the order of the packed sequence."""
+        x = self.word_embed(word_ids)  # [T, B, Ew]
+        if self.char_hidden > 0:
+            chars = nn.utils.rnn.pack_padded_sequence(
+                self.char_embed(char_ids), char_lengths, enforce_sorted=False)
+            _, h_n = self.char_rnn(chars)
+            h = final_h(self.cell, h_n)  # [2, U, Hc]: forward at the last char, reverse at the first
+            x = torch.cat([x, torch.cat([h[0], h[1]], dim=1)[unique_of]], dim=2)
+        packed = nn.utils.rnn.pack_padded_sequence(self.drop(x), lengths, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        return self.head(self.drop(out.data))
+
+
+def classify_data(a):
+    """The series of rnnkit::bench::classify::series, batch after batch."""
+    rng = Rng(a.seed)
+    cases = []
+    for _ in range((WARMUP_STEPS + a.steps) * a.batch):
+        n = a.min_len + rng.below(a.max_len - a.min_len + 1)
+        label = rng.below(a.classes)
+        values = [-1.0 + 2.0 * rng.uniform() for _ in range(n * a.channels)]
+        cases.append((torch.tensor(values, dtype=torch.float32).reshape(n, a.channels), label))
+    return cases
+
+
+def standardizer(cases, channels):
+    """Per-channel mean and std over all steps (as rnnkit's Standardizer::fit, in float64)."""
+    allv = torch.cat([v for v, _ in cases]).double()
+    mean = allv.mean(dim=0)
+    var = ((allv * allv).mean(dim=0) - mean * mean).clamp(min=0.0)
+    std = torch.where(var > 1e-12, var.sqrt(), torch.ones_like(var))
+    return mean.float(), std.float()
+
+
+def classify_flops(a, tokens, batch):
+    d, g, h = (2 if a.bidirectional else 1), GATES[a.cell], a.hidden
+    per_token = sum(d * 2 * ((a.channels if l == 0 else d * h) + h) * g * h for l in range(a.layers))
+    return 3.0 * (tokens * per_token + batch * 2 * d * h * a.classes)
+
+
+def tag_data(a):
+    """The lexicon and sentences of rnnkit::bench::tag::sentences."""
+    rng = Rng(a.seed)
+    lo, hi = a.chars_per_word
+    lexicon, seen = [], set()
+    while len(lexicon) < a.word_vocab:
+        n = lo + rng.below(hi - lo + 1)
+        w = "".join(chr(ALPHABET_START + rng.below(a.char_vocab)) for _ in range(n))
+        if w not in seen:
+            seen.add(w)
+            lexicon.append(w)
+    lo, hi = a.words_per_sentence
+    sentences = []
+    for _ in range((WARMUP_STEPS + a.steps) * a.batch):
+        n = lo + rng.below(hi - lo + 1)
+        words, tags = [], []
+        for _ in range(n):
+            words.append(lexicon[rng.below(a.word_vocab)])
+            tags.append(rng.below(a.tags))
+        sentences.append((words, tags))
+    return lexicon, sentences
+
+
+def tag_flops(a, words, chars):
+    g, h, hc = GATES[a.cell], a.hidden, a.char_hidden
+    per_word = sum(4 * ((a.word_embed + 2 * hc if l == 0 else 2 * h) + h) * g * h
+                   for l in range(a.layers)) + 4 * h * a.tags
+    per_char = 4 * (a.char_embed + hc) * g * hc if hc > 0 else 0
+    return 3.0 * (words * per_word + chars * per_char)
+
+
+def clipped_chars(form, char_index):
+    ids = [char_index.get(c, 0) for c in form]
+    if len(ids) > MAX_WORD_CHARS:
+        h = MAX_WORD_CHARS // 2
+        ids = ids[:h] + ids[-h:]
+    return ids
+
+
+def encode_tag_batch(sents, word_index, char_index, word_dropout):
+    """What rnnkit's Tagger::encode makes of a batch, as tensors (word dropout drawn here)."""
+    b = len(sents)
+    steps = max(len(w) for w, _ in sents)
+    word_ids, unique_of, targets = [0] * (steps * b), [0] * (steps * b), [0] * (steps * b)
+    unique, forms = {}, []
+    for j, (words, tags) in enumerate(sents):
+        for t, form in enumerate(words):
+            p = t * b + j
+            word_ids[p] = word_index.get(form.lower(), 0)
+            u = unique.get(form)
+            if u is None:
+                u = unique[form] = len(forms)
+                forms.append(form)
+            unique_of[p] = u
+            targets[p] = tags[t]
+    lengths = torch.tensor([len(w) for w, _ in sents])
+    word_ids = torch.tensor(word_ids).reshape(steps, b)
+    drop = (torch.rand(steps, b) < word_dropout) & (word_ids != 0)
+    word_ids = word_ids.masked_fill(drop, 0)
+    clipped = [clipped_chars(f, char_index) for f in forms]
+    char_steps, u = max(len(c) for c in clipped), len(clipped)
+    char_ids = [0] * (char_steps * u)
+    for k, ids in enumerate(clipped):
+        for t, c in enumerate(ids):
+            char_ids[t * u + k] = c
+    return (word_ids, lengths, torch.tensor(unique_of).reshape(steps, b),
+            torch.tensor(char_ids).reshape(char_steps, u),
+            torch.tensor([len(c) for c in clipped]), torch.tensor(targets).reshape(steps, b))
+
+
+def time_task_steps(model, work, step):
+    """WARMUP_STEPS untimed + the timed steps: zero grads, step(i) -> loss, clip 5, Adam 1e-3."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    times = []
+    for i in range(len(work)):
+        t0 = time.perf_counter()
+        optimizer.zero_grad()
+        loss = step(i)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        loss_value = loss.item()
+        elapsed = time.perf_counter() - t0
+        if loss_value != loss_value or abs(loss_value) == float("inf"):
+            raise SystemExit(f"benchmark loss became {loss_value}")
+        times.append(elapsed)
+    times, work = times[WARMUP_STEPS:], work[WARMUP_STEPS:]
+    seconds = sum(times)
+    tokens = sum(w[0] for w in work)
+    times.sort()
+    return {
+        "train_tokens_per_sec": tokens / seconds,
+        "train_gflops": sum(w[1] for w in work) / seconds / 1e9,
+        "step_seconds": times[len(times) // 2],
+        "tokens_per_step": tokens / len(times),
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_classify(a):
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed + 1)
+    cases = classify_data(a)
+    mean, std = standardizer(cases, a.channels)
+    model = Classifier(a, dropout=0.2).float()  # the dropout of `rnnkit classify train`
+    batches = [cases[i:i + a.batch] for i in range(0, len(cases), a.batch)]
+    work = []
+    for b in batches:
+        tokens = sum(v.shape[0] for v, _ in b)
+        work.append((tokens, classify_flops(a, tokens, len(b))))
+
+    def step(i):
+        b = batches[i]
+        x = nn.utils.rnn.pad_sequence([(v - mean) / std for v, _ in b])  # [T, B, C]
+        lengths = torch.tensor([v.shape[0] for v, _ in b])
+        targets = torch.tensor([label for _, label in b])
+        return F.cross_entropy(model(x, lengths), targets)
+
+    return {"task": "classify", **time_task_steps(model, work, step)}
+
+
+def run_tag(a):
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed + 1)
+    lexicon, sentences = tag_data(a)
+    word_index = {w: i + 1 for i, w in enumerate(sorted({w.lower() for w in lexicon}))}  # 0 = <unk>
+    char_index = {c: i + 1 for i, c in enumerate(sorted({c for w in lexicon for c in w}))}
+    # the dropouts of `rnnkit tag train`
+    model = Tagger(a, len(word_index) + 1, len(char_index) + 1, dropout=0.25).float()
+    batches = [sentences[i:i + a.batch] for i in range(0, len(sentences), a.batch)]
+    work = []
+    for b in batches:
+        distinct = {w for words, _ in b for w in words}
+        chars = sum(min(len(w), MAX_WORD_CHARS) for w in distinct)
+        words = sum(len(words) for words, _ in b)
+        work.append((words, tag_flops(a, words, chars)))
+
+    def step(i):
+        word_ids, lengths, unique_of, char_ids, char_lengths, targets = encode_tag_batch(
+            batches[i], word_index, char_index, word_dropout=0.1)
+        logits = model(word_ids, lengths, unique_of, char_ids, char_lengths)
+        packed = nn.utils.rnn.pack_padded_sequence(targets, lengths, enforce_sorted=False)
+        return F.cross_entropy(logits, packed.data)
+
+    return {"task": "tag", **time_task_steps(model, work, step)}
+
+
 def main():
     args = parse_args()
+    if args.task != "char-lm":
+        r = (run_classify if args.task == "classify" else run_tag)(args)
+        unit = "timesteps" if args.task == "classify" else "words"
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"torch {torch.__version__} {args.task} {args.cell} {args.layers}x{args.hidden} "
+                  f"batch {args.batch} threads {r['threads']}")
+            print(f"training: {r['train_tokens_per_sec']:.0f} {unit}/s, {r['train_gflops']:.1f} GFLOP/s "
+                  f"({r['step_seconds'] * 1e3:.2f} ms per step, median; "
+                  f"{r['tokens_per_step']:.0f} {unit} per step)")
+            print(f"peak RSS: {r['peak_rss_mb']:.1f} MiB")
+        return
     r = run(args)
     if args.json:
         print(json.dumps(r))

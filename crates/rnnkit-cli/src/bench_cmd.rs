@@ -1,41 +1,106 @@
-//! `rnnkit bench`: training and sampling throughput of the char-LM on synthetic tokens.
+//! `rnnkit bench`: training and sampling throughput of the char-LM on synthetic tokens,
+//! or training throughput of the classifier (`--task classify`) or the tagger
+//! (`--task tag`) on synthetic data.
 
+use crate::classify_cmd::Pool;
 use crate::train_cmd::Cell;
-use clap::Args;
-use rnnkit::bench::{self, BenchConfig};
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use rnnkit::bench::classify::ClassifyBenchConfig;
+use rnnkit::bench::tag::TagBenchConfig;
+use rnnkit::bench::{self, BenchConfig, TaskReport};
 use rnnkit::model::Precision;
 use std::process::ExitCode;
+
+/// `--task` values.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchTask {
+    /// The character language model: training and batch-1 sampling.
+    CharLm,
+    /// The sequence classifier of `rnnkit classify train`, on random series.
+    Classify,
+    /// The tagger of `rnnkit tag train`, on random sentences of random words.
+    Tag,
+}
 
 /// Flags of `rnnkit bench`.
 #[derive(Args)]
 pub struct BenchOpts {
-    /// Recurrent cell.
-    #[arg(long, value_enum, default_value = "lstm")]
-    cell: Cell,
-    /// Stacked recurrent layers.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
-    layers: u32,
-    /// Hidden units per layer.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    hidden: u32,
-    /// Embedding width.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    embed: u32,
-    /// Vocabulary size.
-    #[arg(long, default_value_t = 65, value_parser = clap::value_parser!(u32).range(2..=65536))]
-    vocab: u32,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    batch: u32,
-    /// Timesteps per batch.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100000))]
-    seq_len: u32,
-    /// Timed training steps (the median is reported).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    steps: u32,
-    /// Timed batch-1 sampled characters.
-    #[arg(long, default_value_t = 500)]
-    sample_chars: u32,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "char-lm")]
+    task: BenchTask,
+    /// Recurrent cell [default: lstm].
+    #[arg(long, value_enum)]
+    cell: Option<Cell>,
+    /// Stacked recurrent layers [default: 2; classify and tag: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    layers: Option<u32>,
+    /// Hidden units per layer (per direction) [default: 512; classify and tag: 128].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    hidden: Option<u32>,
+    /// Embedding width (char-lm) [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    embed: Option<u32>,
+    /// Vocabulary size (char-lm) [default: 65].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
+    vocab: Option<u32>,
+    /// Sequences per batch [default: 64; classify: 16; tag: 32].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    batch: Option<u32>,
+    /// Timesteps per batch (char-lm) [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    seq_len: Option<u32>,
+    /// Timed training steps [default: 10; classify: 100; tag: 20].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    steps: Option<u32>,
+    /// Timed batch-1 sampled characters (char-lm) [default: 500].
+    #[arg(long)]
+    sample_chars: Option<u32>,
+    /// Input channels (classify) [default: 12].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    channels: Option<u32>,
+    /// Classes (classify) [default: 9].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
+    classes: Option<u32>,
+    /// Fewest steps of a random series (classify) [default: 7].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    min_len: Option<u32>,
+    /// Most steps of a random series (classify) [default: 29].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    max_len: Option<u32>,
+    /// Pooling over time (classify) [default: max].
+    #[arg(long, value_enum)]
+    pool: Option<Pool>,
+    /// Read each series in both directions (classify) [default: true].
+    #[arg(long)]
+    bidirectional: Option<bool>,
+    /// Distinct words of the random lexicon (tag) [default: 16000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=10_000_000))]
+    word_vocab: Option<u32>,
+    /// Characters the random words are spelled with (tag) [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20000))]
+    char_vocab: Option<u32>,
+    /// Distinct tags (tag) [default: 17].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
+    tags: Option<u32>,
+    /// Words of a random sentence, MIN-MAX or N (tag) [default: 5-30].
+    #[arg(long, value_parser = parse_range)]
+    words_per_sentence: Option<(usize, usize)>,
+    /// Characters of a random word, MIN-MAX or N (tag) [default: 2-10].
+    #[arg(long, value_parser = parse_range)]
+    chars_per_word: Option<(usize, usize)>,
+    /// Word embedding width (tag) [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    word_embed: Option<u32>,
+    /// Character embedding width (tag) [default: 32].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    char_embed: Option<u32>,
+    /// Hidden units per direction of the character network, 0 for none (tag) [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    char_hidden: Option<u32>,
+    /// Seed of the synthetic data (classify, tag) [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Worker threads [default: all cores].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
@@ -47,25 +112,107 @@ pub struct BenchOpts {
     json: bool,
 }
 
-pub fn run(o: BenchOpts) -> anyhow::Result<ExitCode> {
-    crate::set_threads(o.threads.map(usize::from))?;
-    let cfg = BenchConfig {
-        model: bench::model(
-            o.cell.kind(),
-            o.layers as usize,
-            o.hidden as usize,
-            o.embed as usize,
-        ),
-        vocab: o.vocab as usize,
-        batch: o.batch as usize,
-        seq_len: o.seq_len as usize,
-        steps: o.steps as usize,
-        sample_chars: o.sample_chars as usize,
-        precision: if o.bf16 {
+/// `MIN-MAX` or `N` (= `N-N`).
+fn parse_range(s: &str) -> Result<(usize, usize), String> {
+    let parse = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("expected MIN-MAX or N with whole numbers, got {s:?}"))
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => (parse(s)?, parse(s)?),
+    };
+    if lo == 0 || lo > hi || hi > 100_000 {
+        return Err(format!("expected 1 ≤ MIN ≤ MAX ≤ 100000, got {s:?}"));
+    }
+    Ok((lo, hi))
+}
+
+impl BenchOpts {
+    /// Refuses flags that the chosen task does not read.
+    fn check_flags(&self) -> anyhow::Result<()> {
+        use BenchTask::*;
+        let flags: &[(&str, bool, &[BenchTask])] = &[
+            ("--embed", self.embed.is_some(), &[CharLm]),
+            ("--vocab", self.vocab.is_some(), &[CharLm]),
+            ("--seq-len", self.seq_len.is_some(), &[CharLm]),
+            ("--sample-chars", self.sample_chars.is_some(), &[CharLm]),
+            ("--channels", self.channels.is_some(), &[Classify]),
+            ("--classes", self.classes.is_some(), &[Classify]),
+            ("--min-len", self.min_len.is_some(), &[Classify]),
+            ("--max-len", self.max_len.is_some(), &[Classify]),
+            ("--pool", self.pool.is_some(), &[Classify]),
+            ("--bidirectional", self.bidirectional.is_some(), &[Classify]),
+            ("--word-vocab", self.word_vocab.is_some(), &[Tag]),
+            ("--char-vocab", self.char_vocab.is_some(), &[Tag]),
+            ("--tags", self.tags.is_some(), &[Tag]),
+            (
+                "--words-per-sentence",
+                self.words_per_sentence.is_some(),
+                &[Tag],
+            ),
+            ("--chars-per-word", self.chars_per_word.is_some(), &[Tag]),
+            ("--word-embed", self.word_embed.is_some(), &[Tag]),
+            ("--char-embed", self.char_embed.is_some(), &[Tag]),
+            ("--char-hidden", self.char_hidden.is_some(), &[Tag]),
+            ("--seed", self.seed.is_some(), &[Classify, Tag]),
+        ];
+        for &(flag, given, tasks) in flags {
+            if given && !tasks.contains(&self.task) {
+                let names: Vec<String> = tasks
+                    .iter()
+                    .map(|t| t.to_possible_value().expect("named").get_name().to_string())
+                    .collect();
+                bail!("{flag} applies to --task {} only", names.join(" or "));
+            }
+        }
+        Ok(())
+    }
+
+    fn precision(&self) -> Precision {
+        if self.bf16 {
             Precision::Bf16
         } else {
             Precision::F32
-        },
+        }
+    }
+}
+
+pub fn run(o: BenchOpts) -> anyhow::Result<ExitCode> {
+    o.check_flags()?;
+    crate::set_threads(o.threads.map(usize::from))?;
+    match o.task {
+        BenchTask::CharLm => char_lm(o),
+        BenchTask::Classify => classify(o),
+        BenchTask::Tag => tag(o),
+    }
+}
+
+fn char_lm(o: BenchOpts) -> anyhow::Result<ExitCode> {
+    let (layers, hidden, embed) = (
+        o.layers.unwrap_or(2),
+        o.hidden.unwrap_or(512),
+        o.embed.unwrap_or(64),
+    );
+    let (vocab, batch, seq_len) = (
+        o.vocab.unwrap_or(65),
+        o.batch.unwrap_or(64),
+        o.seq_len.unwrap_or(100),
+    );
+    let cfg = BenchConfig {
+        model: bench::model(
+            o.cell.map_or(rnnkit::CellKind::Lstm, Cell::kind),
+            layers as usize,
+            hidden as usize,
+            embed as usize,
+        ),
+        vocab: vocab as usize,
+        batch: batch as usize,
+        seq_len: seq_len as usize,
+        steps: o.steps.unwrap_or(10) as usize,
+        sample_chars: o.sample_chars.unwrap_or(500) as usize,
+        precision: o.precision(),
     };
     let r = bench::run(&cfg)?;
     if o.json {
@@ -73,7 +220,7 @@ pub fn run(o: BenchOpts) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "{} {}x{} embed {} vocab {} batch {} seq {} threads {}",
-            cfg.model.cell, o.layers, o.hidden, o.embed, o.vocab, o.batch, o.seq_len, r.threads
+            cfg.model.cell, layers, hidden, embed, vocab, batch, seq_len, r.threads
         );
         println!(
             "training ({}): {:.0} tokens/s, {:.1} GFLOP/s ({:.3} s per step, median)",
@@ -85,6 +232,121 @@ pub fn run(o: BenchOpts) -> anyhow::Result<ExitCode> {
         println!(
             "sampling: {:.1} µs per character (batch 1), {:.1} with bf16 weights",
             r.sample_us_per_char, r.sample_bf16_us_per_char
+        );
+        println!("peak RSS: {:.1} MiB", r.peak_rss_mb);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn classify(o: BenchOpts) -> anyhow::Result<ExitCode> {
+    let recipe = crate::classify_cmd::default_recipe();
+    let mut model = recipe.task;
+    if let Some(c) = o.cell {
+        model.cell = c.kind();
+    }
+    model.num_layers = o.layers.map_or(model.num_layers, |v| v as usize);
+    model.hidden_size = o.hidden.map_or(model.hidden_size, |v| v as usize);
+    model.bidirectional = o.bidirectional.unwrap_or(model.bidirectional);
+    model.pool = o.pool.map_or(model.pool, Pool::kind);
+    let (min_len, max_len) = (o.min_len.unwrap_or(7), o.max_len.unwrap_or(29));
+    if min_len > max_len {
+        bail!("--min-len ({min_len}) must not exceed --max-len ({max_len})");
+    }
+    let cfg = ClassifyBenchConfig {
+        model,
+        channels: o.channels.unwrap_or(12) as usize,
+        classes: o.classes.unwrap_or(9) as usize,
+        min_len: min_len as usize,
+        max_len: max_len as usize,
+        batch: o.batch.map_or(recipe.train.batch, |v| v as usize),
+        steps: o.steps.unwrap_or(100) as usize,
+        seed: o.seed.unwrap_or(1),
+        precision: o.precision(),
+    };
+    let r = bench::classify::run(&cfg)?;
+    let m = &cfg.model;
+    let what = format!(
+        "classify {} {}x{}{}, pool {}, dropout {}, {} channels, {} classes, lengths {}-{}, batch {}",
+        m.cell,
+        m.num_layers,
+        m.hidden_size,
+        if m.bidirectional {
+            " bidirectional"
+        } else {
+            ""
+        },
+        m.pool,
+        m.dropout,
+        cfg.channels,
+        cfg.classes,
+        cfg.min_len,
+        cfg.max_len,
+        cfg.batch
+    );
+    report(&o, &what, "timesteps", &r)
+}
+
+fn tag(o: BenchOpts) -> anyhow::Result<ExitCode> {
+    let recipe = crate::tag_cmd::default_recipe();
+    let mut model = recipe.task;
+    if let Some(c) = o.cell {
+        model.cell = c.kind();
+    }
+    model.num_layers = o.layers.map_or(model.num_layers, |v| v as usize);
+    model.hidden_size = o.hidden.map_or(model.hidden_size, |v| v as usize);
+    model.word_embed = o.word_embed.map_or(model.word_embed, |v| v as usize);
+    model.char_embed = o.char_embed.map_or(model.char_embed, |v| v as usize);
+    model.char_hidden = o.char_hidden.map_or(model.char_hidden, |v| v as usize);
+    let cfg = TagBenchConfig {
+        model,
+        tags: o.tags.unwrap_or(17) as usize,
+        word_vocab: o.word_vocab.unwrap_or(16000) as usize,
+        char_vocab: o.char_vocab.unwrap_or(100) as usize,
+        words_per_sentence: o.words_per_sentence.unwrap_or((5, 30)),
+        chars_per_word: o.chars_per_word.unwrap_or((2, 10)),
+        batch: o.batch.map_or(recipe.train.batch, |v| v as usize),
+        steps: o.steps.unwrap_or(20) as usize,
+        seed: o.seed.unwrap_or(1),
+        precision: o.precision(),
+    };
+    let r = bench::tag::run(&cfg)?;
+    let m = &cfg.model;
+    let what = format!(
+        "tag {} {}x{} bidirectional, word embed {}, char embed {}, char hidden {}, dropout {}, word dropout {}, \
+         {} words, {} characters, {} tags, {}-{} words of {}-{} characters, batch {}",
+        m.cell,
+        m.num_layers,
+        m.hidden_size,
+        m.word_embed,
+        m.char_embed,
+        m.char_hidden,
+        m.dropout,
+        m.word_dropout,
+        cfg.word_vocab,
+        cfg.char_vocab,
+        cfg.tags,
+        cfg.words_per_sentence.0,
+        cfg.words_per_sentence.1,
+        cfg.chars_per_word.0,
+        cfg.chars_per_word.1,
+        cfg.batch
+    );
+    report(&o, &what, "words", &r)
+}
+
+/// Prints a task's figures: one JSON object, or three lines.
+fn report(o: &BenchOpts, what: &str, tokens: &str, r: &TaskReport) -> anyhow::Result<ExitCode> {
+    if o.json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!("{what}, threads {}", r.threads);
+        println!(
+            "training ({}): {:.0} {tokens}/s, {:.1} GFLOP/s ({:.2} ms per step, median; {:.0} {tokens} per step)",
+            if o.bf16 { "bf16 products" } else { "f32" },
+            r.train_tokens_per_sec,
+            r.train_gflops,
+            r.step_seconds * 1e3,
+            r.tokens_per_step
         );
         println!("peak RSS: {:.1} MiB", r.peak_rss_mb);
     }

@@ -36,10 +36,21 @@ pub enum ClassifyCmd {
 
 /// `--pool` values.
 #[derive(Clone, Copy, ValueEnum)]
-enum Pool {
+pub(crate) enum Pool {
     Last,
     Mean,
     Max,
+}
+
+impl Pool {
+    /// The library's pooling.
+    pub(crate) fn kind(self) -> PoolKind {
+        match self {
+            Pool::Last => PoolKind::Last,
+            Pool::Mean => PoolKind::Mean,
+            Pool::Max => PoolKind::Max,
+        }
+    }
 }
 
 /// Flags of `rnnkit classify train`.
@@ -176,11 +187,7 @@ impl ClassifyTrainOpts {
         set(&mut m.hidden_size, self.hidden.map(|v| v as usize));
         set(&mut m.bidirectional, self.bidirectional);
         if let Some(p) = self.pool {
-            m.pool = match p {
-                Pool::Last => PoolKind::Last,
-                Pool::Mean => PoolKind::Mean,
-                Pool::Max => PoolKind::Max,
-            };
+            m.pool = p.kind();
         }
         if let Some(d) = self.dropout {
             if !(0.0..1.0).contains(&d) {

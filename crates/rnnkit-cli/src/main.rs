@@ -36,7 +36,7 @@ enum Command {
     /// Tag every word (part of speech from CoNLL-U treebanks): train, eval, predict.
     #[command(subcommand)]
     Tag(tag_cmd::TagCmd),
-    /// Measure training and sampling throughput on synthetic tokens.
+    /// Measure training throughput on synthetic data: the char LM (and its sampling), the classifier or the tagger.
     Bench(bench_cmd::BenchOpts),
     /// Turn a PyTorch CharLM state dict (safetensors) into a checkpoint, given its cell and vocabulary.
     Import(import_cmd::ImportOpts),

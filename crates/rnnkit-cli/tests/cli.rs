@@ -613,6 +613,92 @@ fn bench_prints_the_documented_json_keys() {
 }
 
 #[test]
+fn bench_measures_the_classifier_and_the_tagger() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &[
+            "bench",
+            "--task",
+            "classify",
+            "--hidden",
+            "8",
+            "--channels",
+            "3",
+            "--classes",
+            "4",
+            "--min-len",
+            "2",
+            "--max-len",
+            "5",
+            "--batch",
+            "3",
+            "--steps",
+            "2",
+            "--pool",
+            "mean",
+            "--json",
+        ][..],
+        &[
+            "bench",
+            "--task",
+            "tag",
+            "--hidden",
+            "8",
+            "--word-vocab",
+            "50",
+            "--char-vocab",
+            "10",
+            "--tags",
+            "3",
+            "--words-per-sentence",
+            "2-4",
+            "--chars-per-word",
+            "1-3",
+            "--word-embed",
+            "4",
+            "--char-embed",
+            "3",
+            "--char-hidden",
+            "5",
+            "--batch",
+            "3",
+            "--steps",
+            "2",
+            "--json",
+        ],
+    ] {
+        let o = rnnkit(args, dir.path());
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(j["task"], args[2], "{j}");
+        for k in [
+            "train_tokens_per_sec",
+            "train_gflops",
+            "step_seconds",
+            "tokens_per_step",
+            "peak_rss_mb",
+            "threads",
+        ] {
+            assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {j}");
+        }
+    }
+}
+
+#[test]
+fn bench_refuses_flags_of_another_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = rnnkit(&["bench", "--task", "tag", "--seq-len", "5"], dir.path());
+    fails_with(&o, "--seq-len applies to --task char-lm only");
+    let o = rnnkit(&["bench", "--channels", "5"], dir.path());
+    fails_with(&o, "--channels applies to --task classify only");
+    let o = rnnkit(
+        &["bench", "--task", "tag", "--words-per-sentence", "9-3"],
+        dir.path(),
+    );
+    fails_with(&o, "--words-per-sentence");
+}
+
+#[test]
 fn bf16_training_resumes_in_bf16_and_refuses_a_change_of_precision() {
     let dir = tempfile::tempdir().unwrap();
     corpus(dir.path(), 20_000);

@@ -1,6 +1,10 @@
 //! Throughput measurement of the char language model on synthetic tokens:
 //! training steps (forward, cross-entropy, backward, global-norm clip 5, Adam)
-//! and batch-1 sampling with the state carried.
+//! and batch-1 sampling with the state carried; [`classify`] and [`tag`] time the
+//! training steps of the sequence classifier and the tagger on synthetic data.
+
+pub mod classify;
+pub mod tag;
 
 use crate::cell::CellKind;
 use crate::data::Vocab;
@@ -100,6 +104,72 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         step_seconds,
         sample_us_per_char: sample_us[0],
         sample_bf16_us_per_char: sample_us[1],
+        peak_rss_mb: peak_rss_mb(),
+        threads: rayon::current_num_threads(),
+    })
+}
+
+/// Untimed training steps before the timed ones in the task benchmarks: the first
+/// steps allocate buffers of each new batch shape.
+pub const TASK_WARMUP_STEPS: usize = 3;
+
+/// Measured training figures of a task; field names are the `--json` keys.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskReport {
+    /// `classify` or `tag`.
+    pub task: &'static str,
+    /// Valid tokens (timesteps or words) of the timed steps ÷ their total seconds.
+    pub train_tokens_per_sec: f64,
+    /// Counted FLOPs of the timed steps (see each task's `flops`) ÷ their seconds, in GFLOP/s.
+    pub train_gflops: f64,
+    /// Median seconds per training step.
+    pub step_seconds: f64,
+    /// Mean valid tokens per timed step.
+    pub tokens_per_step: f64,
+    /// Peak resident memory of the process, in MiB (Linux; 0 elsewhere).
+    pub peak_rss_mb: f64,
+    /// Worker threads used.
+    pub threads: usize,
+}
+
+/// Runs [`TASK_WARMUP_STEPS`] + `work.len() − TASK_WARMUP_STEPS` training steps of
+/// `model` as the trainer does (zero the gradients, `forward_backward(model, i)` in
+/// `precision` returning the loss, global-norm clip 5, Adam lr 1e-3) and reports the
+/// timed ones; `work[i]` is (valid tokens, counted FLOPs) of step `i`'s batch.
+fn time_task_steps<M: Parameters<f32>>(
+    task: &'static str,
+    model: &mut M,
+    work: &[(usize, f64)],
+    precision: Precision,
+    mut forward_backward: impl FnMut(&mut M, usize) -> Result<f64>,
+) -> Result<TaskReport> {
+    if work.len() <= TASK_WARMUP_STEPS {
+        return Err(Error::Config("at least 1 timed step is needed".into()));
+    }
+    let mut optimizer = Optimizer::new(OptimizerKind::Adam, 0.0);
+    let mut times = Vec::with_capacity(work.len());
+    for i in 0..work.len() {
+        let t0 = Instant::now();
+        model.zero_grad();
+        let loss = crate::kernel::with_precision(precision, || forward_backward(model, i))?;
+        if !loss.is_finite() {
+            return Err(Error::Diverged(format!("benchmark loss became {loss}")));
+        }
+        clip_grad_norm(model, 5.0);
+        optimizer.step(model, 1e-3);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let (times, work) = (&mut times[TASK_WARMUP_STEPS..], &work[TASK_WARMUP_STEPS..]);
+    let seconds: f64 = times.iter().sum();
+    let tokens: usize = work.iter().map(|w| w.0).sum();
+    let flops: f64 = work.iter().map(|w| w.1).sum();
+    times.sort_by(f64::total_cmp);
+    Ok(TaskReport {
+        task,
+        train_tokens_per_sec: tokens as f64 / seconds,
+        train_gflops: flops / seconds / 1e9,
+        step_seconds: times[times.len() / 2],
+        tokens_per_step: tokens as f64 / times.len() as f64,
         peak_rss_mb: peak_rss_mb(),
         threads: rayon::current_num_threads(),
     })
