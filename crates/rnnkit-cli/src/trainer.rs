@@ -53,6 +53,9 @@ pub struct TrainerOpts {
     /// Momentum for --optimizer sgd.
     #[arg(long)]
     pub momentum: Option<f32>,
+    /// Decoupled weight decay (AdamW): each step shrinks every weight by lr × this.
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
     /// Stop after this many optimizer steps in all, counted from the start of training (also after --resume).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
@@ -212,6 +215,7 @@ fn overlay_train(o: &TrainerOpts, r: &mut TrainSettings) -> anyhow::Result<()> {
         };
     }
     set(&mut r.momentum, o.momentum);
+    set(&mut r.weight_decay, o.weight_decay);
     set(&mut r.val_frac, o.val_frac);
     set(&mut r.seed, o.seed);
     if o.bf16 {

@@ -60,6 +60,7 @@ fn main() -> rnnkit::Result<()> {
             clip_value: None,
             optimizer: OptimizerKind::Adam,
             momentum: 0.9,
+            weight_decay: 0.0,
             val_frac: 0.0,
             seed: 1,
             precision: Precision::F32,

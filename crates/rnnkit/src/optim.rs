@@ -21,6 +21,7 @@ pub enum OptimizerKind {
 pub struct Optimizer {
     kind: OptimizerKind,
     momentum: f32,
+    weight_decay: f32,
     steps: u64,
     /// Adam: first moments; SGD: momentum buffers.
     m: Vec<Vec<f32>>,
@@ -41,10 +42,18 @@ impl Optimizer {
         Optimizer {
             kind,
             momentum,
+            weight_decay: 0.0,
             steps: 0,
             m: Vec::new(),
             v: Vec::new(),
         }
+    }
+
+    /// Decoupled weight decay (as torch.optim.AdamW, and SGD's `p −= lr·λ·p`): every
+    /// update first shrinks each parameter by `lr · weight_decay` of itself.
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = weight_decay;
+        self
     }
 
     /// Number of updates applied so far.
@@ -60,8 +69,12 @@ impl Optimizer {
         let step_size = (lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         let (ms, vs) = (&mut self.m, &mut self.v);
+        let shrink = 1.0 - lr * self.weight_decay;
         let mut idx = 0;
         model.visit_params_mut(&mut |_, p, g| {
+            if shrink != 1.0 {
+                p.data_mut().iter_mut().for_each(|x| *x *= shrink);
+            }
             if ms.len() <= idx {
                 ms.push(vec![0.0; p.len()]);
                 vs.push(if kind == OptimizerKind::Adam {
@@ -242,6 +255,18 @@ mod tests {
         assert!((p.1.data()[0] - 5.0).abs() < 1e-5);
         clip_grad_value(&mut p, 2.0);
         assert_eq!(p.1.data()[0], 2.0);
+    }
+
+    #[test]
+    fn weight_decay_shrinks_before_the_update_as_adamw() {
+        let mut p = One(
+            Tensor::from_vec(&[2], vec![1.0, -2.0]).unwrap(),
+            Tensor::from_vec(&[2], vec![0.0, 0.0]).unwrap(),
+        );
+        let mut o = Optimizer::new(OptimizerKind::Adam, 0.0).with_weight_decay(0.5);
+        o.step(&mut p, 0.1);
+        // Zero gradient: Adam moves nothing; decay alone scales by 1 − 0.1·0.5.
+        assert_eq!(p.0.data(), &[0.95, -1.9]);
     }
 
     #[test]

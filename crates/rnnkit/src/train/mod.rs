@@ -144,7 +144,8 @@ pub fn run<T: Task>(
     st.recipe = serde_json::to_string(&cfg.recipe).expect("serialisable");
     st.schedule = sched.clone();
     st.data_path = cfg.data_path.clone();
-    let mut optimizer = Optimizer::new(recipe.optimizer, recipe.momentum);
+    let mut optimizer =
+        Optimizer::new(recipe.optimizer, recipe.momentum).with_weight_decay(recipe.weight_decay);
     st.restore_optimizer(&mut optimizer, task)?;
     let mut parameters = 0;
     task.visit_params(&mut |_, t| parameters += t.len());

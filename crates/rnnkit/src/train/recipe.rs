@@ -67,6 +67,9 @@ pub struct TrainSettings {
     pub optimizer: OptimizerKind,
     /// SGD momentum.
     pub momentum: f32,
+    /// Decoupled weight decay (AdamW); 0 is none (absent in older checkpoints).
+    #[serde(default)]
+    pub weight_decay: f32,
     /// Fraction of the training data held out for validation.
     pub val_frac: f64,
     /// Seed of initialisation, data order and dropout.
@@ -89,6 +92,7 @@ impl Default for TrainSettings {
             clip_value: None,
             optimizer: OptimizerKind::Adam,
             momentum: 0.9,
+            weight_decay: 0.0,
             val_frac: 0.1,
             seed: 1,
             precision: Precision::F32,
@@ -117,6 +121,12 @@ impl TrainSettings {
         }
         if self.clip_value.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
             return bad("--clip-value must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            return bad(format!(
+                "--weight-decay must be in [0, 1), got {}",
+                self.weight_decay
+            ));
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return bad(format!(
@@ -168,6 +178,7 @@ impl Settings for TrainSettings {
                 Fixed,
             ),
             Setting::new("--momentum", self.momentum, Alters),
+            Setting::new("--weight-decay", self.weight_decay, Alters),
             Setting::new("--val-frac", self.val_frac, Fixed),
             Setting::new("--seed", self.seed, Fixed),
             Setting::new(
