@@ -89,11 +89,11 @@ pub struct ClassifyTrainOpts {
 pub(crate) fn default_recipe() -> Recipe<ClassifierConfig> {
     Recipe {
         task: ClassifierConfig {
-            cell: CellKind::Lstm,
+            cell: CellKind::Gru,
             hidden_size: 128,
-            num_layers: 1,
+            num_layers: 2,
             bidirectional: true,
-            dropout: 0.2,
+            dropout: 0.4,
             pool: PoolKind::Max,
         },
         train: TrainSettings {
