@@ -94,10 +94,10 @@ pub(crate) fn default_recipe() -> Recipe<TaggerConfig> {
             cell: CellKind::Lstm,
             word_embed: 100,
             char_embed: 32,
-            char_hidden: 64,
-            hidden_size: 128,
+            char_hidden: 100,
+            hidden_size: 200,
             num_layers: 1,
-            dropout: 0.25,
+            dropout: 0.5,
             word_dropout: 0.25,
             min_freq: 1,
             column: TagColumn::Upos,
@@ -123,7 +123,7 @@ pub(crate) fn default_recipe() -> Recipe<TaggerConfig> {
 pub(crate) fn default_schedule() -> Schedule {
     Schedule {
         steps: None,
-        epochs: Some(12.0),
+        epochs: Some(20.0),
         time_limit: Some(840.0),
         eval_every: 200,
         checkpoint_every: 400,
