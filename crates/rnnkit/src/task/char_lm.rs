@@ -405,6 +405,8 @@ pub fn check_training_memory(
     batch: usize,
     seq_len: usize,
 ) -> Result<()> {
+    // Validated sizes keep the estimate's products in range.
+    model.validate()?;
     crate::train::check_memory(
         model.training_memory(vocab, batch, seq_len),
         "--hidden, --layers, --batch or --seq-len",

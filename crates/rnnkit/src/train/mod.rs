@@ -317,7 +317,7 @@ pub fn check_memory(need: u64, what: &str) -> Result<()> {
 }
 
 /// Memory the system can still give this process (Linux `MemAvailable`), in bytes.
-fn available_memory() -> Option<u64> {
+pub(crate) fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = info
         .lines()
