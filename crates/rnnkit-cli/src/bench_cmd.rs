@@ -3,6 +3,7 @@
 use crate::train_cmd::Cell;
 use clap::Args;
 use rnnkit::bench::{self, BenchConfig};
+use rnnkit::limits::{flag_range, MAX_BATCH, MAX_BENCH_VOCAB, MAX_LAYERS, MAX_SEQ_LEN, MAX_WIDTH};
 use rnnkit::model::Precision;
 use std::process::ExitCode;
 
@@ -13,22 +14,22 @@ pub struct BenchOpts {
     #[arg(long, value_enum, default_value = "lstm")]
     cell: Cell,
     /// Stacked recurrent layers.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_LAYERS)))]
     layers: u32,
     /// Hidden units per layer.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     hidden: u32,
     /// Embedding width.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     embed: u32,
     /// Vocabulary size.
-    #[arg(long, default_value_t = 65, value_parser = clap::value_parser!(u32).range(2..=65536))]
+    #[arg(long, default_value_t = 65, value_parser = clap::value_parser!(u32).range(flag_range(2, MAX_BENCH_VOCAB)))]
     vocab: u32,
     /// Sequences per batch.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_BATCH)))]
     batch: u32,
     /// Timesteps per batch.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_SEQ_LEN)))]
     seq_len: u32,
     /// Timed training steps (the median is reported).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]

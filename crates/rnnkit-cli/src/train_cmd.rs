@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use rnnkit::data::{fingerprint, read_text, Vocab};
 use rnnkit::decode::{generate, SamplingConfig};
+use rnnkit::limits::{flag_range, MAX_LAYERS, MAX_SEQ_LEN, MAX_WIDTH};
 use rnnkit::model::{CharLm, CharLmConfig, Precision};
 use rnnkit::optim::OptimizerKind;
 use rnnkit::task::char_lm::{
@@ -73,19 +74,19 @@ pub struct TrainOpts {
     #[arg(long, value_enum)]
     cell: Option<Cell>,
     /// Stacked recurrent layers.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_LAYERS)))]
     layers: Option<u32>,
     /// Hidden units per layer.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     hidden: Option<u32>,
     /// Embedding width; 0 feeds one-hot vectors straight into the first layer.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(0, MAX_WIDTH)))]
     embed: Option<u32>,
     /// Dropout between recurrent layers, in [0, 1).
     #[arg(long)]
     dropout: Option<f32>,
     /// Timesteps per batch (BPTT length).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_SEQ_LEN)))]
     seq_len: Option<u32>,
     /// Start every batch from a zero state instead of carrying it over.
     #[arg(long)]
