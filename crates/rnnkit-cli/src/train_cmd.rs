@@ -317,16 +317,25 @@ pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
 }
 
 fn closing_sample(checkpoint: &Path, length: usize) -> anyhow::Result<()> {
+    use std::io::Write;
     let (model, _) = CharLm::load(checkpoint)?;
-    let mut text = String::new();
     let cfg = SamplingConfig {
         temperature: 0.8,
         ..Default::default()
     };
+    // Streamed as drawn: --sample-length sizes no buffer. (A `Stdout`, not its lock:
+    // the characters are written from the thread pool.)
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    writeln!(out, "--- sample ({length} characters, temperature 0.8) ---")?;
+    let mut buf = [0u8; 4];
     generate(&model, "", length, &cfg, &mut Rng::new(1), &mut |c| {
-        text.push(c);
-        Ok(())
+        out.write_all(c.encode_utf8(&mut buf).as_bytes())
+            .map_err(|source| rnnkit::Error::Io {
+                path: "<stdout>".into(),
+                source,
+            })
     })?;
-    println!("--- sample ({length} characters, temperature 0.8) ---\n{text}\n---");
+    writeln!(out, "\n---")?;
+    out.flush()?;
     Ok(())
 }

@@ -76,7 +76,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let n = cfg.batch * cfg.seq_len;
     let inputs: Vec<usize> = (0..n).map(|_| rng.below(cfg.vocab)).collect();
     let targets: Vec<usize> = (0..n).map(|_| rng.below(cfg.vocab)).collect();
-    let mut times = Vec::with_capacity(cfg.steps);
+    // Grown as steps are timed: the flag's value sizes no allocation up front.
+    let mut times = Vec::with_capacity(cfg.steps.min(1024));
     for i in 0..=cfg.steps {
         let t0 = Instant::now();
         model.zero_grad();

@@ -150,6 +150,14 @@ impl CharLmTask {
         seed: u64,
         text: &str,
     ) -> Result<Self> {
+        // The recipe may come from a checkpoint: its window length sizes the batches.
+        if !(1..=crate::limits::MAX_SEQ_LEN).contains(&recipe.seq_len) {
+            return Err(Error::Config(format!(
+                "--seq-len must be in [1, {}], got {}",
+                crate::limits::MAX_SEQ_LEN,
+                recipe.seq_len
+            )));
+        }
         let ids = model.vocab().encode(text)?;
         let n_val = (ids.len() as f64 * val_frac) as usize;
         let val_ids = ids[ids.len() - n_val..].to_vec();
