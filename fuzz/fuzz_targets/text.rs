@@ -14,8 +14,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(vocab) = Vocab::from_text(&text) else {
         return;
     };
-    assert_eq!(Vocab::from_json(&vocab.to_json()).ok().as_ref(), Some(&vocab));
-    let ids = vocab.encode(&text).expect("a text's own vocabulary encodes it");
+    assert_eq!(
+        Vocab::from_json(&vocab.to_json()).ok().as_ref(),
+        Some(&vocab)
+    );
+    let ids = vocab
+        .encode(&text)
+        .expect("a text's own vocabulary encodes it");
     // Half the vocabulary: the other half is unknown.
     let half = Vocab::from_chars(vocab.chars()[..vocab.len().div_ceil(2)].to_vec()).unwrap();
     let _ = half.encode_with(&text, UnknownPolicy::Skip);

@@ -15,8 +15,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = d.len_range();
     for s in &d.cases {
-        assert_eq!(s.values.len(), s.len * d.channels, "values are [len, channels]");
-        assert!(d.labels.is_empty() || s.label < d.labels.len(), "label in range");
+        assert_eq!(
+            s.values.len(),
+            s.len * d.channels,
+            "values are [len, channels]"
+        );
+        assert!(
+            d.labels.is_empty() || s.label < d.labels.len(),
+            "label in range"
+        );
     }
     let refs: Vec<&Series> = d.cases.iter().collect();
     let _ = Standardizer::fit(&refs, d.channels);
