@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use rnnkit::bench::classify::ClassifyBenchConfig;
 use rnnkit::bench::tag::TagBenchConfig;
 use rnnkit::bench::{self, BenchConfig, TaskReport};
+use rnnkit::limits::{flag_range, MAX_BATCH, MAX_BENCH_VOCAB, MAX_LAYERS, MAX_SEQ_LEN, MAX_WIDTH};
 use rnnkit::model::Precision;
 use std::process::ExitCode;
 
@@ -33,22 +34,22 @@ pub struct BenchOpts {
     #[arg(long, value_enum)]
     cell: Option<Cell>,
     /// Stacked recurrent layers [default: 2; classify and tag: 1].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_LAYERS)))]
     layers: Option<u32>,
     /// Hidden units per layer (per direction) [default: 512; classify and tag: 128].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     hidden: Option<u32>,
     /// Embedding width (char-lm) [default: 64].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     embed: Option<u32>,
     /// Vocabulary size (char-lm) [default: 65].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(2, MAX_BENCH_VOCAB)))]
     vocab: Option<u32>,
     /// Sequences per batch [default: 64; classify: 16; tag: 32].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_BATCH)))]
     batch: Option<u32>,
     /// Timesteps per batch (char-lm) [default: 100].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_SEQ_LEN)))]
     seq_len: Option<u32>,
     /// Timed training steps [default: 10; classify: 100; tag: 20].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use rnnkit::data::{read_ts, Series, TsDataset};
 use rnnkit::layer::PoolKind;
+use rnnkit::limits::{flag_range, MAX_LAYERS, MAX_WIDTH};
 use rnnkit::model::Precision;
 use rnnkit::optim::OptimizerKind;
 use rnnkit::task::classifier::{
@@ -67,10 +68,10 @@ pub struct ClassifyTrainOpts {
     #[arg(long, value_enum)]
     cell: Option<Cell>,
     /// Stacked recurrent layers.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_LAYERS)))]
     layers: Option<u32>,
     /// Hidden units per direction.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     hidden: Option<u32>,
     /// Read each series in both directions.
     #[arg(long)]

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use rnnkit::data::{
     looks_like_conllu, parse_conllu, read_conllu, sentences_from_plain, Sentence, TagColumn,
 };
+use rnnkit::limits::{flag_range, MAX_LAYERS, MAX_WIDTH};
 use rnnkit::model::Precision;
 use rnnkit::optim::OptimizerKind;
 use rnnkit::task::tagger::{TagTask, Tagger, TaggerConfig};
@@ -60,19 +61,19 @@ pub struct TagTrainOpts {
     #[arg(long, value_enum)]
     cell: Option<Cell>,
     /// Word embedding width.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     word_embed: Option<u32>,
     /// Character embedding width.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     char_embed: Option<u32>,
     /// Hidden units per direction of the character network (0: words only).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(0, MAX_WIDTH)))]
     char_hidden: Option<u32>,
     /// Hidden units per direction of the sentence network.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     hidden: Option<u32>,
     /// Stacked sentence layers.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_LAYERS)))]
     layers: Option<u32>,
     /// Dropout on the sentence network's input and output, in [0, 1).
     #[arg(long)]

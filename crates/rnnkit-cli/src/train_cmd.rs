@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use rnnkit::data::{fingerprint, read_text, Vocab};
 use rnnkit::decode::{generate, SamplingConfig};
+use rnnkit::limits::{flag_range, MAX_LAYERS, MAX_SEQ_LEN, MAX_WIDTH};
 use rnnkit::model::{CharLm, CharLmConfig, Precision};
 use rnnkit::optim::OptimizerKind;
 use rnnkit::task::char_lm::{
@@ -72,19 +73,19 @@ pub struct TrainOpts {
     #[arg(long, value_enum)]
     cell: Option<Cell>,
     /// Stacked recurrent layers.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_LAYERS)))]
     layers: Option<u32>,
     /// Hidden units per layer.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     hidden: Option<u32>,
     /// Embedding width; 0 feeds one-hot vectors straight into the first layer.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(0, MAX_WIDTH)))]
     embed: Option<u32>,
     /// Dropout between recurrent layers, in [0, 1).
     #[arg(long)]
     dropout: Option<f32>,
     /// Timesteps per batch (BPTT length).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_SEQ_LEN)))]
     seq_len: Option<u32>,
     /// Start every batch from a zero state instead of carrying it over.
     #[arg(long)]
@@ -308,16 +309,25 @@ pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
 }
 
 fn closing_sample(checkpoint: &Path, length: usize) -> anyhow::Result<()> {
+    use std::io::Write;
     let (model, _) = CharLm::load(checkpoint)?;
-    let mut text = String::new();
     let cfg = SamplingConfig {
         temperature: 0.8,
         ..Default::default()
     };
+    // Streamed as drawn: --sample-length sizes no buffer. (A `Stdout`, not its lock:
+    // the characters are written from the thread pool.)
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    writeln!(out, "--- sample ({length} characters, temperature 0.8) ---")?;
+    let mut buf = [0u8; 4];
     generate(&model, "", length, &cfg, &mut Rng::new(1), &mut |c| {
-        text.push(c);
-        Ok(())
+        out.write_all(c.encode_utf8(&mut buf).as_bytes())
+            .map_err(|source| rnnkit::Error::Io {
+                path: "<stdout>".into(),
+                source,
+            })
     })?;
-    println!("--- sample ({length} characters, temperature 0.8) ---\n{text}\n---");
+    writeln!(out, "\n---")?;
+    out.flush()?;
     Ok(())
 }

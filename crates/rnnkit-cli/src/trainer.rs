@@ -5,6 +5,7 @@ use crate::plot;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use rnnkit::limits::{flag_range, MAX_BATCH};
 use rnnkit::optim::OptimizerKind;
 use rnnkit::task::{Selection, Task};
 use rnnkit::train::{
@@ -30,7 +31,7 @@ pub enum Opt {
 #[derive(Args, Clone)]
 pub struct TrainerOpts {
     /// Sequences per batch.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_BATCH)))]
     pub batch: Option<u32>,
     /// Learning rate.
     #[arg(long)]

@@ -11,6 +11,7 @@ use crate::data::Vocab;
 use crate::decode::{sample, SamplingConfig};
 use crate::error::{Error, Result};
 use crate::layer::Parameters;
+use crate::limits::{MAX_BATCH, MAX_BENCH_VOCAB, MAX_SEQ_LEN};
 use crate::model::{CharLm, CharLmConfig, Precision, Stepper};
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerKind};
 use crate::rng::Rng;
@@ -57,15 +58,21 @@ pub struct BenchReport {
 
 /// Runs the measurement.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
-    if cfg.vocab < 2 || cfg.batch == 0 || cfg.seq_len == 0 || cfg.steps == 0 {
-        return Err(Error::Config(
-            "vocab ≥ 2, batch, seq-len and steps ≥ 1 are needed".into(),
-        ));
-    }
+    let within = |name: &str, v: usize, min: usize, max: usize| {
+        if (min..=max).contains(&v) {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "--{name} must be in [{min}, {max}], got {v}"
+            )))
+        }
+    };
+    within("vocab", cfg.vocab, 2, MAX_BENCH_VOCAB)?;
+    within("batch", cfg.batch, 1, MAX_BATCH)?;
+    within("seq-len", cfg.seq_len, 1, MAX_SEQ_LEN)?;
+    within("steps", cfg.steps, 1, usize::MAX)?;
     crate::task::char_lm::check_training_memory(&cfg.model, cfg.vocab, cfg.batch, cfg.seq_len)?;
-    let chars: Vec<char> = (0..cfg.vocab as u32)
-        .map(|i| char::from_u32(0x100 + i).expect("valid code point"))
-        .collect();
+    let chars: Vec<char> = (0..cfg.vocab).map(bench_char).collect();
     let mut rng = Rng::new(1);
     let mut model = CharLm::new(&cfg.model, Vocab::from_chars(chars)?, &mut rng)?;
     model.set_precision(cfg.precision);
@@ -73,7 +80,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let n = cfg.batch * cfg.seq_len;
     let inputs: Vec<usize> = (0..n).map(|_| rng.below(cfg.vocab)).collect();
     let targets: Vec<usize> = (0..n).map(|_| rng.below(cfg.vocab)).collect();
-    let mut times = Vec::with_capacity(cfg.steps);
+    // Grown as steps are timed: the flag's value sizes no allocation up front.
+    let mut times = Vec::with_capacity(cfg.steps.min(1024));
     for i in 0..=cfg.steps {
         let t0 = Instant::now();
         model.zero_grad();
@@ -175,6 +183,15 @@ fn time_task_steps<M: Parameters<f32>>(
     })
 }
 
+/// The character of synthetic token `i` (< [`MAX_BENCH_VOCAB`]): distinct code points
+/// from U+0100 on, stepping over the surrogates U+D800–U+DFFF, which are no characters.
+fn bench_char(i: usize) -> char {
+    const SURROGATES: u32 = 0xE000 - 0xD800;
+    let cp = 0x100 + i as u32;
+    let cp = if cp >= 0xD800 { cp + SURROGATES } else { cp };
+    char::from_u32(cp).expect("below U+10FFFF and outside the surrogates")
+}
+
 /// Mean microseconds per character of batch-1 sampling with the state carried.
 fn time_sampling(stepper: &mut Stepper, chars: usize, rng: &mut Rng) -> Result<f64> {
     let sampling = SamplingConfig::default();
@@ -210,5 +227,21 @@ pub fn model(cell: CellKind, layers: usize, hidden: usize, embed: usize) -> Char
         hidden_size: hidden,
         num_layers: layers,
         dropout: 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_vocab_60000_has_no_surrogate_char() {
+        // Token 0xD700 used to map to U+D800, and `char::from_u32` refused it.
+        let chars: Vec<char> = (0..MAX_BENCH_VOCAB).map(bench_char).collect();
+        let mut sorted = chars.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), MAX_BENCH_VOCAB, "distinct characters");
+        assert!(Vocab::from_chars(chars).is_ok());
     }
 }

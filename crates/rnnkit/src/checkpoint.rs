@@ -112,14 +112,19 @@ impl TensorFile {
         }
     }
 
-    /// The entry of tensor `name` and its bytes (in bounds: checked when the file was opened).
-    fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
-        let info = self.index.get(name).ok_or_else(|| {
+    /// The header entry of tensor `name`.
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.index.get(name).ok_or_else(|| {
             self.error(format!(
                 "tensor `{name}` is missing; the file has {}",
                 self.describe_tensors()
             ))
-        })?;
+        })
+    }
+
+    /// The entry of tensor `name` and its bytes (in bounds: checked when the file was opened).
+    fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let info = self.info(name)?;
         let (start, end) = info.data_offsets;
         Ok((
             info,
@@ -127,10 +132,16 @@ impl TensorFile {
         ))
     }
 
-    /// Reads tensor `name` (stored as F32, F64, F16 or BF16) as `T`; when `shape` is
-    /// given it must match exactly. The one place where stored floats are converted.
-    pub fn get<T: Real>(&self, name: &str, shape: Option<&[usize]>) -> Result<Tensor<T>> {
-        let (info, bytes) = self.raw(name)?;
+    /// Checks from the header alone, reading and allocating nothing, that tensor
+    /// `name` is present, stored as a float type [`TensorFile::get`] reads, and shaped
+    /// exactly `shape`. Loaders check every tensor this way before they allocate, so
+    /// what they allocate is bounded by what the file holds.
+    pub fn expect_float(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let info = self.info(name)?;
+        self.expect_info(name, info, Some(shape))
+    }
+
+    fn expect_info(&self, name: &str, info: &TensorInfo, shape: Option<&[usize]>) -> Result<()> {
         if let Some(want) = shape {
             if info.shape != want {
                 return Err(self.error(format!(
@@ -139,6 +150,19 @@ impl TensorFile {
                 )));
             }
         }
+        match info.dtype {
+            Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16 => Ok(()),
+            other => Err(self.error(format!(
+                "tensor `{name}` has dtype {other:?}; rnnkit reads F32, F64, F16 or BF16"
+            ))),
+        }
+    }
+
+    /// Reads tensor `name` (stored as F32, F64, F16 or BF16) as `T`; when `shape` is
+    /// given it must match exactly. The one place where stored floats are converted.
+    pub fn get<T: Real>(&self, name: &str, shape: Option<&[usize]>) -> Result<Tensor<T>> {
+        let (info, bytes) = self.raw(name)?;
+        self.expect_info(name, info, shape)?;
         let data: Vec<T> = match info.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
@@ -156,11 +180,7 @@ impl TensorFile {
                 .chunks_exact(2)
                 .map(|b| T::of(bf16_to_f32(u16::from_le_bytes([b[0], b[1]])) as f64))
                 .collect(),
-            other => {
-                return Err(self.error(format!(
-                    "tensor `{name}` has dtype {other:?}; rnnkit reads F32, F64, F16 or BF16"
-                )))
-            }
+            _ => unreachable!("expect_info accepts float dtypes only"),
         };
         Tensor::from_vec(&info.shape, data).map_err(|e| self.error(format!("tensor `{name}`: {e}")))
     }
@@ -186,6 +206,51 @@ impl TensorFile {
 
 /// How many tensor names an error message lists at most.
 pub const LISTED_NAMES: usize = 20;
+
+/// Where a model's `load` reads its checkpoint from: a path, or a [`TensorFile`]
+/// already in memory (from [`TensorFile::from_bytes`], as the fuzz targets give it).
+pub trait CheckpointSource {
+    /// Reads and validates the file.
+    fn open(self) -> Result<TensorFile>;
+}
+
+impl CheckpointSource for &Path {
+    fn open(self) -> Result<TensorFile> {
+        TensorFile::open(self)
+    }
+}
+
+impl CheckpointSource for &PathBuf {
+    fn open(self) -> Result<TensorFile> {
+        TensorFile::open(self)
+    }
+}
+
+impl CheckpointSource for TensorFile {
+    fn open(self) -> Result<TensorFile> {
+        Ok(self)
+    }
+}
+
+/// Bytes per parameter a loaded model holds: the f32 value, its gradient, and the
+/// value being read while the model is built.
+const LOAD_BYTES_PER_PARAM: u64 = 3 * 4;
+
+/// Refuses to build a model of `params` parameters from `file` when this machine's
+/// available memory cannot hold it with its gradients. Loaders call it after every
+/// shape has been checked against the header and before they allocate.
+pub fn check_model_memory(file: &TensorFile, params: u64) -> Result<()> {
+    let need = params.saturating_mul(LOAD_BYTES_PER_PARAM);
+    match crate::train::available_memory() {
+        Some(avail) if need > avail => Err(file.error(format!(
+            "the model has {params} parameters; loading it needs about {:.1} GiB (values and \
+             gradients) but only {:.1} GiB of memory is available",
+            need as f64 / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// What to say about a file written by `torch.save` (a zip archive or a bare pickle).
 const TORCH_PICKLE: &str = "this is a PyTorch pickle file (torch.save), not safetensors; \
@@ -343,42 +408,96 @@ pub fn named_params<T: Real>(model: &dyn Parameters<T>, prefix: &str) -> Vec<(St
     named
 }
 
+/// Checks from the header alone that `file` holds every tensor of a recurrent stack
+/// shaped as `config` says, under `prefix` (`{prefix}weight_ih_l0`, …, torch's
+/// names); returns the number of parameters. Stops at the first tensor missing, so
+/// the work is bounded by the file's tensor count whatever `config` claims, and every
+/// size it multiplies is overflow-checked.
+pub fn check_recurrent(file: &TensorFile, prefix: &str, config: &RecurrentConfig) -> Result<u64> {
+    config
+        .validate()
+        .map_err(|e| file.error(format!("`{prefix}*`: {e}")))?;
+    // validate() bounds the hidden size, so G·H and the output width cannot overflow.
+    let (gh, h, out) = (
+        config.cell.gates() * config.hidden_size,
+        config.hidden_size,
+        config.output_size(),
+    );
+    let mut params = 0u64;
+    for l in 0..config.num_layers {
+        let input = if l == 0 { config.input_size } else { out };
+        for d in 0..config.directions() {
+            let sfx = format!("_l{l}{}", if d == 1 { "_reverse" } else { "" });
+            let mut shapes = vec![
+                ("weight_ih", vec![gh, input]),
+                ("weight_hh", vec![gh, h]),
+                ("bias_ih", vec![gh]),
+            ];
+            if config.cell.has_bias_hh() {
+                shapes.push(("bias_hh", vec![gh]));
+            }
+            for (name, shape) in shapes {
+                file.expect_float(&format!("{prefix}{name}{sfx}"), &shape)?;
+                // The tensor is in the file, so its element count fits in a usize.
+                params += shape.iter().product::<usize>() as u64;
+            }
+        }
+    }
+    Ok(params)
+}
+
+/// Reads a recurrent stack's configuration from the tensor shapes under `prefix`
+/// (sizes from `{prefix}weight_ih_l0`, the layer count, a `_reverse` direction) and
+/// checks every one of its tensors with [`check_recurrent`], reading no tensor and
+/// allocating nothing; returns it with its parameter count.
+pub fn recurrent_config(
+    file: &TensorFile,
+    prefix: &str,
+    cell: CellKind,
+) -> Result<(RecurrentConfig, u64)> {
+    let first = format!("{prefix}weight_ih_l0");
+    let shape = file.shape(&first).ok_or_else(|| {
+        file.error(format!(
+            "tensor `{first}` is missing: not a {cell} state dict with prefix `{prefix}`"
+        ))
+    })?;
+    let [gh, input_size] = shape[..] else {
+        return Err(file.error(format!("tensor `{first}` must be 2-D, got {shape:?}")));
+    };
+    if gh == 0 || gh % cell.gates() != 0 {
+        return Err(file.error(format!(
+            "tensor `{first}` has {gh} rows, not a multiple of {} as a {cell} needs",
+            cell.gates()
+        )));
+    }
+    let hidden_size = gh / cell.gates();
+    let mut num_layers = 0;
+    while file
+        .shape(&format!("{prefix}weight_ih_l{num_layers}"))
+        .is_some()
+    {
+        num_layers += 1;
+    }
+    let bidirectional = file
+        .shape(&format!("{prefix}weight_ih_l0_reverse"))
+        .is_some();
+    let config = RecurrentConfig::new(cell, input_size, hidden_size)
+        .with_layers(num_layers)
+        .with_bidirectional(bidirectional);
+    let params = check_recurrent(file, prefix, &config)?;
+    Ok((config, params))
+}
+
 impl<T: Real> Recurrent<T> {
     /// Builds a layer from a torch state dict saved as safetensors, inferring sizes,
     /// layer count and directions from the tensors named `{prefix}weight_ih_l0` etc.
     /// The cell kind cannot be told from shapes alone (tanh vs relu), so it is given.
+    /// Every tensor's presence, dtype and shape is checked from the header (see
+    /// [`recurrent_config`]) before anything is allocated.
     pub fn from_state_dict(file: &TensorFile, prefix: &str, cell: CellKind) -> Result<Self> {
-        let first = format!("{prefix}weight_ih_l0");
-        let shape = file.shape(&first).ok_or_else(|| {
-            file.error(format!(
-                "tensor `{first}` is missing: not a {cell} state dict with prefix `{prefix}`"
-            ))
-        })?;
-        let [gh, input_size] = shape[..] else {
-            return Err(file.error(format!("tensor `{first}` must be 2-D, got {shape:?}")));
-        };
-        if gh == 0 || gh % cell.gates() != 0 {
-            return Err(file.error(format!(
-                "tensor `{first}` has {gh} rows, not a multiple of {} as a {cell} needs",
-                cell.gates()
-            )));
-        }
-        let hidden_size = gh / cell.gates();
-        let mut num_layers = 0;
-        while file
-            .shape(&format!("{prefix}weight_ih_l{num_layers}"))
-            .is_some()
-        {
-            num_layers += 1;
-        }
-        let bidirectional = file
-            .shape(&format!("{prefix}weight_ih_l0_reverse"))
-            .is_some();
-        let config = RecurrentConfig::new(cell, input_size, hidden_size)
-            .with_layers(num_layers)
-            .with_bidirectional(bidirectional);
-        config.validate()?;
-        let params = (0..num_layers * config.directions())
+        let (config, _) = recurrent_config(file, prefix, cell)?;
+        let hidden_size = config.hidden_size;
+        let params = (0..config.num_layers * config.directions())
             .map(|idx| {
                 CellParams::zeros(
                     cell,

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod error;
 pub mod kernel;
 pub mod layer;
+pub mod limits;
 pub mod loss;
 pub mod model;
 pub mod optim;

@@ -64,7 +64,9 @@ impl Optimizer {
     /// Applies one update with learning rate `lr` to every parameter from its gradient.
     pub fn step(&mut self, model: &mut dyn Parameters<f32>, lr: f32) {
         self.steps += 1;
-        let (kind, momentum, t) = (self.kind, self.momentum, self.steps as i32);
+        // The step count may come from a checkpoint: saturate rather than wrap.
+        let t = self.steps.min(i32::MAX as u64) as i32;
+        let (kind, momentum) = (self.kind, self.momentum);
         let (bc1, bc2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
         let step_size = (lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;

@@ -8,5 +8,7 @@ mod ts;
 pub use conllu::{
     looks_like_conllu, parse_conllu, read_conllu, sentences_from_plain, Sentence, TagColumn,
 };
-pub use text::{fingerprint, read_text, Streams, UnknownPolicy, UnknownReport, Vocab};
+pub use text::{
+    fingerprint, read_text, text_from_bytes, Streams, UnknownPolicy, UnknownReport, Vocab,
+};
 pub use ts::{parse_ts, read_ts, Series, TsDataset};

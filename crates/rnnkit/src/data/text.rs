@@ -12,6 +12,11 @@ pub fn read_text(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     })?;
+    text_from_bytes(bytes, path)
+}
+
+/// [`read_text`]'s checks on bytes already in memory; `path` names them in messages.
+pub fn text_from_bytes(bytes: Vec<u8>, path: &Path) -> Result<String> {
     let bad = |msg: String| Err(Error::Input(format!("{}: {msg}", path.display())));
     if bytes.is_empty() {
         return bad(
@@ -249,7 +254,8 @@ impl Streams {
                 "batch and sequence length must be at least 1".into(),
             ));
         }
-        let need = batch * seq_len + 1;
+        // Saturating: an impossible request reads as needing more text than there is.
+        let need = batch.saturating_mul(seq_len).saturating_add(1);
         if ids.len() < need {
             return Err(Error::Input(format!(
                 "the {what} has {} characters but one batch of {batch} × {seq_len} needs at least {need}; give more text or lower --batch / --seq-len",

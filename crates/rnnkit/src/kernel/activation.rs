@@ -147,6 +147,9 @@ mod tests {
     }
 
     #[test]
+    // Miri perturbs libm's results on purpose (floating-point non-determinism), so
+    // the 2-ulp comparison says nothing there.
+    #[cfg_attr(miri, ignore)]
     fn exp_matches_libm() {
         let xs: Vec<f32> = (0..4000).map(|i| -87.0 + i as f32 * 0.04375).collect();
         let mut fast = xs.clone();

@@ -17,6 +17,10 @@ pub struct MatRef<'a, T> {
 
 impl<'a, T> MatRef<'a, T> {
     /// A row-major `rows × cols` matrix whose rows start `ld` elements apart.
+    ///
+    /// # Panics
+    /// If an element of the matrix would lie outside `data`. Rows may overlap
+    /// (`ld < cols`, even 0, repeats a row): the operand is only read.
     pub fn new(data: &'a [T], rows: usize, cols: usize, ld: usize) -> Self {
         let m = MatRef {
             data,
@@ -45,12 +49,31 @@ impl<'a, T> MatRef<'a, T> {
         }
     }
 
+    /// Panics unless every element lies inside `data`. The kernels read through raw
+    /// pointers on the strength of this one check, so it is overflow-checked: a
+    /// wrapped offset would pass it and let them read anywhere.
     fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
-            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
-            assert!(last < self.data.len(), "matrix operand outside its buffer");
+            let last = last_index(self.rows, self.rs, self.cols, self.cs);
+            assert!(
+                last.is_some_and(|l| l < self.data.len()),
+                "matrix operand outside its buffer"
+            );
+            // The GEMM crate takes strides as isize.
+            assert!(
+                isize::try_from(self.rs.max(self.cs)).is_ok(),
+                "matrix stride too large"
+            );
         }
     }
+}
+
+/// `(rows − 1)·rs + (cols − 1)·cs` for `rows, cols ≥ 1`: the offset of the last
+/// element, or `None` if it does not fit in a `usize`.
+fn last_index(rows: usize, rs: usize, cols: usize, cs: usize) -> Option<usize> {
+    (rows - 1)
+        .checked_mul(rs)?
+        .checked_add((cols - 1).checked_mul(cs)?)
 }
 
 /// A row-major output matrix: element `(i, j)` is `data[i * ld + j]`.
@@ -64,12 +87,18 @@ pub struct MatMut<'a, T> {
 
 impl<'a, T> MatMut<'a, T> {
     /// A row-major `rows × cols` output whose rows start `ld` elements apart.
+    ///
+    /// # Panics
+    /// If `ld < cols` (rows would overlap, and threads writing different rows would
+    /// race on the shared elements) or an element would lie outside `data`.
     pub fn new(data: &'a mut [T], rows: usize, cols: usize, ld: usize) -> Self {
         if rows > 0 && cols > 0 {
+            assert!(ld >= cols, "output rows overlap: ld {ld} < cols {cols}");
             assert!(
-                (rows - 1) * ld + cols <= data.len(),
+                last_index(rows, ld, cols, 1).is_some_and(|l| l < data.len()),
                 "output outside its buffer"
             );
+            assert!(isize::try_from(ld).is_ok(), "output stride too large");
         }
         MatMut {
             data,
@@ -243,7 +272,9 @@ mod tests {
     #[test]
     fn agrees_with_the_triple_loop_on_awkward_shapes_and_transposes() {
         let mut rng = Rng::new(3);
-        for &(m, n, k) in &[
+        // Under Miri (which runs the scalar paths, slowly) the small shapes only.
+        let small = if cfg!(miri) { 9 } else { usize::MAX };
+        for &(m, n, k) in [
             (0, 3, 2),
             (1, 1, 1),
             (3, 0, 5),
@@ -256,7 +287,10 @@ mod tests {
             (1, 17, 3),
             (1, 65, 33),
             (1, 256, 1),
-        ] {
+        ]
+        .iter()
+        .filter(|(m, n, k)| m * n * k <= small * small * small)
+        {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 for accumulate in [false, true] {
                     let a = random(m * k + 1, &mut rng);
@@ -285,6 +319,70 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside its buffer")]
+    fn operand_whose_last_offset_overflows_is_refused() {
+        // (2 − 1)·usize::MAX + (2 − 1)·1 wraps to 0, inside a 4-element buffer.
+        let d = [0.0f32; 4];
+        MatRef::new(&d, 2, 2, usize::MAX);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside its buffer")]
+    fn output_whose_last_offset_overflows_is_refused() {
+        let mut d = [0.0f32; 4];
+        MatMut::new(&mut d, 2, 2, usize::MAX);
+    }
+
+    #[test]
+    #[should_panic(expected = "output rows overlap")]
+    fn output_with_overlapping_rows_is_refused() {
+        let mut d = [0.0f32; 8];
+        MatMut::new(&mut d, 3, 4, 2);
+    }
+
+    #[test]
+    fn empty_and_single_row_views_need_no_stride() {
+        // No element is addressed, so any stride is fine.
+        let d: [f32; 0] = [];
+        MatRef::new(&d, 0, 5, usize::MAX);
+        MatMut::<f32>::new(&mut [], 5, 0, 0);
+        let one = [1.0f32, 2.0];
+        let m = MatRef::new(&one, 1, 2, 7);
+        assert_eq!((m.rows, m.cols), (1, 2));
+    }
+
+    #[test]
+    #[should_panic(expected = "gemv shapes")]
+    fn gemv_with_a_longer_row_than_the_matrix_has_rows_is_refused() {
+        let b = [1.0f32; 4];
+        let (x, mut y) = ([1.0f32; 3], [0.0f32; 2]);
+        <f32 as Real>::gemv(&mut y, &x, MatRef::dense(&b, 2, 2), false);
+    }
+
+    #[test]
+    #[should_panic(expected = "gemv shapes")]
+    fn gemv_with_a_longer_output_than_the_matrix_has_columns_is_refused() {
+        let b = [1.0f32; 4];
+        let (x, mut y) = ([1.0f32; 2], [0.0f32; 40]);
+        <f32 as Real>::gemv(&mut y, &x, MatRef::dense(&b, 2, 2).t(), false);
+    }
+
+    #[test]
+    fn gemv_of_an_empty_product_leaves_it_to_the_caller() {
+        let mut y = [3.0f32; 4];
+        let b = MatRef::new(&[], 0, 4, usize::MAX >> 2);
+        assert!(!<f32 as Real>::gemv(&mut y, &[], b, false));
+        // matmul zeroes it.
+        matmul(
+            MatMut::dense(&mut y, 1, 4),
+            MatRef::dense(&[], 1, 0),
+            b,
+            false,
+        );
+        assert_eq!(y, [0.0; 4]);
     }
 
     #[test]

@@ -306,7 +306,8 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_f32(a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
         let depth = a.len() / MR;
-        debug_assert!(b.len() == depth * NR);
+        // Once per tile, not per element: the loads below trust it.
+        assert!(b.len() == depth * NR);
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         for p in 0..depth {
             let bp = unsafe { b.as_ptr().add(p * NR) };
@@ -328,7 +329,8 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile_bf16(a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
         let pairs = a.len() / MR;
-        debug_assert!(b.len() == pairs * NR);
+        // Once per tile, not per element: the loads below trust it.
+        assert!(b.len() == pairs * NR);
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         for p in 0..pairs {
             let bp = unsafe { b.as_ptr().add(p * NR) };

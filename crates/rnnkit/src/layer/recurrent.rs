@@ -119,6 +119,21 @@ impl RecurrentConfig {
         if self.hidden_size == 0 {
             return bad("hidden_size must be at least 1".into());
         }
+        // Sizes come from files too: keep G·H and the directions' width in range.
+        if self.hidden_size > crate::limits::MAX_WIDTH {
+            return bad(format!(
+                "hidden_size must be at most {}, got {}",
+                crate::limits::MAX_WIDTH,
+                self.hidden_size
+            ));
+        }
+        if self.num_layers > crate::limits::MAX_LAYERS {
+            return bad(format!(
+                "num_layers must be at most {}, got {}",
+                crate::limits::MAX_LAYERS,
+                self.num_layers
+            ));
+        }
         if self.num_layers == 0 {
             return bad("num_layers must be at least 1".into());
         }

@@ -3,7 +3,7 @@
 //! `CharLM(embed = nn.Embedding, rnn = nn.RNN/LSTM/GRU(batch_first=True), head = nn.Linear)`.
 
 use crate::cell::CellKind;
-use crate::checkpoint::{self, TensorFile};
+use crate::checkpoint::{self, CheckpointSource, TensorFile};
 use crate::data::Vocab;
 use crate::error::{Error, Result};
 use crate::kernel::{with_precision, Precision};
@@ -51,6 +51,13 @@ impl CharLmConfig {
 
     /// Fails with a message naming the field if a value is impossible.
     pub fn validate(&self) -> Result<()> {
+        if self.embed_size > crate::limits::MAX_WIDTH {
+            return Err(Error::Config(format!(
+                "embed_size must be at most {}, got {}",
+                crate::limits::MAX_WIDTH,
+                self.embed_size
+            )));
+        }
         self.recurrent(1).validate()
     }
 
@@ -71,9 +78,14 @@ impl CharLmConfig {
             + (h + 1) * v;
         // Per layer and token: gates twice (values and gradients), a few H-wide
         // buffers and the layer input; then embeddings and logits with their gradients.
-        let activations =
-            (batch * seq_len) as u64 * (l * (2 * g * h + 6 * h + e.max(h)) + 2 * e + 2 * v);
-        4u64.saturating_mul(4 * params + activations)
+        // Saturating: the sizes may come from a file and are checked after this.
+        let per_token = l
+            .saturating_mul(2 * g * h + 6 * h + e.max(h))
+            .saturating_add(2 * e + 2 * v);
+        let activations = (batch as u64)
+            .saturating_mul(seq_len as u64)
+            .saturating_mul(per_token);
+        4u64.saturating_mul(params.saturating_mul(4).saturating_add(activations))
     }
 
     /// Multiply-adds ×2 per predicted token of one forward pass (embedding lookups excluded).
@@ -298,8 +310,8 @@ impl CharLm {
     /// Reads a checkpoint written by [`CharLm::save`] or by PyTorch for the `CharLM`
     /// module; checks the cell, the vocabulary and that every shape fits. Returns the
     /// open file too, for any training state in it.
-    pub fn load(path: &Path) -> Result<(CharLm, TensorFile)> {
-        let file = TensorFile::open(path)?;
+    pub fn load(source: impl CheckpointSource) -> Result<(CharLm, TensorFile)> {
+        let file = source.open()?;
         check_charlm_names(&file)?;
         let meta = |key: &str, what: &str| {
             file.metadata().get(key).ok_or_else(|| {
@@ -335,41 +347,59 @@ impl CharLm {
     /// every shape is checked against the others and the vocabulary. Other tensors are ignored.
     pub fn from_state_dict(file: &TensorFile, cell: CellKind, vocab: Vocab) -> Result<CharLm> {
         check_charlm_names(file)?;
+        // Every shape is checked against the others from the header before anything
+        // is allocated: sizes read from one tensor never size an allocation that the
+        // file's other tensors do not back.
+        let v = vocab.len();
         // Without `embed.weight` the model reads one-hot vectors (`--embed 0`).
-        let embed = match file.shape("embed.weight") {
+        let embed_dim = match file.shape("embed.weight") {
+            None => None,
+            Some(shape) => {
+                let [rows, dim] = shape[..] else {
+                    return Err(file.error(format!(
+                        "`embed.weight` must be [vocab, dim], got {shape:?}"
+                    )));
+                };
+                if rows != v {
+                    return Err(file.error(format!(
+                        "`embed.weight` has {rows} rows but the vocabulary has {v} characters"
+                    )));
+                }
+                file.expect_float("embed.weight", &shape)?;
+                Some(dim)
+            }
+        };
+        let (rnn_cfg, rnn_params) = checkpoint::recurrent_config(file, "rnn.", cell)?;
+        let (width, what) = match embed_dim {
+            Some(e) => (e, "`embed.weight` gives"),
+            None => (
+                v,
+                "one-hot inputs (no `embed.weight`) over the vocabulary give",
+            ),
+        };
+        if rnn_cfg.input_size != width {
+            return Err(file.error(format!(
+                "`rnn.weight_ih_l0` takes {} inputs but {what} {width}",
+                rnn_cfg.input_size,
+            )));
+        }
+        let out = rnn_cfg.output_size();
+        file.expect_float("head.weight", &[v, out])?;
+        file.expect_float("head.bias", &[v])?;
+        // Each of these is a tensor of the file, so the products fit.
+        let params = (v * embed_dim.unwrap_or(0) + v * out + v) as u64 + rnn_params;
+        checkpoint::check_model_memory(file, params)?;
+        let embed = match embed_dim {
             None => None,
             Some(_) => Some(
                 Embedding::from_weight(file.get("embed.weight", None)?)
                     .map_err(|e| file.error(e.to_string()))?,
             ),
         };
-        if let Some(embed) = &embed {
-            if embed.vocab() != vocab.len() {
-                return Err(file.error(format!(
-                    "`embed.weight` has {} rows but the vocabulary has {} characters",
-                    embed.vocab(),
-                    vocab.len()
-                )));
-            }
-        }
         let rnn = Recurrent::from_state_dict(file, "rnn.", cell)?;
-        let (width, what) = match &embed {
-            Some(e) => (e.dim(), "`embed.weight` gives"),
-            None => (
-                vocab.len(),
-                "one-hot inputs (no `embed.weight`) over the vocabulary give",
-            ),
-        };
-        if rnn.config().input_size != width {
-            return Err(file.error(format!(
-                "`rnn.weight_ih_l0` takes {} inputs but {what} {width}",
-                rnn.config().input_size,
-            )));
-        }
-        let out = rnn.config().output_size();
         let head = Linear::from_params(
-            file.get("head.weight", Some(&[vocab.len(), out]))?,
-            file.get("head.bias", Some(&[vocab.len()]))?,
+            file.get("head.weight", Some(&[v, out]))?,
+            file.get("head.bias", Some(&[v]))?,
         )?;
         Ok(CharLm {
             embed,

@@ -149,6 +149,14 @@ impl CharLmTask {
         seed: u64,
         text: &str,
     ) -> Result<Self> {
+        // The recipe may come from a checkpoint: its window length sizes the batches.
+        if !(1..=crate::limits::MAX_SEQ_LEN).contains(&recipe.seq_len) {
+            return Err(Error::Config(format!(
+                "--seq-len must be in [1, {}], got {}",
+                crate::limits::MAX_SEQ_LEN,
+                recipe.seq_len
+            )));
+        }
         let ids = model.vocab().encode(text)?;
         let n_val = (ids.len() as f64 * val_frac) as usize;
         let val_ids = ids[ids.len() - n_val..].to_vec();
@@ -396,6 +404,8 @@ pub fn check_training_memory(
     batch: usize,
     seq_len: usize,
 ) -> Result<()> {
+    // Validated sizes keep the estimate's products in range.
+    model.validate()?;
     crate::train::check_memory(
         model.training_memory(vocab, batch, seq_len),
         "--hidden, --layers, --batch or --seq-len",

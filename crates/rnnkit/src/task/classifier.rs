@@ -305,8 +305,10 @@ impl Classifier {
 
     /// Reads a checkpoint written by [`Classifier::save`] (or by PyTorch for the same
     /// module), checking every shape; returns the open file for any training state.
-    pub fn load(path: &Path) -> Result<(Classifier, TensorFile)> {
-        let file = TensorFile::open(path)?;
+    pub fn load(
+        source: impl crate::checkpoint::CheckpointSource,
+    ) -> Result<(Classifier, TensorFile)> {
+        let file = source.open()?;
         super::expect_task(&file, "classify")?;
         let cell = super::meta_cell(&file)?;
         let labels: Vec<String> = meta_json(&file, META_LABELS)?;
@@ -322,17 +324,22 @@ impl Classifier {
             })
             .transpose()?
             .unwrap_or_default();
-        let rnn = Recurrent::from_state_dict(&file, "rnn.", cell)?;
-        let (c, k, w) = (
-            rnn.config().input_size,
-            labels.len(),
-            rnn.config().output_size(),
-        );
+        // Every tensor's dtype and shape against the others, from the header, before
+        // anything is allocated.
+        let (rnn_cfg, rnn_params) = checkpoint::recurrent_config(&file, "rnn.", cell)?;
+        let (c, k, w) = (rnn_cfg.input_size, labels.len(), rnn_cfg.output_size());
         if k < 2 {
             return Err(file.error(format!(
                 "metadata `{META_LABELS}` must name at least 2 classes"
             )));
         }
+        file.expect_float("head.weight", &[k, w])?;
+        file.expect_float("head.bias", &[k])?;
+        file.expect_float("norm.mean", &[c])?;
+        file.expect_float("norm.std", &[c])?;
+        // Each is a tensor of the file, so the products fit.
+        checkpoint::check_model_memory(&file, rnn_params + (k * w + k + 2 * c) as u64)?;
+        let rnn = Recurrent::from_state_dict(&file, "rnn.", cell)?;
         let head = Linear::from_params(
             file.get("head.weight", Some(&[k, w]))?,
             file.get("head.bias", Some(&[k]))?,

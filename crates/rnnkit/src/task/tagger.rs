@@ -579,8 +579,9 @@ impl Tagger {
 
     /// Reads a checkpoint written by [`Tagger::save`], checking every shape; returns the
     /// open file for any training state.
-    pub fn load(path: &Path) -> Result<(Tagger, TensorFile)> {
-        let file = TensorFile::open(path)?;
+    pub fn load(source: impl checkpoint::CheckpointSource) -> Result<(Tagger, TensorFile)> {
+        use crate::limits::{MAX_LAYERS, MAX_WIDTH};
+        let file = source.open()?;
         super::expect_task(&file, "tag")?;
         let config: TaggerConfig = meta_json(&file, "rnnkit.config")?;
         let list = |key: &str| -> Result<Index> {
@@ -593,6 +594,34 @@ impl Tagger {
                 "the word, character and tag lists must not be empty (and at least 2 tags)",
             ));
         }
+        // The sizes come from the metadata: bound them as the flags are bounded, then
+        // check every tensor they imply against the header before `init` allocates.
+        let c = &config;
+        let widths = [c.word_embed, c.char_embed, c.char_hidden, c.hidden_size];
+        if widths.iter().any(|&w| w > MAX_WIDTH) || c.num_layers > MAX_LAYERS {
+            return Err(file.error(format!(
+                "metadata `rnnkit.config`: widths must be at most {MAX_WIDTH} and layers at most {MAX_LAYERS}"
+            )));
+        }
+        let char_embed = c.char_embed.max(1);
+        let mut params = (words.len() * c.word_embed) as u64;
+        file.expect_float("word_embed.weight", &[words.len(), c.word_embed])?;
+        if c.char_hidden > 0 {
+            file.expect_float("char_embed.weight", &[chars.len(), char_embed])?;
+            let char_rnn =
+                RecurrentConfig::new(c.cell, char_embed, c.char_hidden).with_bidirectional(true);
+            params += checkpoint::check_recurrent(&file, "char_rnn.", &char_rnn)?;
+        }
+        // Without the character network the table is not stored but still built.
+        params += (chars.len() * char_embed) as u64;
+        let rnn = RecurrentConfig::new(c.cell, c.word_embed + 2 * c.char_hidden, c.hidden_size)
+            .with_layers(c.num_layers)
+            .with_bidirectional(true);
+        params += checkpoint::check_recurrent(&file, "rnn.", &rnn)?;
+        file.expect_float("head.weight", &[tags.len(), 2 * c.hidden_size])?;
+        file.expect_float("head.bias", &[tags.len()])?;
+        params += (tags.len() * (2 * c.hidden_size + 1)) as u64;
+        checkpoint::check_model_memory(&file, params)?;
         let mut model = Tagger::init(&config, words, chars, tags, &mut Rng::new(0))
             .map_err(|e| file.error(format!("metadata `rnnkit.config`: {e}")))?;
         checkpoint::load_params(&mut model, &file, "")?;

@@ -14,7 +14,7 @@ pub use recipe::{
 pub use state::{stored_run, stored_step, StoredRun, TrainState};
 
 use crate::error::{Error, Result};
-use crate::optim::{clip_grad_norm, clip_grad_value, Optimizer};
+use crate::optim::{clip_grad_norm, clip_grad_value, Optimizer, OptimizerKind};
 use crate::task::{Metrics, Task};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -144,6 +144,17 @@ pub fn run<T: Task>(
     st.recipe = serde_json::to_string(&cfg.recipe).expect("serialisable");
     st.schedule = sched.clone();
     st.data_path = cfg.data_path.clone();
+    // The model and its gradients are allocated; the optimizer's moments are not yet.
+    let mut params = 0u64;
+    task.visit_params(&mut |_, t| params += t.len() as u64);
+    let moments = match recipe.optimizer {
+        OptimizerKind::Adam => 2,
+        OptimizerKind::Sgd => 1,
+    };
+    check_memory(
+        params.saturating_mul(4 * moments),
+        "the model's size (its optimizer state does not fit)",
+    )?;
     let mut optimizer =
         Optimizer::new(recipe.optimizer, recipe.momentum).with_weight_decay(recipe.weight_decay);
     st.restore_optimizer(&mut optimizer, task)?;
@@ -318,7 +329,7 @@ pub fn check_memory(need: u64, what: &str) -> Result<()> {
 }
 
 /// Memory the system can still give this process (Linux `MemAvailable`), in bytes.
-fn available_memory() -> Option<u64> {
+pub(crate) fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = info
         .lines()

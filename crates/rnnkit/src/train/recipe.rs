@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernel::Precision;
+use crate::limits::{MAX_BATCH, MAX_EPOCHS};
 use crate::optim::OptimizerKind;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -104,8 +105,11 @@ impl TrainSettings {
     /// Fails with a message naming the flag if a value is impossible.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.batch == 0 {
-            return bad("--batch must be at least 1".into());
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return bad(format!(
+                "--batch must be in [1, {MAX_BATCH}], got {}",
+                self.batch
+            ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("--lr must be a positive number, got {}", self.lr));
@@ -238,8 +242,7 @@ impl Default for Schedule {
     }
 }
 
-/// The longest wall-time bound accepted, so that it always converts to a duration.
-pub const MAX_TIME_LIMIT_SECS: f64 = 1e9;
+pub use crate::limits::MAX_TIME_LIMIT_SECS;
 
 impl Schedule {
     /// Fails with a message naming the flag if a value is impossible.
@@ -254,14 +257,18 @@ impl Schedule {
         if self.steps == Some(0) {
             return bad("--steps must be at least 1");
         }
-        if self.epochs.is_some_and(|e| !(e > 0.0 && e <= 1e9)) {
-            return bad("--epochs must be a positive number (at most 1e9)");
+        if self.epochs.is_some_and(|e| !(e > 0.0 && e <= MAX_EPOCHS)) {
+            return Err(Error::Config(format!(
+                "--epochs must be a positive number (at most {MAX_EPOCHS:e})"
+            )));
         }
         if self
             .time_limit
             .is_some_and(|t| !(t > 0.0 && t <= MAX_TIME_LIMIT_SECS))
         {
-            return bad("--time-limit must be a positive number of seconds (at most 1e9)");
+            return Err(Error::Config(format!(
+                "--time-limit must be a positive number of seconds (at most {MAX_TIME_LIMIT_SECS:e})"
+            )));
         }
         if self.checkpoint_every_epochs == Some(0) || self.patience == Some(0) {
             return bad("--checkpoint-every-epochs and --patience must be at least 1");
