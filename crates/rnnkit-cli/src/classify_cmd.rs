@@ -286,11 +286,8 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
     let s = &finished.summary;
     let mut json = trainer::summary_json(s);
     if let (Some(test), false) = (&test, s.interrupted) {
-        let chosen = s
-            .best_checkpoint
-            .clone()
-            .unwrap_or_else(|| s.checkpoint.clone());
-        let (mut model, _) = Classifier::load(&chosen)?;
+        let chosen = s.chosen_checkpoint();
+        let (mut model, _) = Classifier::load(chosen)?;
         let cases = test_cases(&model, test)?;
         let refs: Vec<&Series> = cases.iter().collect();
         let (loss, scores) = evaluate(&mut model, &refs, 64)?;

@@ -261,11 +261,8 @@ fn train(o: TagTrainOpts) -> anyhow::Result<ExitCode> {
     let s = &finished.summary;
     let mut json = trainer::summary_json(s);
     if let (Some(test), false) = (&test_path, s.interrupted) {
-        let chosen = s
-            .best_checkpoint
-            .clone()
-            .unwrap_or_else(|| s.checkpoint.clone());
-        let (mut model, _) = Tagger::load(&chosen)?;
+        let chosen = s.chosen_checkpoint();
+        let (mut model, _) = Tagger::load(chosen)?;
         let sents = read(test, "--test")?;
         let refs: Vec<&Sentence> = sents.iter().collect();
         let t = model.evaluate(&refs, 64)?;

@@ -112,6 +112,13 @@ pub struct Summary {
     pub stopped_early: bool,
 }
 
+impl Summary {
+    /// The checkpoint to use after training: the best by the validation metric, else the latest.
+    pub fn chosen_checkpoint(&self) -> &Path {
+        self.best_checkpoint.as_deref().unwrap_or(&self.checkpoint)
+    }
+}
+
 /// Trains `task` from `st` (fresh or loaded from a checkpoint) as `cfg` says.
 pub fn run<T: Task>(
     cfg: &TrainConfig<T::Config>,
