@@ -78,7 +78,7 @@ pub fn run(o: EvalOpts) -> anyhow::Result<ExitCode> {
             .progress_chars("=> "),
         )
     };
-    let scored = score(&mut model, &ids, |n| bar.inc(n as u64));
+    let scored = rnnkit::task::char_lm::eval_ids(&mut model, &ids, CHUNK, |n| bar.inc(n as u64));
     bar.finish_and_clear();
     let (chars, nats) = scored.with_context(|| format!("scoring {}", o.text.display()))?;
     let bits = nats / std::f64::consts::LN_2;
@@ -126,36 +126,4 @@ fn policy(o: &EvalOpts, vocab: &rnnkit::data::Vocab) -> anyhow::Result<UnknownPo
         ),
         (_, Some(_)) => anyhow::bail!("--replace-with needs --unknown replace"),
     }
-}
-
-/// Mean cross-entropy (nats per character) of predicting `ids[1..]` from a zero
-/// state, `CHUNK` characters per forward call with the state carried between them,
-/// as `rnnkit::train::eval_text` computes it; `done` hears how many were scored.
-fn score(
-    model: &mut CharLm,
-    ids: &[usize],
-    mut done: impl FnMut(usize) + Send,
-) -> anyhow::Result<(usize, f64)> {
-    anyhow::ensure!(
-        ids.len() >= 2,
-        "the text needs at least 2 characters (after any skipped) to predict one"
-    );
-    let n = ids.len() - 1;
-    rnnkit::kernel::on_pool(|| {
-        let (mut state, mut sum) = (None, 0.0);
-        for pos in (0..n).step_by(CHUNK) {
-            let len = CHUNK.min(n - pos);
-            let (loss, fin) = model.loss(
-                &ids[pos..pos + len],
-                &ids[pos + 1..pos + 1 + len],
-                len,
-                1,
-                state.as_ref(),
-            )?;
-            sum += loss * len as f64;
-            state = Some(fin);
-            done(len);
-        }
-        Ok((n, sum / n as f64))
-    })
 }

@@ -358,43 +358,40 @@ pub fn evaluate(model: &mut CharLm, val: &Streams) -> Result<f64> {
     Ok(sum / val.batches().max(1) as f64)
 }
 
-/// Mean cross-entropy of predicting characters 2..N of `text` (nats per character),
-/// batch 1 from a zero state, fed `chunk` characters at a time so memory stays bounded.
-pub fn eval_text(model: &mut CharLm, text: &str, chunk: usize) -> Result<(usize, f64)> {
-    let ids = model.vocab().encode(text)?;
-    eval_ids(model, &ids, chunk)
-}
-
-/// As [`eval_text`] for a text already encoded as ids.
-pub fn eval_ids(model: &mut CharLm, ids: &[usize], chunk: usize) -> Result<(usize, f64)> {
-    crate::kernel::on_pool(|| eval_ids_here(model, ids, chunk))
-}
-
-fn eval_ids_here(model: &mut CharLm, ids: &[usize], chunk: usize) -> Result<(usize, f64)> {
+/// Mean cross-entropy of predicting ids 2..N of `ids` (nats per character), batch 1
+/// from a zero state, fed `chunk` ids at a time so memory stays bounded; `done` hears
+/// how many ids each chunk scored (for progress). Returns the count predicted and the mean.
+pub fn eval_ids(
+    model: &mut CharLm,
+    ids: &[usize],
+    chunk: usize,
+    mut done: impl FnMut(usize) + Send,
+) -> Result<(usize, f64)> {
     if ids.len() < 2 {
         return Err(Error::Input(
-            "the text needs at least 2 characters to predict one".into(),
+            "the text needs at least 2 characters (after any skipped) to predict one".into(),
         ));
     }
     let chunk = chunk.max(1);
-    let mut state: Option<RecurrentState<f32>> = None;
-    let mut sum = 0.0;
     let n = ids.len() - 1;
-    let mut pos = 0;
-    while pos < n {
-        let len = chunk.min(n - pos);
-        let (loss, fin) = model.loss(
-            &ids[pos..pos + len],
-            &ids[pos + 1..pos + 1 + len],
-            len,
-            1,
-            state.as_ref(),
-        )?;
-        sum += loss * len as f64;
-        state = Some(fin);
-        pos += len;
-    }
-    Ok((n, sum / n as f64))
+    crate::kernel::on_pool(|| {
+        let mut state: Option<RecurrentState<f32>> = None;
+        let mut sum = 0.0;
+        for pos in (0..n).step_by(chunk) {
+            let len = chunk.min(n - pos);
+            let (loss, fin) = model.loss(
+                &ids[pos..pos + len],
+                &ids[pos + 1..pos + 1 + len],
+                len,
+                1,
+                state.as_ref(),
+            )?;
+            sum += loss * len as f64;
+            state = Some(fin);
+            done(len);
+        }
+        Ok((n, sum / n as f64))
+    })
 }
 
 /// Refuses training `model` with `batch × seq_len` batches if it cannot fit in memory.
