@@ -2,7 +2,7 @@
 //! time series with the shared trainer.
 
 use crate::train_cmd::Cell;
-use crate::trainer::{self, set, Ready, Start, TrainerOpts};
+use crate::trainer::{self, set, Ready, Resolved, Start, TrainerOpts};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use rnnkit::data::{read_ts, Series, TsDataset};
@@ -91,7 +91,7 @@ pub(crate) fn default_recipe() -> Recipe<ClassifierConfig> {
     Recipe {
         task: ClassifierConfig {
             cell: CellKind::Gru,
-            hidden_size: 128,
+            hidden_size: 256,
             num_layers: 2,
             bidirectional: true,
             dropout: 0.4,
@@ -107,7 +107,7 @@ pub(crate) fn default_recipe() -> Recipe<ClassifierConfig> {
             optimizer: OptimizerKind::Adam,
             momentum: 0.9,
             weight_decay: 0.0,
-            val_frac: 0.1,
+            val_frac: 0.0,
             seed: 1,
             precision: Precision::F32,
         },
@@ -216,18 +216,28 @@ fn read(path: &Path, what: &str) -> anyhow::Result<TsDataset> {
     read_ts(path).with_context(|| format!("{what} {}", path.display()))
 }
 
-fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
-    let c = &o.common;
-    if c.init.is_some() {
+/// The flags resolved against the defaults (or the resumed checkpoint).
+fn settings(o: &ClassifyTrainOpts) -> anyhow::Result<Resolved<ClassifierConfig>> {
+    if o.common.init.is_some() {
         bail!("--init is not supported by classify train yet; use --resume to continue a run");
     }
-    let resolved = trainer::resolve(
-        c,
+    trainer::resolve(
+        &o.common,
         default_recipe(),
         default_schedule(),
         "runs/classify",
         |m| o.overlay(m),
-    )?;
+    )
+}
+
+/// Checks the flags of `classify train` as a run would, opening no file.
+pub(crate) fn check(o: &ClassifyTrainOpts) -> anyhow::Result<()> {
+    trainer::check(o.common.resume.is_none().then(|| settings(o)))
+}
+
+fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
+    let c = &o.common;
+    let resolved = settings(&o)?;
     crate::set_threads(c.threads.map(usize::from))?;
     let train_path = resolved
         .data_path(&o.train)

@@ -42,8 +42,8 @@ pub struct SampleOpts {
     threads: Option<u16>,
 }
 
-pub fn run(o: SampleOpts) -> anyhow::Result<ExitCode> {
-    crate::set_threads(o.threads.map(usize::from))?;
+/// The sampling settings of the flags, checked.
+fn sampling(o: &SampleOpts) -> anyhow::Result<SamplingConfig> {
     let cfg = SamplingConfig {
         temperature: o.temperature,
         top_k: o.top_k.map(|k| k as usize),
@@ -56,6 +56,17 @@ pub fn run(o: SampleOpts) -> anyhow::Result<ExitCode> {
     };
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{e} (check --temperature, --top-k, --top-p)"))?;
+    Ok(cfg)
+}
+
+/// Checks the flags of `rnnkit sample` as a run would, opening no file.
+pub(crate) fn check(o: &SampleOpts) -> anyhow::Result<()> {
+    sampling(o).map(drop)
+}
+
+pub fn run(o: SampleOpts) -> anyhow::Result<ExitCode> {
+    crate::set_threads(o.threads.map(usize::from))?;
+    let cfg = sampling(&o)?;
     let (model, _) = CharLm::load(&o.checkpoint)?;
     // Check the prime before anything is printed.
     model

@@ -2,7 +2,7 @@
 //! treebanks with the shared trainer.
 
 use crate::train_cmd::Cell;
-use crate::trainer::{self, set, Ready, Start, TrainerOpts};
+use crate::trainer::{self, set, Ready, Resolved, Start, TrainerOpts};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use rnnkit::data::{
@@ -204,14 +204,28 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<Sentence>> {
     read_conllu(path).with_context(|| format!("{what} {}", path.display()))
 }
 
-fn train(o: TagTrainOpts) -> anyhow::Result<ExitCode> {
-    let c = &o.common;
-    if c.init.is_some() {
+/// The flags resolved against the defaults (or the resumed checkpoint).
+fn settings(o: &TagTrainOpts) -> anyhow::Result<Resolved<TaggerConfig>> {
+    if o.common.init.is_some() {
         bail!("--init is not supported by tag train yet; use --resume to continue a run");
     }
-    let resolved = trainer::resolve(c, default_recipe(), default_schedule(), "runs/tag", |m| {
-        o.overlay(m)
-    })?;
+    trainer::resolve(
+        &o.common,
+        default_recipe(),
+        default_schedule(),
+        "runs/tag",
+        |m| o.overlay(m),
+    )
+}
+
+/// Checks the flags of `tag train` as a run would, opening no file.
+pub(crate) fn check(o: &TagTrainOpts) -> anyhow::Result<()> {
+    trainer::check(o.common.resume.is_none().then(|| settings(o)))
+}
+
+fn train(o: TagTrainOpts) -> anyhow::Result<ExitCode> {
+    let c = &o.common;
+    let resolved = settings(&o)?;
     crate::set_threads(c.threads.map(usize::from))?;
     let bundled = o.train.is_none() && resolved.resume.is_none();
     let train_path = resolved

@@ -1,7 +1,7 @@
 //! `rnnkit train`: the character language model's flags, its data and model, then
 //! the shared trainer, then a closing sample.
 
-use crate::trainer::{self, set, Ready, Start, TrainerOpts};
+use crate::trainer::{self, set, Ready, Resolved, Start, TrainerOpts};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use rnnkit::data::{fingerprint, read_text, Vocab};
@@ -217,16 +217,28 @@ impl TrainOpts {
     }
 }
 
-pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
-    let c = &o.common;
+/// The flags resolved against the defaults (or the resumed checkpoint).
+fn settings(o: &TrainOpts) -> anyhow::Result<Resolved<CharLmRecipe>> {
     let (base, base_schedule) = match o.preset {
         Some(Preset::Keras) => keras_preset(),
         None => (default_recipe(), default_schedule()),
     };
-    if c.init.is_some() && o.size_flags_given() {
+    if o.common.init.is_some() && o.size_flags_given() {
         bail!("--cell, --layers, --hidden and --embed come from the --init checkpoint; drop them");
     }
-    let mut resolved = trainer::resolve(c, base, base_schedule, "runs/char-lm", |m| o.overlay(m))?;
+    trainer::resolve(&o.common, base, base_schedule, "runs/char-lm", |m| {
+        o.overlay(m)
+    })
+}
+
+/// Checks the flags of `rnnkit train` as a run would, opening no file.
+pub(crate) fn check(o: &TrainOpts) -> anyhow::Result<()> {
+    trainer::check(o.common.resume.is_none().then(|| settings(o)))
+}
+
+pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
+    let c = &o.common;
+    let mut resolved = settings(&o)?;
     crate::set_threads(c.threads.map(usize::from))?;
     let data_path = resolved.data_path(&o.data);
     let text = match &data_path {

@@ -1,7 +1,7 @@
 //! What every task's `train` shares: the trainer's flags, resume and output-folder
 //! rules, the progress bar, the loss picture, the summary and the resume hint.
 
-use crate::plot;
+use crate::{plot, run_lock};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -136,6 +136,17 @@ impl<M> Resolved<M> {
     }
 }
 
+/// The checks a run makes of its resolved settings before it reads any data;
+/// `None` (a resumed run, whose settings are in its checkpoint) checks nothing here.
+pub fn check<M>(resolved: Option<anyhow::Result<Resolved<M>>>) -> anyhow::Result<()> {
+    if let Some(r) = resolved {
+        let r = r?;
+        r.recipe.train.validate()?;
+        r.schedule.validate()?;
+    }
+    Ok(())
+}
+
 /// Overlays `o` and the task's own flags (`task_flags`) on the defaults or on the
 /// resumed checkpoint's settings, and checks what resume may change.
 pub fn resolve<M>(
@@ -254,7 +265,7 @@ pub fn set<T>(slot: &mut T, v: Option<T>) {
 }
 
 /// The files a run writes in its folder (besides `epoch-N.safetensors`).
-const RUN_FILES: [&str; 4] = [LATEST, BEST, METRICS, plot::LOSS_SVG];
+pub(crate) const RUN_FILES: [&str; 4] = [LATEST, BEST, METRICS, plot::LOSS_SVG];
 
 /// Makes `out` ready for the run: a new run refuses a folder that holds another run
 /// unless `force` (which deletes that run's files); a resumed run rewinds the folder
@@ -465,6 +476,10 @@ pub fn train<T: Task>(o: &TrainerOpts, run: Ready<T>, command: &str) -> anyhow::
             resolved.altered.join(", ")
         );
     }
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect();
+    let _lock = run_lock::acquire(&resolved.out_dir, &args.join(" "))?;
     prepare_out_dir(&resolved, o.force)?;
     let cfg = TrainConfig {
         recipe: resolved.recipe.clone(),

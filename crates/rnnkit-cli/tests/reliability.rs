@@ -475,7 +475,14 @@ fn kill_9_at_any_moment_leaves_a_loadable_checkpoint() {
     ];
     args.extend_from_slice(TINY);
     args.extend_from_slice(&["--checkpoint-every", "1"]);
-    for (round, wait_ms) in [150u64, 400, 650, 900, 1300].into_iter().enumerate() {
+    // RNNKIT_KILL_ROUNDS=50 for a longer campaign; the waits are drawn from a fixed seed.
+    let rounds: usize = std::env::var("RNNKIT_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut rng = rnnkit::Rng::new(9);
+    for round in 0..rounds {
+        let wait_ms = 100 + rng.below(1400) as u64;
         let run: Vec<&str> = if latest.exists() {
             vec![
                 "train",
@@ -519,5 +526,78 @@ fn kill_9_at_any_moment_leaves_a_loadable_checkpoint() {
         );
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(step_of(&latest), step + 2);
+        // A write cut short by a kill leaves its temporary file; the next run clears it.
+        assert_eq!(temporary_files(&d.join("o")), Vec::<String>::new());
     }
+}
+
+/// Starts a char-LM run in `dir` that trains until it is killed, writing into `o`.
+#[cfg(unix)]
+fn endless_run(d: &Path) -> std::process::Child {
+    let mut args = vec![
+        "train",
+        "--data",
+        "corpus.txt",
+        "--steps",
+        "1000000",
+        "--out",
+        "o",
+    ];
+    args.extend_from_slice(TINY);
+    Command::new(env!("CARGO_BIN_EXE_rnnkit"))
+        .args(&args)
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Two runs on one `--out`: the second refuses (even with --force, which would delete
+/// the first's files), naming the first; once the first is killed with `kill -9` the
+/// folder is free again (the OS drops its lock) and the leftovers of an interrupted
+/// atomic write are cleared.
+#[cfg(unix)]
+#[test]
+fn a_second_run_on_the_same_out_is_refused_until_the_first_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    corpus(d);
+    let mut first = endless_run(d);
+    let lock = d.join("o/.lock");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains("process")) {
+        assert!(t0.elapsed().as_secs() < 60, "the first run never locked o");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut args = vec![
+        "train",
+        "--data",
+        "corpus.txt",
+        "--steps",
+        "2",
+        "--out",
+        "o",
+    ];
+    args.extend_from_slice(TINY);
+    args.push("--force");
+    let o = rnnkit(&args, d);
+    fails_with(&o, "o is in use by another run");
+    let e = stderr(&o);
+    assert!(e.contains(&format!("process {}", first.id())), "{e}");
+    assert!(e.contains("--steps 1000000"), "{e}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    std::fs::write(
+        d.join("o/.latest.safetensors.4242.tmp"),
+        b"half a checkpoint",
+    )
+    .unwrap();
+    std::fs::write(d.join("o/.notes.1.tmp"), b"not ours").unwrap();
+    let o = rnnkit(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        temporary_files(&d.join("o")),
+        vec![".notes.1.tmp".to_string()]
+    );
 }

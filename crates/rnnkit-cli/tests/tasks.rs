@@ -80,6 +80,8 @@ const CLASSIFY: &[&str] = &[
     "5",
     "--batch",
     "8",
+    "--val-frac",
+    "0.1",
 ];
 
 #[test]
