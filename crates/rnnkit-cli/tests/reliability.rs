@@ -542,6 +542,8 @@ fn endless_run(d: &Path) -> std::process::Child {
         "1000000",
         "--out",
         "o",
+        "--checkpoint-every",
+        "5",
     ];
     args.extend_from_slice(TINY);
     Command::new(env!("CARGO_BIN_EXE_rnnkit"))
@@ -600,4 +602,46 @@ fn a_second_run_on_the_same_out_is_refused_until_the_first_ends() {
         temporary_files(&d.join("o")),
         vec![".notes.1.tmp".to_string()]
     );
+}
+
+/// The output folder taken away mid-run (moved aside: the run's paths no longer
+/// exist): the next write fails with an error naming the file, no panic, exit 1.
+#[cfg(unix)]
+#[test]
+fn output_folder_removed_during_training_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    corpus(d);
+    let mut run = Command::new(env!("CARGO_BIN_EXE_rnnkit"));
+    let mut child = {
+        let mut args = vec![
+            "train",
+            "--data",
+            "corpus.txt",
+            "--steps",
+            "1000000",
+            "--out",
+            "o",
+            "--checkpoint-every",
+            "5",
+        ];
+        args.extend_from_slice(TINY);
+        run.args(&args)
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let t0 = std::time::Instant::now();
+    while !d.join("o/latest.safetensors").exists() {
+        assert!(t0.elapsed().as_secs() < 60, "no checkpoint was written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::rename(d.join("o"), d.join("gone")).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("o/") && e.contains("No such file"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
 }

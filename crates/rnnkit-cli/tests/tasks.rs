@@ -297,3 +297,47 @@ fn tag_refuses_malformed_conllu_with_its_line() {
     );
     fails_with(&o, "bad.conllu:3");
 }
+
+/// A NaN loss in a task other than the char LM stops training the same way: the
+/// step is named and the last good checkpoint still loads and scores.
+#[test]
+fn classify_divergence_stops_with_the_last_good_checkpoint_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ts(dir.path(), "train.ts", 60);
+    write_ts(dir.path(), "test.ts", 20);
+    let mut args = CLASSIFY.to_vec();
+    args.extend_from_slice(&[
+        "--lr",
+        "3e38",
+        "--grad-clip",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--epochs",
+        "5",
+        "--out",
+        "c",
+    ]);
+    let o = rnnkit(&args, dir.path());
+    fails_with(&o, "training diverged: the loss became");
+    let e = stderr(&o);
+    let step: u64 = e
+        .split("at step ")
+        .nth(1)
+        .and_then(|t| t.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step in {e}"));
+    let f = TensorFile::open(dir.path().join("c/latest.safetensors")).unwrap();
+    assert_eq!(f.metadata()["train.step"], (step - 1).to_string());
+    ok(&rnnkit(
+        &[
+            "classify",
+            "eval",
+            "--checkpoint",
+            "c/latest.safetensors",
+            "--data",
+            "train.ts",
+        ],
+        dir.path(),
+    ));
+}
