@@ -613,7 +613,7 @@ fn output_folder_removed_during_training_is_a_clear_error() {
     let d = dir.path();
     corpus(d);
     let mut run = Command::new(env!("CARGO_BIN_EXE_rnnkit"));
-    let mut child = {
+    let child = {
         let mut args = vec![
             "train",
             "--data",
