@@ -97,7 +97,7 @@ pub(crate) fn default_recipe() -> Recipe<TaggerConfig> {
             char_embed: 32,
             char_hidden: 100,
             hidden_size: 200,
-            num_layers: 1,
+            num_layers: 2,
             dropout: 0.5,
             word_dropout: 0.25,
             min_freq: 1,
@@ -124,9 +124,9 @@ pub(crate) fn default_recipe() -> Recipe<TaggerConfig> {
 pub(crate) fn default_schedule() -> Schedule {
     Schedule {
         steps: None,
-        epochs: Some(20.0),
+        epochs: Some(25.0),
         time_limit: Some(840.0),
-        eval_every: 200,
+        eval_every: 400,
         checkpoint_every: 400,
         checkpoint_every_epochs: None,
         log_every: 20,

@@ -1,20 +1,11 @@
 //! End-to-end tests: the real `rnnkit` binary in a temporary folder.
 
+mod common;
+use common::*;
+
 use rnnkit::checkpoint::TensorFile;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn rnnkit(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnnkit"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("binary runs")
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The first `n` characters of the bundled corpus, as `corpus.txt` in `dir`.
 fn corpus(dir: &Path, n: usize) -> PathBuf {
@@ -53,25 +44,6 @@ fn train(dir: &Path, extra: &[&str]) -> Output {
     args.extend_from_slice(TINY);
     args.extend_from_slice(extra);
     rnnkit(&args, dir)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("UTF-8 stdout")
-}
-
-fn fails_with(o: &Output, needle: &str) {
-    assert!(
-        !o.status.success(),
-        "expected failure, got success; stderr: {}",
-        stderr(o)
-    );
-    let e = stderr(o);
-    assert!(e.contains(needle), "stderr lacks {needle:?}: {e}");
-    assert!(!e.contains("panicked"), "panic: {e}");
 }
 
 #[test]

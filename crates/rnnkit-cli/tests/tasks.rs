@@ -1,36 +1,12 @@
 //! `rnnkit classify` and `rnnkit tag` end to end: the real binary in a temporary folder.
 
+mod common;
+use common::*;
+
 use rnnkit::checkpoint::TensorFile;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-fn rnnkit(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnnkit"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", stderr(o));
-}
-
-fn fails_with(o: &Output, needle: &str) {
-    let e = stderr(o);
-    assert!(!o.status.success(), "expected failure: {e}");
-    assert!(e.contains(needle), "stderr lacks {needle:?}: {e}");
-    assert!(!e.contains("panicked"), "{e}");
-}
 
 fn last_json(o: &Output) -> serde_json::Value {
     serde_json::from_str(stdout(o).lines().last().expect("a JSON line")).unwrap()

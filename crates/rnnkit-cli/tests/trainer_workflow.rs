@@ -1,17 +1,11 @@
 //! The trainer's workflow as users live it (resume, output folders, logs), each test
 //! named for the fault it pins; the real binary in a temporary folder.
 
-use rnnkit::checkpoint::TensorFile;
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn rnnkit(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnnkit"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("binary runs")
-}
 
 fn corpus(dir: &Path) {
     let text = std::fs::read_to_string(
@@ -47,27 +41,6 @@ fn train(dir: &Path, extra: &[&str]) -> Output {
     args.extend_from_slice(TINY);
     args.extend_from_slice(extra);
     rnnkit(&args, dir)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", stderr(o));
-}
-
-fn fails_with(o: &Output, needle: &str) {
-    let e = stderr(o);
-    assert!(!o.status.success(), "expected failure: {e}");
-    assert!(e.contains(needle), "stderr lacks {needle:?}: {e}");
-    assert!(!e.contains("panicked"), "{e}");
-}
-
-fn step_of(path: &Path) -> u64 {
-    TensorFile::open(path).unwrap().metadata()["train.step"]
-        .parse()
-        .unwrap()
 }
 
 fn metrics(path: &Path) -> Vec<serde_json::Value> {

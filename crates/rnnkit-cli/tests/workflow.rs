@@ -2,6 +2,9 @@
 //! that do not fit the vocabulary, bringing PyTorch state dicts in, and behaving as
 //! a well-mannered Unix filter. Each test runs the real binary in a temporary folder.
 
+mod common;
+use common::*;
+
 use rnnkit::checkpoint::{self, TensorFile};
 use rnnkit::data::Vocab;
 use rnnkit::model::{CharLm, CharLmConfig};
@@ -11,32 +14,14 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn rnnkit(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnnkit"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn succeeds(o: &Output) -> String {
     assert!(o.status.success(), "{}", stderr(o));
     String::from_utf8(o.stdout.clone()).expect("UTF-8 stdout")
 }
 
+/// A failure saying `needle` on one line; returns it.
 fn fails_with(o: &Output, needle: &str) -> String {
-    assert!(
-        !o.status.success(),
-        "expected failure; stderr: {}",
-        stderr(o)
-    );
-    let e = stderr(o);
-    assert!(e.contains(needle), "stderr lacks {needle:?}: {e}");
-    assert!(!e.contains("panicked"), "panic: {e}");
+    let e = common::fails_with(o, needle);
     assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
     e
 }
