@@ -5,8 +5,6 @@
 
 use rnnkit::data::{read_ts, Series};
 use rnnkit::layer::PoolKind;
-use rnnkit::model::Precision;
-use rnnkit::optim::OptimizerKind;
 use rnnkit::task::classifier::{
     evaluate, stratified_split, Classifier, ClassifierConfig, ClassifyTask, Standardizer,
 };
@@ -57,25 +55,14 @@ fn main() -> rnnkit::Result<()> {
             lr: 3e-3,
             lr_decay: 0.95,
             decay_after: 10,
-            grad_clip: Some(5.0),
-            clip_value: None,
-            optimizer: OptimizerKind::Adam,
-            momentum: 0.9,
-            weight_decay: 0.0,
-            val_frac: 0.1,
-            seed: 1,
-            precision: Precision::F32,
+            ..TrainSettings::default()
         },
     };
     let schedule = Schedule {
-        steps: None,
         epochs: Some(25.0),
-        time_limit: None,
         eval_every: 50,
         checkpoint_every: 1000,
-        checkpoint_every_epochs: None,
-        log_every: 10,
-        patience: None,
+        ..Schedule::default()
     };
 
     // Hold out a stratified tenth for validation; standardise with the rest only.

@@ -9,8 +9,6 @@
 use rnnkit::checkpoint;
 use rnnkit::layer::{Linear, ParamVisitor};
 use rnnkit::loss::{argmax_rows, cross_entropy, CrossEntropy};
-use rnnkit::model::Precision;
-use rnnkit::optim::OptimizerKind;
 use rnnkit::task::{BatchLoss, Metrics, Selection, Task, META_TASK};
 use rnnkit::train::{self, Change, LogEntry, Observer, Recipe, Schedule, Setting, Settings};
 use rnnkit::train::{TrainConfig, TrainSettings, TrainState};
@@ -227,27 +225,18 @@ fn main() -> rnnkit::Result<()> {
         train: TrainSettings {
             batch: 64,
             lr: 1e-2,
-            lr_decay: 1.0,
-            decay_after: 0,
             grad_clip: Some(1.0),
-            clip_value: None,
-            optimizer: OptimizerKind::Adam,
-            momentum: 0.9,
-            weight_decay: 0.0,
             val_frac: 0.0,
-            seed: 1,
-            precision: Precision::F32,
+            ..TrainSettings::default()
         },
     };
     let schedule = Schedule {
         steps: Some(1200),
         epochs: None,
         time_limit: Some(60.0),
-        eval_every: 100,
         checkpoint_every: 1000,
-        checkpoint_every_epochs: None,
         log_every: 20,
-        patience: None,
+        ..Schedule::default()
     };
     let mut rng = Rng::new(recipe.train.seed);
     let mut task = Parity::new(

@@ -5,8 +5,6 @@
 //! `cargo run --release -p rnnkit --example tag`
 
 use rnnkit::data::{read_conllu, Sentence, TagColumn};
-use rnnkit::model::Precision;
-use rnnkit::optim::OptimizerKind;
 use rnnkit::task::tagger::{TagTask, Tagger, TaggerConfig};
 use rnnkit::train::{self, LogEntry, Observer, Recipe, Schedule, TrainConfig, TrainSettings};
 use rnnkit::train::{StartInfo, TrainState};
@@ -52,29 +50,20 @@ fn main() -> rnnkit::Result<()> {
             column: TagColumn::Upos,
         },
         train: TrainSettings {
-            batch: 32,
             lr: 3e-3,
             lr_decay: 0.9,
             decay_after: 3,
-            grad_clip: Some(5.0),
-            clip_value: None,
-            optimizer: OptimizerKind::Adam,
-            momentum: 0.9,
-            weight_decay: 0.0,
             val_frac: 0.0,
-            seed: 1,
-            precision: Precision::F32,
+            ..TrainSettings::default()
         },
     };
     let schedule = Schedule {
-        steps: None,
         epochs: Some(8.0),
         time_limit: Some(60.0),
         eval_every: 63, // once an epoch: 2000 sentences / 32
         checkpoint_every: 1000,
-        checkpoint_every_epochs: None,
         log_every: 20,
-        patience: None,
+        ..Schedule::default()
     };
 
     let mut rng = Rng::new(recipe.train.seed);
