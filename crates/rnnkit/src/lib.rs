@@ -19,6 +19,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod rtrl;
 pub mod task;
 pub mod tensor;
 pub mod train;
