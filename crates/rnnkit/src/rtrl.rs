@@ -13,7 +13,8 @@
 
 use crate::cell::{CellKind, CellParams};
 use crate::error::{Error, Result};
-use crate::tensor::Real;
+use crate::layer::{ParamVisitor, Parameters};
+use crate::tensor::{Real, Tensor};
 
 /// The most sensitivities held (2^28: 2 GiB in f64, a layer of about 180 LSTM units).
 pub const MAX_SENSITIVITIES: usize = 1 << 28;
@@ -23,10 +24,8 @@ pub struct Rtrl<T: Real> {
     kind: CellKind,
     input: usize,
     hidden: usize,
-    w_ih: Vec<T>,
-    w_hh: Vec<T>,
-    b_ih: Vec<T>,
-    b_hh: Option<Vec<T>>,
+    params: CellParams<T>,
+    grads: CellParams<T>,
     h: Vec<T>,
     c: Vec<T>,
     /// `∂h/∂θ`, `[H, P]`.
@@ -57,10 +56,8 @@ impl<T: Real> Rtrl<T> {
             kind,
             input,
             hidden,
-            w_ih: params.w_ih.data().to_vec(),
-            w_hh: params.w_hh.data().to_vec(),
-            b_ih: params.b_ih.data().to_vec(),
-            b_hh: params.b_hh.as_ref().map(|b| b.data().to_vec()),
+            params: params.clone(),
+            grads: CellParams::zeros(kind, input, hidden),
             h: vec![T::zero(); hidden],
             c: vec![T::zero(); hidden],
             s_h: vec![T::zero(); cells],
@@ -79,20 +76,6 @@ impl<T: Real> Rtrl<T> {
         Self::count(self.kind, self.input, self.hidden)
     }
 
-    /// Where each parameter lies in a gradient: torch's name, offset and length.
-    pub fn layout(&self) -> Vec<(&'static str, usize, usize)> {
-        let gh = self.kind.gates() * self.hidden;
-        let mut out = vec![
-            ("weight_ih", 0, gh * self.input),
-            ("weight_hh", gh * self.input, gh * self.hidden),
-            ("bias_ih", gh * (self.input + self.hidden), gh),
-        ];
-        if self.kind.has_bias_hh() {
-            out.push(("bias_hh", gh * (self.input + self.hidden + 1), gh));
-        }
-        out
-    }
-
     /// The hidden state after the last step.
     pub fn hidden(&self) -> &[T] {
         &self.h
@@ -105,22 +88,45 @@ impl<T: Real> Rtrl<T> {
         }
     }
 
-    /// Adds `dh · ∂h/∂θ` (the gradient of a loss on the current hidden state) to `grad`.
-    pub fn accumulate(&self, dh: &[T], grad: &mut [T]) -> Result<()> {
-        let p = self.num_params();
-        if dh.len() != self.hidden || grad.len() != p {
+    /// Adds `dh · ∂h/∂θ` (the gradient of a loss on the current hidden state) to the
+    /// layer's gradients (see [`Rtrl::grad`] and the [`Parameters`] visitor).
+    pub fn accumulate(&mut self, dh: &[T]) -> Result<()> {
+        if dh.len() != self.hidden {
             return Err(Error::Input(format!(
-                "RTRL gradient: dh has {} values for {} units and grad {} for {p} parameters",
+                "RTRL gradient: dh has {} values for {} units",
                 dh.len(),
-                self.hidden,
-                grad.len()
+                self.hidden
             )));
         }
+        let p = self.num_params();
+        let mut flat = vec![T::zero(); p];
         for (k, &d) in dh.iter().enumerate() {
             let row = &self.s_h[k * p..][..p];
-            grad.iter_mut().zip(row).for_each(|(g, &s)| *g += d * s);
+            flat.iter_mut().zip(row).for_each(|(g, &s)| *g += d * s);
+        }
+        let mut at = 0;
+        for (_, g) in self.grads.named_mut() {
+            let n = g.len();
+            g.data_mut()
+                .iter_mut()
+                .zip(&flat[at..at + n])
+                .for_each(|(a, &b)| *a += b);
+            at += n;
         }
         Ok(())
+    }
+
+    /// The accumulated gradient of `weight_ih`, `weight_hh`, `bias_ih` or `bias_hh`.
+    pub fn grad(&self, name: &str) -> Option<&Tensor<T>> {
+        self.grads
+            .named()
+            .into_iter()
+            .find_map(|(n, t)| (n == name).then_some(t))
+    }
+
+    /// Bytes of the sensitivities this layer carries (its memory beyond the weights).
+    pub fn sensitivity_bytes(&self) -> usize {
+        (self.s_h.len() + self.s_c.len()) * std::mem::size_of::<T>()
     }
 
     /// Sensitivities of the pre-activation rows `rows` of `W x + b (+ W_hh h + b_hh)`:
@@ -144,7 +150,7 @@ impl<T: Real> Rtrl<T> {
             }
             if let Some((v, s_v)) = rec {
                 // W_hh[r, :] · S_v, then the direct term of W_hh[r, :] and b_hh[r].
-                for (j, &w) in self.w_hh[r * h..][..h].iter().enumerate() {
+                for (j, &w) in self.params.w_hh.data()[r * h..][..h].iter().enumerate() {
                     if w != T::zero() {
                         let s = &s_v[j * p..][..p];
                         o.iter_mut().zip(s).for_each(|(a, &b)| *a += w * b);
@@ -153,7 +159,7 @@ impl<T: Real> Rtrl<T> {
                 for (j, &vj) in v.iter().enumerate() {
                     o[o_hh + r * h + j] += vj;
                 }
-                if self.b_hh.is_some() {
+                if self.params.b_hh.is_some() {
                     o[o_bhh + r] += T::one();
                 }
             }
@@ -182,9 +188,13 @@ impl<T: Real> Rtrl<T> {
             )));
         }
         let (h, p) = (self.hidden, self.num_params());
+        let (w_ih, w_hh) = (self.params.w_ih.data(), self.params.w_hh.data());
+        let (b_ih, b_hh) = (
+            self.params.b_ih.data(),
+            self.params.b_hh.as_ref().map(|b| b.data()),
+        );
         let a = |r: usize, v: &[T]| {
-            Self::affine(&self.w_ih, Some(&self.b_ih), x, r)
-                + Self::affine(&self.w_hh, self.b_hh.as_deref(), v, r)
+            Self::affine(w_ih, Some(b_ih), x, r) + Self::affine(w_hh, b_hh, v, r)
         };
         let (new_h, new_s) = match self.kind {
             // h_t = φ(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh); S_t = φ'(a) ⊙ (W_hh S_{t-1} + direct).
@@ -261,8 +271,8 @@ impl<T: Real> Rtrl<T> {
                 for k in 0..h {
                     let r = sigmoid(a(k, &self.h));
                     let z = sigmoid(a(h + k, &self.h));
-                    let xn = Self::affine(&self.w_ih, Some(&self.b_ih), x, 2 * h + k);
-                    let hn = Self::affine(&self.w_hh, self.b_hh.as_deref(), &self.h, 2 * h + k);
+                    let xn = Self::affine(w_ih, Some(b_ih), x, 2 * h + k);
+                    let hn = Self::affine(w_hh, b_hh, &self.h, 2 * h + k);
                     let n = (xn + r * hn).tanh();
                     nh[k] = (T::one() - z) * n + z * self.h[k];
                     let (dr, dz, dn) = (r * (T::one() - r), z * (T::one() - z), T::one() - n * n);
@@ -300,8 +310,8 @@ impl<T: Real> Rtrl<T> {
                 let mut nh = vec![T::zero(); h];
                 let mut s = vec![T::zero(); h * p];
                 for k in 0..h {
-                    let n = (Self::affine(&self.w_ih, Some(&self.b_ih), x, 2 * h + k)
-                        + Self::affine(&self.w_hh, None, &v, 2 * h + k))
+                    let n = (Self::affine(w_ih, Some(b_ih), x, 2 * h + k)
+                        + Self::affine(w_hh, None, &v, 2 * h + k))
                     .tanh();
                     nh[k] = (T::one() - z[k]) * n + z[k] * self.h[k];
                     let (dz, dn) = (z[k] * (T::one() - z[k]), T::one() - n * n);
@@ -317,5 +327,27 @@ impl<T: Real> Rtrl<T> {
         self.h = new_h;
         self.s_h = new_s;
         Ok(&self.h)
+    }
+}
+
+impl<T: Real> Parameters<T> for Rtrl<T> {
+    /// Names as a one-layer torch.nn module: `weight_ih_l0`, …, `bias_hh_l0`.
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<T>)) {
+        for (name, t) in self.params.named() {
+            f(&format!("{name}_l0"), t);
+        }
+    }
+
+    /// Changed weights keep the sensitivities computed with the old ones: the usual
+    /// approximation of online RTRL, exact in the limit of a small learning rate.
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
+        for ((name, t), (_, g)) in self
+            .params
+            .named_mut()
+            .into_iter()
+            .zip(self.grads.named_mut())
+        {
+            f(&format!("{name}_l0"), t, g);
+        }
     }
 }
