@@ -5,6 +5,7 @@ mod bench_cmd;
 mod classify_cmd;
 mod eval_cmd;
 mod import_cmd;
+mod lab_cmd;
 mod plot;
 mod run_lock;
 mod sample_cmd;
@@ -39,6 +40,9 @@ enum Command {
     Tag(tag_cmd::TagCmd),
     /// Measure training throughput on synthetic data: the char LM (and its sampling), the classifier or the tagger.
     Bench(bench_cmd::BenchOpts),
+    /// What the notes teach, measured: `lab rtrl` (online learning by RTRL vs truncated BPTT).
+    #[command(subcommand)]
+    Lab(lab_cmd::LabCmd),
     /// Turn a PyTorch CharLM state dict (safetensors) into a checkpoint, given its cell and vocabulary.
     Import(import_cmd::ImportOpts),
 }
@@ -59,6 +63,7 @@ pub fn main() -> ExitCode {
         Command::Tag(c) => tag_cmd::run(c),
         Command::Bench(o) => bench_cmd::run(o),
         Command::Import(o) => import_cmd::run(o),
+        Command::Lab(c) => lab_cmd::run(c),
     };
     match result {
         Ok(code) => code,
@@ -96,6 +101,7 @@ where
         | Command::Classify(_)
         | Command::Tag(_)
         | Command::Bench(_)
+        | Command::Lab(_)
         | Command::Import(_) => Ok(()),
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The corpus used when `--data` is not given: nine Shakespeare plays (see data/README).
-const SHAKESPEARE: &str = include_str!("../../../data/shakespeare.txt");
+pub(crate) const SHAKESPEARE: &str = include_str!("../../../data/shakespeare.txt");
 
 /// `--cell` values, named as in checkpoints.
 #[derive(Clone, Copy, ValueEnum)]

@@ -17,6 +17,7 @@ pub mod layer;
 pub mod limits;
 pub mod loss;
 pub mod model;
+pub mod online;
 pub mod optim;
 pub mod rng;
 pub mod rtrl;

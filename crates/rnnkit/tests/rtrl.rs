@@ -2,6 +2,7 @@
 //! gradients equals BPTT's gradient of the summed loss, for every cell (f64).
 
 use rnnkit::layer::Parameters;
+use rnnkit::online::{train_online, OnlineConfig, OnlineMethod};
 use rnnkit::rtrl::Rtrl;
 use rnnkit::{CellKind, RecurrentConfig, Rng, Tensor};
 
@@ -73,4 +74,67 @@ fn rtrl_refuses_wrong_sizes_and_resets() {
         Rtrl::<f64>::count(CellKind::Lstm, 2, 3),
         12 * 2 + 12 * 3 + 24
     );
+}
+
+fn stream(n: usize) -> Vec<usize> {
+    // A repeating pattern with a long-range part: "abcab" then a digit that repeats
+    // the one five characters back.
+    (0..n)
+        .map(|i| [0, 1, 2, 0, 1, 3 + (i / 6) % 2][i % 6])
+        .collect()
+}
+
+fn config(cell: CellKind, lr: f32) -> OnlineConfig {
+    OnlineConfig {
+        cell,
+        hidden: 8,
+        lr,
+        clip: 1.0,
+        steps: 1200,
+        report_every: 200,
+        seed: 3,
+    }
+}
+
+#[test]
+fn online_rtrl_and_tbptt_see_the_same_losses_without_learning_and_both_learn() {
+    let ids = stream(1201);
+    for cell in [CellKind::RnnTanh, CellKind::Lstm, CellKind::Gru] {
+        // lr 0: the same weights score the same stream, so the curves agree.
+        let a = train_online(&config(cell, 0.0), OnlineMethod::Rtrl, &ids, 5).unwrap();
+        let b = train_online(&config(cell, 0.0), OnlineMethod::Tbptt(7), &ids, 5).unwrap();
+        assert_eq!(a.curve.len(), 6);
+        for (p, q) in a.curve.iter().zip(&b.curve) {
+            assert_eq!(p.step, q.step);
+            assert!(
+                (p.loss - q.loss).abs() < 1e-5,
+                "{cell:?}: {} vs {}",
+                p.loss,
+                q.loss
+            );
+        }
+        assert_eq!(a.params, b.params);
+        for m in [OnlineMethod::Rtrl, OnlineMethod::Tbptt(10)] {
+            let r = train_online(&config(cell, 0.1), m, &ids, 5).unwrap();
+            let (first, last) = (r.curve[0].loss, r.curve.last().unwrap().loss);
+            eprintln!("{cell:?} {m:?}: {first:.3} → {last:.3}");
+            assert!(last < 0.75 * first, "{cell:?} {m:?}: {first} → {last}");
+            assert!(r.state_bytes > 0 && r.seconds > 0.0);
+        }
+    }
+}
+
+#[test]
+fn online_learning_refuses_bad_streams_and_settings() {
+    let ids = stream(100);
+    let cfg = config(CellKind::RnnTanh, 0.1);
+    assert!(train_online(&cfg, OnlineMethod::Rtrl, &ids, 5).is_err()); // too short
+    let cfg = OnlineConfig { steps: 50, ..cfg };
+    assert!(train_online(&cfg, OnlineMethod::Rtrl, &ids, 4).is_err()); // id 4 ≥ vocab
+    assert!(train_online(&cfg, OnlineMethod::Tbptt(0), &ids, 5).is_err());
+    let cfg = OnlineConfig {
+        report_every: 0,
+        ..cfg
+    };
+    assert!(train_online(&cfg, OnlineMethod::Rtrl, &ids, 5).is_err());
 }

@@ -1,0 +1,234 @@
+//! `rnnkit lab`: what the notes teach, measured. `lab rtrl` learns a character
+//! stream online by RTRL and by truncated BPTT for several hidden sizes, and reports
+//! loss, time per character and memory for each, with a picture of loss against time.
+
+use crate::train_cmd::{Cell, SHAKESPEARE};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use plotters::prelude::*;
+use rnnkit::data::{read_text, Vocab};
+use rnnkit::online::{
+    bptt_floats_per_step, train_online, OnlineConfig, OnlineMethod, OnlineReport,
+};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// `rnnkit lab` subcommands.
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Online learning by RTRL against truncated BPTT: loss, time and memory by hidden size.
+    Rtrl(RtrlOpts),
+}
+
+/// Flags of `rnnkit lab rtrl`.
+#[derive(Args)]
+pub struct RtrlOpts {
+    /// Recurrent cell.
+    #[arg(long, value_enum, default_value = "rnn_tanh")]
+    cell: Cell,
+    /// Hidden sizes to compare, comma-separated (RTRL costs O(H⁴) a character).
+    #[arg(long, value_delimiter = ',', default_values_t = [8u32, 16, 32, 64],
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    hidden: Vec<u32>,
+    /// Characters to learn from (the start of the text).
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    steps: u32,
+    /// Window of truncated BPTT, in characters.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    truncation: u32,
+    /// SGD learning rate per character.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    /// Clip each update's global gradient norm to this per character it learns from (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Seed of the initial weights (the same for both methods).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Text to learn from [default: the bundled Shakespeare].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Where to draw loss against time.
+    #[arg(long, default_value = "lab-rtrl.svg")]
+    svg: PathBuf,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCmd::Rtrl(o) => rtrl(o),
+    }
+}
+
+fn rtrl(o: RtrlOpts) -> anyhow::Result<ExitCode> {
+    if !(o.lr >= 0.0 && o.lr.is_finite() && o.clip >= 0.0 && o.clip.is_finite()) {
+        anyhow::bail!("--lr and --clip must be finite and not negative");
+    }
+    let text = match &o.data {
+        Some(p) => read_text(p).with_context(|| format!("--data {}", p.display()))?,
+        None => SHAKESPEARE.to_string(),
+    };
+    let steps = o.steps as usize;
+    // The vocabulary of the part learned from, so no output is never seen.
+    let part: String = text.chars().take(steps + 1).collect();
+    let vocab = Vocab::from_text(&part)?;
+    let ids = vocab.encode(&part)?;
+    if ids.len() <= steps {
+        anyhow::bail!(
+            "--steps {steps} needs {} characters; the text has {}",
+            steps + 1,
+            ids.len()
+        );
+    }
+    let cell = o.cell.kind();
+    let report_every = (steps / 20).max(1);
+    eprintln!(
+        "{} characters, vocabulary {}, cell {}, SGD at {} per character, clip {}, BPTT window {}",
+        steps,
+        vocab.len(),
+        cell.name(),
+        o.lr,
+        o.clip,
+        o.truncation
+    );
+    println!(
+        "{:>6}  {:<9} {:>8} {:>10} {:>12}  loss (last {} chars)",
+        "hidden", "method", "params", "µs/char", "memory", report_every
+    );
+    let mut runs: Vec<(usize, OnlineReport)> = Vec::new();
+    let mut rows = Vec::new();
+    for &h in &o.hidden {
+        let h = h as usize;
+        let cfg = OnlineConfig {
+            cell,
+            hidden: h,
+            lr: o.lr,
+            clip: o.clip,
+            steps,
+            report_every,
+            seed: o.seed,
+        };
+        for method in [
+            OnlineMethod::Rtrl,
+            OnlineMethod::Tbptt(o.truncation as usize),
+        ] {
+            let r = train_online(&cfg, method, &ids, vocab.len())?;
+            let last = r.curve.last().map_or(f64::NAN, |p| p.loss);
+            let us = r.seconds * 1e6 / steps as f64;
+            println!(
+                "{h:>6}  {:<9} {:>8} {:>10.1} {:>12}  {last:.3}",
+                method.name(),
+                r.params,
+                us,
+                bytes(r.state_bytes)
+            );
+            rows.push(serde_json::json!({
+                "hidden": h,
+                "method": method.name(),
+                "params": r.params,
+                "us_per_char": us,
+                "state_bytes": r.state_bytes,
+                "final_loss": last,
+                "curve": r.curve.iter().map(|p| [p.step as f64, p.seconds, p.loss]).collect::<Vec<_>>(),
+            }));
+            runs.push((h, r));
+        }
+    }
+    // Memory: RTRL's sensitivities do not grow with the sequence; full BPTT keeps
+    // every step's activations, so it needs more beyond this many characters.
+    let crossover: Vec<(usize, usize)> = runs
+        .iter()
+        .filter(|(_, r)| r.method == OnlineMethod::Rtrl)
+        .map(|(h, r)| (*h, r.state_bytes / 4 / bptt_floats_per_step(cell, *h)))
+        .collect();
+    for (h, t) in &crossover {
+        println!(
+            "hidden {h}: full BPTT holds more than RTRL on sequences longer than {t} characters"
+        );
+    }
+    draw(&runs, &o.svg)?;
+    eprintln!("picture: {}", o.svg.display());
+    if o.json {
+        let j = serde_json::json!({
+            "cell": cell.name(),
+            "steps": steps,
+            "vocab": vocab.len(),
+            "truncation": o.truncation,
+            "runs": rows,
+            "memory_crossover_chars": crossover.iter().map(|(h, t)| serde_json::json!({"hidden": h, "chars": t})).collect::<Vec<_>>(),
+        });
+        crate::print_stdout(&format!("{j}\n"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// Loss against seconds, one line per hidden size and method (RTRL solid, BPTT dashed).
+fn draw(runs: &[(usize, OnlineReport)], path: &Path) -> anyhow::Result<()> {
+    let x_max = runs
+        .iter()
+        .flat_map(|(_, r)| r.curve.iter().map(|p| p.seconds))
+        .fold(1e-6f64, f64::max);
+    let losses = || {
+        runs.iter()
+            .flat_map(|(_, r)| r.curve.iter().map(|p| p.loss))
+    };
+    let y_max = losses().filter(|v| v.is_finite()).fold(0.0f64, f64::max) * 1.05;
+    let y_min = losses()
+        .filter(|v| v.is_finite())
+        .fold(f64::MAX, f64::min)
+        .min(y_max)
+        * 0.95;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "online learning: RTRL vs truncated BPTT",
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..x_max, y_min..y_max.max(y_min + 1e-3))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("loss, nats/char")
+            .draw()?;
+        for (i, (h, r)) in runs.iter().enumerate() {
+            let color = Palette99::pick(i / 2).to_rgba();
+            let points = r.curve.iter().map(|p| (p.seconds, p.loss));
+            let label = format!("H {h} {}", r.method.name());
+            if r.method == OnlineMethod::Rtrl {
+                chart
+                    .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+            } else {
+                chart
+                    .draw_series(DashedLineSeries::new(points, 6, 4, color.stroke_width(2)))?
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
