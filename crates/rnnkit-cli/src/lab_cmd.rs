@@ -62,10 +62,22 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn rtrl(o: RtrlOpts) -> anyhow::Result<ExitCode> {
+/// Checks the flags of `rnnkit lab` as a run would, opening no file.
+pub(crate) fn check(cmd: &LabCmd) -> anyhow::Result<()> {
+    match cmd {
+        LabCmd::Rtrl(o) => check_rtrl(o),
+    }
+}
+
+fn check_rtrl(o: &RtrlOpts) -> anyhow::Result<()> {
     if !(o.lr >= 0.0 && o.lr.is_finite() && o.clip >= 0.0 && o.clip.is_finite()) {
         anyhow::bail!("--lr and --clip must be finite and not negative");
     }
+    Ok(())
+}
+
+fn rtrl(o: RtrlOpts) -> anyhow::Result<ExitCode> {
+    check_rtrl(&o)?;
     let text = match &o.data {
         Some(p) => read_text(p).with_context(|| format!("--data {}", p.display()))?,
         None => SHAKESPEARE.to_string(),

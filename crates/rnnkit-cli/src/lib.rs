@@ -96,12 +96,12 @@ where
         Command::Sample(o) => sample_cmd::check(o),
         Command::Classify(classify_cmd::ClassifyCmd::Train(o)) => classify_cmd::check(o),
         Command::Tag(tag_cmd::TagCmd::Train(o)) => tag_cmd::check(o),
+        Command::Lab(c) => lab_cmd::check(c),
         // Their flags are checked by clap alone before they open their files.
         Command::Eval(_)
         | Command::Classify(_)
         | Command::Tag(_)
         | Command::Bench(_)
-        | Command::Lab(_)
         | Command::Import(_) => Ok(()),
     }
 }
