@@ -516,9 +516,10 @@ fn kill_9_at_any_moment_leaves_a_loadable_checkpoint() {
     }
 }
 
-/// Starts a char-LM run in `dir` that trains until it is killed, writing into `o`.
+/// Starts a char-LM run in `dir` that trains until it is killed, writing into `o`
+/// (a checkpoint every 5 steps); its stderr goes to `stderr`.
 #[cfg(unix)]
-fn endless_run(d: &Path) -> std::process::Child {
+fn endless_run(d: &Path, stderr: Stdio) -> std::process::Child {
     let mut args = vec![
         "train",
         "--data",
@@ -535,7 +536,7 @@ fn endless_run(d: &Path) -> std::process::Child {
         .args(&args)
         .current_dir(d)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap()
 }
@@ -550,7 +551,7 @@ fn a_second_run_on_the_same_out_is_refused_until_the_first_ends() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     corpus(d);
-    let mut first = endless_run(d);
+    let mut first = endless_run(d, Stdio::null());
     let lock = d.join("o/.lock");
     let t0 = std::time::Instant::now();
     while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains("process")) {
@@ -597,27 +598,7 @@ fn output_folder_removed_during_training_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     corpus(d);
-    let mut run = Command::new(env!("CARGO_BIN_EXE_rnnkit"));
-    let child = {
-        let mut args = vec![
-            "train",
-            "--data",
-            "corpus.txt",
-            "--steps",
-            "1000000",
-            "--out",
-            "o",
-            "--checkpoint-every",
-            "5",
-        ];
-        args.extend_from_slice(TINY);
-        run.args(&args)
-            .current_dir(d)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let child = endless_run(d, Stdio::piped());
     let t0 = std::time::Instant::now();
     while !d.join("o/latest.safetensors").exists() {
         assert!(t0.elapsed().as_secs() < 60, "no checkpoint was written");
