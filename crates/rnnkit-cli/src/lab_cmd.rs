@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use plotters::prelude::*;
 use rnnkit::data::{read_text, Vocab};
+use rnnkit::gradflow::gradient_flow;
+use rnnkit::layer::Parameters;
 use rnnkit::online::{
     bptt_floats_per_step, train_online, OnlineConfig, OnlineMethod, OnlineReport,
 };
@@ -18,6 +20,37 @@ use std::process::ExitCode;
 pub enum LabCmd {
     /// Online learning by RTRL against truncated BPTT: loss, time and memory by hidden size.
     Rtrl(RtrlOpts),
+    /// How far back gradients reach in each cell: ‖∂L/∂s_{T−k}‖ against k, at initialisation.
+    Gradients(GradientOpts),
+}
+
+/// Flags of `rnnkit lab gradients`.
+#[derive(Args)]
+pub struct GradientOpts {
+    /// Cells to compare, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Cell::RnnTanh, Cell::RnnRelu, Cell::Lstm, Cell::Gru])]
+    cells: Vec<Cell>,
+    /// Hidden units (the input has as many random features).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    hidden: u32,
+    /// Sequence length T.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    steps: u32,
+    /// Random initialisations and sequences averaged (geometric mean of the norms).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    draws: u32,
+    /// Multiply every recurrent weight matrix by this after initialisation (large: exploding gradients).
+    #[arg(long, default_value_t = 1.0)]
+    weight_scale: f64,
+    /// Seed of the first draw.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to draw the norms against k (logarithmic).
+    #[arg(long, default_value = "lab-gradients.svg")]
+    svg: PathBuf,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `rnnkit lab rtrl`.
@@ -59,6 +92,7 @@ pub struct RtrlOpts {
 pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         LabCmd::Rtrl(o) => rtrl(o),
+        LabCmd::Gradients(o) => gradients(o),
     }
 }
 
@@ -66,7 +100,18 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
 pub(crate) fn check(cmd: &LabCmd) -> anyhow::Result<()> {
     match cmd {
         LabCmd::Rtrl(o) => check_rtrl(o),
+        LabCmd::Gradients(o) => check_gradients(o),
     }
+}
+
+fn check_gradients(o: &GradientOpts) -> anyhow::Result<()> {
+    if !(o.weight_scale.is_finite() && o.weight_scale.abs() <= 1e3) {
+        anyhow::bail!(
+            "--weight-scale must be a number in [-1000, 1000], got {}",
+            o.weight_scale
+        );
+    }
+    Ok(())
 }
 
 fn check_rtrl(o: &RtrlOpts) -> anyhow::Result<()> {
@@ -174,6 +219,121 @@ fn rtrl(o: RtrlOpts) -> anyhow::Result<ExitCode> {
         crate::print_stdout(&format!("{j}\n"))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn gradients(o: GradientOpts) -> anyhow::Result<ExitCode> {
+    check_gradients(&o)?;
+    let (h, steps) = (o.hidden as usize, o.steps as usize);
+    eprintln!(
+        "‖∂L/∂s_(T−k)‖ / ‖∂L/∂s_(T−1)‖ for a loss on the last of {steps} steps, hidden {h}, recurrent weights ×{}, geometric mean of {} draws",
+        o.weight_scale, o.draws
+    );
+    let marks: Vec<usize> = [1, 5, 10, 20, 50, 100, 200, 500, 1000]
+        .into_iter()
+        .filter(|&k| k <= steps)
+        .collect();
+    let mut header = format!("{:<9}", "cell");
+    for k in &marks {
+        header.push_str(&format!(" {:>9}", format!("k={k}")));
+    }
+    println!("{header}  below 1 % from k");
+    let mut lines = Vec::new();
+    let mut rows = Vec::new();
+    for cell in &o.cells {
+        let kind = cell.kind();
+        let mut log_sum = vec![0.0f64; steps];
+        for d in 0..o.draws as u64 {
+            let mut rng = rnnkit::Rng::new(o.seed.wrapping_add(d));
+            let mut layer = rnnkit::RecurrentConfig::new(kind, h, h).init::<f64>(&mut rng)?;
+            layer.visit_params_mut(&mut |name, t, _| {
+                if name.starts_with("weight_hh") {
+                    t.data_mut().iter_mut().for_each(|v| *v *= o.weight_scale);
+                }
+            });
+            let x = rnnkit::Tensor::from_vec(
+                &[steps, 1, h],
+                (0..steps * h).map(|_| rng.normal()).collect(),
+            )?;
+            let dy: Vec<f64> = (0..h).map(|_| rng.normal()).collect();
+            let flow = gradient_flow(&mut layer, &x, &dy)?;
+            for (acc, v) in log_sum.iter_mut().zip(&flow) {
+                *acc += v.max(f64::MIN_POSITIVE).ln();
+            }
+        }
+        let mean: Vec<f64> = log_sum.iter().map(|s| (s / o.draws as f64).exp()).collect();
+        let rel: Vec<f64> = mean.iter().map(|v| v / mean[0]).collect();
+        let reach = rel.iter().position(|&r| r < 0.01).map(|i| i + 1);
+        let mut line = format!("{:<9}", kind.name());
+        for &k in &marks {
+            line.push_str(&format!(" {:>9.2e}", rel[k - 1]));
+        }
+        println!(
+            "{line}  {}",
+            reach.map_or_else(|| format!("not within {steps}"), |k| k.to_string())
+        );
+        rows.push(serde_json::json!({"cell": kind.name(), "relative_norm": rel, "below_1pct_from": reach}));
+        lines.push((kind.name().to_string(), rel));
+    }
+    draw_flow(&lines, &o.svg)?;
+    eprintln!("picture: {}", o.svg.display());
+    if o.json {
+        let j = serde_json::json!({"hidden": h, "steps": steps, "draws": o.draws, "weight_scale": o.weight_scale, "cells": rows});
+        crate::print_stdout(&format!("{j}\n"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The relative norms against k on a logarithmic axis, one line per cell.
+fn draw_flow(lines: &[(String, Vec<f64>)], path: &Path) -> anyhow::Result<()> {
+    let finite = || {
+        lines
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    let lo = finite().fold(f64::MAX, f64::min).min(0.5);
+    let hi = finite().fold(0.0f64, f64::max).max(2.0);
+    let steps = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(1);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "gradient through time, relative to k = 1",
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(1usize..steps.max(2), (lo..hi).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("k (steps back from the loss)")
+            .y_desc("‖∂L/∂s_(T−k)‖ / ‖∂L/∂s_(T−1)‖")
+            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .draw()?;
+        for (i, (name, rel)) in lines.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points = rel
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.is_finite() && **v > 0.0)
+                .map(|(k, &v)| (k + 1, v.clamp(lo, hi)));
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
+    Ok(())
 }
 
 fn bytes(n: usize) -> String {

@@ -68,3 +68,68 @@ fn lab_rtrl_refuses_a_short_text_and_bad_numbers() {
         "none.txt",
     );
 }
+
+#[test]
+fn lab_gradients_shows_vanishing_at_init_and_explosion_with_large_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "lab",
+            "gradients",
+            "--hidden",
+            "16",
+            "--steps",
+            "40",
+            "--draws",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = rnnkit(&args, dir.path());
+        ok(&o);
+        let j: serde_json::Value =
+            serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+        j["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let rel: Vec<f64> = c["relative_norm"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                (c["cell"].as_str().unwrap().to_string(), rel)
+            })
+            .collect::<Vec<_>>()
+    };
+    let init = run(&["--svg", "g.svg"]);
+    let names: Vec<&str> = init.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["rnn_tanh", "rnn_relu", "lstm", "gru"]);
+    for (name, rel) in &init {
+        assert_eq!(rel.len(), 40);
+        assert!((rel[0] - 1.0).abs() < 1e-12);
+        assert!(rel[39] < 1e-3, "{name} at init should vanish: {}", rel[39]);
+    }
+    assert!(std::fs::read_to_string(dir.path().join("g.svg"))
+        .unwrap()
+        .contains("gradient through time"));
+    let big = run(&[
+        "--cells",
+        "rnn_relu",
+        "--weight-scale",
+        "3",
+        "--svg",
+        "h.svg",
+    ]);
+    assert!(
+        big[0].1[39] > 1e3,
+        "relu with 3× weights should explode: {}",
+        big[0].1[39]
+    );
+    fails_with(
+        &rnnkit(&["lab", "gradients", "--weight-scale", "inf"], dir.path()),
+        "--weight-scale",
+    );
+}

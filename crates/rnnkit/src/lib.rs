@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod decode;
 pub mod error;
+pub mod gradflow;
 pub mod kernel;
 pub mod layer;
 pub mod limits;

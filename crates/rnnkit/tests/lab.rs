@@ -1,5 +1,5 @@
-//! RTRL is exact: with the parameters frozen, the sum over steps of its per-step
-//! gradients equals BPTT's gradient of the summed loss, for every cell (f64).
+//! The lab's measurements are exact: RTRL's per-step gradients sum to BPTT's, online
+//! learning sees the same stream either way, and the gradient flow matches finite differences.
 
 use rnnkit::layer::Parameters;
 use rnnkit::online::{train_online, OnlineConfig, OnlineMethod};
@@ -137,4 +137,56 @@ fn online_learning_refuses_bad_streams_and_settings() {
         ..cfg
     };
     assert!(train_online(&cfg, OnlineMethod::Rtrl, &ids, 5).is_err());
+}
+
+/// ‖∂L/∂s_{T−k}‖ agrees with central differences on the state at T−k, for every cell.
+#[test]
+fn gradient_flow_matches_finite_differences() {
+    use rnnkit::gradflow::gradient_flow;
+    use rnnkit::layer::RecurrentState;
+    let (steps, input, hidden) = (6, 3, 4);
+    for kind in [CellKind::RnnTanh, CellKind::Lstm, CellKind::Gru] {
+        let mut rng = Rng::new(11);
+        let mut layer = RecurrentConfig::new(kind, input, hidden)
+            .with_layers(2)
+            .init::<f64>(&mut rng)
+            .unwrap();
+        let x = random(&[steps, 1, input], &mut rng);
+        let dy = random(&[1, 1, hidden], &mut rng).into_vec();
+        let flow = gradient_flow(&mut layer, &x, &dy).unwrap();
+        assert_eq!(flow.len(), steps);
+        for k in [1, 3, steps] {
+            let start = steps - k;
+            let head = Tensor::from_vec(&[start, 1, input], x.data()[..start * input].to_vec());
+            let s = match head {
+                Ok(h) if start > 0 => layer.forward(&h, None, None).unwrap().1,
+                _ => RecurrentState::zeros(layer.config(), 1),
+            };
+            let tail =
+                Tensor::from_vec(&[k, 1, input], x.data()[start * input..].to_vec()).unwrap();
+            let mut loss = |s: &RecurrentState<f64>| {
+                let (y, _) = layer.forward(&tail, None, Some(s)).unwrap();
+                let last = &y.data()[(k - 1) * hidden..];
+                last.iter().zip(&dy).map(|(a, b)| a * b).sum::<f64>()
+            };
+            let mut sq = 0.0;
+            let n_c = s.c.as_ref().map_or(0, |c| c.len());
+            for i in 0..s.h.len() + n_c {
+                let eps = 1e-6;
+                let bump = |d: f64| {
+                    let mut p = s.clone();
+                    match p.c.as_mut() {
+                        Some(c) if i >= s.h.len() => c.data_mut()[i - s.h.len()] += d,
+                        _ => p.h.data_mut()[i] += d,
+                    }
+                    p
+                };
+                let g = (loss(&bump(eps)) - loss(&bump(-eps))) / (2.0 * eps);
+                sq += g * g;
+            }
+            let fd = sq.sqrt();
+            let err = (flow[k - 1] - fd).abs() / fd.max(1e-12);
+            assert!(err < 1e-6, "{kind:?} k {k}: {} vs {fd}", flow[k - 1]);
+        }
+    }
 }
