@@ -2,6 +2,7 @@
 //! stream online by RTRL and by truncated BPTT for several hidden sizes, and reports
 //! loss, time per character and memory for each, with a picture of loss against time.
 
+use crate::plot::write_svg;
 use crate::train_cmd::{Cell, SHAKESPEARE};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -294,11 +295,8 @@ fn draw_flow(lines: &[(String, Vec<f64>)], path: &Path) -> anyhow::Result<()> {
     let lo = finite().fold(f64::MAX, f64::min).min(0.5);
     let hi = finite().fold(0.0f64, f64::max).max(2.0);
     let steps = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(1);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+    write_svg(path, (800, 480), |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 "gradient through time, relative to k = 1",
                 ("sans-serif", 18),
@@ -330,10 +328,8 @@ fn draw_flow(lines: &[(String, Vec<f64>)], path: &Path) -> anyhow::Result<()> {
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
-        root.present()?;
-    }
-    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
-    Ok(())
+        Ok(())
+    })
 }
 
 fn bytes(n: usize) -> String {
@@ -360,11 +356,8 @@ fn draw(runs: &[(usize, OnlineReport)], path: &Path) -> anyhow::Result<()> {
         .fold(f64::MAX, f64::min)
         .min(y_max)
         * 0.95;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+    write_svg(path, (800, 480), |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 "online learning: RTRL vs truncated BPTT",
                 ("sans-serif", 18),
@@ -399,8 +392,6 @@ fn draw(runs: &[(usize, OnlineReport)], path: &Path) -> anyhow::Result<()> {
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
-        root.present()?;
-    }
-    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
-    Ok(())
+        Ok(())
+    })
 }

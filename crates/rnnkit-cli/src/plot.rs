@@ -18,6 +18,24 @@ pub struct Style {
     pub log_scale: bool,
 }
 
+/// Draws on a white SVG canvas of `size` with `draw`, then replaces `path` with it
+/// atomically: every picture the CLI writes goes through here.
+pub fn write_svg(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        draw(&root)?;
+        root.present()?;
+    }
+    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
+
 /// Draws `history` to `path` (SVG), replacing the file atomically.
 pub fn loss_curve(history: &[LogEntry], style: &Style, path: &Path) -> anyhow::Result<()> {
     let mut scores: BTreeMap<&str, Vec<(u64, f64)>> = BTreeMap::new();
@@ -26,22 +44,16 @@ pub fn loss_curve(history: &[LogEntry], style: &Style, path: &Path) -> anyhow::R
             scores.entry(k).or_default().push((e.step, *v));
         }
     }
-    let mut svg = String::new();
-    {
-        let height = if scores.is_empty() { 480 } else { 760 };
-        let root = SVGBackend::with_string(&mut svg, (800, height)).into_drawing_area();
-        root.fill(&WHITE)?;
+    let height = if scores.is_empty() { 480 } else { 760 };
+    write_svg(path, (800, height), |root| {
         if scores.is_empty() {
-            losses(&root, history, style)?;
+            losses(root, history, style)
         } else {
             let (top, bottom) = root.split_vertically(480);
             losses(&top, history, style)?;
-            score_panel(&bottom, &scores, x_max(history))?;
+            score_panel(&bottom, &scores, x_max(history))
         }
-        root.present()?;
-    }
-    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
-    Ok(())
+    })
 }
 
 fn x_max(history: &[LogEntry]) -> u64 {
@@ -186,11 +198,7 @@ pub fn confusion(matrix: &[Vec<usize>], labels: &[String], path: &Path) -> anyho
     let k = labels.len().max(1);
     let cell = (480 / k).clamp(12, 60) as i32;
     let side = cell * k as i32;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (side as u32 + 200, side as u32 + 120))
-            .into_drawing_area();
-        root.fill(&WHITE)?;
+    write_svg(path, (side as u32 + 200, side as u32 + 120), |root| {
         root.draw(&Text::new(
             "confusion matrix (rows: true class, columns: predicted)",
             (10, 10),
@@ -229,8 +237,6 @@ pub fn confusion(matrix: &[Vec<usize>], labels: &[String], path: &Path) -> anyho
                 ("sans-serif", 11),
             ))?;
         }
-        root.present()?;
-    }
-    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
-    Ok(())
+        Ok(())
+    })
 }
