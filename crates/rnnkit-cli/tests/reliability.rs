@@ -345,6 +345,22 @@ const TINY: &[&str] = &[
     "0",
 ];
 
+/// `rnnkit train` of the tiny model on `corpus.txt` into `o` for `steps` steps, then `extra`.
+fn tiny_run<'a>(steps: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--data",
+        "corpus.txt",
+        "--steps",
+        steps,
+        "--out",
+        "o",
+    ];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    args
+}
+
 fn corpus(dir: &Path) {
     let text = std::fs::read_to_string(repo().join("data/shakespeare.txt")).unwrap();
     let part: String = text.chars().take(5_000).collect();
@@ -367,16 +383,7 @@ fn full_disk_while_writing_a_checkpoint_keeps_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     corpus(d);
-    let mut args = vec![
-        "train",
-        "--data",
-        "corpus.txt",
-        "--steps",
-        "2",
-        "--out",
-        "o",
-    ];
-    args.extend_from_slice(TINY);
+    let args = tiny_run("2", &[]);
     let o = rnnkit(&args, d);
     assert!(o.status.success(), "{}", stderr(&o));
     let latest = d.join("o/latest.safetensors");
@@ -423,16 +430,7 @@ fn output_folder_that_cannot_be_made_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     corpus(dir.path());
     std::fs::write(dir.path().join("o"), "a file, not a folder").unwrap();
-    let mut args = vec![
-        "train",
-        "--data",
-        "corpus.txt",
-        "--steps",
-        "2",
-        "--out",
-        "o",
-    ];
-    args.extend_from_slice(TINY);
+    let args = tiny_run("2", &[]);
     let o = rnnkit(&args, dir.path());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("o"), "{}", stderr(&o));
@@ -448,18 +446,7 @@ fn kill_9_at_any_moment_leaves_a_loadable_checkpoint() {
     let d = dir.path();
     corpus(d);
     let latest = d.join("o/latest.safetensors");
-    let mut args = vec![
-        "train",
-        "--data",
-        "corpus.txt",
-        "--steps",
-        "1000000",
-        "--out",
-        "o",
-        "--force",
-    ];
-    args.extend_from_slice(TINY);
-    args.extend_from_slice(&["--checkpoint-every", "1"]);
+    let args = tiny_run("1000000", &["--force", "--checkpoint-every", "1"]);
     // RNNKIT_KILL_ROUNDS=50 for a longer campaign; the waits are drawn from a fixed seed.
     let rounds: usize = std::env::var("RNNKIT_KILL_ROUNDS")
         .ok()
@@ -520,18 +507,7 @@ fn kill_9_at_any_moment_leaves_a_loadable_checkpoint() {
 /// (a checkpoint every 5 steps); its stderr goes to `stderr`.
 #[cfg(unix)]
 fn endless_run(d: &Path, stderr: Stdio) -> std::process::Child {
-    let mut args = vec![
-        "train",
-        "--data",
-        "corpus.txt",
-        "--steps",
-        "1000000",
-        "--out",
-        "o",
-        "--checkpoint-every",
-        "5",
-    ];
-    args.extend_from_slice(TINY);
+    let args = tiny_run("1000000", &["--checkpoint-every", "5"]);
     Command::new(env!("CARGO_BIN_EXE_rnnkit"))
         .args(&args)
         .current_dir(d)
@@ -558,17 +534,7 @@ fn a_second_run_on_the_same_out_is_refused_until_the_first_ends() {
         assert!(t0.elapsed().as_secs() < 60, "the first run never locked o");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut args = vec![
-        "train",
-        "--data",
-        "corpus.txt",
-        "--steps",
-        "2",
-        "--out",
-        "o",
-    ];
-    args.extend_from_slice(TINY);
-    args.push("--force");
+    let args = tiny_run("2", &["--force"]);
     let o = rnnkit(&args, d);
     fails_with(&o, "o is in use by another run");
     let e = stderr(&o);
