@@ -1,6 +1,10 @@
 //! `rnnkit lab`: what the notes teach, measured. `lab rtrl` learns a character
 //! stream online by RTRL and by truncated BPTT for several hidden sizes, and reports
-//! loss, time per character and memory for each, with a picture of loss against time.
+//! loss, time per character and memory for each, with a picture of loss against time;
+//! `lab gradients` measures how far back gradients reach; `lab memory` and
+//! `lab clipping` (in `lab_memory.rs`) how far back each cell remembers and how
+//! clipping tames exploding gradients; `lab truncation` (in `lab_truncation.rs`)
+//! what the truncation length of BPTT costs the char LM.
 
 use crate::plot::write_svg;
 use crate::train_cmd::{Cell, SHAKESPEARE};
@@ -23,6 +27,12 @@ pub enum LabCmd {
     Rtrl(RtrlOpts),
     /// How far back gradients reach in each cell: ‖∂L/∂s_{T−k}‖ against k, at initialisation.
     Gradients(GradientOpts),
+    /// How far back each cell remembers: the adding, copy or recall task at each length.
+    Memory(crate::lab_memory::MemoryOpts),
+    /// Training from exploding gradients (scaled recurrent weights), with and without clipping.
+    Clipping(crate::lab_memory::ClippingOpts),
+    /// The char LM's validation loss against the truncation length of BPTT, at equal compute.
+    Truncation(crate::lab_truncation::TruncationOpts),
 }
 
 /// Flags of `rnnkit lab gradients`.
@@ -94,6 +104,9 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         LabCmd::Rtrl(o) => rtrl(o),
         LabCmd::Gradients(o) => gradients(o),
+        LabCmd::Memory(o) => crate::lab_memory::run(o),
+        LabCmd::Clipping(o) => crate::lab_memory::clipping(o),
+        LabCmd::Truncation(o) => crate::lab_truncation::run(o),
     }
 }
 
@@ -102,6 +115,9 @@ pub(crate) fn check(cmd: &LabCmd) -> anyhow::Result<()> {
     match cmd {
         LabCmd::Rtrl(o) => check_rtrl(o),
         LabCmd::Gradients(o) => check_gradients(o),
+        LabCmd::Memory(o) => crate::lab_memory::check(o),
+        LabCmd::Clipping(o) => crate::lab_memory::check_clipping(o),
+        LabCmd::Truncation(o) => crate::lab_truncation::check(o),
     }
 }
 

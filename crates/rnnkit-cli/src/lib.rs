@@ -6,6 +6,8 @@ mod classify_cmd;
 mod eval_cmd;
 mod import_cmd;
 mod lab_cmd;
+mod lab_memory;
+mod lab_truncation;
 mod plot;
 mod run_lock;
 mod sample_cmd;

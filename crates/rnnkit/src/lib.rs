@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod layer;
 pub mod limits;
 pub mod loss;
+pub mod memory;
 pub mod model;
 pub mod online;
 pub mod optim;
@@ -25,6 +26,7 @@ pub mod rtrl;
 pub mod task;
 pub mod tensor;
 pub mod train;
+pub mod truncation;
 
 pub use cell::CellKind;
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! Softmax cross-entropy, as torch.nn.functional.cross_entropy with mean reduction:
 //! the char LM's plain form ([`softmax_cross_entropy`]) and the masked, class-weighted
-//! form with an ignore index ([`cross_entropy`]); row-wise softmax and argmax beside them.
+//! form with an ignore index ([`cross_entropy`]); row-wise softmax and argmax beside them;
+//! the mean squared error of a regression ([`mse`]).
 
 use crate::error::{Error, Result};
 use crate::tensor::{scratch, Real};
@@ -222,6 +223,40 @@ pub fn softmax_rows<T: Real>(logits: &mut [T], classes: usize) {
             .zip(&e)
             .for_each(|(p, &v)| *p = T::of(v.f64() * inv));
     }
+}
+
+/// torch's `mse_loss(pred, target, reduction="mean")`: `Σ (p − t)² / n` over the `n`
+/// values, in f64; writes `∂mean/∂pred = 2(p − t)/n` into `dpred` when given. Errors on
+/// slices of different lengths and on a non-finite target.
+pub fn mse<T: Real>(pred: &[T], target: &[T], dpred: Option<&mut [T]>) -> Result<f64> {
+    let n = pred.len();
+    if target.len() != n || dpred.as_deref().is_some_and(|d| d.len() != n) {
+        return Err(Error::Shape(format!(
+            "mse: {n} predictions, {} targets and a gradient buffer of {}",
+            target.len(),
+            dpred.as_deref().map_or(n, <[T]>::len)
+        )));
+    }
+    if let Some(i) = target.iter().position(|t| !t.is_finite()) {
+        return Err(Error::Input(format!(
+            "mse: target {i} is {:?}, not a finite number",
+            target[i]
+        )));
+    }
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let sum: f64 = pred
+        .iter()
+        .zip(target)
+        .map(|(p, t)| (p.f64() - t.f64()).powi(2))
+        .sum();
+    if let Some(d) = dpred {
+        for ((d, p), t) in d.iter_mut().zip(pred).zip(target) {
+            *d = T::of(2.0 * (p.f64() - t.f64()) / n as f64);
+        }
+    }
+    Ok(sum / n as f64)
 }
 
 #[cfg(test)]
@@ -458,5 +493,25 @@ mod tests {
         for c in 0..4 {
             assert!((big[c] - want[c]).abs() < 1e-30, "{big:?}");
         }
+    }
+
+    #[test]
+    fn mse_is_torchs_mean_and_its_gradient_checks() {
+        let (pred, target) = ([0.5f64, -1.0, 2.0], [1.0f64, 1.0, 2.0]);
+        let mut d = [0.0; 3];
+        let v = mse(&pred, &target, Some(&mut d)).unwrap();
+        assert!((v - (0.25 + 4.0) / 3.0).abs() < 1e-15);
+        for i in 0..3 {
+            let (mut up, mut down) = (pred, pred);
+            up[i] += 1e-6;
+            down[i] -= 1e-6;
+            let num =
+                (mse(&up, &target, None).unwrap() - mse(&down, &target, None).unwrap()) / 2e-6;
+            assert!((num - d[i]).abs() < 1e-8, "[{i}] {num} vs {}", d[i]);
+        }
+        assert_eq!(mse::<f32>(&[], &[], None).unwrap(), 0.0);
+        assert!(mse(&[1.0f32], &[1.0, 2.0], None).is_err());
+        let err = mse(&[1.0f32], &[f32::NAN], None).unwrap_err().to_string();
+        assert!(err.contains("target 0"), "{err}");
     }
 }

@@ -86,9 +86,9 @@ pub struct OnlineReport {
 }
 
 /// A recurrent part and the head, visited as one model (`rnn.*`, `head.*`).
-struct Model<'a, R> {
-    rnn: &'a mut R,
-    head: &'a mut Linear<f32>,
+pub(crate) struct Model<'a, R> {
+    pub(crate) rnn: &'a mut R,
+    pub(crate) head: &'a mut Linear<f32>,
 }
 
 impl<R: Parameters<f32>> Parameters<f32> for Model<'_, R> {
@@ -241,7 +241,8 @@ pub fn train_online(
     })
 }
 
-fn count(model: &dyn Parameters<f32>) -> usize {
+/// Number of parameters of `model`.
+pub(crate) fn count(model: &dyn Parameters<f32>) -> usize {
     let mut n = 0;
     model.visit_params(&mut |_, t| n += t.len());
     n

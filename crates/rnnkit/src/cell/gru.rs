@@ -25,10 +25,10 @@
 //! ```
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, step_product, CellParams, Input,
-    PackedSteps, RecurrentWeights, Seq, Shared,
+    for_row_blocks, input_grads, project_inputs, real_rows, recurrent_grads, step_product,
+    weight_grad, CellParams, Input, PackedSteps, RecurrentWeights, Seq, Shared,
 };
-use crate::kernel::{matmul, MatMut, MatRef};
+use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{scratch, Real};
 
 /// What the forward pass saves for the backward pass, reused between calls.
@@ -111,20 +111,21 @@ pub fn forward<T: Real>(
                 )
             };
             hp_t.copy_from_slice(h);
+            let mt = seq.active(t, &rows);
             if reset_after {
                 step_product(
-                    MatMut::dense(&mut hp, m, g3),
-                    MatRef::dense(hp_t, m, hs),
-                    w_hh.blocks(0..3, m),
+                    MatMut::dense(&mut hp, mt, g3),
+                    MatRef::dense(hp_t, mt, hs),
+                    w_hh.blocks(0..3, mt),
                     slot(0),
                     false,
                 );
             } else {
                 // Only r and z see h directly; n sees r ⊙ h, known after this product.
                 step_product(
-                    MatMut::new(&mut hp, m, 2 * hs, g3),
-                    MatRef::dense(hp_t, m, hs),
-                    w_hh.blocks(0..2, m),
+                    MatMut::new(&mut hp, mt, 2 * hs, g3),
+                    MatRef::dense(hp_t, mt, hs),
+                    w_hh.blocks(0..2, mt),
                     slot(0),
                     false,
                 );
@@ -141,9 +142,9 @@ pub fn forward<T: Real>(
                     }
                 }
                 step_product(
-                    MatMut::new(&mut hp[2 * hs..], m, hs, g3),
-                    MatRef::dense(aux, m, hs),
-                    w_hh.blocks(2..3, m),
+                    MatMut::new(&mut hp[2 * hs..], mt, hs, g3),
+                    MatRef::dense(aux, mt, hs),
+                    w_hh.blocks(2..3, mt),
                     slot(1),
                     false,
                 );
@@ -246,6 +247,7 @@ pub fn backward<T: Real>(
             } else {
                 &mut []
             };
+            let mt = seq.active(t, &rows);
             for (i, b) in rows.clone().enumerate() {
                 if !seq.valid(t, b) {
                     continue; // dh passes through unchanged
@@ -269,8 +271,8 @@ pub fn backward<T: Real>(
             }
             if reset_after {
                 step_product(
-                    MatMut::dense(dh, m, hs),
-                    MatRef::dense(dgh, m, g3),
+                    MatMut::dense(dh, mt, hs),
+                    MatRef::dense(dgh, mt, g3),
                     MatRef::dense(w_hh, g3, hs),
                     bslot(0),
                     true,
@@ -279,8 +281,8 @@ pub fn backward<T: Real>(
             }
             // Reset before: route da_n through W_hn to r ⊙ h, then to r and h.
             step_product(
-                MatMut::dense(&mut drh, m, hs),
-                MatRef::new(&dgx[2 * hs..], m, hs, g3),
+                MatMut::dense(&mut drh, mt, hs),
+                MatRef::new(&dgx[2 * hs..], mt, hs, g3),
                 MatRef::dense(&w_hh[2 * hs * hs..], hs, hs),
                 bslot(0),
                 false,
@@ -299,8 +301,8 @@ pub fn backward<T: Real>(
                 }
             }
             step_product(
-                MatMut::dense(dh, m, hs),
-                MatRef::new(dgx, m, 2 * hs, g3),
+                MatMut::dense(dh, mt, hs),
+                MatRef::new(dgx, mt, 2 * hs, g3),
                 MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs),
                 bslot(1),
                 true,
@@ -310,21 +312,22 @@ pub fn backward<T: Real>(
     let rows = steps * batch;
     input_grads(p, g, x, rows, &cache.dgx, dx);
     if reset_after {
-        recurrent_grads(g, &cache.h_prev, rows, &cache.dgh);
+        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgh);
     } else {
         // W_h{r,z} saw h_{t-1}; W_hn saw r ⊙ h_{t-1}.
         let (dw_rz, dw_n) = g.w_hh.data_mut().split_at_mut(2 * hs * hs);
-        matmul(
+        let real = real_rows(&seq);
+        weight_grad(
             MatMut::dense(dw_rz, 2 * hs, hs),
-            MatRef::new(&cache.dgx, rows, 2 * hs, g3).t(),
+            MatRef::new(&cache.dgx, rows, 2 * hs, g3),
             MatRef::dense(&cache.h_prev, rows, hs),
-            true,
+            real.as_deref(),
         );
-        matmul(
+        weight_grad(
             MatMut::dense(dw_n, hs, hs),
-            MatRef::new(&cache.dgx[2 * hs..], rows, hs, g3).t(),
+            MatRef::new(&cache.dgx[2 * hs..], rows, hs, g3),
             MatRef::dense(&cache.aux, rows, hs),
-            true,
+            real.as_deref(),
         );
     }
 }

@@ -99,10 +99,11 @@ pub fn forward<T: Real>(
             };
             hp_t.copy_from_slice(h);
             cp_t.copy_from_slice(c);
+            let mt = seq.active(t, &rows);
             step_product(
-                MatMut::dense(&mut hp, m, g4),
-                MatRef::dense(hp_t, m, hs),
-                w_hh.blocks(0..4, m),
+                MatMut::dense(&mut hp, mt, g4),
+                MatRef::dense(hp_t, mt, hs),
+                w_hh.blocks(0..4, mt),
                 packed.map(|p| &p[0]),
                 false,
             );
@@ -180,7 +181,6 @@ pub fn backward<T: Real>(
     let dgates = Shared::new(scratch(&mut cache.dgates, steps * batch * g4), batch, g4);
     let (dh_all, dc_all) = (Shared::new(dh, batch, hs), Shared::new(dc, batch, hs));
     for_row_blocks(batch, |rows| {
-        let m = rows.len();
         // SAFETY: every block touches only its own batch rows of each buffer.
         let (dh, dc) = unsafe { (dh_all.rows(0, &rows), dc_all.rows(0, &rows)) };
         for s in (0..steps).rev() {
@@ -213,9 +213,10 @@ pub fn backward<T: Real>(
                 }
             }
             // dh_{t-1} = da_t · W_hh, added onto rows that are zero (valid) or carried (padded).
+            let mt = seq.active(t, &rows);
             step_product(
-                MatMut::dense(dh, m, hs),
-                MatRef::dense(da_t, m, g4),
+                MatMut::dense(dh, mt, hs),
+                MatRef::dense(da_t, mt, g4),
                 w_hh,
                 packed.map(|p| &p[0]),
                 true,
@@ -224,5 +225,5 @@ pub fn backward<T: Real>(
     });
     let rows = steps * batch;
     input_grads(p, g, x, rows, &cache.dgates, dx);
-    recurrent_grads(g, &cache.h_prev, rows, &cache.dgates);
+    recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
 }

@@ -182,6 +182,18 @@ impl Seq<'_> {
     pub fn valid(&self, t: usize, b: usize) -> bool {
         self.lengths.is_none_or(|l| t < l[b])
     }
+
+    /// How many leading rows of the block `rows` the per-step product must cover
+    /// at time `t`: up to the last row still running. Rows after it are padding;
+    /// with a block ordered longest first (see [`packing_order`])
+    /// padded steps cost no arithmetic, as with packed sequences.
+    #[inline]
+    pub fn active(&self, t: usize, rows: &Range<usize>) -> usize {
+        match self.lengths {
+            None => rows.len(),
+            Some(l) => rows.clone().rposition(|b| t < l[b]).map_or(0, |i| i + 1),
+        }
+    }
 }
 
 /// The input of one layer, `[rows, I]`.
@@ -328,23 +340,72 @@ pub(crate) fn input_grads<T: Real>(
 }
 
 /// `dW_hh += dghᵀ·h_prev` and `db_hh += Σ dgh`, for cells whose recurrent
-/// pre-activation is `h_{t-1}·W_hhᵀ + b_hh` throughout.
-pub(crate) fn recurrent_grads<T: Real>(
-    g: &mut CellParams<T>,
-    h_prev: &[T],
-    rows: usize,
-    dgh: &[T],
-) {
+/// pre-activation is `h_{t-1}·W_hhᵀ + b_hh` throughout; `dgh` and `h_prev` are
+/// `[T, B, ·]` over the walk `seq`.
+pub(crate) fn recurrent_grads<T: Real>(g: &mut CellParams<T>, seq: &Seq, h_prev: &[T], dgh: &[T]) {
     let (gh, h) = (g.w_hh.shape()[0], g.w_hh.shape()[1]);
-    matmul(
+    let rows = seq.steps * seq.batch;
+    weight_grad(
         MatMut::dense(g.w_hh.data_mut(), gh, h),
-        MatRef::dense(dgh, rows, gh).t(),
+        MatRef::dense(dgh, rows, gh),
         MatRef::dense(h_prev, rows, h),
-        true,
+        real_rows(seq).as_deref(),
     );
     if let Some(b) = &mut g.b_hh {
         sum_rows_into(b.data_mut(), &dgh[..rows * gh]);
     }
+}
+
+/// The rows `t·B + b` of a time-major `[T, B, ·]` buffer that hold real steps, when
+/// padded rows are at least an eighth of all; `None` otherwise (their gradients are
+/// zero, and multiplying them then costs less than gathering the others).
+pub(crate) fn real_rows(seq: &Seq) -> Option<Vec<usize>> {
+    let l = seq.lengths?;
+    let real: usize = l.iter().sum();
+    if real * 8 > seq.steps * seq.batch * 7 {
+        return None;
+    }
+    Some(
+        (0..seq.steps)
+            .flat_map(|t| {
+                (0..seq.batch)
+                    .filter(move |&b| t < l[b])
+                    .map(move |b| t * seq.batch + b)
+            })
+            .collect(),
+    )
+}
+
+/// `dw [N, K] += dgᵀ·x` for `dg [rows, N]` and `x [rows, K]`, over the rows in
+/// `real` only (all when `None`): a weight gradient that skips padded steps.
+pub(crate) fn weight_grad<T: Real>(
+    dw: MatMut<'_, T>,
+    dg: MatRef<'_, T>,
+    x: MatRef<'_, T>,
+    real: Option<&[usize]>,
+) {
+    match real {
+        None => matmul(dw, dg.t(), x, true),
+        Some(r) => {
+            let (dg_r, x_r) = (gather(dg, r), gather(x, r));
+            matmul(
+                dw,
+                MatRef::dense(&dg_r, r.len(), dg.cols).t(),
+                MatRef::dense(&x_r, r.len(), x.cols),
+                true,
+            );
+        }
+    }
+}
+
+/// The rows `rows` of the row-major matrix `m`, packed densely.
+fn gather<T: Real>(m: MatRef<'_, T>, rows: &[usize]) -> Vec<T> {
+    debug_assert_eq!(m.cs, 1, "gather reads row-major operands");
+    let mut out = Vec::with_capacity(rows.len() * m.cols);
+    for &r in rows {
+        out.extend_from_slice(&m.data[r * m.rs..][..m.cols]);
+    }
+    out
 }
 
 /// The right operand of the per-step product `h_{t-1}·W_hhᵀ`, for the gate blocks
@@ -473,16 +534,78 @@ pub(crate) fn step_product<T: Real>(
 /// never interact, so each block runs the whole time loop on its own, with no
 /// synchronisation per timestep; its GEMMs run single-threaded inside the worker.
 pub(crate) fn for_row_blocks(batch: usize, f: impl Fn(Range<usize>) + Sync + Send) {
-    let blocks = rayon::current_num_threads().min(batch).max(1);
-    if blocks == 1 {
+    let blocks = row_blocks(batch, HALF.get());
+    if blocks.len() == 1 {
         return f(0..batch);
     }
     let prec = precision();
-    (0..blocks).into_par_iter().for_each(|k| {
-        with_precision(prec, || {
-            serial(|| f(k * batch / blocks..(k + 1) * batch / blocks))
-        })
-    });
+    blocks
+        .into_par_iter()
+        .for_each(|rows| with_precision(prec, || serial(|| f(rows))));
+}
+
+thread_local! {
+    /// Set while this direction of a layer runs beside the other one, on half the threads.
+    static HALF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the two directions of a bidirectional layer run at once, each on half
+/// the threads: each thread then steps a block of twice the rows (larger products)
+/// instead of both directions taking all threads in turn.
+fn directions_apart() -> bool {
+    let threads = rayon::current_num_threads();
+    threads >= 2 && threads.is_multiple_of(2) && !HALF.get()
+}
+
+/// Runs `f(d, job)` for the job of each direction `d` of a layer: both at once
+/// (see [`directions_apart`]) or one after the other.
+pub(crate) fn for_directions<J: Send>(jobs: Vec<J>, f: impl Fn(usize, J) + Sync) {
+    match <[J; 2]>::try_from(jobs) {
+        Ok([a, b]) if directions_apart() => {
+            let prec = precision();
+            let half = |d: usize, job: J| {
+                let before = HALF.replace(true);
+                with_precision(prec, || f(d, job));
+                HALF.set(before);
+            };
+            rayon::join(|| half(0, a), || half(1, b));
+        }
+        Ok(jobs) => jobs.into_iter().enumerate().for_each(|(d, j)| f(d, j)),
+        Err(jobs) => jobs.into_iter().enumerate().for_each(|(d, j)| f(d, j)),
+    }
+}
+
+/// The batch rows of each worker thread of [`for_row_blocks`] (on half the threads
+/// while one of two directions runs).
+fn row_blocks(batch: usize, half: bool) -> Vec<Range<usize>> {
+    let threads = rayon::current_num_threads();
+    let threads = if half { (threads / 2).max(1) } else { threads };
+    let blocks = threads.min(batch).max(1);
+    (0..blocks)
+        .map(|k| k * batch / blocks..(k + 1) * batch / blocks)
+        .collect()
+}
+
+/// An order of a batch of sequences of these `lengths`, read by a layer of
+/// `directions` directions, under which padding costs no arithmetic: each worker's
+/// block of rows runs longest first (so the rows still running at a step are a
+/// prefix, see [`Seq::active`]), and the blocks share the long and the short ones
+/// alike. Row `r` of the batch should hold sequence `order[r]`.
+pub fn packing_order(lengths: &[usize], directions: usize) -> Vec<usize> {
+    let mut by_length: Vec<usize> = (0..lengths.len()).collect();
+    by_length.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let blocks = row_blocks(lengths.len(), directions == 2 && directions_apart());
+    let mut filled: Vec<Vec<usize>> = blocks.iter().map(|b| Vec::with_capacity(b.len())).collect();
+    // Deal longest first, round robin over the blocks that still have room.
+    let mut k = 0;
+    for i in by_length {
+        while filled[k].len() == blocks[k].len() {
+            k = (k + 1) % blocks.len();
+        }
+        filled[k].push(i);
+        k = (k + 1) % blocks.len();
+    }
+    filled.concat()
 }
 
 /// A `[T, B, width]` (or `[B, width]`) buffer that several threads write, each

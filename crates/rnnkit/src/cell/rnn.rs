@@ -85,10 +85,11 @@ pub fn forward<T: Real>(
                 )
             };
             hp_t.copy_from_slice(h);
+            let mt = seq.active(t, &rows);
             step_product(
-                MatMut::dense(&mut hp, m, hs),
-                MatRef::dense(hp_t, m, hs),
-                w_hh.blocks(0..1, m),
+                MatMut::dense(&mut hp, mt, hs),
+                MatRef::dense(hp_t, mt, hs),
+                w_hh.blocks(0..1, mt),
                 packed.map(|p| &p[0]),
                 false,
             );
@@ -134,7 +135,6 @@ pub fn backward<T: Real>(
     let da_all = Shared::new(scratch(&mut cache.da, steps * batch * hs), batch, hs);
     let dh_all = Shared::new(dh, batch, hs);
     for_row_blocks(batch, |rows| {
-        let m = rows.len();
         // SAFETY: every block touches only its own batch rows of each buffer.
         let dh = unsafe { dh_all.rows(0, &rows) };
         for s in (0..steps).rev() {
@@ -157,9 +157,10 @@ pub fn backward<T: Real>(
                     dh[i * hs + j] = T::zero();
                 }
             }
+            let mt = seq.active(t, &rows);
             step_product(
-                MatMut::dense(dh, m, hs),
-                MatRef::dense(da, m, hs),
+                MatMut::dense(dh, mt, hs),
+                MatRef::dense(da, mt, hs),
                 w_hh,
                 packed.map(|p| &p[0]),
                 true,
@@ -168,5 +169,5 @@ pub fn backward<T: Real>(
     });
     let rows = steps * batch;
     input_grads(p, g, x, rows, &cache.da, dx);
-    recurrent_grads(g, &cache.h_prev, rows, &cache.da);
+    recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
 }

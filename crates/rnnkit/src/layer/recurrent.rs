@@ -5,7 +5,7 @@ use super::{Dropout, ParamVisitor, Parameters};
 use crate::cell::gru::{self, GruCache};
 use crate::cell::lstm::{self, LstmCache};
 use crate::cell::rnn::{self, Activation, RnnCache};
-use crate::cell::{CellKind, CellParams, Input, Seq};
+use crate::cell::{for_directions, CellKind, CellParams, Input, Seq};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{scratch, Real, Tensor};
@@ -247,8 +247,8 @@ struct Saved<T> {
     /// Output of every cell `[T, B, H]`.
     outputs: Vec<Vec<T>>,
     caches: Vec<CellCache<T>>,
-    /// Scratch for splitting output gradients by direction `[T, B, H]`.
-    d_out: Vec<T>,
+    /// Scratch for the output gradient of each direction `[T, B, H]`.
+    d_out: Vec<Vec<T>>,
     /// The gradient flowing between layers `[T, B, width]`.
     d_between: Vec<T>,
     ready: bool,
@@ -545,40 +545,45 @@ impl<T: Real> Recurrent<T> {
                     None => saved.dropout[l].disable(),
                 }
             }
-            for d in 0..dirs {
-                let idx = l * dirs + d;
+            let x_l = match (&saved.ids, l) {
+                (Some(ids), 0) if saved.one_hot => Input::OneHot { ids },
+                (Some(ids), 0) => Input::Embedded {
+                    table: &saved.table,
+                    ids,
+                },
+                _ => Input::Dense(&saved.inputs[l]),
+            };
+            let cells = l * dirs..(l + 1) * dirs;
+            let jobs: Vec<_> = saved.caches[cells.clone()]
+                .iter_mut()
+                .zip(&mut saved.outputs[cells.clone()])
+                .zip(state_rows(&mut state, l, dirs, batch * hs))
+                .zip(&self.params[cells])
+                .collect();
+            for_directions(jobs, |d, (((cache, y), (h, c)), p)| {
                 let seq = Seq {
                     steps,
                     batch,
                     lengths,
                     reverse: d == 1,
                 };
-                let y = scratch(&mut saved.outputs[idx], steps * batch * hs);
-                let h = &mut state.h.data_mut()[idx * batch * hs..][..batch * hs];
-                let x_l = match (&saved.ids, l) {
-                    (Some(ids), 0) if saved.one_hot => Input::OneHot { ids },
-                    (Some(ids), 0) => Input::Embedded {
-                        table: &saved.table,
-                        ids,
-                    },
-                    _ => Input::Dense(&saved.inputs[l]),
-                };
-                let p = &self.params[idx];
-                match (&mut saved.caches[idx], cfg.cell) {
-                    (CellCache::Rnn(c), CellKind::RnnTanh) => {
-                        rnn::forward(p, Activation::Tanh, seq, x_l, c, y, h)
+                let y = scratch(y, steps * batch * hs);
+                match (cache, cfg.cell) {
+                    (CellCache::Rnn(cc), CellKind::RnnTanh) => {
+                        rnn::forward(p, Activation::Tanh, seq, x_l, cc, y, h)
                     }
-                    (CellCache::Rnn(c), _) => rnn::forward(p, Activation::Relu, seq, x_l, c, y, h),
-                    (CellCache::Lstm(c), _) => {
-                        let cs = &mut state.c.as_mut().expect("LSTM state has c").data_mut()
-                            [idx * batch * hs..][..batch * hs];
-                        lstm::forward(p, seq, x_l, c, y, h, cs)
+                    (CellCache::Rnn(cc), _) => {
+                        rnn::forward(p, Activation::Relu, seq, x_l, cc, y, h)
                     }
-                    (CellCache::Gru(c), kind) => {
-                        gru::forward(p, kind == CellKind::Gru, seq, x_l, c, y, h)
+                    (CellCache::Lstm(cc), _) => {
+                        let c = c.expect("LSTM state has c");
+                        lstm::forward(p, seq, x_l, cc, y, h, c)
+                    }
+                    (CellCache::Gru(cc), kind) => {
+                        gru::forward(p, kind == CellKind::Gru, seq, x_l, cc, y, h)
                     }
                 }
-            }
+            });
             merge_forward(
                 cfg,
                 &saved.outputs[l * dirs..(l + 1) * dirs],
@@ -624,50 +629,62 @@ impl<T: Real> Recurrent<T> {
             _ => steps * batch,
         };
         let dx_shape = [dx_rows(0), cfg.input_size];
+        saved.d_out.resize_with(dirs, Vec::new);
+        let mut dx_dirs: Vec<Vec<T>> = vec![Vec::new(); dirs];
         for l in (0..cfg.num_layers).rev() {
             let in_w = cfg.layer_input_size(l);
-            dx = vec![T::zero(); dx_rows(l) * in_w];
-            for d in 0..dirs {
-                let idx = l * dirs + d;
+            let x_l = match (&saved.ids, l) {
+                (Some(ids), 0) if saved.one_hot => Input::OneHot { ids },
+                (Some(ids), 0) => Input::Embedded {
+                    table: &saved.table,
+                    ids,
+                },
+                _ => Input::Dense(&saved.inputs[l]),
+            };
+            let cells = l * dirs..(l + 1) * dirs;
+            let outputs = &saved.outputs[cells.clone()];
+            let d_between = &saved.d_between;
+            let jobs: Vec<_> = saved.caches[cells.clone()]
+                .iter_mut()
+                .zip(&mut saved.d_out)
+                .zip(&mut dx_dirs)
+                .zip(state_rows(&mut d_state, l, dirs, batch * hs))
+                .zip(
+                    self.params[cells.clone()]
+                        .iter()
+                        .zip(&mut self.grads[cells]),
+                )
+                .collect();
+            let rows = dx_rows(l);
+            for_directions(jobs, |d, ((((cache, dout), dx), (dh, dc)), (p, g))| {
                 let seq = Seq {
                     steps,
                     batch,
                     lengths,
                     reverse: d == 1,
                 };
-                merge_backward(
-                    cfg,
-                    &saved.d_between,
-                    &saved.outputs[l * dirs..(l + 1) * dirs],
-                    d,
-                    scratch(&mut saved.d_out, steps * batch * hs),
-                );
-                let dh = &mut d_state.h.data_mut()[idx * batch * hs..][..batch * hs];
-                let x_l = match (&saved.ids, l) {
-                    (Some(ids), 0) if saved.one_hot => Input::OneHot { ids },
-                    (Some(ids), 0) => Input::Embedded {
-                        table: &saved.table,
-                        ids,
-                    },
-                    _ => Input::Dense(&saved.inputs[l]),
-                };
-                let (p, g, dout) = (&self.params[idx], &mut self.grads[idx], &saved.d_out);
-                match (&mut saved.caches[idx], cfg.cell) {
-                    (CellCache::Rnn(c), CellKind::RnnTanh) => {
-                        rnn::backward(p, g, Activation::Tanh, seq, x_l, c, dout, dh, &mut dx)
+                let dout = scratch(dout, steps * batch * hs);
+                merge_backward(cfg, d_between, outputs, d, dout);
+                let dx = scratch(dx, rows * in_w);
+                match (cache, cfg.cell) {
+                    (CellCache::Rnn(cc), CellKind::RnnTanh) => {
+                        rnn::backward(p, g, Activation::Tanh, seq, x_l, cc, dout, dh, dx)
                     }
-                    (CellCache::Rnn(c), _) => {
-                        rnn::backward(p, g, Activation::Relu, seq, x_l, c, dout, dh, &mut dx)
+                    (CellCache::Rnn(cc), _) => {
+                        rnn::backward(p, g, Activation::Relu, seq, x_l, cc, dout, dh, dx)
                     }
-                    (CellCache::Lstm(c), _) => {
-                        let dc = &mut d_state.c.as_mut().expect("LSTM state has c").data_mut()
-                            [idx * batch * hs..][..batch * hs];
-                        lstm::backward(p, g, seq, x_l, c, dout, dh, dc, &mut dx)
+                    (CellCache::Lstm(cc), _) => {
+                        let dc = dc.expect("LSTM state has c");
+                        lstm::backward(p, g, seq, x_l, cc, dout, dh, dc, dx)
                     }
-                    (CellCache::Gru(c), kind) => {
-                        gru::backward(p, g, kind == CellKind::Gru, seq, x_l, c, dout, dh, &mut dx)
+                    (CellCache::Gru(cc), kind) => {
+                        gru::backward(p, g, kind == CellKind::Gru, seq, x_l, cc, dout, dh, dx)
                     }
                 }
+            });
+            dx = std::mem::take(&mut dx_dirs[0]);
+            if let Some(other) = dx_dirs.get(1) {
+                dx.iter_mut().zip(other).for_each(|(a, &b)| *a += b);
             }
             if l > 0 {
                 saved.dropout[l].backward(&mut dx);
@@ -715,6 +732,23 @@ fn find_named<'a, T: Real>(
         .into_iter()
         .find(|(n, _)| *n == base)
         .map(|(_, t)| t)
+}
+
+/// The `(h, c)` rows `[B, H]` of each direction of layer `l` in `state` (`c` for LSTMs only).
+fn state_rows<T: Real>(
+    state: &mut RecurrentState<T>,
+    l: usize,
+    dirs: usize,
+    chunk: usize,
+) -> Vec<(&mut [T], Option<&mut [T]>)> {
+    let span = l * dirs * chunk..(l + 1) * dirs * chunk;
+    let h = state.h.data_mut()[span.clone()].chunks_mut(chunk);
+    match &mut state.c {
+        Some(c) => h
+            .zip(c.data_mut()[span].chunks_mut(chunk).map(Some))
+            .collect(),
+        None => h.map(|h| (h, None)).collect(),
+    }
 }
 
 /// `_l{k}` or `_l{k}_reverse`: torch's suffix for cell `idx`.

@@ -308,7 +308,7 @@ impl Tagger {
             }
         }
         // Characters: the first and last halves of long words, where affixes live.
-        let clipped: Vec<Vec<usize>> = forms
+        let mut clipped: Vec<Vec<usize>> = forms
             .iter()
             .map(|f| {
                 let ids: Vec<usize> = f
@@ -322,6 +322,16 @@ impl Tagger {
                     [&ids[..h], &ids[ids.len() - h..]].concat()
                 }
             })
+            .collect();
+        // The character network reads the words in packing order (row r: word order[r]).
+        let order =
+            crate::cell::packing_order(&clipped.iter().map(Vec::len).collect::<Vec<_>>(), 2);
+        let mut row_of = vec![0; order.len()];
+        order.iter().enumerate().for_each(|(r, &k)| row_of[k] = r);
+        unique_of.iter_mut().for_each(|u| *u = row_of[*u]);
+        let clipped: Vec<Vec<usize>> = order
+            .iter()
+            .map(|&k| std::mem::take(&mut clipped[k]))
             .collect();
         let char_steps = clipped.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let u = clipped.len();
