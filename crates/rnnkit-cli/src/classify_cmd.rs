@@ -110,6 +110,7 @@ pub(crate) fn default_recipe() -> Recipe<ClassifierConfig> {
             val_frac: 0.0,
             seed: 1,
             precision: Precision::F32,
+            average: None,
         },
     }
 }
@@ -212,6 +213,13 @@ pub(crate) fn bundled(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// Whether `path` is the bundled file `rel` (a resumed default run keeps its
+/// bundled validation and test files).
+pub(crate) fn is_bundled(path: &Path, rel: &str) -> bool {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    canon(path).is_some_and(|p| Some(p) == canon(&bundled(rel)))
+}
+
 fn read(path: &Path, what: &str) -> anyhow::Result<TsDataset> {
     read_ts(path).with_context(|| format!("{what} {}", path.display()))
 }
@@ -242,9 +250,9 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
     let train_path = resolved
         .data_path(&o.train)
         .unwrap_or_else(|| bundled(DEFAULT_TRAIN));
-    let test_path = match (&o.test, &o.train, &resolved.resume) {
-        (Some(t), _, _) => Some(t.clone()),
-        (None, None, None) => Some(bundled(DEFAULT_TEST)),
+    let test_path = match (&o.test, &o.train) {
+        (Some(t), _) => Some(t.clone()),
+        (None, None) if is_bundled(&train_path, DEFAULT_TRAIN) => Some(bundled(DEFAULT_TEST)),
         _ => None,
     };
     let data = read(&train_path, "--train")?;

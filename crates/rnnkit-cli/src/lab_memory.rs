@@ -245,7 +245,7 @@ pub fn run(o: MemoryOpts) -> anyhow::Result<ExitCode> {
     eprintln!(
         "task {}: solved at {}; hidden {}, {} updates of {} sequences, Adam {}, clip {}, {} seed(s)",
         task.name(),
-        task.threshold(),
+        task.threshold_text(),
         o.hidden,
         o.steps,
         o.batch,
@@ -408,11 +408,7 @@ fn draw_scores(
 ) -> anyhow::Result<()> {
     let x_lo = *lengths.first().unwrap_or(&2) as f64;
     let x_hi = (*lengths.last().unwrap_or(&2) as f64).max(x_lo * 1.5);
-    let threshold = if task == MemoryTask::Adding {
-        0.01
-    } else {
-        0.95
-    };
+    let threshold = task.threshold();
     let title = format!("{}: {} against T", task.name(), task.metric());
     write_svg(path, (800, 480), |root| {
         let mut builder = ChartBuilder::on(root);

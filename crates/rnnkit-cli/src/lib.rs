@@ -14,6 +14,7 @@ mod sample_cmd;
 mod tag_cmd;
 mod train_cmd;
 mod trainer;
+mod visualize_cmd;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
@@ -42,11 +43,13 @@ enum Command {
     Tag(tag_cmd::TagCmd),
     /// Measure training throughput on synthetic data: the char LM (and its sampling), the classifier or the tagger.
     Bench(bench_cmd::BenchOpts),
-    /// What the notes teach, measured: `lab rtrl` (online learning by RTRL vs truncated BPTT).
+    /// What the notes teach, measured: gradients through time, memory, clipping, truncation, RTRL.
     #[command(subcommand)]
     Lab(lab_cmd::LabCmd),
     /// Turn a PyTorch CharLM state dict (safetensors) into a checkpoint, given its cell and vocabulary.
     Import(import_cmd::ImportOpts),
+    /// Look inside a trained char LM: an HTML page colouring a text by any unit's activation.
+    Visualize(visualize_cmd::VisualizeOpts),
 }
 
 /// Runs the command line: `std::env::args`, errors on stderr, the exit status.
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Bench(o) => bench_cmd::run(o),
         Command::Import(o) => import_cmd::run(o),
         Command::Lab(c) => lab_cmd::run(c),
+        Command::Visualize(o) => visualize_cmd::run(o),
     };
     match result {
         Ok(code) => code,
@@ -104,7 +108,8 @@ where
         | Command::Classify(_)
         | Command::Tag(_)
         | Command::Bench(_)
-        | Command::Import(_) => Ok(()),
+        | Command::Import(_)
+        | Command::Visualize(_) => Ok(()),
     }
 }
 

@@ -25,6 +25,16 @@ pub fn write_svg(
     size: (u32, u32),
     draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let svg = svg_string(size, draw)?;
+    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
+
+/// Draws on a white SVG canvas of `size` with `draw`, returning the SVG text.
+pub fn svg_string(
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
@@ -32,8 +42,7 @@ pub fn write_svg(
         draw(&root)?;
         root.present()?;
     }
-    rnnkit::checkpoint::write_atomic(path, svg.as_bytes())?;
-    Ok(())
+    Ok(svg)
 }
 
 /// Draws `history` to `path` (SVG), replacing the file atomically.

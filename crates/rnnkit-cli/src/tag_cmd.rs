@@ -116,6 +116,7 @@ pub(crate) fn default_recipe() -> Recipe<TaggerConfig> {
             val_frac: 0.0,
             seed: 1,
             precision: Precision::F32,
+            average: Some(0.999),
         },
     }
 }
@@ -124,7 +125,7 @@ pub(crate) fn default_recipe() -> Recipe<TaggerConfig> {
 pub(crate) fn default_schedule() -> Schedule {
     Schedule {
         steps: None,
-        epochs: Some(25.0),
+        epochs: Some(30.0),
         time_limit: Some(840.0),
         eval_every: 400,
         checkpoint_every: 400,
@@ -227,10 +228,11 @@ fn train(o: TagTrainOpts) -> anyhow::Result<ExitCode> {
     let c = &o.common;
     let resolved = settings(&o)?;
     crate::set_threads(c.threads.map(usize::from))?;
-    let bundled = o.train.is_none() && resolved.resume.is_none();
     let train_path = resolved
         .data_path(&o.train)
         .unwrap_or_else(|| crate::classify_cmd::bundled(DEFAULT_TRAIN));
+    // The default run (fresh or resumed) validates and tests on the bundled files.
+    let bundled = o.train.is_none() && crate::classify_cmd::is_bundled(&train_path, DEFAULT_TRAIN);
     let dev_path = o
         .dev
         .clone()

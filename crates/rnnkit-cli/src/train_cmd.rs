@@ -131,6 +131,7 @@ pub(crate) fn default_recipe() -> Recipe<CharLmRecipe> {
             val_frac: 0.05,
             seed: 1,
             precision: Precision::F32,
+            average: None,
         },
     }
 }

@@ -57,6 +57,10 @@ pub struct TrainerOpts {
     /// Decoupled weight decay (AdamW): each step shrinks every weight by lr × this.
     #[arg(long)]
     pub weight_decay: Option<f32>,
+    /// Validate, keep `best` and evaluate with a moving average of the weights of this
+    /// decay (e.g. 0.999: about the last thousand steps); 0 turns it off.
+    #[arg(long)]
+    pub average: Option<f32>,
     /// Stop after this many optimizer steps in all, counted from the start of training (also after --resume).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
@@ -228,6 +232,9 @@ fn overlay_train(o: &TrainerOpts, r: &mut TrainSettings) -> anyhow::Result<()> {
     }
     set(&mut r.momentum, o.momentum);
     set(&mut r.weight_decay, o.weight_decay);
+    if let Some(d) = o.average {
+        r.average = (d != 0.0).then_some(d);
+    }
     set(&mut r.val_frac, o.val_frac);
     set(&mut r.seed, o.seed);
     if o.bf16 {

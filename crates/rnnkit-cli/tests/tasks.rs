@@ -151,6 +151,74 @@ fn classify_resumes_bit_for_bit() {
 }
 
 #[test]
+fn weight_averaging_resumes_bit_for_bit_and_best_holds_the_average() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ts(dir.path(), "train.ts", 40);
+    write_ts(dir.path(), "test.ts", 10);
+    let run = |extra: &[&str]| {
+        let mut args = CLASSIFY.to_vec();
+        args.extend_from_slice(&["--average", "0.9", "--eval-every", "12"]);
+        args.extend_from_slice(extra);
+        rnnkit(&args, dir.path())
+    };
+    ok(&run(&["--steps", "12", "--out", "whole"]));
+    ok(&run(&["--steps", "5", "--out", "split"]));
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["classify", "train", "--resume", "split/latest.safetensors"];
+        args.extend_from_slice(extra);
+        rnnkit(&args, dir.path())
+    };
+    // The average is part of the run: it cannot be changed on resume.
+    fails_with(&resume(&["--average", "0.5", "--steps", "12"]), "--average");
+    ok(&resume(&["--steps", "12"]));
+    let open = |p: &str| TensorFile::open(dir.path().join(p)).unwrap();
+    let (a, b) = (
+        open("whole/latest.safetensors"),
+        open("split/latest.safetensors"),
+    );
+    let names = a.names();
+    assert!(names.iter().any(|n| n.starts_with("train.average.")));
+    for n in &names {
+        assert_eq!(
+            a.get::<f32>(n, None).unwrap(),
+            b.get::<f32>(n, None).unwrap(),
+            "{n}"
+        );
+    }
+    // The only validation was at step 12: `best` holds the average as its model
+    // and the trained weights beside it, `latest` the other way round.
+    let best = open("whole/best.safetensors");
+    assert_eq!(best.metadata()["train.average_in_model"], "true");
+    assert_eq!(a.metadata()["train.average_in_model"], "false");
+    let mut compared = 0;
+    // Every parameter has its average (fixed tensors such as the input scaling do not).
+    let averaged = names
+        .iter()
+        .filter(|n| names.contains(&format!("train.average.{n}")));
+    for n in averaged {
+        let avg = format!("train.average.{n}");
+        let w = a.get::<f32>(n, None).unwrap();
+        assert_eq!(
+            best.get::<f32>(n, None).unwrap(),
+            a.get::<f32>(&avg, None).unwrap(),
+            "{n}"
+        );
+        assert_eq!(best.get::<f32>(&avg, None).unwrap(), w, "{n}");
+        assert_ne!(
+            a.get::<f32>(&avg, None).unwrap(),
+            w,
+            "{n}: the average trails"
+        );
+        compared += 1;
+    }
+    assert!(compared > 0);
+    fails_with(
+        &run(&["--average", "1.5", "--out", "bad"]),
+        "--average must be in (0, 1)",
+    );
+}
+
+#[test]
 fn classify_refuses_bad_files_with_line_numbers_and_wrong_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     write_ts(dir.path(), "train.ts", 20);

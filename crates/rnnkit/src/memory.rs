@@ -63,11 +63,19 @@ impl MemoryTask {
         }
     }
 
+    /// The score that solves the task: at most this MSE, or at least this accuracy.
+    pub fn threshold(self) -> f64 {
+        match self {
+            MemoryTask::Adding => 0.01,
+            _ => 0.95,
+        }
+    }
+
     /// Whether `score` solves the task.
     pub fn solved(self, score: f64) -> bool {
         match self {
-            MemoryTask::Adding => score <= 0.01,
-            _ => score >= 0.95,
+            MemoryTask::Adding => score <= self.threshold(),
+            _ => score >= self.threshold(),
         }
     }
 
@@ -80,7 +88,7 @@ impl MemoryTask {
     }
 
     /// The threshold, in words.
-    pub fn threshold(self) -> &'static str {
+    pub fn threshold_text(self) -> &'static str {
         match self {
             MemoryTask::Adding => "test MSE ≤ 0.01 (learning nothing: 0.167)",
             _ => "≥ 95 % of the recalled symbols right (chance: 12.5 %)",

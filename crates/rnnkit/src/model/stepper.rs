@@ -60,6 +60,8 @@ struct Layer {
     h: Vec<f32>,
     /// Cell state (LSTM); unused zeros otherwise.
     c: Vec<f32>,
+    /// The activated gates of the last step `[G, H]`, kept when recording.
+    gates: Vec<f32>,
 }
 
 /// Runs a [`CharLm`] on one sequence, a character per [`Stepper::feed`], with the
@@ -141,6 +143,7 @@ impl Stepper {
                 b_hh: p.b_hh.as_ref().map(|b| b.data().to_vec()),
                 h: vec![0.0; hs],
                 c: vec![0.0; hs],
+                gates: Vec::new(),
             })
             .collect();
         let threads = if g * hs * 2 * hs >= PARALLEL_MIN {
@@ -175,6 +178,35 @@ impl Stepper {
         }
     }
 
+    /// Keeps (or stops keeping) every layer's activated gates at each step, for
+    /// [`Stepper::gates`]. Gated cells only; the vanilla RNN has none.
+    pub fn record_gates(&mut self, on: bool) {
+        let n = if on && self.kind != CellKind::RnnTanh && self.kind != CellKind::RnnRelu {
+            self.kind.gates() * self.hs
+        } else {
+            0
+        };
+        self.layers.iter_mut().for_each(|l| l.gates = vec![0.0; n]);
+    }
+
+    /// The state of layer `l` after the last character fed: `h`, and `c` (zeros
+    /// unless the cell is an LSTM).
+    pub fn state(&self, l: usize) -> (&[f32], &[f32]) {
+        let layer = &self.layers[l];
+        (&layer.h, &layer.c)
+    }
+
+    /// The activated gates of layer `l` at the last step, `[G, H]` (i, f, g, o for
+    /// the LSTM; r, z, n for the GRU); empty unless recording (see [`Stepper::record_gates`]).
+    pub fn gates(&self, l: usize) -> &[f32] {
+        &self.layers[l].gates
+    }
+
+    /// Number of recurrent layers.
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Feeds character `id`; returns the logits of the next one.
     pub fn feed(&mut self, id: usize) -> Result<&[f32]> {
         if id >= self.vocab {
@@ -202,6 +234,16 @@ impl Stepper {
                 &mut self.h_next,
                 &mut self.rh,
             );
+            if !layer.gates.is_empty() {
+                // Each share's scratch starts with its units' activated gates, [G, m].
+                for (k, sc) in self.scratch.iter().enumerate() {
+                    let j0 = k * self.share;
+                    let m = self.share.min(hs.saturating_sub(j0));
+                    for gate in 0..self.kind.gates() {
+                        layer.gates[gate * hs + j0..][..m].copy_from_slice(&sc[gate * m..][..m]);
+                    }
+                }
+            }
         }
         let top = &self.layers[self.layers.len() - 1].h;
         self.head_w
@@ -234,6 +276,7 @@ fn step_layer(
         b_hh,
         h,
         c,
+        ..
     } = layer;
     let (hs, g) = (h.len(), kind.gates());
     let h_old = &*h;

@@ -2,6 +2,7 @@
 //! optimizer step, with learning-rate decay, validation on the task's own metric,
 //! early stopping, atomic `latest`/`best` checkpoints, a metrics log, and exact resume.
 
+mod average;
 mod log;
 mod recipe;
 mod state;
@@ -16,6 +17,7 @@ pub use state::{stored_run, stored_step, StoredRun, TrainState};
 use crate::error::{Error, Result};
 use crate::optim::{clip_grad_norm, clip_grad_value, Optimizer, OptimizerKind};
 use crate::task::{Metrics, Task};
+use average::WeightAverage;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -154,17 +156,18 @@ pub fn run<T: Task>(
     // The model and its gradients are allocated; the optimizer's moments are not yet.
     let mut params = 0u64;
     task.visit_params(&mut |_, t| params += t.len() as u64);
-    let moments = match recipe.optimizer {
+    let copies = match recipe.optimizer {
         OptimizerKind::Adam => 2,
         OptimizerKind::Sgd => 1,
-    };
+    } + u64::from(recipe.average.is_some());
     check_memory(
-        params.saturating_mul(4 * moments),
-        "the model's size (its optimizer state does not fit)",
+        params.saturating_mul(4 * copies),
+        "the model's size (its optimizer state and weight average do not fit)",
     )?;
     let mut optimizer =
         Optimizer::new(recipe.optimizer, recipe.momentum).with_weight_decay(recipe.weight_decay);
-    st.restore_optimizer(&mut optimizer, task)?;
+    let mut average = recipe.average.map(|d| WeightAverage::new(task, d));
+    st.restore(&mut optimizer, average.as_mut(), task)?;
     let mut parameters = 0;
     task.visit_params(&mut |_, t| parameters += t.len());
     // The log on disk always describes this run up to its current step.
@@ -225,6 +228,9 @@ pub fn run<T: Task>(
         }
         optimizer.step(task, lr);
         st.step += 1;
+        if let Some(a) = &mut average {
+            a.update(task, st.step);
+        }
         st.loss_sum += out.loss;
         st.loss_count += 1;
         train_time += t0.elapsed();
@@ -243,6 +249,10 @@ pub fn run<T: Task>(
             interrupted || total_steps.is_some_and(|t| st.step >= t) || out_of_time(started);
         let validate = st.step.is_multiple_of(sched.eval_every) || finished;
         let val = if validate {
+            // Validation (and a new `best`) sees the averaged weights.
+            if let Some(a) = &mut average {
+                a.swap(task);
+            }
             crate::kernel::with_precision(recipe.precision, || task.validate())?
         } else {
             None
@@ -280,20 +290,23 @@ pub fn run<T: Task>(
             last_val = val;
         }
         if new_best {
-            st.save(task, &optimizer, &best)?;
+            st.save(task, &optimizer, average.as_ref(), &best)?;
             observer.on_checkpoint(&best);
+        }
+        if let Some(a) = average.as_mut().filter(|a| a.in_model()) {
+            a.swap(task); // training continues from the trained weights
         }
         let epoch_end = st.step.is_multiple_of(batches);
         if let (Some(n), true) = (sched.checkpoint_every_epochs, epoch_end) {
             let e = st.step / batches;
             if e.is_multiple_of(n) {
                 let path = cfg.out_dir.join(format!("epoch-{e}.safetensors"));
-                st.save(task, &optimizer, &path)?;
+                st.save(task, &optimizer, average.as_ref(), &path)?;
                 observer.on_checkpoint(&path);
             }
         }
         if st.step.is_multiple_of(sched.checkpoint_every) || finished {
-            st.save(task, &optimizer, &latest)?;
+            st.save(task, &optimizer, average.as_ref(), &latest)?;
             saved_latest = true;
             observer.on_checkpoint(&latest);
         }
@@ -303,7 +316,7 @@ pub fn run<T: Task>(
     }
     if !saved_latest {
         // Nothing to do (already at the bound): the folder still ends with this run's state.
-        st.save(task, &optimizer, &latest)?;
+        st.save(task, &optimizer, average.as_ref(), &latest)?;
     }
     if last_train.is_nan() {
         last_train = st.history.last().map_or(f64::NAN, |e| e.train_loss);

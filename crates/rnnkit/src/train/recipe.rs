@@ -78,11 +78,17 @@ pub struct TrainSettings {
     /// Arithmetic of the matrix products (absent in checkpoints before it existed: f32).
     #[serde(default)]
     pub precision: Precision,
+    /// Decay of the moving average of the weights that validation, `best` and the
+    /// evaluation after training use; `None`: the trained weights themselves (absent
+    /// in older checkpoints).
+    #[serde(default)]
+    pub average: Option<f32>,
 }
 
 impl Default for TrainSettings {
     /// Adam at 0.001 without decay, global-norm clipping at 5, batch 32, a tenth held
-    /// out for validation, seed 1, f32 (each task's CLI states its own defaults).
+    /// out for validation, seed 1, f32, no weight averaging (each task's CLI states its
+    /// own defaults).
     fn default() -> Self {
         TrainSettings {
             batch: 32,
@@ -97,6 +103,7 @@ impl Default for TrainSettings {
             val_frac: 0.1,
             seed: 1,
             precision: Precision::F32,
+            average: None,
         }
     }
 }
@@ -137,6 +144,9 @@ impl TrainSettings {
                 "--momentum must be in [0, 1), got {}",
                 self.momentum
             ));
+        }
+        if self.average.is_some_and(|d| !(d > 0.0 && d < 1.0)) {
+            return bad("--average must be in (0, 1) (0 turns averaging off)".into());
         }
         if !(0.0..0.5).contains(&self.val_frac) {
             return bad(format!(
@@ -183,6 +193,7 @@ impl Settings for TrainSettings {
             ),
             Setting::new("--momentum", self.momentum, Alters),
             Setting::new("--weight-decay", self.weight_decay, Alters),
+            Setting::new("--average", opt(self.average.map(|v| v.to_string())), Fixed),
             Setting::new("--val-frac", self.val_frac, Fixed),
             Setting::new("--seed", self.seed, Fixed),
             Setting::new(

@@ -1,6 +1,7 @@
 //! Training state inside a checkpoint: everything needed to continue a run exactly
 //! as if it had never stopped, under `train.`-prefixed names beside the model.
 
+use super::average::WeightAverage;
 use super::{LogEntry, Recipe, Schedule};
 use crate::checkpoint::TensorFile;
 use crate::error::{Error, Result};
@@ -28,6 +29,8 @@ const DATA: &str = "train.data_fingerprint";
 const DATA_PATH: &str = "train.data_path";
 const OPT_STEPS: &str = "train.optimizer_steps";
 const OPT_PREFIX: &str = "train.optimizer.";
+const AVERAGE_PREFIX: &str = "train.average.";
+const AVERAGE_IN_MODEL: &str = "train.average_in_model";
 
 /// Where a run stands, besides the model, the optimiser moments and the task's carried state.
 #[derive(Debug)]
@@ -183,11 +186,13 @@ impl TrainState {
         })
     }
 
-    /// Puts the stored optimiser moments (if any) into `optimizer`.
-    pub(super) fn restore_optimizer(
+    /// Puts the stored optimiser moments (if any) into `optimizer`, and the stored
+    /// weight average into `average` (the model then holds the trained weights).
+    pub(super) fn restore(
         &mut self,
         optimizer: &mut Optimizer,
-        model: &dyn Parameters<f32>,
+        average: Option<&mut WeightAverage>,
+        model: &mut dyn Parameters<f32>,
     ) -> Result<()> {
         let Some(file) = self.file.take() else {
             return Ok(());
@@ -197,7 +202,18 @@ impl TrainState {
             self.optimizer_steps,
             &mut |name, shape| file.get(name, Some(shape)),
             OPT_PREFIX,
-        )
+        )?;
+        if let Some(a) = average {
+            let in_model =
+                file.metadata().get(AVERAGE_IN_MODEL).map(String::as_str) == Some("true");
+            a.restore(
+                model,
+                &mut |name, shape| file.get(name, Some(shape)),
+                AVERAGE_PREFIX,
+                in_model,
+            )?;
+        }
+        Ok(())
     }
 
     /// Writes the task's model with this state, atomically.
@@ -205,6 +221,7 @@ impl TrainState {
         &mut self,
         task: &T,
         optimizer: &Optimizer,
+        average: Option<&WeightAverage>,
         path: &Path,
     ) -> Result<()> {
         let mut meta = HashMap::new();
@@ -232,6 +249,10 @@ impl TrainState {
         meta.insert(OPT_STEPS.into(), optimizer.steps().to_string());
         let mut extra: Vec<(String, Tensor<f32>)> = optimizer.state_tensors(task, OPT_PREFIX);
         extra.extend(task.carried_state());
+        if let Some(a) = average {
+            meta.insert(AVERAGE_IN_MODEL.into(), a.in_model().to_string());
+            extra.extend(a.state_tensors(task, AVERAGE_PREFIX));
+        }
         task.save(path, &extra, meta)?;
         self.saved_step = self.step;
         Ok(())
