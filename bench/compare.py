@@ -53,12 +53,12 @@ COMPARE_ROWS = [
 DEFAULT_STEPS = 10
 SAMPLE_CHARS = 500
 
-# The task rows: name, flags (each task's defaults: the `rnnkit classify train` and
-# `rnnkit tag train` models and batches), timed steps (each on its own batch),
-# what a token is.
+# The task rows: name, flags (the models and batches of the `rnnkit classify train`
+# and `rnnkit tag train` recipes, given explicitly so both programs build the same
+# model), timed steps (each on its own batch), what a token is.
 TASK_ROWS = [
-    ("classify", "--task classify", 100, "timesteps"),
-    ("tag", "--task tag", 20, "words"),
+    ("classify", "--task classify --cell gru --layers 2 --hidden 256", 100, "timesteps"),
+    ("tag", "--task tag --cell lstm --layers 2 --hidden 200 --char-hidden 100", 20, "words"),
 ]
 TASK_FIGURES = ("train_tokens_per_sec", "train_gflops", "step_seconds", "tokens_per_step",
                 "peak_rss_mb", "threads")
@@ -277,6 +277,12 @@ def compare_tasks(args):
         per_step = {round(r["tokens_per_step"], 6) for rs in runs.values() for r in rs}
         if len(per_step) > 1:
             errors.append(f"the programs trained on different data: tokens per step {sorted(per_step)}")
+            log(f"  FAILED: {errors[-1]}")
+        # Both count the multiply-adds of their model: equal models, equal work per token.
+        work = {who: r["train_gflops"] / r["train_tokens_per_sec"]
+                for who, rs in runs.items() for r in rs[:1] if r.get("train_tokens_per_sec")}
+        if work and max(work.values()) > 1.1 * min(work.values()):
+            errors.append(f"the programs trained different models: GFLOP per token {work}")
             log(f"  FAILED: {errors[-1]}")
         failed = failed or bool(errors)
         results.append({

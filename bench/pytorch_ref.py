@@ -112,10 +112,12 @@ def boolean(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-# Defaults per task: (char-lm, classify, tag); None = the flag does not apply.
+# Defaults per task: (char-lm, classify, tag), as `rnnkit bench` (whose classify and
+# tag defaults are the `train` recipes'); None = the flag does not apply.
 TASK_DEFAULTS = {
-    "layers": (2, 1, 1),
-    "hidden": (512, 128, 128),
+    "cell": ("lstm", "gru", "lstm"),
+    "layers": (2, 2, 2),
+    "hidden": (512, 256, 200),
     "batch": (64, 16, 32),
     "steps": (10, 100, 20),
     "embed": (64, None, None),
@@ -135,7 +137,7 @@ TASK_DEFAULTS = {
     "chars_per_word": (None, None, (2, 10)),
     "word_embed": (None, None, 100),
     "char_embed": (None, None, 32),
-    "char_hidden": (None, None, 64),
+    "char_hidden": (None, None, 100),
     "seed": (None, 1, 1),
 }
 TASKS = ("char-lm", "classify", "tag")
@@ -147,10 +149,10 @@ def parse_args(argv=None):
         "throughput of the char-LM on synthetic tokens, or training throughput of "
         "the classifier (--task classify) or the tagger (--task tag) on synthetic data.")
     p.add_argument("--task", choices=TASKS, default="char-lm", help="what to measure [default: char-lm]")
-    p.add_argument("--cell", choices=CELLS, default="lstm", help="recurrent cell [default: lstm]")
-    p.add_argument("--layers", type=positive, help="stacked recurrent layers [default: 2; classify and tag: 1]")
+    p.add_argument("--cell", choices=CELLS, help="recurrent cell [default: lstm; classify: gru]")
+    p.add_argument("--layers", type=positive, help="stacked recurrent layers [default: 2]")
     p.add_argument("--hidden", type=positive,
-                   help="hidden units per layer (per direction) [default: 512; classify and tag: 128]")
+                   help="hidden units per layer (per direction) [default: 512; classify: 256; tag: 200]")
     p.add_argument("--embed", type=positive, help="embedding width (char-lm) [default: 64]")
     p.add_argument("--vocab", type=int, help="vocabulary size (char-lm) [default: 65]")
     p.add_argument("--batch", type=positive, help="sequences per batch [default: 64; classify: 16; tag: 32]")

@@ -30,13 +30,13 @@ pub struct BenchOpts {
     /// What to measure.
     #[arg(long, value_enum, default_value = "char-lm")]
     task: BenchTask,
-    /// Recurrent cell [default: lstm].
+    /// Recurrent cell [default: lstm; classify and tag: their `train` recipe's, gru and lstm].
     #[arg(long, value_enum)]
     cell: Option<Cell>,
-    /// Stacked recurrent layers [default: 2; classify and tag: 1].
+    /// Stacked recurrent layers [default: 2; classify and tag: their `train` recipe's, 2].
     #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_LAYERS)))]
     layers: Option<u32>,
-    /// Hidden units per layer (per direction) [default: 512; classify and tag: 128].
+    /// Hidden units per layer (per direction) [default: 512; classify: 256; tag: 200, as their `train` recipes].
     #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     hidden: Option<u32>,
     /// Embedding width (char-lm) [default: 64].
@@ -96,7 +96,7 @@ pub struct BenchOpts {
     /// Character embedding width (tag) [default: 32].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     char_embed: Option<u32>,
-    /// Hidden units per direction of the character network, 0 for none (tag) [default: 64].
+    /// Hidden units per direction of the character network, 0 for none (tag) [default: 100].
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=4096))]
     char_hidden: Option<u32>,
     /// Seed of the synthetic data (classify, tag) [default: 1].

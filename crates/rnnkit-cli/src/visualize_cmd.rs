@@ -74,8 +74,9 @@ pub fn run(o: VisualizeOpts) -> anyhow::Result<ExitCode> {
     rnnkit::checkpoint::write_atomic(&o.out, page.as_bytes())
         .with_context(|| format!("--out {}", o.out.display()))?;
     for (name, units) in &found {
-        if let Some((u, r)) = units.first() {
-            eprintln!("{name}: {} (r = {r:+.2})", unit_name(u));
+        match units.first() {
+            Some((u, r)) => eprintln!("{name}: {} (r = {r:+.2})", unit_name(u)),
+            None => eprintln!("{name}: constant in this text"),
         }
     }
     eprintln!(

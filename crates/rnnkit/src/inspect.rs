@@ -96,25 +96,30 @@ pub fn saturation(trace: &Trace, layer: usize) -> Vec<(&'static str, Vec<(f64, f
 }
 
 /// Simple features of each character of `text`, as numbers: inside double quotes,
-/// position in the line, indentation of the line, inside a speaker's name (a line
-/// that ends in `:` right after a name, as in a play), the character is a space.
+/// inside square brackets (a play's stage directions), position in the line,
+/// indentation of the line, inside a speaker's name (a line of one or two words
+/// ending in `:` or `.` after an empty line, as in a play), the character is a space.
 pub fn text_features(text: &str) -> Vec<(&'static str, Vec<f32>)> {
-    let mut f: [Vec<f32>; 5] = Default::default();
-    let mut inside = false;
+    let mut f: [Vec<f32>; 6] = Default::default();
+    let (mut quoted, mut bracketed, mut after_blank) = (false, false, true);
     for line in text.split_inclusive('\n') {
         let body = line.strip_suffix('\n').unwrap_or(line);
         let lead = body.chars().take_while(|c| *c == ' ' || *c == '\t').count();
-        let name = body.len() > 1
-            && body.ends_with(':')
-            && body[..body.len() - 1]
-                .chars()
-                .all(|c| c.is_alphabetic() || c == ' ' || c == '\'');
+        let words = body.split_whitespace().count();
+        let name = after_blank
+            && (1..=2).contains(&words)
+            && (body.ends_with(':') || body.ends_with('.'))
+            && body.trim_start().starts_with(char::is_uppercase);
+        after_blank = body.trim().is_empty();
         for (column, ch) in line.chars().enumerate() {
-            if ch == '"' {
-                inside = !inside;
+            match ch {
+                '"' => quoted = !quoted,
+                '[' => bracketed = true,
+                _ => {}
             }
             let values = [
-                f32::from(u8::from(inside)),
+                f32::from(u8::from(quoted)),
+                f32::from(u8::from(bracketed)),
                 column as f32,
                 lead as f32,
                 f32::from(u8::from(name)),
@@ -123,11 +128,15 @@ pub fn text_features(text: &str) -> Vec<(&'static str, Vec<f32>)> {
             for (list, v) in f.iter_mut().zip(values) {
                 list.push(v);
             }
+            if ch == ']' {
+                bracketed = false;
+            }
         }
     }
-    let [quote, column, indent, speaker, space] = f;
+    let [quote, bracket, column, indent, speaker, space] = f;
     vec![
         ("inside quotes", quote),
+        ("inside brackets", bracket),
         ("position in line", column),
         ("indentation", indent),
         ("speaker's name", speaker),
@@ -195,4 +204,52 @@ fn pearson(a: impl Iterator<Item = f32> + Clone, b: &[f32]) -> Option<f64> {
         sbb += dy * dy;
     }
     (saa > 0.0 && sbb > 0.0).then(|| sab / (saa * sbb).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_mark_quotes_brackets_columns_indents_and_speakers() {
+        let text = "Ber.\nSay \"hi\" [Exit.]\n\n  Hor.\nYes.\n";
+        let f = text_features(text);
+        let get = |name: &str| f.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+        let at = |s: &str| text.find(s).unwrap();
+        assert_eq!(get("inside quotes")[at("hi")], 1.0);
+        assert_eq!(get("inside quotes")[at("Say")], 0.0);
+        assert_eq!(get("inside brackets")[at("Exit")], 1.0);
+        assert_eq!(get("inside brackets")[at("]")], 1.0);
+        assert_eq!(get("inside brackets")[at("Say")], 0.0);
+        assert_eq!(get("position in line")[at("hi")], 5.0);
+        assert_eq!(get("indentation")[at("Hor")], 2.0);
+        // Speakers: a short line after an empty one; "Yes." follows a speaker, not a blank.
+        assert_eq!(get("speaker's name")[at("Ber")], 1.0);
+        assert_eq!(get("speaker's name")[at("Hor")], 1.0);
+        assert_eq!(get("speaker's name")[at("Yes")], 0.0);
+        assert_eq!(get("space")[at(" \"hi")], 1.0);
+        assert!(f.iter().all(|(_, v)| v.len() == text.chars().count()));
+    }
+
+    #[test]
+    fn pearson_finds_the_unit_that_follows_a_feature() {
+        let feature = [0.0, 1.0, 1.0, 0.0, 1.0, 0.0];
+        let trace = Trace {
+            cell: CellKind::RnnTanh,
+            hidden: 2,
+            steps: 6,
+            // Unit 1 follows the feature inverted; unit 0 is noise.
+            h: vec![vec![
+                0.3, 0.9, -0.1, -0.8, 0.2, -0.7, 0.5, 0.6, -0.4, -0.9, 0.1, 0.8,
+            ]],
+            c: vec![Vec::new()],
+            gates: vec![Vec::new()],
+        };
+        let top = correlated_units(&trace, &feature, 1).unwrap();
+        assert_eq!(top[0].0.index, 1);
+        assert!((top[0].1 + 1.0).abs() < 0.05, "{}", top[0].1);
+        assert!(correlated_units(&trace, &feature[..3], 1).is_err());
+        // A constant feature correlates with nothing.
+        assert!(correlated_units(&trace, &[1.0; 6], 3).unwrap().is_empty());
+    }
 }
