@@ -100,6 +100,7 @@ fn visualize_writes_a_self_contained_page_with_every_unit() {
         features,
         [
             "inside quotes",
+            "inside brackets",
             "position in line",
             "indentation",
             "speaker's name",
