@@ -287,6 +287,35 @@ fn lab_clipping_keeps_an_exploding_run_finite() {
         &rnnkit(&["lab", "memory", "--lengths", "1"], dir.path()),
         "--lengths",
     );
+    // Sizes no machine holds are refused before anything is allocated.
+    let o = rnnkit(
+        &[
+            "lab",
+            "memory",
+            "--lengths",
+            "5000",
+            "--batch",
+            "4096",
+            "--hidden",
+            "1024",
+        ],
+        dir.path(),
+    );
+    fails_with(&o, "memory");
+    let o = rnnkit(
+        &[
+            "lab",
+            "truncation",
+            "--lengths",
+            "10000",
+            "--batch",
+            "4096",
+            "--hidden",
+            "4096",
+        ],
+        dir.path(),
+    );
+    fails_with(&o, "memory");
 }
 
 #[test]

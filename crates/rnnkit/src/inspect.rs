@@ -26,10 +26,13 @@ pub struct Trace {
 /// Runs `model` over `ids` from the zero state, one character at a time, keeping
 /// every layer's state and gates at every step.
 pub fn trace(model: &CharLm, ids: &[usize]) -> Result<Trace> {
-    let mut stepper = Stepper::new(model, Precision::F32)?;
-    stepper.record_gates(true);
     let cfg = model.rnn.config();
     let (layers, hidden, cell) = (cfg.num_layers, cfg.hidden_size, cfg.cell);
+    // h, tanh(c) and the gates of every layer at every step.
+    let floats = (ids.len() as u64).saturating_mul((layers * hidden * (cell.gates() + 2)) as u64);
+    crate::train::check_memory(floats.saturating_mul(4), "--chars")?;
+    let mut stepper = Stepper::new(model, Precision::F32)?;
+    stepper.record_gates(true);
     let lstm = cell == CellKind::Lstm;
     let (mut h, mut c, mut gates) = (
         vec![Vec::with_capacity(ids.len() * hidden); layers],

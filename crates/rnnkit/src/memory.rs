@@ -244,6 +244,13 @@ pub fn train_memory(cfg: &MemoryConfig) -> Result<MemoryReport> {
         )));
     }
     let task = cfg.task;
+    // What a step keeps per timestep and sequence: the input, the cell's gates and
+    // states, the outputs and their gradients.
+    let per_row = task.input_width() + cfg.hidden * (cfg.cell.gates() + 5);
+    let floats = (task.steps(cfg.length) as u64)
+        .saturating_mul(cfg.batch as u64)
+        .saturating_mul(per_row as u64);
+    crate::train::check_memory(floats.saturating_mul(4), "--lengths, --batch or --hidden")?;
     let mut rng = Rng::new(cfg.seed);
     let config = RecurrentConfig::new(cfg.cell, task.input_width(), cfg.hidden);
     let mut layer = config.init::<f32>(&mut rng)?;

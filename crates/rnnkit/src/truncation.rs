@@ -9,7 +9,7 @@ use crate::layer::Parameters;
 use crate::model::{CharLm, CharLmConfig};
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerKind};
 use crate::rng::Rng;
-use crate::task::char_lm::{evaluate, Batching, CharLmRecipe, CharLmTask};
+use crate::task::char_lm::{check_training_memory, evaluate, Batching, CharLmRecipe, CharLmTask};
 use crate::task::Task;
 use std::time::Instant;
 
@@ -64,6 +64,7 @@ pub fn train_truncated(
         ));
     }
     let vocab = Vocab::from_text(text)?;
+    check_training_memory(&cfg.model, vocab.len(), cfg.batch, seq_len)?;
     let ids = vocab.encode(text)?;
     let n_val = (ids.len() as f64 * cfg.val_frac) as usize;
     let val = Streams::new(
