@@ -545,14 +545,7 @@ impl<T: Real> Recurrent<T> {
                     None => saved.dropout[l].disable(),
                 }
             }
-            let x_l = match (&saved.ids, l) {
-                (Some(ids), 0) if saved.one_hot => Input::OneHot { ids },
-                (Some(ids), 0) => Input::Embedded {
-                    table: &saved.table,
-                    ids,
-                },
-                _ => Input::Dense(&saved.inputs[l]),
-            };
+            let x_l = layer_input(&saved.ids, saved.one_hot, &saved.table, &saved.inputs, l);
             let cells = l * dirs..(l + 1) * dirs;
             let jobs: Vec<_> = saved.caches[cells.clone()]
                 .iter_mut()
@@ -633,14 +626,7 @@ impl<T: Real> Recurrent<T> {
         let mut dx_dirs: Vec<Vec<T>> = vec![Vec::new(); dirs];
         for l in (0..cfg.num_layers).rev() {
             let in_w = cfg.layer_input_size(l);
-            let x_l = match (&saved.ids, l) {
-                (Some(ids), 0) if saved.one_hot => Input::OneHot { ids },
-                (Some(ids), 0) => Input::Embedded {
-                    table: &saved.table,
-                    ids,
-                },
-                _ => Input::Dense(&saved.inputs[l]),
-            };
+            let x_l = layer_input(&saved.ids, saved.one_hot, &saved.table, &saved.inputs, l);
             let cells = l * dirs..(l + 1) * dirs;
             let outputs = &saved.outputs[cells.clone()];
             let d_between = &saved.d_between;
@@ -732,6 +718,22 @@ fn find_named<'a, T: Real>(
         .into_iter()
         .find(|(n, _)| *n == base)
         .map(|(_, t)| t)
+}
+
+/// The input of layer `l` as the last forward pass saved it: layer 0's ids (one-hot
+/// or into `table`) when it was given ids, else the dense rows of `inputs[l]`.
+fn layer_input<'a, T>(
+    ids: &'a Option<Vec<usize>>,
+    one_hot: bool,
+    table: &'a [T],
+    inputs: &'a [Vec<T>],
+    l: usize,
+) -> Input<'a, T> {
+    match (ids, l) {
+        (Some(ids), 0) if one_hot => Input::OneHot { ids },
+        (Some(ids), 0) => Input::Embedded { table, ids },
+        _ => Input::Dense(&inputs[l]),
+    }
 }
 
 /// The `(h, c)` rows `[B, H]` of each direction of layer `l` in `state` (`c` for LSTMs only).
