@@ -3,31 +3,10 @@
 //! gradients the finite-difference checks prove; the table's gradient is the
 //! row-wise sum of the input gradients.
 
-use rnnkit::{CellKind, Merge, Parameters, Recurrent, RecurrentConfig, Rng, Tensor};
+mod common;
+use common::{assert_close, grads, random};
 
-fn random(shape: &[usize], rng: &mut Rng) -> Tensor<f64> {
-    let n = shape.iter().product();
-    Tensor::from_vec(shape, (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()).unwrap()
-}
-
-fn grads(layer: &mut Recurrent<f64>) -> Vec<f64> {
-    let mut all = Vec::new();
-    layer.visit_params_mut(&mut |_, _, g| {
-        all.extend_from_slice(g.data());
-        g.data_mut().fill(0.0);
-    });
-    all
-}
-
-fn assert_close(what: &str, a: &[f64], b: &[f64]) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-10 * (1.0 + y.abs()),
-            "{what}[{i}]: {x} vs {y}"
-        );
-    }
-}
+use rnnkit::{CellKind, Merge, Recurrent, RecurrentConfig, Rng, Tensor};
 
 #[test]
 fn embedded_inputs_match_dense_inputs() {
@@ -58,9 +37,14 @@ fn embedded_inputs_match_dense_inputs() {
         let (d_table, _) = layer.backward(&dy, None).unwrap();
         let g_emb = grads(&mut layer);
 
-        assert_close(&format!("{cell} y"), y_emb.data(), y_dense.data());
-        assert_close(&format!("{cell} h_n"), fin_emb.h.data(), fin_dense.h.data());
-        assert_close(&format!("{cell} grads"), &g_emb, &g_dense);
+        assert_close(&format!("{cell} y"), y_emb.data(), y_dense.data(), 1e-10);
+        assert_close(
+            &format!("{cell} h_n"),
+            fin_emb.h.data(),
+            fin_dense.h.data(),
+            1e-10,
+        );
+        assert_close(&format!("{cell} grads"), &g_emb, &g_dense, 1e-10);
         assert_eq!(d_table.shape(), &[v, e]);
         let mut want = vec![0.0; v * e];
         for (row, &id) in dx.data().chunks_exact(e).zip(&ids) {
@@ -68,7 +52,7 @@ fn embedded_inputs_match_dense_inputs() {
                 *w += d;
             }
         }
-        assert_close(&format!("{cell} d_table"), d_table.data(), &want);
+        assert_close(&format!("{cell} d_table"), d_table.data(), &want, 1e-10);
     }
 }
 
@@ -112,8 +96,8 @@ fn one_hot_inputs_match_dense_one_hot_vectors() {
             .unwrap();
         let (dx, _) = layer.backward(&dy, None).unwrap();
         let g_hot = grads(&mut layer);
-        assert_close(&format!("{cell} y"), y_hot.data(), y_dense.data());
-        assert_close(&format!("{cell} grads"), &g_hot, &g_dense);
+        assert_close(&format!("{cell} y"), y_hot.data(), y_dense.data(), 1e-10);
+        assert_close(&format!("{cell} grads"), &g_hot, &g_dense, 1e-10);
         assert_eq!(dx.shape(), &[0, v]);
     }
     let mut layer: Recurrent<f32> = RecurrentConfig::new(CellKind::Gru, 4, 3)

@@ -5,31 +5,10 @@
 //! gradients, and one thread computes what two do.
 
 use rnnkit::cell::packing_order;
-use rnnkit::{CellKind, Parameters, Recurrent, RecurrentConfig, Rng, Tensor};
+mod common;
+use common::{assert_close, grads, random};
 
-fn random(shape: &[usize], rng: &mut Rng) -> Tensor<f64> {
-    let n = shape.iter().product();
-    Tensor::from_vec(shape, (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()).unwrap()
-}
-
-fn grads(layer: &mut Recurrent<f64>) -> Vec<f64> {
-    let mut all = Vec::new();
-    layer.visit_params_mut(&mut |_, _, g| {
-        all.extend_from_slice(g.data());
-        g.data_mut().fill(0.0);
-    });
-    all
-}
-
-fn assert_close(what: &str, a: &[f64], b: &[f64]) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-12 * (1.0 + y.abs()),
-            "{what}[{i}]: {x} vs {y}"
-        );
-    }
-}
+use rnnkit::{CellKind, Recurrent, RecurrentConfig, Rng, Tensor};
 
 /// Row `r` of every `[T, B, w]` time step of `x` taken from row `order[r]`.
 fn permute(x: &Tensor<f64>, order: &[usize]) -> Tensor<f64> {
@@ -88,11 +67,13 @@ fn the_packing_order_changes_nothing_but_the_row_order() {
             &format!("{name} outputs"),
             py.data(),
             permute(&y, &order).data(),
+            1e-12,
         );
         assert_close(
             &format!("{name} dx"),
             pdx.data(),
             permute(&dx, &order).data(),
+            1e-12,
         );
         // Sums over the batch in another order: equal up to rounding.
         for (k, (a, e)) in pg.iter().zip(&g).enumerate() {
@@ -130,9 +111,9 @@ fn one_thread_computes_what_two_do() {
             };
             let ((y1, dx1, g1), (y2, dx2, g2)) = (run(1), run(2));
             let name = format!("{} bidirectional={bidirectional}", cell.name());
-            assert_close(&format!("{name} outputs"), y2.data(), y1.data());
-            assert_close(&format!("{name} dx"), dx2.data(), dx1.data());
-            assert_close(&format!("{name} grads"), &g2, &g1);
+            assert_close(&format!("{name} outputs"), y2.data(), y1.data(), 1e-12);
+            assert_close(&format!("{name} dx"), dx2.data(), dx1.data(), 1e-12);
+            assert_close(&format!("{name} grads"), &g2, &g1, 1e-12);
         }
     }
 }
