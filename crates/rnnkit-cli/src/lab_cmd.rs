@@ -339,11 +339,7 @@ fn draw_flow(lines: &[(String, Vec<f64>)], path: &Path) -> anyhow::Result<()> {
                 .label(name.clone())
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        crate::plot::legend(&mut chart)?;
         Ok(())
     })
 }
@@ -403,11 +399,7 @@ fn draw(runs: &[(usize, OnlineReport)], path: &Path) -> anyhow::Result<()> {
                     .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        crate::plot::legend(&mut chart)?;
         Ok(())
     })
 }

@@ -484,11 +484,7 @@ where
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    crate::plot::legend(chart)?;
     Ok(())
 }
 
@@ -539,11 +535,7 @@ fn draw_flows(length: usize, cells: &[CellRuns], path: &Path) -> anyhow::Result<
                 .label(c.name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        crate::plot::legend(&mut chart)?;
         Ok(())
     })
 }
@@ -591,11 +583,7 @@ fn draw_clipping(runs: &[(String, MemoryReport)], path: &Path) -> anyhow::Result
                 .label(format!("clip {name}"))
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        crate::plot::legend(&mut chart)?;
         Ok(())
     })
 }

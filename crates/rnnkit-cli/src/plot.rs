@@ -45,6 +45,21 @@ pub fn svg_string(
     Ok(svg)
 }
 
+/// Draws the framed legend of `chart`'s labelled series, as every picture does.
+pub fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// Draws `history` to `path` (SVG), replacing the file atomically.
 pub fn loss_curve(history: &[LogEntry], style: &Style, path: &Path) -> anyhow::Result<()> {
     let mut scores: BTreeMap<&str, Vec<(u64, f64)>> = BTreeMap::new();
@@ -148,11 +163,7 @@ where
                 .label("validation")
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
             chart.draw_series(val.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
-            chart
-                .configure_series_labels()
-                .border_style(BLACK)
-                .background_style(WHITE)
-                .draw()?;
+            legend(&mut chart)?;
         }};
     }
     if style.log_scale {
@@ -194,11 +205,7 @@ where
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE)
-        .draw()?;
+    legend(&mut chart)?;
     Ok(())
 }
 

@@ -144,11 +144,7 @@ fn gate_picture(tr: &Trace) -> anyhow::Result<String> {
                     .label(*name)
                     .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()?;
+            crate::plot::legend(&mut chart)?;
         }
         Ok(())
     })
