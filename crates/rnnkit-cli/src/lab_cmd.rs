@@ -291,7 +291,12 @@ fn gradients(o: GradientOpts) -> anyhow::Result<ExitCode> {
         rows.push(serde_json::json!({"cell": kind.name(), "relative_norm": rel, "below_1pct_from": reach}));
         lines.push((kind.name().to_string(), rel));
     }
-    draw_flow(&lines, &o.svg)?;
+    draw_flow(
+        "gradient through time, relative to k = 1",
+        &lines,
+        &[],
+        &o.svg,
+    )?;
     eprintln!("picture: {}", o.svg.display());
     if o.json {
         let j = serde_json::json!({"hidden": h, "steps": steps, "draws": o.draws, "weight_scale": o.weight_scale, "cells": rows});
@@ -300,23 +305,35 @@ fn gradients(o: GradientOpts) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The relative norms against k on a logarithmic axis, one line per cell.
-fn draw_flow(lines: &[(String, Vec<f64>)], path: &Path) -> anyhow::Result<()> {
+/// The relative norms against k on a logarithmic axis, one line per cell; a line of
+/// `before` (same index, same colour) is drawn dashed beside it.
+pub(crate) fn draw_flow(
+    title: &str,
+    lines: &[(String, Vec<f64>)],
+    before: &[Vec<f64>],
+    path: &Path,
+) -> anyhow::Result<()> {
     let finite = || {
         lines
             .iter()
-            .flat_map(|(_, v)| v.iter().copied())
+            .map(|(_, v)| v)
+            .chain(before)
+            .flat_map(|v| v.iter().copied())
             .filter(|v| v.is_finite() && *v > 0.0)
     };
-    let lo = finite().fold(f64::MAX, f64::min).min(0.5);
+    let lo = finite().fold(f64::MAX, f64::min).clamp(1e-300, 0.5);
     let hi = finite().fold(0.0f64, f64::max).max(2.0);
     let steps = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(1);
+    let points = |v: &[f64]| -> Vec<(usize, f64)> {
+        v.iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite() && **v > 0.0)
+            .map(|(k, &v)| (k + 1, v.clamp(lo, hi)))
+            .collect()
+    };
     write_svg(path, (800, 480), |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption(
-                "gradient through time, relative to k = 1",
-                ("sans-serif", 18),
-            )
+            .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(64)
@@ -329,13 +346,16 @@ fn draw_flow(lines: &[(String, Vec<f64>)], path: &Path) -> anyhow::Result<()> {
             .draw()?;
         for (i, (name, rel)) in lines.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            let points = rel
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.is_finite() && **v > 0.0)
-                .map(|(k, &v)| (k + 1, v.clamp(lo, hi)));
+            if let Some(b) = before.get(i) {
+                chart.draw_series(DashedLineSeries::new(
+                    points(b),
+                    6,
+                    4,
+                    color.stroke_width(1),
+                ))?;
+            }
             chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+                .draw_series(LineSeries::new(points(rel), color.stroke_width(2)))?
                 .label(name.clone())
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
         }

@@ -4,6 +4,7 @@
 //! of each cell at initialisation and after training. `rnnkit lab clipping` trains on
 //! the same tasks from exploding recurrent weights, with and without clipping.
 
+use crate::lab_cmd::draw_flow;
 use crate::plot::write_svg;
 use crate::train_cmd::Cell;
 use clap::{Args, ValueEnum};
@@ -311,7 +312,17 @@ pub fn run(o: MemoryOpts) -> anyhow::Result<ExitCode> {
         });
     }
     draw_scores(task, &lengths, &results, &o.svg)?;
-    draw_flows(flow_length, &results, &o.flow_svg)?;
+    let trained: Vec<(String, Vec<f64>)> = results
+        .iter()
+        .map(|c| (c.name.to_string(), c.flow[1].clone()))
+        .collect();
+    let initialised: Vec<Vec<f64>> = results.iter().map(|c| c.flow[0].clone()).collect();
+    draw_flow(
+        &format!("gradient through time at T = {flow_length}: initialised (dashed) and trained"),
+        &trained,
+        &initialised,
+        &o.flow_svg,
+    )?;
     eprintln!(
         "pictures: {} (score against T), {} (gradient through time at T={flow_length})",
         o.svg.display(),
@@ -486,58 +497,6 @@ where
     }
     crate::plot::legend(chart)?;
     Ok(())
-}
-
-/// Relative gradient norms against k, log scale: each cell at initialisation
-/// (dashed) and trained (solid).
-fn draw_flows(length: usize, cells: &[CellRuns], path: &Path) -> anyhow::Result<()> {
-    let finite = || {
-        cells
-            .iter()
-            .flat_map(|c| c.flow.iter().flatten().copied())
-            .filter(|v| v.is_finite() && *v > 0.0)
-    };
-    let lo = finite().fold(f64::MAX, f64::min).clamp(1e-300, 0.5);
-    let hi = finite().fold(0.0f64, f64::max).max(2.0);
-    write_svg(path, (800, 480), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("gradient through time at T = {length}: initialised (dashed) and trained"),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
-            .build_cartesian_2d(1usize..length.max(2), (lo..hi).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_desc("k (steps back from the loss)")
-            .y_desc("‖∂L/∂s_(T−k)‖ / ‖∂L/∂s_(T−1)‖")
-            .y_label_formatter(&|v| format!("{v:.0e}"))
-            .draw()?;
-        for (i, c) in cells.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let points = |v: &[f64]| -> Vec<(usize, f64)> {
-                v.iter()
-                    .enumerate()
-                    .filter(|(_, v)| v.is_finite() && **v > 0.0)
-                    .map(|(k, &v)| (k + 1, v.clamp(lo, hi)))
-                    .collect()
-            };
-            chart.draw_series(DashedLineSeries::new(
-                points(&c.flow[0]),
-                6,
-                4,
-                color.stroke_width(1),
-            ))?;
-            chart
-                .draw_series(LineSeries::new(points(&c.flow[1]), color.stroke_width(2)))?
-                .label(c.name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
-        }
-        crate::plot::legend(&mut chart)?;
-        Ok(())
-    })
 }
 
 /// Training loss against updates for each clip, log scale (a run that diverged stops).
