@@ -24,6 +24,7 @@ pub mod online;
 pub mod optim;
 pub mod rng;
 pub mod rtrl;
+pub mod seq2seq;
 pub mod task;
 pub mod tensor;
 pub mod train;

@@ -261,6 +261,8 @@ pub struct Recurrent<T: Real = f32> {
     params: Vec<CellParams<T>>,
     grads: Vec<CellParams<T>>,
     saved: Saved<T>,
+    /// What [`Recurrent::step_train`] kept of each timestep, for [`Recurrent::step_backward`].
+    tape: Vec<Saved<T>>,
 }
 
 impl<T: Real> Recurrent<T> {
@@ -313,6 +315,7 @@ impl<T: Real> Recurrent<T> {
             params,
             grads,
             saved: Saved::default(),
+            tape: Vec::new(),
         })
     }
 
@@ -455,6 +458,62 @@ impl<T: Real> Recurrent<T> {
             )));
         }
         self.run_forward(Input::OneHot { ids }, steps, batch, lengths, init, rng)
+    }
+
+    /// One timestep of a stepped sequence, for models whose next input depends on the
+    /// last output (a decoder fed its own attention): runs `x [1, B, input_size]` from
+    /// `state` as [`Recurrent::forward_train`] does (dropout between layers when `rng`
+    /// is given) and keeps what [`Recurrent::step_backward`] needs as step `t` of a
+    /// tape, so the steps of a sequence can be run one by one and then backpropagated
+    /// in reverse order.
+    pub fn step_train(
+        &mut self,
+        t: usize,
+        x: &Tensor<T>,
+        state: &RecurrentState<T>,
+        rng: Option<&mut Rng>,
+    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        let (steps, batch) = self.check_input(x)?;
+        if steps != 1 {
+            return Err(Error::Shape(format!(
+                "a stepped input is one timestep [1, B, {}], got {:?}",
+                self.config.input_size,
+                x.shape()
+            )));
+        }
+        self.on_tape(t, |rnn| {
+            rnn.run_forward(Input::Dense(x.data()), 1, batch, None, Some(state), rng)
+        })
+    }
+
+    /// Backpropagates through step `t` of [`Recurrent::step_train`]: `dy [1, B, output_size]`
+    /// is the gradient of that step's output and `d_state` that of the state it returned.
+    /// Adds the parameter gradients; returns the gradients of the step's input and of
+    /// the state it started from.
+    pub fn step_backward(
+        &mut self,
+        t: usize,
+        dy: &Tensor<T>,
+        d_state: &RecurrentState<T>,
+    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        if t >= self.tape.len() {
+            return Err(Error::Input(format!(
+                "step_backward of step {t}, but only {} steps were run",
+                self.tape.len()
+            )));
+        }
+        self.on_tape(t, |rnn| rnn.backward(dy, Some(d_state)))
+    }
+
+    /// Runs `f` with step `t` of the tape as the saved forward pass.
+    fn on_tape<R>(&mut self, t: usize, f: impl FnOnce(&mut Self) -> R) -> R {
+        if self.tape.len() <= t {
+            self.tape.resize_with(t + 1, Saved::default);
+        }
+        std::mem::swap(&mut self.saved, &mut self.tape[t]);
+        let out = f(self);
+        std::mem::swap(&mut self.saved, &mut self.tape[t]);
+        out
     }
 
     /// `(T, B)` of an input `[T, B, input_size]`.
@@ -696,9 +755,9 @@ impl<T: Real> Parameters<T> for Recurrent<T> {
     }
 
     fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
-        self.saved
-            .caches
-            .iter_mut()
+        std::iter::once(&mut self.saved)
+            .chain(&mut self.tape)
+            .flat_map(|s| &mut s.caches)
             .for_each(CellCache::weights_changed);
         for (idx, (p, g)) in self.params.iter_mut().zip(&mut self.grads).enumerate() {
             for ((name, t), (_, gt)) in p.named_mut().into_iter().zip(g.named_mut()) {

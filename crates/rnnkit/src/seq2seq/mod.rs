@@ -1,0 +1,831 @@
+//! Encoder–decoder (sequence to sequence) with attention and input feeding
+//! (Luong et al. 2015), as the PyTorch module `tools/task_modules.py::Seq2seq`.
+//!
+//! ```text
+//! encoder:  e_1..e_S, final state = RNN(src_embed(x_1..x_S))     (uni- or bidirectional,
+//!           H/2 per direction when bidirectional, so e_s and the states are H wide)
+//! decoder:  state_0 = the encoder's final state (directions concatenated, per layer)
+//!           h_t = RNN([tgt_embed(y_{t-1}); o_{t-1}], state_{t-1})   o_0 = 0, y_0 = <s>
+//!           ctx_t = Σ_s α_ts e_s (see [`attention`])
+//!           o_t = dropout(tanh(W_c [ctx_t; h_t] + b_c))   (o_t = dropout(h_t) without attention)
+//!           p(y_t | y_<t, x) = softmax(W_o o_t + b_o)
+//! ```
+//!
+//! Trained with teacher forcing; the loss is the mean cross-entropy over real target
+//! tokens (the end token included, padding left out). Decoding: [`Seq2seq::greedy`]
+//! and [`Seq2seq::beam`] (in `decode.rs`).
+
+pub mod attention;
+mod decode;
+
+pub use attention::{Attention, AttentionKind, Memory, StepAttention};
+pub use decode::{max_output_len, DecodeOptions, Decoded};
+
+use crate::checkpoint::{self, TensorFile};
+use crate::data::{Split, TokenVocab};
+use crate::error::{Error, Result};
+use crate::layer::{
+    Dropout, Embedding, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig,
+    RecurrentState,
+};
+use crate::loss::{cross_entropy, CrossEntropy, LossValue};
+use crate::rng::Rng;
+use crate::tensor::{Real, Tensor};
+use crate::train::{Change, Setting, Settings};
+use crate::CellKind;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Metadata key of the attention kind.
+pub const META_ATTENTION: &str = "rnnkit.attention";
+/// Metadata key of the source vocabulary (JSON list, index = id).
+pub const META_SOURCE_VOCAB: &str = "rnnkit.source_vocab";
+/// Metadata key of the target vocabulary (JSON list; `</s>` = 0, `<s>` = 1).
+pub const META_TARGET_VOCAB: &str = "rnnkit.target_vocab";
+/// Metadata key of how sources are split into tokens.
+pub const META_SOURCE_TOKENS: &str = "rnnkit.source_tokens";
+/// Metadata key of how targets are split into tokens.
+pub const META_TARGET_TOKENS: &str = "rnnkit.target_tokens";
+
+/// Sizes of a [`Seq2seq`]; the vocabularies come from the data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Seq2seqConfig {
+    /// The recurrence of encoder and decoder.
+    pub cell: CellKind,
+    /// How the decoder looks at the source.
+    pub attention: AttentionKind,
+    /// Width of both embeddings.
+    pub embed: usize,
+    /// Decoder width H (the encoder has H/2 per direction when bidirectional).
+    pub hidden_size: usize,
+    /// Layers of the encoder and of the decoder.
+    pub num_layers: usize,
+    /// Read the source in both directions.
+    pub bidirectional: bool,
+    /// Dropout between recurrent layers and on the decoder's output, in training.
+    pub dropout: f32,
+}
+
+impl Settings for Seq2seqConfig {
+    fn settings(&self) -> Vec<Setting> {
+        use Change::*;
+        vec![
+            Setting::new("--cell", self.cell, Fixed),
+            Setting::new("--attention", self.attention, Fixed),
+            Setting::new("--embed", self.embed, Fixed),
+            Setting::new("--hidden", self.hidden_size, Fixed),
+            Setting::new("--layers", self.num_layers, Fixed),
+            Setting::new("--bidirectional", self.bidirectional, Fixed),
+            Setting::new("--dropout", self.dropout, Alters),
+        ]
+    }
+}
+
+impl Seq2seqConfig {
+    /// Checks the sizes fit together (a bidirectional encoder needs an even width).
+    pub fn validate(&self) -> Result<()> {
+        if self.bidirectional && self.hidden_size % 2 != 0 {
+            return Err(Error::Input(format!(
+                "--hidden {} must be even with a bidirectional encoder (each direction has half)",
+                self.hidden_size
+            )));
+        }
+        if self.embed == 0 || self.hidden_size == 0 || self.num_layers == 0 {
+            return Err(Error::Input(
+                "--embed, --hidden and --layers must be at least 1".into(),
+            ));
+        }
+        self.encoder().validate()?;
+        self.decoder().validate()
+    }
+
+    fn directions(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn encoder(&self) -> RecurrentConfig {
+        RecurrentConfig::new(self.cell, self.embed, self.hidden_size / self.directions())
+            .with_layers(self.num_layers)
+            .with_bidirectional(self.bidirectional)
+            .with_dropout(self.dropout)
+    }
+
+    fn decoder(&self) -> RecurrentConfig {
+        let feed = if self.attention == AttentionKind::None {
+            0
+        } else {
+            self.hidden_size
+        };
+        RecurrentConfig::new(self.cell, self.embed + feed, self.hidden_size)
+            .with_layers(self.num_layers)
+            .with_dropout(self.dropout)
+    }
+}
+
+/// A padded, time-major batch of pairs (or of sources only, for decoding).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PairBatch {
+    /// Source ids `[S, B]` (0 past each end).
+    pub src: Vec<usize>,
+    /// Source lengths (≥ 1).
+    pub src_len: Vec<usize>,
+    /// Decoder inputs `[T, B]`: `<s>` then the target.
+    pub tgt_in: Vec<usize>,
+    /// Decoder outputs `[T, B]`: the target then `</s>`.
+    pub tgt_out: Vec<usize>,
+    /// Target lengths with the end token.
+    pub tgt_len: Vec<usize>,
+}
+
+impl PairBatch {
+    /// Pads `pairs` (source ids, target ids without specials) time-major.
+    pub fn new(pairs: &[(&[usize], &[usize])]) -> Result<Self> {
+        let b = pairs.len();
+        if b == 0 {
+            return Err(Error::Input("an empty batch".into()));
+        }
+        if let Some(k) = pairs.iter().position(|(s, _)| s.is_empty()) {
+            return Err(Error::Input(format!("source {k} of the batch is empty")));
+        }
+        let s_max = pairs.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+        let t_max = pairs.iter().map(|(_, t)| t.len() + 1).max().unwrap_or(0);
+        let mut batch = PairBatch {
+            src: vec![0; s_max * b],
+            src_len: pairs.iter().map(|(s, _)| s.len()).collect(),
+            tgt_in: vec![crate::data::END; t_max * b],
+            tgt_out: vec![crate::data::END; t_max * b],
+            tgt_len: pairs.iter().map(|(_, t)| t.len() + 1).collect(),
+        };
+        for (j, (s, t)) in pairs.iter().enumerate() {
+            for (i, &id) in s.iter().enumerate() {
+                batch.src[i * b + j] = id;
+            }
+            batch.tgt_in[j] = crate::data::START;
+            for (i, &id) in t.iter().enumerate() {
+                batch.tgt_in[(i + 1) * b + j] = id;
+                batch.tgt_out[i * b + j] = id;
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Sequences in the batch.
+    pub fn size(&self) -> usize {
+        self.src_len.len()
+    }
+
+    /// Padded source steps S.
+    pub fn src_steps(&self) -> usize {
+        self.src.len() / self.size().max(1)
+    }
+
+    /// Padded target steps T.
+    pub fn tgt_steps(&self) -> usize {
+        self.tgt_in.len() / self.size().max(1)
+    }
+}
+
+/// What one decoder step keeps for the backward pass.
+#[derive(Clone, Debug, Default)]
+struct StepSaved<T> {
+    /// The decoder's top output `h_t [B, H]`.
+    q: Vec<T>,
+    /// `[ctx_t; h_t]` `[B, 2H]`.
+    cat: Vec<T>,
+    /// `tanh(W_c [ctx; h] + b_c)` `[B, H]`.
+    tilde: Vec<T>,
+    attn: StepAttention<T>,
+    dropout: Dropout<T>,
+}
+
+/// Everything a teacher-forced forward keeps for [`Seq2seq`]'s backward pass.
+#[derive(Clone, Debug, Default)]
+struct Saved<T> {
+    steps: Vec<StepSaved<T>>,
+    mem: Memory<T>,
+    /// `o_t` of every step `[T, B, H]`.
+    outputs: Vec<T>,
+}
+
+/// The encoder–decoder with its vocabularies and gradients.
+#[derive(Clone, Debug)]
+pub struct Seq2seq<T: Real = f32> {
+    /// `src_embed.weight [Vs, E]`.
+    pub src_embed: Embedding<T>,
+    /// `encoder.*`.
+    pub encoder: Recurrent<T>,
+    /// `tgt_embed.weight [Vt, E]`.
+    pub tgt_embed: Embedding<T>,
+    /// `decoder.*`.
+    pub decoder: Recurrent<T>,
+    /// `attn.*`.
+    pub attention: Attention<T>,
+    /// `combine.*` `[H, 2H]` (absent without attention).
+    pub combine: Option<Linear<T>>,
+    /// `out.*` `[Vt, H]`.
+    pub out: Linear<T>,
+    /// Source tokens.
+    pub source_vocab: TokenVocab,
+    /// Target tokens (`</s>`, `<s>`, …).
+    pub target_vocab: TokenVocab,
+    /// How source and target lines are split into tokens.
+    pub splits: (Split, Split),
+    config: Seq2seqConfig,
+    saved: Saved<T>,
+}
+
+impl<T: Real> Seq2seq<T> {
+    /// A freshly initialised model (torch's default initialisation of every module).
+    pub fn new(
+        config: &Seq2seqConfig,
+        source_vocab: TokenVocab,
+        target_vocab: TokenVocab,
+        splits: (Split, Split),
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        config.validate()?;
+        if source_vocab.is_empty() {
+            return Err(Error::Input("the source vocabulary is empty".into()));
+        }
+        if target_vocab.len() < 3 {
+            return Err(Error::Input(
+                "the target vocabulary needs a token besides </s> and <s>".into(),
+            ));
+        }
+        let h = config.hidden_size;
+        let src_embed = Embedding::new(source_vocab.len(), config.embed, rng);
+        let encoder = config.encoder().init(rng)?;
+        let tgt_embed = Embedding::new(target_vocab.len(), config.embed, rng);
+        let decoder = config.decoder().init(rng)?;
+        let attention = Attention::new(config.attention, h, rng);
+        let combine = (config.attention != AttentionKind::None).then(|| Linear::new(2 * h, h, rng));
+        let out = Linear::new(h, target_vocab.len(), rng);
+        Ok(Seq2seq {
+            src_embed,
+            encoder,
+            tgt_embed,
+            decoder,
+            attention,
+            combine,
+            out,
+            source_vocab,
+            target_vocab,
+            splits,
+            config: config.clone(),
+            saved: Saved::default(),
+        })
+    }
+
+    /// The sizes.
+    pub fn config(&self) -> &Seq2seqConfig {
+        &self.config
+    }
+
+    /// Sets the dropout used in training.
+    pub fn set_dropout(&mut self, dropout: f32) -> Result<()> {
+        let mut cfg = self.config.clone();
+        cfg.dropout = dropout;
+        cfg.validate()?;
+        self.encoder = Recurrent::from_params(
+            self.encoder.config().clone().with_dropout(dropout),
+            self.encoder.cells().to_vec(),
+        )?;
+        self.decoder = Recurrent::from_params(
+            self.decoder.config().clone().with_dropout(dropout),
+            self.decoder.cells().to_vec(),
+        )?;
+        self.config = cfg;
+        Ok(())
+    }
+
+    /// Runs the encoder over a batch's sources: the attention memory and the decoder's
+    /// initial state.
+    pub fn encode(
+        &mut self,
+        src: &[usize],
+        src_len: &[usize],
+        rng: Option<&mut Rng>,
+    ) -> Result<(Memory<T>, RecurrentState<T>)> {
+        let b = src_len.len();
+        let steps = src.len() / b.max(1);
+        if let Some(k) = src.iter().position(|&id| id >= self.source_vocab.len()) {
+            return Err(Error::Input(format!(
+                "source id {} at position {k} is outside the vocabulary of {}",
+                src[k],
+                self.source_vocab.len()
+            )));
+        }
+        let (enc, state) = self.encoder.forward_embedded(
+            &self.src_embed.weight,
+            src,
+            (steps, b),
+            Some(src_len),
+            None,
+            rng,
+        )?;
+        let mem = self
+            .attention
+            .memory(enc.into_vec(), src_len, self.config.hidden_size)?;
+        let dirs = self.config.directions();
+        let init = map_state(&state, |t| bridge(t, dirs, false));
+        Ok((mem, init))
+    }
+
+    /// One decoder step for the tokens `ids [B]` with the fed-back `feed [B, H]` (ignored
+    /// without attention) from `state`. With `tape = Some(t)` it runs in training mode
+    /// (dropout when `rng` is given) and keeps step `t` for the backward pass. Returns
+    /// `o_t [B, H]`, the new state and `α [B, S]` (empty without attention).
+    pub fn step(
+        &mut self,
+        tape: Option<usize>,
+        ids: &[usize],
+        feed: &[T],
+        state: &RecurrentState<T>,
+        mem: &Memory<T>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<(Vec<T>, RecurrentState<T>, Vec<T>)> {
+        let (b, e, h) = (ids.len(), self.config.embed, self.config.hidden_size);
+        let attend = self.config.attention != AttentionKind::None;
+        let in_w = self.decoder.config().input_size;
+        let mut x = Tensor::zeros(&[1, b, in_w]);
+        for (j, &id) in ids.iter().enumerate() {
+            if id >= self.target_vocab.len() {
+                return Err(Error::Input(format!(
+                    "target id {id} is outside the vocabulary of {}",
+                    self.target_vocab.len()
+                )));
+            }
+            let row = &mut x.data_mut()[j * in_w..][..in_w];
+            row[..e].copy_from_slice(&self.tgt_embed.weight.data()[id * e..][..e]);
+            if attend {
+                row[e..].copy_from_slice(&feed[j * h..][..h]);
+            }
+        }
+        let (y, new_state) = match tape {
+            Some(t) => self.decoder.step_train(t, &x, state, rng.as_deref_mut())?,
+            None => self.decoder.forward(&x, None, Some(state))?,
+        };
+        let q = y.into_vec();
+        let mut saved = StepSaved::default();
+        let mut o = if attend {
+            let mut ctx = vec![T::zero(); b * h];
+            self.attention.forward(mem, &q, &mut ctx, &mut saved.attn);
+            saved.cat = vec![T::zero(); b * 2 * h];
+            for j in 0..b {
+                saved.cat[j * 2 * h..][..h].copy_from_slice(&ctx[j * h..][..h]);
+                saved.cat[j * 2 * h + h..][..h].copy_from_slice(&q[j * h..][..h]);
+            }
+            saved.tilde = vec![T::zero(); b * h];
+            let combine = self.combine.as_ref().expect("attention has combine");
+            combine.forward(&saved.cat, b, &mut saved.tilde);
+            T::tanh_inplace(&mut saved.tilde);
+            saved.tilde.clone()
+        } else {
+            q.clone()
+        };
+        match (tape, rng) {
+            (Some(_), Some(r)) => saved.dropout.forward(&mut o, self.config.dropout, r),
+            _ => saved.dropout.disable(),
+        }
+        let alpha = saved.attn.alpha.clone();
+        if let Some(t) = tape {
+            saved.q = q;
+            let steps = &mut self.saved.steps;
+            if steps.len() <= t {
+                steps.resize_with(t + 1, StepSaved::default);
+            }
+            steps[t] = saved;
+        }
+        Ok((o, new_state, alpha))
+    }
+
+    /// Teacher-forced forward over `batch` (training mode with dropout when `rng` is
+    /// given); keeps what [`Seq2seq::backward`] needs. Returns the logits `[T, B, Vt]`.
+    pub fn forward(&mut self, batch: &PairBatch, mut rng: Option<&mut Rng>) -> Result<Vec<T>> {
+        let (b, tt, h) = (batch.size(), batch.tgt_steps(), self.config.hidden_size);
+        let (mem, mut state) = self.encode(&batch.src, &batch.src_len, rng.as_deref_mut())?;
+        let mut feed = vec![T::zero(); b * h];
+        let mut outputs = vec![T::zero(); tt * b * h];
+        for t in 0..tt {
+            let ids = &batch.tgt_in[t * b..][..b];
+            let (o, s, _) = self.step(Some(t), ids, &feed, &state, &mem, rng.as_deref_mut())?;
+            outputs[t * b * h..][..b * h].copy_from_slice(&o);
+            feed = o;
+            state = s;
+        }
+        let v = self.target_vocab.len();
+        let mut logits = vec![T::zero(); tt * b * v];
+        self.out.forward(&outputs, tt * b, &mut logits);
+        self.saved.mem = mem;
+        self.saved.outputs = outputs;
+        Ok(logits)
+    }
+
+    /// Mean cross-entropy of the logits of [`Seq2seq::forward`] over the real target
+    /// tokens of `batch`, and its gradient when `dlogits` is given.
+    pub fn loss(
+        &self,
+        batch: &PairBatch,
+        logits: &[T],
+        dlogits: Option<&mut [T]>,
+    ) -> Result<LossValue> {
+        let b = batch.size();
+        let mask: Vec<bool> = (0..batch.tgt_out.len())
+            .map(|r| r / b < batch.tgt_len[r % b])
+            .collect();
+        cross_entropy(
+            logits,
+            self.target_vocab.len(),
+            &batch.tgt_out,
+            Some(&mask),
+            &CrossEntropy::default(),
+            dlogits,
+        )
+    }
+
+    /// Forward with dropout, loss, backward: adds the gradients of the batch's mean loss.
+    pub fn train_step(&mut self, batch: &PairBatch, rng: &mut Rng) -> Result<LossValue> {
+        let logits = self.forward(batch, Some(rng))?;
+        let mut dlogits = vec![T::zero(); logits.len()];
+        let loss = self.loss(batch, &logits, Some(&mut dlogits))?;
+        self.backward(batch, &dlogits)?;
+        Ok(loss)
+    }
+
+    /// Backpropagates `dlogits [T, B, Vt]` through the last [`Seq2seq::forward`],
+    /// adding every parameter's gradient.
+    pub fn backward(&mut self, batch: &PairBatch, dlogits: &[T]) -> Result<()> {
+        let (b, tt) = (batch.size(), batch.tgt_steps());
+        let (e, h) = (self.config.embed, self.config.hidden_size);
+        let Seq2seq {
+            src_embed,
+            encoder,
+            tgt_embed,
+            decoder,
+            attention,
+            combine,
+            out,
+            saved,
+            config,
+            ..
+        } = self;
+        if saved.steps.len() < tt || saved.outputs.len() != tt * b * h {
+            return Err(Error::Input(
+                "backward called without a forward pass of this batch before it".into(),
+            ));
+        }
+        let mut d_o = vec![T::zero(); tt * b * h];
+        out.backward(&saved.outputs, dlogits, tt * b, Some(&mut d_o));
+        let mem = &saved.mem;
+        let mut d_enc = vec![T::zero(); mem.enc.len()];
+        let mut d_keys = vec![T::zero(); mem.enc.len()];
+        let mut d_state = RecurrentState::zeros(decoder.config(), b);
+        let mut d_feed = vec![T::zero(); b * h];
+        let in_w = decoder.config().input_size;
+        let mut d_embed = vec![T::zero(); b * e];
+        for t in (0..tt).rev() {
+            let st = &saved.steps[t];
+            let mut dq: Vec<T> = d_o[t * b * h..][..b * h].to_vec();
+            dq.iter_mut().zip(&d_feed).for_each(|(d, &f)| *d += f);
+            st.dropout.backward(&mut dq);
+            if let Some(combine) = combine.as_mut() {
+                // o = tanh(W_c [ctx; q] + b_c)
+                for (d, &y) in dq.iter_mut().zip(&st.tilde) {
+                    *d *= T::one() - y * y;
+                }
+                let mut dcat = vec![T::zero(); b * 2 * h];
+                combine.backward(&st.cat, &dq, b, Some(&mut dcat));
+                let dctx: Vec<T> = dcat
+                    .chunks_exact(2 * h)
+                    .flat_map(|r| r[..h].iter().copied())
+                    .collect();
+                attention.backward(
+                    mem,
+                    &st.q,
+                    &st.attn,
+                    &dctx,
+                    &mut dq,
+                    &mut d_enc,
+                    &mut d_keys,
+                );
+                for (j, r) in dcat.chunks_exact(2 * h).enumerate() {
+                    dq[j * h..][..h]
+                        .iter_mut()
+                        .zip(&r[h..])
+                        .for_each(|(d, &g)| *d += g);
+                }
+            }
+            let dy = Tensor::from_vec(&[1, b, h], dq)?;
+            let (dx, ds) = decoder.step_backward(t, &dy, &d_state)?;
+            d_state = ds;
+            for (j, row) in dx.data().chunks_exact(in_w).enumerate() {
+                d_embed[j * e..][..e].copy_from_slice(&row[..e]);
+                if in_w > e {
+                    d_feed[j * h..][..h].copy_from_slice(&row[e..]);
+                }
+            }
+            tgt_embed.backward(&batch.tgt_in[t * b..][..b], &d_embed);
+        }
+        attention.keys_backward(mem, &d_keys, &mut d_enc);
+        let dirs = config.directions();
+        let d_final = map_state(&d_state, |t| bridge(t, dirs, true));
+        let s = mem.steps;
+        let (d_table, _) =
+            encoder.backward(&Tensor::from_vec(&[s, b, h], d_enc)?, Some(&d_final))?;
+        src_embed
+            .grad_weight
+            .data_mut()
+            .iter_mut()
+            .zip(d_table.data())
+            .for_each(|(g, &d)| *g += d);
+        Ok(())
+    }
+
+    /// Attention weights `[T, B, S]` of the last [`Seq2seq::forward`] (zeros without attention).
+    pub fn last_attention(&self) -> Vec<T> {
+        let mem = &self.saved.mem;
+        let (b, s) = (mem.batch(), mem.steps);
+        let tt = self.saved.outputs.len() / (b * self.config.hidden_size).max(1);
+        let mut out = vec![T::zero(); tt * b * s];
+        for (t, st) in self.saved.steps.iter().take(tt).enumerate() {
+            if !st.attn.alpha.is_empty() {
+                out[t * b * s..][..b * s].copy_from_slice(&st.attn.alpha);
+            }
+        }
+        out
+    }
+
+    /// Logits `[B, Vt]` of decoder outputs `o [B, H]`.
+    pub(crate) fn logits(&self, o: &[T]) -> Vec<T> {
+        let rows = o.len() / self.config.hidden_size;
+        let mut logits = vec![T::zero(); rows * self.target_vocab.len()];
+        self.out.forward(o, rows, &mut logits);
+        logits
+    }
+
+    /// Multiply-adds ×2 of one forward, per source token (`encoder`) and per target
+    /// token (`decoder`, with attention over `mean_src` source steps).
+    pub fn flops(&self, mean_src: f64) -> (u64, u64) {
+        let cell_flops = |cfg: &RecurrentConfig| -> u64 {
+            let g = cfg.cell.gates() as u64 * cfg.hidden_size as u64;
+            (0..cfg.num_layers)
+                .map(|l| 2 * g * (cfg.layer_input_size(l) + cfg.hidden_size) as u64)
+                .sum::<u64>()
+                * cfg.directions() as u64
+        };
+        let h = self.config.hidden_size as u64;
+        let attend = match self.config.attention {
+            AttentionKind::None => 0,
+            // scores and context over the source, plus combine
+            AttentionKind::Dot => (4.0 * mean_src) as u64 * h + 2 * 2 * h * h,
+            // keys once per source token are counted on the decoder side per source step
+            AttentionKind::General => (4.0 * mean_src) as u64 * h + 2 * 2 * h * h,
+            AttentionKind::Additive => (6.0 * mean_src) as u64 * h + 2 * h * h + 2 * 2 * h * h,
+        };
+        let keys = match self.config.attention {
+            AttentionKind::General | AttentionKind::Additive => 2 * h * h,
+            _ => 0,
+        };
+        (
+            cell_flops(self.encoder.config()) + keys,
+            cell_flops(self.decoder.config()) + attend + 2 * h * self.target_vocab.len() as u64,
+        )
+    }
+}
+
+/// `f` applied to `h` and `c` of a state.
+fn map_state<T: Real>(
+    s: &RecurrentState<T>,
+    f: impl Fn(&Tensor<T>) -> Tensor<T>,
+) -> RecurrentState<T> {
+    RecurrentState {
+        h: f(&s.h),
+        c: s.c.as_ref().map(f),
+    }
+}
+
+/// The encoder's final state `[L·D, B, H/D]` as the decoder's initial state
+/// `[L, B, H]` (each layer's directions side by side), or back when `back`.
+fn bridge<T: Real>(t: &Tensor<T>, dirs: usize, back: bool) -> Tensor<T> {
+    if dirs == 1 {
+        return t.clone();
+    }
+    let shape = t.shape();
+    let (ld, b, w) = if back {
+        (shape[0] * dirs, shape[1], shape[2] / dirs)
+    } else {
+        (shape[0], shape[1], shape[2])
+    };
+    let layers = ld / dirs;
+    let mut out = vec![T::zero(); t.len()];
+    for l in 0..layers {
+        for d in 0..dirs {
+            for j in 0..b {
+                let enc = ((l * dirs + d) * b + j) * w;
+                let dec = (l * b + j) * dirs * w + d * w;
+                let (from, to) = if back { (dec, enc) } else { (enc, dec) };
+                out[to..to + w].copy_from_slice(&t.data()[from..from + w]);
+            }
+        }
+    }
+    let shape = if back {
+        vec![ld, b, w]
+    } else {
+        vec![layers, b, dirs * w]
+    };
+    Tensor::from_vec(&shape, out).expect("sized")
+}
+
+impl<T: Real> Parameters<T> for Seq2seq<T> {
+    /// Names as the PyTorch module: `src_embed.weight`, `encoder.*`, `tgt_embed.weight`,
+    /// `decoder.*`, `attn.*`, `combine.*`, `out.*`.
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<T>)) {
+        f("src_embed.weight", &self.src_embed.weight);
+        self.encoder
+            .visit_params(&mut |n, t| f(&format!("encoder.{n}"), t));
+        f("tgt_embed.weight", &self.tgt_embed.weight);
+        self.decoder
+            .visit_params(&mut |n, t| f(&format!("decoder.{n}"), t));
+        self.attention
+            .visit_params(&mut |n, t| f(&format!("attn.{n}"), t));
+        if let Some(c) = &self.combine {
+            f("combine.weight", &c.weight);
+            f("combine.bias", &c.bias);
+        }
+        f("out.weight", &self.out.weight);
+        f("out.bias", &self.out.bias);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
+        let e = &mut self.src_embed;
+        f("src_embed.weight", &mut e.weight, &mut e.grad_weight);
+        self.encoder
+            .visit_params_mut(&mut |n, t, g| f(&format!("encoder.{n}"), t, g));
+        let e = &mut self.tgt_embed;
+        f("tgt_embed.weight", &mut e.weight, &mut e.grad_weight);
+        self.decoder
+            .visit_params_mut(&mut |n, t, g| f(&format!("decoder.{n}"), t, g));
+        self.attention
+            .visit_params_mut(&mut |n, t, g| f(&format!("attn.{n}"), t, g));
+        if let Some(c) = &mut self.combine {
+            f("combine.weight", &mut c.weight, &mut c.grad_weight);
+            f("combine.bias", &mut c.bias, &mut c.grad_bias);
+        }
+        let o = &mut self.out;
+        f("out.weight", &mut o.weight, &mut o.grad_weight);
+        f("out.bias", &mut o.bias, &mut o.grad_bias);
+    }
+}
+
+impl Seq2seq<f32> {
+    /// Writes the model (the PyTorch `Seq2seq` state dict and its metadata) with
+    /// `extra` tensors and `metadata`, atomically.
+    pub fn save(
+        &self,
+        path: &Path,
+        extra: &[(String, Tensor<f32>)],
+        metadata: HashMap<String, String>,
+    ) -> Result<()> {
+        let mut meta = metadata;
+        meta.insert(crate::task::META_TASK.into(), "seq2seq".into());
+        meta.insert(
+            crate::model::META_CELL.into(),
+            self.config.cell.name().into(),
+        );
+        meta.insert(META_ATTENTION.into(), self.config.attention.name().into());
+        let json = |v: &TokenVocab| serde_json::to_string(&v.tokens).expect("strings");
+        meta.insert(META_SOURCE_VOCAB.into(), json(&self.source_vocab));
+        meta.insert(META_TARGET_VOCAB.into(), json(&self.target_vocab));
+        meta.insert(META_SOURCE_TOKENS.into(), self.splits.0.name().into());
+        meta.insert(META_TARGET_TOKENS.into(), self.splits.1.name().into());
+        let named = checkpoint::named_params(self, "");
+        let refs: Vec<(String, &Tensor<f32>)> = named
+            .iter()
+            .chain(extra)
+            .map(|(n, t)| (n.clone(), t))
+            .collect();
+        checkpoint::save(path, &refs, &meta)
+    }
+
+    /// Reads a checkpoint written by [`Seq2seq::save`] (or by PyTorch for the same
+    /// module), checking every shape from the header before anything is allocated;
+    /// returns the open file for any training state.
+    pub fn load(source: impl crate::checkpoint::CheckpointSource) -> Result<(Self, TensorFile)> {
+        let file = source.open()?;
+        crate::task::expect_task(&file, "seq2seq")?;
+        let cell = crate::task::meta_cell(&file)?;
+        let meta = file.metadata();
+        let attention = match meta.get(META_ATTENTION) {
+            Some(a) => AttentionKind::from_name(a).ok_or_else(|| {
+                file.error(format!(
+                    "metadata `{META_ATTENTION}` is {a:?}; expected none, dot, general or additive"
+                ))
+            })?,
+            None => return Err(file.error(format!("metadata `{META_ATTENTION}` is missing"))),
+        };
+        let split = |key: &str| -> Result<Split> {
+            match meta.get(key) {
+                Some(s) => Split::from_name(s).ok_or_else(|| {
+                    file.error(format!(
+                        "metadata `{key}` is {s:?}; expected chars or space"
+                    ))
+                }),
+                None => Ok(Split::Chars),
+            }
+        };
+        let splits = (split(META_SOURCE_TOKENS)?, split(META_TARGET_TOKENS)?);
+        let vocab = |key: &str| -> Result<TokenVocab> {
+            let tokens: Vec<String> = crate::task::meta_json(&file, key)?;
+            TokenVocab::new(tokens).map_err(|e| file.error(format!("metadata `{key}`: {e}")))
+        };
+        let (source_vocab, target_vocab) = (vocab(META_SOURCE_VOCAB)?, vocab(META_TARGET_VOCAB)?);
+        if target_vocab.len() < 3
+            || target_vocab.tokens[..2] != crate::data::SPECIALS.map(String::from)
+        {
+            return Err(file.error(format!(
+                "metadata `{META_TARGET_VOCAB}` must start with \"</s>\", \"<s>\" and hold another token"
+            )));
+        }
+        let (vs, vt) = (source_vocab.len(), target_vocab.len());
+        let (enc_cfg, enc_params) = checkpoint::recurrent_config(&file, "encoder.", cell)?;
+        let (dec_cfg, dec_params) = checkpoint::recurrent_config(&file, "decoder.", cell)?;
+        let e = enc_cfg.input_size;
+        let h = dec_cfg.hidden_size;
+        let config = Seq2seqConfig {
+            cell,
+            attention,
+            embed: e,
+            hidden_size: h,
+            num_layers: dec_cfg.num_layers,
+            bidirectional: enc_cfg.bidirectional,
+            dropout: 0.0,
+        };
+        let want_enc = config.encoder();
+        let want_dec = config.decoder();
+        if config.validate().is_err()
+            || enc_cfg.hidden_size != want_enc.hidden_size
+            || enc_cfg.num_layers != want_enc.num_layers
+            || dec_cfg.input_size != want_dec.input_size
+            || dec_cfg.bidirectional
+        {
+            return Err(file.error(format!(
+                "the encoder ({} layers of {} per direction, {}) and decoder ({} layers of {}, input {}) do not fit together: the decoder must have the encoder's layers, be as wide as the encoder's directions together, and read the embedding{}",
+                enc_cfg.num_layers,
+                enc_cfg.hidden_size,
+                if enc_cfg.bidirectional { "bidirectional" } else { "unidirectional" },
+                dec_cfg.num_layers,
+                dec_cfg.hidden_size,
+                dec_cfg.input_size,
+                if attention == AttentionKind::None { "" } else { " and the attentional vector" },
+            )));
+        }
+        file.expect_float("src_embed.weight", &[vs, e])?;
+        file.expect_float("tgt_embed.weight", &[vt, e])?;
+        let mut extra = (vs + vt) * e + vt * h + vt;
+        for (name, shape) in Attention::<f32>::tensor_shapes(attention, h) {
+            file.expect_float(name, &shape)?;
+            extra += shape.iter().product::<usize>();
+        }
+        if attention != AttentionKind::None {
+            file.expect_float("combine.weight", &[h, 2 * h])?;
+            file.expect_float("combine.bias", &[h])?;
+            extra += 2 * h * h + h;
+        }
+        file.expect_float("out.weight", &[vt, h])?;
+        file.expect_float("out.bias", &[vt])?;
+        checkpoint::check_model_memory(&file, enc_params + dec_params + extra as u64)?;
+        let encoder = Recurrent::from_state_dict(&file, "encoder.", cell)?;
+        let decoder = Recurrent::from_state_dict(&file, "decoder.", cell)?;
+        let attention = Attention::from_tensors(attention, h, |n, s| file.get(n, Some(s)))?;
+        let combine = match config.attention {
+            AttentionKind::None => None,
+            _ => Some(Linear::from_params(
+                file.get("combine.weight", Some(&[h, 2 * h]))?,
+                file.get("combine.bias", Some(&[h]))?,
+            )?),
+        };
+        let model = Seq2seq {
+            src_embed: Embedding::from_weight(file.get("src_embed.weight", Some(&[vs, e]))?)?,
+            encoder,
+            tgt_embed: Embedding::from_weight(file.get("tgt_embed.weight", Some(&[vt, e]))?)?,
+            decoder,
+            attention,
+            combine,
+            out: Linear::from_params(
+                file.get("out.weight", Some(&[vt, h]))?,
+                file.get("out.bias", Some(&[vt]))?,
+            )?,
+            source_vocab,
+            target_vocab,
+            splits,
+            config,
+            saved: Saved::default(),
+        };
+        Ok((model, file))
+    }
+}
