@@ -34,9 +34,18 @@ embedding (word dropout 0.1 to id 0) concatenated with a character BiLSTM's fina
 states over each distinct word of the batch (packed; forward at the last
 character, reverse at the first) -> dropout 0.25 -> BiLSTM (packed) -> dropout ->
 Linear -> cross-entropy over the words.
+--task seq2seq: the encoder-decoder of tools/task_modules.py (Seq2seq, imported from
+there: this needs safetensors besides torch): source embedding -> encoder (packed,
+bidirectional by default, H/2 per direction) -> decoder initialised from the
+encoder's final states, input feeding, attention (general by default) over the valid
+source steps, tanh(combine([context, q])) -> dropout 0.2 -> Linear -> cross-entropy
+over the target tokens and </s>, teacher forcing.  Data: G2P-like random pairs,
+source lengths uniform in --src-len (4-12), target length = source length - 1, +0
+or +1 (at least 1), source ids uniform in --src-vocab (28), target ids uniform over
+the --tgt-vocab - 2 ordinary tokens (71 - 2 specials).
 Both draw the data of `rnnkit bench --task ...` from the same seed with a port of
 rnnkit's generator (class Rng), so both programs train on the same batches: random
-series of random lengths, or random sentences of random words.  Each step builds
+series of random lengths, random sentences of random words, or random pairs.  Each step builds
 its batch from the raw data (padding, standardising / encoding words and
 characters), as rnnkit's step does, then zero grads, forward, backward,
 clip_grad_norm_(5), Adam(lr 1e-3).  3 untimed warm-up steps, then --steps timed
@@ -48,6 +57,26 @@ ones, each on its own batch:
                            and bench::tag::flops)
     step_seconds         = the median step time
     tokens_per_step      = mean valid tokens per timed step (equal in both programs)
+A seq2seq token is a source token or a target token (</s> included): a pair of
+source length n and target length m counts n + m + 1.  Its counted FLOPs
+(seq2seq_flops) are 3 x (source tokens x enc + target tokens x dec), enc and dec the
+multiply-adds x 2 of one forward pass per token:
+    enc = sum_l D*2*(in_l + H/D)*G*(H/D)  [+ 2*H*H, the keys: general, additive]
+    dec = sum_l 2*(in_l' + H)*G*H + att + 2*2H*H (combine) + 2*H*Vt
+    att = 2*2*S*H (scores + context)      [+ 2*H*H, the query: additive]
+with in_0 = E, in_l = H (encoder), in_0' = E + H, in_l' = H (decoder), S the mean
+source length of the step's batch, and no att / combine / keys for --attention
+none (decoder in_0' = E).
+--task seq2seq-decode: inference speed of the same model (untrained, eval mode,
+torch.no_grad()), one source at a time (batch 1), Seq2seq.greedy or with --beam K > 1
+Seq2seq.beam (the K hypotheses as one batch, length-normalised scores); at most
+2*len + 10 decoder steps.  10 untimed words, then --steps timed ones:
+    decode_words_per_sec = timed words / their seconds
+    decode_steps_per_sec = decoder steps (one per emitted token, the </s> included;
+                           times the live hypotheses for beam search) / seconds
+    decode_steps_per_word, decode_ms_per_word (median)
+An untrained model rarely emits </s>, so most words take the full 2*len + 10
+steps; steps/s compares implementations whose weights differ.
 
 Output is one JSON object with exactly the keys of `rnnkit bench --json`
 (or a short human-readable summary without --json).
@@ -63,6 +92,8 @@ torch is not a dependency of the repository; install it outside it:
 
     ~/torch/bin/python bench/pytorch_ref.py --task classify --threads 2 --json
     ~/torch/bin/python bench/pytorch_ref.py --task tag --threads 2 --json
+    ~/torch/bin/python bench/pytorch_ref.py --task seq2seq --threads 2 --json
+    ~/torch/bin/python bench/pytorch_ref.py --task seq2seq-decode --threads 2 --json
 
 bench/compare.py runs it alternately with `rnnkit bench` and tabulates both.
 """
@@ -70,6 +101,7 @@ bench/compare.py runs it alternately with `rnnkit bench` and tabulates both.
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -112,53 +144,65 @@ def boolean(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-# Defaults per task: (char-lm, classify, tag), as `rnnkit bench` (whose classify and
-# tag defaults are the `train` recipes'); None = the flag does not apply.
+# Defaults per task: (char-lm, classify, tag, seq2seq, seq2seq-decode), as `rnnkit
+# bench` (whose classify and tag defaults are the `train` recipes'); None = the flag
+# does not apply.
 TASK_DEFAULTS = {
-    "cell": ("lstm", "gru", "lstm"),
-    "layers": (2, 2, 2),
-    "hidden": (512, 256, 200),
-    "batch": (64, 16, 32),
-    "steps": (10, 100, 20),
-    "embed": (64, None, None),
-    "vocab": (65, None, None),
-    "seq_len": (100, None, None),
-    "sample_chars": (500, None, None),
-    "channels": (None, 12, None),
-    "classes": (None, 9, None),
-    "min_len": (None, 7, None),
-    "max_len": (None, 29, None),
-    "pool": (None, "max", None),
-    "bidirectional": (None, True, None),
-    "word_vocab": (None, None, 16000),
-    "char_vocab": (None, None, 100),
-    "tags": (None, None, 17),
-    "words_per_sentence": (None, None, (5, 30)),
-    "chars_per_word": (None, None, (2, 10)),
-    "word_embed": (None, None, 100),
-    "char_embed": (None, None, 32),
-    "char_hidden": (None, None, 100),
-    "seed": (None, 1, 1),
+    "cell": ("lstm", "gru", "lstm", "lstm", "lstm"),
+    "layers": (2, 2, 2, 1, 1),
+    "hidden": (512, 256, 200, 256, 256),
+    "batch": (64, 16, 32, 64, None),
+    "steps": (10, 100, 20, 20, 200),
+    "embed": (64, None, None, 64, 64),
+    "vocab": (65, None, None, None, None),
+    "seq_len": (100, None, None, None, None),
+    "sample_chars": (500, None, None, None, None),
+    "channels": (None, 12, None, None, None),
+    "classes": (None, 9, None, None, None),
+    "min_len": (None, 7, None, None, None),
+    "max_len": (None, 29, None, None, None),
+    "pool": (None, "max", None, None, None),
+    "bidirectional": (None, True, None, True, True),
+    "word_vocab": (None, None, 16000, None, None),
+    "char_vocab": (None, None, 100, None, None),
+    "tags": (None, None, 17, None, None),
+    "words_per_sentence": (None, None, (5, 30), None, None),
+    "chars_per_word": (None, None, (2, 10), None, None),
+    "word_embed": (None, None, 100, None, None),
+    "char_embed": (None, None, 32, None, None),
+    "char_hidden": (None, None, 100, None, None),
+    "attention": (None, None, None, "general", "general"),
+    "src_vocab": (None, None, None, 28, 28),
+    "tgt_vocab": (None, None, None, 71, 71),
+    "src_len": (None, None, None, (4, 12), (4, 12)),
+    "beam": (None, None, None, None, 1),
+    "seed": (None, 1, 1, 1, 1),
 }
-TASKS = ("char-lm", "classify", "tag")
+TASKS = ("char-lm", "classify", "tag", "seq2seq", "seq2seq-decode")
+ATTENTIONS = ("none", "dot", "general", "additive")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="PyTorch reference of `rnnkit bench`: training and sampling "
-        "throughput of the char-LM on synthetic tokens, or training throughput of "
-        "the classifier (--task classify) or the tagger (--task tag) on synthetic data.")
+        "throughput of the char-LM on synthetic tokens, training throughput of "
+        "the classifier (--task classify), the tagger (--task tag) or the encoder-decoder "
+        "(--task seq2seq) on synthetic data, or the encoder-decoder's decoding speed "
+        "(--task seq2seq-decode).")
     p.add_argument("--task", choices=TASKS, default="char-lm", help="what to measure [default: char-lm]")
     p.add_argument("--cell", choices=CELLS, help="recurrent cell [default: lstm; classify: gru]")
     p.add_argument("--layers", type=positive, help="stacked recurrent layers [default: 2]")
     p.add_argument("--hidden", type=positive,
-                   help="hidden units per layer (per direction) [default: 512; classify: 256; tag: 200]")
-    p.add_argument("--embed", type=positive, help="embedding width (char-lm) [default: 64]")
+                   help="hidden units per layer (per direction; seq2seq: the decoder's, the "
+                   "encoder's outputs) [default: 512; classify, seq2seq: 256; tag: 200]")
+    p.add_argument("--embed", type=positive, help="embedding width (char-lm, seq2seq) [default: 64]")
     p.add_argument("--vocab", type=int, help="vocabulary size (char-lm) [default: 65]")
-    p.add_argument("--batch", type=positive, help="sequences per batch [default: 64; classify: 16; tag: 32]")
+    p.add_argument("--batch", type=positive,
+                   help="sequences per batch [default: 64; classify: 16; tag: 32]")
     p.add_argument("--seq-len", type=positive, help="timesteps per batch (char-lm) [default: 100]")
     p.add_argument("--steps", type=positive,
-                   help="timed training steps [default: 10; classify: 100; tag: 20]")
+                   help="timed training steps [default: 10; classify: 100; tag, seq2seq: 20]; "
+                   "seq2seq-decode: timed words [default: 200]")
     p.add_argument("--sample-chars", type=non_negative,
                    help="timed batch-1 sampled characters (char-lm) [default: 500]")
     p.add_argument("--channels", type=positive, help="input channels (classify) [default: 12]")
@@ -167,7 +211,8 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=positive, help="most steps of a series (classify) [default: 29]")
     p.add_argument("--pool", choices=("last", "mean", "max"), help="pooling over time (classify) [default: max]")
     p.add_argument("--bidirectional", type=boolean,
-                   help="read each series in both directions (classify) [default: true]")
+                   help="read each series (classify) or source (seq2seq) in both directions "
+                   "[default: true]")
     p.add_argument("--word-vocab", type=positive, help="distinct words of the lexicon (tag) [default: 16000]")
     p.add_argument("--char-vocab", type=positive, help="characters of the words (tag) [default: 100]")
     p.add_argument("--tags", type=int, help="distinct tags (tag) [default: 17]")
@@ -179,7 +224,16 @@ def parse_args(argv=None):
     p.add_argument("--char-embed", type=positive, help="character embedding width (tag) [default: 32]")
     p.add_argument("--char-hidden", type=non_negative,
                    help="hidden units per direction of the character network (tag) [default: 64]")
-    p.add_argument("--seed", type=non_negative, help="seed of the synthetic data (classify, tag) [default: 1]")
+    p.add_argument("--attention", choices=ATTENTIONS, help="attention of the decoder (seq2seq) [default: general]")
+    p.add_argument("--src-vocab", type=positive, help="source tokens (seq2seq) [default: 28]")
+    p.add_argument("--tgt-vocab", type=positive,
+                   help="target tokens, </s> and <s> included (seq2seq) [default: 71]")
+    p.add_argument("--src-len", type=int_range,
+                   help="tokens of a source, MIN-MAX or N (seq2seq) [default: 4-12]")
+    p.add_argument("--beam", type=positive,
+                   help="beam width; 1 = greedy (seq2seq-decode) [default: 1]")
+    p.add_argument("--seed", type=non_negative,
+                   help="seed of the synthetic data (classify, tag, seq2seq) [default: 1]")
     p.add_argument("--threads", type=positive, default=os.cpu_count() or 1,
                    help="worker threads [default: all cores]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -206,6 +260,11 @@ def parse_args(argv=None):
         lo, hi = args.chars_per_word
         if sum(args.char_vocab ** n for n in range(lo, min(hi, lo + 64) + 1)) < 2 * args.word_vocab:
             p.error("too few spellings for --word-vocab: raise --char-vocab or --chars-per-word")
+    if args.task.startswith("seq2seq"):
+        if args.tgt_vocab < 3:
+            p.error("--tgt-vocab must be >= 3: </s>, <s> and one token")
+        if args.bidirectional and args.hidden % 2:
+            p.error("--hidden must be even with a bidirectional encoder (hidden / 2 per direction)")
     return args
 
 
@@ -588,11 +647,140 @@ def run_tag(a):
     return {"task": "tag", **time_task_steps(model, work, step)}
 
 
+SEQ2SEQ_DROPOUT = 0.2  # on the attentional vector (and between layers when L > 1)
+DECODE_WARMUP_WORDS = 10  # untimed words before the timed ones
+
+
+def seq2seq_module():
+    """tools/task_modules.py, the module whose checkpoints rnnkit reads: the benchmark
+    times that exact model."""
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+    sys.path.insert(0, tools)
+    import task_modules  # noqa: E402
+    return task_modules
+
+
+def seq2seq_pairs(a, count):
+    """rnnkit::bench::seq2seq::pairs: ``count`` (source ids, target ids) from Rng(seed),
+    for each pair its source length n = MIN + below(MAX - MIN + 1), its target length
+    max(1, n - 1 + below(3)), then the n source ids below(src_vocab), then the target
+    ids 2 + below(tgt_vocab - 2) (never </s> or <s>)."""
+    rng = Rng(a.seed)
+    lo, hi = a.src_len
+    pairs = []
+    for _ in range(count):
+        n = lo + rng.below(hi - lo + 1)
+        m = max(1, n - 1 + rng.below(3))
+        source = [rng.below(a.src_vocab) for _ in range(n)]
+        target = [2 + rng.below(a.tgt_vocab - 2) for _ in range(m)]
+        pairs.append((source, target))
+    return pairs
+
+
+def seq2seq_flops(a, src_tokens, tgt_tokens, batch):
+    """Counted FLOPs of one training step (see the module docstring): 3 x the
+    multiply-adds x 2 of one forward pass, the encoder per source token, the decoder,
+    attention at the batch's mean source length, combine and output per target token."""
+    d, g, h = (2 if a.bidirectional else 1), GATES[a.cell], a.hidden
+    he, attention = h // d, a.attention != "none"
+    enc = sum(d * 2 * ((a.embed if l == 0 else h) + he) * g * he for l in range(a.layers))
+    dec = sum(2 * ((a.embed + (h if attention else 0) if l == 0 else h) + h) * g * h for l in range(a.layers))
+    dec += 2 * h * a.tgt_vocab
+    if attention:
+        mean_src = src_tokens / batch
+        enc += 2 * h * h if a.attention in ("general", "additive") else 0
+        dec += 2 * 2 * mean_src * h + 2 * 2 * h * h + (2 * h * h if a.attention == "additive" else 0)
+    return 3.0 * (src_tokens * enc + tgt_tokens * dec)
+
+
+def seq2seq_model(a, tm):
+    source_vocab = [f"s{i}" for i in range(a.src_vocab)]
+    target_vocab = [tm.EOS_TOKEN, tm.BOS_TOKEN] + [f"t{i}" for i in range(a.tgt_vocab - 2)]
+    return tm.Seq2seq(a.cell, a.attention, source_vocab, target_vocab, a.embed, a.hidden, a.layers,
+                      a.bidirectional, dropout=SEQ2SEQ_DROPOUT).float()
+
+
+def run_seq2seq(a):
+    tm = seq2seq_module()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed + 1)
+    pairs = seq2seq_pairs(a, (WARMUP_STEPS + a.steps) * a.batch)
+    model = seq2seq_model(a, tm)
+    batches = [pairs[i:i + a.batch] for i in range(0, len(pairs), a.batch)]
+    work = []
+    for b in batches:
+        src_tokens = sum(len(s) for s, _ in b)
+        tgt_tokens = sum(len(t) + 1 for _, t in b)  # </s> included
+        work.append((src_tokens + tgt_tokens, seq2seq_flops(a, src_tokens, tgt_tokens, len(b))))
+
+    def step(i):
+        b = batches[i]
+        return model.loss(*tm.seq2seq_batch([s for s, _ in b], [t for _, t in b]))
+
+    return {"task": "seq2seq", **time_task_steps(model, work, step)}
+
+
+def run_seq2seq_decode(a):
+    tm = seq2seq_module()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed + 1)
+    sources = [s for s, _ in seq2seq_pairs(a, DECODE_WARMUP_WORDS + a.steps)]
+    model = seq2seq_model(a, tm).eval()
+    steps = [0]
+    step = model.step
+
+    def counted_step(tokens, feed, state, memory):
+        steps[0] += tokens.shape[0]
+        return step(tokens, feed, state, memory)
+
+    model.step = counted_step  # counts decoder steps (per live hypothesis) without changing them
+    times, timed_steps = [], 0
+    for i, source in enumerate(sources):
+        src = torch.tensor(source, dtype=torch.int64).unsqueeze(1)
+        src_len = torch.tensor([len(source)], dtype=torch.int64)
+        before = steps[0]
+        t0 = time.perf_counter()
+        if a.beam == 1:
+            model.greedy(src, src_len)
+        else:
+            model.beam(src, src_len, a.beam)
+        elapsed = time.perf_counter() - t0
+        if i >= DECODE_WARMUP_WORDS:
+            times.append(elapsed)
+            timed_steps += steps[0] - before
+    seconds = sum(times)
+    times.sort()
+    return {
+        "task": "seq2seq-decode",
+        "decode_words_per_sec": len(times) / seconds,
+        "decode_steps_per_sec": timed_steps / seconds,
+        "decode_steps_per_word": timed_steps / len(times),
+        "decode_ms_per_word": 1e3 * times[len(times) // 2],
+        "beam": a.beam,
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def main():
     args = parse_args()
+    if args.task == "seq2seq-decode":
+        r = run_seq2seq_decode(args)
+        if args.json:
+            print(json.dumps(r))
+        else:
+            how = "greedy" if args.beam == 1 else f"beam {args.beam}"
+            print(f"torch {torch.__version__} seq2seq-decode {args.cell} {args.layers}x{args.hidden} "
+                  f"attention {args.attention} {how}, batch 1, threads {r['threads']}")
+            print(f"decoding: {r['decode_words_per_sec']:.1f} words/s, {r['decode_steps_per_sec']:.0f} "
+                  f"decoder steps/s ({r['decode_steps_per_word']:.1f} steps per word, "
+                  f"{r['decode_ms_per_word']:.2f} ms per word, median)")
+            print(f"peak RSS: {r['peak_rss_mb']:.1f} MiB")
+        return
     if args.task != "char-lm":
-        r = (run_classify if args.task == "classify" else run_tag)(args)
-        unit = "timesteps" if args.task == "classify" else "words"
+        run_task = {"classify": run_classify, "tag": run_tag, "seq2seq": run_seq2seq}[args.task]
+        r = run_task(args)
+        unit = {"classify": "timesteps", "tag": "words", "seq2seq": "tokens"}[args.task]
         if args.json:
             print(json.dumps(r))
         else:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""PyTorch modules of rnnkit's classify and tag checkpoints.
+"""PyTorch modules of rnnkit's classify, tag and seq2seq checkpoints.
 
-``rnnkit classify train`` and ``rnnkit tag train`` save their models as the state
-dicts of the modules below, in one safetensors file each (``train.*`` tensors and
+rnnkit's task trainers (``rnnkit classify train``, ``rnnkit tag train``, seq2seq)
+save their models as the state dicts of the modules below, in one safetensors file each (``train.*`` tensors and
 metadata hold the training state; this module ignores them).
 
 ``SequenceClassifier`` (metadata ``rnnkit.task`` = ``classify``)
@@ -37,18 +37,48 @@ metadata hold the training state; this module ignores them).
     [B, T, K] (positions past a sentence's end hold ``head.bias``, the head applied
     to the zero padding).
 
-Both modules compute in inference mode (``model.eval()``) exactly what rnnkit
+``Seq2seq`` (metadata ``rnnkit.task`` = ``seq2seq``)
+    An encoder–decoder with attention. Tensors ``src_embed.weight`` [Vs, E],
+    ``tgt_embed.weight`` [Vt, E], ``encoder.*`` (L layers, uni- or bidirectional,
+    H / D units per direction so that its outputs are H wide), ``decoder.*`` (the
+    same cell, L layers, unidirectional, H units, input E + H with attention, E
+    without), the attention's tensors (``general``: ``attn.weight`` [H, H];
+    ``additive``: ``attn.query.weight`` [H, H], ``attn.query.bias`` [H],
+    ``attn.key.weight`` [H, H], ``attn.v.weight`` [1, H]; ``dot`` and ``none``:
+    none), ``combine.weight`` [H, 2H] and ``combine.bias`` [H] (not with ``none``),
+    ``out.weight`` [Vt, H], ``out.bias`` [Vt]. Metadata ``rnnkit.cell`` (encoder and
+    decoder), ``rnnkit.attention`` (``none``, ``dot``, ``general``, ``additive``),
+    ``rnnkit.source_vocab``, ``rnnkit.target_vocab`` (JSON lists; target id 0 is
+    ``</s>``, id 1 ``<s>``; the source has no special tokens),
+    ``rnnkit.source_tokens``, ``rnnkit.target_tokens`` (``chars``: every character
+    is a token; ``space``: tokens separated by spaces). Time-major:
+    ``forward(src [S, B], src_len [B], tgt_in [T, B])`` encodes each source over its
+    own length (packed sequences), starts decoder layer l from the concatenated
+    final states [forward, backward] of encoder layer l, and decodes with teacher
+    forcing; at each step the top decoder output q attends over the valid source
+    steps (scores ``q·e``, ``q·attn(e)`` or ``v·tanh(query(q) + key(e))``, softmax),
+    ``h̃ = tanh(combine([context, q]))`` is dropped out, scored by ``out`` and fed
+    back concatenated with the next input embedding (without attention, q itself is
+    dropped out and scored). Returns the logits [T, B, Vt] and the attention weights
+    [T, B, S]. ``loss`` is the mean cross-entropy over the real target tokens
+    (``</s>`` included); ``greedy`` decodes by argmax as inference does, at most
+    2·len + 10 steps; ``beam`` is a length-normalised beam search of one source.
+
+All three compute in inference mode (``model.eval()``) exactly what rnnkit
 computes; in training mode they apply dropout where rnnkit does (between
 recurrent layers and before the classifier's head; on the tagger's sentence
-network input and output, plus word dropout).
+network input and output, plus word dropout; on the seq2seq decoder's attentional
+vector, which is also what is fed back).
 
 Usage::
 
     import task_modules as tm
-    model = tm.load("runs/classify/best.safetensors")     # SequenceClassifier or Tagger
+    model = tm.load("runs/classify/best.safetensors")     # SequenceClassifier, Tagger or Seq2seq
     model.eval()
     logits = model(values, lengths)                        # classifier
     logits = model(*model.encode([["The", "cat", "sat"]]))  # tagger
+    src, src_len, tgt_in, tgt_out, tgt_len = model.batch([("cat", "K AE T")])  # seq2seq
+    hyps = model.greedy(src, src_len)                      # lists of target ids
     model.save("model.safetensors")                        # readable by rnnkit
 
 Only torch is needed (``from safetensors.torch import ...`` for files); see
@@ -76,21 +106,31 @@ META_CHARS = "rnnkit.chars"
 META_TAGS = "rnnkit.tags"
 META_COLUMN = "rnnkit.column"
 META_CONFIG = "rnnkit.config"
+META_ATTENTION = "rnnkit.attention"
+META_SOURCE_VOCAB = "rnnkit.source_vocab"
+META_TARGET_VOCAB = "rnnkit.target_vocab"
+META_SOURCE_TOKENS = "rnnkit.source_tokens"
+META_TARGET_TOKENS = "rnnkit.target_tokens"
 
 POOLS = ("last", "mean", "max")
 UNK = "<unk>"
 MAX_WORD_CHARS = 24
+ATTENTIONS = ("none", "dot", "general", "additive")
+TOKENIZATIONS = ("chars", "space")
+EOS, BOS = 0, 1  # seq2seq target ids of ``</s>`` and ``<s>``
+EOS_TOKEN, BOS_TOKEN = "</s>", "<s>"
 
 
 def recurrent(cell: str, input_size: int, hidden_size: int, num_layers: int,
-              bidirectional: bool, dropout: float = 0.0) -> nn.Module:
-    """The torch module of a recurrent stack with rnnkit's tensor names (batch-first)."""
+              bidirectional: bool, dropout: float = 0.0, batch_first: bool = True) -> nn.Module:
+    """The torch module of a recurrent stack with rnnkit's tensor names (batch-first unless
+    ``batch_first`` is False)."""
     if cell not in CELLS:
         raise ValueError(f"cell {cell!r} has no torch module; expected one of {', '.join(CELLS)}")
     module, nonlinearity = CELLS[cell]
     kwargs = {"nonlinearity": nonlinearity} if nonlinearity else {}
-    return module(input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
-                  dropout=dropout if num_layers > 1 else 0.0, **kwargs)
+    return module(input_size, hidden_size, num_layers, batch_first=batch_first,
+                  bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0, **kwargs)
 
 
 def run_packed(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor):
@@ -318,12 +358,320 @@ class Tagger(nn.Module):
         return model
 
 
+# ---------------------------------------------------------------------------
+# seq2seq
+# ---------------------------------------------------------------------------
+
+
+def split_tokens(line: str, tokens: str) -> List[str]:
+    """The tokens of a line: each character (``chars``) or the pieces between spaces
+    (``space``; runs of spaces separate like one)."""
+    if tokens == "chars":
+        return list(line)
+    if tokens == "space":
+        return [t for t in line.split(" ") if t]
+    raise ValueError(f"tokens {tokens!r}: expected one of {', '.join(TOKENIZATIONS)}")
+
+
+def seq2seq_batch(sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]):
+    """Id lists → time-major int64 tensors (src [S, B], src_len [B], tgt_in [T, B],
+    tgt_out [T, B], tgt_len [B]): tgt_in is ``<s>`` then the target, tgt_out the target
+    then ``</s>``, tgt_len = target length + 1; padding holds id 0 everywhere."""
+    batch = len(sources)
+    if batch == 0 or len(targets) != batch or any(len(s) == 0 for s in sources):
+        raise ValueError("a batch needs as many targets as sources, and no empty source")
+    src_len = torch.tensor([len(s) for s in sources], dtype=torch.int64)
+    tgt_len = torch.tensor([len(t) + 1 for t in targets], dtype=torch.int64)
+    src = torch.zeros(int(src_len.max()), batch, dtype=torch.int64)
+    tgt_in = torch.zeros(int(tgt_len.max()), batch, dtype=torch.int64)
+    tgt_out = torch.zeros_like(tgt_in)
+    for b, (s, t) in enumerate(zip(sources, targets)):
+        src[:len(s), b] = torch.tensor(list(s), dtype=torch.int64)
+        tgt_in[:len(t) + 1, b] = torch.tensor([BOS] + list(t), dtype=torch.int64)
+        tgt_out[:len(t) + 1, b] = torch.tensor(list(t) + [EOS], dtype=torch.int64)
+    return src, src_len, tgt_in, tgt_out, tgt_len
+
+
+def sequence_loss(logits: torch.Tensor, tgt_out: torch.Tensor, tgt_len: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits [T, B, V] over the steps t < tgt_len[b] only."""
+    steps, batch, vocab = logits.shape
+    ce = nn.functional.cross_entropy(logits.reshape(-1, vocab), tgt_out.reshape(-1),
+                                     reduction="none").view(steps, batch)
+    valid = torch.arange(steps, device=logits.device)[:, None] < tgt_len.to(logits.device)[None, :]
+    return ce.masked_select(valid).sum() / valid.sum()
+
+
+class AdditiveAttention(nn.Module):
+    """``v·tanh(query(q) + key(e))`` (tensors ``attn.query.*``, ``attn.key.weight``, ``attn.v.weight``)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v = nn.Linear(hidden_size, 1, bias=False)
+
+
+class Seq2seq(nn.Module):
+    """Encoder (uni- or bidirectional) → decoder with attention and input feeding (rnnkit seq2seq)."""
+
+    def __init__(self, cell: str, attention: str, source_vocab: Sequence[str], target_vocab: Sequence[str],
+                 embed: int, hidden: int, layers: int, bidirectional: bool, dropout: float = 0.0,
+                 source_tokens: str = "chars", target_tokens: str = "chars"):
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention {attention!r}: expected one of {', '.join(ATTENTIONS)}")
+        for tokens in (source_tokens, target_tokens):
+            if tokens not in TOKENIZATIONS:
+                raise ValueError(f"tokens {tokens!r}: expected one of {', '.join(TOKENIZATIONS)}")
+        self.source_vocab, self.target_vocab = list(source_vocab), list(target_vocab)
+        if self.target_vocab[:2] != [EOS_TOKEN, BOS_TOKEN]:
+            raise ValueError(f"the target vocabulary must start with {EOS_TOKEN!r}, {BOS_TOKEN!r}")
+        if not self.source_vocab:
+            raise ValueError("the source vocabulary is empty")
+        self.directions = 2 if bidirectional else 1
+        if hidden % self.directions:
+            raise ValueError(f"hidden {hidden} must be even: a bidirectional encoder has hidden / 2 "
+                             "units per direction")
+        self.cell, self.attention = cell, attention
+        self.source_tokens, self.target_tokens = source_tokens, target_tokens
+        self.hidden, self.layers = hidden, layers
+        self.source_ids = {t: i for i, t in enumerate(self.source_vocab)}
+        self.target_ids = {t: i for i, t in enumerate(self.target_vocab)}
+        self.src_embed = nn.Embedding(len(self.source_vocab), embed)
+        self.tgt_embed = nn.Embedding(len(self.target_vocab), embed)
+        self.encoder = recurrent(cell, embed, hidden // self.directions, layers, bidirectional, dropout,
+                                 batch_first=False)
+        feeding = hidden if attention != "none" else 0
+        self.decoder = recurrent(cell, embed + feeding, hidden, layers, False, dropout, batch_first=False)
+        if attention == "general":
+            self.attn = nn.Linear(hidden, hidden, bias=False)
+        elif attention == "additive":
+            self.attn = AdditiveAttention(hidden)
+        else:
+            self.attn = None
+        self.combine = nn.Linear(2 * hidden, hidden) if attention != "none" else None
+        self.out = nn.Linear(hidden, len(self.target_vocab))
+        self.drop = nn.Dropout(dropout)
+
+    # -- text ---------------------------------------------------------------
+
+    def batch(self, pairs: Sequence[Tuple[str, str]]):
+        """(source line, target line) pairs → the tensors of ``seq2seq_batch``; unknown
+        tokens are an error (the source vocabulary has no ``<unk>``)."""
+        sources, targets = [], []
+        for src, tgt in pairs:
+            try:
+                sources.append([self.source_ids[t] for t in split_tokens(src, self.source_tokens)])
+                targets.append([self.target_ids[t] for t in split_tokens(tgt, self.target_tokens)])
+            except KeyError as e:
+                raise ValueError(f"token {e.args[0]!r} of {src!r} → {tgt!r} is not in the vocabulary")
+        return seq2seq_batch(sources, targets)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Target ids → a line (tokens joined by nothing or by one space)."""
+        return ("" if self.target_tokens == "chars" else " ").join(self.target_vocab[i] for i in ids)
+
+    # -- the network --------------------------------------------------------
+
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor):
+        """src [S, B] → the encoder outputs [S, B, H] (zero past each source's end) and the
+        decoder's initial state: layer l starts from [forward, backward] final states of
+        encoder layer l, each source's own (packed sequences)."""
+        packed = pack_padded_sequence(self.src_embed(src), src_len.cpu(), enforce_sorted=False)
+        y, state = self.encoder(packed)
+        y, _ = pad_packed_sequence(y, total_length=src.shape[0])
+
+        def bridge(s: torch.Tensor) -> torch.Tensor:  # [L·D, B, H/D] → [L, B, H]
+            layers_dirs, batch, width = s.shape
+            return s.view(layers_dirs // self.directions, self.directions, batch, width) \
+                .permute(0, 2, 1, 3).reshape(layers_dirs // self.directions, batch, self.directions * width)
+
+        state = tuple(bridge(s) for s in state) if isinstance(state, tuple) else bridge(state)
+        return y, state
+
+    def memory(self, enc_out: torch.Tensor, src_len: torch.Tensor):
+        """What every decoder step attends to: values [B, S, H], keys [B, S, H] (the values
+        projected once per source step where the attention has a key side) and the mask
+        [B, S] of the steps past each source's end."""
+        values = enc_out.transpose(0, 1)
+        if self.attention == "general":
+            keys = self.attn(values)
+        elif self.attention == "additive":
+            keys = self.attn.key(values)
+        else:
+            keys = values
+        steps = values.shape[1]
+        mask = torch.arange(steps, device=values.device)[None, :] >= src_len.to(values.device)[:, None]
+        return values, keys, mask
+
+    def step(self, tokens: torch.Tensor, feed: torch.Tensor, state, memory):
+        """One decoder step for tokens [B]: (logits [B, Vt], the vector to feed next [B, H],
+        the new state, attention weights [B, S])."""
+        values, keys, mask = memory
+        x = self.tgt_embed(tokens)
+        if self.attention != "none":
+            x = torch.cat([x, feed], dim=-1)
+        y, state = self.decoder(x.unsqueeze(0), state)
+        q = y[0]
+        if self.attention == "none":
+            o = self.drop(q)
+            return self.out(o), o, state, values.new_zeros(mask.shape)
+        if self.attention == "additive":
+            scores = self.attn.v(torch.tanh(self.attn.query(q).unsqueeze(1) + keys)).squeeze(2)
+        else:
+            scores = torch.bmm(keys, q.unsqueeze(2)).squeeze(2)
+        alpha = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+        context = torch.bmm(alpha.unsqueeze(1), values).squeeze(1)
+        o = self.drop(torch.tanh(self.combine(torch.cat([context, q], dim=-1))))
+        return self.out(o), o, state, alpha
+
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor):
+        """Teacher forcing: src [S, B], src_len [B] (1..=S), tgt_in [T, B] → logits
+        [T, B, Vt] and attention weights [T, B, S] (zeros without attention). Every step
+        runs for every sequence; the loss ignores the padded ones."""
+        enc_out, state = self.encode(src, src_len)
+        memory = self.memory(enc_out, src_len)
+        feed = enc_out.new_zeros(src.shape[1], self.hidden)
+        logits, alphas = [], []
+        for t in range(tgt_in.shape[0]):
+            step_logits, feed, state, alpha = self.step(tgt_in[t], feed, state, memory)
+            logits.append(step_logits)
+            alphas.append(alpha)
+        return torch.stack(logits), torch.stack(alphas)
+
+    def loss(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
+             tgt_len: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the real target tokens (``</s>`` included)."""
+        return sequence_loss(self(src, src_len, tgt_in)[0], tgt_out, tgt_len)
+
+    def max_len(self, src_len: torch.Tensor) -> List[int]:
+        """Most decoder steps of each source in inference: 2·len + 10."""
+        return [2 * int(n) + 10 for n in src_len]
+
+    @torch.no_grad()
+    def greedy(self, src: torch.Tensor, src_len: torch.Tensor) -> List[List[int]]:
+        """Argmax decoding in inference mode (no dropout) from ``<s>``: each sequence stops
+        at its ``</s>`` (left out of the result) or after ``max_len`` steps. Sequences are
+        independent, so the batch decodes together until the last one stops."""
+        was_training = self.training
+        self.eval()
+        try:
+            enc_out, state = self.encode(src, src_len)
+            memory = self.memory(enc_out, src_len)
+            batch = src.shape[1]
+            feed = enc_out.new_zeros(batch, self.hidden)
+            tokens = torch.full((batch,), BOS, dtype=torch.int64, device=src.device)
+            limits = self.max_len(src_len)
+            out: List[List[int]] = [[] for _ in range(batch)]
+            done = [False] * batch
+            for t in range(max(limits)):
+                logits, feed, state, _ = self.step(tokens, feed, state, memory)
+                tokens = logits.argmax(dim=-1)  # the first maximum on ties
+                for b, token in enumerate(tokens.tolist()):
+                    if done[b]:
+                        continue
+                    if token == EOS:
+                        done[b] = True
+                    else:
+                        out[b].append(token)
+                        done[b] = t + 1 >= limits[b]
+                if all(done):
+                    break
+            return out
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def beam(self, src: torch.Tensor, src_len: torch.Tensor, k: int = 5) -> List[int]:
+        """Beam search for one source (src [S, 1]) in inference mode, the K hypotheses as
+        one batch. Each step extends every live hypothesis by every token and keeps the
+        best K − (finished) candidates by summed log-probability; a candidate ending in
+        ``</s>`` is finished. After ``max_len`` steps the live ones count as finished. The
+        result is the finished hypothesis of the highest score ÷ its length (tokens,
+        ``</s>`` included), without its ``</s>``; the first such on ties."""
+        was_training = self.training
+        self.eval()
+        try:
+            enc_out, state = self.encode(src, src_len)
+            values, keys, mask = self.memory(enc_out, src_len)
+            limit = self.max_len(src_len)[0]
+            hyps: List[List[int]] = [[]]
+            scores = enc_out.new_zeros(1)
+            feed = enc_out.new_zeros(1, self.hidden)
+            tokens = torch.full((1,), BOS, dtype=torch.int64, device=src.device)
+            finished: List[Tuple[float, List[int]]] = []
+            for t in range(limit):
+                live = len(hyps)
+                memory = (values.expand(live, -1, -1), keys.expand(live, -1, -1), mask.expand(live, -1))
+                logits, feed, state, _ = self.step(tokens, feed, state, memory)
+                total = (scores[:, None] + torch.log_softmax(logits, dim=-1)).reshape(-1)
+                best = torch.topk(total, min(k - len(finished), total.numel())).indices.tolist()
+                vocab = logits.shape[-1]
+                keep, next_hyps, next_tokens = [], [], []
+                for i in best:
+                    h, token = divmod(i, vocab)
+                    if token == EOS:
+                        finished.append((total[i].item() / (t + 1), hyps[h]))
+                    else:
+                        keep.append(i)
+                        next_hyps.append(hyps[h] + [token])
+                        next_tokens.append(token)
+                if not keep:
+                    break
+                rows = torch.tensor([i // vocab for i in keep], device=src.device)
+                scores = total[torch.tensor(keep, device=src.device)]
+                feed = feed[rows]
+                state = tuple(s[:, rows] for s in state) if isinstance(state, tuple) else state[:, rows]
+                tokens = torch.tensor(next_tokens, dtype=torch.int64, device=src.device)
+                hyps = next_hyps
+            else:
+                finished += [(s / len(h), h) for s, h in zip(scores.tolist(), hyps)]
+            return max(finished, key=lambda f: f[0])[1]
+        finally:
+            self.train(was_training)
+
+    # -- checkpoints --------------------------------------------------------
+
+    def metadata(self) -> Dict[str, str]:
+        return {META_TASK: "seq2seq", META_CELL: self.cell, META_ATTENTION: self.attention,
+                META_SOURCE_VOCAB: to_json(self.source_vocab), META_TARGET_VOCAB: to_json(self.target_vocab),
+                META_SOURCE_TOKENS: self.source_tokens, META_TARGET_TOKENS: self.target_tokens}
+
+    def save(self, path: str) -> None:
+        """Writes a checkpoint that rnnkit's seq2seq reads."""
+        write(path, self, self.metadata())
+
+    @classmethod
+    def load(cls, path: str) -> "Seq2seq":
+        """Builds the module from a checkpoint (sizes and layers from the shapes and names);
+        strict load."""
+        meta, tensors = read_checkpoint(path, "seq2seq")
+        source_vocab = json_list(path, meta, META_SOURCE_VOCAB)
+        target_vocab = json_list(path, meta, META_TARGET_VOCAB)
+        layers, bidirectional = layers_of(tensors, "encoder.")
+        decoder_layers, decoder_bi = layers_of(tensors, "decoder.")
+        if decoder_layers != layers or decoder_bi:
+            raise ValueError(f"{path}: the decoder must be unidirectional with the encoder's {layers} "
+                             f"layers, found {decoder_layers}{' bidirectional' if decoder_bi else ''}")
+        hidden = tensors["decoder.weight_hh_l0"].shape[1]
+        embed = tensors["src_embed.weight"].shape[1]
+        model = cls(meta[META_CELL], meta.get(META_ATTENTION, ""), source_vocab, target_vocab, embed, hidden,
+                    layers, bidirectional, source_tokens=meta.get(META_SOURCE_TOKENS, ""),
+                    target_tokens=meta.get(META_TARGET_TOKENS, ""))
+        model.load_state_dict(tensors, strict=True)
+        return model
+
+
 def load(path: str) -> nn.Module:
-    """The ``SequenceClassifier`` or ``Tagger`` of an rnnkit checkpoint, by ``rnnkit.task``."""
+    """The ``SequenceClassifier``, ``Tagger`` or ``Seq2seq`` of an rnnkit checkpoint, by
+    ``rnnkit.task``."""
     with safe_open(path, framework="pt") as f:
         task = (f.metadata() or {}).get(META_TASK)
     if task == "classify":
         return SequenceClassifier.load(path)
     if task == "tag":
         return Tagger.load(path)
-    raise ValueError(f"{path}: metadata `{META_TASK}` is {task!r}; this module reads classify and tag")
+    if task == "seq2seq":
+        return Seq2seq.load(path)
+    raise ValueError(f"{path}: metadata `{META_TASK}` is {task!r}; this module reads classify, tag "
+                     "and seq2seq")

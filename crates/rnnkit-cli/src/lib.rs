@@ -11,6 +11,7 @@ mod lab_truncation;
 mod plot;
 mod run_lock;
 mod sample_cmd;
+mod seq2seq_cmd;
 mod tag_cmd;
 mod train_cmd;
 mod trainer;
@@ -41,6 +42,9 @@ enum Command {
     /// Tag every word (part of speech from CoNLL-U treebanks): train, eval, predict.
     #[command(subcommand)]
     Tag(tag_cmd::TagCmd),
+    /// Transduce sequences to sequences of another length (grapheme-to-phoneme): train, eval, predict.
+    #[command(subcommand)]
+    Seq2seq(seq2seq_cmd::Seq2seqCmd),
     /// Measure training throughput on synthetic data: the char LM (and its sampling), the classifier or the tagger.
     Bench(bench_cmd::BenchOpts),
     /// What the notes teach, measured: gradients through time, memory, clipping, truncation, RTRL.
@@ -66,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Eval(o) => eval_cmd::run(o),
         Command::Classify(c) => classify_cmd::run(c),
         Command::Tag(c) => tag_cmd::run(c),
+        Command::Seq2seq(c) => seq2seq_cmd::run(c),
         Command::Bench(o) => bench_cmd::run(o),
         Command::Import(o) => import_cmd::run(o),
         Command::Lab(c) => lab_cmd::run(c),
@@ -102,11 +107,13 @@ where
         Command::Sample(o) => sample_cmd::check(o),
         Command::Classify(classify_cmd::ClassifyCmd::Train(o)) => classify_cmd::check(o),
         Command::Tag(tag_cmd::TagCmd::Train(o)) => tag_cmd::check(o),
+        Command::Seq2seq(seq2seq_cmd::Seq2seqCmd::Train(o)) => seq2seq_cmd::check(o),
         Command::Lab(c) => lab_cmd::check(c),
         // Their flags are checked by clap alone before they open their files.
         Command::Eval(_)
         | Command::Classify(_)
         | Command::Tag(_)
+        | Command::Seq2seq(_)
         | Command::Bench(_)
         | Command::Import(_)
         | Command::Visualize(_) => Ok(()),
@@ -172,6 +179,11 @@ fn command() -> clap::Command {
         .mut_subcommand("tag", |c| {
             c.mut_subcommand("train", |c| {
                 trainer::with_defaults(c, &tag_cmd::shown_defaults())
+            })
+        })
+        .mut_subcommand("seq2seq", |c| {
+            c.mut_subcommand("train", |c| {
+                trainer::with_defaults(c, &seq2seq_cmd::shown_defaults())
             })
         })
 }
