@@ -5,8 +5,8 @@ Default mode: for each configuration of a built-in table, run rnnkit (f32),
 rnnkit with --bf16 (bfloat16 matrix products; skip with --no-bf16) and the
 PyTorch reference ALTERNATELY --repeats times, all with --threads workers, take
 the median of each figure over the repeats and print a Markdown table; then the
-same for the classifier and the tagger (`--task classify`, `--task tag`), in a
-second table.  Ratios
+same for the classifier, the tagger and the encoder-decoder (`--task classify`,
+`--task tag`, `--task seq2seq`), in a second table.  Ratios
 read "> 1 = rnnkit better": tok/s ratio = rnnkit / PyTorch, sampling speed-up =
 PyTorch µs / rnnkit µs (f32 weights, and bfloat16 weights), RSS ratio =
 PyTorch MiB / rnnkit MiB.
@@ -18,7 +18,7 @@ Standard library only; run with plain python3 from anywhere:
 
     python3 bench/compare.py                      # full comparison table
     python3 bench/compare.py --only lstm-2x512    # one row
-    python3 bench/compare.py --only classify,tag  # the task rows only
+    python3 bench/compare.py --only classify,tag,seq2seq  # the task rows only
     python3 bench/compare.py --scaling            # rnnkit scaling table
     python3 bench/compare.py --json-out raw.json  # also dump every run
 
@@ -54,11 +54,14 @@ DEFAULT_STEPS = 10
 SAMPLE_CHARS = 500
 
 # The task rows: name, flags (the models and batches of the `rnnkit classify train`
-# and `rnnkit tag train` recipes, given explicitly so both programs build the same
-# model), timed steps (each on its own batch), what a token is.
+# and `rnnkit tag train` recipes, and a G2P-sized encoder-decoder, given explicitly so
+# both programs build the same model), timed steps (each on its own batch), what a
+# token is.
 TASK_ROWS = [
     ("classify", "--task classify --cell gru --layers 2 --hidden 256", 100, "timesteps"),
     ("tag", "--task tag --cell lstm --layers 2 --hidden 200 --char-hidden 100", 20, "words"),
+    ("seq2seq", "--task seq2seq --cell lstm --layers 1 --hidden 256 --embed 64 --attention general "
+     "--batch 64", 20, "tokens"),
 ]
 TASK_FIGURES = ("train_tokens_per_sec", "train_gflops", "step_seconds", "tokens_per_step",
                 "peak_rss_mb", "threads")
@@ -314,9 +317,10 @@ def task_table(results, bf, g, tok):
         cells += [fmt(g(mp, "train_gflops"), 1), fmt(ms(mr), 2), fmt(ms(mp), 2),
                   fmt(g(mr, "peak_rss_mb"), 1), fmt(g(mp, "peak_rss_mb"), 1)]
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", "Tasks: tok/s = valid tokens (timesteps for classify, words for tag) of the timed "
-            "steps ÷ their seconds, each step on its own batch of the same synthetic data in both "
-            "programs; ms/step is the median step. ratio = rnnkit ÷ PyTorch (> 1 = rnnkit faster)."]
+    out += ["", "Tasks: tok/s = valid tokens (timesteps for classify, words for tag, source and "
+            "target tokens with </s> for seq2seq) of the timed steps ÷ their seconds, each step on "
+            "its own batch of the same synthetic data in both programs; ms/step is the median step. "
+            "ratio = rnnkit ÷ PyTorch (> 1 = rnnkit faster)."]
     return out
 
 
@@ -383,9 +387,9 @@ def main():
                    help="alternating runs per configuration [default: 3]")
     p.add_argument("--steps", type=int, default=None,
                    help="timed training steps for every row [default: 10; 100 for classify, "
-                        "20 for tag, 3 for the batch-1 and seq-400 scaling rows]")
+                        "20 for tag and seq2seq, 3 for the batch-1 and seq-400 scaling rows]")
     p.add_argument("--only", metavar="NAMES", default=None,
-                   help="run only these rows (comma-separated names, e.g. classify,tag)")
+                   help="run only these rows (comma-separated names, e.g. classify,tag,seq2seq)")
     p.add_argument("--scaling", action="store_true",
                    help="measure rnnkit alone: threads, batch and seq-len scaling")
     p.add_argument("--no-bf16", action="store_true",

@@ -34,52 +34,55 @@ embedding (word dropout 0.1 to id 0) concatenated with a character BiLSTM's fina
 states over each distinct word of the batch (packed; forward at the last
 character, reverse at the first) -> dropout 0.25 -> BiLSTM (packed) -> dropout ->
 Linear -> cross-entropy over the words.
---task seq2seq: the encoder-decoder of tools/task_modules.py (Seq2seq, imported from
-there: this needs safetensors besides torch): source embedding -> encoder (packed,
-bidirectional by default, H/2 per direction) -> decoder initialised from the
-encoder's final states, input feeding, attention (general by default) over the valid
-source steps, tanh(combine([context, q])) -> dropout 0.2 -> Linear -> cross-entropy
-over the target tokens and </s>, teacher forcing.  Data: G2P-like random pairs,
-source lengths uniform in --src-len (4-12), target length = source length - 1, +0
-or +1 (at least 1), source ids uniform in --src-vocab (28), target ids uniform over
-the --tgt-vocab - 2 ordinary tokens (71 - 2 specials).
+--task seq2seq: the encoder-decoder of `rnnkit seq2seq train`, as the module Seq2seq
+of tools/task_modules.py (imported from there, so this task needs safetensors besides
+torch): source embedding -> encoder over each source's own length (packed;
+bidirectional by default, H/2 units per direction) -> decoder started from the
+encoder's final states, input feeding, attention (general by default) over the
+valid source steps, tanh(combine([context, q])) -> dropout 0.2 -> Linear ->
+cross-entropy over the target tokens and </s>, teacher forcing.  Data: random pairs
+shaped like grapheme-to-phoneme entries, source lengths uniform in
+--min-len..--max-len (4..12), target length = source length - 1, +0 or +1 (at least
+1), source ids uniform below --src-vocab (28), target ids uniform over the
+--tgt-vocab (69) tokens besides </s> and <s>.
 Both draw the data of `rnnkit bench --task ...` from the same seed with a port of
 rnnkit's generator (class Rng), so both programs train on the same batches: random
-series of random lengths, random sentences of random words, or random pairs.  Each step builds
-its batch from the raw data (padding, standardising / encoding words and
+series of random lengths, random sentences of random words, or random pairs.  Each
+step builds its batch from the raw data (padding, standardising / encoding words and
 characters), as rnnkit's step does, then zero grads, forward, backward,
 clip_grad_norm_(5), Adam(lr 1e-3).  3 untimed warm-up steps, then --steps timed
 ones, each on its own batch:
-    train_tokens_per_sec = valid tokens (timesteps / words) of the timed steps
-                           / their seconds
+    train_tokens_per_sec = valid tokens (timesteps / words / seq2seq tokens) of the
+                           timed steps / their seconds
     train_gflops         = counted FLOPs of the timed steps / their seconds / 1e9
-                           (classify_flops, tag_flops: as rnnkit's bench::classify::flops
-                           and bench::tag::flops)
+                           (classify_flops, tag_flops, seq2seq_flops: as rnnkit's
+                           bench::classify::flops, bench::tag::flops and
+                           bench::seq2seq::flops)
     step_seconds         = the median step time
     tokens_per_step      = mean valid tokens per timed step (equal in both programs)
 A seq2seq token is a source token or a target token (</s> included): a pair of
 source length n and target length m counts n + m + 1.  Its counted FLOPs
-(seq2seq_flops) are 3 x (source tokens x enc + target tokens x dec), enc and dec the
-multiply-adds x 2 of one forward pass per token:
-    enc = sum_l D*2*(in_l + H/D)*G*(H/D)  [+ 2*H*H, the keys: general, additive]
-    dec = sum_l 2*(in_l' + H)*G*H + att + 2*2H*H (combine) + 2*H*Vt
-    att = 2*2*S*H (scores + context)      [+ 2*H*H, the query: additive]
-with in_0 = E, in_l = H (encoder), in_0' = E + H, in_l' = H (decoder), S the mean
-source length of the step's batch, and no att / combine / keys for --attention
-none (decoder in_0' = E).
---task seq2seq-decode: inference speed of the same model (untrained, eval mode,
-torch.no_grad()), one source at a time (batch 1), Seq2seq.greedy or with --beam K > 1
-Seq2seq.beam (the K hypotheses as one batch, length-normalised scores); at most
-2*len + 10 decoder steps.  10 untimed words, then --steps timed ones:
-    decode_words_per_sec = timed words / their seconds
-    decode_steps_per_sec = decoder steps (one per emitted token, the </s> included;
-                           times the live hypotheses for beam search) / seconds
-    decode_steps_per_word, decode_ms_per_word (median)
-An untrained model rarely emits </s>, so most words take the full 2*len + 10
-steps; steps/s compares implementations whose weights differ.
+(seq2seq_flops) are 3 x (source tokens x enc + target tokens x dec), enc and dec
+the multiply-adds x 2 of one forward pass per token:
+    enc = sum_l D*2*(in_l + H/D)*G*(H/D)  + 2*H*H (the keys: general, additive)
+    dec = sum_l 2*(in'_l + H)*G*H + att + 2*2H*H (combine) + 2*H*Vt
+    att = 2*2*S*H (scores and context)    + 2*H*H (the query: additive)
+with in_0 = E, in_l = H (encoder), in'_0 = E + H, in'_l = H (decoder), Vt = the
+target vocabulary with </s> and <s>, S the mean source length of the step's batch;
+--attention none has no keys, att or combine, and in'_0 = E.
+After the training steps, the trained model decodes the first --decode-sources (200)
+sources one at a time (batch 1, eval mode, torch.no_grad(), at most 2*len + 10 output
+tokens): 3 untimed, then all of them timed, greedy (Seq2seq.greedy), then the same
+with a beam of --beam (5) hypotheses as one batch (Seq2seq.beam, scores log p / len):
+    greedy_words_per_sec, beam_words_per_sec = sources / their seconds
+    greedy_steps_per_word, beam_steps_per_word = decoder steps per source (one per
+        output token and live hypothesis, </s> included): the work behind a word,
+        which depends on the weights (an untrained model rarely ends early)
+    beam                 = the beam width
 
-Output is one JSON object with exactly the keys of `rnnkit bench --json`
-(or a short human-readable summary without --json).
+Output is one JSON object with exactly the keys of `rnnkit bench --json`, plus
+greedy_steps_per_word and beam_steps_per_word for seq2seq (or a short
+human-readable summary without --json).
 
 How to run
 ----------
@@ -93,7 +96,6 @@ torch is not a dependency of the repository; install it outside it:
     ~/torch/bin/python bench/pytorch_ref.py --task classify --threads 2 --json
     ~/torch/bin/python bench/pytorch_ref.py --task tag --threads 2 --json
     ~/torch/bin/python bench/pytorch_ref.py --task seq2seq --threads 2 --json
-    ~/torch/bin/python bench/pytorch_ref.py --task seq2seq-decode --threads 2 --json
 
 bench/compare.py runs it alternately with `rnnkit bench` and tabulates both.
 """
@@ -144,41 +146,41 @@ def boolean(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-# Defaults per task: (char-lm, classify, tag, seq2seq, seq2seq-decode), as `rnnkit
-# bench` (whose classify and tag defaults are the `train` recipes'); None = the flag
-# does not apply.
+# Defaults per task: (char-lm, classify, tag, seq2seq), as `rnnkit bench` (whose
+# classify, tag and seq2seq defaults are the `train` recipes'); None = the flag does
+# not apply.
 TASK_DEFAULTS = {
-    "cell": ("lstm", "gru", "lstm", "lstm", "lstm"),
-    "layers": (2, 2, 2, 1, 1),
-    "hidden": (512, 256, 200, 256, 256),
-    "batch": (64, 16, 32, 64, None),
-    "steps": (10, 100, 20, 20, 200),
-    "embed": (64, None, None, 64, 64),
-    "vocab": (65, None, None, None, None),
-    "seq_len": (100, None, None, None, None),
-    "sample_chars": (500, None, None, None, None),
-    "channels": (None, 12, None, None, None),
-    "classes": (None, 9, None, None, None),
-    "min_len": (None, 7, None, None, None),
-    "max_len": (None, 29, None, None, None),
-    "pool": (None, "max", None, None, None),
-    "bidirectional": (None, True, None, True, True),
-    "word_vocab": (None, None, 16000, None, None),
-    "char_vocab": (None, None, 100, None, None),
-    "tags": (None, None, 17, None, None),
-    "words_per_sentence": (None, None, (5, 30), None, None),
-    "chars_per_word": (None, None, (2, 10), None, None),
-    "word_embed": (None, None, 100, None, None),
-    "char_embed": (None, None, 32, None, None),
-    "char_hidden": (None, None, 100, None, None),
-    "attention": (None, None, None, "general", "general"),
-    "src_vocab": (None, None, None, 28, 28),
-    "tgt_vocab": (None, None, None, 71, 71),
-    "src_len": (None, None, None, (4, 12), (4, 12)),
-    "beam": (None, None, None, None, 1),
-    "seed": (None, 1, 1, 1, 1),
+    "cell": ("lstm", "gru", "lstm", "lstm"),
+    "layers": (2, 2, 2, 1),
+    "hidden": (512, 256, 200, 256),
+    "batch": (64, 16, 32, 64),
+    "steps": (10, 100, 20, 20),
+    "embed": (64, None, None, 64),
+    "vocab": (65, None, None, None),
+    "seq_len": (100, None, None, None),
+    "sample_chars": (500, None, None, None),
+    "channels": (None, 12, None, None),
+    "classes": (None, 9, None, None),
+    "min_len": (None, 7, None, 4),
+    "max_len": (None, 29, None, 12),
+    "pool": (None, "max", None, None),
+    "bidirectional": (None, True, None, True),
+    "word_vocab": (None, None, 16000, None),
+    "char_vocab": (None, None, 100, None),
+    "tags": (None, None, 17, None),
+    "words_per_sentence": (None, None, (5, 30), None),
+    "chars_per_word": (None, None, (2, 10), None),
+    "word_embed": (None, None, 100, None),
+    "char_embed": (None, None, 32, None),
+    "char_hidden": (None, None, 100, None),
+    "attention": (None, None, None, "general"),
+    "src_vocab": (None, None, None, 28),
+    "tgt_vocab": (None, None, None, 69),
+    "beam": (None, None, None, 5),
+    "decode_sources": (None, None, None, 200),
+    "seed": (None, 1, 1, 1),
 }
-TASKS = ("char-lm", "classify", "tag", "seq2seq", "seq2seq-decode")
+TASKS = ("char-lm", "classify", "tag", "seq2seq")
 ATTENTIONS = ("none", "dot", "general", "additive")
 
 
@@ -187,8 +189,7 @@ def parse_args(argv=None):
         description="PyTorch reference of `rnnkit bench`: training and sampling "
         "throughput of the char-LM on synthetic tokens, training throughput of "
         "the classifier (--task classify), the tagger (--task tag) or the encoder-decoder "
-        "(--task seq2seq) on synthetic data, or the encoder-decoder's decoding speed "
-        "(--task seq2seq-decode).")
+        "(--task seq2seq, then its decoding speed) on synthetic data.")
     p.add_argument("--task", choices=TASKS, default="char-lm", help="what to measure [default: char-lm]")
     p.add_argument("--cell", choices=CELLS, help="recurrent cell [default: lstm; classify: gru]")
     p.add_argument("--layers", type=positive, help="stacked recurrent layers [default: 2]")
@@ -201,14 +202,17 @@ def parse_args(argv=None):
                    help="sequences per batch [default: 64; classify: 16; tag: 32]")
     p.add_argument("--seq-len", type=positive, help="timesteps per batch (char-lm) [default: 100]")
     p.add_argument("--steps", type=positive,
-                   help="timed training steps [default: 10; classify: 100; tag, seq2seq: 20]; "
-                   "seq2seq-decode: timed words [default: 200]")
+                   help="timed training steps [default: 10; classify: 100; tag, seq2seq: 20]")
     p.add_argument("--sample-chars", type=non_negative,
                    help="timed batch-1 sampled characters (char-lm) [default: 500]")
     p.add_argument("--channels", type=positive, help="input channels (classify) [default: 12]")
     p.add_argument("--classes", type=int, help="classes (classify) [default: 9]")
-    p.add_argument("--min-len", type=positive, help="fewest steps of a series (classify) [default: 7]")
-    p.add_argument("--max-len", type=positive, help="most steps of a series (classify) [default: 29]")
+    p.add_argument("--min-len", type=positive,
+                   help="fewest steps of a series (classify) [default: 7], or tokens of a source "
+                   "(seq2seq) [default: 4]")
+    p.add_argument("--max-len", type=positive,
+                   help="most steps of a series (classify) [default: 29], or tokens of a source "
+                   "(seq2seq) [default: 12]")
     p.add_argument("--pool", choices=("last", "mean", "max"), help="pooling over time (classify) [default: max]")
     p.add_argument("--bidirectional", type=boolean,
                    help="read each series (classify) or source (seq2seq) in both directions "
@@ -224,14 +228,15 @@ def parse_args(argv=None):
     p.add_argument("--char-embed", type=positive, help="character embedding width (tag) [default: 32]")
     p.add_argument("--char-hidden", type=non_negative,
                    help="hidden units per direction of the character network (tag) [default: 64]")
-    p.add_argument("--attention", choices=ATTENTIONS, help="attention of the decoder (seq2seq) [default: general]")
+    p.add_argument("--attention", choices=ATTENTIONS,
+                   help="how the decoder looks at the source (seq2seq) [default: general]")
     p.add_argument("--src-vocab", type=positive, help="source tokens (seq2seq) [default: 28]")
     p.add_argument("--tgt-vocab", type=positive,
-                   help="target tokens, </s> and <s> included (seq2seq) [default: 71]")
-    p.add_argument("--src-len", type=int_range,
-                   help="tokens of a source, MIN-MAX or N (seq2seq) [default: 4-12]")
-    p.add_argument("--beam", type=positive,
-                   help="beam width; 1 = greedy (seq2seq-decode) [default: 1]")
+                   help="target tokens besides the end and start tokens (seq2seq) [default: 69]")
+    p.add_argument("--beam", type=positive, help="width of the timed beam search (seq2seq) [default: 5]")
+    p.add_argument("--decode-sources", type=positive,
+                   help="sources decoded one at a time, greedy and with the beam (seq2seq) "
+                   "[default: 200]")
     p.add_argument("--seed", type=non_negative,
                    help="seed of the synthetic data (classify, tag, seq2seq) [default: 1]")
     p.add_argument("--threads", type=positive, default=os.cpu_count() or 1,
@@ -250,6 +255,7 @@ def parse_args(argv=None):
     if args.task == "classify":
         if args.classes < 2:
             p.error("--classes must be >= 2")
+    if args.task in ("classify", "seq2seq"):
         if args.min_len > args.max_len:
             p.error(f"--min-len ({args.min_len}) must not exceed --max-len ({args.max_len})")
     if args.task == "tag":
@@ -260,9 +266,7 @@ def parse_args(argv=None):
         lo, hi = args.chars_per_word
         if sum(args.char_vocab ** n for n in range(lo, min(hi, lo + 64) + 1)) < 2 * args.word_vocab:
             p.error("too few spellings for --word-vocab: raise --char-vocab or --chars-per-word")
-    if args.task.startswith("seq2seq"):
-        if args.tgt_vocab < 3:
-            p.error("--tgt-vocab must be >= 3: </s>, <s> and one token")
+    if args.task == "seq2seq":
         if args.bidirectional and args.hidden % 2:
             p.error("--hidden must be even with a bidirectional encoder (hidden / 2 per direction)")
     return args
@@ -647,65 +651,85 @@ def run_tag(a):
     return {"task": "tag", **time_task_steps(model, work, step)}
 
 
-SEQ2SEQ_DROPOUT = 0.2  # on the attentional vector (and between layers when L > 1)
-DECODE_WARMUP_WORDS = 10  # untimed words before the timed ones
+SEQ2SEQ_DROPOUT = 0.2  # the dropout of `rnnkit seq2seq train`
+DECODE_WARMUP = 3  # sources decoded untimed before each timed pass, as rnnkit's bench
 
 
 def seq2seq_module():
     """tools/task_modules.py, the module whose checkpoints rnnkit reads: the benchmark
     times that exact model."""
-    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-    sys.path.insert(0, tools)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
     import task_modules  # noqa: E402
     return task_modules
 
 
-def seq2seq_pairs(a, count):
-    """rnnkit::bench::seq2seq::pairs: ``count`` (source ids, target ids) from Rng(seed),
-    for each pair its source length n = MIN + below(MAX - MIN + 1), its target length
-    max(1, n - 1 + below(3)), then the n source ids below(src_vocab), then the target
-    ids 2 + below(tgt_vocab - 2) (never </s> or <s>)."""
+def seq2seq_pairs(a):
+    """rnnkit::bench::seq2seq::pairs: the (WARMUP_STEPS + steps) * batch pairs (source ids,
+    target ids) from Rng(seed), for each pair its source length n = min_len +
+    below(max_len - min_len + 1), its target length max(1, n + below(3) - 1), the n
+    source ids below(src_vocab), then the target ids 2 + below(tgt_vocab)."""
     rng = Rng(a.seed)
-    lo, hi = a.src_len
     pairs = []
-    for _ in range(count):
-        n = lo + rng.below(hi - lo + 1)
-        m = max(1, n - 1 + rng.below(3))
+    for _ in range((WARMUP_STEPS + a.steps) * a.batch):
+        n = a.min_len + rng.below(a.max_len - a.min_len + 1)
+        m = max(1, n + rng.below(3) - 1)
         source = [rng.below(a.src_vocab) for _ in range(n)]
-        target = [2 + rng.below(a.tgt_vocab - 2) for _ in range(m)]
+        target = [2 + rng.below(a.tgt_vocab) for _ in range(m)]
         pairs.append((source, target))
     return pairs
 
 
 def seq2seq_flops(a, src_tokens, tgt_tokens, batch):
-    """Counted FLOPs of one training step (see the module docstring): 3 x the
+    """Counted FLOPs of one training step (the module docstring has the formula): 3 x the
     multiply-adds x 2 of one forward pass, the encoder per source token, the decoder,
     attention at the batch's mean source length, combine and output per target token."""
     d, g, h = (2 if a.bidirectional else 1), GATES[a.cell], a.hidden
-    he, attention = h // d, a.attention != "none"
+    he, attends = h // d, a.attention != "none"
     enc = sum(d * 2 * ((a.embed if l == 0 else h) + he) * g * he for l in range(a.layers))
-    dec = sum(2 * ((a.embed + (h if attention else 0) if l == 0 else h) + h) * g * h for l in range(a.layers))
-    dec += 2 * h * a.tgt_vocab
-    if attention:
-        mean_src = src_tokens / batch
-        enc += 2 * h * h if a.attention in ("general", "additive") else 0
-        dec += 2 * 2 * mean_src * h + 2 * 2 * h * h + (2 * h * h if a.attention == "additive" else 0)
+    dec = sum(2 * ((a.embed + (h if attends else 0) if l == 0 else h) + h) * g * h for l in range(a.layers))
+    dec += 2 * h * (a.tgt_vocab + 2)
+    if attends:
+        projects = a.attention in ("general", "additive")
+        enc += 2 * h * h if projects else 0
+        dec += 2 * 2 * (src_tokens / batch) * h + 2 * 2 * h * h
+        dec += 2 * h * h if a.attention == "additive" else 0
     return 3.0 * (src_tokens * enc + tgt_tokens * dec)
 
 
-def seq2seq_model(a, tm):
-    source_vocab = [f"s{i}" for i in range(a.src_vocab)]
-    target_vocab = [tm.EOS_TOKEN, tm.BOS_TOKEN] + [f"t{i}" for i in range(a.tgt_vocab - 2)]
-    return tm.Seq2seq(a.cell, a.attention, source_vocab, target_vocab, a.embed, a.hidden, a.layers,
-                      a.bidirectional, dropout=SEQ2SEQ_DROPOUT).float()
+def decode_speed(model, sources, decode):
+    """Sources per second and decoder steps per source of decode(src, src_len), batch 1:
+    DECODE_WARMUP untimed sources first, then all of them timed."""
+    steps = [0]
+    step = model.step
+
+    def counted(tokens, feed, state, memory):
+        steps[0] += tokens.shape[0]
+        return step(tokens, feed, state, memory)
+
+    model.step = counted  # counts the decoder steps (times the live hypotheses) and changes nothing
+    inputs = [(torch.tensor(s, dtype=torch.int64).unsqueeze(1), torch.tensor([len(s)])) for s in sources]
+    try:
+        for src, src_len in inputs[:DECODE_WARMUP]:
+            decode(src, src_len)
+        steps[0] = 0
+        t0 = time.perf_counter()
+        for src, src_len in inputs:
+            decode(src, src_len)
+        seconds = time.perf_counter() - t0
+    finally:
+        del model.step
+    return len(inputs) / seconds, steps[0] / len(inputs)
 
 
 def run_seq2seq(a):
     tm = seq2seq_module()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed + 1)
-    pairs = seq2seq_pairs(a, (WARMUP_STEPS + a.steps) * a.batch)
-    model = seq2seq_model(a, tm)
+    pairs = seq2seq_pairs(a)
+    source_vocab = [f"t{i}" for i in range(a.src_vocab)]
+    target_vocab = [tm.EOS_TOKEN, tm.BOS_TOKEN] + [f"t{i}" for i in range(a.tgt_vocab)]
+    model = tm.Seq2seq(a.cell, a.attention, source_vocab, target_vocab, a.embed, a.hidden, a.layers,
+                       a.bidirectional, dropout=SEQ2SEQ_DROPOUT).float()
     batches = [pairs[i:i + a.batch] for i in range(0, len(pairs), a.batch)]
     work = []
     for b in batches:
@@ -717,66 +741,19 @@ def run_seq2seq(a):
         b = batches[i]
         return model.loss(*tm.seq2seq_batch([s for s, _ in b], [t for _, t in b]))
 
-    return {"task": "seq2seq", **time_task_steps(model, work, step)}
-
-
-def run_seq2seq_decode(a):
-    tm = seq2seq_module()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed + 1)
-    sources = [s for s, _ in seq2seq_pairs(a, DECODE_WARMUP_WORDS + a.steps)]
-    model = seq2seq_model(a, tm).eval()
-    steps = [0]
-    step = model.step
-
-    def counted_step(tokens, feed, state, memory):
-        steps[0] += tokens.shape[0]
-        return step(tokens, feed, state, memory)
-
-    model.step = counted_step  # counts decoder steps (per live hypothesis) without changing them
-    times, timed_steps = [], 0
-    for i, source in enumerate(sources):
-        src = torch.tensor(source, dtype=torch.int64).unsqueeze(1)
-        src_len = torch.tensor([len(source)], dtype=torch.int64)
-        before = steps[0]
-        t0 = time.perf_counter()
-        if a.beam == 1:
-            model.greedy(src, src_len)
-        else:
-            model.beam(src, src_len, a.beam)
-        elapsed = time.perf_counter() - t0
-        if i >= DECODE_WARMUP_WORDS:
-            times.append(elapsed)
-            timed_steps += steps[0] - before
-    seconds = sum(times)
-    times.sort()
-    return {
-        "task": "seq2seq-decode",
-        "decode_words_per_sec": len(times) / seconds,
-        "decode_steps_per_sec": timed_steps / seconds,
-        "decode_steps_per_word": timed_steps / len(times),
-        "decode_ms_per_word": 1e3 * times[len(times) // 2],
-        "beam": a.beam,
-        "peak_rss_mb": peak_rss_mb(),
-        "threads": torch.get_num_threads(),
-    }
+    report = {"task": "seq2seq", **time_task_steps(model, work, step)}
+    model.eval()
+    sources = [s for s, _ in pairs[:a.decode_sources]]
+    greedy, greedy_steps = decode_speed(model, sources, lambda s, n: model.greedy(s, n))
+    beam, beam_steps = decode_speed(model, sources, lambda s, n: model.beam(s, n, a.beam))
+    report.update(greedy_words_per_sec=greedy, beam_words_per_sec=beam, beam=a.beam,
+                  greedy_steps_per_word=greedy_steps, beam_steps_per_word=beam_steps,
+                  peak_rss_mb=peak_rss_mb())
+    return report
 
 
 def main():
     args = parse_args()
-    if args.task == "seq2seq-decode":
-        r = run_seq2seq_decode(args)
-        if args.json:
-            print(json.dumps(r))
-        else:
-            how = "greedy" if args.beam == 1 else f"beam {args.beam}"
-            print(f"torch {torch.__version__} seq2seq-decode {args.cell} {args.layers}x{args.hidden} "
-                  f"attention {args.attention} {how}, batch 1, threads {r['threads']}")
-            print(f"decoding: {r['decode_words_per_sec']:.1f} words/s, {r['decode_steps_per_sec']:.0f} "
-                  f"decoder steps/s ({r['decode_steps_per_word']:.1f} steps per word, "
-                  f"{r['decode_ms_per_word']:.2f} ms per word, median)")
-            print(f"peak RSS: {r['peak_rss_mb']:.1f} MiB")
-        return
     if args.task != "char-lm":
         run_task = {"classify": run_classify, "tag": run_tag, "seq2seq": run_seq2seq}[args.task]
         r = run_task(args)
@@ -789,6 +766,11 @@ def main():
             print(f"training: {r['train_tokens_per_sec']:.0f} {unit}/s, {r['train_gflops']:.1f} GFLOP/s "
                   f"({r['step_seconds'] * 1e3:.2f} ms per step, median; "
                   f"{r['tokens_per_step']:.0f} {unit} per step)")
+            if args.task == "seq2seq":
+                print(f"decoding one source at a time: {r['greedy_words_per_sec']:.0f} words/s greedy "
+                      f"({r['greedy_steps_per_word']:.1f} decoder steps per word), "
+                      f"{r['beam_words_per_sec']:.0f} words/s with beam {r['beam']} "
+                      f"({r['beam_steps_per_word']:.1f})")
             print(f"peak RSS: {r['peak_rss_mb']:.1f} MiB")
         return
     r = run(args)

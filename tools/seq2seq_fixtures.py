@@ -85,6 +85,7 @@ G2P_VOCABS = (list("acekost"), "chars",
               [tm.EOS_TOKEN, tm.BOS_TOKEN, "AA", "EH", "IY", "K", "OW", "S", "T"], "space")
 REVERSED_VOCABS = (["a", "ch", "e", "i", "ng", "o", "th"], "space",
                    [tm.EOS_TOKEN, tm.BOS_TOKEN] + list("abcdefg"), "chars")
+REVERSED_CASE = "gru_uni1_dot"
 # Torch's default init, U(±1/√fan_in), leaves these tiny decoders almost independent
 # of the source (every sequence decodes to the same repeated token); three times the
 # weights make the greedy outputs differ between sources and over time.
@@ -102,6 +103,11 @@ FD_TOLERANCE = 1e-7
 
 def seed_of(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name))
+
+
+def vocabs_of(name: str):
+    """(source vocabulary, its tokenisation, target vocabulary, its tokenisation)."""
+    return REVERSED_VOCABS if name == REVERSED_CASE else G2P_VOCABS
 
 
 def inputs(name: str, source_vocab: int, target_vocab: int):
@@ -137,7 +143,7 @@ def make_model(name: str, cell: str, layers: int, bidirectional: bool, attention
     """The case's float32 model: the first seed offset k and `</s>` bias shift for which
     greedy decoding of ``batch`` is non-trivial (see the module docstring); returns the
     model, k, the shift and the smallest logit gap of the greedy choices."""
-    vocabs = REVERSED_VOCABS if name == "gru_uni1_dot" else G2P_VOCABS
+    vocabs = vocabs_of(name)
     src, src_len = batch[0], batch[1]
     for k in range(SEED_TRIES):
         torch.manual_seed(seed_of(name) + k)
@@ -259,7 +265,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     for name, cell, layers, bidirectional, attention in CASES:
-        vocabs = REVERSED_VOCABS if name == "gru_uni1_dot" else G2P_VOCABS
+        vocabs = vocabs_of(name)
         batch = inputs(name, len(vocabs[0]), len(vocabs[2]))
         model, k, shift, gap = make_model(name, cell, layers, bidirectional, attention, batch)
         path = os.path.join(args.out_dir, name + ".safetensors")

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch modules of rnnkit's classify, tag and seq2seq checkpoints.
 
-rnnkit's task trainers (``rnnkit classify train``, ``rnnkit tag train``, seq2seq)
-save their models as the state dicts of the modules below, in one safetensors file each (``train.*`` tensors and
-metadata hold the training state; this module ignores them).
+rnnkit's task trainers (``rnnkit classify train``, ``rnnkit tag train``, ``rnnkit
+seq2seq train``) save their models as the state dicts of the modules below, in one
+safetensors file each (``train.*`` tensors and metadata hold the training state;
+this module ignores them).
 
 ``SequenceClassifier`` (metadata ``rnnkit.task`` = ``classify``)
     Tensors ``rnn.*`` (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` names, batch-first, uni-
@@ -62,7 +63,8 @@ metadata hold the training state; this module ignores them).
     dropped out and scored). Returns the logits [T, B, Vt] and the attention weights
     [T, B, S]. ``loss`` is the mean cross-entropy over the real target tokens
     (``</s>`` included); ``greedy`` decodes by argmax as inference does, at most
-    2·len + 10 steps; ``beam`` is a length-normalised beam search of one source.
+    2·len + 10 output tokens; ``beam`` is rnnkit's length-normalised beam search of one
+    source.
 
 All three compute in inference mode (``model.eval()``) exactly what rnnkit
 computes; in training mode they apply dropout where rnnkit does (between
@@ -545,7 +547,7 @@ class Seq2seq(nn.Module):
         return sequence_loss(self(src, src_len, tgt_in)[0], tgt_out, tgt_len)
 
     def max_len(self, src_len: torch.Tensor) -> List[int]:
-        """Most decoder steps of each source in inference: 2·len + 10."""
+        """Most output tokens of each source in inference (``</s>`` not counted): 2·len + 10."""
         return [2 * int(n) + 10 for n in src_len]
 
     @torch.no_grad()
@@ -582,50 +584,54 @@ class Seq2seq(nn.Module):
             self.train(was_training)
 
     @torch.no_grad()
-    def beam(self, src: torch.Tensor, src_len: torch.Tensor, k: int = 5) -> List[int]:
-        """Beam search for one source (src [S, 1]) in inference mode, the K hypotheses as
-        one batch. Each step extends every live hypothesis by every token and keeps the
-        best K − (finished) candidates by summed log-probability; a candidate ending in
-        ``</s>`` is finished. After ``max_len`` steps the live ones count as finished. The
-        result is the finished hypothesis of the highest score ÷ its length (tokens,
-        ``</s>`` included), without its ``</s>``; the first such on ties."""
+    def beam(self, src: torch.Tensor, src_len: torch.Tensor, k: int = 5,
+             length_penalty: float = 1.0) -> List[int]:
+        """Beam search of one source (src [S, 1]) in inference mode, the live hypotheses as
+        one batch (rnnkit's ``Seq2seq::beam``). Each step ranks every continuation of every
+        live hypothesis by its summed log-probability and keeps the best K (ties: the
+        earlier hypothesis, then the smaller id); those that end in ``</s>`` are finished,
+        scored log p / len^α with len counting the ``</s>``, the others live on. The search
+        stops when K hypotheses have finished, none is live, or the live ones reach
+        ``max_len`` tokens; when none has finished, the live ones are scored (len without
+        ``</s>``). Returns the best one's ids (the first on ties), ``</s>`` left out."""
         was_training = self.training
         self.eval()
         try:
             enc_out, state = self.encode(src, src_len)
             values, keys, mask = self.memory(enc_out, src_len)
             limit = self.max_len(src_len)[0]
-            hyps: List[List[int]] = [[]]
-            scores = enc_out.new_zeros(1)
+            live: List[List[int]] = [[]]
+            log_p = enc_out.new_zeros(1)
             feed = enc_out.new_zeros(1, self.hidden)
             tokens = torch.full((1,), BOS, dtype=torch.int64, device=src.device)
             finished: List[Tuple[float, List[int]]] = []
-            for t in range(limit):
-                live = len(hyps)
-                memory = (values.expand(live, -1, -1), keys.expand(live, -1, -1), mask.expand(live, -1))
+            for _ in range(limit + 1):
+                n = len(live)
+                memory = (values.expand(n, -1, -1), keys.expand(n, -1, -1), mask.expand(n, -1))
                 logits, feed, state, _ = self.step(tokens, feed, state, memory)
-                total = (scores[:, None] + torch.log_softmax(logits, dim=-1)).reshape(-1)
-                best = torch.topk(total, min(k - len(finished), total.numel())).indices.tolist()
+                total = (log_p[:, None] + torch.log_softmax(logits, dim=-1)).reshape(-1)
+                # A stable sort keeps equal scores in (hypothesis, id) order.
+                best = torch.sort(total, descending=True, stable=True).indices[:k].tolist()
                 vocab = logits.shape[-1]
-                keep, next_hyps, next_tokens = [], [], []
+                parents, next_live = [], []
                 for i in best:
                     h, token = divmod(i, vocab)
                     if token == EOS:
-                        finished.append((total[i].item() / (t + 1), hyps[h]))
+                        finished.append((total[i].item() / (len(live[h]) + 1) ** length_penalty, live[h]))
                     else:
-                        keep.append(i)
-                        next_hyps.append(hyps[h] + [token])
-                        next_tokens.append(token)
-                if not keep:
+                        parents.append(h)
+                        next_live.append(live[h] + [token])
+                kept = [i for i in best if i % vocab != EOS]
+                live, log_p = next_live, total[torch.tensor(kept, dtype=torch.int64, device=src.device)]
+                if len(finished) >= k or not live or len(live[0]) >= limit:
                     break
-                rows = torch.tensor([i // vocab for i in keep], device=src.device)
-                scores = total[torch.tensor(keep, device=src.device)]
+                rows = torch.tensor(parents, dtype=torch.int64, device=src.device)
                 feed = feed[rows]
                 state = tuple(s[:, rows] for s in state) if isinstance(state, tuple) else state[:, rows]
-                tokens = torch.tensor(next_tokens, dtype=torch.int64, device=src.device)
-                hyps = next_hyps
-            else:
-                finished += [(s / len(h), h) for s, h in zip(scores.tolist(), hyps)]
+                tokens = torch.tensor([hyp[-1] for hyp in live], dtype=torch.int64, device=src.device)
+            if not finished:
+                finished = [(lp / max(len(hyp), 1) ** length_penalty, hyp)
+                            for lp, hyp in zip(log_p.tolist(), live)]
             return max(finished, key=lambda f: f[0])[1]
         finally:
             self.train(was_training)
@@ -638,7 +644,7 @@ class Seq2seq(nn.Module):
                 META_SOURCE_TOKENS: self.source_tokens, META_TARGET_TOKENS: self.target_tokens}
 
     def save(self, path: str) -> None:
-        """Writes a checkpoint that rnnkit's seq2seq reads."""
+        """Writes a checkpoint that ``rnnkit seq2seq eval/predict`` reads."""
         write(path, self, self.metadata())
 
     @classmethod

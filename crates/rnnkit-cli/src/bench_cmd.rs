@@ -7,6 +7,7 @@ use crate::train_cmd::Cell;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 use rnnkit::bench::classify::ClassifyBenchConfig;
+use rnnkit::bench::seq2seq::Seq2seqBenchConfig;
 use rnnkit::bench::tag::TagBenchConfig;
 use rnnkit::bench::{self, BenchConfig, TaskReport};
 use rnnkit::limits::{flag_range, MAX_BATCH, MAX_BENCH_VOCAB, MAX_LAYERS, MAX_SEQ_LEN, MAX_WIDTH};
@@ -22,6 +23,8 @@ pub enum BenchTask {
     Classify,
     /// The tagger of `rnnkit tag train`, on random sentences of random words.
     Tag,
+    /// The encoder–decoder of `rnnkit seq2seq train`, on random pairs; and its decoding.
+    Seq2seq,
 }
 
 /// Flags of `rnnkit bench`.
@@ -39,7 +42,7 @@ pub struct BenchOpts {
     /// Hidden units per layer (per direction) [default: 512; classify: 256; tag: 200, as their `train` recipes].
     #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     hidden: Option<u32>,
-    /// Embedding width (char-lm) [default: 64].
+    /// Embedding width (char-lm, seq2seq) [default: 64].
     #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     embed: Option<u32>,
     /// Vocabulary size (char-lm) [default: 65].
@@ -63,16 +66,16 @@ pub struct BenchOpts {
     /// Classes (classify) [default: 9].
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
     classes: Option<u32>,
-    /// Fewest steps of a random series (classify) [default: 7].
+    /// Fewest steps of a random series (classify) [default: 7], or tokens of a random source (seq2seq) [default: 4].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
     min_len: Option<u32>,
-    /// Most steps of a random series (classify) [default: 29].
+    /// Most steps of a random series (classify) [default: 29], or tokens of a random source (seq2seq) [default: 12].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
     max_len: Option<u32>,
     /// Pooling over time (classify) [default: max].
     #[arg(long, value_enum)]
     pool: Option<Pool>,
-    /// Read each series in both directions (classify) [default: true].
+    /// Read each series or source in both directions (classify, seq2seq) [default: true].
     #[arg(long)]
     bidirectional: Option<bool>,
     /// Distinct words of the random lexicon (tag) [default: 16000].
@@ -99,7 +102,22 @@ pub struct BenchOpts {
     /// Hidden units per direction of the character network, 0 for none (tag) [default: 100].
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=4096))]
     char_hidden: Option<u32>,
-    /// Seed of the synthetic data (classify, tag) [default: 1].
+    /// How the decoder looks at the source (seq2seq) [default: general].
+    #[arg(long, value_enum)]
+    attention: Option<crate::seq2seq_cmd::Attend>,
+    /// Source tokens (seq2seq) [default: 28].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    src_vocab: Option<u32>,
+    /// Target tokens besides the end and start tokens (seq2seq) [default: 69].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    tgt_vocab: Option<u32>,
+    /// Width of the timed beam search (seq2seq) [default: 5].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    beam: Option<u32>,
+    /// Sources decoded one at a time, greedy and with the beam (seq2seq) [default: 200].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    decode_sources: Option<u32>,
+    /// Seed of the synthetic data (classify, tag, seq2seq) [default: 1].
     #[arg(long)]
     seed: Option<u64>,
     /// Worker threads [default: all cores].
@@ -135,16 +153,29 @@ impl BenchOpts {
     fn check_flags(&self) -> anyhow::Result<()> {
         use BenchTask::*;
         let flags: &[(&str, bool, &[BenchTask])] = &[
-            ("--embed", self.embed.is_some(), &[CharLm]),
+            ("--embed", self.embed.is_some(), &[CharLm, Seq2seq]),
             ("--vocab", self.vocab.is_some(), &[CharLm]),
             ("--seq-len", self.seq_len.is_some(), &[CharLm]),
             ("--sample-chars", self.sample_chars.is_some(), &[CharLm]),
             ("--channels", self.channels.is_some(), &[Classify]),
             ("--classes", self.classes.is_some(), &[Classify]),
-            ("--min-len", self.min_len.is_some(), &[Classify]),
-            ("--max-len", self.max_len.is_some(), &[Classify]),
+            ("--min-len", self.min_len.is_some(), &[Classify, Seq2seq]),
+            ("--max-len", self.max_len.is_some(), &[Classify, Seq2seq]),
             ("--pool", self.pool.is_some(), &[Classify]),
-            ("--bidirectional", self.bidirectional.is_some(), &[Classify]),
+            (
+                "--bidirectional",
+                self.bidirectional.is_some(),
+                &[Classify, Seq2seq],
+            ),
+            ("--attention", self.attention.is_some(), &[Seq2seq]),
+            ("--src-vocab", self.src_vocab.is_some(), &[Seq2seq]),
+            ("--tgt-vocab", self.tgt_vocab.is_some(), &[Seq2seq]),
+            ("--beam", self.beam.is_some(), &[Seq2seq]),
+            (
+                "--decode-sources",
+                self.decode_sources.is_some(),
+                &[Seq2seq],
+            ),
             ("--word-vocab", self.word_vocab.is_some(), &[Tag]),
             ("--char-vocab", self.char_vocab.is_some(), &[Tag]),
             ("--tags", self.tags.is_some(), &[Tag]),
@@ -157,7 +188,7 @@ impl BenchOpts {
             ("--word-embed", self.word_embed.is_some(), &[Tag]),
             ("--char-embed", self.char_embed.is_some(), &[Tag]),
             ("--char-hidden", self.char_hidden.is_some(), &[Tag]),
-            ("--seed", self.seed.is_some(), &[Classify, Tag]),
+            ("--seed", self.seed.is_some(), &[Classify, Tag, Seq2seq]),
         ];
         for &(flag, given, tasks) in flags {
             if given && !tasks.contains(&self.task) {
@@ -187,6 +218,7 @@ pub fn run(o: BenchOpts) -> anyhow::Result<ExitCode> {
         BenchTask::CharLm => char_lm(o),
         BenchTask::Classify => classify(o),
         BenchTask::Tag => tag(o),
+        BenchTask::Seq2seq => seq2seq(o),
     }
 }
 
@@ -333,6 +365,63 @@ fn tag(o: BenchOpts) -> anyhow::Result<ExitCode> {
         cfg.batch
     );
     report(&o, &what, "words", &r)
+}
+
+fn seq2seq(o: BenchOpts) -> anyhow::Result<ExitCode> {
+    let recipe = crate::seq2seq_cmd::default_recipe();
+    let mut model = recipe.task;
+    if let Some(c) = o.cell {
+        model.cell = c.kind();
+    }
+    if let Some(a) = o.attention {
+        model.attention = a.kind();
+    }
+    model.num_layers = o.layers.map_or(model.num_layers, |v| v as usize);
+    model.hidden_size = o.hidden.map_or(model.hidden_size, |v| v as usize);
+    model.embed = o.embed.map_or(model.embed, |v| v as usize);
+    model.bidirectional = o.bidirectional.unwrap_or(model.bidirectional);
+    let cfg = Seq2seqBenchConfig {
+        model,
+        src_vocab: o.src_vocab.unwrap_or(28) as usize,
+        tgt_vocab: o.tgt_vocab.unwrap_or(69) as usize,
+        lengths: (
+            o.min_len.unwrap_or(4) as usize,
+            o.max_len.unwrap_or(12) as usize,
+        ),
+        batch: o.batch.map_or(recipe.train.batch, |v| v as usize),
+        steps: o.steps.unwrap_or(20) as usize,
+        decode_sources: o.decode_sources.unwrap_or(200) as usize,
+        beam: o.beam.unwrap_or(5) as usize,
+        seed: o.seed.unwrap_or(1),
+        precision: o.precision(),
+    };
+    let r = bench::seq2seq::run(&cfg)?;
+    if o.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = &cfg.model;
+    let what = format!(
+        "seq2seq {} {}x{}{}, attention {}, embed {}, dropout {}, vocabularies {} → {}, sources of {}-{} tokens, batch {}",
+        m.cell,
+        m.num_layers,
+        m.hidden_size,
+        if m.bidirectional { " (bidirectional encoder)" } else { "" },
+        m.attention,
+        m.embed,
+        m.dropout,
+        cfg.src_vocab,
+        cfg.tgt_vocab + 2,
+        cfg.lengths.0,
+        cfg.lengths.1,
+        cfg.batch
+    );
+    report(&o, &what, "tokens", &r.train)?;
+    println!(
+        "decoding one source at a time: {:.0} words/s greedy, {:.0} words/s with beam {}",
+        r.greedy_words_per_sec, r.beam_words_per_sec, r.beam
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a task's figures: one JSON object, or three lines.

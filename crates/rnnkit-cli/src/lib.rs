@@ -45,7 +45,7 @@ enum Command {
     /// Transduce sequences to sequences of another length (grapheme-to-phoneme): train, eval, predict.
     #[command(subcommand)]
     Seq2seq(seq2seq_cmd::Seq2seqCmd),
-    /// Measure training throughput on synthetic data: the char LM (and its sampling), the classifier or the tagger.
+    /// Measure training throughput on synthetic data: the char LM (and its sampling), the classifier, the tagger or the encoder–decoder (and its decoding).
     Bench(bench_cmd::BenchOpts),
     /// What the notes teach, measured: gradients through time, memory, clipping, truncation, RTRL.
     #[command(subcommand)]

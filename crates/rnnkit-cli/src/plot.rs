@@ -268,34 +268,44 @@ pub fn attention(
     let cell = 28i32;
     let (x0, y0) = (70, 60);
     let (w, h) = (source.len() as i32 * cell, output.len() as i32 * cell);
-    write_svg(path, ((x0 + w + 20) as u32, (y0 + h + 20) as u32), |root| {
-        root.draw(&Text::new(
-            "attention (rows: output, columns: source)",
-            (10, 10),
-            ("sans-serif", 14),
-        ))?;
-        for (j, s) in source.iter().enumerate() {
+    write_svg(
+        path,
+        ((x0 + w + 20).max(340) as u32, (y0 + h + 20) as u32),
+        |root| {
             root.draw(&Text::new(
-                s.clone(),
-                (x0 + j as i32 * cell + cell / 3, y0 - 20),
-                ("sans-serif", 13),
+                "attention (rows: output, columns: source)",
+                (10, 10),
+                ("sans-serif", 14),
             ))?;
-        }
-        for (i, (label, row)) in output.iter().zip(weights).enumerate() {
-            let y = y0 + i as i32 * cell;
-            root.draw(&Text::new(
-                label.clone(),
-                (10, y + cell / 3),
-                ("sans-serif", 13),
-            ))?;
-            for (j, &a) in row.iter().enumerate() {
-                let shade = (255.0 * (1.0 - a.clamp(0.0, 1.0))) as u8;
-                let x = x0 + j as i32 * cell;
-                let rect = [(x, y), (x + cell, y + cell)];
-                root.draw(&Rectangle::new(rect, RGBColor(shade, shade, shade).filled()))?;
-                root.draw(&Rectangle::new(rect, RGBColor(200, 200, 200).stroke_width(1)))?;
+            for (j, s) in source.iter().enumerate() {
+                root.draw(&Text::new(
+                    s.clone(),
+                    (x0 + j as i32 * cell + cell / 3, y0 - 20),
+                    ("sans-serif", 13),
+                ))?;
             }
-        }
-        Ok(())
-    })
+            for (i, (label, row)) in output.iter().zip(weights).enumerate() {
+                let y = y0 + i as i32 * cell;
+                root.draw(&Text::new(
+                    label.clone(),
+                    (10, y + cell / 3),
+                    ("sans-serif", 13),
+                ))?;
+                for (j, &a) in row.iter().enumerate() {
+                    let shade = (255.0 * (1.0 - a.clamp(0.0, 1.0))) as u8;
+                    let x = x0 + j as i32 * cell;
+                    let rect = [(x, y), (x + cell, y + cell)];
+                    root.draw(&Rectangle::new(
+                        rect,
+                        RGBColor(shade, shade, shade).filled(),
+                    ))?;
+                    root.draw(&Rectangle::new(
+                        rect,
+                        RGBColor(200, 200, 200).stroke_width(1),
+                    ))?;
+                }
+            }
+            Ok(())
+        },
+    )
 }

@@ -11,7 +11,9 @@ use rnnkit::limits::{flag_range, MAX_LAYERS, MAX_WIDTH};
 use rnnkit::model::Precision;
 use rnnkit::optim::OptimizerKind;
 use rnnkit::seq2seq::{AttentionKind, DecodeOptions, Seq2seq, Seq2seqConfig};
-use rnnkit::task::seq2seq::{encode_examples, evaluate, EncodedExample, Seq2seqTask};
+use rnnkit::task::seq2seq::{
+    encode_examples, evaluate, EncodedExample, Seq2seqTask, META_DEV_PATH, META_TEST_PATH,
+};
 use rnnkit::train::{Recipe, Schedule, Settings, TrainSettings};
 use rnnkit::{CellKind, Rng};
 use std::io::Read;
@@ -53,7 +55,7 @@ impl Tokens {
 
 /// `--attention` values.
 #[derive(Clone, Copy, ValueEnum)]
-enum Attend {
+pub enum Attend {
     /// The plain encoder–decoder.
     None,
     /// Luong's dot score.
@@ -65,7 +67,8 @@ enum Attend {
 }
 
 impl Attend {
-    fn kind(self) -> AttentionKind {
+    /// The library's attention kind.
+    pub fn kind(self) -> AttentionKind {
         match self {
             Attend::None => AttentionKind::None,
             Attend::Dot => AttentionKind::Dot,
@@ -313,10 +316,31 @@ struct RunData {
     test: Option<(String, Vec<Example>)>,
     splits: (Split, Split),
     path: PathBuf,
+    /// The --dev and --test files read (recorded for resume).
+    files: (Option<PathBuf>, Option<PathBuf>),
 }
 
 fn read_data(o: &Seq2seqTrainOpts, r: &Resolved<Seq2seqConfig>) -> anyhow::Result<RunData> {
     let data_path = r.data_path(&o.data);
+    // A resumed run reads the validation and test files it was started with.
+    let stored = |key: &str| -> anyhow::Result<Option<PathBuf>> {
+        Ok(match &r.resume {
+            Some((p, _)) => rnnkit::checkpoint::TensorFile::open(p)?
+                .metadata()
+                .get(key)
+                .map(PathBuf::from),
+            None => None,
+        })
+    };
+    let dev_path = match &o.dev {
+        Some(p) => Some(p.clone()),
+        None => stored(META_DEV_PATH)?,
+    };
+    let test_path = match &o.test {
+        Some(p) => Some(p.clone()),
+        None => stored(META_TEST_PATH)?,
+    };
+    let files = (dev_path.clone(), test_path.clone());
     let bundled = data_path
         .as_ref()
         .is_none_or(|p| crate::classify_cmd::is_bundled(p, DEFAULT_DATA));
@@ -324,12 +348,15 @@ fn read_data(o: &Seq2seqTrainOpts, r: &Resolved<Seq2seqConfig>) -> anyhow::Resul
         if o.source_tokens.is_some() || o.target_tokens.is_some() {
             bail!("--source-tokens/--target-tokens apply to --data; the bundled CMUdict is letters → phonemes");
         }
-        let dev = match &o.dev {
+        let dev = match &dev_path {
             Some(p) => read(p, "--dev", (Split::Chars, Split::Space))?,
             None => cmudict(Part::Dev)?,
         };
-        let test = match &o.test {
-            Some(p) => Some((p.display().to_string(), read(p, "--test", (Split::Chars, Split::Space))?)),
+        let test = match &test_path {
+            Some(p) => Some((
+                p.display().to_string(),
+                read(p, "--test", (Split::Chars, Split::Space))?,
+            )),
             None => Some(("the CMUdict test part".to_string(), cmudict(Part::Test)?)),
         };
         return Ok(RunData {
@@ -338,6 +365,7 @@ fn read_data(o: &Seq2seqTrainOpts, r: &Resolved<Seq2seqConfig>) -> anyhow::Resul
             test,
             splits: (Split::Chars, Split::Space),
             path: crate::classify_cmd::bundled(DEFAULT_DATA),
+            files,
         });
     }
     let path = data_path.expect("not bundled");
@@ -347,7 +375,7 @@ fn read_data(o: &Seq2seqTrainOpts, r: &Resolved<Seq2seqConfig>) -> anyhow::Resul
         None => o.splits(),
     };
     let mut train = read(&path, "--data", splits)?;
-    let dev = match &o.dev {
+    let dev = match &dev_path {
         Some(p) => read(p, "--dev", splits)?,
         None => {
             // Hold out a seeded share of the sources (all references of a source together).
@@ -358,8 +386,7 @@ fn read_data(o: &Seq2seqTrainOpts, r: &Resolved<Seq2seqConfig>) -> anyhow::Resul
             train.split_off(train.len() - n)
         }
     };
-    let test = o
-        .test
+    let test = test_path
         .as_ref()
         .map(|p| Ok::<_, anyhow::Error>((p.display().to_string(), read(p, "--test", splits)?)))
         .transpose()?;
@@ -369,6 +396,7 @@ fn read_data(o: &Seq2seqTrainOpts, r: &Resolved<Seq2seqConfig>) -> anyhow::Resul
         test,
         splits,
         path,
+        files,
     })
 }
 
@@ -408,7 +436,8 @@ fn train(o: Seq2seqTrainOpts) -> anyhow::Result<ExitCode> {
     };
     let train = encode_examples(&model, &data.train, "--data")?;
     let dev = encode_examples(&model, &data.dev, "--dev")?;
-    let task = Seq2seqTask::new(model, &train, dev, r.train.batch, r.train.seed)?;
+    let task = Seq2seqTask::new(model, &train, dev, r.train.batch, r.train.seed)?
+        .with_files(data.files.0.as_deref(), data.files.1.as_deref());
     let ready = Ready {
         resolved,
         task,
@@ -423,10 +452,7 @@ fn train(o: Seq2seqTrainOpts) -> anyhow::Result<ExitCode> {
         let chosen = s.chosen_checkpoint();
         let (mut model, _) = Seq2seq::load(chosen)?;
         let test = encode_examples(&model, test, "--test")?;
-        let mut modes = vec![DecodeOptions {
-            beam: 1,
-            ..decode
-        }];
+        let mut modes = vec![DecodeOptions { beam: 1, ..decode }];
         if decode.beam > 1 {
             modes.push(decode);
         }
@@ -534,7 +560,8 @@ fn predict(o: Seq2seqPredictOpts) -> anyhow::Result<ExitCode> {
         if model.config().attention == AttentionKind::None {
             bail!("--attention-plots: this model has no attention (--attention none)");
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("--attention-plots {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--attention-plots {}", dir.display()))?;
         for (i, (d, s)) in decoded.iter().zip(&sources).enumerate() {
             let mut outputs = model.target_vocab.decode(&d.ids);
             outputs.truncate(d.attention.len());
@@ -542,12 +569,7 @@ fn predict(o: Seq2seqPredictOpts) -> anyhow::Result<ExitCode> {
                 outputs.push("</s>".into());
             }
             let path = dir.join(format!("{}.svg", i + 1));
-            crate::plot::attention(
-                &model.source_vocab.decode(s),
-                &outputs,
-                &d.attention,
-                &path,
-            )?;
+            crate::plot::attention(&model.source_vocab.decode(s), &outputs, &d.attention, &path)?;
         }
     }
     let mut out = String::new();

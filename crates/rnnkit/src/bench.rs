@@ -4,6 +4,7 @@
 //! training steps of the sequence classifier and the tagger on synthetic data.
 
 pub mod classify;
+pub mod seq2seq;
 pub mod tag;
 
 use crate::cell::CellKind;

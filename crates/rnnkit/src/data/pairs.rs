@@ -67,8 +67,8 @@ pub struct Example {
     pub source: Vec<String>,
     /// Reference outputs, at least one.
     pub targets: Vec<Vec<String>>,
-    /// 1-based line of the first pair (0 when not from a file).
-    pub line: usize,
+    /// 1-based line of each reference (0 when not from a file).
+    pub lines: Vec<usize>,
 }
 
 /// Parses `source<TAB>target` lines; pairs with the same source become one
@@ -114,13 +114,16 @@ pub fn parse_pairs(text: &str, what: &str, split: (Split, Split)) -> Result<Vec<
             }
         }
         match by_source.get(&source) {
-            Some(&k) => examples[k].targets.push(target),
+            Some(&k) => {
+                examples[k].targets.push(target);
+                examples[k].lines.push(line);
+            }
             None => {
                 by_source.insert(source.clone(), examples.len());
                 examples.push(Example {
                     source,
                     targets: vec![target],
-                    line,
+                    lines: vec![line],
                 });
             }
         }
@@ -333,8 +336,10 @@ pub fn parse_cmudict(text: &str, what: &str) -> Result<(Vec<(Part, Example)>, Cm
         }
         match words.get(word) {
             Some(&k) => {
-                if !out[k].1.targets.contains(&phones) {
-                    out[k].1.targets.push(phones)
+                let ex = &mut out[k].1;
+                if !ex.targets.contains(&phones) {
+                    ex.targets.push(phones);
+                    ex.lines.push(i + 1);
                 }
             }
             None => {
@@ -344,7 +349,7 @@ pub fn parse_cmudict(text: &str, what: &str) -> Result<(Vec<(Part, Example)>, Cm
                     Example {
                         source: Split::Chars.tokens(word),
                         targets: vec![phones],
-                        line: i + 1,
+                        lines: vec![i + 1],
                     },
                 ));
             }
@@ -368,7 +373,10 @@ mod tests {
         let ex = parse_pairs("ab\tx y\nc\tz\nab\tx\n", "t", (Split::Chars, Split::Space)).unwrap();
         assert_eq!(ex.len(), 2);
         assert_eq!(ex[0].targets, vec![vec!["x", "y"], vec!["x"]]);
-        assert_eq!(ex[1].line, 2);
+        assert_eq!(
+            (ex[0].lines.clone(), ex[1].lines.clone()),
+            (vec![1, 3], vec![2])
+        );
         for (text, msg) in [
             ("a\tb\n\nc\td\n", "t:2: empty line"),
             ("a b\n", "t:1: no tab"),

@@ -235,7 +235,7 @@ impl<T: Real> Attention<T> {
     /// The memory of encoder outputs `enc [S, B, H]` with each source's `lengths`.
     pub fn memory(&self, enc: Vec<T>, lengths: &[usize], width: usize) -> Result<Memory<T>> {
         let b = lengths.len();
-        if width == 0 || b == 0 || enc.len() % (b * width) != 0 {
+        if width == 0 || b == 0 || !enc.len().is_multiple_of(b * width) {
             return Err(Error::Shape(format!(
                 "attention memory of {} values is not [S, {b}, {width}]",
                 enc.len()
@@ -339,9 +339,8 @@ impl<T: Real> Attention<T> {
             }
             let qb = &q[b * h..][..h];
             let dqb = &mut dq[b * h..][..h];
-            for s in 0..len {
+            for (s, &ds) in dscore.iter().enumerate().take(len) {
                 let row = (s * bs + b) * h;
-                let ds = dscore[s];
                 match &mut self.v {
                     Some((v, gv)) => {
                         let u = &saved.u[(b * ss + s) * h..][..h];

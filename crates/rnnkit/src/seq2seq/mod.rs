@@ -85,7 +85,7 @@ impl Settings for Seq2seqConfig {
 impl Seq2seqConfig {
     /// Checks the sizes fit together (a bidirectional encoder needs an even width).
     pub fn validate(&self) -> Result<()> {
-        if self.bidirectional && self.hidden_size % 2 != 0 {
+        if self.bidirectional && !self.hidden_size.is_multiple_of(2) {
             return Err(Error::Input(format!(
                 "--hidden {} must be even with a bidirectional encoder (each direction has half)",
                 self.hidden_size

@@ -31,12 +31,15 @@ pub fn encode_examples(
     examples
         .iter()
         .map(|e| {
-            let at = format!("{what}:{}", e.line);
-            let source = model.source_vocab.encode(&e.source, &format!("{at}: source"))?;
+            let at = |k: usize| format!("{what}:{}", e.lines.get(k).copied().unwrap_or(0));
+            let source = model
+                .source_vocab
+                .encode(&e.source, &format!("{}: source", at(0)))?;
             let targets = e
                 .targets
                 .iter()
-                .map(|t| model.target_vocab.encode(t, &format!("{at}: target")))
+                .enumerate()
+                .map(|(k, t)| model.target_vocab.encode(t, &format!("{}: target", at(k))))
                 .collect::<Result<_>>()?;
             Ok(EncodedExample { source, targets })
         })
@@ -136,6 +139,11 @@ pub fn mean_loss(model: &mut Seq2seq, examples: &[EncodedExample], batch: usize)
     Ok(sum / weight.max(1.0))
 }
 
+/// Checkpoint metadata: the validation pairs file of a run (a resumed run reads it again).
+pub const META_DEV_PATH: &str = "train.dev_path";
+/// Checkpoint metadata: the test pairs file of a run.
+pub const META_TEST_PATH: &str = "train.test_path";
+
 /// A [`Seq2seq`] with its training pairs (every reference a pair) and validation examples.
 pub struct Seq2seqTask {
     /// The model.
@@ -145,6 +153,7 @@ pub struct Seq2seqTask {
     batch: usize,
     seed: u64,
     order: Option<(u64, Vec<Vec<usize>>)>,
+    files: Vec<(&'static str, String)>,
 }
 
 impl Seq2seqTask {
@@ -170,7 +179,20 @@ impl Seq2seqTask {
             batch,
             seed,
             order: None,
+            files: Vec::new(),
         })
+    }
+
+    /// Records the validation and test files in every checkpoint ([`META_DEV_PATH`],
+    /// [`META_TEST_PATH`]), so that a resumed run reads the same ones.
+    pub fn with_files(mut self, dev: Option<&Path>, test: Option<&Path>) -> Self {
+        for (key, path) in [(META_DEV_PATH, dev), (META_TEST_PATH, test)] {
+            if let Some(p) = path {
+                let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                self.files.push((key, abs.display().to_string()));
+            }
+        }
+        self
     }
 
     fn lengths(&self) -> Vec<usize> {
@@ -270,6 +292,10 @@ impl Task for Seq2seqTask {
         extra: &[(String, Tensor<f32>)],
         metadata: HashMap<String, String>,
     ) -> Result<()> {
+        let mut metadata = metadata;
+        for (k, v) in &self.files {
+            metadata.insert(k.to_string(), v.clone());
+        }
         self.model.save(path, extra, metadata)
     }
 }
