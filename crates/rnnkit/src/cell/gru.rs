@@ -26,7 +26,7 @@
 
 use super::{
     for_row_blocks, input_grads, project_inputs, real_rows, recurrent_grads, step_product,
-    weight_grad, CellParams, Input, PackedSteps, RecurrentWeights, Seq, Shared,
+    weight_grad, CellParams, Input, RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -40,25 +40,24 @@ pub struct GruCache<T> {
     h_prev: Vec<T>,
     /// Reset after: `W_hn h_{t-1} + b_hn`; reset before: `r ⊙ h_{t-1}`; `[T, B, H]`.
     aux: Vec<T>,
-    /// `W_hhᵀ [H, 3H]`, the fast layout for the per-step products.
-    w_hh_t: Vec<T>,
-    /// Whether `w_hh_t` matches the parameters (see [`GruCache::weights_changed`]).
-    w_hh_t_valid: bool,
+    /// `W_hh` in the layouts of the per-step products, kept while the weights do not change.
+    weights: WeightCopies<T>,
     /// Input-side pre-activation gradients `[T, B, 3H]` (backward).
     dgx: Vec<T>,
     /// Recurrent-side pre-activation gradients `[T, B, 3H]` (backward, reset after only).
     dgh: Vec<T>,
-    /// bf16 mode: the views of `W_hhᵀ` (forward) and `W_hh` (backward) that the
-    /// per-step products use.
-    packed: [PackedSteps; 2],
 }
 
 impl<T> GruCache<T> {
     /// Must be called when the cell's parameters change: a cache belongs to one
     /// set of parameters and keeps a transposed copy of `W_hh` between calls.
     pub fn weights_changed(&mut self) {
-        self.w_hh_t_valid = false;
-        self.packed.iter_mut().for_each(PackedSteps::invalidate);
+        self.weights.invalidate();
+    }
+
+    /// The kept copies of `W_hh` (shared between the steps of a stepped sequence).
+    pub(crate) fn weights_mut(&mut self) -> &mut WeightCopies<T> {
+        &mut self.weights
     }
 }
 
@@ -79,14 +78,19 @@ pub fn forward<T: Real>(
     let g3 = 3 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g3);
     project_inputs(p, x, steps * batch, gates, false);
-    let w_hh = RecurrentWeights::new(p, batch, &mut cache.w_hh_t, &mut cache.w_hh_t_valid);
+    let w_hh = RecurrentWeights::new(
+        p,
+        batch,
+        &mut cache.weights.w_hh_t,
+        &mut cache.weights.w_hh_t_valid,
+    );
     // Torch's form multiplies by all three blocks at once; Keras' by r, z then n.
     let views = if reset_after {
         vec![w_hh.blocks(0..3, 1)]
     } else {
         vec![w_hh.blocks(0..2, 1), w_hh.blocks(2..3, 1)]
     };
-    let packed = cache.packed[0].prepare(&views);
+    let packed = cache.weights.packed[0].prepare(&views);
     let slot = |k: usize| packed.map(|p| &p[k]);
     let no_bias = Vec::new();
     let b_hh = p.b_hh.as_ref().map_or(&no_bias[..], |b| b.data());
@@ -220,7 +224,7 @@ pub fn backward<T: Real>(
             MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs),
         ]
     };
-    let packed = cache.packed[1].prepare(&views);
+    let packed = cache.weights.packed[1].prepare(&views);
     let bslot = |k: usize| packed.map(|p| &p[k]);
     let (gates, h_prev, aux) = (&cache.gates, &cache.h_prev, &cache.aux);
     let dgx_all = Shared::new(scratch(&mut cache.dgx, steps * batch * g3), batch, g3);

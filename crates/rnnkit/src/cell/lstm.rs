@@ -18,7 +18,7 @@
 
 use super::{
     for_row_blocks, input_grads, project_inputs, recurrent_grads, step_product, CellParams, Input,
-    PackedSteps, RecurrentWeights, Seq, Shared,
+    RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -34,22 +34,22 @@ pub struct LstmCache<T> {
     c_prev: Vec<T>,
     /// `tanh(c_t)` `[T, B, H]`.
     tanh_c: Vec<T>,
-    /// `W_hhᵀ [H, 4H]`, the fast layout for the per-step product.
-    w_hh_t: Vec<T>,
-    /// Whether `w_hh_t` matches the parameters (see [`LstmCache::weights_changed`]).
-    w_hh_t_valid: bool,
+    /// `W_hh` in the layouts of the per-step products, kept while the weights do not change.
+    weights: WeightCopies<T>,
     /// Pre-activation gradients `[T, B, 4H]` (backward).
     dgates: Vec<T>,
-    /// bf16 mode: `W_hhᵀ` for the forward and `W_hh` for the backward per-step products.
-    packed: [PackedSteps; 2],
 }
 
 impl<T> LstmCache<T> {
     /// Must be called when the cell's parameters change: a cache belongs to one
     /// set of parameters and keeps a transposed copy of `W_hh` between calls.
     pub fn weights_changed(&mut self) {
-        self.w_hh_t_valid = false;
-        self.packed.iter_mut().for_each(PackedSteps::invalidate);
+        self.weights.invalidate();
+    }
+
+    /// The kept copies of `W_hh` (shared between the steps of a stepped sequence).
+    pub(crate) fn weights_mut(&mut self) -> &mut WeightCopies<T> {
+        &mut self.weights
     }
 }
 
@@ -69,8 +69,13 @@ pub fn forward<T: Real>(
     let g4 = 4 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g4);
     project_inputs(p, x, steps * batch, gates, true);
-    let w_hh = RecurrentWeights::new(p, batch, &mut cache.w_hh_t, &mut cache.w_hh_t_valid);
-    let packed = cache.packed[0].prepare(&[w_hh.blocks(0..4, 1)]);
+    let w_hh = RecurrentWeights::new(
+        p,
+        batch,
+        &mut cache.weights.w_hh_t,
+        &mut cache.weights.w_hh_t_valid,
+    );
+    let packed = cache.weights.packed[0].prepare(&[w_hh.blocks(0..4, 1)]);
     let gates = Shared::new(gates, batch, g4);
     let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
     let c_prev = Shared::new(scratch(&mut cache.c_prev, steps * batch * hs), batch, hs);
@@ -176,7 +181,7 @@ pub fn backward<T: Real>(
     let g4 = 4 * hs;
     let one = T::one();
     let w_hh = MatRef::dense(p.w_hh.data(), g4, hs);
-    let packed = cache.packed[1].prepare(&[w_hh]);
+    let packed = cache.weights.packed[1].prepare(&[w_hh]);
     let (gates, tanh_c, c_prev) = (&cache.gates, &cache.tanh_c, &cache.c_prev);
     let dgates = Shared::new(scratch(&mut cache.dgates, steps * batch * g4), batch, g4);
     let (dh_all, dc_all) = (Shared::new(dh, batch, hs), Shared::new(dc, batch, hs));

@@ -459,6 +459,26 @@ impl<'a, T: Real> RecurrentWeights<'a, T> {
     }
 }
 
+/// `W_hh` in the layouts the per-step products read (transposed; packed in the
+/// thread's precision), kept in a cell's cache while the weights do not change.
+#[derive(Clone, Debug, Default)]
+pub struct WeightCopies<T> {
+    /// `W_hhᵀ [H, G·H]`, the fast layout for the per-step product of several rows.
+    pub(crate) w_hh_t: Vec<T>,
+    /// Whether `w_hh_t` matches the parameters.
+    pub(crate) w_hh_t_valid: bool,
+    /// bf16 mode: `W_hhᵀ` for the forward and `W_hh` for the backward per-step products.
+    pub(crate) packed: [PackedSteps; 2],
+}
+
+impl<T> WeightCopies<T> {
+    /// Forgets every copy (the weights changed).
+    pub fn invalidate(&mut self) {
+        self.w_hh_t_valid = false;
+        self.packed.iter_mut().for_each(PackedSteps::invalidate);
+    }
+}
+
 /// Copies of fixed views of `W_hh` packed once per change of the weights for the
 /// per-step products, in the precision of the thread (see
 /// [`crate::kernel::with_precision`]): the `gemm` crate would pack `W_hh` again at

@@ -9,7 +9,7 @@
 
 use super::{
     for_row_blocks, input_grads, project_inputs, recurrent_grads, step_product, CellParams, Input,
-    PackedSteps, RecurrentWeights, Seq, Shared,
+    RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{scratch, Real};
@@ -30,22 +30,22 @@ pub struct RnnCache<T> {
     h_new: Vec<T>,
     /// `h_{t-1}` for every t `[T, B, H]`.
     h_prev: Vec<T>,
-    /// `W_hhᵀ`, the fast layout for the per-step product.
-    w_hh_t: Vec<T>,
-    /// Whether `w_hh_t` matches the parameters (see [`RnnCache::weights_changed`]).
-    w_hh_t_valid: bool,
+    /// `W_hh` in the layouts of the per-step products, kept while the weights do not change.
+    weights: WeightCopies<T>,
     /// Pre-activation gradients `[T, B, H]` (backward).
     da: Vec<T>,
-    /// bf16 mode: `W_hhᵀ` for the forward and `W_hh` for the backward per-step products.
-    packed: [PackedSteps; 2],
 }
 
 impl<T> RnnCache<T> {
     /// Must be called when the cell's parameters change: a cache belongs to one
     /// set of parameters and keeps a transposed copy of `W_hh` between calls.
     pub fn weights_changed(&mut self) {
-        self.w_hh_t_valid = false;
-        self.packed.iter_mut().for_each(PackedSteps::invalidate);
+        self.weights.invalidate();
+    }
+
+    /// The kept copies of `W_hh` (shared between the steps of a stepped sequence).
+    pub(crate) fn weights_mut(&mut self) -> &mut WeightCopies<T> {
+        &mut self.weights
     }
 }
 
@@ -64,8 +64,13 @@ pub fn forward<T: Real>(
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let h_new = scratch(&mut cache.h_new, steps * batch * hs);
     project_inputs(p, x, steps * batch, h_new, true);
-    let w_hh = RecurrentWeights::new(p, batch, &mut cache.w_hh_t, &mut cache.w_hh_t_valid);
-    let packed = cache.packed[0].prepare(&[w_hh.blocks(0..1, 1)]);
+    let w_hh = RecurrentWeights::new(
+        p,
+        batch,
+        &mut cache.weights.w_hh_t,
+        &mut cache.weights.w_hh_t_valid,
+    );
+    let packed = cache.weights.packed[0].prepare(&[w_hh.blocks(0..1, 1)]);
     let h_new = Shared::new(h_new, batch, hs);
     let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
     let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
@@ -130,7 +135,7 @@ pub fn backward<T: Real>(
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let w_hh = MatRef::dense(p.w_hh.data(), hs, hs);
-    let packed = cache.packed[1].prepare(&[w_hh]);
+    let packed = cache.weights.packed[1].prepare(&[w_hh]);
     let h_new = &cache.h_new;
     let da_all = Shared::new(scratch(&mut cache.da, steps * batch * hs), batch, hs);
     let dh_all = Shared::new(dh, batch, hs);

@@ -5,7 +5,7 @@ use super::{Dropout, ParamVisitor, Parameters};
 use crate::cell::gru::{self, GruCache};
 use crate::cell::lstm::{self, LstmCache};
 use crate::cell::rnn::{self, Activation, RnnCache};
-use crate::cell::{for_directions, CellKind, CellParams, Input, Seq};
+use crate::cell::{for_directions, CellKind, CellParams, Input, Seq, WeightCopies};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{scratch, Real, Tensor};
@@ -219,10 +219,14 @@ enum CellCache<T> {
 
 impl<T> CellCache<T> {
     fn weights_changed(&mut self) {
+        self.weights_mut().invalidate();
+    }
+
+    fn weights_mut(&mut self) -> &mut WeightCopies<T> {
         match self {
-            CellCache::Rnn(c) => c.weights_changed(),
-            CellCache::Lstm(c) => c.weights_changed(),
-            CellCache::Gru(c) => c.weights_changed(),
+            CellCache::Rnn(c) => c.weights_mut(),
+            CellCache::Lstm(c) => c.weights_mut(),
+            CellCache::Gru(c) => c.weights_mut(),
         }
     }
 }
@@ -252,6 +256,22 @@ struct Saved<T> {
     /// The gradient flowing between layers `[T, B, width]`.
     d_between: Vec<T>,
     ready: bool,
+}
+
+impl<T: Real> Saved<T> {
+    /// One cache per cell of `cfg`, kept when they exist.
+    fn make_caches(&mut self, cfg: &RecurrentConfig) {
+        let cells = cfg.num_layers * cfg.directions();
+        if self.caches.len() != cells {
+            self.caches = (0..cells)
+                .map(|_| match cfg.cell {
+                    CellKind::RnnTanh | CellKind::RnnRelu => CellCache::Rnn(RnnCache::default()),
+                    CellKind::Lstm => CellCache::Lstm(LstmCache::default()),
+                    CellKind::Gru | CellKind::GruResetBefore => CellCache::Gru(GruCache::default()),
+                })
+                .collect();
+        }
+    }
 }
 
 /// A stack of recurrent layers, uni- or bidirectional, with its parameter gradients.
@@ -505,13 +525,24 @@ impl<T: Real> Recurrent<T> {
         self.on_tape(t, |rnn| rnn.backward(dy, Some(d_state)))
     }
 
-    /// Runs `f` with step `t` of the tape as the saved forward pass.
+    /// Runs `f` with step `t` of the tape as the saved forward pass. The copies of
+    /// `W_hh` that the per-step products read stay with the layer's own saved pass
+    /// and are lent to the step: one copy serves every step.
     fn on_tape<R>(&mut self, t: usize, f: impl FnOnce(&mut Self) -> R) -> R {
         if self.tape.len() <= t {
             self.tape.resize_with(t + 1, Saved::default);
         }
+        self.saved.make_caches(&self.config);
+        self.tape[t].make_caches(&self.config);
+        let lend = |a: &mut Saved<T>, b: &mut Saved<T>| {
+            for (x, y) in a.caches.iter_mut().zip(&mut b.caches) {
+                std::mem::swap(x.weights_mut(), y.weights_mut());
+            }
+        };
         std::mem::swap(&mut self.saved, &mut self.tape[t]);
+        lend(&mut self.saved, &mut self.tape[t]);
         let out = f(self);
+        lend(&mut self.saved, &mut self.tape[t]);
         std::mem::swap(&mut self.saved, &mut self.tape[t]);
         out
     }
@@ -567,15 +598,7 @@ impl<T: Real> Recurrent<T> {
         saved.inputs.resize_with(layers, Vec::new);
         saved.dropout.resize_with(layers, Dropout::default);
         saved.outputs.resize_with(layers * dirs, Vec::new);
-        if saved.caches.len() != layers * dirs {
-            saved.caches = (0..layers * dirs)
-                .map(|_| match cfg.cell {
-                    CellKind::RnnTanh | CellKind::RnnRelu => CellCache::Rnn(RnnCache::default()),
-                    CellKind::Lstm => CellCache::Lstm(LstmCache::default()),
-                    CellKind::Gru | CellKind::GruResetBefore => CellCache::Gru(GruCache::default()),
-                })
-                .collect();
-        }
+        saved.make_caches(cfg);
         let out_w = cfg.output_size();
         let mut out = Tensor::zeros(&[steps, batch, out_w]);
         for l in 0..layers {
