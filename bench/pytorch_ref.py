@@ -77,7 +77,8 @@ with a beam of --beam (5) hypotheses as one batch (Seq2seq.beam, scores log p / 
     greedy_words_per_sec, beam_words_per_sec = sources / their seconds
     greedy_steps_per_word, beam_steps_per_word = decoder steps per source (one per
         output token and live hypothesis, </s> included): the work behind a word,
-        which depends on the weights (an untrained model rarely ends early)
+        which depends on the weights (after a few steps on random pairs, </s>,
+        the most frequent target, comes early)
     beam                 = the beam width
 
 Output is one JSON object with exactly the keys of `rnnkit bench --json`, plus
