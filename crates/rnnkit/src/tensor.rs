@@ -61,6 +61,16 @@ pub trait Real:
     fn gemv(_y: &mut [Self], _x: &[Self], _b: MatRef<'_, Self>, _accumulate: bool) -> bool {
         false
     }
+    /// `c (+)= a·b` for a few rows of `a` by a hand-written kernel, where this type,
+    /// CPU and layout have one; hands `c` back untouched otherwise.
+    fn gemm_few_rows<'c>(
+        c: MatMut<'c, Self>,
+        _a: MatRef<'_, Self>,
+        _b: MatRef<'_, Self>,
+        _accumulate: bool,
+    ) -> std::result::Result<(), MatMut<'c, Self>> {
+        Err(c)
+    }
 }
 
 impl Real for f32 {
@@ -76,6 +86,18 @@ impl Real for f32 {
     }
     fn gemv(y: &mut [Self], x: &[Self], b: MatRef<'_, Self>, accumulate: bool) -> bool {
         crate::kernel::gemv_f32(y, x, b, accumulate)
+    }
+    fn gemm_few_rows<'c>(
+        mut c: MatMut<'c, Self>,
+        a: MatRef<'_, Self>,
+        b: MatRef<'_, Self>,
+        accumulate: bool,
+    ) -> std::result::Result<(), MatMut<'c, Self>> {
+        if crate::kernel::few_rows_f32(&mut c, a, b, accumulate) {
+            Ok(())
+        } else {
+            Err(c)
+        }
     }
     fn exp_inplace(x: &mut [Self]) {
         crate::kernel::exp_f32(x)

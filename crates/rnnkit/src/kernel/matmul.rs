@@ -114,6 +114,8 @@ impl<'a, T> MatMut<'a, T> {
     }
 }
 
+use super::FEW_ROWS;
+
 thread_local! {
     /// Set while the caller already runs one task per core (see [`serial`]).
     pub(crate) static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -194,6 +196,14 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
     if m == 1 && (a.cs == 1 || k == 1) && T::gemv(&mut c.data[..n], &a.data[..k], b, accumulate) {
         return;
     }
+    let c = if PRECISION.get() == Precision::F32 && m <= FEW_ROWS {
+        match T::gemm_few_rows(c, a, b, accumulate) {
+            Ok(()) => return,
+            Err(c) => c,
+        }
+    } else {
+        c
+    };
     let c = if PRECISION.get() == Precision::Bf16 {
         match T::matmul_bf16(c, a, b, accumulate) {
             Ok(()) => return,
@@ -287,6 +297,13 @@ mod tests {
             (1, 17, 3),
             (1, 65, 33),
             (1, 256, 1),
+            // A few rows (the hand-written few-rows kernel when b is transposed),
+            // serial and split over threads.
+            (2, 71, 256),
+            (5, 1024, 320),
+            (8, 9, 31),
+            (16, 256, 512),
+            (17, 40, 24),
         ]
         .iter()
         .filter(|(m, n, k)| m * n * k <= small)
