@@ -172,7 +172,7 @@ pub(crate) fn default_recipe() -> Recipe<Seq2seqConfig> {
             batch: 64,
             lr: 2e-3,
             lr_decay: 0.8,
-            decay_after: 6,
+            decay_after: 3,
             grad_clip: Some(5.0),
             clip_value: None,
             optimizer: OptimizerKind::Adam,
@@ -181,7 +181,7 @@ pub(crate) fn default_recipe() -> Recipe<Seq2seqConfig> {
             val_frac: 0.05,
             seed: 1,
             precision: Precision::F32,
-            average: None,
+            average: Some(0.999),
         },
     }
 }

@@ -1,7 +1,7 @@
 //! The encoder–decoder against its PyTorch module (`tools/task_modules.py::Seq2seq`):
 //! teacher-forced logits, attention weights, loss, the gradient of every parameter and
 //! greedy decoding. The fixtures in tests/fixtures/seq2seq are made, from the
-//! repository root, by `~/torch/bin/python tools/seq2seq_fixtures.py`: each
+//! repository root, by `~/torch/bin/python tools/seq2seq_fixtures.py tests/fixtures/seq2seq`: each
 //! `NAME.safetensors` is a checkpoint written by PyTorch, `NAME.expect.safetensors`
 //! its inputs and torch's results in float64.
 
