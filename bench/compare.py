@@ -60,7 +60,7 @@ SAMPLE_CHARS = 500
 TASK_ROWS = [
     ("classify", "--task classify --cell gru --layers 2 --hidden 256", 100, "timesteps"),
     ("tag", "--task tag --cell lstm --layers 2 --hidden 200 --char-hidden 100", 20, "words"),
-    ("seq2seq", "--task seq2seq --cell lstm --layers 1 --hidden 256 --embed 64 --attention general "
+    ("seq2seq", "--task seq2seq --cell lstm --layers 2 --hidden 256 --embed 64 --attention general "
      "--batch 64", 20, "tokens"),
 ]
 TASK_FIGURES = ("train_tokens_per_sec", "train_gflops", "step_seconds", "tokens_per_step",

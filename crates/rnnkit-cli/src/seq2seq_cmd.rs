@@ -164,7 +164,7 @@ pub(crate) fn default_recipe() -> Recipe<Seq2seqConfig> {
             attention: AttentionKind::General,
             embed: 64,
             hidden_size: 256,
-            num_layers: 1,
+            num_layers: 2,
             bidirectional: true,
             dropout: 0.2,
         },

@@ -1,8 +1,8 @@
 //! The encoder–decoder: a finite-difference gradient check in f64 of every
 //! parameter for every attention kind and cell, the stepped recurrent layer against
 //! the whole-sequence one, decoding (greedy = beam 1, beam never worse in
-//! log-probability, always stops), and the plain encoder–decoder learning to reverse
-//! digit strings.
+//! log-probability, always stops), and the plain encoder–decoder (no attention)
+//! learning to reverse digit strings.
 
 use rnnkit::data::{Split, TokenVocab};
 use rnnkit::optim::{Optimizer, OptimizerKind};
@@ -180,9 +180,9 @@ fn the_encoder_decoder_learns_to_reverse_digit_strings_and_decodes_consistently(
     tgt.extend(digits.iter().cloned());
     let cfg = Seq2seqConfig {
         cell: CellKind::Lstm,
-        attention: AttentionKind::Dot,
+        attention: AttentionKind::None,
         embed: 16,
-        hidden_size: 64,
+        hidden_size: 128,
         num_layers: 1,
         bidirectional: true,
         dropout: 0.0,
@@ -197,7 +197,7 @@ fn the_encoder_decoder_learns_to_reverse_digit_strings_and_decodes_consistently(
     .unwrap();
     let mut opt = Optimizer::new(OptimizerKind::Adam, 0.0);
     let mut data_rng = Rng::new(5);
-    for _ in 0..600 {
+    for step in 0..1500 {
         let pairs = reversal_pairs(32, &mut data_rng);
         let refs: Vec<(&[usize], &[usize])> = pairs
             .iter()
@@ -206,7 +206,8 @@ fn the_encoder_decoder_learns_to_reverse_digit_strings_and_decodes_consistently(
         let b = PairBatch::new(&refs).unwrap();
         model.zero_grad();
         model.train_step(&b, &mut rng).unwrap();
-        opt.step(&mut model, 0.01);
+        // A lower rate at the end settles the last few errors.
+        opt.step(&mut model, if step < 1000 { 0.01 } else { 0.002 });
     }
     let test = reversal_pairs(200, &mut Rng::new(99));
     let sources: Vec<Vec<usize>> = test.iter().map(|(s, _)| s.clone()).collect();
@@ -217,14 +218,10 @@ fn the_encoder_decoder_learns_to_reverse_digit_strings_and_decodes_consistently(
         .filter(|(d, (_, t))| &d.ids == t)
         .count();
     assert!(right >= 198, "{right} of 200 reversed right");
-    // Attention: one row per output step (the end token's included), each a distribution.
-    for (d, s) in greedy.iter().zip(&sources) {
-        assert_eq!(d.attention.len(), d.ids.len() + 1);
-        for row in &d.attention {
-            assert_eq!(row.len(), s.len());
-            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5);
-        }
-    }
+    assert!(
+        greedy.iter().all(|d| d.attention.is_empty()),
+        "no attention"
+    );
     // Beam 1 is greedy; a wider beam finds an output at least as probable (by raw log p).
     let one = model
         .decode(
@@ -289,5 +286,11 @@ fn decoding_an_untrained_model_stops_at_the_length_limit() {
             rnnkit::seq2seq::max_output_len(3),
             "beam {beam}"
         );
+        // One row of attention weights over the 3 source tokens per output step.
+        assert_eq!(d[0].attention.len(), d[0].ids.len(), "beam {beam}");
+        for row in &d[0].attention {
+            assert_eq!(row.len(), 3);
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+        }
     }
 }

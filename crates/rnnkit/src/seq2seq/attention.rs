@@ -431,8 +431,22 @@ impl<T: Real> Parameters<T> for Attention<T> {
     }
 }
 
+/// `a · b` in eight interleaved partial sums, which the compiler keeps in one vector
+/// register (a single running sum would serialise every addition).
 fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).fold(T::zero(), |acc, (&x, &y)| acc + x * y)
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .fold(T::zero(), |s, (&x, &y)| s + x * y);
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
 }
 
 /// Softmax over `x[..len]` in place; the rest set to zero.

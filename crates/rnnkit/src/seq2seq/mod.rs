@@ -579,14 +579,15 @@ impl<T: Real> Seq2seq<T> {
                 * cfg.directions() as u64
         };
         let h = self.config.hidden_size as u64;
+        // Per target token: scores and context over the source (additive: also its
+        // sum before tanh and the query projection), then combine.
+        let scores = (4.0 * mean_src) as u64 * h;
         let attend = match self.config.attention {
             AttentionKind::None => 0,
-            // scores and context over the source, plus combine
-            AttentionKind::Dot => (4.0 * mean_src) as u64 * h + 2 * 2 * h * h,
-            // keys once per source token are counted on the decoder side per source step
-            AttentionKind::General => (4.0 * mean_src) as u64 * h + 2 * 2 * h * h,
-            AttentionKind::Additive => (6.0 * mean_src) as u64 * h + 2 * h * h + 2 * 2 * h * h,
+            AttentionKind::Dot | AttentionKind::General => scores + 2 * 2 * h * h,
+            AttentionKind::Additive => scores + 2 * h * h + 2 * 2 * h * h,
         };
+        // Per source token: the keys (general, additive).
         let keys = match self.config.attention {
             AttentionKind::General | AttentionKind::Additive => 2 * h * h,
             _ => 0,
