@@ -4,9 +4,8 @@ mod common;
 use common::*;
 
 use rnnkit::checkpoint::TensorFile;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 fn last_json(o: &Output) -> serde_json::Value {
     serde_json::from_str(stdout(o).lines().last().expect("a JSON line")).unwrap()
@@ -63,22 +62,9 @@ const TRAIN: &[&str] = &[
 ];
 
 fn predict(dir: &Path, extra: &[&str], input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rnnkit"))
-        .args(["seq2seq", "predict", "--checkpoint", "s/best.safetensors"])
-        .args(extra)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut args = vec!["seq2seq", "predict", "--checkpoint", "s/best.safetensors"];
+    args.extend_from_slice(extra);
+    rnnkit_with_stdin(&args, dir, input)
 }
 
 #[test]

@@ -4,9 +4,8 @@ mod common;
 use common::*;
 
 use rnnkit::checkpoint::TensorFile;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 fn last_json(o: &Output) -> serde_json::Value {
     serde_json::from_str(stdout(o).lines().last().expect("a JSON line")).unwrap()
@@ -302,21 +301,11 @@ fn tag_trains_evaluates_and_predicts_conllu_from_plain_text() {
     assert_eq!(j["tokens"], 60);
     assert!(j["accuracy"].as_f64().unwrap() > 0.9, "{j}");
     assert!(j.get("oov_accuracy").is_some());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rnnkit"))
-        .args(["tag", "predict", "--checkpoint", "tg/best.safetensors"])
-        .current_dir(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"The cat runs\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = rnnkit_with_stdin(
+        &["tag", "predict", "--checkpoint", "tg/best.safetensors"],
+        dir.path(),
+        "The cat runs\n",
+    );
     ok(&o);
     let out = stdout(&o);
     let tags: Vec<&str> = out

@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use rnnkit::checkpoint::TensorFile;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// Runs `rnnkit ARGS` in `dir` and waits for it.
 pub fn rnnkit(args: &[&str], dir: &Path) -> Output {
@@ -13,6 +14,23 @@ pub fn rnnkit(args: &[&str], dir: &Path) -> Output {
         .current_dir(dir)
         .output()
         .expect("binary runs")
+}
+
+/// Runs `rnnkit ARGS` in `dir` with `input` on its stdin and waits for it.
+pub fn rnnkit_with_stdin(args: &[&str], dir: &Path, input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rnnkit"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    // The command may fail before reading all of it: a closed pipe is its answer.
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    child.wait_with_output().expect("binary ends")
 }
 
 /// The repository's root (bundled data, fixtures).
