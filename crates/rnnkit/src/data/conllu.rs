@@ -5,7 +5,6 @@
 //! read only in the tags that were set.
 
 use crate::error::{Error, Result};
-use std::io::Read;
 use std::path::Path;
 
 /// Largest CoNLL-U file read: the whole text is held in memory while its sentences
@@ -291,39 +290,9 @@ pub fn parse_conllu(text: &str, source: &str) -> Result<Vec<Sentence>> {
     Ok(sentences)
 }
 
-/// Reads a CoNLL-U file (refuse > 2 GiB before reading; not UTF-8 → error with offset).
+/// Reads a CoNLL-U file (refuse > 2 GiB before reading; not UTF-8 → error with line and offset).
 pub fn read_conllu(path: &Path) -> Result<Vec<Sentence>> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let size = file.metadata().map_err(io)?.len();
-    let too_big = |size: u64| {
-        Error::Input(format!(
-            "{}: {size} bytes is more than the {MAX_FILE_BYTES}-byte limit for a CoNLL-U \
-             file; split it into several files",
-            path.display()
-        ))
-    };
-    if size > MAX_FILE_BYTES {
-        return Err(too_big(size));
-    }
-    // The file may grow after the size check; `take` keeps the read bounded anyway.
-    let mut bytes = Vec::with_capacity(size as usize);
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_big(bytes.len() as u64));
-    }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Error::Input(format!(
-            "{}: not valid UTF-8 (bad byte at offset {}); CoNLL-U files are UTF-8",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
+    let text = super::read_bounded_utf8(path, MAX_FILE_BYTES, "a CoNLL-U file")?;
     parse_conllu(&text, &path.display().to_string())
 }
 

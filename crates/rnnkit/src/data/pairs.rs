@@ -4,7 +4,6 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::path::Path;
 
 /// Largest pairs file read (they are a few MB; this bounds memory on a wrong file).
@@ -138,40 +137,8 @@ pub fn parse_pairs(text: &str, what: &str, split: (Split, Split)) -> Result<Vec<
 
 /// Reads a pairs file (see [`parse_pairs`]); refuses files over 1 GiB and non-UTF-8 text.
 pub fn read_pairs(path: &Path, split: (Split, Split)) -> Result<Vec<Example>> {
-    let text = read_utf8(path, MAX_FILE_BYTES)?;
+    let text = super::read_bounded_utf8(path, MAX_FILE_BYTES, "a pairs file")?;
     parse_pairs(&text, &path.display().to_string(), split)
-}
-
-/// A file as UTF-8 text, reading at most `limit` bytes (the file may grow after the
-/// size check; the read stays bounded anyway).
-pub(crate) fn read_utf8(path: &Path, limit: u64) -> Result<String> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let size = file.metadata().map_err(io)?.len();
-    let too_big = |size: u64| {
-        Error::Input(format!(
-            "{}: {size} bytes is more than the {limit}-byte limit; split the file",
-            path.display()
-        ))
-    };
-    if size > limit {
-        return Err(too_big(size));
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() as u64 > limit {
-        return Err(too_big(bytes.len() as u64));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        Error::Input(format!(
-            "{}: not valid UTF-8 (bad byte at offset {}); convert it to UTF-8 first",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })
 }
 
 /// Token ↔ id of one side. The target side starts with the end `</s>` (id 0) and the
@@ -360,7 +327,7 @@ pub fn parse_cmudict(text: &str, what: &str) -> Result<(Vec<(Part, Example)>, Cm
 
 /// Reads the CMU Pronouncing Dictionary file at `path` (see [`parse_cmudict`]).
 pub fn read_cmudict(path: &Path) -> Result<(Vec<(Part, Example)>, CmudictStats)> {
-    let text = read_utf8(path, MAX_FILE_BYTES)?;
+    let text = super::read_bounded_utf8(path, MAX_FILE_BYTES, "a dictionary file")?;
     parse_cmudict(&text, &path.display().to_string())
 }
 

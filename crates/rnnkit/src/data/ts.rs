@@ -35,7 +35,6 @@
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 /// Largest file `read_ts` reads: far above the bundled files (under 1 MB), low enough
@@ -82,37 +81,7 @@ impl TsDataset {
 
 /// Reads a `.ts` file (errors name the file and line).
 pub fn read_ts(path: &Path) -> Result<TsDataset> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let too_big = |size: u64| {
-        Error::Input(format!(
-            "{}: {size} bytes is more than the {MAX_FILE_BYTES}-byte limit of a .ts file; split the file",
-            path.display()
-        ))
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let size = file.metadata().map_err(io)?.len();
-    if size > MAX_FILE_BYTES {
-        return Err(too_big(size));
-    }
-    // `take` keeps the bound even if the file grows between the size check and the read.
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_big(bytes.len() as u64));
-    }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
-        Error::Input(format!(
-            "{}:{line}: not valid UTF-8 (bad byte at offset {at}); save the file as UTF-8 text",
-            path.display()
-        ))
-    })?;
+    let text = super::read_bounded_utf8(path, MAX_FILE_BYTES, "a .ts file")?;
     parse_ts(&text, &path.display().to_string())
 }
 
