@@ -31,6 +31,12 @@ fn config(cell: CellKind, attention: AttentionKind, layers: usize, bi: bool) -> 
     }
 }
 
+/// A fresh model of `cfg` over 5 source and 5 (+2) target tokens.
+fn model<T: rnnkit::Real>(cfg: &Seq2seqConfig, rng: &mut Rng) -> Seq2seq<T> {
+    let splits = (Split::Chars, Split::Chars);
+    Seq2seq::new(cfg, vocab(5, false), vocab(5, true), splits, rng).unwrap()
+}
+
 fn batch() -> PairBatch {
     let pairs: Vec<(Vec<usize>, Vec<usize>)> = vec![
         (vec![0, 3, 2, 4], vec![2, 5, 3]),
@@ -62,14 +68,7 @@ fn every_parameter_gradient_matches_finite_differences() {
         let name = format!("{cell} {attention} L{layers} bi={bi}");
         let mut rng = Rng::new(7);
         let cfg = config(cell, attention, layers, bi);
-        let mut model = Seq2seq::<f64>::new(
-            &cfg,
-            vocab(5, false),
-            vocab(5, true),
-            (Split::Chars, Split::Chars),
-            &mut rng,
-        )
-        .unwrap();
+        let mut model = model::<f64>(&cfg, &mut rng);
         let b = batch();
         model.zero_grad();
         let logits = model.forward(&b, None).unwrap();
@@ -260,14 +259,7 @@ fn the_encoder_decoder_learns_to_reverse_digit_strings_and_decodes_consistently(
 fn decoding_an_untrained_model_stops_at_the_length_limit() {
     let mut rng = Rng::new(1);
     let cfg = config(CellKind::Gru, AttentionKind::General, 1, true);
-    let mut model = Seq2seq::<f32>::new(
-        &cfg,
-        vocab(5, false),
-        vocab(5, true),
-        (Split::Chars, Split::Chars),
-        &mut rng,
-    )
-    .unwrap();
+    let mut model = model::<f32>(&cfg, &mut rng);
     // An end token that can never win: decoding must still stop.
     model.out.bias.data_mut()[0] = -1e4;
     let src = vec![vec![1, 2, 3]];

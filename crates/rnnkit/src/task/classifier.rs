@@ -3,7 +3,9 @@
 //! valid steps → linear → softmax. Stored as the PyTorch module
 //! `tools/task_modules.py::SequenceClassifier` (`rnn.*`, `head.*`, buffers `norm.mean`, `norm.std`).
 
-use super::{bucketed_batches, meta_json, padding_fraction, BatchLoss, Metrics, Selection, Task};
+use super::{
+    bucketed_batches, meta_json, padding_fraction, BatchLoss, EpochOrder, Metrics, Selection, Task,
+};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::{Series, TsDataset};
 use crate::error::{Error, Result};
@@ -493,6 +495,7 @@ pub struct ClassifyTask {
     val: Vec<Series>,
     batch: usize,
     seed: u64,
+    order: EpochOrder,
 }
 
 impl ClassifyTask {
@@ -525,18 +528,17 @@ impl ClassifyTask {
             val: pick(val),
             batch,
             seed,
+            order: EpochOrder::default(),
         })
-    }
-
-    fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
-        let lengths: Vec<usize> = self.train.iter().map(|s| s.len).collect();
-        bucketed_batches(&lengths, self.batch, self.seed, epoch)
     }
 
     /// Fraction of padding in one epoch's batches.
     pub fn padding_fraction(&self) -> f64 {
         let lengths: Vec<usize> = self.train.iter().map(|s| s.len).collect();
-        padding_fraction(&lengths, &self.epoch(0))
+        padding_fraction(
+            &lengths,
+            &bucketed_batches(&lengths, self.batch, self.seed, 0),
+        )
     }
 }
 
@@ -573,8 +575,10 @@ impl Task for ClassifyTask {
     }
 
     fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
-        let batches = self.epoch(epoch);
-        let cases: Vec<&Series> = batches[k].iter().map(|&i| &self.train[i]).collect();
+        let train = &self.train;
+        let lengths = || train.iter().map(|s| s.len).collect();
+        let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
+        let cases: Vec<&Series> = batch.iter().map(|&i| &train[i]).collect();
         let targets: Vec<usize> = cases.iter().map(|s| s.label).collect();
         let tokens = cases.iter().map(|s| s.len).sum();
         let batch = self.model.batch(&cases)?;

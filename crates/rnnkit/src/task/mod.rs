@@ -189,6 +189,33 @@ pub fn bucketed_batches(lengths: &[usize], batch: usize, seed: u64, epoch: u64) 
     batches
 }
 
+/// The batches of the epoch under way ([`bucketed_batches`]), drawn once per epoch
+/// rather than once per batch.
+#[derive(Clone, Debug, Default)]
+pub struct EpochOrder {
+    epoch: Option<u64>,
+    batches: Vec<Vec<usize>>,
+}
+
+impl EpochOrder {
+    /// The items of batch `k` of `epoch` over items of `lengths`, in batches of `batch`
+    /// ordered by `seed`; `lengths` is asked for only when a new epoch starts.
+    pub fn batch(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        lengths: impl FnOnce() -> Vec<usize>,
+        batch: usize,
+        seed: u64,
+    ) -> &[usize] {
+        if self.epoch != Some(epoch) {
+            self.batches = bucketed_batches(&lengths(), batch, seed, epoch);
+            self.epoch = Some(epoch);
+        }
+        &self.batches[k]
+    }
+}
+
 /// Fraction of the padded `[T, B]` grid of `batches` that is padding.
 pub fn padding_fraction(lengths: &[usize], batches: &[Vec<usize>]) -> f64 {
     let (mut real, mut grid) = (0usize, 0usize);

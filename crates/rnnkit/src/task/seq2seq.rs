@@ -2,7 +2,7 @@
 //! [`crate::seq2seq`]: the training pairs, validation by greedy decoding, and the scores
 //! (sequence and token error rates against every reference of a source).
 
-use super::{bucketed_batches, padding_fraction, BatchLoss, Metrics, Selection, Task};
+use super::{bucketed_batches, padding_fraction, BatchLoss, EpochOrder, Metrics, Selection, Task};
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -152,7 +152,7 @@ pub struct Seq2seqTask {
     dev: Vec<EncodedExample>,
     batch: usize,
     seed: u64,
-    order: Option<(u64, Vec<Vec<usize>>)>,
+    order: EpochOrder,
     files: Vec<(&'static str, String)>,
 }
 
@@ -178,7 +178,7 @@ impl Seq2seqTask {
             dev,
             batch,
             seed,
-            order: None,
+            order: EpochOrder::default(),
             files: Vec::new(),
         })
     }
@@ -243,16 +243,12 @@ impl Task for Seq2seqTask {
     }
 
     fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
-        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            self.order = Some((
-                epoch,
-                bucketed_batches(&self.lengths(), self.batch, self.seed, epoch),
-            ));
-        }
-        let (_, order) = self.order.as_ref().expect("set above");
-        let pairs: Vec<(&[usize], &[usize])> = order[k]
+        let all = &self.pairs;
+        let lengths = || all.iter().map(|(s, _)| s.len()).collect();
+        let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
+        let pairs: Vec<(&[usize], &[usize])> = batch
             .iter()
-            .map(|&i| (self.pairs[i].0.as_slice(), self.pairs[i].1.as_slice()))
+            .map(|&i| (all[i].0.as_slice(), all[i].1.as_slice()))
             .collect();
         let tokens = pairs.iter().map(|(s, t)| s.len() + t.len() + 1).sum();
         let batch = PairBatch::new(&pairs)?;

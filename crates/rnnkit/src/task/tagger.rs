@@ -5,7 +5,9 @@
 //! a linear layer scores the tags of every word (Plank et al. 2016). Stored as the
 //! PyTorch module `tools/task_modules.py::Tagger`.
 
-use super::{bucketed_batches, meta_json, padding_fraction, BatchLoss, Metrics, Selection, Task};
+use super::{
+    bucketed_batches, meta_json, padding_fraction, BatchLoss, EpochOrder, Metrics, Selection, Task,
+};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::{Sentence, TagColumn};
 use crate::error::{Error, Result};
@@ -726,7 +728,7 @@ pub struct TagTask {
     dev: Vec<Sentence>,
     batch: usize,
     seed: u64,
-    order: Option<(u64, Vec<Vec<usize>>)>,
+    order: EpochOrder,
 }
 
 impl TagTask {
@@ -749,7 +751,7 @@ impl TagTask {
             dev,
             batch,
             seed,
-            order: None,
+            order: EpochOrder::default(),
         })
     }
 
@@ -790,14 +792,10 @@ impl Task for TagTask {
     }
 
     fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
-        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            self.order = Some((
-                epoch,
-                bucketed_batches(&self.lengths(), self.batch, self.seed, epoch),
-            ));
-        }
-        let (_, order) = self.order.as_ref().expect("set above");
-        let sents: Vec<&Sentence> = order[k].iter().map(|&i| &self.train[i]).collect();
+        let train = &self.train;
+        let lengths = || train.iter().map(Sentence::len).collect();
+        let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
+        let sents: Vec<&Sentence> = batch.iter().map(|&i| &train[i]).collect();
         let (loss, tokens) = self.model.train_step(&sents, rng)?;
         Ok(BatchLoss { loss, tokens })
     }
