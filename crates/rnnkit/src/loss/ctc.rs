@@ -78,7 +78,7 @@ pub fn ctc_loss<T: Real, L: AsRef<[usize]> + Sync>(
     dlogits: Option<&mut [T]>,
 ) -> Result<CtcLoss> {
     let b = input_lengths.len();
-    let frames = check(logits, classes, input_lengths, targets, opts)?;
+    check(logits, classes, input_lengths, targets, opts)?;
     if let Some(d) = dlogits.as_deref() {
         if d.len() != logits.len() {
             return Err(Error::Shape(format!(
@@ -126,18 +126,17 @@ pub fn ctc_loss<T: Real, L: AsRef<[usize]> + Sync>(
             }
         }
     }
-    debug_assert!(frames * b * classes == logits.len());
     Ok(CtcLoss { losses, value })
 }
 
-/// Checks every size and label; returns the frames `T`.
+/// Checks every size and label.
 fn check<T: Real, L: AsRef<[usize]>>(
     logits: &[T],
     classes: usize,
     input_lengths: &[usize],
     targets: &[L],
     opts: &CtcOptions,
-) -> Result<usize> {
+) -> Result<()> {
     let b = input_lengths.len();
     if opts.blank >= classes {
         return Err(Error::Input(format!(
@@ -152,9 +151,9 @@ fn check<T: Real, L: AsRef<[usize]>>(
         )));
     }
     let row = b * classes;
-    if row == 0 || logits.len() % row != 0 {
+    if row == 0 || !logits.len().is_multiple_of(row) {
         if logits.is_empty() && b == 0 {
-            return Ok(0);
+            return Ok(());
         }
         return Err(Error::Shape(format!(
             "ctc: {} logits are not [T, {b}, {classes}]",
@@ -185,7 +184,7 @@ fn check<T: Real, L: AsRef<[usize]>>(
             )));
         }
     }
-    Ok(frames)
+    Ok(())
 }
 
 /// `log_softmax` of sequence `j`'s first `n` frames, `[n, classes]` in f64.
@@ -228,7 +227,13 @@ fn sequence(
 ) -> (f64, Option<Vec<f64>>) {
     let frames = lp.len() / classes;
     let s_len = 2 * label.len() + 1;
-    let ext = |s: usize| if s % 2 == 0 { blank } else { label[s / 2] };
+    let ext = |s: usize| {
+        if s.is_multiple_of(2) {
+            blank
+        } else {
+            label[s / 2]
+        }
+    };
     // Whether s may be entered from s − 2 (skipping the blank between two labels).
     let skip = |s: usize| s >= 2 && s % 2 == 1 && ext(s) != ext(s - 2);
     if frames == 0 {
