@@ -6,6 +6,7 @@
 //! elementwise work), [`tensor`] (owned buffers). [`checkpoint`] reads and writes
 //! safetensors files under torch's parameter names.
 
+pub mod audio;
 pub mod bench;
 pub mod cell;
 pub mod checkpoint;
