@@ -69,8 +69,16 @@ impl DecodeFlags {
         }
         Ok(BeamOptions {
             beam: self.beam,
-            lm_weight: if self.lm.is_some() { self.lm_weight } else { 0.0 },
-            insertion_bonus: if self.lm.is_some() { self.lm_bonus } else { 0.0 },
+            lm_weight: if self.lm.is_some() {
+                self.lm_weight
+            } else {
+                0.0
+            },
+            insertion_bonus: if self.lm.is_some() {
+                self.lm_bonus
+            } else {
+                0.0
+            },
             prune: None,
         })
     }
@@ -285,22 +293,27 @@ fn load_manifest(path: &Path, what: &str, cfg: &FeatureConfig) -> anyhow::Result
     let paths: Vec<PathBuf> = lines.iter().map(|l| l.path.clone()).collect();
     let mut features = Vec::with_capacity(lines.len());
     for (line, f) in lines.iter().zip(features_of_files(&paths, cfg)) {
-        features.push(f.with_context(|| {
-            format!("{what} {} line {}", path.display(), line.line)
-        })?);
+        features.push(f.with_context(|| format!("{what} {} line {}", path.display(), line.line))?);
     }
     Ok(Loaded { lines, features })
 }
 
 impl Loaded {
     /// Utterances with label ids of `model`; a character outside its labels names the line.
-    fn utterances(self, model: &CtcModel, what: &str, path: &Path) -> anyhow::Result<Vec<Utterance>> {
+    fn utterances(
+        self,
+        model: &CtcModel,
+        what: &str,
+        path: &Path,
+    ) -> anyhow::Result<Vec<Utterance>> {
         self.lines
             .into_iter()
             .zip(self.features)
             .map(|(l, f)| {
-                let target =
-                    model.encode(&l.transcript, &format!("{what} {} line {}", path.display(), l.line))?;
+                let target = model.encode(
+                    &l.transcript,
+                    &format!("{what} {} line {}", path.display(), l.line),
+                )?;
                 Ok(Utterance {
                     frames: f.frames,
                     values: f.values,
@@ -320,10 +333,9 @@ fn labels_of(lines: &[ManifestLine]) -> Vec<char> {
 }
 
 fn feature_config(file: &rnnkit::checkpoint::TensorFile) -> anyhow::Result<FeatureConfig> {
-    let s = file
-        .metadata()
-        .get(META_FEATURES)
-        .with_context(|| format!("metadata `{META_FEATURES}` is missing: not an audio CTC checkpoint"))?;
+    let s = file.metadata().get(META_FEATURES).with_context(|| {
+        format!("metadata `{META_FEATURES}` is missing: not an audio CTC checkpoint")
+    })?;
     let cfg: FeatureConfig =
         serde_json::from_str(s).with_context(|| format!("metadata `{META_FEATURES}`"))?;
     cfg.validate()?;
@@ -362,13 +374,17 @@ fn train(o: CtcTrainOpts) -> anyhow::Result<ExitCode> {
         None => stored(META_TEST_PATH)?.or_else(|| beside("test.tsv")),
     };
     let resumed = match &resolved.resume {
-        Some((p, _)) => Some(CtcModel::load(p).with_context(|| format!("--resume {}", p.display()))?),
+        Some((p, _)) => {
+            Some(CtcModel::load(p).with_context(|| format!("--resume {}", p.display()))?)
+        }
         None => None,
     };
     let features = match &resumed {
         Some((_, file)) => feature_config(file)?,
         None => FeatureConfig {
-            bands: o.bands.map_or(FeatureConfig::default().bands, |b| b as usize),
+            bands: o
+                .bands
+                .map_or(FeatureConfig::default().bands, |b| b as usize),
             ..FeatureConfig::default()
         },
     };
@@ -439,7 +455,11 @@ fn train(o: CtcTrainOpts) -> anyhow::Result<ExitCode> {
         let lines = load_manifest(test_path, "--test", &features)?;
         let speakers: Vec<Option<String>> = lines.lines.iter().map(|l| l.speaker.clone()).collect();
         let utts = lines.utterances(&model, "--test", test_path)?;
-        let mut modes = vec![DecodeFlags { beam: 1, lm: None, ..o.decode.clone() }];
+        let mut modes = vec![DecodeFlags {
+            beam: 1,
+            lm: None,
+            ..o.decode.clone()
+        }];
         if decode.beam > 1 {
             modes.push(o.decode.clone());
         }
@@ -505,11 +525,25 @@ fn decode_all(
     let outputs = match (&flags.lm, opts.beam) {
         (_, 1) => transcribe::<NoLm>(model, utts, 64, &mut Decoder::Greedy, false)?.0,
         (None, _) => {
-            transcribe::<NoLm>(model, utts, 64, &mut Decoder::Beam { opts, lm: None }, false)?.0
+            transcribe::<NoLm>(
+                model,
+                utts,
+                64,
+                &mut Decoder::Beam { opts, lm: None },
+                false,
+            )?
+            .0
         }
         (Some(p), _) => {
-            let (lm, _) = CharLm::load(p.as_path()).with_context(|| format!("--lm {}", p.display()))?;
-            let mut scorer = CharLmScorer::new(&lm, &model.labels)
+            let (lm, _) =
+                CharLm::load(p.as_path()).with_context(|| format!("--lm {}", p.display()))?;
+            // Class 0 is the blank; label i is class i + 1. Transcripts are scored
+            // as lines: the end of a string is the LM's newline.
+            let labels: Vec<Option<char>> = std::iter::once(None)
+                .chain(model.labels.iter().map(|&c| Some(c)))
+                .collect();
+            let mut scorer = CharLmScorer::new(&lm, &labels, Precision::F32)
+                .and_then(|s| s.with_end('\n'))
                 .with_context(|| format!("--lm {}", p.display()))?;
             transcribe(
                 model,
@@ -530,7 +564,8 @@ fn decode_all(
 fn load(path: &Path) -> anyhow::Result<(CtcModel, FeatureConfig)> {
     let (model, file) =
         CtcModel::load(path).with_context(|| format!("--checkpoint {}", path.display()))?;
-    let features = feature_config(&file).with_context(|| format!("--checkpoint {}", path.display()))?;
+    let features =
+        feature_config(&file).with_context(|| format!("--checkpoint {}", path.display()))?;
     Ok((model, features))
 }
 
@@ -578,7 +613,10 @@ fn eval(o: CtcEvalOpts) -> anyhow::Result<ExitCode> {
         println!("string accuracy: {:.2} %", 100.0 * s.string_accuracy());
         println!("decoding:        {}, {secs:.1} s", o.decode.name());
         if o.by_speaker {
-            println!("{:<28} {:>6} {:>8} {:>8}", "speaker", "utts", "CER %", "string %");
+            println!(
+                "{:<28} {:>6} {:>8} {:>8}",
+                "speaker", "utts", "CER %", "string %"
+            );
             for (k, v) in &per {
                 println!(
                     "{k:<28} {:>6} {:>8.2} {:>8.2}",

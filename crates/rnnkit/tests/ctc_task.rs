@@ -32,7 +32,11 @@ fn pytorch_checkpoints_give_pytorchs_outputs_loss_and_gradients() {
         let values = want.get::<f32>("values", None).unwrap();
         let &[b, t, f] = values.shape() else { panic!() };
         let ints = |k: &str| -> Vec<usize> {
-            want.get_ints(k).unwrap().iter().map(|&v| v as usize).collect()
+            want.get_ints(k)
+                .unwrap()
+                .iter()
+                .map(|&v| v as usize)
+                .collect()
         };
         let lengths = ints("lengths");
         let flat = ints("targets");
@@ -70,7 +74,10 @@ fn pytorch_checkpoints_give_pytorchs_outputs_loss_and_gradients() {
             .train_step(&batch, &targets, &mut Rng::new(0))
             .unwrap();
         let want_loss = want.get::<f64>("loss", Some(&[1])).unwrap().data()[0];
-        assert!((loss - want_loss).abs() < 1e-5, "{name}: loss {loss} vs {want_loss}");
+        assert!(
+            (loss - want_loss).abs() < 1e-5,
+            "{name}: loss {loss} vs {want_loss}"
+        );
         let mut seen = 0;
         model.visit_params_mut(&mut |n, _, g| {
             let w = want.get::<f64>(&format!("grad.{n}"), None).unwrap();

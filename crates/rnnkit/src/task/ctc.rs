@@ -212,7 +212,8 @@ impl CtcModel {
     pub fn log_probs(&mut self, batch: &DenseBatch) -> Result<Vec<f32>> {
         let (y, _) = self.rnn.forward(&batch.x, Some(&batch.lengths), None)?;
         let mut out = vec![0.0; y.shape()[0] * y.shape()[1] * self.classes()];
-        self.head.forward(y.data(), y.shape()[0] * y.shape()[1], &mut out);
+        self.head
+            .forward(y.data(), y.shape()[0] * y.shape()[1], &mut out);
         log_softmax_rows(&mut out, self.classes());
         Ok(out)
     }
@@ -286,7 +287,9 @@ impl CtcModel {
 
     /// Reads a checkpoint written by [`CtcModel::save`] (or by PyTorch for the same
     /// module), checking every shape; returns the open file for its other metadata.
-    pub fn load(source: impl crate::checkpoint::CheckpointSource) -> Result<(CtcModel, TensorFile)> {
+    pub fn load(
+        source: impl crate::checkpoint::CheckpointSource,
+    ) -> Result<(CtcModel, TensorFile)> {
         let file = source.open()?;
         super::expect_task(&file, "ctc")?;
         let cell = super::meta_cell(&file)?;
@@ -342,7 +345,11 @@ impl CtcModel {
     /// FLOPs (multiply-adds ×2) of one forward step.
     pub fn flops_per_step(&self) -> u64 {
         let r = self.rnn.config();
-        let (d, g, h) = (r.directions() as u64, r.cell.gates() as u64, r.hidden_size as u64);
+        let (d, g, h) = (
+            r.directions() as u64,
+            r.cell.gates() as u64,
+            r.hidden_size as u64,
+        );
         let rnn: u64 = (0..r.num_layers as u64)
             .map(|l| {
                 let input = if l == 0 { r.input_size as u64 } else { d * h };
@@ -484,7 +491,11 @@ pub fn transcribe<S: LabelScorer>(
                             opts,
                             None,
                         )?;
-                        Ok(hyps.into_iter().next().map(|h| h.labels).unwrap_or_default())
+                        Ok(hyps
+                            .into_iter()
+                            .next()
+                            .map(|h| h.labels)
+                            .unwrap_or_default())
                     })
                     .collect::<Result<_>>()?;
                 outputs.extend(found);
@@ -499,7 +510,12 @@ pub fn transcribe<S: LabelScorer>(
                         opts,
                         Some(&mut **lm),
                     )?;
-                    outputs.push(hyps.into_iter().next().map(|h| h.labels).unwrap_or_default());
+                    outputs.push(
+                        hyps.into_iter()
+                            .next()
+                            .map(|h| h.labels)
+                            .unwrap_or_default(),
+                    );
                 }
             }
         }
