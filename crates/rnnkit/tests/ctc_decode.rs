@@ -454,7 +454,7 @@ fn char_lm_scorer_matches_the_model_forward() {
         let text = [1, 2, 4, 3, 3, 1];
         let want = forward_log_prob(&mut model, "\n", "ab cca");
         let want_primed = forward_log_prob(&mut model, "ba", "ab cca");
-        let mut scorer = CharLmScorer::new(&model, &labels, Precision::F32).unwrap();
+        let mut scorer = CharLmScorer::from_map(&model, &labels, Precision::F32).unwrap();
         let mut state = scorer.start();
         let mut got = 0.0f64;
         for &l in &text {
@@ -477,7 +477,7 @@ fn char_lm_scorer_matches_the_model_forward() {
         assert!((b_after_ab as f64 - ab_b).abs() < 1e-4);
         assert!((b_after_ac as f64 - ac_b).abs() < 1e-4);
 
-        let mut scorer = CharLmScorer::new(&model, &labels, Precision::F32)
+        let mut scorer = CharLmScorer::from_map(&model, &labels, Precision::F32)
             .unwrap()
             .with_prime("ba")
             .unwrap()
@@ -502,7 +502,7 @@ fn char_lm_scorer_drives_the_beam_search() {
     let model = tiny_lm(CellKind::Lstm);
     let labels = [None, Some('a'), Some('b'), Some('c')];
     let lp = ab_or_ac();
-    let mut scorer = CharLmScorer::new(&model, &labels, Precision::F32)
+    let mut scorer = CharLmScorer::from_map(&model, &labels, Precision::F32)
         .unwrap()
         .with_end('\n')
         .unwrap();
@@ -532,17 +532,35 @@ fn char_lm_scorer_drives_the_beam_search() {
 #[test]
 fn char_lm_scorer_refuses_unknown_characters_and_the_blank() {
     let model = tiny_lm(CellKind::Gru);
-    let err = CharLmScorer::new(&model, &[None, Some('a'), Some('z')], Precision::F32)
+    let err = CharLmScorer::from_map(&model, &[None, Some('a'), Some('z')], Precision::F32)
         .err()
         .unwrap();
     assert!(
         err.to_string().contains("label 2 is character 'z'"),
         "{err}"
     );
-    let mut scorer = CharLmScorer::new(&model, &[None, Some('a')], Precision::F32).unwrap();
+    let mut scorer = CharLmScorer::from_map(&model, &[None, Some('a')], Precision::F32).unwrap();
     let s = scorer.start();
     assert!(scorer.score(&s, 0).is_err());
     assert!(scorer.score(&s, 2).is_err());
-    let scorer = CharLmScorer::new(&model, &[None, Some('a')], Precision::F32).unwrap();
+    let scorer = CharLmScorer::from_map(&model, &[None, Some('a')], Precision::F32).unwrap();
     assert!(scorer.with_prime("").is_err());
+    assert!(CharLmScorer::new(&model, &['a', 'z']).is_err());
+}
+
+#[test]
+fn char_lm_scorer_new_puts_the_blank_first() {
+    // `new` takes the characters of labels 1…L, as a CTC model lists them.
+    let model = tiny_lm(CellKind::Lstm);
+    let mut by_list = CharLmScorer::new(&model, &['c', 'a', ' ']).unwrap();
+    let map = [None, Some('c'), Some('a'), Some(' ')];
+    let mut by_map = CharLmScorer::from_map(&model, &map, Precision::F32).unwrap();
+    let (s, t) = (by_list.start(), by_map.start());
+    for label in 1..4 {
+        assert_eq!(
+            by_list.score(&s, label).unwrap().0,
+            by_map.score(&t, label).unwrap().0
+        );
+    }
+    assert!(by_list.score(&s, 0).is_err());
 }
