@@ -488,11 +488,25 @@ struct Stepped {
 }
 
 impl<'a> CharLmScorer<'a> {
+    /// Scores the labels of a CTC model whose blank is label 0 and whose label i ≥ 1
+    /// is character `labels[i - 1]` (as `task::ctc::CtcModel::labels`), in f32.
+    /// See [`CharLmScorer::from_map`] for any other layout.
+    pub fn new(model: &'a CharLm, labels: &[char]) -> Result<Self> {
+        let map: Vec<Option<char>> = std::iter::once(None)
+            .chain(labels.iter().copied().map(Some))
+            .collect();
+        Self::from_map(model, &map, Precision::F32)
+    }
+
     /// Scores label i as character `labels[i]` of `model` (`None` for the blank), in
     /// the given weight precision; the text starts as [`crate::decode::generate`]'s
     /// with an empty prime (after a newline, or the first character without one).
     /// Fails if a character is not in the model's vocabulary.
-    pub fn new(model: &'a CharLm, labels: &[Option<char>], precision: Precision) -> Result<Self> {
+    pub fn from_map(
+        model: &'a CharLm,
+        labels: &[Option<char>],
+        precision: Precision,
+    ) -> Result<Self> {
         let vocab = model.vocab();
         let ids = labels
             .iter()
