@@ -500,17 +500,20 @@ fn score(
     let outputs = decode_all(model, &refs, flags)?;
     let targets: Vec<&[usize]> = utts.iter().map(|u| u.target.as_slice()).collect();
     let overall = CtcScores::new(&outputs, &targets);
-    let mut groups: BTreeMap<String, (Vec<Vec<usize>>, Vec<&[usize]>)> = BTreeMap::new();
-    for ((o, t), s) in outputs.iter().zip(&targets).zip(speakers) {
+    // Indices of each speaker's utterances, then their scores.
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, s) in speakers.iter().enumerate() {
         if let Some(s) = s {
-            let g = groups.entry(s.clone()).or_default();
-            g.0.push(o.clone());
-            g.1.push(t);
+            groups.entry(s.clone()).or_default().push(i);
         }
     }
     let per = groups
         .into_iter()
-        .map(|(k, (o, t))| (k, CtcScores::new(&o, &t)))
+        .map(|(k, idx)| {
+            let o: Vec<Vec<usize>> = idx.iter().map(|&i| outputs[i].clone()).collect();
+            let t: Vec<&[usize]> = idx.iter().map(|&i| targets[i]).collect();
+            (k, CtcScores::new(&o, &t))
+        })
         .collect();
     Ok((overall, per))
 }
@@ -537,12 +540,8 @@ fn decode_all(
         (Some(p), _) => {
             let (lm, _) =
                 CharLm::load(p.as_path()).with_context(|| format!("--lm {}", p.display()))?;
-            // Class 0 is the blank; label i is class i + 1. Transcripts are scored
-            // as lines: the end of a string is the LM's newline.
-            let labels: Vec<Option<char>> = std::iter::once(None)
-                .chain(model.labels.iter().map(|&c| Some(c)))
-                .collect();
-            let mut scorer = CharLmScorer::new(&lm, &labels, Precision::F32)
+            // Transcripts are scored as lines: a string ends with the LM's newline.
+            let mut scorer = CharLmScorer::new(&lm, &model.labels)
                 .and_then(|s| s.with_end('\n'))
                 .with_context(|| format!("--lm {}", p.display()))?;
             transcribe(

@@ -157,7 +157,8 @@ fn learns_tone_sequences_then_evaluates_and_transcribes() {
         .take(2)
         .map(|l| l.split('\t').nth(1).unwrap())
         .collect();
-    let got: Vec<&str> = stdout(&o).lines().collect();
+    let out = stdout(&o);
+    let got: Vec<&str> = out.lines().collect();
     assert_eq!(got.len(), 2);
     let right = got.iter().zip(&want).filter(|(g, w)| g == w).count();
     assert!(right >= 1, "{got:?} vs {want:?}");
