@@ -24,6 +24,7 @@ for t in "${targets[@]}"; do
     checkpoint_*) dict=(-dict=dicts/safetensors.dict) ;;
     ts | conllu) dict=(-dict=dicts/$t.dict) ;;
     cli_args) dict=(-dict=dicts/cli.dict) ;;
+    wav) dict=(-dict=dicts/wav.dict) ;;
     *) dict=() ;;
   esac
   mkdir -p "corpus/$t"

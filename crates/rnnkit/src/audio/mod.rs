@@ -93,6 +93,14 @@ impl FeatureConfig {
                 self.bands
             ));
         }
+        let widths = MelBank::new(self).band_widths();
+        if let Some(b) = widths.iter().position(|&w| w == 0) {
+            return bad(format!(
+                "feature bands {}: band {b} falls between two FFT bins at {} Hz with {} ms \
+                 frames and would always be silent; use fewer bands or a longer window",
+                self.bands, self.sample_rate, self.window_ms
+            ));
+        }
         Ok(())
     }
 

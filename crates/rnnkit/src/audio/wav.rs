@@ -81,8 +81,9 @@ pub fn wav_from_bytes(bytes: &[u8], what: &str) -> Result<Audio> {
     }
     let frames = declared as usize / channels;
     let mut samples = Vec::with_capacity(frames);
+    // hound reads from memory here, so an I/O error can only mean the bytes ran out.
     let read_error = |e: hound::Error| match e {
-        hound::Error::IoError(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+        hound::Error::IoError(_) => {
             fail("truncated: the data chunk ends early; re-export or re-download it".into())
         }
         e => fail(describe(e)),
@@ -148,10 +149,10 @@ fn mix_down(
 /// One clause saying what hound found wrong and what to do.
 fn describe(e: hound::Error) -> String {
     match e {
-        hound::Error::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+        // The bytes are in memory: an I/O error can only mean that they ran out.
+        hound::Error::IoError(_) => {
             "truncated: the file ends inside its header; re-export or re-download it".into()
         }
-        hound::Error::IoError(io) => format!("cannot read it: {io}"),
         hound::Error::FormatError(msg) => format!("malformed WAV file ({msg}); {CONVERT}"),
         hound::Error::Unsupported => format!(
             "unsupported WAV encoding (compressed, e.g. ADPCM or µ-law, or an unknown format); \
