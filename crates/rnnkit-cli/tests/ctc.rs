@@ -268,3 +268,85 @@ fn bad_input_gets_one_line_errors() {
     );
     fails_with(&o, "rnnkit.features");
 }
+
+/// `tools/make_digits.py` (espeak-ng) makes a small held-out-voice set whose manifests
+/// `ctc train` reads, speaker column included; skipped where espeak-ng is missing
+/// (CI installs it and sets `RNNKIT_REQUIRE_ESPEAK`).
+#[test]
+fn synthesised_digits_train_and_score_per_speaker() {
+    let found = std::process::Command::new("espeak-ng")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("RNNKIT_REQUIRE_ESPEAK").is_none(),
+            "RNNKIT_REQUIRE_ESPEAK is set but espeak-ng was not found"
+        );
+        eprintln!("skipped: no espeak-ng installed (apt-get install espeak-ng)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = common::repo().join("tools/make_digits.py");
+    let made = std::process::Command::new("python3")
+        .arg(&script)
+        .args([
+            "--out", "digits", "--train", "12", "--dev", "4", "--test", "6", "--jobs", "2",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let manifest = std::fs::read_to_string(d.join("digits/test.tsv")).unwrap();
+    assert_eq!(manifest.lines().count(), 6);
+    for line in manifest.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 3, "{line}");
+        assert!(
+            cols[1].chars().all(|c| c.is_ascii_digit() || c == ' '),
+            "{line}"
+        );
+    }
+    let o = rnnkit(
+        &[
+            "ctc",
+            "train",
+            "--data",
+            "digits/train.tsv",
+            "--hidden",
+            "8",
+            "--layers",
+            "1",
+            "--steps",
+            "3",
+            "--threads",
+            "2",
+            "--json",
+        ],
+        d,
+    );
+    ok(&o);
+    assert!(last_json(&o)["test_utterances"] == 6, "{}", stdout(&o));
+    let best = d.join("runs/ctc/best.safetensors");
+    let o = rnnkit(
+        &[
+            "ctc",
+            "eval",
+            "--checkpoint",
+            best.to_str().unwrap(),
+            "--data",
+            "digits/test.tsv",
+            "--by-speaker",
+            "--json",
+        ],
+        d,
+    );
+    ok(&o);
+    let speakers = last_json(&o)["speakers"].as_object().unwrap().len();
+    assert!(speakers >= 1);
+}
