@@ -506,7 +506,7 @@ fn ctc(o: BenchOpts) -> anyhow::Result<ExitCode> {
         cfg.frames.1,
         cfg.batch
     );
-    report(&o, &what, "steps", &r)
+    report(&o, &what, "stacked steps", &r)
 }
 
 /// Prints a task's figures: one JSON object, or three lines.

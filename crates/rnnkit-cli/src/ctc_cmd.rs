@@ -126,6 +126,10 @@ pub struct CtcTrainOpts {
     /// Dropout between recurrent layers and before the output layer, in [0, 1).
     #[arg(long)]
     dropout: Option<f32>,
+    /// Perturb every training utterance: time stretch ±10 %, two frequency masks of up
+    /// to 6 bands and two time masks of up to 10 frames (SpecAugment).
+    #[arg(long)]
+    augment: Option<bool>,
     #[command(flatten)]
     decode: DecodeFlags,
     #[command(flatten)]
@@ -142,6 +146,7 @@ pub(crate) fn default_recipe() -> Recipe<CtcConfig> {
             bidirectional: true,
             dropout: 0.1,
             stack: 3,
+            augment: true,
         },
         train: TrainSettings {
             batch: 32,
@@ -238,6 +243,7 @@ impl CtcTrainOpts {
         set(&mut m.bidirectional, self.bidirectional);
         set(&mut m.stack, self.stack.map(|v| v as usize));
         set(&mut m.dropout, self.dropout);
+        set(&mut m.augment, self.augment);
         if !(0.0..1.0).contains(&m.dropout) {
             bail!("--dropout {} must be in [0, 1)", m.dropout);
         }
@@ -393,6 +399,7 @@ fn train(o: CtcTrainOpts) -> anyhow::Result<ExitCode> {
     let (model, start) = match resumed {
         Some((mut model, file)) => {
             model.set_dropout(r.task.dropout)?;
+            model.set_augment(r.task.augment);
             (model, Start::Resumed(file))
         }
         None => {

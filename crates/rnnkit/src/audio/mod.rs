@@ -22,6 +22,7 @@
 //! `tools/logmel_reference.py` is the same computation in numpy; the test
 //! `tests/audio.rs` matches its fixture.
 
+pub mod augment;
 mod mel;
 mod resample;
 mod wav;

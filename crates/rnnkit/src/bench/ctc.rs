@@ -135,6 +135,7 @@ mod tests {
                 bidirectional: true,
                 dropout: 0.1,
                 stack: 3,
+                augment: false,
             },
             bands: 5,
             labels: 4,

@@ -8,6 +8,7 @@ use super::seq2seq::edit_distance;
 use super::{
     bucketed_batches, meta_json, padding_fraction, BatchLoss, EpochOrder, Metrics, Selection, Task,
 };
+use crate::audio::augment::{augment, Augment};
 use crate::checkpoint::{self, TensorFile};
 use crate::decode::ctc::{best_path, prefix_beam_search, BeamOptions, LabelScorer};
 use crate::error::{Error, Result};
@@ -45,6 +46,9 @@ pub struct CtcConfig {
     pub dropout: f32,
     /// Consecutive frames joined into one step (the sequence gets this many times shorter).
     pub stack: usize,
+    /// Perturb each training utterance ([`crate::audio::augment`]: time stretch and
+    /// SpecAugment masks).
+    pub augment: bool,
 }
 
 impl Settings for CtcConfig {
@@ -57,6 +61,7 @@ impl Settings for CtcConfig {
             Setting::new("--bidirectional", self.bidirectional, Fixed),
             Setting::new("--stack", self.stack, Fixed),
             Setting::new("--dropout", self.dropout, Alters),
+            Setting::new("--augment", self.augment, Alters),
         ]
     }
 }
@@ -82,6 +87,7 @@ pub struct CtcModel {
     /// The characters of labels 1…L.
     pub labels: Vec<char>,
     stack: usize,
+    augment: bool,
     dropout: Dropout<f32>,
 }
 
@@ -113,6 +119,7 @@ impl CtcModel {
             head,
             labels,
             stack: config.stack,
+            augment: config.augment,
             dropout: Default::default(),
         })
     }
@@ -127,6 +134,7 @@ impl CtcModel {
             bidirectional: r.bidirectional,
             dropout: r.dropout,
             stack: self.stack,
+            augment: self.augment,
         }
     }
 
@@ -138,6 +146,11 @@ impl CtcModel {
     /// Output classes: the blank and the labels.
     pub fn classes(&self) -> usize {
         self.labels.len() + 1
+    }
+
+    /// Sets whether training utterances are perturbed.
+    pub fn set_augment(&mut self, augment: bool) {
+        self.augment = augment;
     }
 
     /// Sets the dropout used in training.
@@ -336,6 +349,7 @@ impl CtcModel {
                 head,
                 labels,
                 stack,
+                augment: false,
                 dropout: Default::default(),
             },
             file,
@@ -617,7 +631,24 @@ impl Task for CtcTask {
         let train = &self.train;
         let lengths = || train.iter().map(|u| u.frames).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
-        let utts: Vec<&Utterance> = batch.iter().map(|&i| &train[i]).collect();
+        let mut utts: Vec<&Utterance> = batch.iter().map(|&i| &train[i]).collect();
+        let perturbed: Vec<Utterance>;
+        if self.model.augment {
+            let bands = self.model.bands();
+            perturbed = utts
+                .iter()
+                .map(|u| {
+                    let (values, frames) =
+                        augment(&u.values, u.frames, bands, &Augment::default(), rng);
+                    Utterance {
+                        frames,
+                        values,
+                        target: u.target.clone(),
+                    }
+                })
+                .collect();
+            utts = perturbed.iter().collect();
+        }
         let targets: Vec<&[usize]> = utts.iter().map(|u| u.target.as_slice()).collect();
         let b = self.model.batch(&utts)?;
         let tokens = b.lengths.iter().sum();
@@ -672,6 +703,7 @@ mod tests {
             bidirectional: true,
             dropout: 0.0,
             stack,
+            augment: false,
         };
         CtcModel::new(&cfg, 2, vec!['a', 'b', ' '], &mut Rng::new(1)).unwrap()
     }
