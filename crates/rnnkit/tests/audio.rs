@@ -490,3 +490,30 @@ fn manifests_resolve_paths_and_name_the_bad_line() {
     let e = read_manifest(&manifest).unwrap_err().to_string();
     assert!(e.contains("train.tsv:1:") && e.contains("UTF-8"), "{e}");
 }
+
+/// Reads every utterance of a generated data set (`tools/make_digits.py`) and reports
+/// the feature throughput: `RNNKIT_DIGITS=data/digits cargo test -p rnnkit --test audio
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a data set made by tools/make_digits.py in $RNNKIT_DIGITS"]
+fn a_generated_digit_set_reads_whole() {
+    let Some(dir) = std::env::var_os("RNNKIT_DIGITS") else {
+        panic!("set RNNKIT_DIGITS to the folder made by tools/make_digits.py");
+    };
+    let cfg = FeatureConfig::default();
+    for split in ["train", "dev", "test"] {
+        let u = read_manifest(&Path::new(&dir).join(format!("{split}.tsv"))).unwrap();
+        let paths: Vec<PathBuf> = u.iter().map(|u| u.path.clone()).collect();
+        let start = std::time::Instant::now();
+        let feats = features_of_files(&paths, &cfg);
+        let secs = start.elapsed().as_secs_f64();
+        let frames: usize = feats.iter().map(|f| f.as_ref().unwrap().frames).sum();
+        println!(
+            "{split}: {} utterances, {frames} frames ({:.2} h of audio) in {secs:.2} s: \
+             {:.0} utterances/s",
+            u.len(),
+            frames as f64 / 360_000.0,
+            u.len() as f64 / secs
+        );
+    }
+}
