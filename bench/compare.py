@@ -5,8 +5,8 @@ Default mode: for each configuration of a built-in table, run rnnkit (f32),
 rnnkit with --bf16 (bfloat16 matrix products; skip with --no-bf16) and the
 PyTorch reference ALTERNATELY --repeats times, all with --threads workers, take
 the median of each figure over the repeats and print a Markdown table; then the
-same for the classifier, the tagger and the encoder-decoder (`--task classify`,
-`--task tag`, `--task seq2seq`), in a second table.  Ratios
+same for the classifier, the tagger, the encoder-decoder and the CTC recogniser
+(`--task classify`, `--task tag`, `--task seq2seq`, `--task ctc`), in a second table.  Ratios
 read "> 1 = rnnkit better": tok/s ratio = rnnkit / PyTorch, sampling speed-up =
 PyTorch µs / rnnkit µs (f32 weights, and bfloat16 weights), RSS ratio =
 PyTorch MiB / rnnkit MiB.
@@ -18,7 +18,7 @@ Standard library only; run with plain python3 from anywhere:
 
     python3 bench/compare.py                      # full comparison table
     python3 bench/compare.py --only lstm-2x512    # one row
-    python3 bench/compare.py --only classify,tag,seq2seq  # the task rows only
+    python3 bench/compare.py --only classify,tag,seq2seq,ctc  # the task rows only
     python3 bench/compare.py --scaling            # rnnkit scaling table
     python3 bench/compare.py --json-out raw.json  # also dump every run
 
@@ -53,15 +53,17 @@ COMPARE_ROWS = [
 DEFAULT_STEPS = 10
 SAMPLE_CHARS = 500
 
-# The task rows: name, flags (the models and batches of the `rnnkit classify train`
-# and `rnnkit tag train` recipes, and a G2P-sized encoder-decoder, given explicitly so
-# both programs build the same model), timed steps (each on its own batch), what a
-# token is.
+# The task rows: name, flags (the models and batches of the `rnnkit classify train`,
+# `rnnkit tag train` and `rnnkit ctc train` recipes, and a G2P-sized encoder-decoder,
+# given explicitly so both programs build the same model), timed steps (each on its own
+# batch), what a token is.
 TASK_ROWS = [
     ("classify", "--task classify --cell gru --layers 2 --hidden 256", 100, "timesteps"),
     ("tag", "--task tag --cell lstm --layers 2 --hidden 200 --char-hidden 100", 20, "words"),
     ("seq2seq", "--task seq2seq --cell lstm --layers 2 --hidden 256 --embed 64 --attention general "
      "--batch 64", 20, "tokens"),
+    ("ctc", "--task ctc --cell lstm --layers 2 --hidden 128 --bidirectional true --stack 3 "
+     "--bands 40 --labels 11 --min-len 100 --max-len 300 --batch 32", 20, "steps"),
 ]
 TASK_FIGURES = ("train_tokens_per_sec", "train_gflops", "step_seconds", "tokens_per_step",
                 "peak_rss_mb", "threads")
@@ -261,7 +263,7 @@ def char_lm_table(results, bf, g, tok):
 
 
 def compare_tasks(args):
-    """The classifier and tagger rows: rnnkit, PyTorch (and rnnkit --bf16) alternately."""
+    """The task rows: rnnkit, PyTorch (and rnnkit --bf16) alternately."""
     rows = [r for r in TASK_ROWS if args.only is None or r[0] in args.only]
     results = []
     failed = False
@@ -318,7 +320,8 @@ def task_table(results, bf, g, tok):
                   fmt(g(mr, "peak_rss_mb"), 1), fmt(g(mp, "peak_rss_mb"), 1)]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "Tasks: tok/s = valid tokens (timesteps for classify, words for tag, source and "
-            "target tokens with </s> for seq2seq) of the timed steps ÷ their seconds, each step on "
+            "target tokens with </s> for seq2seq, stacked steps of 3 frames for ctc) of the timed "
+            "steps ÷ their seconds, each step on "
             "its own batch of the same synthetic data in both programs; ms/step is the median step. "
             "ratio = rnnkit ÷ PyTorch (> 1 = rnnkit faster)."]
     return out
@@ -387,9 +390,9 @@ def main():
                    help="alternating runs per configuration [default: 3]")
     p.add_argument("--steps", type=int, default=None,
                    help="timed training steps for every row [default: 10; 100 for classify, "
-                        "20 for tag and seq2seq, 3 for the batch-1 and seq-400 scaling rows]")
+                        "20 for tag, seq2seq and ctc, 3 for the batch-1 and seq-400 scaling rows]")
     p.add_argument("--only", metavar="NAMES", default=None,
-                   help="run only these rows (comma-separated names, e.g. classify,tag,seq2seq)")
+                   help="run only these rows (comma-separated names, e.g. classify,tag,seq2seq,ctc)")
     p.add_argument("--scaling", action="store_true",
                    help="measure rnnkit alone: threads, batch and seq-len scaling")
     p.add_argument("--no-bf16", action="store_true",

@@ -45,6 +45,18 @@ shaped like grapheme-to-phoneme entries, source lengths uniform in
 --min-len..--max-len (4..12), target length = source length - 1, +0 or +1 (at least
 1), source ids uniform below --src-vocab (28), target ids uniform over the
 --tgt-vocab (69) tokens besides </s> and <s>.
+--task ctc: the CTC recogniser of `rnnkit ctc train`, as the module CtcRecognizer of
+tools/task_modules.py (imported from there, like seq2seq): [B, T, bands] features
+zero-padded, frames stacked --stack (3) at a time (stack_frames) -> recurrent stack
+over each utterance's stacked steps (packed; bidirectional LSTM 2x128 by default,
+dropout 0.1 between layers) -> dropout 0.1 -> Linear -> log_softmax ->
+F.ctc_loss(blank=0, reduction="mean", zero_infinity=True).  Data: random utterances
+of --min-len..--max-len (100..300) frames of --bands (40) features uniform in
+[-1, 1), each with a target of 1 + below(steps / 4) labels uniform over the
+--labels (11) labels besides the blank (steps = ceil(frames / stack)).  A token is
+a stacked step; the counted FLOPs (ctc_flops) are 3 x steps x the multiply-adds x 2
+of one forward step: sum_l D*2*(in_l + H)*G*H + 2*D*H*(labels + 1), in_0 =
+stack*bands, in_l = D*H.
 Both draw the data of `rnnkit bench --task ...` from the same seed with a port of
 rnnkit's generator (class Rng), so both programs train on the same batches: random
 series of random lengths, random sentences of random words, or random pairs.  Each
@@ -97,6 +109,7 @@ torch is not a dependency of the repository; install it outside it:
     ~/torch/bin/python bench/pytorch_ref.py --task classify --threads 2 --json
     ~/torch/bin/python bench/pytorch_ref.py --task tag --threads 2 --json
     ~/torch/bin/python bench/pytorch_ref.py --task seq2seq --threads 2 --json
+    ~/torch/bin/python bench/pytorch_ref.py --task ctc --threads 2 --json
 
 bench/compare.py runs it alternately with `rnnkit bench` and tabulates both.
 """
@@ -147,41 +160,44 @@ def boolean(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-# Defaults per task: (char-lm, classify, tag, seq2seq), as `rnnkit bench` (whose
-# classify, tag and seq2seq defaults are the `train` recipes'); None = the flag does
-# not apply.
+# Defaults per task: (char-lm, classify, tag, seq2seq, ctc), as `rnnkit bench` (whose
+# classify, tag, seq2seq and ctc defaults are the `train` recipes'); None = the flag
+# does not apply.
 TASK_DEFAULTS = {
-    "cell": ("lstm", "gru", "lstm", "lstm"),
-    "layers": (2, 2, 2, 1),
-    "hidden": (512, 256, 200, 256),
-    "batch": (64, 16, 32, 64),
-    "steps": (10, 100, 20, 20),
-    "embed": (64, None, None, 64),
-    "vocab": (65, None, None, None),
-    "seq_len": (100, None, None, None),
-    "sample_chars": (500, None, None, None),
-    "channels": (None, 12, None, None),
-    "classes": (None, 9, None, None),
-    "min_len": (None, 7, None, 4),
-    "max_len": (None, 29, None, 12),
-    "pool": (None, "max", None, None),
-    "bidirectional": (None, True, None, True),
-    "word_vocab": (None, None, 16000, None),
-    "char_vocab": (None, None, 100, None),
-    "tags": (None, None, 17, None),
-    "words_per_sentence": (None, None, (5, 30), None),
-    "chars_per_word": (None, None, (2, 10), None),
-    "word_embed": (None, None, 100, None),
-    "char_embed": (None, None, 32, None),
-    "char_hidden": (None, None, 100, None),
-    "attention": (None, None, None, "general"),
-    "src_vocab": (None, None, None, 28),
-    "tgt_vocab": (None, None, None, 69),
-    "beam": (None, None, None, 5),
-    "decode_sources": (None, None, None, 200),
-    "seed": (None, 1, 1, 1),
+    "cell": ("lstm", "gru", "lstm", "lstm", "lstm"),
+    "layers": (2, 2, 2, 1, 2),
+    "hidden": (512, 256, 200, 256, 128),
+    "batch": (64, 16, 32, 64, 32),
+    "steps": (10, 100, 20, 20, 20),
+    "embed": (64, None, None, 64, None),
+    "vocab": (65, None, None, None, None),
+    "seq_len": (100, None, None, None, None),
+    "sample_chars": (500, None, None, None, None),
+    "channels": (None, 12, None, None, None),
+    "classes": (None, 9, None, None, None),
+    "min_len": (None, 7, None, 4, 100),
+    "max_len": (None, 29, None, 12, 300),
+    "pool": (None, "max", None, None, None),
+    "bidirectional": (None, True, None, True, True),
+    "word_vocab": (None, None, 16000, None, None),
+    "char_vocab": (None, None, 100, None, None),
+    "tags": (None, None, 17, None, None),
+    "words_per_sentence": (None, None, (5, 30), None, None),
+    "chars_per_word": (None, None, (2, 10), None, None),
+    "word_embed": (None, None, 100, None, None),
+    "char_embed": (None, None, 32, None, None),
+    "char_hidden": (None, None, 100, None, None),
+    "attention": (None, None, None, "general", None),
+    "src_vocab": (None, None, None, 28, None),
+    "tgt_vocab": (None, None, None, 69, None),
+    "beam": (None, None, None, 5, None),
+    "decode_sources": (None, None, None, 200, None),
+    "bands": (None, None, None, None, 40),
+    "labels": (None, None, None, None, 11),
+    "stack": (None, None, None, None, 3),
+    "seed": (None, 1, 1, 1, 1),
 }
-TASKS = ("char-lm", "classify", "tag", "seq2seq")
+TASKS = ("char-lm", "classify", "tag", "seq2seq", "ctc")
 ATTENTIONS = ("none", "dot", "general", "additive")
 
 
@@ -190,34 +206,35 @@ def parse_args(argv=None):
         description="PyTorch reference of `rnnkit bench`: training and sampling "
         "throughput of the char-LM on synthetic tokens, training throughput of "
         "the classifier (--task classify), the tagger (--task tag) or the encoder-decoder "
-        "(--task seq2seq, then its decoding speed) on synthetic data.")
+        "(--task seq2seq, then its decoding speed) or the CTC recogniser (--task ctc) on "
+        "synthetic data.")
     p.add_argument("--task", choices=TASKS, default="char-lm", help="what to measure [default: char-lm]")
     p.add_argument("--cell", choices=CELLS, help="recurrent cell [default: lstm; classify: gru]")
-    p.add_argument("--layers", type=positive, help="stacked recurrent layers [default: 2]")
+    p.add_argument("--layers", type=positive, help="stacked recurrent layers [default: 2; seq2seq: 1]")
     p.add_argument("--hidden", type=positive,
                    help="hidden units per layer (per direction; seq2seq: the decoder's, the "
-                   "encoder's outputs) [default: 512; classify, seq2seq: 256; tag: 200]")
+                   "encoder's outputs) [default: 512; classify, seq2seq: 256; tag: 200; ctc: 128]")
     p.add_argument("--embed", type=positive, help="embedding width (char-lm, seq2seq) [default: 64]")
     p.add_argument("--vocab", type=int, help="vocabulary size (char-lm) [default: 65]")
     p.add_argument("--batch", type=positive,
-                   help="sequences per batch [default: 64; classify: 16; tag: 32]")
+                   help="sequences per batch [default: 64; classify: 16; tag, ctc: 32]")
     p.add_argument("--seq-len", type=positive, help="timesteps per batch (char-lm) [default: 100]")
     p.add_argument("--steps", type=positive,
-                   help="timed training steps [default: 10; classify: 100; tag, seq2seq: 20]")
+                   help="timed training steps [default: 10; classify: 100; tag, seq2seq, ctc: 20]")
     p.add_argument("--sample-chars", type=non_negative,
                    help="timed batch-1 sampled characters (char-lm) [default: 500]")
     p.add_argument("--channels", type=positive, help="input channels (classify) [default: 12]")
     p.add_argument("--classes", type=int, help="classes (classify) [default: 9]")
     p.add_argument("--min-len", type=positive,
-                   help="fewest steps of a series (classify) [default: 7], or tokens of a source "
-                   "(seq2seq) [default: 4]")
+                   help="fewest steps of a series (classify) [default: 7], tokens of a source "
+                   "(seq2seq) [default: 4], or frames of an utterance (ctc) [default: 100]")
     p.add_argument("--max-len", type=positive,
-                   help="most steps of a series (classify) [default: 29], or tokens of a source "
-                   "(seq2seq) [default: 12]")
+                   help="most steps of a series (classify) [default: 29], tokens of a source "
+                   "(seq2seq) [default: 12], or frames of an utterance (ctc) [default: 300]")
     p.add_argument("--pool", choices=("last", "mean", "max"), help="pooling over time (classify) [default: max]")
     p.add_argument("--bidirectional", type=boolean,
-                   help="read each series (classify) or source (seq2seq) in both directions "
-                   "[default: true]")
+                   help="read each series (classify), source (seq2seq) or utterance (ctc) in both "
+                   "directions [default: true]")
     p.add_argument("--word-vocab", type=positive, help="distinct words of the lexicon (tag) [default: 16000]")
     p.add_argument("--char-vocab", type=positive, help="characters of the words (tag) [default: 100]")
     p.add_argument("--tags", type=int, help="distinct tags (tag) [default: 17]")
@@ -238,8 +255,13 @@ def parse_args(argv=None):
     p.add_argument("--decode-sources", type=positive,
                    help="sources decoded one at a time, greedy and with the beam (seq2seq) "
                    "[default: 200]")
+    p.add_argument("--bands", type=positive, help="features per frame (ctc) [default: 40]")
+    p.add_argument("--labels", type=positive,
+                   help="labels besides the blank (ctc) [default: 11, the digits and the space]")
+    p.add_argument("--stack", type=positive,
+                   help="consecutive frames joined into one step, 1 to 16 (ctc) [default: 3]")
     p.add_argument("--seed", type=non_negative,
-                   help="seed of the synthetic data (classify, tag, seq2seq) [default: 1]")
+                   help="seed of the synthetic data (classify, tag, seq2seq, ctc) [default: 1]")
     p.add_argument("--threads", type=positive, default=os.cpu_count() or 1,
                    help="worker threads [default: all cores]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -256,7 +278,7 @@ def parse_args(argv=None):
     if args.task == "classify":
         if args.classes < 2:
             p.error("--classes must be >= 2")
-    if args.task in ("classify", "seq2seq"):
+    if args.task in ("classify", "seq2seq", "ctc"):
         if args.min_len > args.max_len:
             p.error(f"--min-len ({args.min_len}) must not exceed --max-len ({args.max_len})")
     if args.task == "tag":
@@ -267,6 +289,12 @@ def parse_args(argv=None):
         lo, hi = args.chars_per_word
         if sum(args.char_vocab ** n for n in range(lo, min(hi, lo + 64) + 1)) < 2 * args.word_vocab:
             p.error("too few spellings for --word-vocab: raise --char-vocab or --chars-per-word")
+    if args.task == "ctc":
+        if args.stack > 16:
+            p.error(f"--stack must be 1 to 16 frames, got {args.stack}")
+        if args.min_len < 4 * args.stack:
+            p.error(f"--min-len ({args.min_len} frames) must be at least 4 x --stack ({args.stack}): "
+                    "every utterance needs room for a transcript")
     if args.task == "seq2seq":
         if args.bidirectional and args.hidden % 2:
             p.error("--hidden must be even with a bidirectional encoder (hidden / 2 per direction)")
@@ -406,6 +434,26 @@ class Rng:
 
     def below(self, n):
         return (self.next_u64() * n) >> 64
+
+    def uniforms_in(self, lo, hi, n):
+        """[uniform_in(lo, hi) for _ in range(n)] (rnnkit's Rng::uniform_in: lo + (hi - lo) *
+        uniform()), with the state in locals: the same numbers, several times faster."""
+        s0, s1, s2, s3 = self.s
+        out = [0.0] * n
+        scale, width = 1.0 / (1 << 53), hi - lo
+        for i in range(n):
+            r = (s0 + s3) & MASK64
+            r = ((((r << 23) | (r >> 41)) & MASK64) + s0) & MASK64
+            t = (s1 << 17) & MASK64
+            s2 ^= s0
+            s3 ^= s1
+            s1 ^= s2
+            s0 ^= s3
+            s2 ^= t
+            s3 = ((s3 << 45) | (s3 >> 19)) & MASK64
+            out[i] = lo + width * ((r >> 11) * scale)
+        self.s = [s0, s1, s2, s3]
+        return out
 
 
 def make_rnn(cell, input_size, hidden, layers, bidirectional, dropout):
@@ -656,7 +704,7 @@ SEQ2SEQ_DROPOUT = 0.2  # the dropout of `rnnkit seq2seq train`
 DECODE_WARMUP = 3  # sources decoded untimed before each timed pass, as rnnkit's bench
 
 
-def seq2seq_module():
+def tools_task_modules():
     """tools/task_modules.py, the module whose checkpoints rnnkit reads: the benchmark
     times that exact model."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
@@ -723,7 +771,7 @@ def decode_speed(model, sources, decode):
 
 
 def run_seq2seq(a):
-    tm = seq2seq_module()
+    tm = tools_task_modules()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed + 1)
     pairs = seq2seq_pairs(a)
@@ -753,12 +801,67 @@ def run_seq2seq(a):
     return report
 
 
+CTC_DROPOUT = 0.1  # the dropout of `rnnkit ctc train`
+
+
+def stacked_len(frames, stack):
+    return -(-frames // stack)
+
+
+def ctc_utterances(a):
+    """rnnkit::bench::ctc::utterances: the (WARMUP_STEPS + steps) * batch utterances
+    (features [frames, bands], target) from Rng(seed), for each its frames min_len +
+    below(max_len - min_len + 1), a target of 1 + below(ceil(frames / stack) / 4) labels
+    each 1 + below(labels), then its frames * bands values uniform_in(-1, 1)."""
+    rng = Rng(a.seed)
+    utts = []
+    for _ in range((WARMUP_STEPS + a.steps) * a.batch):
+        frames = a.min_len + rng.below(a.max_len - a.min_len + 1)
+        n = 1 + rng.below(stacked_len(frames, a.stack) // 4)
+        target = [1 + rng.below(a.labels) for _ in range(n)]
+        values = torch.tensor(rng.uniforms_in(-1.0, 1.0, frames * a.bands), dtype=torch.float32)
+        utts.append((values.reshape(frames, a.bands), target))
+    return utts
+
+
+def ctc_flops(a, steps):
+    """rnnkit::bench::ctc::flops: 3 x steps x the multiply-adds x 2 of one forward step of
+    the recurrent layers and the output layer."""
+    d, g, h = (2 if a.bidirectional else 1), GATES[a.cell], a.hidden
+    rnn = sum(d * 2 * ((a.stack * a.bands if l == 0 else d * h) + h) * g * h for l in range(a.layers))
+    return 3.0 * steps * (rnn + 2 * d * h * (a.labels + 1))
+
+
+def run_ctc(a):
+    tm = tools_task_modules()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed + 1)
+    utts = ctc_utterances(a)
+    labels = [chr(0x100 + i) for i in range(a.labels)]  # their characters never matter here
+    model = tm.CtcRecognizer(a.cell, a.bands, a.hidden, labels, a.layers, a.bidirectional,
+                             a.stack, dropout=CTC_DROPOUT).float()
+    batches = [utts[i:i + a.batch] for i in range(0, len(utts), a.batch)]
+    work = []
+    for b in batches:
+        steps = sum(stacked_len(v.shape[0], a.stack) for v, _ in b)
+        work.append((steps, ctc_flops(a, steps)))
+
+    def step(i):
+        b = batches[i]
+        values = nn.utils.rnn.pad_sequence([v for v, _ in b], batch_first=True)  # [B, T, bands]
+        lengths = torch.tensor([v.shape[0] for v, _ in b])
+        return model.loss(values, lengths, [t for _, t in b])
+
+    return {"task": "ctc", **time_task_steps(model, work, step)}
+
+
 def main():
     args = parse_args()
     if args.task != "char-lm":
-        run_task = {"classify": run_classify, "tag": run_tag, "seq2seq": run_seq2seq}[args.task]
+        run_task = {"classify": run_classify, "tag": run_tag, "seq2seq": run_seq2seq,
+                    "ctc": run_ctc}[args.task]
         r = run_task(args)
-        unit = {"classify": "timesteps", "tag": "words", "seq2seq": "tokens"}[args.task]
+        unit = {"classify": "timesteps", "tag": "words", "seq2seq": "tokens", "ctc": "steps"}[args.task]
         if args.json:
             print(json.dumps(r))
         else:

@@ -12,7 +12,7 @@ units) and group pause (250–700 ms), then additive noise (white, pink or brown
 equally likely) at an SNR uniform in 5–30 dB over the whole utterance, then a gain
 that puts its peak uniform in 0.1–0.9 of full scale. espeak-ng speaks at 22.05 kHz;
 the audio is resampled to 16 kHz here (Kaiser-windowed sinc, 32 taps), except for
-a share (--native-share, default 5 %) kept at 22.05 kHz so that the reader's
+a share (--native-share, default half) kept at 22.05 kHz so that the reader's
 resampler is exercised too. All files are 16-bit PCM mono WAV.
 
 Voices are held out: a voice is a (base, variant) pair, and its split is fixed by
@@ -22,7 +22,7 @@ DEV_VARIANTS (minus the test voices). Train: all the rest. So test and dev speak
 with accents and timbres that training never heard.
 
 Output in --out: wav/<split>/<split>_NNNNNN.wav, manifests train.tsv, dev.tsv,
-test.tsv (`path<TAB>transcript`, paths relative to --out) and meta.tsv (one row per
+test.tsv (`path<TAB>transcript<TAB>voice+variant`, paths relative to --out) and meta.tsv (one row per
 utterance with its voice, variant, rate, pitch, gap, pause, noise, SNR, peak, rate
 and duration, for per-voice results). Deterministic given --seed: every
 utterance draws from its own generator seeded by (seed, split, index), so --jobs
@@ -30,7 +30,7 @@ does not change the output.
 
 Needs only Python 3's standard library and espeak-ng (`apt-get install espeak-ng`).
 
-  python3 tools/make_digits.py --out data/digits --train 8000 --dev 1000 --test 1000 --jobs 2
+  python3 tools/make_digits.py --out data/digits
 """
 
 import argparse
@@ -234,12 +234,12 @@ META_COLUMNS = [
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--train", type=int, default=8000)
-    ap.add_argument("--dev", type=int, default=1000)
+    ap.add_argument("--train", type=int, default=6000)
+    ap.add_argument("--dev", type=int, default=500)
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--native-share", type=float, default=0.05,
+    ap.add_argument("--native-share", type=float, default=0.5,
                     help="share of utterances kept at espeak-ng's 22.05 kHz")
     args = ap.parse_args()
     if min(args.train, args.dev, args.test) < 0 or args.jobs < 1:
@@ -265,7 +265,7 @@ def main():
     for s in SPLITS:
         with open(os.path.join(args.out, f"{s}.tsv"), "w", encoding="utf-8", newline="\n") as f:
             for rel, p, _ in rows[s]:
-                f.write(f'{rel}\t{p["transcript"]}\n')
+                f.write(f'{rel}\t{p["transcript"]}\t{p["voice"]}+{p["variant"]}\n')
     with open(os.path.join(args.out, "meta.tsv"), "w", encoding="utf-8", newline="\n") as f:
         f.write("\t".join(META_COLUMNS) + "\n")
         for s in SPLITS:

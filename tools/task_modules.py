@@ -94,6 +94,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors import safe_open
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -668,8 +669,79 @@ class Seq2seq(nn.Module):
         return model
 
 
+# ---------------------------------------------------------------------------
+# ctc
+# ---------------------------------------------------------------------------
+
+META_STACK = "rnnkit.stack"
+
+
+def stack_frames(values: torch.Tensor, lengths: torch.Tensor, stack: int):
+    """values [B, T, F] → [B, ⌈T/k⌉, k·F]: frames t·k … t·k + k − 1 side by side, a partial
+    last group padded with zeros (rnnkit's ``CtcModel::batch``); lengths ⌈len/k⌉."""
+    b, t, f = values.shape
+    pad = (-t) % stack
+    x = torch.cat([values, values.new_zeros(b, pad, f)], dim=1) if pad else values
+    steps = (lengths + stack - 1) // stack
+    return x.reshape(b, (t + pad) // stack, stack * f), steps
+
+
+class CtcRecognizer(nn.Module):
+    """Frames stacked k at a time → recurrent stack over valid steps → linear → log-softmax
+    over the blank (class 0) and the labels (rnnkit ctc)."""
+
+    def __init__(self, cell: str, bands: int, hidden_size: int, labels: Sequence[str],
+                 num_layers: int = 2, bidirectional: bool = True, stack: int = 3,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.cell = cell
+        self.labels = list(labels)
+        self.stack = stack
+        self.directions = 2 if bidirectional else 1
+        self.rnn = recurrent(cell, stack * bands, hidden_size, num_layers, bidirectional, dropout)
+        self.head = nn.Linear(self.directions * hidden_size, len(self.labels) + 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor):
+        """values [B, T, F] (zero past each end), lengths [B] → (log-probs [T', B, L+1]
+        time-major as ``F.ctc_loss`` takes them, output lengths [B])."""
+        x, steps = stack_frames(values, lengths, self.stack)
+        y, _ = run_packed(self.rnn, x, steps)
+        return F.log_softmax(self.head(self.drop(y)), dim=-1).transpose(0, 1), steps
+
+    def loss(self, values, lengths, targets: Sequence[Sequence[int]]) -> torch.Tensor:
+        """torch's mean CTC loss (blank 0, zero_infinity) of label ids (1-based) per utterance."""
+        log_probs, steps = self(values, lengths)
+        flat = torch.tensor([c for t in targets for c in t], dtype=torch.long)
+        target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        return F.ctc_loss(log_probs, flat, steps, target_lengths, blank=0, reduction="mean",
+                          zero_infinity=True)
+
+    def metadata(self) -> Dict[str, str]:
+        return {META_TASK: "ctc", META_CELL: self.cell, META_LABELS: to_json(self.labels),
+                META_STACK: str(self.stack)}
+
+    def save(self, path: str) -> None:
+        """Writes a checkpoint that ``rnnkit ctc eval/transcribe`` reads (add the feature
+        settings, ``rnnkit.features``, for audio)."""
+        write(path, self, self.metadata())
+
+    @classmethod
+    def load(cls, path: str) -> "CtcRecognizer":
+        """Builds the module from a checkpoint (sizes from the shapes); strict load."""
+        meta, tensors = read_checkpoint(path, "ctc")
+        labels = json_list(path, meta, META_LABELS)
+        stack = int(meta[META_STACK])
+        num_layers, bidirectional = layers_of(tensors, "rnn.")
+        hidden_size = tensors["rnn.weight_hh_l0"].shape[1]
+        bands = tensors["rnn.weight_ih_l0"].shape[1] // stack
+        model = cls(meta[META_CELL], bands, hidden_size, labels, num_layers, bidirectional, stack)
+        model.load_state_dict(tensors, strict=True)
+        return model
+
+
 def load(path: str) -> nn.Module:
-    """The ``SequenceClassifier``, ``Tagger`` or ``Seq2seq`` of an rnnkit checkpoint, by
+    """The ``SequenceClassifier``, ``Tagger``, ``Seq2seq`` or ``CtcRecognizer`` of an rnnkit checkpoint, by
     ``rnnkit.task``."""
     with safe_open(path, framework="pt") as f:
         task = (f.metadata() or {}).get(META_TASK)
@@ -679,5 +751,7 @@ def load(path: str) -> nn.Module:
         return Tagger.load(path)
     if task == "seq2seq":
         return Seq2seq.load(path)
-    raise ValueError(f"{path}: metadata `{META_TASK}` is {task!r}; this module reads classify, tag "
-                     "and seq2seq")
+    if task == "ctc":
+        return CtcRecognizer.load(path)
+    raise ValueError(f"{path}: metadata `{META_TASK}` is {task!r}; this module reads classify, tag, "
+                     "seq2seq and ctc")

@@ -1,12 +1,14 @@
 //! `rnnkit bench`: training and sampling throughput of the char-LM on synthetic tokens,
-//! or training throughput of the classifier (`--task classify`) or the tagger
-//! (`--task tag`) on synthetic data.
+//! or training throughput of the classifier (`--task classify`), the tagger
+//! (`--task tag`), the encoder–decoder (`--task seq2seq`) or the CTC recogniser
+//! (`--task ctc`) on synthetic data.
 
 use crate::classify_cmd::Pool;
 use crate::train_cmd::Cell;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 use rnnkit::bench::classify::ClassifyBenchConfig;
+use rnnkit::bench::ctc::CtcBenchConfig;
 use rnnkit::bench::seq2seq::Seq2seqBenchConfig;
 use rnnkit::bench::tag::TagBenchConfig;
 use rnnkit::bench::{self, BenchConfig, TaskReport};
@@ -25,6 +27,8 @@ pub enum BenchTask {
     Tag,
     /// The encoder–decoder of `rnnkit seq2seq train`, on random pairs; and its decoding.
     Seq2seq,
+    /// The recogniser of `rnnkit ctc train`, on random features and label sequences.
+    Ctc,
 }
 
 /// Flags of `rnnkit bench`.
@@ -33,13 +37,13 @@ pub struct BenchOpts {
     /// What to measure.
     #[arg(long, value_enum, default_value = "char-lm")]
     task: BenchTask,
-    /// Recurrent cell [default: lstm; classify and tag: their `train` recipe's, gru and lstm].
+    /// Recurrent cell [default: lstm; classify, tag, ctc: their `train` recipe's, gru, lstm, lstm].
     #[arg(long, value_enum)]
     cell: Option<Cell>,
-    /// Stacked recurrent layers [default: 2; classify and tag: their `train` recipe's, 2].
+    /// Stacked recurrent layers [default: 2; classify, tag, ctc: their `train` recipe's, 2].
     #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_LAYERS)))]
     layers: Option<u32>,
-    /// Hidden units per layer (per direction) [default: 512; classify: 256; tag: 200, as their `train` recipes].
+    /// Hidden units per layer (per direction) [default: 512; classify: 256; tag: 200; ctc: 128, as their `train` recipes].
     #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_WIDTH)))]
     hidden: Option<u32>,
     /// Embedding width (char-lm, seq2seq) [default: 64].
@@ -48,13 +52,13 @@ pub struct BenchOpts {
     /// Vocabulary size (char-lm) [default: 65].
     #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(2, MAX_BENCH_VOCAB)))]
     vocab: Option<u32>,
-    /// Sequences per batch [default: 64; classify: 16; tag: 32].
+    /// Sequences per batch [default: 64; classify: 16; tag, ctc: 32].
     #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_BATCH)))]
     batch: Option<u32>,
     /// Timesteps per batch (char-lm) [default: 100].
     #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_SEQ_LEN)))]
     seq_len: Option<u32>,
-    /// Timed training steps [default: 10; classify: 100; tag: 20].
+    /// Timed training steps [default: 10; classify: 100; tag, seq2seq, ctc: 20].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     steps: Option<u32>,
     /// Timed batch-1 sampled characters (char-lm) [default: 500].
@@ -66,16 +70,16 @@ pub struct BenchOpts {
     /// Classes (classify) [default: 9].
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
     classes: Option<u32>,
-    /// Fewest steps of a random series (classify) [default: 7], or tokens of a random source (seq2seq) [default: 4].
+    /// Fewest steps of a random series (classify) [default: 7], tokens of a random source (seq2seq) [default: 4], or 10 ms frames of a random utterance (ctc) [default: 100].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
     min_len: Option<u32>,
-    /// Most steps of a random series (classify) [default: 29], or tokens of a random source (seq2seq) [default: 12].
+    /// Most steps of a random series (classify) [default: 29], tokens of a random source (seq2seq) [default: 12], or 10 ms frames of a random utterance (ctc) [default: 300].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
     max_len: Option<u32>,
     /// Pooling over time (classify) [default: max].
     #[arg(long, value_enum)]
     pool: Option<Pool>,
-    /// Read each series or source in both directions (classify, seq2seq) [default: true].
+    /// Read each series, source or utterance in both directions (classify, seq2seq, ctc) [default: true].
     #[arg(long)]
     bidirectional: Option<bool>,
     /// Distinct words of the random lexicon (tag) [default: 16000].
@@ -117,7 +121,16 @@ pub struct BenchOpts {
     /// Sources decoded one at a time, greedy and with the beam (seq2seq) [default: 200].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     decode_sources: Option<u32>,
-    /// Seed of the synthetic data (classify, tag, seq2seq) [default: 1].
+    /// Features per frame of the random utterances (ctc) [default: 40].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    bands: Option<u32>,
+    /// Labels besides the blank (ctc) [default: 11, the digits and the space].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(flag_range(1, MAX_BENCH_VOCAB)))]
+    labels: Option<u32>,
+    /// Consecutive frames joined into one step (ctc) [default: 3, as `rnnkit ctc train`].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    stack: Option<u32>,
+    /// Seed of the synthetic data (classify, tag, seq2seq, ctc) [default: 1].
     #[arg(long)]
     seed: Option<u64>,
     /// Worker threads [default: all cores].
@@ -159,13 +172,21 @@ impl BenchOpts {
             ("--sample-chars", self.sample_chars.is_some(), &[CharLm]),
             ("--channels", self.channels.is_some(), &[Classify]),
             ("--classes", self.classes.is_some(), &[Classify]),
-            ("--min-len", self.min_len.is_some(), &[Classify, Seq2seq]),
-            ("--max-len", self.max_len.is_some(), &[Classify, Seq2seq]),
+            (
+                "--min-len",
+                self.min_len.is_some(),
+                &[Classify, Seq2seq, Ctc],
+            ),
+            (
+                "--max-len",
+                self.max_len.is_some(),
+                &[Classify, Seq2seq, Ctc],
+            ),
             ("--pool", self.pool.is_some(), &[Classify]),
             (
                 "--bidirectional",
                 self.bidirectional.is_some(),
-                &[Classify, Seq2seq],
+                &[Classify, Seq2seq, Ctc],
             ),
             ("--attention", self.attention.is_some(), &[Seq2seq]),
             ("--src-vocab", self.src_vocab.is_some(), &[Seq2seq]),
@@ -188,7 +209,14 @@ impl BenchOpts {
             ("--word-embed", self.word_embed.is_some(), &[Tag]),
             ("--char-embed", self.char_embed.is_some(), &[Tag]),
             ("--char-hidden", self.char_hidden.is_some(), &[Tag]),
-            ("--seed", self.seed.is_some(), &[Classify, Tag, Seq2seq]),
+            ("--bands", self.bands.is_some(), &[Ctc]),
+            ("--labels", self.labels.is_some(), &[Ctc]),
+            ("--stack", self.stack.is_some(), &[Ctc]),
+            (
+                "--seed",
+                self.seed.is_some(),
+                &[Classify, Tag, Seq2seq, Ctc],
+            ),
         ];
         for &(flag, given, tasks) in flags {
             if given && !tasks.contains(&self.task) {
@@ -219,6 +247,7 @@ pub fn run(o: BenchOpts) -> anyhow::Result<ExitCode> {
         BenchTask::Classify => classify(o),
         BenchTask::Tag => tag(o),
         BenchTask::Seq2seq => seq2seq(o),
+        BenchTask::Ctc => ctc(o),
     }
 }
 
@@ -422,6 +451,62 @@ fn seq2seq(o: BenchOpts) -> anyhow::Result<ExitCode> {
         r.greedy_words_per_sec, r.beam_words_per_sec, r.beam
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn ctc(o: BenchOpts) -> anyhow::Result<ExitCode> {
+    let recipe = crate::ctc_cmd::default_recipe();
+    let mut model = recipe.task;
+    if let Some(c) = o.cell {
+        model.cell = c.kind();
+    }
+    model.num_layers = o.layers.map_or(model.num_layers, |v| v as usize);
+    model.hidden_size = o.hidden.map_or(model.hidden_size, |v| v as usize);
+    model.bidirectional = o.bidirectional.unwrap_or(model.bidirectional);
+    model.stack = o.stack.map_or(model.stack, |v| v as usize);
+    let (min_len, max_len) = (
+        o.min_len.map_or(100, |v| v as usize),
+        o.max_len.map_or(300, |v| v as usize),
+    );
+    if min_len > max_len {
+        bail!("--min-len ({min_len}) must not exceed --max-len ({max_len})");
+    }
+    if min_len < 4 * model.stack {
+        bail!(
+            "--min-len ({min_len} frames) must be at least 4 × --stack ({}): every utterance needs room for a transcript",
+            model.stack
+        );
+    }
+    let cfg = CtcBenchConfig {
+        model,
+        bands: o.bands.unwrap_or(40) as usize,
+        labels: o.labels.unwrap_or(11) as usize,
+        frames: (min_len, max_len),
+        batch: o.batch.map_or(recipe.train.batch, |v| v as usize),
+        steps: o.steps.unwrap_or(20) as usize,
+        seed: o.seed.unwrap_or(1),
+        precision: o.precision(),
+    };
+    let r = bench::ctc::run(&cfg)?;
+    let m = &cfg.model;
+    let what = format!(
+        "ctc {} {}x{}{}, dropout {}, stack {}, {} bands, {} labels + blank, {}-{} frames, batch {}",
+        m.cell,
+        m.num_layers,
+        m.hidden_size,
+        if m.bidirectional {
+            " bidirectional"
+        } else {
+            ""
+        },
+        m.dropout,
+        m.stack,
+        cfg.bands,
+        cfg.labels,
+        cfg.frames.0,
+        cfg.frames.1,
+        cfg.batch
+    );
+    report(&o, &what, "steps", &r)
 }
 
 /// Prints a task's figures: one JSON object, or three lines.

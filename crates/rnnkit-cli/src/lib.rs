@@ -3,6 +3,7 @@
 
 mod bench_cmd;
 mod classify_cmd;
+mod ctc_cmd;
 mod eval_cmd;
 mod import_cmd;
 mod lab_cmd;
@@ -45,6 +46,9 @@ enum Command {
     /// Transduce sequences to sequences of another length (grapheme-to-phoneme): train, eval, predict.
     #[command(subcommand)]
     Seq2seq(seq2seq_cmd::Seq2seqCmd),
+    /// Speech to text with CTC (spoken digit strings from WAV files): train, eval, transcribe.
+    #[command(subcommand)]
+    Ctc(ctc_cmd::CtcCmd),
     /// Measure training throughput on synthetic data: the char LM (and its sampling), the classifier, the tagger or the encoder–decoder (and its decoding).
     Bench(bench_cmd::BenchOpts),
     /// What the notes teach, measured: gradients through time, memory, clipping, truncation, RTRL.
@@ -71,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Classify(c) => classify_cmd::run(c),
         Command::Tag(c) => tag_cmd::run(c),
         Command::Seq2seq(c) => seq2seq_cmd::run(c),
+        Command::Ctc(c) => ctc_cmd::run(c),
         Command::Bench(o) => bench_cmd::run(o),
         Command::Import(o) => import_cmd::run(o),
         Command::Lab(c) => lab_cmd::run(c),
@@ -108,12 +113,14 @@ where
         Command::Classify(classify_cmd::ClassifyCmd::Train(o)) => classify_cmd::check(o),
         Command::Tag(tag_cmd::TagCmd::Train(o)) => tag_cmd::check(o),
         Command::Seq2seq(seq2seq_cmd::Seq2seqCmd::Train(o)) => seq2seq_cmd::check(o),
+        Command::Ctc(ctc_cmd::CtcCmd::Train(o)) => ctc_cmd::check(o),
         Command::Lab(c) => lab_cmd::check(c),
         // Their flags are checked by clap alone before they open their files.
         Command::Eval(_)
         | Command::Classify(_)
         | Command::Tag(_)
         | Command::Seq2seq(_)
+        | Command::Ctc(_)
         | Command::Bench(_)
         | Command::Import(_)
         | Command::Visualize(_) => Ok(()),
@@ -184,6 +191,11 @@ fn command() -> clap::Command {
         .mut_subcommand("seq2seq", |c| {
             c.mut_subcommand("train", |c| {
                 trainer::with_defaults(c, &seq2seq_cmd::shown_defaults())
+            })
+        })
+        .mut_subcommand("ctc", |c| {
+            c.mut_subcommand("train", |c| {
+                trainer::with_defaults(c, &ctc_cmd::shown_defaults())
             })
         })
 }

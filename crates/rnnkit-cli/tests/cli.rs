@@ -657,12 +657,80 @@ fn bench_measures_the_classifier_and_the_tagger() {
 }
 
 #[test]
+fn bench_measures_the_ctc_recogniser_in_stacked_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--task",
+        "ctc",
+        "--hidden",
+        "8",
+        "--layers",
+        "2",
+        "--bands",
+        "5",
+        "--labels",
+        "4",
+        "--stack",
+        "2",
+        "--min-len",
+        "8",
+        "--max-len",
+        "20",
+        "--batch",
+        "3",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--json",
+    ];
+    let o = rnnkit(&args, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(j["task"], "ctc", "{j}");
+    for k in [
+        "train_tokens_per_sec",
+        "train_gflops",
+        "step_seconds",
+        "tokens_per_step",
+        "peak_rss_mb",
+        "threads",
+    ] {
+        assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {j}");
+    }
+    // 3 utterances of 8 to 20 frames, 2 frames a step: 4 to 10 steps each.
+    let per_step = j["tokens_per_step"].as_f64().unwrap();
+    assert!(
+        (12.0..=30.0).contains(&per_step),
+        "tokens_per_step {per_step} in {j}"
+    );
+    let text = rnnkit(&args[..args.len() - 1], dir.path());
+    assert!(text.status.success(), "{}", stderr(&text));
+    assert!(
+        stdout(&text).contains("steps/s")
+            && stdout(&text).starts_with("ctc lstm 2x8 bidirectional"),
+        "{}",
+        stdout(&text)
+    );
+    let o = rnnkit(
+        &["bench", "--task", "ctc", "--stack", "4", "--min-len", "12"],
+        dir.path(),
+    );
+    fails_with(&o, "--min-len (12 frames) must be at least 4 × --stack (4)");
+}
+
+#[test]
 fn bench_refuses_flags_of_another_task() {
     let dir = tempfile::tempdir().unwrap();
     let o = rnnkit(&["bench", "--task", "tag", "--seq-len", "5"], dir.path());
     fails_with(&o, "--seq-len applies to --task char-lm only");
     let o = rnnkit(&["bench", "--channels", "5"], dir.path());
     fails_with(&o, "--channels applies to --task classify only");
+    let o = rnnkit(&["bench", "--task", "tag", "--bands", "40"], dir.path());
+    fails_with(&o, "--bands applies to --task ctc only");
+    let o = rnnkit(&["bench", "--task", "ctc", "--embed", "4"], dir.path());
+    fails_with(&o, "--embed applies to --task char-lm or seq2seq only");
     let o = rnnkit(
         &["bench", "--task", "tag", "--words-per-sentence", "9-3"],
         dir.path(),

@@ -1,9 +1,10 @@
 //! Throughput measurement of the char language model on synthetic tokens:
 //! training steps (forward, cross-entropy, backward, global-norm clip 5, Adam)
-//! and batch-1 sampling with the state carried; [`classify`] and [`tag`] time the
-//! training steps of the sequence classifier and the tagger on synthetic data.
+//! and batch-1 sampling with the state carried; [`classify`], [`tag`], [`seq2seq`] and
+//! [`ctc`] time the training steps of the other tasks on synthetic data.
 
 pub mod classify;
+pub mod ctc;
 pub mod seq2seq;
 pub mod tag;
 

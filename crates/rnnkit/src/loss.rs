@@ -1,7 +1,11 @@
 //! Softmax cross-entropy, as torch.nn.functional.cross_entropy with mean reduction:
 //! the char LM's plain form ([`softmax_cross_entropy`]) and the masked, class-weighted
 //! form with an ignore index ([`cross_entropy`]); row-wise softmax and argmax beside them;
-//! the mean squared error of a regression ([`mse`]).
+//! the mean squared error of a regression ([`mse`]); connectionist temporal
+//! classification ([`ctc_loss`]) in its own file.
+
+mod ctc;
+pub use ctc::{ctc_loss, CtcLoss, CtcOptions, Reduction};
 
 use crate::error::{Error, Result};
 use crate::tensor::{scratch, Real};

@@ -1,11 +1,12 @@
-//! Speech manifests: one `path<TAB>transcript` line per utterance.
+//! Speech manifests: one `path<TAB>transcript[<TAB>speaker]` line per utterance (the
+//! optional third column names who speaks, for results per speaker).
 //!
 //! A relative path is relative to the folder that holds the manifest, so a data set
 //! folder can be moved as a whole; an absolute path is used as it is. Blank lines
 //! (only spaces or tabs) and lines whose first character is `#` are skipped, so a
-//! manifest can carry a header comment. The transcript is everything after the first
-//! tab, with surrounding spaces removed; it must not be empty and must not hold
-//! another tab. Every listed file must exist when the manifest is read, so that a
+//! manifest can carry a header comment. The transcript is the second column, with
+//! surrounding spaces removed; it must not be empty. A third column, if any, is the
+//! speaker (not empty); a fourth is an error. Every listed file must exist when the manifest is read, so that a
 //! typo fails before training starts rather than hours into it.
 
 use crate::error::{Error, Result};
@@ -24,6 +25,8 @@ pub struct Utterance {
     pub transcript: String,
     /// 1-based line of the manifest that listed it.
     pub line: usize,
+    /// Who speaks (the optional third column).
+    pub speaker: Option<String>,
 }
 
 /// Reads a manifest (see the module docs); refuses files over [`MAX_MANIFEST_BYTES`],
@@ -63,12 +66,18 @@ pub fn parse_manifest(text: &str, base: &Path, what: &str) -> Result<Vec<Utteran
                 "no tab; every line must be `path<TAB>transcript`",
             ));
         };
-        if transcript.contains('\t') {
-            return Err(fail(
-                line,
-                "more than one tab; every line must be `path<TAB>transcript`",
-            ));
-        }
+        let (transcript, speaker) =
+            match transcript.split_once('\t') {
+                None => (transcript, None),
+                Some((_, s)) if s.contains('\t') => return Err(fail(
+                    line,
+                    "more than two tabs; every line must be `path<TAB>transcript[<TAB>speaker]`",
+                )),
+                Some((_, s)) if s.trim().is_empty() => {
+                    return Err(fail(line, "the speaker (third column) is empty"))
+                }
+                Some((t, s)) => (t, Some(s.trim().to_string())),
+            };
         if file.trim().is_empty() {
             return Err(fail(line, "the path is empty"));
         }
@@ -83,6 +92,7 @@ pub fn parse_manifest(text: &str, base: &Path, what: &str) -> Result<Vec<Utteran
             path: base.join(file),
             transcript: transcript.to_string(),
             line,
+            speaker,
         });
     }
     if utterances.is_empty() {
@@ -99,7 +109,7 @@ mod tests {
 
     #[test]
     fn skips_comments_and_blank_lines_and_joins_relative_paths() {
-        let text = "# header\n\na.wav\t12 345\r\n  \n/abs/b.wav\t oh \n";
+        let text = "# header\n\na.wav\t12 345\r\n  \n/abs/b.wav\t oh \tf3 \n";
         let u = parse_manifest(text, Path::new("/data"), "m.tsv").unwrap();
         assert_eq!(u.len(), 2);
         assert_eq!(u[0].path, Path::new("/data/a.wav"));
@@ -108,6 +118,10 @@ mod tests {
         assert_eq!(u[1].path, Path::new("/abs/b.wav"));
         assert_eq!(u[1].transcript, "oh");
         assert_eq!(u[1].line, 5);
+        assert_eq!(
+            (u[0].speaker.as_deref(), u[1].speaker.as_deref()),
+            (None, Some("f3"))
+        );
     }
 
     #[test]
@@ -115,7 +129,8 @@ mod tests {
         for (text, line, needle) in [
             ("a.wav\t1\nb.wav 2\n", 2, "no tab"),
             ("a.wav\t  \n", 1, "transcript is empty"),
-            ("a.wav\t1\t2\n", 1, "more than one tab"),
+            ("a.wav\t1\t2\t3\n", 1, "more than two tabs"),
+            ("a.wav\t1\t \n", 1, "speaker (third column) is empty"),
             ("\t1\n", 1, "path is empty"),
         ] {
             let e = parse_manifest(text, Path::new("."), "m.tsv")

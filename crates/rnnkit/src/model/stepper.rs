@@ -196,6 +196,26 @@ impl Stepper {
         (&layer.h, &layer.c)
     }
 
+    /// Puts layer `l` back in a state read earlier by [`Stepper::state`], so one
+    /// stepper can continue many sequences (a decoder's hypotheses) in turn.
+    pub fn set_state(&mut self, l: usize, h: &[f32], c: &[f32]) -> Result<()> {
+        let hs = self.hs;
+        let layers = self.layers.len();
+        let layer = self.layers.get_mut(l).ok_or_else(|| {
+            Error::Input(format!("layer {l} does not exist: the model has {layers}"))
+        })?;
+        if h.len() != hs || c.len() != hs {
+            return Err(Error::Shape(format!(
+                "layer {l}'s state is {hs} wide, got h of {} and c of {}",
+                h.len(),
+                c.len()
+            )));
+        }
+        layer.h.copy_from_slice(h);
+        layer.c.copy_from_slice(c);
+        Ok(())
+    }
+
     /// The activated gates of layer `l` at the last step, `[G, H]` (i, f, g, o for
     /// the LSTM; r, z, n for the GRU); empty unless recording (see [`Stepper::record_gates`]).
     pub fn gates(&self, l: usize) -> &[f32] {

@@ -4,6 +4,7 @@
 
 pub mod char_lm;
 pub mod classifier;
+pub mod ctc;
 pub mod seq2seq;
 pub mod tagger;
 

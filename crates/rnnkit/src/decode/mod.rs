@@ -1,6 +1,8 @@
 //! Choosing the next token from logits: temperature, top-k and nucleus (top-p)
 //! sampling, greedy when the temperature is 0; and text generation from a prime.
 
+pub mod ctc;
+
 use crate::error::{Error, Result};
 use crate::model::{CharLm, Precision, Stepper};
 use crate::rng::Rng;
