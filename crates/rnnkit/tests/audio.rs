@@ -165,11 +165,8 @@ fn frame_counts_are_whole_frames() {
         samples: vec![0.0; 1600],
         sample_rate: 16_000,
     };
-    assert!(log_mel(&silent, &cfg)
-        .unwrap()
-        .values
-        .iter()
-        .all(|&v| v == 0.0));
+    let values = log_mel(&silent, &cfg).unwrap().values;
+    assert!(values.iter().all(|v| v.abs() < 1e-6), "silence: {values:?}");
 }
 
 #[test]
@@ -489,4 +486,31 @@ fn manifests_resolve_paths_and_name_the_bad_line() {
     std::fs::write(&manifest, b"wav/a.wav\t\xff\n").unwrap();
     let e = read_manifest(&manifest).unwrap_err().to_string();
     assert!(e.contains("train.tsv:1:") && e.contains("UTF-8"), "{e}");
+}
+
+/// Reads every utterance of a generated data set (`tools/make_digits.py`) and reports
+/// the feature throughput: `RNNKIT_DIGITS=data/digits cargo test -p rnnkit --test audio
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a data set made by tools/make_digits.py in $RNNKIT_DIGITS"]
+fn a_generated_digit_set_reads_whole() {
+    let Some(dir) = std::env::var_os("RNNKIT_DIGITS") else {
+        panic!("set RNNKIT_DIGITS to the folder made by tools/make_digits.py");
+    };
+    let cfg = FeatureConfig::default();
+    for split in ["train", "dev", "test"] {
+        let u = read_manifest(&Path::new(&dir).join(format!("{split}.tsv"))).unwrap();
+        let paths: Vec<PathBuf> = u.iter().map(|u| u.path.clone()).collect();
+        let start = std::time::Instant::now();
+        let feats = features_of_files(&paths, &cfg);
+        let secs = start.elapsed().as_secs_f64();
+        let frames: usize = feats.iter().map(|f| f.as_ref().unwrap().frames).sum();
+        println!(
+            "{split}: {} utterances, {frames} frames ({:.2} h of audio) in {secs:.2} s: \
+             {:.0} utterances/s",
+            u.len(),
+            frames as f64 / 360_000.0,
+            u.len() as f64 / secs
+        );
+    }
 }

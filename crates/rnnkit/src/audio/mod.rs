@@ -1,9 +1,9 @@
 //! Speech front end: WAV files ([`read_wav`]), resampling to the feature rate
-//! ([`resample`]) and normalised log-mel filterbank features ([`log_mel`]).
+//! ([`resample()`]) and normalised log-mel filterbank features ([`log_mel`]).
 //!
 //! The features, per utterance:
 //! 1. mono samples in [−1, 1], resampled to [`FeatureConfig::sample_rate`] (16 kHz)
-//!    with a Kaiser-windowed sinc ([`resample`]);
+//!    with a Kaiser-windowed sinc ([`resample()`]);
 //! 2. frames of `window_ms` (25 ms = 400 samples) every `hop_ms` (10 ms = 160), only
 //!    whole frames (Kaldi's `snip_edges`): `1 + (n − window) / hop` frames;
 //! 3. each frame: its mean removed (as Kaldi does, so a DC offset does not leak into
