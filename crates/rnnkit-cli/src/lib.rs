@@ -4,6 +4,7 @@
 mod bench_cmd;
 mod classify_cmd;
 mod eval_cmd;
+mod hmm_cmd;
 mod import_cmd;
 mod lab_cmd;
 mod lab_memory;
