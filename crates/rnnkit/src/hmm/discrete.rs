@@ -19,7 +19,7 @@ impl DiscreteHmm {
     pub fn new(start: Vec<f64>, trans: Vec<f64>, emit: Vec<f64>) -> Result<Self> {
         let chain = Chain::new(start, trans)?;
         let k = chain.states();
-        if emit.is_empty() || emit.len() % k != 0 {
+        if emit.is_empty() || !emit.len().is_multiple_of(k) {
             return Err(Error::Shape(format!(
                 "emission probabilities hold {} values, not a positive multiple of {k} states",
                 emit.len()

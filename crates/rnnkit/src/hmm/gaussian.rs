@@ -23,7 +23,7 @@ impl GaussianHmm {
     pub fn new(start: Vec<f64>, trans: Vec<f64>, means: Vec<f64>, vars: Vec<f64>) -> Result<Self> {
         let chain = Chain::new(start, trans)?;
         let k = chain.states();
-        if means.is_empty() || means.len() % k != 0 || vars.len() != means.len() {
+        if means.is_empty() || !means.len().is_multiple_of(k) || vars.len() != means.len() {
             return Err(Error::Shape(format!(
                 "means ({}) and variances ({}) must both hold K×D values for K = {k}",
                 means.len(),
@@ -74,13 +74,13 @@ impl GaussianHmm {
             .collect();
         let mut out = Vec::with_capacity(obs.len() / d * k);
         for x in obs.chunks(d) {
-            for j in 0..k {
+            for (j, nj) in norm.iter().enumerate() {
                 let (mu, var) = (
                     &self.means[j * d..(j + 1) * d],
                     &self.vars[j * d..(j + 1) * d],
                 );
                 let q: f64 = (0..d).map(|i| (x[i] - mu[i]).powi(2) / var[i]).sum();
-                out.push(norm[j] - 0.5 * q);
+                out.push(nj - 0.5 * q);
             }
         }
         Ok(out)
@@ -272,7 +272,7 @@ impl GaussianHmm {
 /// Checks a `[T, D]` observation matrix: T ≥ 1, whole rows, every value finite.
 pub(crate) fn check_observations(obs: &[f64], dims: usize) -> Result<()> {
     check_len(obs.len())?;
-    if dims == 0 || obs.len() % dims != 0 {
+    if dims == 0 || !obs.len().is_multiple_of(dims) {
         return Err(Error::Shape(format!(
             "{} values are not whole steps of {dims} features",
             obs.len()

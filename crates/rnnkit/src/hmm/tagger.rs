@@ -410,8 +410,8 @@ impl HmmTagger {
         // delta[i]: [|cands[i-1]|, |cands[i]|]; back[i] the index into cands[i-2].
         let mut delta: Vec<f64> = cands[0].iter().map(|&(c, e)| log_t(b, b, c) + e).collect();
         let mut back: Vec<Vec<usize>> = vec![vec![0; cands[0].len()]];
-        for i in 1..n {
-            let (pp, p, cur) = (prev_of(i - 1), prev_of(i), &cands[i]);
+        for (i, cur) in cands.iter().enumerate().skip(1) {
+            let (pp, p) = (prev_of(i - 1), prev_of(i));
             let mut next = vec![f64::NEG_INFINITY; p.len() * cur.len()];
             let mut bp = vec![0; p.len() * cur.len()];
             for (ai, &(a, _)) in p.iter().enumerate() {
