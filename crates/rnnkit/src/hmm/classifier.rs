@@ -174,7 +174,13 @@ impl HmmClassifier {
     pub fn predict(&self, s: &Series) -> Result<(usize, Vec<f64>)> {
         let ll = self.log_likelihoods(s)?;
         let z = super::log_sum_exp(&ll);
-        let proba: Vec<f64> = ll.iter().map(|l| (l - z).exp()).collect();
+        let proba: Vec<f64> = if z.is_finite() {
+            ll.iter().map(|l| (l - z).exp()).collect()
+        } else {
+            // Every class gives the series probability 0 (or a density that overflows):
+            // no class is preferred.
+            vec![1.0 / ll.len() as f64; ll.len()]
+        };
         let best = argmax(&ll);
         Ok((best, proba))
     }

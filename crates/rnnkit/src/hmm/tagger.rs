@@ -381,10 +381,16 @@ impl HmmTagger {
             .find_map(|key| self.suffix_ids.get(key))
             .copied()
             .unwrap_or(0);
-        (0..k)
+        let c: Vec<(usize, f64)> = (0..k)
             .filter(|&t| self.tag_prior[t] > 0.0 && self.suffix[row * k + t] > 0.0)
             .map(|t| (t, self.suffix[row * k + t].ln() - self.tag_prior[t].ln()))
-            .collect()
+            .collect();
+        if c.is_empty() {
+            // Tables that give no tag any mass (a hand-made checkpoint): let the
+            // transitions decide alone rather than have no path at all.
+            return (0..k).map(|t| (t, 0.0)).collect();
+        }
+        c
     }
 
     /// The most probable tag sequence of one sentence's word forms (Viterbi over tag
