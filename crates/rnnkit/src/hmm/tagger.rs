@@ -80,19 +80,23 @@ pub struct HmmTagger {
 }
 
 /// The word-shape letter that prefixes every suffix key.
-fn shape(word: &str) -> char {
+fn shape(word: &str, first: bool) -> char {
     if word.chars().any(|c| c.is_numeric()) {
         'D'
     } else if word.chars().next().is_some_and(char::is_uppercase) {
-        'U'
+        if first {
+            'S'
+        } else {
+            'U'
+        }
     } else {
         'l'
     }
 }
 
 /// The suffix keys of `word`, shortest (the shape alone) first.
-fn suffix_keys(word: &str, max: usize) -> Vec<String> {
-    let s = shape(word);
+fn suffix_keys(word: &str, first: bool, max: usize) -> Vec<String> {
+    let s = shape(word, first);
     let lower: Vec<char> = word.to_lowercase().chars().collect();
     (0..=max.min(lower.len()))
         .map(|n| {
@@ -238,14 +242,16 @@ impl HmmTagger {
         }
         // The suffix model: f(t, shape+suffix) over tokens of rare words.
         let mut suffix_counts: HashMap<String, Vec<f64>> = HashMap::new();
-        for (w, counts) in &word_tag {
-            let f: f64 = counts.iter().sum();
-            if f > config.rare_freq as f64 {
-                continue;
-            }
-            for key in suffix_keys(w, config.max_suffix) {
-                let row = suffix_counts.entry(key).or_insert_with(|| vec![0.0; k]);
-                row.iter_mut().zip(counts).for_each(|(r, c)| *r += c);
+        for s in sentences {
+            for i in 0..s.len() {
+                let w = s.form(i);
+                if word_tag[w].iter().sum::<f64>() > config.rare_freq as f64 {
+                    continue;
+                }
+                let t = tag_id[s.tag(i, col)];
+                for key in suffix_keys(w, i == 0, config.max_suffix) {
+                    suffix_counts.entry(key).or_insert_with(|| vec![0.0; k])[t] += 1.0;
+                }
             }
         }
         // θ: the standard deviation of the unconditioned tag probabilities (Brants 2000, eq. 8).
@@ -259,7 +265,7 @@ impl HmmTagger {
         // Parents before children: shorter keys first, then by name for a fixed order.
         suffixes.sort_by(|a, b| a.chars().count().cmp(&b.chars().count()).then(a.cmp(b)));
         // Keys of words too frequent to count still get the shape roots.
-        for s in ['D', 'U', 'l'] {
+        for s in ['D', 'S', 'U', 'l'] {
             if !suffix_counts.contains_key(&s.to_string()) {
                 suffixes.insert(0, s.to_string());
             }
@@ -374,7 +380,7 @@ impl HmmTagger {
                 return c;
             }
         }
-        let keys = suffix_keys(form, self.config.max_suffix);
+        let keys = suffix_keys(form, first, self.config.max_suffix);
         let row = keys
             .iter()
             .rev()
