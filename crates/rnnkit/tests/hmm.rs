@@ -369,6 +369,38 @@ fn tagger_learns_tags_uses_suffixes_and_round_trips() {
     assert!(back.tag_words(&[]).is_empty());
 }
 
+#[test]
+fn tagger_refuses_more_tags_than_it_can_hold() {
+    let rows: String = (1..=300)
+        .map(|i| format!("{i}\tw{i}\t_\tT{i}\t_\t_\t0\tdep\t_\t_\n"))
+        .collect();
+    let sents = parse_conllu(&format!("{rows}\n"), "many").unwrap();
+    let e = one_line(HmmTagger::train(&sents, &HmmTaggerConfig::default()).unwrap_err());
+    assert!(
+        e.contains("300 different tags") && e.contains("at most 256"),
+        "{e}"
+    );
+    let bad_order = HmmTaggerConfig {
+        order: 4,
+        ..Default::default()
+    };
+    let e = one_line(HmmTagger::train(&sents, &bad_order).unwrap_err());
+    assert!(e.contains("order must be 2 or 3"), "{e}");
+}
+
+#[test]
+fn bigram_tagger_puts_no_weight_on_trigrams() {
+    let sents = parse_conllu(CONLLU, "tiny").unwrap();
+    let config = HmmTaggerConfig {
+        order: 2,
+        ..Default::default()
+    };
+    let t = HmmTagger::train(&sents, &config).unwrap();
+    let l = t.config.lambdas;
+    assert!(l[2] == 0.0 && (l[0] + l[1] - 1.0).abs() < 1e-12, "{l:?}");
+    assert_eq!(t.evaluate(&sents).correct, 14);
+}
+
 /// Rewrites checkpoint `p` with tensor `name` replaced by `value` (same metadata).
 fn rewrite(p: &Path, name: &str, value: Tensor<f64>) {
     let f = TensorFile::open(p).unwrap();

@@ -22,6 +22,10 @@ const META_SUFFIXES: &str = "rnnkit.suffixes";
 const META_COLUMN: &str = "rnnkit.column";
 const META_CONFIG: &str = "rnnkit.config";
 
+/// Most tags a tagger takes: its trigram table holds (K + 1)³ probabilities (about
+/// 130 MB at this bound), and decoding an unknown word costs (K + 1)³ steps.
+pub const MAX_TAGS: usize = 256;
+
 /// How the tagger is estimated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HmmTaggerConfig {
@@ -128,6 +132,13 @@ impl HmmTagger {
             .into_iter()
             .collect();
         tags.sort();
+        if tags.len() > MAX_TAGS {
+            return Err(Error::Input(format!(
+                "the {} column holds {} different tags; the HMM tagger takes at most {MAX_TAGS} (its trigram table grows as their cube)",
+                col.name(),
+                tags.len()
+            )));
+        }
         let tag_id: HashMap<&str, usize> = tags
             .iter()
             .enumerate()
@@ -167,35 +178,26 @@ impl HmmTagger {
             .collect();
         let n: f64 = uni.iter().sum();
         // Deleted interpolation (Brants 2000, fig. 1): each n-gram votes, with its count,
-        // for the order whose estimate without that one occurrence is highest.
+        // for the order whose estimate without that one occurrence is highest. A bigram
+        // model counts the bigrams (once each, at t1 = B) and never votes for trigrams.
         let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 0.0 };
         let mut lambdas = [0.0f64; 3];
         for t1 in 0..k1 {
             for t2 in 0..k1 {
                 for t3 in 0..k1 {
                     let (f123, f23) = (tri[(t1 * k1 + t2) * k1 + t3], bi[t2 * k1 + t3]);
-                    let votes = if config.order == 3 { f123 } else { 0.0 };
+                    let (votes, trigram) = match config.order {
+                        3 => (f123, ratio(f123 - 1.0, ctx2[t1 * k1 + t2] - 1.0)),
+                        _ if t1 == b => (f23, f64::NEG_INFINITY),
+                        _ => break,
+                    };
                     if votes > 0.0 {
                         let c = [
                             ratio(uni[t3] - 1.0, n - 1.0),
                             ratio(f23 - 1.0, ctx1[t2] - 1.0),
-                            ratio(f123 - 1.0, ctx2[t1 * k1 + t2] - 1.0),
+                            trigram,
                         ];
                         lambdas[argmax3(&c)] += votes;
-                    }
-                }
-            }
-        }
-        if config.order == 2 {
-            for t2 in 0..k1 {
-                for t3 in 0..k1 {
-                    let f23 = bi[t2 * k1 + t3];
-                    if f23 > 0.0 {
-                        let c = [
-                            ratio(uni[t3] - 1.0, n - 1.0),
-                            ratio(f23 - 1.0, ctx1[t2] - 1.0),
-                        ];
-                        lambdas[if c[1] > c[0] { 1 } else { 0 }] += f23;
                     }
                 }
             }
@@ -551,8 +553,10 @@ impl HmmTagger {
             ))
         })?;
         let (k, w, s) = (tags.len(), words.len(), suffixes.len());
-        if k == 0 || s == 0 {
-            return Err(file.error("the tag and suffix lists must not be empty"));
+        if k == 0 || s == 0 || k > MAX_TAGS {
+            return Err(file.error(format!(
+                "metadata `{META_TAGS}` names {k} tags and `{META_SUFFIXES}` {s} suffixes; 1 to {MAX_TAGS} tags and at least one suffix are needed"
+            )));
         }
         let k1 = k + 1;
         for (name, shape) in [
