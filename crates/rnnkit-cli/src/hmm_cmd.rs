@@ -8,6 +8,7 @@
 //! other flag configures the recurrent network or its trainer and is refused, as the
 //! HMM flags are under `--model rnn`.
 
+use crate::run_lock::RunLock;
 use crate::trainer::TrainerOpts;
 use anyhow::{bail, Context};
 use clap::ValueEnum;
@@ -94,18 +95,22 @@ pub(crate) fn open(path: &Path) -> anyhow::Result<TensorFile> {
     TensorFile::open(path).with_context(|| format!("--checkpoint {}", path.display()))
 }
 
-/// Where the run writes: `OUT/hmm.safetensors`, refused when it exists without --force.
-fn out_path(c: &TrainerOpts, default_out: &str) -> anyhow::Result<PathBuf> {
+/// Where the run writes, `OUT/hmm.safetensors` (refused when it exists without
+/// --force), and the run's lock on OUT, held until the run ends.
+fn out_path(c: &TrainerOpts, default_out: &str) -> anyhow::Result<(PathBuf, RunLock)> {
     let dir = c.out.clone().unwrap_or_else(|| PathBuf::from(default_out));
     let path = dir.join(CHECKPOINT);
+    let command: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let lock = crate::run_lock::acquire(&dir, &command.join(" "))?;
     if path.exists() && !c.force {
         bail!(
             "{} already exists; pass --force to replace it or --out to write elsewhere",
             path.display()
         );
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("--out {}", dir.display()))?;
-    Ok(path)
+    Ok((path, lock))
 }
 
 /// What `tag train --model hmm` was given.
@@ -137,7 +142,7 @@ fn tag_scores_line(what: &str, s: &rnnkit::task::tagger::TagScores) -> String {
 pub(crate) fn tag_train(a: TagTrain) -> anyhow::Result<ExitCode> {
     let c = a.common;
     crate::set_threads(c.threads.map(usize::from))?;
-    let out = out_path(c, "runs/tag-hmm")?;
+    let (out, _lock) = out_path(c, "runs/tag-hmm")?;
     let train = read_treebank(&a.train, "--train")?;
     let dev = a
         .dev
@@ -282,7 +287,7 @@ fn labelled(model: &HmmClassifier, data: &TsDataset) -> anyhow::Result<Vec<Serie
 pub(crate) fn classify_train(a: ClassifyTrain) -> anyhow::Result<ExitCode> {
     let c = a.common;
     crate::set_threads(c.threads.map(usize::from))?;
-    let out = out_path(c, "runs/classify-hmm")?;
+    let (out, _lock) = out_path(c, "runs/classify-hmm")?;
     let data = read_series(&a.train, "--train")?;
     let test = a
         .test
