@@ -359,7 +359,7 @@ pub(crate) fn normalise_into(counts: &[f64], dst: &mut [f64]) {
     }
 }
 
-/// Checks a sequence before any model reads it: not empty, at most `max_len` steps.
+/// Checks a sequence before any model reads it: at least one step.
 pub(crate) fn check_len(t_len: usize) -> Result<()> {
     if t_len == 0 {
         return Err(Error::Input(

@@ -264,14 +264,13 @@ impl HmmTagger {
             0.0
         };
         let mut suffixes: Vec<String> = suffix_counts.keys().cloned().collect();
-        // Parents before children: shorter keys first, then by name for a fixed order.
-        suffixes.sort_by(|a, b| a.chars().count().cmp(&b.chars().count()).then(a.cmp(b)));
-        // Keys of words too frequent to count still get the shape roots.
+        // Every shape has its root, even one no rare word had.
         for s in ['D', 'S', 'U', 'l'] {
             if !suffix_counts.contains_key(&s.to_string()) {
-                suffixes.insert(0, s.to_string());
+                suffixes.push(s.to_string());
             }
         }
+        // Parents before children: shorter keys first, then by name for a fixed order.
         suffixes.sort_by(|a, b| a.chars().count().cmp(&b.chars().count()).then(a.cmp(b)));
         let suffix_ids: HashMap<String, usize> = suffixes
             .iter()
