@@ -1,11 +1,13 @@
 //! `rnnkit classify train|eval|predict`: many-to-one classification of UEA/UCR `.ts`
 //! time series with the shared trainer.
 
+use crate::hmm_cmd::{self, ModelKind};
 use crate::train_cmd::Cell;
 use crate::trainer::{self, set, Ready, Resolved, Start, TrainerOpts};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use rnnkit::data::{read_ts, Series, TsDataset};
+use rnnkit::hmm::HmmClassifier;
 use rnnkit::layer::PoolKind;
 use rnnkit::limits::{flag_range, MAX_LAYERS, MAX_WIDTH};
 use rnnkit::model::Precision;
@@ -82,6 +84,16 @@ pub struct ClassifyTrainOpts {
     /// Dropout between layers and before the output layer, in [0, 1).
     #[arg(long)]
     dropout: Option<f32>,
+    /// The recurrent classifier (rnn) or one Gaussian HMM per class (hmm), which takes
+    /// only --train, --test, --states, --em-iters, --out, --seed, --force, --threads and --json.
+    #[arg(long, value_enum, default_value_t)]
+    model: ModelKind,
+    /// Hidden states of each class's HMM [default: 5]; --model hmm only.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    states: Option<u32>,
+    /// Most Baum–Welch iterations per class [default: 100]; --model hmm only.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    em_iters: Option<u32>,
     #[command(flatten)]
     common: TrainerOpts,
 }
@@ -240,10 +252,64 @@ fn settings(o: &ClassifyTrainOpts) -> anyhow::Result<Resolved<ClassifierConfig>>
 
 /// Checks the flags of `classify train` as a run would, opening no file.
 pub(crate) fn check(o: &ClassifyTrainOpts) -> anyhow::Result<()> {
-    trainer::check(o.common.resume.is_none().then(|| settings(o)))
+    match o.model {
+        ModelKind::Hmm => o.check_hmm(),
+        ModelKind::Rnn => {
+            o.refuse_hmm_flags()?;
+            trainer::check(o.common.resume.is_none().then(|| settings(o)))
+        }
+    }
+}
+
+impl ClassifyTrainOpts {
+    /// Refuses the network's flags under `--model hmm`.
+    fn check_hmm(&self) -> anyhow::Result<()> {
+        let task = [
+            ("--cell", self.cell.is_some()),
+            ("--layers", self.layers.is_some()),
+            ("--hidden", self.hidden.is_some()),
+            ("--bidirectional", self.bidirectional.is_some()),
+            ("--pool", self.pool.is_some()),
+            ("--dropout", self.dropout.is_some()),
+        ];
+        let given: Vec<&'static str> = task.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+        hmm_cmd::refuse_rnn_flags(
+            &self.common,
+            &given,
+            "--train, --test, --states, --em-iters",
+        )
+    }
+
+    /// Refuses the HMM's flags under `--model rnn`.
+    fn refuse_hmm_flags(&self) -> anyhow::Result<()> {
+        hmm_cmd::refuse_hmm_flags(&[
+            ("--states", self.states.is_some()),
+            ("--em-iters", self.em_iters.is_some()),
+        ])
+    }
+}
+
+/// `classify train --model hmm`: the bundled JapaneseVowels unless --train is given.
+fn train_hmm(o: &ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
+    o.check_hmm()?;
+    hmm_cmd::classify_train(hmm_cmd::ClassifyTrain {
+        train: o.train.clone().unwrap_or_else(|| bundled(DEFAULT_TRAIN)),
+        test: match (&o.test, &o.train) {
+            (Some(t), _) => Some(t.clone()),
+            (None, None) => Some(bundled(DEFAULT_TEST)),
+            _ => None,
+        },
+        states: o.states,
+        em_iters: o.em_iters,
+        common: &o.common,
+    })
 }
 
 fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
+    if o.model == ModelKind::Hmm {
+        return train_hmm(&o);
+    }
+    o.refuse_hmm_flags()?;
     let c = &o.common;
     let resolved = settings(&o)?;
     crate::set_threads(c.threads.map(usize::from))?;
@@ -356,25 +422,32 @@ fn test_cases(model: &Classifier, data: &TsDataset) -> anyhow::Result<Vec<Series
 
 fn eval(o: ClassifyEvalOpts) -> anyhow::Result<ExitCode> {
     crate::set_threads(o.threads.map(usize::from))?;
-    let (mut model, _) = Classifier::load(&o.checkpoint)
-        .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
-    let data = read(&o.data, "--data")?;
-    let cases = test_cases(&model, &data)?;
-    let refs: Vec<&Series> = cases.iter().collect();
-    let (loss, s) = evaluate(&mut model, &refs, 64)?;
+    let file = hmm_cmd::open(&o.checkpoint)?;
+    let (loss, s, labels) = if HmmClassifier::is_checkpoint(&file) {
+        hmm_cmd::classify_eval(file, &o.data)
+            .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?
+    } else {
+        let (mut model, _) = Classifier::load(file)
+            .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
+        let data = read(&o.data, "--data")?;
+        let cases = test_cases(&model, &data)?;
+        let refs: Vec<&Series> = cases.iter().collect();
+        let (loss, s) = evaluate(&mut model, &refs, 64)?;
+        (loss, s, model.labels)
+    };
     if let Some(svg) = &o.confusion_svg {
-        crate::plot::confusion(&s.confusion, &model.labels, svg)?;
+        crate::plot::confusion(&s.confusion, &labels, svg)?;
     }
     if o.json {
         println!(
             "{}",
             serde_json::json!({
                 "cases": s.cases, "accuracy": s.accuracy, "macro_f1": s.macro_f1,
-                "loss": loss, "labels": model.labels, "confusion": s.confusion,
+                "loss": loss, "labels": labels, "confusion": s.confusion,
             })
         );
     } else {
-        print!("{}", confusion_text(&s, &model.labels));
+        print!("{}", confusion_text(&s, &labels));
         println!("cases:    {}", s.cases);
         println!("accuracy: {:.4}", s.accuracy);
         println!("macro-F1: {:.4}", s.macro_f1);
@@ -415,7 +488,12 @@ fn confusion_text(s: &ClassScores, labels: &[String]) -> String {
 
 fn predict(o: ClassifyPredictOpts) -> anyhow::Result<ExitCode> {
     crate::set_threads(o.threads.map(usize::from))?;
-    let (mut model, _) = Classifier::load(&o.checkpoint)
+    let file = hmm_cmd::open(&o.checkpoint)?;
+    if HmmClassifier::is_checkpoint(&file) {
+        return hmm_cmd::classify_predict(file, &o.data, o.proba)
+            .with_context(|| format!("--checkpoint {}", o.checkpoint.display()));
+    }
+    let (mut model, _) = Classifier::load(file)
         .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
     let data = read(&o.data, "--data")?;
     if data.channels != model.channels() {

@@ -5,6 +5,7 @@ mod bench_cmd;
 mod classify_cmd;
 mod ctc_cmd;
 mod eval_cmd;
+mod hmm_cmd;
 mod import_cmd;
 mod lab_cmd;
 mod lab_memory;

@@ -1,6 +1,7 @@
 //! `rnnkit tag train|eval|predict`: one tag per word (part of speech) from CoNLL-U
 //! treebanks with the shared trainer.
 
+use crate::hmm_cmd::{self, ModelKind};
 use crate::train_cmd::Cell;
 use crate::trainer::{self, set, Ready, Resolved, Start, TrainerOpts};
 use anyhow::{bail, Context};
@@ -8,6 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use rnnkit::data::{
     looks_like_conllu, parse_conllu, read_conllu, sentences_from_plain, Sentence, TagColumn,
 };
+use rnnkit::hmm::HmmTagger;
 use rnnkit::limits::{flag_range, MAX_LAYERS, MAX_WIDTH};
 use rnnkit::model::Precision;
 use rnnkit::optim::OptimizerKind;
@@ -84,6 +86,13 @@ pub struct TagTrainOpts {
     /// Words seen fewer times in training are unknown.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     min_freq: Option<u32>,
+    /// The BiLSTM tagger (rnn) or the TnT-style trigram HMM baseline (hmm), which takes
+    /// only the data flags, --order, --out, --seed, --force, --threads and --json.
+    #[arg(long, value_enum, default_value_t)]
+    model: ModelKind,
+    /// Tag n-gram order of the HMM's transitions (2 or 3) [default: 3]; --model hmm only.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=3))]
+    order: Option<u32>,
     #[command(flatten)]
     common: TrainerOpts,
 }
@@ -221,10 +230,64 @@ fn settings(o: &TagTrainOpts) -> anyhow::Result<Resolved<TaggerConfig>> {
 
 /// Checks the flags of `tag train` as a run would, opening no file.
 pub(crate) fn check(o: &TagTrainOpts) -> anyhow::Result<()> {
-    trainer::check(o.common.resume.is_none().then(|| settings(o)))
+    match o.model {
+        ModelKind::Hmm => o.check_hmm(),
+        ModelKind::Rnn => {
+            hmm_cmd::refuse_hmm_flags(&[("--order", o.order.is_some())])?;
+            trainer::check(o.common.resume.is_none().then(|| settings(o)))
+        }
+    }
+}
+
+impl TagTrainOpts {
+    /// Refuses the network's flags under `--model hmm`.
+    fn check_hmm(&self) -> anyhow::Result<()> {
+        let task = [
+            ("--cell", self.cell.is_some()),
+            ("--word-embed", self.word_embed.is_some()),
+            ("--char-embed", self.char_embed.is_some()),
+            ("--char-hidden", self.char_hidden.is_some()),
+            ("--hidden", self.hidden.is_some()),
+            ("--layers", self.layers.is_some()),
+            ("--dropout", self.dropout.is_some()),
+            ("--word-dropout", self.word_dropout.is_some()),
+            ("--min-freq", self.min_freq.is_some()),
+        ];
+        let given: Vec<&'static str> = task.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+        hmm_cmd::refuse_rnn_flags(
+            &self.common,
+            &given,
+            "--train, --dev, --test, --column, --order",
+        )
+    }
+}
+
+/// `tag train --model hmm`: the bundled treebank's splits unless --train is given.
+fn train_hmm(o: &TagTrainOpts) -> anyhow::Result<ExitCode> {
+    o.check_hmm()?;
+    let bundled = o.train.is_none();
+    let default = |rel: &str| bundled.then(|| crate::classify_cmd::bundled(rel));
+    hmm_cmd::tag_train(hmm_cmd::TagTrain {
+        train: o
+            .train
+            .clone()
+            .unwrap_or_else(|| crate::classify_cmd::bundled(DEFAULT_TRAIN)),
+        dev: o.dev.clone().or_else(|| default(DEFAULT_DEV)),
+        test: o.test.clone().or_else(|| default(DEFAULT_TEST)),
+        column: match o.column {
+            Some(Column::Xpos) => TagColumn::Xpos,
+            _ => TagColumn::Upos,
+        },
+        order: o.order,
+        common: &o.common,
+    })
 }
 
 fn train(o: TagTrainOpts) -> anyhow::Result<ExitCode> {
+    if o.model == ModelKind::Hmm {
+        return train_hmm(&o);
+    }
+    hmm_cmd::refuse_hmm_flags(&[("--order", o.order.is_some())])?;
     let c = &o.common;
     let resolved = settings(&o)?;
     crate::set_threads(c.threads.map(usize::from))?;
@@ -302,8 +365,13 @@ fn train(o: TagTrainOpts) -> anyhow::Result<ExitCode> {
 
 fn eval(o: TagEvalOpts) -> anyhow::Result<ExitCode> {
     crate::set_threads(o.threads.map(usize::from))?;
-    let (mut model, _) = Tagger::load(&o.checkpoint)
-        .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
+    let file = hmm_cmd::open(&o.checkpoint)?;
+    if HmmTagger::is_checkpoint(&file) {
+        return hmm_cmd::tag_eval(file, &o.data, o.json)
+            .with_context(|| format!("--checkpoint {}", o.checkpoint.display()));
+    }
+    let (mut model, _) =
+        Tagger::load(file).with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
     let sents = read(&o.data, "--data")?;
     let refs: Vec<&Sentence> = sents.iter().collect();
     let s = model.evaluate(&refs, 64)?;
@@ -326,8 +394,15 @@ fn eval(o: TagEvalOpts) -> anyhow::Result<ExitCode> {
 
 fn predict(o: TagPredictOpts) -> anyhow::Result<ExitCode> {
     crate::set_threads(o.threads.map(usize::from))?;
-    let (mut model, _) = Tagger::load(&o.checkpoint)
-        .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
+    let file = hmm_cmd::open(&o.checkpoint)?;
+    let hmm = HmmTagger::is_checkpoint(&file);
+    let (mut model, file) = if hmm {
+        (None, Some(file))
+    } else {
+        let (m, _) = Tagger::load(file)
+            .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
+        (Some(m), None)
+    };
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
@@ -336,6 +411,11 @@ fn predict(o: TagPredictOpts) -> anyhow::Result<ExitCode> {
         parse_conllu(&text, "stdin")?
     } else {
         sentences_from_plain(&text)
+    };
+    let Some(model) = model.as_mut() else {
+        let file = file.expect("an HMM checkpoint");
+        return hmm_cmd::tag_predict(file, sents)
+            .with_context(|| format!("--checkpoint {}", o.checkpoint.display()));
     };
     let mut out = String::new();
     for chunk in sents.chunks_mut(64) {

@@ -14,6 +14,7 @@ pub mod data;
 pub mod decode;
 pub mod error;
 pub mod gradflow;
+pub mod hmm;
 pub mod inspect;
 pub mod kernel;
 pub mod layer;
