@@ -256,6 +256,9 @@ fn settings(o: &CtcTrainOpts) -> anyhow::Result<Resolved<CtcConfig>> {
     if o.common.init.is_some() {
         bail!("--init is not supported by ctc train yet; use --resume to continue a run");
     }
+    if o.common.resume.is_some() && o.bands.is_some() {
+        bail!("--bands is fixed by the checkpoint being resumed (its features are stored in it); leave it out");
+    }
     o.decode.options()?;
     trainer::resolve(
         &o.common,
