@@ -126,8 +126,8 @@ pub struct CtcTrainOpts {
     /// Dropout between recurrent layers and before the output layer, in [0, 1).
     #[arg(long)]
     dropout: Option<f32>,
-    /// Perturb every training utterance: time stretch ±10 %, two frequency masks of up
-    /// to 6 bands and two time masks of up to 10 frames (SpecAugment).
+    /// Perturb every training utterance: time stretch ±10 %, band-axis warp ±10 %, two
+    /// frequency masks of up to 6 bands and two time masks of up to 10 frames (SpecAugment).
     #[arg(long)]
     augment: Option<bool>,
     #[command(flatten)]

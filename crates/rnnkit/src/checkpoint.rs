@@ -292,6 +292,22 @@ fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
+/// Writes a model's `named` tensors followed by the `extra` ones (training state) with
+/// `metadata`, atomically: what every task's `save` ends with.
+pub fn save_named(
+    path: &Path,
+    named: &[(String, Tensor<f32>)],
+    extra: &[(String, Tensor<f32>)],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    let refs: Vec<(String, &Tensor<f32>)> = named
+        .iter()
+        .chain(extra)
+        .map(|(n, t)| (n.clone(), t))
+        .collect();
+    save(path, &refs, metadata)
+}
+
 /// Writes `tensors` (name, tensor) and `metadata` to `path` atomically: a reader sees
 /// the old file or the complete new one, never a partial file.
 pub fn save<T: Real>(

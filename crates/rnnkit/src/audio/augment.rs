@@ -1,6 +1,8 @@
 //! Feature-level augmentation for training a recogniser on few speakers: time
 //! stretching (frames resampled by linear interpolation, rate uniform in
-//! `[1 − s, 1 + s]`, as speed perturbation does to the audio) and SpecAugment masks
+//! `[1 − s, 1 + s]`, as speed perturbation does to the audio), a warp of the band
+//! axis (band `b` reads band `b·α`, α uniform in `[1 − w, 1 + w]`: a longer or
+//! shorter vocal tract, as in vocal tract length perturbation) and SpecAugment masks
 //! (Park et al., 2019): bands and spans of frames set to 0, the mean of features
 //! normalised per utterance.
 
@@ -11,6 +13,8 @@ use crate::rng::Rng;
 pub struct Augment {
     /// Largest relative change of the length (0.1: 90 % to 110 %).
     pub stretch: f32,
+    /// Largest relative warp of the band axis.
+    pub warp: f32,
     /// Frequency masks per utterance.
     pub freq_masks: usize,
     /// Widest frequency mask, in bands.
@@ -25,6 +29,7 @@ impl Default for Augment {
     fn default() -> Self {
         Augment {
             stretch: 0.1,
+            warp: 0.1,
             freq_masks: 2,
             freq_width: 6,
             time_masks: 2,
@@ -52,6 +57,19 @@ pub fn augment(
         let (ri, rj) = (&values[i * bands..][..bands], &values[j * bands..][..bands]);
         for ((o, &p), &q) in row.iter_mut().zip(ri).zip(rj) {
             *o = p + w * (q - p);
+        }
+    }
+    let alpha = 1.0 + rng.uniform_in(-a.warp as f64, a.warp as f64);
+    if alpha != 1.0 {
+        let mut row = vec![0.0f32; bands];
+        for frame in out.chunks_exact_mut(bands) {
+            for (b, r) in row.iter_mut().enumerate() {
+                let x = (b as f64 * alpha).min((bands - 1) as f64);
+                let (i, w) = (x.floor() as usize, (x - x.floor()) as f32);
+                let j = (i + 1).min(bands - 1);
+                *r = frame[i] + w * (frame[j] - frame[i]);
+            }
+            frame.copy_from_slice(&row);
         }
     }
     for _ in 0..a.freq_masks {
@@ -97,6 +115,7 @@ mod tests {
         // No perturbation at all gives the input back.
         let none = Augment {
             stretch: 0.0,
+            warp: 0.0,
             freq_masks: 0,
             time_masks: 0,
             ..Default::default()

@@ -705,12 +705,7 @@ impl Seq2seq<f32> {
         meta.insert(META_SOURCE_TOKENS.into(), self.splits.0.name().into());
         meta.insert(META_TARGET_TOKENS.into(), self.splits.1.name().into());
         let named = checkpoint::named_params(self, "");
-        let refs: Vec<(String, &Tensor<f32>)> = named
-            .iter()
-            .chain(extra)
-            .map(|(n, t)| (n.clone(), t))
-            .collect();
-        checkpoint::save(path, &refs, &meta)
+        checkpoint::save_named(path, &named, extra, &meta)
     }
 
     /// Reads a checkpoint written by [`Seq2seq::save`] (or by PyTorch for the same

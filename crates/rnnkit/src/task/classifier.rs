@@ -297,12 +297,7 @@ impl Classifier {
         let mut named = checkpoint::named_params(self, "");
         named.push(("norm.mean".into(), self.norm.mean.clone()));
         named.push(("norm.std".into(), self.norm.std.clone()));
-        let refs: Vec<(String, &Tensor<f32>)> = named
-            .iter()
-            .chain(extra)
-            .map(|(n, t)| (n.clone(), t))
-            .collect();
-        checkpoint::save(path, &refs, &meta)
+        checkpoint::save_named(path, &named, extra, &meta)
     }
 
     /// Reads a checkpoint written by [`Classifier::save`] (or by PyTorch for the same

@@ -46,8 +46,8 @@ pub struct CtcConfig {
     pub dropout: f32,
     /// Consecutive frames joined into one step (the sequence gets this many times shorter).
     pub stack: usize,
-    /// Perturb each training utterance ([`crate::audio::augment`]: time stretch and
-    /// SpecAugment masks).
+    /// Perturb each training utterance ([`crate::audio::augment`]: time stretch, band
+    /// warp and SpecAugment masks).
     pub augment: bool,
 }
 
@@ -290,12 +290,7 @@ impl CtcModel {
         );
         meta.insert(META_STACK.into(), self.stack.to_string());
         let named = checkpoint::named_params(self, "");
-        let refs: Vec<(String, &Tensor<f32>)> = named
-            .iter()
-            .chain(extra)
-            .map(|(n, t)| (n.clone(), t))
-            .collect();
-        checkpoint::save(path, &refs, &meta)
+        checkpoint::save_named(path, &named, extra, &meta)
     }
 
     /// Reads a checkpoint written by [`CtcModel::save`] (or by PyTorch for the same

@@ -581,12 +581,7 @@ impl Tagger {
             serde_json::to_string(&self.config).expect("config"),
         );
         let named = checkpoint::named_params(self, "");
-        let refs: Vec<(String, &Tensor<f32>)> = named
-            .iter()
-            .chain(extra)
-            .map(|(n, t)| (n.clone(), t))
-            .collect();
-        checkpoint::save(path, &refs, &meta)
+        checkpoint::save_named(path, &named, extra, &meta)
     }
 
     /// Reads a checkpoint written by [`Tagger::save`], checking every shape; returns the
