@@ -229,6 +229,25 @@ pub fn softmax_rows<T: Real>(logits: &mut [T], classes: usize) {
     }
 }
 
+/// `ln Σ_c exp(x_c)` of one row, in f64, the largest subtracted first so that nothing
+/// overflows: the normaliser of a log-softmax.
+pub fn log_sum_exp<T: Real>(row: &[T]) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f64()));
+    let sum: f64 = row.iter().map(|v| (v.f64() - max).exp()).sum();
+    max + sum.ln()
+}
+
+/// Row-wise `log_softmax` of `logits [n, classes]`, in place: `x_c − ln Σ_k exp(x_k)`.
+pub fn log_softmax_rows<T: Real>(logits: &mut [T], classes: usize) {
+    if classes == 0 {
+        return;
+    }
+    for row in logits.chunks_exact_mut(classes) {
+        let lse = log_sum_exp(row);
+        row.iter_mut().for_each(|v| *v = T::of(v.f64() - lse));
+    }
+}
+
 /// torch's `mse_loss(pred, target, reduction="mean")`: `Σ (p − t)² / n` over the `n`
 /// values, in f64; writes `∂mean/∂pred = 2(p − t)/n` into `dpred` when given. Errors on
 /// slices of different lengths and on a non-finite target.

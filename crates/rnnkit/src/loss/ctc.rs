@@ -192,12 +192,7 @@ fn log_softmax_of<T: Real>(logits: &[T], j: usize, b: usize, classes: usize, n: 
     let mut out = vec![0.0; n * classes];
     for (t, o) in out.chunks_exact_mut(classes).enumerate() {
         let row = &logits[(t * b + j) * classes..][..classes];
-        let max = row
-            .iter()
-            .map(|v| v.f64())
-            .fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = row.iter().map(|v| (v.f64() - max).exp()).sum();
-        let log_z = max + sum.ln();
+        let log_z = super::log_sum_exp(row);
         o.iter_mut()
             .zip(row)
             .for_each(|(o, v)| *o = v.f64() - log_z);

@@ -54,9 +54,7 @@ struct Hyp {
 
 /// `log softmax` of one row of logits.
 fn log_softmax<T: Real>(row: &[T]) -> Vec<f64> {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f64()));
-    let sum: f64 = row.iter().map(|v| (v.f64() - max).exp()).sum();
-    let lse = max + sum.ln();
+    let lse = crate::loss::log_sum_exp(row);
     row.iter().map(|v| v.f64() - lse).collect()
 }
 

@@ -9,7 +9,7 @@ use super::{
 use crate::checkpoint::{self, TensorFile};
 use crate::data::{Series, TsDataset};
 use crate::error::{Error, Result};
-use crate::layer::{Linear, ParamVisitor, Parameters, Pool, PoolKind, Recurrent, RecurrentConfig};
+use crate::layer::{Linear, Pool, PoolKind, Recurrent, RecurrentConfig};
 use crate::loss::{argmax_rows, cross_entropy, CrossEntropy};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -376,25 +376,7 @@ impl Classifier {
     }
 }
 
-impl Parameters<f32> for Classifier {
-    /// Names as the PyTorch module: `rnn.weight_ih_l0`, …, `head.weight`, `head.bias`.
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
-        self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
-        f("head.weight", &self.head.weight);
-        f("head.bias", &self.head.bias);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
-        self.rnn
-            .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
-        f(
-            "head.weight",
-            &mut self.head.weight,
-            &mut self.head.grad_weight,
-        );
-        f("head.bias", &mut self.head.bias, &mut self.head.grad_bias);
-    }
-}
+super::params_of_rnn_and_head!(Classifier);
 
 /// Accuracy, macro-F1 and the confusion matrix of predictions against truth.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -12,7 +12,7 @@ use crate::audio::augment::{augment, Augment};
 use crate::checkpoint::{self, TensorFile};
 use crate::decode::ctc::{best_path, prefix_beam_search, BeamOptions, LabelScorer};
 use crate::error::{Error, Result};
-use crate::layer::{Dropout, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig};
+use crate::layer::{Dropout, Linear, Recurrent, RecurrentConfig};
 use crate::loss::{ctc_loss, CtcOptions, Reduction};
 use crate::rng::Rng;
 use crate::task::classifier::DenseBatch;
@@ -227,7 +227,7 @@ impl CtcModel {
         let mut out = vec![0.0; y.shape()[0] * y.shape()[1] * self.classes()];
         self.head
             .forward(y.data(), y.shape()[0] * y.shape()[1], &mut out);
-        log_softmax_rows(&mut out, self.classes());
+        crate::loss::log_softmax_rows(&mut out, self.classes());
         Ok(out)
     }
 
@@ -369,35 +369,7 @@ impl CtcModel {
     }
 }
 
-/// `x ← log_softmax(x)` row by row.
-fn log_softmax_rows(x: &mut [f32], classes: usize) {
-    for row in x.chunks_exact_mut(classes) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-        let log_z = max + sum.ln() as f32;
-        row.iter_mut().for_each(|v| *v -= log_z);
-    }
-}
-
-impl Parameters<f32> for CtcModel {
-    /// Names as the PyTorch module: `rnn.weight_ih_l0`, …, `head.weight`, `head.bias`.
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
-        self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
-        f("head.weight", &self.head.weight);
-        f("head.bias", &self.head.bias);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
-        self.rnn
-            .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
-        f(
-            "head.weight",
-            &mut self.head.weight,
-            &mut self.head.grad_weight,
-        );
-        f("head.bias", &mut self.head.bias, &mut self.head.grad_bias);
-    }
-}
+super::params_of_rnn_and_head!(CtcModel);
 
 /// How the label sequence is read off the log-probabilities.
 pub enum Decoder<'a, S: LabelScorer> {

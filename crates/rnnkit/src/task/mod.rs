@@ -35,6 +35,33 @@ macro_rules! params_of_model {
 }
 use params_of_model;
 
+/// `impl Parameters<f32>` for a model made of a recurrent stack `rnn` and an output
+/// layer `head`, under the PyTorch module's names: `rnn.weight_ih_l0`, …,
+/// `head.weight`, `head.bias`.
+macro_rules! params_of_rnn_and_head {
+    ($model:ty) => {
+        impl $crate::layer::Parameters<f32> for $model {
+            fn visit_params(&self, f: &mut dyn FnMut(&str, &$crate::tensor::Tensor<f32>)) {
+                self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
+                f("head.weight", &self.head.weight);
+                f("head.bias", &self.head.bias);
+            }
+
+            fn visit_params_mut(&mut self, f: &mut $crate::layer::ParamVisitor<'_, f32>) {
+                self.rnn
+                    .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
+                f(
+                    "head.weight",
+                    &mut self.head.weight,
+                    &mut self.head.grad_weight,
+                );
+                f("head.bias", &mut self.head.bias, &mut self.head.grad_bias);
+            }
+        }
+    };
+}
+use params_of_rnn_and_head;
+
 /// Metadata key naming the task of a checkpoint (absent in char-LM checkpoints).
 pub const META_TASK: &str = "rnnkit.task";
 
