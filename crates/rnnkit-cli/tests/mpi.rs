@@ -1,0 +1,182 @@
+//! Data-parallel training under `mpirun` (`--features mpi`): two processes of one
+//! thread each end a few steps with the weights, optimizer moments and carried state
+//! of one process of two threads on the same global batch, to float rounding.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use common::{ok, repo, rnnkit, stderr};
+use rnnkit::checkpoint::TensorFile;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Largest difference allowed between the two runs' tensors. The processes sum
+/// their halves of each batch and then the two halves, where one process sums the
+/// rows in another grouping (its GEMMs block the batch differently): the gradients
+/// differ by float rounding (~1e-7 relative), and a few Adam steps of lr 3e-3 turn
+/// that into weight differences far below this.
+const TOLERANCE: f32 = 1e-4;
+
+/// `mpirun`, if MPI is installed; `RNNKIT_REQUIRE_MPI` makes its absence a failure.
+fn mpirun() -> Option<&'static str> {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("RNNKIT_REQUIRE_MPI").is_none(),
+            "RNNKIT_REQUIRE_MPI is set but no mpirun was found"
+        );
+        eprintln!("skipped: no MPI installed (apt-get install openmpi-bin libopenmpi-dev)");
+        return None;
+    }
+    Some("mpirun")
+}
+
+/// Runs `rnnkit ARGS` as `np` MPI processes in `dir`.
+fn mpi_rnnkit(mpirun: &str, np: usize, args: &[&str], dir: &Path) -> Output {
+    Command::new(mpirun)
+        .args(["-np", &np.to_string(), "--oversubscribe"])
+        .arg(env!("CARGO_BIN_EXE_rnnkit"))
+        .args(args)
+        .current_dir(dir)
+        // Open MPI refuses root unless told, as CI containers run.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("mpirun runs")
+}
+
+/// A small LSTM char LM on the first 100 kB of Shakespeare, without dropout (the
+/// processes draw different masks than one process would).
+fn train_args<'a>(text: &'a str, out: &'a str, threads: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        text,
+        "--hidden",
+        "48",
+        "--layers",
+        "2",
+        "--embed",
+        "16",
+        "--batch",
+        "6",
+        "--seq-len",
+        "24",
+        "--steps",
+        "6",
+        "--dropout",
+        "0",
+        "--eval-every",
+        "3",
+        "--threads",
+        threads,
+        "--sample-length",
+        "0",
+        "--out",
+        out,
+    ]
+}
+
+/// Largest absolute difference over every tensor of two checkpoints, with its name;
+/// both must hold the same tensors.
+fn max_difference(a: &Path, b: &Path) -> (f32, String) {
+    let (fa, fb) = (TensorFile::open(a).unwrap(), TensorFile::open(b).unwrap());
+    let (mut names, names_b) = (fa.names(), fb.names());
+    names.sort();
+    let mut sorted_b = names_b.clone();
+    sorted_b.sort();
+    assert_eq!(names, sorted_b, "the checkpoints hold different tensors");
+    let mut worst = (0.0f32, String::new());
+    for n in names {
+        let (x, y) = (
+            fa.get::<f32>(&n, None).unwrap(),
+            fb.get::<f32>(&n, None).unwrap(),
+        );
+        assert_eq!(x.shape(), y.shape(), "{n}");
+        for (i, (p, q)) in x.data().iter().zip(y.data()).enumerate() {
+            let d = (p - q).abs();
+            assert!(d.is_finite(), "{n}[{i}]: {p} vs {q}");
+            if d > worst.0 {
+                worst = (d, format!("{n}[{i}]"));
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn two_processes_train_as_one_with_the_same_global_batch() {
+    let Some(mpirun) = mpirun() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    let all = std::fs::read_to_string(repo().join("data/shakespeare.txt")).unwrap();
+    std::fs::write(&text, &all[..100_000]).unwrap();
+    let text = text.to_str().unwrap();
+    ok(&rnnkit(&train_args(text, "one", "2"), dir.path()));
+    for (out, overlap) in [("two", "on"), ("two-serial", "off")] {
+        let mut args = train_args(text, out, "1");
+        args.extend(["--mpi-overlap", overlap]);
+        let o = mpi_rnnkit(mpirun, 2, &args, dir.path());
+        ok(&o);
+        let e = stderr(&o);
+        // Only the first process speaks: one summary line, one communication line.
+        assert_eq!(e.matches("finished at step 6").count(), 1, "{e}");
+        assert!(e.contains("data-parallel over 2 processes"), "{e}");
+        let (d, at) = max_difference(
+            &dir.path().join("one/latest.safetensors"),
+            &dir.path().join(out).join("latest.safetensors"),
+        );
+        eprintln!("--mpi-overlap {overlap}: largest difference {d:e} at {at}");
+        assert!(
+            d <= TOLERANCE,
+            "--mpi-overlap {overlap}: {at} differs by {d}"
+        );
+        let meta = TensorFile::open(dir.path().join(out).join("latest.safetensors")).unwrap();
+        assert_eq!(
+            meta.metadata().get("train.world_size").map(String::as_str),
+            Some("2")
+        );
+    }
+    // The two processes' run continues on one process: it says so and goes on.
+    let latest = dir.path().join("two/latest.safetensors");
+    let o = rnnkit(
+        &[
+            "train",
+            "--resume",
+            latest.to_str().unwrap(),
+            "--steps",
+            "8",
+            "--sample-length",
+            "0",
+        ],
+        dir.path(),
+    );
+    ok(&o);
+    assert!(
+        stderr(&o).contains("resuming a run of 2 process(es) on 1"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_error_on_the_processes_ends_the_job_instead_of_hanging() {
+    let Some(mpirun) = mpirun() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    let all = std::fs::read_to_string(repo().join("data/shakespeare.txt")).unwrap();
+    std::fs::write(&text, &all[..20_000]).unwrap();
+    let mut args = train_args(text.to_str().unwrap(), "run", "1");
+    let batch = args.iter().position(|a| *a == "--batch").unwrap();
+    args[batch + 1] = "1";
+    let o = mpi_rnnkit(mpirun, 2, &args, dir.path());
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("a batch of 1 text streams cannot be shared by 2 processes"),
+        "{e}"
+    );
+}
