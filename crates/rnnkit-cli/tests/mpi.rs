@@ -162,6 +162,93 @@ fn two_processes_train_as_one_with_the_same_global_batch() {
     );
 }
 
+/// Trains with `args` as one process of two threads (into `one`) and as two
+/// processes of one thread (into `two`); returns the largest difference of the
+/// `latest` checkpoints and where it is.
+fn one_and_two(mpirun: &str, args: &[&str], dir: &Path) -> (f32, String) {
+    let with = |threads: &'static str, out: &'static str| {
+        let mut a = args.to_vec();
+        a.extend(["--threads", threads, "--out", out]);
+        a
+    };
+    ok(&rnnkit(&with("2", "one"), dir));
+    ok(&mpi_rnnkit(mpirun, 2, &with("1", "two"), dir));
+    max_difference(
+        &dir.join("one/latest.safetensors"),
+        &dir.join("two/latest.safetensors"),
+    )
+}
+
+#[test]
+fn the_classifier_and_the_tagger_train_on_two_processes_as_on_one() {
+    let Some(mpirun) = mpirun() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let uea = repo().join("data/uea/JapaneseVowels");
+    let (train, test) = (
+        uea.join("JapaneseVowels_TRAIN.ts"),
+        uea.join("JapaneseVowels_TEST.ts"),
+    );
+    // An odd batch: the processes take 4 and 3 cases, weighed by their share.
+    let classify = [
+        "classify",
+        "train",
+        "--train",
+        train.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--hidden",
+        "16",
+        "--layers",
+        "2",
+        "--bidirectional",
+        "true",
+        "--dropout",
+        "0",
+        "--batch",
+        "7",
+        "--steps",
+        "5",
+        "--eval-every",
+        "5",
+    ];
+    let (d, at) = one_and_two(mpirun, &classify, dir.path());
+    eprintln!("classify: largest difference {d:e} at {at}");
+    assert!(d <= TOLERANCE, "classify: {at} differs by {d}");
+    // The tagger's loss is the mean over words: shares of unequal word counts.
+    let ud =
+        std::fs::read_to_string(repo().join("data/ud-english-ewt/en_ewt-ud-train.conllu")).unwrap();
+    let sentences: Vec<&str> = ud.split("\n\n").take(200).collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.conllu"), sentences.join("\n\n") + "\n\n").unwrap();
+    let tag = [
+        "tag",
+        "train",
+        "--train",
+        "t.conllu",
+        "--dev",
+        "t.conllu",
+        "--hidden",
+        "16",
+        "--word-embed",
+        "8",
+        "--char-hidden",
+        "8",
+        "--dropout",
+        "0",
+        "--word-dropout",
+        "0",
+        "--batch",
+        "5",
+        "--steps",
+        "5",
+        "--eval-every",
+        "5",
+    ];
+    let (d, at) = one_and_two(mpirun, &tag, dir.path());
+    eprintln!("tag: largest difference {d:e} at {at}");
+    assert!(d <= TOLERANCE, "tag: {at} differs by {d}");
+}
+
 #[test]
 fn an_error_on_the_processes_ends_the_job_instead_of_hanging() {
     let Some(mpirun) = mpirun() else { return };

@@ -277,6 +277,29 @@ impl EpochOrder {
     }
 }
 
+/// This process's items of `batch` under `shard`, and whether they are its own: a
+/// process whose share is empty (a last batch shorter than the processes are many)
+/// takes the batch's first item with weight 0, so that every process makes the
+/// same sums in the same order.
+pub(crate) fn share(shard: Shard, batch: &[usize]) -> (&[usize], bool) {
+    let r = shard.range(batch.len());
+    match r.is_empty() {
+        true => (&batch[..batch.len().min(1)], false),
+        false => (&batch[r], true),
+    }
+}
+
+/// [`Task::shard_weight`] of a batch whose mean loss averages `terms(item)` terms
+/// per item (1 for a mean over sequences, the words of a sentence for a mean over words).
+pub(crate) fn share_weight(shard: Shard, batch: &[usize], terms: impl Fn(usize) -> usize) -> f64 {
+    let (mine, own) = share(shard, batch);
+    if !own {
+        return 0.0;
+    }
+    let whole: usize = batch.iter().map(|&i| terms(i)).sum();
+    mine.iter().map(|&i| terms(i)).sum::<usize>() as f64 / whole.max(1) as f64
+}
+
 /// Fraction of the padded `[T, B]` grid of `batches` that is padding.
 pub fn padding_fraction(lengths: &[usize], batches: &[Vec<usize>]) -> f64 {
     let (mut real, mut grid) = (0usize, 0usize);
