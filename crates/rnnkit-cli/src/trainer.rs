@@ -601,8 +601,12 @@ pub fn train<T: Task>(o: &TrainerOpts, run: Ready<T>, command: &str) -> anyhow::
     }
     eprintln!("loss curve: {}", progress.plot_path.display());
     let code = if summary.interrupted {
+        let launch = match shard.is_whole() {
+            true => String::new(),
+            false => format!("mpirun -np {} ", shard.ranks),
+        };
         eprintln!(
-            "interrupted; continue with: {command} --resume {}",
+            "interrupted; continue with: {launch}{command} --resume {}",
             shell_quote(&absolute(&summary.checkpoint).display().to_string())
         );
         ExitCode::from(130)

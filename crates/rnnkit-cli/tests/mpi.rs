@@ -250,6 +250,61 @@ fn the_classifier_and_the_tagger_train_on_two_processes_as_on_one() {
 }
 
 #[test]
+fn two_processes_resume_bit_for_bit() {
+    let Some(mpirun) = mpirun() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    let all = std::fs::read_to_string(repo().join("data/shakespeare.txt")).unwrap();
+    std::fs::write(&text, &all[..50_000]).unwrap();
+    let text = text.to_str().unwrap();
+    // With dropout: each process's masks come from the run's generator, which the
+    // checkpoint holds, and the carried state is the whole batch's.
+    let with_dropout = |out: &'static str, steps: &'static str| {
+        let mut a = train_args(text, out, "1");
+        let at = |flag: &str| a.iter().position(|x| *x == flag).unwrap() + 1;
+        let (d, s) = (at("--dropout"), at("--steps"));
+        a[d] = "0.2";
+        a[s] = steps;
+        a
+    };
+    ok(&mpi_rnnkit(
+        mpirun,
+        2,
+        &with_dropout("straight", "6"),
+        dir.path(),
+    ));
+    ok(&mpi_rnnkit(
+        mpirun,
+        2,
+        &with_dropout("split", "3"),
+        dir.path(),
+    ));
+    let o = mpi_rnnkit(
+        mpirun,
+        2,
+        &[
+            "train",
+            "--resume",
+            "split/latest.safetensors",
+            "--steps",
+            "6",
+            "--threads",
+            "1",
+            "--sample-length",
+            "0",
+        ],
+        dir.path(),
+    );
+    ok(&o);
+    assert!(!stderr(&o).contains("resuming a run of"), "{}", stderr(&o));
+    let (d, at) = max_difference(
+        &dir.path().join("straight/latest.safetensors"),
+        &dir.path().join("split/latest.safetensors"),
+    );
+    assert_eq!(d, 0.0, "{at} differs by {d}");
+}
+
+#[test]
 fn an_error_on_the_processes_ends_the_job_instead_of_hanging() {
     let Some(mpirun) = mpirun() else { return };
     let dir = tempfile::tempdir().unwrap();
