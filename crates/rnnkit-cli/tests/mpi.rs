@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ok, repo, rnnkit, stderr};
+use common::{ok, repo, rnnkit, stderr, write_tones};
 use rnnkit::checkpoint::TensorFile;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -180,7 +180,7 @@ fn one_and_two(mpirun: &str, args: &[&str], dir: &Path) -> (f32, String) {
 }
 
 #[test]
-fn the_classifier_and_the_tagger_train_on_two_processes_as_on_one() {
+fn every_task_trains_on_two_processes_as_on_one() {
     let Some(mpirun) = mpirun() else { return };
     let dir = tempfile::tempdir().unwrap();
     let uea = repo().join("data/uea/JapaneseVowels");
@@ -247,6 +247,77 @@ fn the_classifier_and_the_tagger_train_on_two_processes_as_on_one() {
     let (d, at) = one_and_two(mpirun, &tag, dir.path());
     eprintln!("tag: largest difference {d:e} at {at}");
     assert!(d <= TOLERANCE, "tag: {at} differs by {d}");
+    // The encoder–decoder's loss is the mean over target tokens (and the end token).
+    let dict = std::fs::read_to_string(repo().join("data/cmudict/cmudict.dict")).unwrap();
+    let pairs: Vec<String> = dict
+        .lines()
+        .take(1000)
+        .map(|l| l.replacen(' ', "\t", 1))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.tsv"), pairs.join("\n") + "\n").unwrap();
+    std::fs::write(dir.path().join("d.tsv"), pairs[..100].join("\n") + "\n").unwrap();
+    let seq2seq = [
+        "seq2seq",
+        "train",
+        "--data",
+        "p.tsv",
+        "--dev",
+        "d.tsv",
+        "--test",
+        "d.tsv",
+        "--target-tokens",
+        "space",
+        "--hidden",
+        "24",
+        "--embed",
+        "12",
+        "--layers",
+        "1",
+        "--dropout",
+        "0",
+        "--batch",
+        "7",
+        "--steps",
+        "4",
+        "--eval-every",
+        "4",
+    ];
+    let (d, at) = one_and_two(mpirun, &seq2seq, dir.path());
+    eprintln!("seq2seq: largest difference {d:e} at {at}");
+    assert!(d <= TOLERANCE, "seq2seq: {at} differs by {d}");
+    // CTC on tone sequences: the mean over utterances; no augmentation (each
+    // process draws its own perturbations, as it does its dropout masks).
+    let dir = tempfile::tempdir().unwrap();
+    write_tones(dir.path(), "train", 30, 1);
+    write_tones(dir.path(), "dev", 6, 2);
+    let ctc = [
+        "ctc",
+        "train",
+        "--data",
+        "train.tsv",
+        "--dev",
+        "dev.tsv",
+        "--test",
+        "dev.tsv",
+        "--hidden",
+        "16",
+        "--layers",
+        "2",
+        "--dropout",
+        "0",
+        "--augment",
+        "false",
+        "--batch",
+        "7",
+        "--steps",
+        "4",
+        "--eval-every",
+        "4",
+    ];
+    let (d, at) = one_and_two(mpirun, &ctc, dir.path());
+    eprintln!("ctc: largest difference {d:e} at {at}");
+    assert!(d <= TOLERANCE, "ctc: {at} differs by {d}");
 }
 
 #[test]
