@@ -248,7 +248,7 @@ pub fn run_parallel<T: Task>(
                 (epoch_idx, k),
                 &mut st.rng,
                 recipe.precision,
-                out_of_time(started),
+                &|| out_of_time(started),
             )?;
             (out, Some(stop))
         } else {
@@ -425,7 +425,7 @@ fn parallel_step<T: Task>(
     (epoch, k): (u64, usize),
     rng: &mut Rng,
     precision: Precision,
-    late: bool,
+    late: &dyn Fn() -> bool,
 ) -> Result<(BatchLoss, (bool, bool))> {
     let shard = collective.shard();
     let weight = task.shard_weight(epoch, k);
@@ -443,10 +443,15 @@ fn parallel_step<T: Task>(
     let out = collective.step(&mut step, weight as f32)?;
     let stop = observer.should_stop();
     let mut sums = [
-        out.loss * weight,
+        // A share of weight 0 (an empty one, stood in for by one item) adds nothing.
+        if weight == 0.0 {
+            0.0
+        } else {
+            out.loss * weight
+        },
         out.tokens as f64,
         f64::from(u8::from(stop)),
-        f64::from(u8::from(late)),
+        f64::from(u8::from(late())),
     ];
     collective.sum(&mut sums)?;
     let out = BatchLoss {
