@@ -272,6 +272,19 @@ impl CharLm {
         ))
     }
 
+    /// Logits `[T, B, V]` (time-major) of `inputs [T, B]` from `init` (zeros when
+    /// `None`), without dropout, and the final state.
+    pub fn batch_logits(
+        &mut self,
+        inputs: &[usize],
+        steps: usize,
+        batch: usize,
+        init: Option<&RecurrentState<f32>>,
+    ) -> Result<(Vec<f32>, RecurrentState<f32>)> {
+        let (_, logits, fin) = self.logits(inputs, steps, batch, init, None)?;
+        Ok((logits, fin))
+    }
+
     /// Feeds `ids` to one sequence (batch 1) from `state`; returns the logits
     /// of the character after the last id, and the new state.
     pub fn next_logits(
