@@ -7,6 +7,8 @@ mod ctc_cmd;
 mod eval_cmd;
 mod hmm_cmd;
 mod import_cmd;
+#[cfg(feature = "keras")]
+mod keras_h5;
 mod lab_cmd;
 mod lab_memory;
 mod lab_truncation;
@@ -55,7 +57,7 @@ enum Command {
     /// What the notes teach, measured: gradients through time, memory, clipping, truncation, RTRL.
     #[command(subcommand)]
     Lab(lab_cmd::LabCmd),
-    /// Turn a PyTorch CharLM state dict (safetensors) into a checkpoint, given its cell and vocabulary.
+    /// Turn a PyTorch CharLM state dict (safetensors) or Keras char-RNN weights (HDF5) into a checkpoint, given its vocabulary.
     Import(import_cmd::ImportOpts),
     /// Look inside a trained char LM: an HTML page colouring a text by any unit's activation.
     Visualize(visualize_cmd::VisualizeOpts),
