@@ -175,8 +175,8 @@ fn keras3_layers(file: &File) -> anyhow::Result<(Vec<KerasLayer>, Vec<Vec<Datase
     if let Ok(vars) = file.group("vars") {
         if !vars.member_names()?.is_empty() {
             bail!(
-                "the model itself holds variables (`vars`), which no Keras layer owns; {}",
-                "rnnkit imports Embedding, SimpleRNN/LSTM/GRU and Dense layers"
+                "the model itself holds variables (`vars`), outside any layer; rnnkit \
+                 imports the variables of Embedding, SimpleRNN/LSTM/GRU and Dense layers only"
             );
         }
     }

@@ -34,6 +34,21 @@ mod keras {
     use rnnkit::model::{CharLm, Precision, Stepper};
     use std::path::{Path, PathBuf};
 
+    /// Held while this process has an HDF5 file open and while it runs the binary:
+    /// HDF5 locks the files it opens, and a child started by another test thread
+    /// at that moment would inherit the descriptor and its lock.
+    static HDF5_FILES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn hdf5_lock() -> std::sync::MutexGuard<'static, ()> {
+        HDF5_FILES.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `rnnkit ARGS` in `dir`, never while a test writes an HDF5 file.
+    fn run(args: &[&str], dir: &Path) -> std::process::Output {
+        let _files = hdf5_lock();
+        rnnkit(args, dir)
+    }
+
     fn fixtures() -> PathBuf {
         repo().join("tests/fixtures/keras")
     }
@@ -57,7 +72,7 @@ mod keras {
             out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        rnnkit(&args, dir)
+        run(&args, dir)
     }
 
     fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {
@@ -136,7 +151,7 @@ mod keras {
             );
         }
         let length = r["greedy_length"].as_u64().unwrap().to_string();
-        let o = rnnkit(
+        let o = run(
             &[
                 "sample",
                 "--checkpoint",
@@ -259,7 +274,7 @@ mod keras {
         // The --vocab-text of another model.
         std::fs::write(d.join("other.txt"), "abc").unwrap();
         let dir2 = tempfile::tempdir().unwrap();
-        let o = rnnkit(
+        let o = run(
             &[
                 "import",
                 "--keras",
@@ -273,7 +288,7 @@ mod keras {
         );
         fails_with(&o, "has 17 rows but the vocabulary has 3 characters");
         // One-hot inputs: the vocabulary must match the first kernel.
-        let o = rnnkit(
+        let o = run(
             &[
                 "import",
                 "--keras",
@@ -291,7 +306,7 @@ mod keras {
         fails_with(&o, "one-hot vectors over the vocabulary of 3");
         // Flags: one source, --cell belongs to --state-dict, --activation to --keras.
         let lstm = fixtures().join("lstm.weights.h5");
-        let o = rnnkit(
+        let o = run(
             &[
                 "import",
                 "--keras",
@@ -306,7 +321,7 @@ mod keras {
             d,
         );
         fails_with(&o, "cannot be used with");
-        let o = rnnkit(
+        let o = run(
             &[
                 "import",
                 "--state-dict",
@@ -331,6 +346,7 @@ mod keras {
 
     /// Writes a Keras 3 weights file of `layers`, every value a float32 zero.
     fn keras3_file(path: &Path, layers: &[LayerGroup]) {
+        let _files = hdf5_lock();
         let f = hdf5::File::create(path).unwrap();
         for (group, vars, datasets) in layers {
             let mut g: hdf5::Group = (*f).clone();
@@ -436,11 +452,49 @@ mod keras {
     }
 
     #[test]
-    fn weights_that_are_not_plain_floats_are_refused() {
+    fn float64_weights_are_read_and_other_types_refused() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        // float64 (a model built with dtype="float64"), read as f32.
+        let table: Vec<f64> = (0..17 * 8).map(|i| i as f64 / 7.0).collect();
+        keras3_file(
+            &d.join("f64.h5"),
+            &[
+                (
+                    "layers/lstm",
+                    "cell/vars",
+                    &[("0", &[8, 64]), ("1", &[16, 64]), ("2", &[64])],
+                ),
+                ("layers/dense", "vars", &[("0", &[16, 17]), ("1", &[17])]),
+            ],
+        );
+        {
+            let _files = hdf5_lock();
+            let f = hdf5::File::append(d.join("f64.h5")).unwrap();
+            let vars = f
+                .group("layers")
+                .unwrap()
+                .create_group("embedding")
+                .unwrap()
+                .create_group("vars")
+                .unwrap();
+            vars.new_dataset::<f64>()
+                .shape([17, 8])
+                .create("0")
+                .unwrap()
+                .write_raw(&table)
+                .unwrap();
+        }
+        let out = tempfile::tempdir().unwrap();
+        ok(&import(&d.join("f64.h5"), out.path(), &[]));
+        let (model, _) = CharLm::load(out.path().join("out.safetensors").as_path()).unwrap();
+        let got = model.embed.as_ref().unwrap().weight.data();
+        for (k, (&g, &w)) in got.iter().zip(&table).enumerate() {
+            assert_eq!(g, w as f32, "embedding value {k}");
+        }
         // Integers where Keras keeps floats.
         {
+            let _files = hdf5_lock();
             let f = hdf5::File::create(d.join("int.h5")).unwrap();
             let vars = f
                 .create_group("layers")
@@ -460,6 +514,7 @@ mod keras {
         // Shapes whose values the file never wrote (HDF5 allocates a dataset's bytes
         // when it is written): refused before anything of that size is allocated.
         {
+            let _files = hdf5_lock();
             let f = hdf5::File::create(d.join("huge.h5")).unwrap();
             let layers = f.create_group("layers").unwrap();
             let vars = layers
