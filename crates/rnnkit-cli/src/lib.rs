@@ -8,6 +8,8 @@ mod eval_cmd;
 mod export_cmd;
 mod hmm_cmd;
 mod import_cmd;
+#[cfg(feature = "keras")]
+mod keras_h5;
 mod lab_cmd;
 mod lab_memory;
 mod lab_truncation;
@@ -56,7 +58,7 @@ enum Command {
     /// What the notes teach, measured: gradients through time, memory, clipping, truncation, RTRL.
     #[command(subcommand)]
     Lab(lab_cmd::LabCmd),
-    /// Turn a PyTorch CharLM state dict (safetensors) into a checkpoint, given its cell and vocabulary.
+    /// Turn a PyTorch CharLM state dict (safetensors) or Keras char-RNN weights (HDF5) into a checkpoint, given its vocabulary.
     Import(import_cmd::ImportOpts),
     /// Write any model as ONNX (standard LSTM/GRU/RNN operators) for ONNX Runtime and other runtimes.
     Export(export_cmd::ExportOpts),

@@ -424,6 +424,51 @@ impl CharLm {
     }
 }
 
+impl CharLm {
+    /// Assembles a model from built layers (an importer's end), checking that the
+    /// embedding, the stack's input and the head fit each other and the vocabulary.
+    pub fn from_parts(
+        embed: Option<Embedding<f32>>,
+        rnn: Recurrent<f32>,
+        head: Linear<f32>,
+        vocab: Vocab,
+    ) -> Result<CharLm> {
+        let v = vocab.len();
+        let r = rnn.config();
+        let width = match &embed {
+            Some(e) if e.vocab() != v => {
+                return Err(Error::Shape(format!(
+                    "the embedding has {} rows but the vocabulary has {v} characters",
+                    e.vocab()
+                )))
+            }
+            Some(e) => e.dim(),
+            None => v,
+        };
+        if r.input_size != width {
+            return Err(Error::Shape(format!(
+                "the first recurrent layer takes {} inputs but gets {width}",
+                r.input_size
+            )));
+        }
+        if head.in_features() != r.output_size() || head.out_features() != v {
+            return Err(Error::Shape(format!(
+                "the output layer maps {} → {} but the model needs {} → {v}",
+                head.in_features(),
+                head.out_features(),
+                r.output_size()
+            )));
+        }
+        Ok(CharLm {
+            embed,
+            rnn,
+            head,
+            vocab,
+            precision: Precision::F32,
+        })
+    }
+}
+
 /// The tensors every `CharLM` state dict has, whatever its size.
 const CHARLM_ANCHORS: [&str; 3] = ["rnn.weight_ih_l0", "head.weight", "head.bias"];
 
