@@ -226,39 +226,61 @@ def compare(args):
     return results + task_results, out, failed or task_failed
 
 
+def pct(part, whole):
+    if part is None or whole is None or whole == 0:
+        return "—"
+    return f"{100 * part / whole:.1f} %"
+
+
+def table(header, rows):
+    return ["", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)] + [
+        "| " + " | ".join(r) + " |" for r in rows]
+
+
 def char_lm_table(results, bf, g, tok):
-    out = [
-        "",
-        "| configuration | rnnkit tok/s | " + ("rnnkit bf16 tok/s | " if bf else "")
-        + "PyTorch tok/s | ratio | " + ("bf16 ratio | " if bf else "")
-        + "rnnkit GFLOP/s | " + ("bf16 GFLOP/s | " if bf else "") + "PyTorch GFLOP/s "
-        "| rnnkit µs/char | bf16-weights µs/char | PyTorch µs/char | sampling speed-up "
-        "| bf16-weights speed-up | rnnkit peak RSS MiB | PyTorch peak RSS MiB | RSS ratio |",
-        "|---|" + "---:|" * (16 if bf else 13),
-    ]
+    header = (["configuration", "rnnkit tok/s"] + (["rnnkit bf16 tok/s"] if bf else [])
+              + ["PyTorch tok/s", "ratio"] + (["bf16 ratio"] if bf else [])
+              + ["rnnkit GFLOP/s"] + (["bf16 GFLOP/s"] if bf else []) + ["PyTorch GFLOP/s"]
+              + ["f32 FMA peak GFLOP/s", "rnnkit % of peak"]
+              + (["bf16 % of bf16 peak"] if bf else []) + ["PyTorch % of peak"]
+              + ["rnnkit µs/char", "bound µs/char", "÷ bound", "bf16-weights µs/char",
+                 "bf16 bound µs/char", "÷ bound", "PyTorch µs/char", "sampling speed-up",
+                 "bf16-weights speed-up", "rnnkit peak RSS MiB", "PyTorch peak RSS MiB",
+                 "RSS ratio"])
+    rows = []
     for res in results:
         med = res["median"]
         mr, mp, mb = med["rnnkit"], med["pytorch"], med.get("rnnkit_bf16")
+        peak = g(mr, "fma_peak_gflops")
         cells = [res["name"], fmt(tok(mr))] + ([fmt(tok(mb))] if bf else [])
         cells += [fmt(tok(mp)), ratio(tok(mr), tok(mp))] + ([ratio(tok(mb), tok(mp))] if bf else [])
         cells += [fmt(g(mr, "train_gflops"), 1)] + ([fmt(g(mb, "train_gflops"), 1)] if bf else [])
-        cells += [fmt(g(mp, "train_gflops"), 1)]
+        cells += [fmt(g(mp, "train_gflops"), 1), fmt(peak), pct(g(mr, "train_gflops"), peak)]
+        cells += [fmt(g(mb, "train_peak_percent"), 1) + " %" if g(mb, "train_peak_percent") else "—"] if bf else []
+        cells += [pct(g(mp, "train_gflops"), peak)]
         if res["sampling"]:
             us, us16, ust = (g(mr, "sample_us_per_char"), g(mr, "sample_bf16_us_per_char"),
                              g(mp, "sample_us_per_char"))
-            cells += [fmt(us, 1), fmt(us16, 1), fmt(ust, 1), ratio(ust, us), ratio(ust, us16)]
+            bound, bound16 = g(mr, "sample_bound_us_per_char"), g(mr, "sample_bf16_bound_us_per_char")
+            cells += [fmt(us, 1), fmt(bound, 1), ratio(us, bound), fmt(us16, 1), fmt(bound16, 1),
+                      ratio(us16, bound16), fmt(ust, 1), ratio(ust, us), ratio(ust, us16)]
         else:
-            cells += ["—"] * 5
+            cells += ["—"] * 9
         if res["rss"]:
             cells += [fmt(g(mr, "peak_rss_mb"), 1), fmt(g(mp, "peak_rss_mb"), 1),
                       ratio(g(mp, "peak_rss_mb"), g(mr, "peak_rss_mb"))]
         else:
             cells += ["—"] * 3
-        out.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    out = table(header, rows)
     out += ["", "ratio = rnnkit tok/s ÷ PyTorch tok/s; sampling speed-up = PyTorch µs ÷ rnnkit µs; "
             "RSS ratio = PyTorch MiB ÷ rnnkit MiB (> 1 = rnnkit better in all three). "
             "bf16: `rnnkit bench --bf16` (bfloat16 operands, f32 sums in the matrix products) "
-            "and sampling with bfloat16 weights; every other column is f32."]
+            "and sampling with bfloat16 weights; every other column is f32. "
+            "Peaks are measured by `rnnkit bench` on this machine with the same threads "
+            "(independent FMA / vdpbf16ps chains on every thread); PyTorch's share is of the same f32 peak. "
+            "bound = the weight bytes batch-1 sampling reads per character ÷ the read bandwidth "
+            "measured on a working set of that size; ÷ bound = measured µs ÷ bound (1 = at the memory limit)."]
     return out
 
 
@@ -299,26 +321,27 @@ def compare_tasks(args):
 
 
 def task_table(results, bf, g, tok):
-    out = [
-        "",
-        "| task | tokens per step | rnnkit tok/s | " + ("rnnkit bf16 tok/s | " if bf else "")
-        + "PyTorch tok/s | ratio | " + ("bf16 ratio | " if bf else "")
-        + "rnnkit GFLOP/s | " + ("bf16 GFLOP/s | " if bf else "") + "PyTorch GFLOP/s "
-        "| rnnkit ms/step | PyTorch ms/step | rnnkit peak RSS MiB | PyTorch peak RSS MiB |",
-        "|---|" + "---:|" * (13 if bf else 10),
-    ]
+    header = (["task", "tokens per step", "rnnkit tok/s"] + (["rnnkit bf16 tok/s"] if bf else [])
+              + ["PyTorch tok/s", "ratio"] + (["bf16 ratio"] if bf else [])
+              + ["rnnkit GFLOP/s"] + (["bf16 GFLOP/s"] if bf else []) + ["PyTorch GFLOP/s"]
+              + ["rnnkit % of f32 peak", "PyTorch % of f32 peak", "rnnkit ms/step",
+                 "PyTorch ms/step", "rnnkit peak RSS MiB", "PyTorch peak RSS MiB"])
+    rows = []
     for res in results:
         med = res["median"]
         mr, mp, mb = med["rnnkit"], med["pytorch"], med.get("rnnkit_bf16")
+        peak = g(mr, "fma_peak_gflops")
         per_step = g(mr, "tokens_per_step") or g(mp, "tokens_per_step")
         ms = lambda m: None if g(m, "step_seconds") is None else 1e3 * m["step_seconds"]  # noqa: E731
         cells = [res["name"], f"{fmt(per_step, 1)} {res['unit']}", fmt(tok(mr))]
         cells += [fmt(tok(mb))] if bf else []
         cells += [fmt(tok(mp)), ratio(tok(mr), tok(mp))] + ([ratio(tok(mb), tok(mp))] if bf else [])
         cells += [fmt(g(mr, "train_gflops"), 1)] + ([fmt(g(mb, "train_gflops"), 1)] if bf else [])
-        cells += [fmt(g(mp, "train_gflops"), 1), fmt(ms(mr), 2), fmt(ms(mp), 2),
+        cells += [fmt(g(mp, "train_gflops"), 1), pct(g(mr, "train_gflops"), peak),
+                  pct(g(mp, "train_gflops"), peak), fmt(ms(mr), 2), fmt(ms(mp), 2),
                   fmt(g(mr, "peak_rss_mb"), 1), fmt(g(mp, "peak_rss_mb"), 1)]
-        out.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    out = table(header, rows)
     out += ["", "Tasks: tok/s = valid tokens (timesteps for classify, words for tag, source and "
             "target tokens with </s> for seq2seq, stacked steps of 3 frames for ctc) of the timed "
             "steps ÷ their seconds, each step on "

@@ -285,15 +285,27 @@ fn char_lm(o: BenchOpts) -> anyhow::Result<ExitCode> {
             cfg.model.cell, layers, hidden, embed, vocab, batch, seq_len, r.threads
         );
         println!(
-            "training ({}): {:.0} tokens/s, {:.1} GFLOP/s ({:.3} s per step, median)",
+            "training ({}): {:.0} tokens/s, {:.1} GFLOP/s = {:.1} % of {} ({:.3} s per step, median)",
             if o.bf16 { "bf16 products" } else { "f32" },
             r.train_tokens_per_sec,
             r.train_gflops,
+            r.train_peak_percent,
+            peak_name(o.bf16, &r.limits),
             r.step_seconds
         );
         println!(
-            "sampling: {:.1} µs per character (batch 1), {:.1} with bf16 weights",
-            r.sample_us_per_char, r.sample_bf16_us_per_char
+            "sampling: {:.1} µs per character (batch 1), {:.2}× the bandwidth bound of {:.1} µs ({:.1} MB of weights at {:.1} GB/s)",
+            r.sample_us_per_char,
+            r.sample_us_per_char / r.sample_bound_us_per_char,
+            r.sample_bound_us_per_char,
+            r.sample_weight_bytes as f64 / 1e6,
+            r.sample_read_gbs
+        );
+        println!(
+            "sampling with bf16 weights: {:.1} µs per character, {:.2}× its bound of {:.1} µs",
+            r.sample_bf16_us_per_char,
+            r.sample_bf16_us_per_char / r.sample_bf16_bound_us_per_char,
+            r.sample_bf16_bound_us_per_char
         );
         println!("peak RSS: {:.1} MiB", r.peak_rss_mb);
     }
@@ -509,6 +521,17 @@ fn ctc(o: BenchOpts) -> anyhow::Result<ExitCode> {
     report(&o, &what, "stacked steps", &r)
 }
 
+/// The peak a training result is a share of, with its measured value.
+fn peak_name(bf16: bool, l: &rnnkit::bench::peak::Limits) -> String {
+    match (bf16, l.bf16_peak_gflops) {
+        (true, Some(p)) => format!("the measured bf16 dot peak, {p:.0} GFLOP/s"),
+        _ => format!(
+            "the measured f32 FMA peak, {:.0} GFLOP/s",
+            l.fma_peak_gflops
+        ),
+    }
+}
+
 /// Prints a task's figures: one JSON object, or three lines.
 fn report(o: &BenchOpts, what: &str, tokens: &str, r: &TaskReport) -> anyhow::Result<ExitCode> {
     if o.json {
@@ -516,10 +539,12 @@ fn report(o: &BenchOpts, what: &str, tokens: &str, r: &TaskReport) -> anyhow::Re
     } else {
         println!("{what}, threads {}", r.threads);
         println!(
-            "training ({}): {:.0} {tokens}/s, {:.1} GFLOP/s ({:.2} ms per step, median; {:.0} {tokens} per step)",
+            "training ({}): {:.0} {tokens}/s, {:.1} GFLOP/s = {:.1} % of {} ({:.2} ms per step, median; {:.0} {tokens} per step)",
             if o.bf16 { "bf16 products" } else { "f32" },
             r.train_tokens_per_sec,
             r.train_gflops,
+            r.train_peak_percent,
+            peak_name(o.bf16, &r.limits),
             r.step_seconds * 1e3,
             r.tokens_per_step
         );

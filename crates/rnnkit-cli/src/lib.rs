@@ -5,8 +5,11 @@ mod bench_cmd;
 mod classify_cmd;
 mod ctc_cmd;
 mod eval_cmd;
+mod export_cmd;
 mod hmm_cmd;
 mod import_cmd;
+#[cfg(feature = "keras")]
+mod keras_h5;
 mod lab_cmd;
 mod lab_memory;
 mod lab_truncation;
@@ -57,8 +60,10 @@ enum Command {
     /// What the notes teach, measured: gradients through time, memory, clipping, truncation, RTRL.
     #[command(subcommand)]
     Lab(lab_cmd::LabCmd),
-    /// Turn a PyTorch CharLM state dict (safetensors) into a checkpoint, given its cell and vocabulary.
+    /// Turn a PyTorch CharLM state dict (safetensors) or Keras char-RNN weights (HDF5) into a checkpoint, given its vocabulary.
     Import(import_cmd::ImportOpts),
+    /// Write any model as ONNX (standard LSTM/GRU/RNN operators) for ONNX Runtime and other runtimes.
+    Export(export_cmd::ExportOpts),
     /// Look inside a trained char LM: an HTML page colouring a text by any unit's activation.
     Visualize(visualize_cmd::VisualizeOpts),
 }
@@ -84,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Ctc(c) => ctc_cmd::run(c),
         Command::Bench(o) => bench_cmd::run(o),
         Command::Import(o) => import_cmd::run(o),
+        Command::Export(o) => export_cmd::run(o),
         Command::Lab(c) => lab_cmd::run(c),
         Command::Visualize(o) => visualize_cmd::run(o),
     };
@@ -140,6 +146,7 @@ where
         | Command::Ctc(_)
         | Command::Bench(_)
         | Command::Import(_)
+        | Command::Export(_)
         | Command::Visualize(_) => Ok(()),
     }
 }

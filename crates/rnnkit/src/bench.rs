@@ -5,6 +5,7 @@
 
 pub mod classify;
 pub mod ctc;
+pub mod peak;
 pub mod seq2seq;
 pub mod tag;
 
@@ -56,6 +57,30 @@ pub struct BenchReport {
     pub peak_rss_mb: f64,
     /// Worker threads used.
     pub threads: usize,
+    /// This machine's f32 FMA and bf16 dot peaks, measured with the same threads.
+    #[serde(flatten)]
+    pub limits: peak::Limits,
+    /// `train_gflops` as a percentage of the peak of the training's arithmetic (the
+    /// FMA peak in f32, the bf16 dot peak with bf16 products where the CPU has one).
+    pub train_peak_percent: f64,
+    /// Bytes of weights batch-1 sampling reads per character in f32 (every recurrent
+    /// weight and the head; one embedding row is left out).
+    pub sample_weight_bytes: usize,
+    /// Read bandwidth measured on a working set of `sample_weight_bytes`, in GB/s.
+    pub sample_read_gbs: f64,
+    /// The least time per character that bandwidth allows: weight bytes ÷ bandwidth, in µs.
+    pub sample_bound_us_per_char: f64,
+    /// The same for bf16 weights (half the bytes, bandwidth measured on that size).
+    pub sample_bf16_bound_us_per_char: f64,
+}
+
+/// Training throughput as a percentage of the peak that bounds it.
+pub fn peak_percent(gflops: f64, limits: &peak::Limits, precision: Precision) -> f64 {
+    let peak = match (precision, limits.bf16_peak_gflops) {
+        (Precision::Bf16, Some(b)) => b,
+        _ => limits.fma_peak_gflops,
+    };
+    100.0 * gflops / peak
 }
 
 /// Runs the measurement.
@@ -108,9 +133,28 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         let mut stepper = Stepper::new(&model, precision)?;
         *us = crate::kernel::on_pool(|| time_sampling(&mut stepper, cfg.sample_chars, &mut rng))?;
     }
+    let limits = peak::measure();
+    let mut weights = 0;
+    model.visit_params(&mut |name, w| {
+        if !name.starts_with("embed") {
+            weights += w.len();
+        }
+    });
+    let (f32_bytes, bf16_bytes) = (4 * weights, 2 * weights);
+    let (f32_gbs, bf16_gbs) = (
+        peak::read_bandwidth_gbs(f32_bytes),
+        peak::read_bandwidth_gbs(bf16_bytes),
+    );
+    let train_gflops = flops * tokens_per_sec / 1e9;
     Ok(BenchReport {
         train_tokens_per_sec: tokens_per_sec,
-        train_gflops: flops * tokens_per_sec / 1e9,
+        train_gflops,
+        train_peak_percent: peak_percent(train_gflops, &limits, cfg.precision),
+        limits,
+        sample_weight_bytes: f32_bytes,
+        sample_read_gbs: f32_gbs,
+        sample_bound_us_per_char: f32_bytes as f64 / f32_gbs / 1e3,
+        sample_bf16_bound_us_per_char: bf16_bytes as f64 / bf16_gbs / 1e3,
         step_seconds,
         sample_us_per_char: sample_us[0],
         sample_bf16_us_per_char: sample_us[1],
@@ -140,6 +184,11 @@ pub struct TaskReport {
     pub peak_rss_mb: f64,
     /// Worker threads used.
     pub threads: usize,
+    /// This machine's f32 FMA and bf16 dot peaks, measured with the same threads.
+    #[serde(flatten)]
+    pub limits: peak::Limits,
+    /// `train_gflops` as a percentage of the peak of the training's arithmetic.
+    pub train_peak_percent: f64,
 }
 
 /// Runs [`TASK_WARMUP_STEPS`] + `work.len() − TASK_WARMUP_STEPS` training steps of
@@ -174,14 +223,18 @@ fn time_task_steps<M: Parameters<f32>>(
     let tokens: usize = work.iter().map(|w| w.0).sum();
     let flops: f64 = work.iter().map(|w| w.1).sum();
     times.sort_by(f64::total_cmp);
+    let limits = peak::measure();
+    let train_gflops = flops / seconds / 1e9;
     Ok(TaskReport {
         task,
         train_tokens_per_sec: tokens as f64 / seconds,
-        train_gflops: flops / seconds / 1e9,
+        train_gflops,
         step_seconds: times[times.len() / 2],
         tokens_per_step: tokens as f64 / times.len() as f64,
         peak_rss_mb: peak_rss_mb(),
         threads: rayon::current_num_threads(),
+        train_peak_percent: peak_percent(train_gflops, &limits, precision),
+        limits,
     })
 }
 

@@ -240,14 +240,22 @@ const LOAD_BYTES_PER_PARAM: u64 = 3 * 4;
 /// available memory cannot hold it with its gradients. Loaders call it after every
 /// shape has been checked against the header and before they allocate.
 pub fn check_model_memory(file: &TensorFile, params: u64) -> Result<()> {
+    check_load_memory(file.path(), params)
+}
+
+/// [`check_model_memory`] for a model read from any file (`path` names it in the message).
+pub fn check_load_memory(path: &Path, params: u64) -> Result<()> {
     let need = params.saturating_mul(LOAD_BYTES_PER_PARAM);
     match crate::train::available_memory() {
-        Some(avail) if need > avail => Err(file.error(format!(
-            "the model has {params} parameters; loading it needs about {:.1} GiB (values and \
+        Some(avail) if need > avail => Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: format!(
+                "the model has {params} parameters; loading it needs about {:.1} GiB (values and \
              gradients) but only {:.1} GiB of memory is available",
-            need as f64 / (1u64 << 30) as f64,
-            avail as f64 / (1u64 << 30) as f64
-        ))),
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            ),
+        }),
         _ => Ok(()),
     }
 }

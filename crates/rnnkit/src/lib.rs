@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod decode;
 pub mod error;
+pub mod export;
 pub mod gradflow;
 pub mod hmm;
 pub mod inspect;

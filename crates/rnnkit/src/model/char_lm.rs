@@ -292,6 +292,19 @@ impl CharLm {
         ))
     }
 
+    /// Logits `[T, B, V]` (time-major) of `inputs [T, B]` from `init` (zeros when
+    /// `None`), without dropout, and the final state.
+    pub fn batch_logits(
+        &mut self,
+        inputs: &[usize],
+        steps: usize,
+        batch: usize,
+        init: Option<&RecurrentState<f32>>,
+    ) -> Result<(Vec<f32>, RecurrentState<f32>)> {
+        let (_, logits, fin) = self.logits(inputs, steps, batch, init, None)?;
+        Ok((logits, fin))
+    }
+
     /// Feeds `ids` to one sequence (batch 1) from `state`; returns the logits
     /// of the character after the last id, and the new state.
     pub fn next_logits(
@@ -421,6 +434,51 @@ impl CharLm {
             file.get("head.weight", Some(&[v, out]))?,
             file.get("head.bias", Some(&[v]))?,
         )?;
+        Ok(CharLm {
+            embed,
+            rnn,
+            head,
+            vocab,
+            precision: Precision::F32,
+        })
+    }
+}
+
+impl CharLm {
+    /// Assembles a model from built layers (an importer's end), checking that the
+    /// embedding, the stack's input and the head fit each other and the vocabulary.
+    pub fn from_parts(
+        embed: Option<Embedding<f32>>,
+        rnn: Recurrent<f32>,
+        head: Linear<f32>,
+        vocab: Vocab,
+    ) -> Result<CharLm> {
+        let v = vocab.len();
+        let r = rnn.config();
+        let width = match &embed {
+            Some(e) if e.vocab() != v => {
+                return Err(Error::Shape(format!(
+                    "the embedding has {} rows but the vocabulary has {v} characters",
+                    e.vocab()
+                )))
+            }
+            Some(e) => e.dim(),
+            None => v,
+        };
+        if r.input_size != width {
+            return Err(Error::Shape(format!(
+                "the first recurrent layer takes {} inputs but gets {width}",
+                r.input_size
+            )));
+        }
+        if head.in_features() != r.output_size() || head.out_features() != v {
+            return Err(Error::Shape(format!(
+                "the output layer maps {} → {} but the model needs {} → {v}",
+                head.in_features(),
+                head.out_features(),
+                r.output_size()
+            )));
+        }
         Ok(CharLm {
             embed,
             rnn,

@@ -1,6 +1,7 @@
 //! Whole models built from layers.
 
 mod char_lm;
+pub mod keras;
 mod stepper;
 
 pub use crate::kernel::Precision;

@@ -103,7 +103,8 @@ impl<T: Real> Memory<T> {
         self.lengths.len()
     }
 
-    fn keys(&self) -> &[T] {
+    /// The attention keys `[S, B, H]` (the encoder outputs themselves for dot).
+    pub fn keys(&self) -> &[T] {
         if self.keys.is_empty() {
             &self.enc
         } else {
@@ -225,6 +226,21 @@ impl<T: Real> Attention<T> {
                 ("attn.v.weight", vec![1, h]),
             ],
         }
+    }
+
+    /// The key projection `W_a` (general) or `W_k` (additive) `[H, H]`.
+    pub fn key_weight(&self) -> Option<&Tensor<T>> {
+        self.key.as_ref().map(|(w, _)| w)
+    }
+
+    /// The additive query projection `W_q`, `b_q`.
+    pub fn query_params(&self) -> Option<(&Tensor<T>, &Tensor<T>)> {
+        self.query.as_ref().map(|l| (&l.weight, &l.bias))
+    }
+
+    /// The additive scoring vector `v [1, H]`.
+    pub fn v_weight(&self) -> Option<&Tensor<T>> {
+        self.v.as_ref().map(|(v, _)| v)
     }
 
     /// The kind.

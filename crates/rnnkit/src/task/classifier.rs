@@ -221,6 +221,11 @@ impl Classifier {
         })
     }
 
+    /// How the outputs over time become one vector.
+    pub fn pool_kind(&self) -> PoolKind {
+        self.pool.kind()
+    }
+
     /// Logits `[B, K]` in inference mode.
     pub fn logits(&mut self, batch: &DenseBatch) -> Result<Vec<f32>> {
         let (y, _) = self.rnn.forward(&batch.x, Some(&batch.lengths), None)?;

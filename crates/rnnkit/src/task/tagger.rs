@@ -284,6 +284,26 @@ impl Tagger {
         self.words.id(&form.to_lowercase()).is_none()
     }
 
+    /// The word id of a form: its lowercase form's index, 0 (`<unk>`) if unknown.
+    pub fn word_id(&self, form: &str) -> usize {
+        self.words.id(&form.to_lowercase()).unwrap_or(0)
+    }
+
+    /// The character ids the character network reads for a form (0 for unknown
+    /// characters); a word over [`MAX_WORD_CHARS`] keeps its first and last halves.
+    pub fn char_ids(&self, form: &str) -> Vec<usize> {
+        let ids: Vec<usize> = form
+            .chars()
+            .map(|c| self.chars.id(c.encode_utf8(&mut [0; 4])).unwrap_or(0))
+            .collect();
+        if ids.len() <= MAX_WORD_CHARS {
+            ids
+        } else {
+            let h = MAX_WORD_CHARS / 2;
+            [&ids[..h], &ids[ids.len() - h..]].concat()
+        }
+    }
+
     fn encode(&self, sentences: &[&Sentence], mut word_drop: Option<&mut Rng>) -> Encoded {
         let b = sentences.len();
         let steps = sentences.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -294,7 +314,7 @@ impl Tagger {
         for (j, s) in sentences.iter().enumerate() {
             for t in 0..s.len() {
                 let form = s.form(t);
-                let mut id = self.words.id(&form.to_lowercase()).unwrap_or(0);
+                let mut id = self.word_id(form);
                 if let (Some(rng), Some(&f)) = (word_drop.as_deref_mut(), self.word_freq.get(id)) {
                     let a = self.config.word_dropout as f64;
                     if id != 0 && a > 0.0 && rng.uniform() < a / (a + f as f64) {
@@ -310,21 +330,7 @@ impl Tagger {
             }
         }
         // Characters: the first and last halves of long words, where affixes live.
-        let mut clipped: Vec<Vec<usize>> = forms
-            .iter()
-            .map(|f| {
-                let ids: Vec<usize> = f
-                    .chars()
-                    .map(|c| self.chars.id(c.encode_utf8(&mut [0; 4])).unwrap_or(0))
-                    .collect();
-                if ids.len() <= MAX_WORD_CHARS {
-                    ids
-                } else {
-                    let h = MAX_WORD_CHARS / 2;
-                    [&ids[..h], &ids[ids.len() - h..]].concat()
-                }
-            })
-            .collect();
+        let mut clipped: Vec<Vec<usize>> = forms.iter().map(|f| self.char_ids(f)).collect();
         // The character network reads the words in packing order (row r: word order[r]).
         let order =
             crate::cell::packing_order(&clipped.iter().map(Vec::len).collect::<Vec<_>>(), 2);
