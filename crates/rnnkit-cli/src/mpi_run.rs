@@ -75,7 +75,7 @@ pub(crate) struct MpiCollective {
     pub comm: Duration,
     /// Steps summed.
     pub steps: u64,
-    /// Gradient values summed per step, and how many buckets they came in.
+    /// Gradient values summed per step.
     pub values: usize,
     /// Buckets started during the backward pass in the last step.
     pub started: usize,
