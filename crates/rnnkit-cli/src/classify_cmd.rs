@@ -367,6 +367,9 @@ fn train(o: ClassifyTrainOpts) -> anyhow::Result<ExitCode> {
         data_path: Some(train_path),
     };
     let finished = trainer::train(c, ready, "rnnkit classify train")?;
+    if !finished.lead {
+        return Ok(finished.code);
+    }
     let s = &finished.summary;
     let mut json = trainer::summary_json(s);
     if let (Some(test), false) = (&test, s.interrupted) {

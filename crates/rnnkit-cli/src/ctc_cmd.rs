@@ -456,6 +456,9 @@ fn train(o: CtcTrainOpts) -> anyhow::Result<ExitCode> {
         data_path: Some(data_path.clone()),
     };
     let finished = trainer::train(c, ready, "rnnkit ctc train")?;
+    if !finished.lead {
+        return Ok(finished.code);
+    }
     let s = &finished.summary;
     let mut json = trainer::summary_json(s);
     if let (Some(test_path), false) = (&test_path, s.interrupted) {

@@ -13,6 +13,8 @@ mod keras_h5;
 mod lab_cmd;
 mod lab_memory;
 mod lab_truncation;
+#[cfg(feature = "mpi")]
+mod mpi_run;
 mod plot;
 mod run_lock;
 mod sample_cmd;
@@ -74,6 +76,9 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // Under mpirun every process runs the command; training shares its batches.
+    #[cfg(feature = "mpi")]
+    let _mpi = mpi_run::init();
     let result = match cli.command {
         Command::Train(o) => train_cmd::run(*o),
         Command::Sample(o) => sample_cmd::run(o),
@@ -93,6 +98,17 @@ pub fn main() -> ExitCode {
         // The reader of our output is gone (`rnnkit sample | head`): nothing is wrong.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            #[cfg(feature = "mpi")]
+            if !mpi_run::shard().is_whole() {
+                let s = mpi_run::shard();
+                eprintln!(
+                    "error (process {} of {}): {}",
+                    s.rank + 1,
+                    s.ranks,
+                    one_line(&e)
+                );
+                mpi_run::abort_others();
+            }
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }

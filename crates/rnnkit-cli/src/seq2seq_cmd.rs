@@ -446,6 +446,9 @@ fn train(o: Seq2seqTrainOpts) -> anyhow::Result<ExitCode> {
         data_path: Some(data.path.clone()),
     };
     let finished = trainer::train(c, ready, "rnnkit seq2seq train")?;
+    if !finished.lead {
+        return Ok(finished.code);
+    }
     let s = &finished.summary;
     let mut json = trainer::summary_json(s);
     if let (Some((name, test)), false) = (&data.test, s.interrupted) {

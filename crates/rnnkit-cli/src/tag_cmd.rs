@@ -337,6 +337,9 @@ fn train(o: TagTrainOpts) -> anyhow::Result<ExitCode> {
         data_path: Some(train_path),
     };
     let finished = trainer::train(c, ready, "rnnkit tag train")?;
+    if !finished.lead {
+        return Ok(finished.code);
+    }
     let s = &finished.summary;
     let mut json = trainer::summary_json(s);
     if let (Some(test), false) = (&test_path, s.interrupted) {

@@ -301,6 +301,9 @@ pub fn run(o: TrainOpts) -> anyhow::Result<ExitCode> {
         data_path,
     };
     let finished = trainer::train(c, ready, "rnnkit train")?;
+    if !finished.lead {
+        return Ok(finished.code);
+    }
     let s = &finished.summary;
     if !s.interrupted && o.sample_length > 0 {
         closing_sample(&s.checkpoint, o.sample_length)?;

@@ -116,6 +116,19 @@ pub struct TrainerOpts {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// Under mpirun: sum each layer's gradients while the backward pass goes on
+    /// with the layers below (off: one all-reduce after the backward pass).
+    #[cfg(feature = "mpi")]
+    #[arg(long, value_enum, default_value = "on")]
+    pub mpi_overlap: Switch,
+}
+
+/// `on` or `off`.
+#[cfg(feature = "mpi")]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// The flags' settings resolved against the defaults or the resumed checkpoint.
@@ -360,8 +373,10 @@ pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Draws progress on stderr and redraws the loss picture at each log line.
+/// Draws progress on stderr and redraws the loss picture at each log line (on
+/// the first process of a data-parallel run; the others only poll for Ctrl-C).
 struct Progress {
+    draw: bool,
     bar: ProgressBar,
     plot_path: PathBuf,
     stop: Arc<AtomicBool>,
@@ -373,6 +388,9 @@ struct Progress {
 
 impl Observer for Progress {
     fn on_start(&mut self, i: &StartInfo) {
+        if !self.draw {
+            return;
+        }
         self.bar.suspend(|| {
             eprintln!(
                 "{}, {} parameters, {} batches per epoch{}",
@@ -403,6 +421,9 @@ impl Observer for Progress {
     }
 
     fn on_log(&mut self, history: &[LogEntry]) {
+        if !self.draw {
+            return;
+        }
         if let Some(v) = history.last().and_then(|e| e.val.as_ref()) {
             self.last_val = Some(match self.selection {
                 Selection::MinLoss => v.loss,
@@ -457,6 +478,9 @@ pub struct Finished {
     pub summary: Summary,
     /// Exit status so far (130 after Ctrl-C).
     pub code: ExitCode,
+    /// Whether this process speaks for the run: false on every process of a
+    /// data-parallel run but the first, which say nothing more.
+    pub lead: bool,
 }
 
 /// Runs the trainer with a progress bar and Ctrl-C handling, then prints the summary
@@ -477,6 +501,17 @@ pub fn train<T: Task>(o: &TrainerOpts, run: Ready<T>, command: &str) -> anyhow::
         }
         Start::Fresh(rng) => TrainState::fresh(rng, data_fingerprint),
     };
+    let shard = shard();
+    let lead = shard.rank == 0;
+    if lead && o.resume.is_some() && state.world_size != shard.ranks as u64 {
+        eprintln!(
+            "resuming a run of {} process(es) on {}: the batches, their order and the carried state are the same, but each process's dropout draws and the order in which gradients are summed differ, so the run is no longer bit-identical to an uninterrupted one",
+            state.world_size, shard.ranks
+        );
+    }
+    if !lead {
+        return train_quietly(o, &resolved, task, state, data_fingerprint, data_path);
+    }
     if !resolved.altered.is_empty() {
         eprintln!(
             "resuming with changed settings ({}): the run is no longer identical to an uninterrupted one",
@@ -508,6 +543,7 @@ pub fn train<T: Task>(o: &TrainerOpts, run: Ready<T>, command: &str) -> anyhow::
             .progress_chars("=> "),
     );
     let mut progress = Progress {
+        draw: true,
         bar,
         plot_path: cfg.out_dir.join(plot::LOSS_SVG),
         stop,
@@ -516,9 +552,17 @@ pub fn train<T: Task>(o: &TrainerOpts, run: Ready<T>, command: &str) -> anyhow::
         selection: task.selection(),
         log_scale: o.log_scale,
     };
-    let result = train::run(&cfg, &mut task, state, &mut progress);
+    let mut collective = collective(o);
+    let result = match collective.as_mut() {
+        Some(c) => train::run_parallel(&cfg, &mut task, state, &mut progress, c.as_mut()),
+        None => train::run(&cfg, &mut task, state, &mut progress),
+    };
     progress.bar.finish_and_clear();
     let summary = result?;
+    #[cfg(feature = "mpi")]
+    if let Some(c) = &collective {
+        report_communication(c.as_ref(), &summary, shard);
+    }
     let loss_name = task
         .loss_name()
         .replace('_', "/")
@@ -557,15 +601,115 @@ pub fn train<T: Task>(o: &TrainerOpts, run: Ready<T>, command: &str) -> anyhow::
     }
     eprintln!("loss curve: {}", progress.plot_path.display());
     let code = if summary.interrupted {
+        let launch = match shard.is_whole() {
+            true => String::new(),
+            false => format!("mpirun -np {} ", shard.ranks),
+        };
         eprintln!(
-            "interrupted; continue with: {command} --resume {}",
+            "interrupted; continue with: {launch}{command} --resume {}",
             shell_quote(&absolute(&summary.checkpoint).display().to_string())
         );
         ExitCode::from(130)
     } else {
         ExitCode::SUCCESS
     };
-    Ok(Finished { summary, code })
+    Ok(Finished {
+        summary,
+        code,
+        lead: true,
+    })
+}
+
+/// This process's share of every batch: all of it unless MPI started several processes.
+fn shard() -> rnnkit::train::Shard {
+    #[cfg(feature = "mpi")]
+    return crate::mpi_run::shard();
+    #[cfg(not(feature = "mpi"))]
+    rnnkit::train::Shard::WHOLE
+}
+
+/// The processes to sum gradients over, when there are several.
+#[cfg(feature = "mpi")]
+fn collective(o: &TrainerOpts) -> Option<Box<crate::mpi_run::MpiCollective>> {
+    (!shard().is_whole()).then(|| {
+        Box::new(crate::mpi_run::MpiCollective::new(
+            o.mpi_overlap == Switch::On,
+        ))
+    })
+}
+
+/// The processes to sum gradients over: none without MPI.
+#[cfg(not(feature = "mpi"))]
+fn collective(_: &TrainerOpts) -> Option<Box<train::Alone>> {
+    None
+}
+
+/// One line on how much of a step the sums took (first process of a data-parallel run).
+#[cfg(feature = "mpi")]
+fn report_communication(
+    c: &crate::mpi_run::MpiCollective,
+    s: &Summary,
+    shard: rnnkit::train::Shard,
+) {
+    let steps = c.steps.max(1) as f64;
+    let comm_ms = c.comm.as_secs_f64() * 1e3 / steps;
+    let step_ms = s.train_secs * 1e3 / s.steps.saturating_sub(s.start_step).max(1) as f64;
+    eprintln!(
+        "data-parallel over {} processes: {} gradient values summed per step ({} buckets started during the backward pass); communication {comm_ms:.2} ms of a {step_ms:.1} ms step ({:.1} %)",
+        shard.ranks,
+        c.values,
+        c.started,
+        100.0 * comm_ms / step_ms.max(1e-9)
+    );
+}
+
+/// A process of a data-parallel run other than the first: trains its share, polls
+/// for Ctrl-C, and leaves the folder, the progress and the summary to the first.
+fn train_quietly<T: Task>(
+    o: &TrainerOpts,
+    resolved: &Resolved<T::Config>,
+    mut task: T,
+    state: TrainState,
+    data_fingerprint: u64,
+    data_path: Option<PathBuf>,
+) -> anyhow::Result<Finished> {
+    let cfg = TrainConfig {
+        recipe: resolved.recipe.clone(),
+        schedule: resolved.schedule.clone(),
+        out_dir: resolved.out_dir.clone(),
+        data_fingerprint,
+        data_path: data_path.as_deref().map(absolute),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let mut progress = Progress {
+        draw: false,
+        bar: ProgressBar::hidden(),
+        plot_path: PathBuf::new(),
+        stop,
+        last_val: None,
+        loss_name: task.loss_name(),
+        selection: task.selection(),
+        log_scale: false,
+    };
+    let mut collective = collective(o);
+    let summary = match collective.as_mut() {
+        Some(c) => train::run_parallel(&cfg, &mut task, state, &mut progress, c.as_mut())?,
+        None => train::run(&cfg, &mut task, state, &mut progress)?,
+    };
+    let code = match summary.interrupted {
+        true => ExitCode::from(130),
+        false => ExitCode::SUCCESS,
+    };
+    Ok(Finished {
+        summary,
+        code,
+        lead: false,
+    })
 }
 
 /// The `--json` line of a task trained with a validation metric (classify, tag).

@@ -679,6 +679,18 @@ impl<T: Real> Recurrent<T> {
         dy: &Tensor<T>,
         d_final: Option<&RecurrentState<T>>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        self.backward_with(dy, d_final, &mut |_| {})
+    }
+
+    /// [`Recurrent::backward`], handing the parameter gradients of each layer to
+    /// `ready` as soon as they are final (the top layer first), while the layers
+    /// below are still to do: a data-parallel trainer starts summing them meanwhile.
+    pub fn backward_with(
+        &mut self,
+        dy: &Tensor<T>,
+        d_final: Option<&RecurrentState<T>>,
+        ready: &mut dyn FnMut(&[&Tensor<T>]),
+    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
         let cfg = &self.config;
         let saved = &mut self.saved;
         if !saved.ready {
@@ -750,6 +762,11 @@ impl<T: Real> Recurrent<T> {
                     }
                 }
             });
+            let done: Vec<&Tensor<T>> = self.grads[l * dirs..(l + 1) * dirs]
+                .iter()
+                .flat_map(|g| g.named().into_iter().map(|(_, t)| t))
+                .collect();
+            ready(&done);
             dx = std::mem::take(&mut dx_dirs[0]);
             if let Some(other) = dx_dirs.get(1) {
                 dx.iter_mut().zip(other).for_each(|(a, &b)| *a += b);

@@ -13,6 +13,7 @@ use crate::layer::{
 use crate::loss::softmax_cross_entropy;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+use crate::train::GradientSink;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -230,6 +231,23 @@ impl CharLm {
         init: Option<&RecurrentState<f32>>,
         rng: &mut Rng,
     ) -> Result<(f64, RecurrentState<f32>)> {
+        self.train_step_with(inputs, targets, steps, batch, init, rng, &mut |_| {})
+    }
+
+    /// [`CharLm::train_step`], handing each group of finished gradients to `ready`
+    /// as the backward pass goes (the head's, then each recurrent layer's from the
+    /// top, then the embedding's), for data-parallel training to sum meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_with(
+        &mut self,
+        inputs: &[usize],
+        targets: &[usize],
+        steps: usize,
+        batch: usize,
+        init: Option<&RecurrentState<f32>>,
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<(f64, RecurrentState<f32>)> {
         let n = steps * batch;
         self.check_targets(targets, n)?;
         let (y, logits, fin) = self.logits(inputs, steps, batch, init, Some(rng))?;
@@ -239,8 +257,9 @@ impl CharLm {
         with_precision(self.precision, || -> Result<()> {
             self.head
                 .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
+            ready(&[&self.head.grad_weight, &self.head.grad_bias]);
             // The embedded forward pass hands back the embedding's gradient directly.
-            let (d_embed, _) = self.rnn.backward(&dy, None)?;
+            let (d_embed, _) = self.rnn.backward_with(&dy, None, ready)?;
             let Some(embed) = &mut self.embed else {
                 return Ok(());
             };
@@ -250,6 +269,7 @@ impl CharLm {
                 .iter_mut()
                 .zip(d_embed.data())
                 .for_each(|(g, &d)| *g += d);
+            ready(&[&embed.grad_weight]);
             Ok(())
         })?;
         Ok((loss, fin))

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{CharLm, CharLmConfig};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::{Change, Setting, Settings};
+use crate::train::{Change, GradientSink, Setting, Settings, Shard};
 use crate::RecurrentState;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -137,6 +137,10 @@ pub struct CharLmTask {
     carry: Option<RecurrentState<f32>>,
     train_chars: usize,
     buffers: (Vec<usize>, Vec<usize>),
+    /// This process's streams (or windows) of every batch: all of them on one process.
+    shard: Shard,
+    /// This process's columns of the whole batch's `[T, B]` inputs and targets.
+    local: (Vec<usize>, Vec<usize>),
 }
 
 impl CharLmTask {
@@ -206,11 +210,57 @@ impl CharLmTask {
             carry: None,
             train_chars,
             buffers: (Vec::new(), Vec::new()),
+            shard: Shard::WHOLE,
+            local: (Vec::new(), Vec::new()),
         })
     }
 
     fn carries(&self) -> bool {
         self.recipe.carry_state && self.recipe.batching == Batching::Streams
+    }
+
+    /// Forward and backward on this process's streams of batch `k`.
+    fn step(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<BatchLoss> {
+        let (mut inputs, mut targets) = std::mem::take(&mut self.buffers);
+        self.train.fill(epoch, k, &mut inputs, &mut targets);
+        let cols = self.shard.range(self.batch);
+        let (mut li, mut lt) = std::mem::take(&mut self.local);
+        if !self.shard.is_whole() {
+            // Every process draws the whole batch and keeps its own streams' columns.
+            li.clear();
+            lt.clear();
+            for t in 0..self.recipe.seq_len {
+                let row = t * self.batch;
+                li.extend_from_slice(&inputs[row + cols.start..row + cols.end]);
+                lt.extend_from_slice(&targets[row + cols.start..row + cols.end]);
+            }
+        }
+        let (x, y) = match self.shard.is_whole() {
+            true => (&inputs, &targets),
+            false => (&li, &lt),
+        };
+        let init = if self.carries() {
+            self.carry.as_ref()
+        } else {
+            None
+        };
+        let result =
+            self.model
+                .train_step_with(x, y, self.recipe.seq_len, cols.len(), init, rng, ready);
+        self.buffers = (inputs, targets);
+        self.local = (li, lt);
+        let (loss, fin) = result?;
+        self.carry = self.carries().then_some(fin);
+        Ok(BatchLoss {
+            loss,
+            tokens: cols.len() * self.recipe.seq_len,
+        })
     }
 }
 
@@ -251,28 +301,39 @@ impl Task for CharLmTask {
     }
 
     fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
-        let (mut inputs, mut targets) = std::mem::take(&mut self.buffers);
-        self.train.fill(epoch, k, &mut inputs, &mut targets);
-        let init = if self.carries() {
-            self.carry.as_ref()
-        } else {
-            None
+        self.step(epoch, k, rng, &mut |_| {})
+    }
+
+    fn train_batch_overlapped(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<BatchLoss> {
+        self.step(epoch, k, rng, ready)
+    }
+
+    fn set_shard(&mut self, shard: Shard) -> Result<()> {
+        let what = match self.recipe.batching {
+            Batching::Streams => "text streams",
+            Batching::Shuffled => "windows",
         };
-        let result = self.model.train_step(
-            &inputs,
-            &targets,
-            self.recipe.seq_len,
-            self.batch,
-            init,
-            rng,
-        );
-        self.buffers = (inputs, targets);
-        let (loss, fin) = result?;
-        self.carry = self.carries().then_some(fin);
-        Ok(BatchLoss {
-            loss,
-            tokens: self.batch * self.recipe.seq_len,
-        })
+        shard.check(self.batch, what)?;
+        if let Some(c) = &self.carry {
+            // A resumed carried state is the whole batch's: keep this share's rows.
+            let rows = shard.range(self.batch);
+            self.carry = Some(RecurrentState {
+                h: batch_rows(&c.h, rows.clone()),
+                c: c.c.as_ref().map(|t| batch_rows(t, rows)),
+            });
+        }
+        self.shard = shard;
+        Ok(())
+    }
+
+    fn shard_weight(&mut self, _epoch: u64, _k: usize) -> f64 {
+        self.shard.range(self.batch).len() as f64 / self.batch as f64
     }
 
     fn validate(&mut self) -> Result<Option<Metrics>> {
@@ -287,10 +348,14 @@ impl Task for CharLmTask {
 
     fn carried_state(&self) -> Vec<(String, Tensor<f32>)> {
         let mut out = Vec::new();
+        let whole = |t: &Tensor<f32>| match self.shard.is_whole() {
+            true => t.clone(),
+            false => whole_batch(t, self.batch, self.shard.range(self.batch)),
+        };
         if let Some(c) = &self.carry {
-            out.push((CARRY_H.into(), c.h.clone()));
+            out.push((CARRY_H.into(), whole(&c.h)));
             if let Some(cc) = &c.c {
-                out.push((CARRY_C.into(), cc.clone()));
+                out.push((CARRY_C.into(), whole(cc)));
             }
         }
         out
@@ -336,6 +401,31 @@ impl Task for CharLmTask {
     ) -> Result<()> {
         self.model.save(path, extra, metadata)
     }
+}
+
+/// Rows `rows` of the batch axis of a `[L, B, H]` state.
+fn batch_rows(t: &Tensor<f32>, rows: std::ops::Range<usize>) -> Tensor<f32> {
+    let (l, b, h) = (t.shape()[0], t.shape()[1], t.shape()[2]);
+    let mut out = Vec::with_capacity(l * rows.len() * h);
+    for layer in t.data().chunks(b * h) {
+        out.extend_from_slice(&layer[rows.start * h..rows.end * h]);
+    }
+    Tensor::from_vec(&[l, rows.len(), h], out).expect("sizes agree")
+}
+
+/// A `[L, b, H]` share of the state as the whole batch's `[L, batch, H]`, zero
+/// outside rows `rows`.
+fn whole_batch(t: &Tensor<f32>, batch: usize, rows: std::ops::Range<usize>) -> Tensor<f32> {
+    let (l, h) = (t.shape()[0], t.shape()[2]);
+    let mut out = Tensor::zeros(&[l, batch, h]);
+    for (dst, src) in out
+        .data_mut()
+        .chunks_mut(batch * h)
+        .zip(t.data().chunks(rows.len() * h))
+    {
+        dst[rows.start * h..rows.end * h].copy_from_slice(src);
+    }
+    out
 }
 
 /// Mean cross-entropy over every stream of `val`, carrying the state, without dropout.

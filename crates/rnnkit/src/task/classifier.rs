@@ -13,7 +13,7 @@ use crate::layer::{Linear, Pool, PoolKind, Recurrent, RecurrentConfig};
 use crate::loss::{argmax_rows, cross_entropy, CrossEntropy};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::{Change, Setting, Settings};
+use crate::train::{Change, GradientSink, Setting, Settings, Shard};
 use crate::CellKind;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -244,6 +244,18 @@ impl Classifier {
         targets: &[usize],
         rng: &mut Rng,
     ) -> Result<f64> {
+        self.train_step_with(batch, targets, rng, &mut |_| {})
+    }
+
+    /// [`Classifier::train_step`], handing each group of finished gradients to
+    /// `ready` as the backward pass goes (the head's, then each recurrent layer's).
+    pub fn train_step_with(
+        &mut self,
+        batch: &DenseBatch,
+        targets: &[usize],
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<f64> {
         let b = batch.lengths.len();
         let k = self.labels.len();
         let (y, _) = self
@@ -266,9 +278,10 @@ impl Classifier {
         let mut dpooled = vec![0.0; pooled.len()];
         self.head
             .backward(pooled.data(), &dlogits, b, Some(&mut dpooled));
+        ready(&[&self.head.grad_weight, &self.head.grad_bias]);
         self.dropout.backward(&mut dpooled);
         let dy = self.pool.backward(&dpooled)?;
-        self.rnn.backward(&dy, None)?;
+        self.rnn.backward_with(&dy, None, ready)?;
         Ok(loss.mean)
     }
 
@@ -478,9 +491,33 @@ pub struct ClassifyTask {
     batch: usize,
     seed: u64,
     order: EpochOrder,
+    shard: Shard,
 }
 
 impl ClassifyTask {
+    /// Forward and backward on this process's cases of batch `k`.
+    fn step(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<BatchLoss> {
+        let train = &self.train;
+        let lengths = || train.iter().map(|s| s.len).collect();
+        let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
+        let (batch, own) = super::share(self.shard, batch);
+        let cases: Vec<&Series> = batch.iter().map(|&i| &train[i]).collect();
+        let targets: Vec<usize> = cases.iter().map(|s| s.label).collect();
+        let tokens = cases.iter().map(|s| s.len).sum();
+        let batch = self.model.batch(&cases)?;
+        let loss = self.model.train_step_with(&batch, &targets, rng, ready)?;
+        Ok(BatchLoss {
+            loss,
+            tokens: if own { tokens } else { 0 },
+        })
+    }
+
     /// Takes the cases `train` and `val` of `data` for `model`.
     pub fn new(
         model: Classifier,
@@ -511,6 +548,7 @@ impl ClassifyTask {
             batch,
             seed,
             order: EpochOrder::default(),
+            shard: Shard::WHOLE,
         })
     }
 
@@ -557,15 +595,29 @@ impl Task for ClassifyTask {
     }
 
     fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
+        self.step(epoch, k, rng, &mut |_| {})
+    }
+
+    fn train_batch_overlapped(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<BatchLoss> {
+        self.step(epoch, k, rng, ready)
+    }
+
+    fn set_shard(&mut self, shard: Shard) -> Result<()> {
+        self.shard = shard;
+        Ok(())
+    }
+
+    fn shard_weight(&mut self, epoch: u64, k: usize) -> f64 {
         let train = &self.train;
         let lengths = || train.iter().map(|s| s.len).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
-        let cases: Vec<&Series> = batch.iter().map(|&i| &train[i]).collect();
-        let targets: Vec<usize> = cases.iter().map(|s| s.label).collect();
-        let tokens = cases.iter().map(|s| s.len).sum();
-        let batch = self.model.batch(&cases)?;
-        let loss = self.model.train_step(&batch, &targets, rng)?;
-        Ok(BatchLoss { loss, tokens })
+        super::share_weight(self.shard, batch, |_| 1)
     }
 
     fn validate(&mut self) -> Result<Option<Metrics>> {

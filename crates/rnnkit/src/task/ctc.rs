@@ -17,7 +17,7 @@ use crate::loss::{ctc_loss, CtcOptions, Reduction};
 use crate::rng::Rng;
 use crate::task::classifier::DenseBatch;
 use crate::tensor::Tensor;
-use crate::train::{Change, Setting, Settings};
+use crate::train::{Change, Setting, Settings, Shard};
 use crate::CellKind;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -514,6 +514,7 @@ pub struct CtcTask {
     seed: u64,
     order: EpochOrder,
     metadata: HashMap<String, String>,
+    shard: Shard,
 }
 
 impl CtcTask {
@@ -537,6 +538,7 @@ impl CtcTask {
             batch,
             seed,
             order: EpochOrder::default(),
+            shard: Shard::WHOLE,
             metadata,
         })
     }
@@ -598,6 +600,7 @@ impl Task for CtcTask {
         let train = &self.train;
         let lengths = || train.iter().map(|u| u.frames).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
+        let (batch, own) = super::share(self.shard, batch);
         let mut utts: Vec<&Utterance> = batch.iter().map(|&i| &train[i]).collect();
         let perturbed: Vec<Utterance>;
         if self.model.augment {
@@ -618,9 +621,22 @@ impl Task for CtcTask {
         }
         let targets: Vec<&[usize]> = utts.iter().map(|u| u.target.as_slice()).collect();
         let b = self.model.batch(&utts)?;
-        let tokens = b.lengths.iter().sum();
+        let tokens = if own { b.lengths.iter().sum() } else { 0 };
         let loss = self.model.train_step(&b, &targets, rng)?;
         Ok(BatchLoss { loss, tokens })
+    }
+
+    fn set_shard(&mut self, shard: Shard) -> Result<()> {
+        self.shard = shard;
+        Ok(())
+    }
+
+    fn shard_weight(&mut self, epoch: u64, k: usize) -> f64 {
+        let train = &self.train;
+        let lengths = || train.iter().map(|u| u.frames).collect();
+        let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
+        // The loss is the mean over utterances (each over its target's length).
+        super::share_weight(self.shard, batch, |_| 1)
     }
 
     fn validate(&mut self) -> Result<Option<Metrics>> {

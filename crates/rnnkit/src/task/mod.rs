@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::layer::Parameters;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::Settings;
+use crate::train::{GradientSink, Settings, Shard};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -138,6 +138,39 @@ pub trait Task: Parameters<f32> {
     /// Forward with dropout, loss and backward on batch `k` of epoch `epoch` (whose
     /// order depends only on the seed and the epoch); adds the gradients of the mean loss.
     fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss>;
+    /// [`Task::train_batch`], handing each group of gradients to `ready` as soon as
+    /// the backward pass has finished it (data-parallel training sums them meanwhile).
+    /// A task that hands nothing over has its gradients summed after its backward pass.
+    fn train_batch_overlapped(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<BatchLoss> {
+        let _ = ready;
+        self.train_batch(epoch, k, rng)
+    }
+    /// Data-parallel training: trains from now on on share `shard` of every batch
+    /// (the batches, their order and their count stay those of the whole run). Under
+    /// a shard, [`Task::carried_state`] gives the whole batch's tensors with zeros in
+    /// the other shares' rows (summed over the processes they are the whole state),
+    /// and [`Task::restore_carried_state`] takes the whole batch's tensors.
+    fn set_shard(&mut self, shard: Shard) -> Result<()> {
+        if shard.is_whole() {
+            return Ok(());
+        }
+        Err(crate::Error::Config(format!(
+            "the `{}` task cannot be trained on several processes yet; run it as one process",
+            self.kind()
+        )))
+    }
+    /// The part of batch `k`'s mean loss that this process's share carries: the terms
+    /// its loss averages (tokens or sequences) over those of the whole batch; 1 when
+    /// unsharded. Weighed by it, the shares' gradients sum to the whole batch's.
+    fn shard_weight(&mut self, _epoch: u64, _k: usize) -> f64 {
+        1.0
+    }
     /// Loss and scores on the validation data, if there is any.
     fn validate(&mut self) -> Result<Option<Metrics>>;
     /// State carried from batch to batch that a resumed run needs, as named tensors.
@@ -242,6 +275,29 @@ impl EpochOrder {
         }
         &self.batches[k]
     }
+}
+
+/// This process's items of `batch` under `shard`, and whether they are its own: a
+/// process whose share is empty (a last batch shorter than the processes are many)
+/// takes the batch's first item with weight 0, so that every process makes the
+/// same sums in the same order.
+pub(crate) fn share(shard: Shard, batch: &[usize]) -> (&[usize], bool) {
+    let r = shard.range(batch.len());
+    match r.is_empty() {
+        true => (&batch[..batch.len().min(1)], false),
+        false => (&batch[r], true),
+    }
+}
+
+/// [`Task::shard_weight`] of a batch whose mean loss averages `terms(item)` terms
+/// per item (1 for a mean over sequences, the words of a sentence for a mean over words).
+pub(crate) fn share_weight(shard: Shard, batch: &[usize], terms: impl Fn(usize) -> usize) -> f64 {
+    let (mine, own) = share(shard, batch);
+    if !own {
+        return 0.0;
+    }
+    let whole: usize = batch.iter().map(|&i| terms(i)).sum();
+    mine.iter().map(|&i| terms(i)).sum::<usize>() as f64 / whole.max(1) as f64
 }
 
 /// Fraction of the padded `[T, B]` grid of `batches` that is padding.

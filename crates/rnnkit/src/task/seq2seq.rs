@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::seq2seq::{DecodeOptions, PairBatch, Seq2seq, Seq2seqConfig};
 use crate::tensor::Tensor;
+use crate::train::Shard;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -154,6 +155,7 @@ pub struct Seq2seqTask {
     seed: u64,
     order: EpochOrder,
     files: Vec<(&'static str, String)>,
+    shard: Shard,
 }
 
 impl Seq2seqTask {
@@ -179,6 +181,7 @@ impl Seq2seqTask {
             batch,
             seed,
             order: EpochOrder::default(),
+            shard: Shard::WHOLE,
             files: Vec::new(),
         })
     }
@@ -246,17 +249,34 @@ impl Task for Seq2seqTask {
         let all = &self.pairs;
         let lengths = || all.iter().map(|(s, _)| s.len()).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
+        let (batch, own) = super::share(self.shard, batch);
         let pairs: Vec<(&[usize], &[usize])> = batch
             .iter()
             .map(|&i| (all[i].0.as_slice(), all[i].1.as_slice()))
             .collect();
-        let tokens = pairs.iter().map(|(s, t)| s.len() + t.len() + 1).sum();
+        let tokens = match own {
+            true => pairs.iter().map(|(s, t)| s.len() + t.len() + 1).sum(),
+            false => 0,
+        };
         let batch = PairBatch::new(&pairs)?;
         let loss = self.model.train_step(&batch, rng)?;
         Ok(BatchLoss {
             loss: loss.mean,
             tokens,
         })
+    }
+
+    fn set_shard(&mut self, shard: Shard) -> Result<()> {
+        self.shard = shard;
+        Ok(())
+    }
+
+    fn shard_weight(&mut self, epoch: u64, k: usize) -> f64 {
+        let all = &self.pairs;
+        let lengths = || all.iter().map(|(s, _)| s.len()).collect();
+        let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
+        // The loss is the mean over every target token and the end token.
+        super::share_weight(self.shard, batch, |i| all[i].1.len() + 1)
     }
 
     fn validate(&mut self) -> Result<Option<Metrics>> {

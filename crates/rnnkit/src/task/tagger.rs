@@ -18,7 +18,7 @@ use crate::layer::{
 use crate::loss::{argmax_rows, cross_entropy, CrossEntropy};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::{Change, Setting, Settings};
+use crate::train::{Change, GradientSink, Setting, Settings, Shard};
 use crate::CellKind;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -442,6 +442,18 @@ impl Tagger {
     /// Forward with dropout, mean cross-entropy over every word, backward: adds the
     /// gradients to every parameter. Returns the loss and the number of words.
     pub fn train_step(&mut self, sentences: &[&Sentence], rng: &mut Rng) -> Result<(f64, usize)> {
+        self.train_step_with(sentences, rng, &mut |_| {})
+    }
+
+    /// [`Tagger::train_step`], handing each group of finished gradients to `ready`
+    /// as the backward pass goes (the head's, then each word-level recurrent layer's;
+    /// the embeddings and the character layer are summed after the backward pass).
+    pub fn train_step_with(
+        &mut self,
+        sentences: &[&Sentence],
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<(f64, usize)> {
         let e = self.encode(sentences, Some(rng));
         let (targets, mask) = self.targets(sentences, &e)?;
         let (logits, y, _) = self.forward(&e, Some(rng))?;
@@ -460,8 +472,9 @@ impl Tagger {
         let mut dy = Tensor::zeros(y.shape());
         self.head
             .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
+        ready(&[&self.head.grad_weight, &self.head.grad_bias]);
         self.drop_out.backward(dy.data_mut());
-        let (mut dx, _) = self.rnn.backward(&dy, None)?;
+        let (mut dx, _) = self.rnn.backward_with(&dy, None, ready)?;
         self.drop_in.backward(dx.data_mut());
         let (ew, hc) = (self.config.word_embed, self.config.char_hidden);
         let width = ew + 2 * hc;
@@ -730,9 +743,30 @@ pub struct TagTask {
     batch: usize,
     seed: u64,
     order: EpochOrder,
+    shard: Shard,
 }
 
 impl TagTask {
+    /// Forward and backward on this process's sentences of batch `k`.
+    fn step(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<BatchLoss> {
+        let train = &self.train;
+        let lengths = || train.iter().map(Sentence::len).collect();
+        let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
+        let (batch, own) = super::share(self.shard, batch);
+        let sents: Vec<&Sentence> = batch.iter().map(|&i| &train[i]).collect();
+        let (loss, tokens) = self.model.train_step_with(&sents, rng, ready)?;
+        Ok(BatchLoss {
+            loss,
+            tokens: if own { tokens } else { 0 },
+        })
+    }
+
     /// Trains `model` on `train`, validating on `dev`.
     pub fn new(
         model: Tagger,
@@ -753,6 +787,7 @@ impl TagTask {
             batch,
             seed,
             order: EpochOrder::default(),
+            shard: Shard::WHOLE,
         })
     }
 
@@ -793,12 +828,30 @@ impl Task for TagTask {
     }
 
     fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
+        self.step(epoch, k, rng, &mut |_| {})
+    }
+
+    fn train_batch_overlapped(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+    ) -> Result<BatchLoss> {
+        self.step(epoch, k, rng, ready)
+    }
+
+    fn set_shard(&mut self, shard: Shard) -> Result<()> {
+        self.shard = shard;
+        Ok(())
+    }
+
+    fn shard_weight(&mut self, epoch: u64, k: usize) -> f64 {
         let train = &self.train;
         let lengths = || train.iter().map(Sentence::len).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
-        let sents: Vec<&Sentence> = batch.iter().map(|&i| &train[i]).collect();
-        let (loss, tokens) = self.model.train_step(&sents, rng)?;
-        Ok(BatchLoss { loss, tokens })
+        // The loss is the mean over every word.
+        super::share_weight(self.shard, batch, |i| train[i].len())
     }
 
     fn validate(&mut self) -> Result<Option<Metrics>> {

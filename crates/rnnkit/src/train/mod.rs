@@ -1,13 +1,16 @@
-//! The one training loop for every task: batches → forward, loss, backward → clip →
-//! optimizer step, with learning-rate decay, validation on the task's own metric,
-//! early stopping, atomic `latest`/`best` checkpoints, a metrics log, and exact resume.
+//! The one training loop for every task: batches → forward, loss, backward →
+//! (all-reduce) → clip → optimizer step, with learning-rate decay, validation on the
+//! task's own metric, early stopping, atomic `latest`/`best` checkpoints, a metrics
+//! log, and exact resume; on one process or data-parallel over several ([`parallel`]).
 
 mod average;
 mod log;
+pub mod parallel;
 mod recipe;
 mod state;
 
 pub use log::{write_metrics, LogEntry, METRICS};
+pub use parallel::{Alone, Collective, GradientSink, LocalStep, Shard};
 pub use recipe::{
     differences, Change, Differences, Recipe, Schedule, Setting, Settings, TrainSettings,
     MAX_TIME_LIMIT_SECS,
@@ -15,8 +18,11 @@ pub use recipe::{
 pub use state::{stored_run, stored_step, StoredRun, TrainState};
 
 use crate::error::{Error, Result};
+use crate::layer::Parameters;
+use crate::model::Precision;
 use crate::optim::{clip_grad_norm, clip_grad_value, Optimizer, OptimizerKind};
-use crate::task::{Metrics, Task};
+use crate::rng::Rng;
+use crate::task::{BatchLoss, Metrics, Task};
 use average::WeightAverage;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -102,8 +108,14 @@ pub struct Summary {
     pub val: Option<Metrics>,
     /// The best validation's selection value and step.
     pub best: Option<(f64, u64)>,
-    /// Training throughput in this process (tokens per second).
+    /// Training throughput in this process (tokens per second; of every process in
+    /// a data-parallel run).
     pub tokens_per_sec: f64,
+    /// Seconds spent in the training steps of this process (validation and
+    /// checkpoints left out).
+    pub train_secs: f64,
+    /// The step this process started from.
+    pub start_step: u64,
     /// The latest checkpoint.
     pub checkpoint: PathBuf,
     /// The checkpoint chosen by the validation metric.
@@ -125,11 +137,32 @@ impl Summary {
 pub fn run<T: Task>(
     cfg: &TrainConfig<T::Config>,
     task: &mut T,
+    st: TrainState,
+    observer: &mut dyn Observer,
+) -> Result<Summary> {
+    run_parallel(cfg, task, st, observer, &mut Alone)
+}
+
+/// [`run`] as one of the processes of a data-parallel run: this process trains on
+/// its share of every batch, the gradients are summed over `collective` before
+/// clipping and the optimizer step, so every process holds the same weights. Every
+/// process validates (same weights, same numbers; the first process's are used by
+/// all); only the first process (rank 0) writes the log and the checkpoints, and
+/// every decision to stop (bounds, time limit, `observer.should_stop`, divergence,
+/// early stopping) is taken by all processes at the same step.
+pub fn run_parallel<T: Task>(
+    cfg: &TrainConfig<T::Config>,
+    task: &mut T,
     mut st: TrainState,
     observer: &mut dyn Observer,
+    collective: &mut dyn Collective,
 ) -> Result<Summary> {
     cfg.recipe.train.validate()?;
     cfg.schedule.validate()?;
+    let shard = collective.shard();
+    let (parallel, lead) = (!shard.is_whole(), shard.rank == 0);
+    task.set_shard(shard)?;
+    st.world_size = shard.ranks as u64;
     let (recipe, sched) = (&cfg.recipe.train, &cfg.schedule);
     let batches = task.batches_per_epoch() as u64;
     if batches == 0 {
@@ -144,10 +177,12 @@ pub fn run<T: Task>(
         (None, None) => None,
     };
     let time_limit = sched.time_limit.map(Duration::from_secs_f64);
-    std::fs::create_dir_all(&cfg.out_dir).map_err(|source| Error::Io {
-        path: cfg.out_dir.clone(),
-        source,
-    })?;
+    if lead {
+        std::fs::create_dir_all(&cfg.out_dir).map_err(|source| Error::Io {
+            path: cfg.out_dir.clone(),
+            source,
+        })?;
+    }
     let latest = cfg.out_dir.join(LATEST);
     let best = cfg.out_dir.join(BEST);
     st.recipe = serde_json::to_string(&cfg.recipe).expect("serialisable");
@@ -171,7 +206,9 @@ pub fn run<T: Task>(
     let mut parameters = 0;
     task.visit_params(&mut |_, t| parameters += t.len());
     // The log on disk always describes this run up to its current step.
-    write_metrics(&cfg.out_dir, &st.history, task.loss_name())?;
+    if lead {
+        write_metrics(&cfg.out_dir, &st.history, task.loss_name())?;
+    }
     observer.on_start(&StartInfo {
         description: task.describe(),
         batches_per_epoch: batches as usize,
@@ -181,6 +218,7 @@ pub fn run<T: Task>(
     });
 
     let started = Instant::now();
+    let start_step = st.step;
     let mut train_time = Duration::ZERO;
     let mut tokens = 0u64;
     let mut interrupted = false;
@@ -190,8 +228,9 @@ pub fn run<T: Task>(
     let tokens_per_sec = |tokens: u64, t: Duration| tokens as f64 / t.as_secs_f64().max(1e-9);
     let out_of_time = |started: Instant| time_limit.is_some_and(|l| started.elapsed() >= l);
     let mut saved_latest = false;
+    // Processes agree on the time limit after each step: their clocks differ.
     loop {
-        if total_steps.is_some_and(|t| st.step >= t) || out_of_time(started) {
+        if total_steps.is_some_and(|t| st.step >= t) || (!parallel && out_of_time(started)) {
             break;
         }
         let t0 = Instant::now();
@@ -201,9 +240,23 @@ pub fn run<T: Task>(
         }
         let lr = recipe.lr_at(epoch_idx);
         task.zero_grad();
-        let out = crate::kernel::with_precision(recipe.precision, || {
-            task.train_batch(epoch_idx, k, &mut st.rng)
-        })?;
+        let (out, stop) = if parallel {
+            let (out, stop) = parallel_step(
+                task,
+                collective,
+                observer,
+                (epoch_idx, k),
+                &mut st.rng,
+                recipe.precision,
+                &|| out_of_time(started),
+            )?;
+            (out, Some(stop))
+        } else {
+            let out = crate::kernel::with_precision(recipe.precision, || {
+                task.train_batch(epoch_idx, k, &mut st.rng)
+            })?;
+            (out, None)
+        };
         if !out.loss.is_finite() {
             let kept = if saved_latest || latest.exists() {
                 format!(
@@ -244,16 +297,29 @@ pub fn run<T: Task>(
             lr,
             tokens_per_sec: tokens_per_sec(tokens, train_time),
         });
-        interrupted = observer.should_stop();
-        let mut finished =
-            interrupted || total_steps.is_some_and(|t| st.step >= t) || out_of_time(started);
+        let late = match stop {
+            Some((asked, late)) => {
+                interrupted = asked;
+                late
+            }
+            None => {
+                interrupted = observer.should_stop();
+                out_of_time(started)
+            }
+        };
+        let mut finished = interrupted || total_steps.is_some_and(|t| st.step >= t) || late;
         let validate = st.step.is_multiple_of(sched.eval_every) || finished;
         let val = if validate {
             // Validation (and a new `best`) sees the averaged weights.
             if let Some(a) = &mut average {
                 a.swap(task);
             }
-            crate::kernel::with_precision(recipe.precision, || task.validate())?
+            let val = crate::kernel::with_precision(recipe.precision, || task.validate())?;
+            if parallel {
+                agree(collective, lead, val)?
+            } else {
+                val
+            }
         } else {
             None
         };
@@ -283,14 +349,19 @@ pub fn run<T: Task>(
             });
             st.loss_sum = 0.0;
             st.loss_count = 0;
-            write_metrics(&cfg.out_dir, &st.history, task.loss_name())?;
+            if lead {
+                write_metrics(&cfg.out_dir, &st.history, task.loss_name())?;
+            }
             observer.on_log(&st.history);
         }
         if val.is_some() {
             last_val = val;
         }
-        if new_best {
-            st.save(task, &optimizer, average.as_ref(), &best)?;
+        let mut save =
+            |st: &mut TrainState, task: &T, average: Option<&WeightAverage>, path: &Path| {
+                save_state(st, task, &optimizer, average, collective, path)
+            };
+        if new_best && save(&mut st, task, average.as_ref(), &best)? {
             observer.on_checkpoint(&best);
         }
         if let Some(a) = average.as_mut().filter(|a| a.in_model()) {
@@ -299,16 +370,16 @@ pub fn run<T: Task>(
         let epoch_end = st.step.is_multiple_of(batches);
         if let (Some(n), true) = (sched.checkpoint_every_epochs, epoch_end) {
             let e = st.step / batches;
-            if e.is_multiple_of(n) {
-                let path = cfg.out_dir.join(format!("epoch-{e}.safetensors"));
-                st.save(task, &optimizer, average.as_ref(), &path)?;
+            let path = cfg.out_dir.join(format!("epoch-{e}.safetensors"));
+            if e.is_multiple_of(n) && save(&mut st, task, average.as_ref(), &path)? {
                 observer.on_checkpoint(&path);
             }
         }
         if st.step.is_multiple_of(sched.checkpoint_every) || finished {
-            st.save(task, &optimizer, average.as_ref(), &latest)?;
+            if save(&mut st, task, average.as_ref(), &latest)? {
+                observer.on_checkpoint(&latest);
+            }
             saved_latest = true;
-            observer.on_checkpoint(&latest);
         }
         if finished {
             break;
@@ -316,7 +387,14 @@ pub fn run<T: Task>(
     }
     if !saved_latest {
         // Nothing to do (already at the bound): the folder still ends with this run's state.
-        st.save(task, &optimizer, average.as_ref(), &latest)?;
+        save_state(
+            &mut st,
+            task,
+            &optimizer,
+            average.as_ref(),
+            collective,
+            &latest,
+        )?;
     }
     if last_train.is_nan() {
         last_train = st.history.last().map_or(f64::NAN, |e| e.train_loss);
@@ -328,11 +406,127 @@ pub fn run<T: Task>(
         val: last_val.or_else(|| st.history.iter().rev().find_map(|e| e.val.clone())),
         best: st.best,
         tokens_per_sec: tokens_per_sec(tokens, train_time),
+        train_secs: train_time.as_secs_f64(),
+        start_step,
         checkpoint: latest,
         best_checkpoint: best.exists().then_some(best),
         interrupted,
         stopped_early,
     })
+}
+
+/// One data-parallel step: this process's share of batch `k` of `epoch` with its
+/// gradients summed over every process; returns the whole batch's loss and tokens,
+/// and whether any process was asked to stop or ran out of time (`late`).
+fn parallel_step<T: Task>(
+    task: &mut T,
+    collective: &mut dyn Collective,
+    observer: &mut dyn Observer,
+    (epoch, k): (u64, usize),
+    rng: &mut Rng,
+    precision: Precision,
+    late: &dyn Fn() -> bool,
+) -> Result<(BatchLoss, (bool, bool))> {
+    let shard = collective.shard();
+    let weight = task.shard_weight(epoch, k);
+    // Every process draws the same numbers from the run's generator, so that it
+    // stays the same everywhere; dropout masks then differ between the shares.
+    let mut rng =
+        Rng::new(rng.next_u64() ^ (shard.rank as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut step = Step {
+        task,
+        epoch,
+        k,
+        rng: &mut rng,
+        precision,
+    };
+    let out = collective.step(&mut step, weight as f32)?;
+    let stop = observer.should_stop();
+    let mut sums = [
+        // A share of weight 0 (an empty one, stood in for by one item) adds nothing.
+        if weight == 0.0 {
+            0.0
+        } else {
+            out.loss * weight
+        },
+        out.tokens as f64,
+        f64::from(u8::from(stop)),
+        f64::from(u8::from(late())),
+    ];
+    collective.sum(&mut sums)?;
+    let out = BatchLoss {
+        loss: sums[0],
+        tokens: sums[1] as usize,
+    };
+    Ok((out, (sums[2] > 0.0, sums[3] > 0.0)))
+}
+
+/// A task's training step as a [`Collective`] runs it.
+struct Step<'a, T> {
+    task: &'a mut T,
+    epoch: u64,
+    k: usize,
+    rng: &'a mut Rng,
+    precision: Precision,
+}
+
+impl<T: Task> LocalStep for Step<'_, T> {
+    fn run(&mut self, ready: &mut GradientSink<'_>) -> Result<BatchLoss> {
+        let (task, rng) = (&mut *self.task, &mut *self.rng);
+        crate::kernel::with_precision(self.precision, || {
+            task.train_batch_overlapped(self.epoch, self.k, rng, ready)
+        })
+    }
+
+    fn params(&mut self) -> &mut dyn Parameters<f32> {
+        self.task
+    }
+}
+
+/// The first process's validation, for every process: all take the same decisions
+/// about the best checkpoint and early stopping.
+fn agree(
+    collective: &mut dyn Collective,
+    lead: bool,
+    val: Option<Metrics>,
+) -> Result<Option<Metrics>> {
+    let Some(mut m) = val else {
+        return Ok(None);
+    };
+    let mut values: Vec<f64> = std::iter::once(m.loss)
+        .chain(m.scores.values().copied())
+        .map(|v| if lead { v } else { 0.0 })
+        .collect();
+    collective.sum(&mut values)?;
+    m.loss = values[0];
+    for (s, v) in m.scores.values_mut().zip(&values[1..]) {
+        *s = *v;
+    }
+    Ok(Some(m))
+}
+
+/// Writes the run's state to `path` on the first process; returns whether it wrote.
+/// Every process takes part: the carried state of the whole batch is the sum of the
+/// shares' (each holds zeros in the other shares' rows).
+fn save_state<T: Task>(
+    st: &mut TrainState,
+    task: &T,
+    optimizer: &Optimizer,
+    average: Option<&WeightAverage>,
+    collective: &mut dyn Collective,
+    path: &Path,
+) -> Result<bool> {
+    let mut carried = task.carried_state();
+    let shard = collective.shard();
+    if !shard.is_whole() {
+        for (_, t) in &mut carried {
+            collective.sum_f32(t.data_mut())?;
+        }
+    }
+    if shard.rank == 0 {
+        st.save(task, optimizer, average, carried, path)?;
+    }
+    Ok(shard.rank == 0)
 }
 
 /// Refuses a run that needs `need` bytes if the system cannot give them; `what`

@@ -31,6 +31,7 @@ const OPT_STEPS: &str = "train.optimizer_steps";
 const OPT_PREFIX: &str = "train.optimizer.";
 const AVERAGE_PREFIX: &str = "train.average.";
 const AVERAGE_IN_MODEL: &str = "train.average_in_model";
+const WORLD_SIZE: &str = "train.world_size";
 
 /// Where a run stands, besides the model, the optimiser moments and the task's carried state.
 #[derive(Debug)]
@@ -59,6 +60,8 @@ pub struct TrainState {
     pub data_path: Option<PathBuf>,
     /// The step of the last checkpoint written or read.
     pub saved_step: u64,
+    /// Processes of the data-parallel run that wrote the checkpoint (1: one process).
+    pub world_size: u64,
     optimizer_steps: u64,
     file: Option<TensorFile>,
 }
@@ -124,6 +127,7 @@ impl TrainState {
             data_fingerprint,
             data_path: None,
             saved_step: 0,
+            world_size: 1,
             optimizer_steps: 0,
             file: None,
         }
@@ -181,6 +185,7 @@ impl TrainState {
             data_fingerprint,
             data_path: file.metadata().get(DATA_PATH).map(PathBuf::from),
             saved_step: step,
+            world_size: opt_parse(&file, WORLD_SIZE)?.unwrap_or(1),
             optimizer_steps: parse(&file, OPT_STEPS)?,
             file: Some(file),
         })
@@ -216,12 +221,13 @@ impl TrainState {
         Ok(())
     }
 
-    /// Writes the task's model with this state, atomically.
+    /// Writes the task's model with this state and the task's `carried` state, atomically.
     pub(super) fn save<T: Task>(
         &mut self,
         task: &T,
         optimizer: &Optimizer,
         average: Option<&WeightAverage>,
+        carried: Vec<(String, Tensor<f32>)>,
         path: &Path,
     ) -> Result<()> {
         let mut meta = HashMap::new();
@@ -247,8 +253,11 @@ impl TrainState {
             meta.insert(DATA_PATH.into(), p.display().to_string());
         }
         meta.insert(OPT_STEPS.into(), optimizer.steps().to_string());
+        if self.world_size > 1 {
+            meta.insert(WORLD_SIZE.into(), self.world_size.to_string());
+        }
         let mut extra: Vec<(String, Tensor<f32>)> = optimizer.state_tensors(task, OPT_PREFIX);
-        extra.extend(task.carried_state());
+        extra.extend(carried);
         if let Some(a) = average {
             meta.insert(AVERAGE_IN_MODEL.into(), a.in_model().to_string());
             extra.extend(a.state_tensors(task, AVERAGE_PREFIX));
