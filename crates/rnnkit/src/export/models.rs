@@ -46,6 +46,13 @@ fn all_layers(g: &mut Graph, states: &[String]) -> String {
     }
 }
 
+/// Ids `[B, T]` → their rows of `table` (named `name`), time-major `[T, B, E]`.
+fn embed_time_major(g: &mut Graph, ids: &str, name: &str, table: &crate::Tensor<f32>) -> String {
+    let ids = g.transpose(ids, &[1, 0]);
+    let table = g.tensor(name, table.shape(), table.data());
+    g.gather(&table, &ids)
+}
+
 /// Lengths `int64 [B]` as ONNX's `sequence_lens` (`int32`).
 fn sequence_lens(g: &mut Graph, lengths: &str) -> String {
     g.cast(lengths, data_type::INT32)
@@ -84,13 +91,10 @@ pub fn char_lm(m: &CharLm, o: &Options) -> Result<Exported> {
             "cell state of every layer (zeros to start)",
         )
     });
-    let ids = g.transpose(&tokens, &[1, 0]);
     let x = match &m.embed {
-        Some(e) => {
-            let table = g.tensor("embed.weight", e.weight.shape(), e.weight.data());
-            g.gather(&table, &ids)
-        }
+        Some(e) => embed_time_major(&mut g, &tokens, "embed.weight", &e.weight),
         None => {
+            let ids = g.transpose(&tokens, &[1, 0]);
             // One-hot inputs: rows of the identity, so W_ih is used as torch holds it.
             let mut eye = vec![0f32; v * v];
             (0..v).for_each(|i| eye[i * v + i] = 1.0);
@@ -274,13 +278,7 @@ pub fn tagger(m: &Tagger, o: &Options) -> Result<Exported> {
         &[BATCH],
         "words in each sentence, 1..=time",
     );
-    let word_ids = g.transpose(&words, &[1, 0]);
-    let wtable = g.tensor(
-        "word_embed.weight",
-        m.word_embed.weight.shape(),
-        m.word_embed.weight.data(),
-    );
-    let wemb = g.gather(&wtable, &word_ids);
+    let wemb = embed_time_major(&mut g, &words, "word_embed.weight", &m.word_embed.weight);
     let x = match &m.char_rnn {
         Some(crnn) => {
             g.set_scope("char_rnn");
@@ -462,13 +460,7 @@ pub fn seq2seq(m: &Seq2seq<f32>, o: &Options) -> Result<[Exported; 2]> {
         &[BATCH],
         "tokens in each source, 1..=source_time",
     );
-    let ids = g.transpose(&src, &[1, 0]);
-    let table = g.tensor(
-        "src_embed.weight",
-        m.src_embed.weight.shape(),
-        m.src_embed.weight.data(),
-    );
-    let x = g.gather(&table, &ids);
+    let x = embed_time_major(&mut g, &src, "src_embed.weight", &m.src_embed.weight);
     let lens = sequence_lens(&mut g, &lengths);
     let s = recurrent::stack(&mut g, &m.encoder, "encoder", &x, Some(&lens), None);
     g.set_scope("bridge");
