@@ -96,7 +96,7 @@ pub fn run(o: ExportOpts) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--checkpoint {}", o.checkpoint.display()))?;
     for g in &graphs {
         let path = destination(&o.out, g.role);
-        let bytes = g.to_bytes();
+        let bytes = g.checked_bytes()?;
         write_atomic(&path, &bytes).with_context(|| format!("--out {}", o.out.display()))?;
         eprintln!(
             "wrote {} ({what}{}, opset {}, {:.1} KiB)",

@@ -64,9 +64,25 @@ pub struct Exported {
     pub model: proto::ModelProto,
 }
 
+/// Protobuf messages, and so ONNX files without external data, end at 2 GiB.
+pub const MAX_ONNX_BYTES: usize = i32::MAX as usize;
+
 impl Exported {
     /// The model as ONNX protobuf bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.model.encode_to_vec()
+    }
+
+    /// The bytes, or an error when the model is past what one ONNX file holds.
+    pub fn checked_bytes(&self) -> Result<Vec<u8>> {
+        let n = self.model.encoded_len();
+        if n > MAX_ONNX_BYTES {
+            return Err(Error::Config(format!(
+                "the {} graph would take {:.2} GiB, past the 2 GiB a protobuf (and so an ONNX file without external data) can hold",
+                self.role,
+                n as f64 / (1u64 << 30) as f64
+            )));
+        }
+        Ok(self.to_bytes())
     }
 }
