@@ -46,6 +46,30 @@ fn all_layers(g: &mut Graph, states: &[String]) -> String {
     }
 }
 
+/// The stack's final hidden (and, for LSTM, cell) states of every layer as the graph
+/// outputs `names`, each `[L·D, B, H]`, described as `{whose}hidden state {when}`.
+fn output_states(g: &mut Graph, s: &Stack, names: [&str; 2], dims: &[Dim], whose_when: [&str; 2]) {
+    let [whose, when] = whose_when;
+    let h = all_layers(g, &s.h);
+    g.output(
+        &h,
+        names[0],
+        Elem::F32,
+        dims,
+        &format!("{whose}hidden state {when}"),
+    );
+    if !s.c.is_empty() {
+        let c = all_layers(g, &s.c);
+        g.output(
+            &c,
+            names[1],
+            Elem::F32,
+            dims,
+            &format!("{whose}cell state {when}"),
+        );
+    }
+}
+
 /// Ids `[B, T]` → their rows of `table` (named `name`), time-major `[T, B, E]`.
 fn embed_time_major(g: &mut Graph, ids: &str, name: &str, table: &crate::Tensor<f32>) -> String {
     let ids = g.transpose(ids, &[1, 0]);
@@ -112,24 +136,13 @@ pub fn char_lm(m: &CharLm, o: &Options) -> Result<Exported> {
         &[BATCH, TIME, Fixed(v)],
         "scores of the next character after each input",
     );
-    let hn = all_layers(&mut g, &s.h);
-    g.output(
-        &hn,
-        "hn",
-        Elem::F32,
+    output_states(
+        &mut g,
+        &s,
+        ["hn", "cn"],
         &state_dims,
-        "hidden state after the last character",
+        ["", "after the last character"],
     );
-    if lstm {
-        let cn = all_layers(&mut g, &s.c);
-        g.output(
-            &cn,
-            "cn",
-            Elem::F32,
-            &state_dims,
-            "cell state after the last character",
-        );
-    }
     let metadata = meta(&[
         ("rnnkit.task", "char_lm".into()),
         (crate::model::META_CELL, cfg.cell.name().into()),
@@ -629,24 +642,13 @@ pub fn seq2seq(m: &Seq2seq<f32>, o: &Options) -> Result<[Exported; 2]> {
             "this step's output: the next step's feed",
         );
     }
-    let hn = all_layers(&mut g, &s.h);
-    g.output(
-        &hn,
-        "h_out",
-        Elem::F32,
+    output_states(
+        &mut g,
+        &s,
+        ["h_out", "c_out"],
         &state_dims,
-        "decoder hidden state after this step",
+        ["decoder ", "after this step"],
     );
-    if lstm {
-        let cn = all_layers(&mut g, &s.c);
-        g.output(
-            &cn,
-            "c_out",
-            Elem::F32,
-            &state_dims,
-            "decoder cell state after this step",
-        );
-    }
     if let Some(a) = alpha {
         g.output(
             &a,
