@@ -523,20 +523,7 @@ pub fn train<T: Task>(o: &TrainerOpts, run: Ready<T>, command: &str) -> anyhow::
         .collect();
     let _lock = run_lock::acquire(&resolved.out_dir, &args.join(" "))?;
     prepare_out_dir(&resolved, o.force)?;
-    let cfg = TrainConfig {
-        recipe: resolved.recipe.clone(),
-        schedule: resolved.schedule.clone(),
-        out_dir: resolved.out_dir.clone(),
-        data_fingerprint,
-        data_path: data_path.as_deref().map(absolute),
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C while the checkpoint is written is ignored: the write is atomic anyway.
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
-    }
+    let (cfg, stop) = config_and_stop(&resolved, data_fingerprint, data_path)?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} | {msg} | ETA {eta}")
             .expect("valid template")
@@ -663,16 +650,12 @@ fn report_communication(
     );
 }
 
-/// A process of a data-parallel run other than the first: trains its share, polls
-/// for Ctrl-C, and leaves the folder, the progress and the summary to the first.
-fn train_quietly<T: Task>(
-    o: &TrainerOpts,
-    resolved: &Resolved<T::Config>,
-    mut task: T,
-    state: TrainState,
+/// The run's configuration, and the flag a Ctrl-C handler (installed here) raises.
+fn config_and_stop<M: Clone>(
+    resolved: &Resolved<M>,
     data_fingerprint: u64,
     data_path: Option<PathBuf>,
-) -> anyhow::Result<Finished> {
+) -> anyhow::Result<(TrainConfig<M>, Arc<AtomicBool>)> {
     let cfg = TrainConfig {
         recipe: resolved.recipe.clone(),
         schedule: resolved.schedule.clone(),
@@ -683,9 +666,24 @@ fn train_quietly<T: Task>(
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
+        // A second Ctrl-C while the checkpoint is written is ignored: the write is atomic anyway.
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
+    Ok((cfg, stop))
+}
+
+/// A process of a data-parallel run other than the first: trains its share, polls
+/// for Ctrl-C, and leaves the folder, the progress and the summary to the first.
+fn train_quietly<T: Task>(
+    o: &TrainerOpts,
+    resolved: &Resolved<T::Config>,
+    mut task: T,
+    state: TrainState,
+    data_fingerprint: u64,
+    data_path: Option<PathBuf>,
+) -> anyhow::Result<Finished> {
+    let (cfg, stop) = config_and_stop(resolved, data_fingerprint, data_path)?;
     let mut progress = Progress {
         draw: false,
         bar: ProgressBar::hidden(),
