@@ -413,7 +413,7 @@ pub fn to_f64(layer: &Recurrent<f32>) -> Result<Recurrent<f64>> {
             let l = idx / cfg.directions();
             let mut q =
                 CellParams::<f64>::zeros(cfg.cell, cfg.layer_input_size(l), cfg.hidden_size);
-            for ((_, dst), (_, src)) in q.named_mut().into_iter().zip(p.named()) {
+            for ((_, dst), (_, src)) in q.named_mut().zip(p.named()) {
                 *dst = src.cast();
             }
             q

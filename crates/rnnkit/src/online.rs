@@ -93,16 +93,21 @@ pub(crate) struct Model<'a, R> {
 
 impl<R: Parameters<f32>> Parameters<f32> for Model<'_, R> {
     fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<f32>)) {
-        self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
-        self.head
-            .visit_params(&mut |n, t| f(&format!("head.{n}"), t));
+        self.rnn.visit_params(&mut |n, t| {
+            crate::layer::with_name(format_args!("rnn.{n}"), |n| f(n, t))
+        });
+        self.head.visit_params(&mut |n, t| {
+            crate::layer::with_name(format_args!("head.{n}"), |n| f(n, t))
+        });
     }
 
     fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, f32>) {
-        self.rnn
-            .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
-        self.head
-            .visit_params_mut(&mut |n, t, g| f(&format!("head.{n}"), t, g));
+        self.rnn.visit_params_mut(&mut |n, t, g| {
+            crate::layer::with_name(format_args!("rnn.{n}"), |n| f(n, t, g))
+        });
+        self.head.visit_params_mut(&mut |n, t, g| {
+            crate::layer::with_name(format_args!("head.{n}"), |n| f(n, t, g))
+        });
     }
 }
 

@@ -341,12 +341,7 @@ impl<T: Real> Parameters<T> for Rtrl<T> {
     /// Changed weights keep the sensitivities computed with the old ones: the usual
     /// approximation of online RTRL, exact in the limit of a small learning rate.
     fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
-        for ((name, t), (_, g)) in self
-            .params
-            .named_mut()
-            .into_iter()
-            .zip(self.grads.named_mut())
-        {
+        for ((name, t), (_, g)) in self.params.named_mut().zip(self.grads.named_mut()) {
             f(&format!("{name}_l0"), t, g);
         }
     }

@@ -2,7 +2,14 @@
 
 use crate::error::{Error, Result};
 use crate::kernel::{MatMut, MatRef, PackedB, Precision};
+use std::cell::RefCell;
 use std::fmt::Debug;
+use std::thread::LocalKey;
+
+thread_local! {
+    static POOL_F32: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    static POOL_F64: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Floating-point element type of tensors: `f32` for work, `f64` for gradient checks.
 pub trait Real:
@@ -25,6 +32,8 @@ pub trait Real:
     fn of(x: f64) -> Self;
     /// Widens to `f64`.
     fn f64(self) -> f64;
+    /// This thread's spare buffers for [`Scratch`].
+    fn scratch_pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>>;
     /// `x ← σ(x)` elementwise (vectorised for f32).
     fn sigmoid_inplace(x: &mut [Self]) {
         x.iter_mut().for_each(|v| *v = crate::kernel::sigmoid(*v));
@@ -33,13 +42,14 @@ pub trait Real:
     fn tanh_inplace(x: &mut [Self]) {
         x.iter_mut().for_each(|v| *v = v.tanh());
     }
-    /// `c (+)= a·b` with bfloat16 operands where this type and CPU can; hands `c`
-    /// back untouched otherwise.
-    fn matmul_bf16<'c>(
+    /// `c (+)= a·b` by the packed products in `precision` where this type and CPU
+    /// have them; hands `c` back untouched otherwise.
+    fn matmul_packed<'c>(
         c: MatMut<'c, Self>,
         _a: MatRef<'_, Self>,
         _b: MatRef<'_, Self>,
         _accumulate: bool,
+        _precision: Precision,
     ) -> std::result::Result<(), MatMut<'c, Self>> {
         Err(c)
     }
@@ -74,6 +84,9 @@ pub trait Real:
 }
 
 impl Real for f32 {
+    fn scratch_pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>> {
+        &POOL_F32
+    }
     const DTYPE: &'static str = "F32";
     fn of(x: f64) -> Self {
         x as f32
@@ -102,14 +115,15 @@ impl Real for f32 {
     fn exp_inplace(x: &mut [Self]) {
         crate::kernel::exp_f32(x)
     }
-    fn matmul_bf16<'c>(
+    fn matmul_packed<'c>(
         c: MatMut<'c, Self>,
         a: MatRef<'_, Self>,
         b: MatRef<'_, Self>,
         accumulate: bool,
+        precision: Precision,
     ) -> std::result::Result<(), MatMut<'c, Self>> {
-        if crate::kernel::bf16_supported() {
-            crate::kernel::matmul_bf16(c, a, b, accumulate);
+        if crate::kernel::packed_supported(precision) {
+            crate::kernel::matmul_packed(c, a, b, accumulate, precision);
             Ok(())
         } else {
             Err(c)
@@ -130,6 +144,9 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    fn scratch_pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>> {
+        &POOL_F64
+    }
     const DTYPE: &'static str = "F64";
     fn of(x: f64) -> Self {
         x
@@ -243,4 +260,44 @@ pub(crate) fn scratch<T: Real>(buf: &mut Vec<T>, n: usize) -> &mut [T] {
     buf.clear();
     buf.resize(n, T::zero());
     &mut buf[..]
+}
+
+/// A zeroed buffer taken from this thread's pool and given back when dropped:
+/// scratch space inside a pass that allocates nothing once the pool holds buffers
+/// of the sizes in use (worker threads live as long as their pool).
+pub(crate) struct Scratch<T: Real> {
+    buf: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    /// `n` zeros.
+    pub(crate) fn zeroed(n: usize) -> Self {
+        let mut buf = T::scratch_pool()
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_default();
+        buf.clear();
+        buf.resize(n, T::zero());
+        Scratch { buf }
+    }
+}
+
+impl<T: Real> std::ops::Deref for Scratch<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf
+    }
+}
+
+impl<T: Real> std::ops::DerefMut for Scratch<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf
+    }
+}
+
+impl<T: Real> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        // During thread teardown the pool may be gone: the buffer is then freed.
+        let _ = T::scratch_pool().try_with(|p| p.borrow_mut().push(buf));
+    }
 }

@@ -29,7 +29,7 @@ use super::{
     weight_grad, CellParams, Input, RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
-use crate::tensor::{scratch, Real};
+use crate::tensor::{scratch, Real, Scratch};
 
 /// What the forward pass saves for the backward pass, reused between calls.
 #[derive(Clone, Debug, Default)]
@@ -85,12 +85,14 @@ pub fn forward<T: Real>(
         &mut cache.weights.w_hh_t_valid,
     );
     // Torch's form multiplies by all three blocks at once; Keras' by r, z then n.
-    let views = if reset_after {
-        vec![w_hh.blocks(0..3, 1)]
-    } else {
-        vec![w_hh.blocks(0..2, 1), w_hh.blocks(2..3, 1)]
-    };
-    let packed = cache.weights.packed[0].prepare(&views);
+    let (all, rz, n) = (
+        [w_hh.blocks(0..3, 1)],
+        w_hh.blocks(0..2, 1),
+        w_hh.blocks(2..3, 1),
+    );
+    let split = [rz, n];
+    let views: &[_] = if reset_after { &all } else { &split };
+    let packed = cache.weights.packed[0].prepare(views);
     let slot = |k: usize| packed.map(|p| &p[k]);
     let no_bias = Vec::new();
     let b_hh = p.b_hh.as_ref().map_or(&no_bias[..], |b| b.data());
@@ -100,7 +102,7 @@ pub fn forward<T: Real>(
     let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
     for_row_blocks(batch, |rows| {
         let m = rows.len();
-        let mut hp = vec![T::zero(); m * g3];
+        let mut hp = Scratch::<T>::zeroed(m * g3);
         // SAFETY: every block touches only its own batch rows of each buffer.
         let h = unsafe { h.rows(0, &rows) };
         for s in 0..steps {
@@ -216,15 +218,13 @@ pub fn backward<T: Real>(
     let g3 = 3 * hs;
     let one = T::one();
     let w_hh = p.w_hh.data();
-    let views = if reset_after {
-        vec![MatRef::dense(w_hh, g3, hs)]
-    } else {
-        vec![
-            MatRef::dense(&w_hh[2 * hs * hs..], hs, hs),
-            MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs),
-        ]
-    };
-    let packed = cache.weights.packed[1].prepare(&views);
+    let all = [MatRef::dense(w_hh, g3, hs)];
+    let split = [
+        MatRef::dense(&w_hh[2 * hs * hs..], hs, hs),
+        MatRef::dense(&w_hh[..2 * hs * hs], 2 * hs, hs),
+    ];
+    let views: &[_] = if reset_after { &all } else { &split };
+    let packed = cache.weights.packed[1].prepare(views);
     let bslot = |k: usize| packed.map(|p| &p[k]);
     let (gates, h_prev, aux) = (&cache.gates, &cache.h_prev, &cache.aux);
     let dgx_all = Shared::new(scratch(&mut cache.dgx, steps * batch * g3), batch, g3);
@@ -239,7 +239,7 @@ pub fn backward<T: Real>(
     let dh_all = Shared::new(dh, batch, hs);
     for_row_blocks(batch, |rows| {
         let m = rows.len();
-        let mut drh = vec![T::zero(); if reset_after { 0 } else { m * hs }];
+        let mut drh = Scratch::<T>::zeroed(if reset_after { 0 } else { m * hs });
         // SAFETY: every block touches only its own batch rows of each buffer.
         let dh = unsafe { dh_all.rows(0, &rows) };
         for s in (0..steps).rev() {

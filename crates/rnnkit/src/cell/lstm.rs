@@ -21,7 +21,7 @@ use super::{
     RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
-use crate::tensor::{scratch, Real};
+use crate::tensor::{scratch, Real, Scratch};
 
 /// What the forward pass saves for the backward pass, reused between calls.
 #[derive(Clone, Debug, Default)]
@@ -87,7 +87,7 @@ pub fn forward<T: Real>(
     );
     for_row_blocks(batch, |rows| {
         let m = rows.len();
-        let mut hp = vec![T::zero(); m * g4];
+        let mut hp = Scratch::<T>::zeroed(m * g4);
         // SAFETY: every block touches only its own batch rows of each buffer.
         let (h, c) = unsafe { (h.rows(0, &rows), c.rows(0, &rows)) };
         for s in 0..steps {

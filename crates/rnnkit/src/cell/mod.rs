@@ -14,7 +14,7 @@ use crate::kernel::{
     add_bias_rows, matmul, precision, serial, sum_rows_into, with_precision, MatMut, MatRef,
     PackedB, Precision,
 };
-use crate::tensor::{Real, Tensor};
+use crate::tensor::{Real, Scratch, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
@@ -125,29 +125,27 @@ impl<T: Real> CellParams<T> {
     }
 
     /// The tensors with their torch.nn suffix-less names (`weight_ih`, …), in state-dict order.
-    pub fn named(&self) -> Vec<(&'static str, &Tensor<T>)> {
-        let mut v = vec![
-            ("weight_ih", &self.w_ih),
-            ("weight_hh", &self.w_hh),
-            ("bias_ih", &self.b_ih),
-        ];
-        if let Some(b) = &self.b_hh {
-            v.push(("bias_hh", b));
-        }
-        v
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, &Tensor<T>)> {
+        [
+            Some(("weight_ih", &self.w_ih)),
+            Some(("weight_hh", &self.w_hh)),
+            Some(("bias_ih", &self.b_ih)),
+            self.b_hh.as_ref().map(|b| ("bias_hh", b)),
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// Mutable version of [`CellParams::named`].
-    pub fn named_mut(&mut self) -> Vec<(&'static str, &mut Tensor<T>)> {
-        let mut v = vec![
-            ("weight_ih", &mut self.w_ih),
-            ("weight_hh", &mut self.w_hh),
-            ("bias_ih", &mut self.b_ih),
-        ];
-        if let Some(b) = &mut self.b_hh {
-            v.push(("bias_hh", b));
-        }
-        v
+    pub fn named_mut(&mut self) -> impl Iterator<Item = (&'static str, &mut Tensor<T>)> {
+        [
+            Some(("weight_ih", &mut self.w_ih)),
+            Some(("weight_hh", &mut self.w_hh)),
+            Some(("bias_ih", &mut self.b_ih)),
+            self.b_hh.as_mut().map(|b| ("bias_hh", b)),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -247,7 +245,7 @@ pub(crate) fn project_inputs<T: Real>(
         Input::Dense(x) => project(x, rows, &mut xp[..rows * gh]),
         Input::Embedded { table, ids } => {
             let v = table.len() / i.max(1);
-            let mut per_id = vec![T::zero(); v * gh];
+            let mut per_id = Scratch::<T>::zeroed(v * gh);
             project(table, v, &mut per_id);
             for (out, &id) in xp.chunks_exact_mut(gh).zip(&ids[..rows]) {
                 out.copy_from_slice(&per_id[id * gh..][..gh]);
@@ -256,7 +254,7 @@ pub(crate) fn project_inputs<T: Real>(
         Input::OneHot { ids } => {
             // W_ih x for a one-hot x is column id of W_ih: per_id [I, G·H] = W_ihᵀ + biases.
             let w = p.w_ih.data();
-            let mut per_id = vec![T::zero(); i * gh];
+            let mut per_id = Scratch::<T>::zeroed(i * gh);
             for (g, row) in w.chunks_exact(i.max(1)).enumerate().take(gh) {
                 for (v, &x) in row.iter().enumerate() {
                     per_id[v * gh + g] = x;
@@ -310,7 +308,7 @@ pub(crate) fn input_grads<T: Real>(
         Input::Dense(x) => grads(g, x, rows, dg, dx),
         Input::Embedded { table, ids } => {
             let v = table.len() / i.max(1);
-            let mut per_id = vec![T::zero(); v * gh];
+            let mut per_id = Scratch::<T>::zeroed(v * gh);
             for (row, &id) in dg.chunks_exact(gh).zip(&ids[..rows]) {
                 per_id[id * gh..][..gh]
                     .iter_mut()
@@ -321,7 +319,7 @@ pub(crate) fn input_grads<T: Real>(
         }
         Input::OneHot { ids } => {
             // dW_ih[:, id] += Σ of the rows of dg with that id; no input gradient.
-            let mut per_id = vec![T::zero(); i * gh];
+            let mut per_id = Scratch::<T>::zeroed(i * gh);
             for (row, &id) in dg.chunks_exact(gh).zip(&ids[..rows]) {
                 per_id[id * gh..][..gh]
                     .iter_mut()
@@ -554,14 +552,15 @@ pub(crate) fn step_product<T: Real>(
 /// never interact, so each block runs the whole time loop on its own, with no
 /// synchronisation per timestep; its GEMMs run single-threaded inside the worker.
 pub(crate) fn for_row_blocks(batch: usize, f: impl Fn(Range<usize>) + Sync + Send) {
-    let blocks = row_blocks(batch, HALF.get());
-    if blocks.len() == 1 {
+    let blocks = block_count(batch, HALF.get());
+    if blocks == 1 {
         return f(0..batch);
     }
     let prec = precision();
-    blocks
-        .into_par_iter()
-        .for_each(|rows| with_precision(prec, || serial(|| f(rows))));
+    (0..blocks).into_par_iter().for_each(|k| {
+        let rows = block_rows(batch, blocks, k);
+        with_precision(prec, || serial(|| f(rows)))
+    });
 }
 
 thread_local! {
@@ -598,12 +597,21 @@ pub(crate) fn for_directions<J: Send>(jobs: Vec<J>, f: impl Fn(usize, J) + Sync)
 /// The batch rows of each worker thread of [`for_row_blocks`] (on half the threads
 /// while one of two directions runs).
 fn row_blocks(batch: usize, half: bool) -> Vec<Range<usize>> {
+    let blocks = block_count(batch, half);
+    (0..blocks).map(|k| block_rows(batch, blocks, k)).collect()
+}
+
+/// How many blocks [`row_blocks`] cuts a batch into: one per worker thread (half of
+/// them when `half`), at most one per row.
+fn block_count(batch: usize, half: bool) -> usize {
     let threads = rayon::current_num_threads();
     let threads = if half { (threads / 2).max(1) } else { threads };
-    let blocks = threads.min(batch).max(1);
-    (0..blocks)
-        .map(|k| k * batch / blocks..(k + 1) * batch / blocks)
-        .collect()
+    threads.min(batch).max(1)
+}
+
+/// Rows of block `k` of `blocks` over a batch.
+fn block_rows(batch: usize, blocks: usize, k: usize) -> Range<usize> {
+    k * batch / blocks..(k + 1) * batch / blocks
 }
 
 /// An order of a batch of sequences of these `lengths`, read by a layer of

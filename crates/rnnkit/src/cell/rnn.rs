@@ -12,7 +12,7 @@ use super::{
     RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
-use crate::tensor::{scratch, Real};
+use crate::tensor::{scratch, Real, Scratch};
 
 /// The nonlinearity of an Elman RNN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +76,7 @@ pub fn forward<T: Real>(
     let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
     for_row_blocks(batch, |rows| {
         let m = rows.len();
-        let mut hp = vec![T::zero(); m * hs];
+        let mut hp = Scratch::<T>::zeroed(m * hs);
         // SAFETY: every block touches only its own batch rows of each buffer.
         let h = unsafe { h.rows(0, &rows) };
         for s in 0..steps {

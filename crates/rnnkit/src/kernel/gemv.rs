@@ -95,7 +95,7 @@ pub(crate) fn few_rows_f32(
             return false;
         }
         let (ld, cld) = (b.cs, c.ld);
-        let rows: Vec<&[f32]> = (0..m).map(|i| &a.data[i * a.rs..][..k]).collect();
+        let (rows, rs) = (a.data, a.rs);
         // Threads write disjoint columns of the same rows, so the output is shared as
         // a raw pointer (no two `&mut` slices of it overlap).
         let out = c.data.as_mut_ptr() as usize;
@@ -108,7 +108,7 @@ pub(crate) fn few_rows_f32(
                 avx512::few_rows(
                     (out as *mut f32).add(j0),
                     cld,
-                    &rows,
+                    (rows, rs, m, k),
                     b.data.as_ptr().add(j0 * ld),
                     ld,
                     cols,
@@ -217,12 +217,12 @@ mod avx512 {
     }
 
     /// Several rows against `B` column-major: each block of 8 columns, read once,
-    /// serves every row from L1. Output row `i` starts at `c + i·cld`.
+    /// serves every row from L1. Row `i` of `A` is `rows[i·rs..][..k]`; output row `i` starts at `c + i·cld`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn few_rows(
         c: *mut f32,
         cld: usize,
-        rows: &[&[f32]],
+        (rows, rs, m, k): (&[f32], usize, usize, usize),
         b: *const f32,
         ld: usize,
         n: usize,
@@ -237,13 +237,15 @@ mod avx512 {
         };
         let mut j = 0;
         while n - j >= 8 {
-            for (i, x) in rows.iter().enumerate() {
+            for i in 0..m {
+                let x = &rows[i * rs..][..k];
                 put(i, j, &unsafe { dots::<8>(x, b.add(j * ld), ld) });
             }
             j += 8;
         }
         while j < n {
-            for (i, x) in rows.iter().enumerate() {
+            for i in 0..m {
+                let x = &rows[i * rs..][..k];
                 put(i, j, &unsafe { dots::<1>(x, b.add(j * ld), ld) });
             }
             j += 1;

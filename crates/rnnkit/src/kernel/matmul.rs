@@ -204,13 +204,14 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
     } else {
         c
     };
-    let c = if PRECISION.get() == Precision::Bf16 {
-        match T::matmul_bf16(c, a, b, accumulate) {
+    // f32 products whose operands change every call stay with the GEMM crate,
+    // whose kernels are faster at these shapes than packing them on the fly here.
+    let c = match PRECISION.get() {
+        Precision::Bf16 => match T::matmul_packed(c, a, b, accumulate, Precision::Bf16) {
             Ok(()) => return,
             Err(c) => c,
-        }
-    } else {
-        c
+        },
+        Precision::F32 => c,
     };
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 && !SERIAL.get() && m * n * k >= PARALLEL_MIN_FLOPS {

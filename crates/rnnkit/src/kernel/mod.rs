@@ -8,7 +8,7 @@ mod matmul;
 mod packed;
 
 pub use activation::{exp_f32, sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
-pub use packed::{bf16_supported, gemm_packed, matmul_bf16, packed_supported, PackedB};
+pub use packed::{bf16_supported, gemm_packed, matmul_packed, packed_supported, PackedB};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
 pub(crate) use gemv::{dot_rows_bf16, few_rows_f32, gemv_f32, to_bf16, FEW_ROWS};

@@ -32,8 +32,10 @@ const MC: usize = 192;
 pub fn packed_supported(precision: Precision) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && (precision == Precision::F32 || std::arch::is_x86_feature_detected!("avx512bf16"))
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f")
+            && (precision == Precision::F32
+                || (has!("avx512bf16") && has!("avx512vl") && has!("avx512bw")))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -92,12 +94,25 @@ impl PackedB {
         self.precision = precision;
         self.data.clear();
         self.data.resize(panels * depth * NR, 0);
-        if b.cs == 1 && packed_supported(Precision::F32) {
-            // SAFETY: AVX-512F is present; the loops stay within the operand
-            // (MatRef checked its extent) and the buffer.
-            unsafe { pack_rows(&mut self.data, b, depth, precision) }
+        let by_rows = b.cs == 1 && packed_supported(Precision::F32);
+        let one = |(q, panel): (usize, &mut [u32])| {
+            if by_rows {
+                // SAFETY: AVX-512F is present; the loops stay within the operand
+                // (MatRef checked its extent) and the panel.
+                unsafe { pack_rows(panel, q, b, precision) }
+            } else {
+                pack_any(panel, q, b, depth, precision)
+            }
+        };
+        // Large operands packed on the fly are packed by every thread, a panel each.
+        let chunks = self.data.chunks_exact_mut(depth * NR);
+        if rayon::current_num_threads() > 1 && !SERIAL.get() && k * n >= 1 << 18 {
+            self.data
+                .par_chunks_exact_mut(depth * NR)
+                .enumerate()
+                .for_each(one);
         } else {
-            pack_any(&mut self.data, b, depth, precision)
+            chunks.enumerate().for_each(one);
         }
     }
 
@@ -107,12 +122,13 @@ impl PackedB {
     }
 }
 
-/// `B` with unit column stride: a panel's width of one row (f32) or two (bf16) per lane row.
+/// Panel `q` of `B` with unit column stride: a panel's width of one row (f32) or
+/// two (bf16) per lane row.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-unsafe fn pack_rows(out: &mut [u32], b: MatRef<'_, f32>, depth: usize, precision: Precision) {
+unsafe fn pack_rows(panel: &mut [u32], q: usize, b: MatRef<'_, f32>, precision: Precision) {
     let (k, n, step) = (b.rows, b.cols, per_lane(precision));
     let zeros = [0.0f32; NR];
-    for (q, panel) in out.chunks_exact_mut(depth * NR).enumerate() {
+    {
         let (j0, w) = (q * NR, NR.min(n - q * NR));
         for (d, dst) in panel.chunks_exact_mut(NR).enumerate() {
             let row = |p: usize| {
@@ -139,16 +155,14 @@ unsafe fn pack_rows(out: &mut [u32], b: MatRef<'_, f32>, depth: usize, precision
     }
 }
 
-/// `B` with any strides (a transposed view: values of one column lie together).
-fn pack_any(out: &mut [u32], b: MatRef<'_, f32>, depth: usize, precision: Precision) {
+/// Panel `q` of `B` with any strides (a transposed view: values of one column lie together).
+fn pack_any(panel: &mut [u32], q: usize, b: MatRef<'_, f32>, depth: usize, precision: Precision) {
     let (k, n, step) = (b.rows, b.cols, per_lane(precision));
     let at = |p: usize, col: usize| if p < k { b.data[col + p * b.rs] } else { 0.0 };
-    for (q, panel) in out.chunks_exact_mut(depth * NR).enumerate() {
-        for jj in 0..NR.min(n - q * NR) {
-            let col = (q * NR + jj) * b.cs;
-            for d in 0..depth {
-                panel[d * NR + jj] = lane(precision, at(step * d, col), at(step * d + 1, col));
-            }
+    for jj in 0..NR.min(n - q * NR) {
+        let col = (q * NR + jj) * b.cs;
+        for d in 0..depth {
+            panel[d * NR + jj] = lane(precision, at(step * d, col), at(step * d + 1, col));
         }
     }
 }
@@ -175,13 +189,49 @@ unsafe fn pack_a(
     for (r, panel) in out.chunks_exact_mut(depth * MR).enumerate() {
         let i0 = rows.start + r * MR;
         let mi = MR.min(rows.end - i0);
-        if a.cs == 1 {
+        if a.cs == 1 && precision == Precision::F32 {
+            // Row-major f32: each value is a lane.
+            for ii in 0..mi {
+                let row = &a.data[(i0 + ii) * a.rs..][..k];
+                for (d, &v) in row.iter().enumerate() {
+                    panel[d * MR + ii] = v.to_bits();
+                }
+            }
+        } else if a.cs == 1 && cfg!(target_arch = "x86_64") {
+            // Row-major bf16: a row's values pair up in order, 32 converted at once.
+            for ii in 0..mi {
+                let row = &a.data[(i0 + ii) * a.rs..][..k];
+                // SAFETY: bf16 products run only where AVX-512 BF16 is present
+                // (asserted by the caller); every lane written is in the panel.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::bf16_pairs_of_row(row, &mut panel[ii..])
+                };
+            }
+        } else if a.cs == 1 {
             // Row-major: the values of one lane are adjacent.
             for ii in 0..mi {
                 let row = &a.data[(i0 + ii) * a.rs..][..k];
                 for (d, v) in row.chunks(step).enumerate() {
                     panel[d * MR + ii] = lane(precision, v[0], v.get(1).copied().unwrap_or(0.0));
                 }
+            }
+        } else if a.rs == 1 && precision == Precision::F32 {
+            // Column-major (a transposed row-major operand, as `dgᵀ` in a weight
+            // gradient): the rows of one k are adjacent and copied as a run.
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let src = &a.data[p * a.cs + i0..][..mi];
+                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.to_bits());
+            }
+        } else if a.rs == 1 && cfg!(target_arch = "x86_64") {
+            // Column-major bf16: the rows of k = 2d and 2d + 1 are two runs, paired lane by lane.
+            for (d, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let col = |p: usize| (p < k).then(|| &a.data[p * a.cs + i0..][..mi]);
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::bf16_pairs_of_columns(col(2 * d), col(2 * d + 1), dst)
+                };
             }
         } else {
             // Transposed: the rows of one k lie next to each other.
@@ -230,11 +280,17 @@ pub fn gemm_packed(c: MatMut<'_, f32>, a: MatRef<'_, f32>, b: &PackedB, accumula
     }
 }
 
-/// `C = A·B` (or `+=`), packing both operands on the fly (for products whose
-/// operands change every call).
-pub fn matmul_bf16(c: MatMut<'_, f32>, a: MatRef<'_, f32>, b: MatRef<'_, f32>, accumulate: bool) {
+/// `C = A·B` (or `+=`) in `precision`, packing both operands on the fly (for
+/// products whose operands change every call) into buffers kept per thread.
+pub fn matmul_packed(
+    c: MatMut<'_, f32>,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    accumulate: bool,
+    precision: Precision,
+) {
     let mut packed = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().1));
-    packed.pack(b, Precision::Bf16);
+    packed.pack(b, precision);
     gemm_packed(c, a, &packed, accumulate);
     SCRATCH.with(|s| s.borrow_mut().1 = packed);
 }
@@ -293,6 +349,68 @@ fn run_rows(
 mod avx512 {
     use super::{MR, NR, NV};
     use std::arch::x86_64::*;
+
+    /// Lanes `dst[d·MR]` = bfloat16 pairs (`row[2d]`, `row[2d + 1]`) of one row of
+    /// `A`, rounded to nearest even (as `vcvtne2ps2bf16` does; subnormals become zero).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_pairs_of_row(row: &[f32], dst: &mut [u32]) {
+        let k = row.len();
+        let mut lanes = [0u32; 16];
+        for c in (0..k).step_by(32) {
+            let left = k - c;
+            let lo_mask = if left >= 16 {
+                u16::MAX
+            } else {
+                ((1u32 << left) - 1) as u16
+            };
+            // SAFETY: lanes c.. within `row`, under the mask.
+            let lo = unsafe { _mm512_maskz_loadu_ps(lo_mask, row.as_ptr().add(c)) };
+            // The upper half starts past the end of `row` when 16 or fewer are left:
+            // no pointer may be formed there, so it is zero without a load.
+            let hi = match left {
+                0..=16 => _mm512_setzero_ps(),
+                17..=31 => {
+                    let mask = ((1u32 << (left - 16)) - 1) as u16;
+                    // SAFETY: lanes c + 16.. within `row`, under the mask.
+                    unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(c + 16)) }
+                }
+                _ => unsafe { _mm512_loadu_ps(row.as_ptr().add(c + 16)) },
+            };
+            let pairs: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
+            // SAFETY: 64 bytes into a 64-byte array.
+            unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), pairs) };
+            for (j, &v) in lanes[..left.min(32).div_ceil(2)].iter().enumerate() {
+                dst[(c / 2 + j) * MR] = v;
+            }
+        }
+    }
+
+    /// One depth lane of an `MR`-row panel from two runs of `A`'s rows (k = 2d and
+    /// 2d + 1; `None` past the depth): `dst[i]` = bfloat16 pair (`lo[i]`, `hi[i]`).
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16")]
+    pub(super) unsafe fn bf16_pairs_of_columns(
+        lo: Option<&[f32]>,
+        hi: Option<&[f32]>,
+        dst: &mut [u32],
+    ) {
+        let load = |c: Option<&[f32]>| match c {
+            // SAFETY: the first c.len() (≤ 8) values, under the mask.
+            Some(c) => unsafe { _mm256_maskz_loadu_ps(((1u32 << c.len()) - 1) as u8, c.as_ptr()) },
+            None => _mm256_setzero_ps(),
+        };
+        let (l, h): (__m128i, __m128i) = unsafe {
+            (
+                std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(load(lo))),
+                std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(load(hi))),
+            )
+        };
+        let dst = &mut dst[..MR];
+        // SAFETY: 2 × 16 bytes into the panel's MR = 8 lanes.
+        unsafe {
+            _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm_unpacklo_epi16(l, h));
+            _mm_storeu_si128(dst.as_mut_ptr().add(4).cast(), _mm_unpackhi_epi16(l, h));
+        }
+    }
 
     /// 16 lanes of 32 bits seen as 32 bfloat16.
     #[inline(always)]
@@ -396,7 +514,7 @@ mod tests {
                     let mut c = vec![1.0f32; m * n];
                     let out = MatMut::dense(&mut c, m, n);
                     if precision == Precision::Bf16 {
-                        matmul_bf16(out, am, bm, accumulate);
+                        matmul_packed(out, am, bm, accumulate, Precision::Bf16);
                     } else {
                         let mut packed = PackedB::default();
                         packed.pack(bm, precision);

@@ -1,7 +1,7 @@
 //! The recurrent layer: one cell kind × `num_layers` × one or two directions,
 //! parameters named and shaped as torch.nn.RNN / LSTM / GRU.
 
-use super::{Dropout, ParamVisitor, Parameters};
+use super::{with_name, Dropout, ParamVisitor, Parameters};
 use crate::cell::gru::{self, GruCache};
 use crate::cell::lstm::{self, LstmCache};
 use crate::cell::rnn::{self, Activation, RnnCache};
@@ -315,7 +315,7 @@ impl<T: Real> Recurrent<T> {
                     }
                 )));
             }
-            for ((name, got), (_, exp)) in p.named().into_iter().zip(expect.named()) {
+            for ((name, got), (_, exp)) in p.named().zip(expect.named()) {
                 got.expect_shape(&format!("{name}{}", suffix(&config, idx)), exp.shape())?;
             }
         }
@@ -764,7 +764,7 @@ impl<T: Real> Recurrent<T> {
             });
             let done: Vec<&Tensor<T>> = self.grads[l * dirs..(l + 1) * dirs]
                 .iter()
-                .flat_map(|g| g.named().into_iter().map(|(_, t)| t))
+                .flat_map(|g| g.named().map(|(_, t)| t))
                 .collect();
             ready(&done);
             dx = std::mem::take(&mut dx_dirs[0]);
@@ -788,8 +788,9 @@ impl<T: Real> Parameters<T> for Recurrent<T> {
     /// Names as torch.nn: `weight_ih_l0`, …, `bias_hh_l1_reverse`.
     fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<T>)) {
         for (idx, p) in self.params.iter().enumerate() {
+            let (l, rev) = layer_and_reverse(&self.config, idx);
             for (name, t) in p.named() {
-                f(&format!("{name}{}", suffix(&self.config, idx)), t);
+                with_name(format_args!("{name}_l{l}{rev}"), |n| f(n, t));
             }
         }
     }
@@ -800,8 +801,9 @@ impl<T: Real> Parameters<T> for Recurrent<T> {
             .flat_map(|s| &mut s.caches)
             .for_each(CellCache::weights_changed);
         for (idx, (p, g)) in self.params.iter_mut().zip(&mut self.grads).enumerate() {
-            for ((name, t), (_, gt)) in p.named_mut().into_iter().zip(g.named_mut()) {
-                f(&format!("{name}{}", suffix(&self.config, idx)), t, gt);
+            let (l, rev) = layer_and_reverse(&self.config, idx);
+            for ((name, t), (_, gt)) in p.named_mut().zip(g.named_mut()) {
+                with_name(format_args!("{name}_l{l}{rev}"), |n| f(n, t, gt));
             }
         }
     }
@@ -854,8 +856,14 @@ fn state_rows<T: Real>(
 
 /// `_l{k}` or `_l{k}_reverse`: torch's suffix for cell `idx`.
 fn suffix(cfg: &RecurrentConfig, idx: usize) -> String {
+    let (l, rev) = layer_and_reverse(cfg, idx);
+    format!("_l{l}{rev}")
+}
+
+/// The layer of cell `idx` and the name suffix of its direction (`""` or `"_reverse"`).
+fn layer_and_reverse(cfg: &RecurrentConfig, idx: usize) -> (usize, &'static str) {
     let (l, d) = (idx / cfg.directions(), idx % cfg.directions());
-    format!("_l{l}{}", if d == 1 { "_reverse" } else { "" })
+    (l, if d == 1 { "_reverse" } else { "" })
 }
 
 /// Combines the direction outputs `[T, B, H]` of one layer into `out [T, B, output_size]`.

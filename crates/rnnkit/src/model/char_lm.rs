@@ -546,7 +546,9 @@ impl Parameters<f32> for CharLm {
         if let Some(e) = &self.embed {
             f("embed.weight", &e.weight);
         }
-        self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
+        self.rnn.visit_params(&mut |n, t| {
+            crate::layer::with_name(format_args!("rnn.{n}"), |n| f(n, t))
+        });
         f("head.weight", &self.head.weight);
         f("head.bias", &self.head.bias);
     }
@@ -555,8 +557,9 @@ impl Parameters<f32> for CharLm {
         if let Some(e) = &mut self.embed {
             f("embed.weight", &mut e.weight, &mut e.grad_weight);
         }
-        self.rnn
-            .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
+        self.rnn.visit_params_mut(&mut |n, t, g| {
+            crate::layer::with_name(format_args!("rnn.{n}"), |n| f(n, t, g))
+        });
         f(
             "head.weight",
             &mut self.head.weight,

@@ -647,13 +647,16 @@ impl<T: Real> Parameters<T> for Seq2seq<T> {
     /// `decoder.*`, `attn.*`, `combine.*`, `out.*`.
     fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor<T>)) {
         f("src_embed.weight", &self.src_embed.weight);
-        self.encoder
-            .visit_params(&mut |n, t| f(&format!("encoder.{n}"), t));
+        self.encoder.visit_params(&mut |n, t| {
+            crate::layer::with_name(format_args!("encoder.{n}"), |n| f(n, t))
+        });
         f("tgt_embed.weight", &self.tgt_embed.weight);
-        self.decoder
-            .visit_params(&mut |n, t| f(&format!("decoder.{n}"), t));
-        self.attention
-            .visit_params(&mut |n, t| f(&format!("attn.{n}"), t));
+        self.decoder.visit_params(&mut |n, t| {
+            crate::layer::with_name(format_args!("decoder.{n}"), |n| f(n, t))
+        });
+        self.attention.visit_params(&mut |n, t| {
+            crate::layer::with_name(format_args!("attn.{n}"), |n| f(n, t))
+        });
         if let Some(c) = &self.combine {
             f("combine.weight", &c.weight);
             f("combine.bias", &c.bias);
@@ -665,14 +668,17 @@ impl<T: Real> Parameters<T> for Seq2seq<T> {
     fn visit_params_mut(&mut self, f: &mut ParamVisitor<'_, T>) {
         let e = &mut self.src_embed;
         f("src_embed.weight", &mut e.weight, &mut e.grad_weight);
-        self.encoder
-            .visit_params_mut(&mut |n, t, g| f(&format!("encoder.{n}"), t, g));
+        self.encoder.visit_params_mut(&mut |n, t, g| {
+            crate::layer::with_name(format_args!("encoder.{n}"), |n| f(n, t, g))
+        });
         let e = &mut self.tgt_embed;
         f("tgt_embed.weight", &mut e.weight, &mut e.grad_weight);
-        self.decoder
-            .visit_params_mut(&mut |n, t, g| f(&format!("decoder.{n}"), t, g));
-        self.attention
-            .visit_params_mut(&mut |n, t, g| f(&format!("attn.{n}"), t, g));
+        self.decoder.visit_params_mut(&mut |n, t, g| {
+            crate::layer::with_name(format_args!("decoder.{n}"), |n| f(n, t, g))
+        });
+        self.attention.visit_params_mut(&mut |n, t, g| {
+            crate::layer::with_name(format_args!("attn.{n}"), |n| f(n, t, g))
+        });
         if let Some(c) = &mut self.combine {
             f("combine.weight", &mut c.weight, &mut c.grad_weight);
             f("combine.bias", &mut c.bias, &mut c.grad_bias);

@@ -42,14 +42,17 @@ macro_rules! params_of_rnn_and_head {
     ($model:ty) => {
         impl $crate::layer::Parameters<f32> for $model {
             fn visit_params(&self, f: &mut dyn FnMut(&str, &$crate::tensor::Tensor<f32>)) {
-                self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
+                self.rnn.visit_params(&mut |n, t| {
+                    $crate::layer::with_name(format_args!("rnn.{n}"), |n| f(n, t))
+                });
                 f("head.weight", &self.head.weight);
                 f("head.bias", &self.head.bias);
             }
 
             fn visit_params_mut(&mut self, f: &mut $crate::layer::ParamVisitor<'_, f32>) {
-                self.rnn
-                    .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
+                self.rnn.visit_params_mut(&mut |n, t, g| {
+                    $crate::layer::with_name(format_args!("rnn.{n}"), |n| f(n, t, g))
+                });
                 f(
                     "head.weight",
                     &mut self.head.weight,

@@ -675,9 +675,13 @@ impl Parameters<f32> for Tagger {
         f("word_embed.weight", &self.word_embed.weight);
         if let Some(c) = &self.char_rnn {
             f("char_embed.weight", &self.char_embed.weight);
-            c.visit_params(&mut |n, t| f(&format!("char_rnn.{n}"), t));
+            c.visit_params(&mut |n, t| {
+                crate::layer::with_name(format_args!("char_rnn.{n}"), |n| f(n, t))
+            });
         }
-        self.rnn.visit_params(&mut |n, t| f(&format!("rnn.{n}"), t));
+        self.rnn.visit_params(&mut |n, t| {
+            crate::layer::with_name(format_args!("rnn.{n}"), |n| f(n, t))
+        });
         f("head.weight", &self.head.weight);
         f("head.bias", &self.head.bias);
     }
@@ -694,10 +698,13 @@ impl Parameters<f32> for Tagger {
                 &mut self.char_embed.weight,
                 &mut self.char_embed.grad_weight,
             );
-            c.visit_params_mut(&mut |n, t, g| f(&format!("char_rnn.{n}"), t, g));
+            c.visit_params_mut(&mut |n, t, g| {
+                crate::layer::with_name(format_args!("char_rnn.{n}"), |n| f(n, t, g))
+            });
         }
-        self.rnn
-            .visit_params_mut(&mut |n, t, g| f(&format!("rnn.{n}"), t, g));
+        self.rnn.visit_params_mut(&mut |n, t, g| {
+            crate::layer::with_name(format_args!("rnn.{n}"), |n| f(n, t, g))
+        });
         f(
             "head.weight",
             &mut self.head.weight,
