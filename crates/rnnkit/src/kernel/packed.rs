@@ -105,14 +105,16 @@ impl PackedB {
             }
         };
         // Large operands packed on the fly are packed by every thread, a panel each.
-        let chunks = self.data.chunks_exact_mut(depth * NR);
         if rayon::current_num_threads() > 1 && !SERIAL.get() && k * n >= 1 << 18 {
             self.data
                 .par_chunks_exact_mut(depth * NR)
                 .enumerate()
                 .for_each(one);
         } else {
-            chunks.enumerate().for_each(one);
+            self.data
+                .chunks_exact_mut(depth * NR)
+                .enumerate()
+                .for_each(one);
         }
     }
 
@@ -128,27 +130,25 @@ impl PackedB {
 unsafe fn pack_rows(panel: &mut [u32], q: usize, b: MatRef<'_, f32>, precision: Precision) {
     let (k, n, step) = (b.rows, b.cols, per_lane(precision));
     let zeros = [0.0f32; NR];
-    {
-        let (j0, w) = (q * NR, NR.min(n - q * NR));
-        for (d, dst) in panel.chunks_exact_mut(NR).enumerate() {
-            let row = |p: usize| {
-                if p < k {
-                    &b.data[p * b.rs + j0..][..w]
-                } else {
-                    &zeros[..w]
+    let (j0, w) = (q * NR, NR.min(n - q * NR));
+    for (d, dst) in panel.chunks_exact_mut(NR).enumerate() {
+        let row = |p: usize| {
+            if p < k {
+                &b.data[p * b.rs + j0..][..w]
+            } else {
+                &zeros[..w]
+            }
+        };
+        let (lo, hi) = (row(step * d), row(step * d + 1));
+        match precision {
+            Precision::F32 => {
+                for (dst, &l) in dst[..w].iter_mut().zip(lo) {
+                    *dst = l.to_bits();
                 }
-            };
-            let (lo, hi) = (row(step * d), row(step * d + 1));
-            match precision {
-                Precision::F32 => {
-                    for (dst, &l) in dst[..w].iter_mut().zip(lo) {
-                        *dst = l.to_bits();
-                    }
-                }
-                Precision::Bf16 => {
-                    for ((dst, &l), &h) in dst[..w].iter_mut().zip(lo).zip(hi) {
-                        *dst = pair(l, h);
-                    }
+            }
+            Precision::Bf16 => {
+                for ((dst, &l), &h) in dst[..w].iter_mut().zip(lo).zip(hi) {
+                    *dst = pair(l, h);
                 }
             }
         }
@@ -208,14 +208,6 @@ unsafe fn pack_a(
                     avx512::bf16_pairs_of_row(row, &mut panel[ii..])
                 };
             }
-        } else if a.cs == 1 {
-            // Row-major: the values of one lane are adjacent.
-            for ii in 0..mi {
-                let row = &a.data[(i0 + ii) * a.rs..][..k];
-                for (d, v) in row.chunks(step).enumerate() {
-                    panel[d * MR + ii] = lane(precision, v[0], v.get(1).copied().unwrap_or(0.0));
-                }
-            }
         } else if a.rs == 1 && precision == Precision::F32 {
             // Column-major (a transposed row-major operand, as `dgᵀ` in a weight
             // gradient): the rows of one k are adjacent and copied as a run.
@@ -234,7 +226,7 @@ unsafe fn pack_a(
                 };
             }
         } else {
-            // Transposed: the rows of one k lie next to each other.
+            // Any other strides.
             for (d, dst) in panel.chunks_exact_mut(MR).enumerate() {
                 let col = |p: usize| (p < k).then(|| &a.data[p * a.cs + i0 * a.rs..]);
                 let (lo, hi) = (col(step * d), col(step * d + 1));
