@@ -365,23 +365,12 @@ fn train(o: CtcTrainOpts) -> anyhow::Result<ExitCode> {
         let p = data_path.parent().unwrap_or(Path::new(".")).join(name);
         p.exists().then_some(p)
     };
-    let stored = |key: &str| -> anyhow::Result<Option<PathBuf>> {
-        Ok(match &resolved.resume {
-            Some((p, _)) => rnnkit::checkpoint::TensorFile::open(p)?
-                .metadata()
-                .get(key)
-                .map(PathBuf::from),
-            None => None,
-        })
-    };
-    let dev_path = match &o.dev {
-        Some(p) => Some(p.clone()),
-        None => stored(META_DEV_PATH)?.or_else(|| beside("dev.tsv")),
-    };
-    let test_path = match &o.test {
-        Some(p) => Some(p.clone()),
-        None => stored(META_TEST_PATH)?.or_else(|| beside("test.tsv")),
-    };
+    let dev_path = resolved
+        .recorded_path(&o.dev, META_DEV_PATH)
+        .or_else(|| beside("dev.tsv"));
+    let test_path = resolved
+        .recorded_path(&o.test, META_TEST_PATH)
+        .or_else(|| beside("test.tsv"));
     let resumed = match &resolved.resume {
         Some((p, _)) => {
             Some(CtcModel::load(p).with_context(|| format!("--resume {}", p.display()))?)

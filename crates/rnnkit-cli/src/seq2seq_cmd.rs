@@ -323,23 +323,8 @@ struct RunData {
 fn read_data(o: &Seq2seqTrainOpts, r: &Resolved<Seq2seqConfig>) -> anyhow::Result<RunData> {
     let data_path = r.data_path(&o.data);
     // A resumed run reads the validation and test files it was started with.
-    let stored = |key: &str| -> anyhow::Result<Option<PathBuf>> {
-        Ok(match &r.resume {
-            Some((p, _)) => rnnkit::checkpoint::TensorFile::open(p)?
-                .metadata()
-                .get(key)
-                .map(PathBuf::from),
-            None => None,
-        })
-    };
-    let dev_path = match &o.dev {
-        Some(p) => Some(p.clone()),
-        None => stored(META_DEV_PATH)?,
-    };
-    let test_path = match &o.test {
-        Some(p) => Some(p.clone()),
-        None => stored(META_TEST_PATH)?,
-    };
+    let dev_path = r.recorded_path(&o.dev, META_DEV_PATH);
+    let test_path = r.recorded_path(&o.test, META_TEST_PATH);
     let files = (dev_path.clone(), test_path.clone());
     let bundled = data_path
         .as_ref()

@@ -151,6 +151,14 @@ impl<M> Resolved<M> {
         flag.clone()
             .or_else(|| self.resume.as_ref().and_then(|(_, s)| s.data_path.clone()))
     }
+
+    /// The file named by the flag, else the path the resumed run recorded under `key`.
+    pub fn recorded_path(&self, flag: &Option<PathBuf>, key: &str) -> Option<PathBuf> {
+        flag.clone().or_else(|| {
+            let (_, stored) = self.resume.as_ref()?;
+            stored.metadata.get(key).map(PathBuf::from)
+        })
+    }
 }
 
 /// The checks a run makes of its resolved settings before it reads any data;

@@ -11,7 +11,7 @@ use rnnkit::layer::{Linear, ParamVisitor};
 use rnnkit::loss::{argmax_rows, cross_entropy, CrossEntropy};
 use rnnkit::task::{BatchLoss, Metrics, Selection, Task, META_TASK};
 use rnnkit::train::{self, Change, LogEntry, Observer, Recipe, Schedule, Setting, Settings};
-use rnnkit::train::{TrainConfig, TrainSettings, TrainState};
+use rnnkit::train::{GradientSink, TrainConfig, TrainSettings, TrainState};
 use rnnkit::{CellKind, Parameters, Pool, PoolKind, Recurrent, RecurrentConfig, Rng, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -144,7 +144,13 @@ impl Task for Parity {
         100
     }
 
-    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> rnnkit::Result<BatchLoss> {
+    fn train_batch(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        _ready: &mut GradientSink<'_>,
+    ) -> rnnkit::Result<BatchLoss> {
         // Batch k of an epoch depends only on (seed, epoch, k), so a resumed run sees the same data.
         let mut data_rng = Rng::new(self.seed ^ (epoch << 20) ^ k as u64);
         let (strings, targets) = bit_strings(self.batch, self.config.max_len, &mut data_rng);

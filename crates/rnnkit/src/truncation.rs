@@ -92,7 +92,7 @@ pub fn train_truncated(
         if k == 0 {
             task.start_epoch(epoch);
         }
-        let loss = task.train_batch(epoch, k, &mut rng)?;
+        let loss = task.train_batch(epoch, k, &mut rng, &mut |_| {})?;
         if !loss.loss.is_finite() {
             return Err(Error::Input(format!(
                 "window {seq_len}: the training loss became non-finite at update {}; lower the learning rate",

@@ -300,11 +300,7 @@ impl Task for CharLmTask {
         self.carry = None; // a new pass starts the streams again
     }
 
-    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
-        self.step(epoch, k, rng, &mut |_| {})
-    }
-
-    fn train_batch_overlapped(
+    fn train_batch(
         &mut self,
         epoch: u64,
         k: usize,

@@ -17,7 +17,7 @@ use crate::loss::{ctc_loss, CtcOptions, Reduction};
 use crate::rng::Rng;
 use crate::task::classifier::DenseBatch;
 use crate::tensor::Tensor;
-use crate::train::{Change, Setting, Settings, Shard};
+use crate::train::{Change, GradientSink, Setting, Settings, Shard};
 use crate::CellKind;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -596,7 +596,13 @@ impl Task for CtcTask {
         self.train.len().div_ceil(self.batch.max(1))
     }
 
-    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
+    fn train_batch(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        _ready: &mut GradientSink<'_>,
+    ) -> Result<BatchLoss> {
         let train = &self.train;
         let lengths = || train.iter().map(|u| u.frames).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);

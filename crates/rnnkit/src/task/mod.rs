@@ -140,20 +140,16 @@ pub trait Task: Parameters<f32> {
     fn start_epoch(&mut self, _epoch: u64) {}
     /// Forward with dropout, loss and backward on batch `k` of epoch `epoch` (whose
     /// order depends only on the seed and the epoch); adds the gradients of the mean loss.
-    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss>;
-    /// [`Task::train_batch`], handing each group of gradients to `ready` as soon as
-    /// the backward pass has finished it (data-parallel training sums them meanwhile).
-    /// A task that hands nothing over has its gradients summed after its backward pass.
-    fn train_batch_overlapped(
+    /// A task may hand each group of gradients to `ready` as soon as the backward pass
+    /// has finished it (data-parallel training sums them meanwhile); what it does not
+    /// hand over is summed after its backward pass.
+    fn train_batch(
         &mut self,
         epoch: u64,
         k: usize,
         rng: &mut Rng,
         ready: &mut GradientSink<'_>,
-    ) -> Result<BatchLoss> {
-        let _ = ready;
-        self.train_batch(epoch, k, rng)
-    }
+    ) -> Result<BatchLoss>;
     /// Data-parallel training: trains from now on on share `shard` of every batch
     /// (the batches, their order and their count stay those of the whole run). Under
     /// a shard, [`Task::carried_state`] gives the whole batch's tensors with zeros in

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::seq2seq::{DecodeOptions, PairBatch, Seq2seq, Seq2seqConfig};
 use crate::tensor::Tensor;
-use crate::train::Shard;
+use crate::train::{GradientSink, Shard};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -245,7 +245,13 @@ impl Task for Seq2seqTask {
         self.pairs.len().div_ceil(self.batch.max(1))
     }
 
-    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
+    fn train_batch(
+        &mut self,
+        epoch: u64,
+        k: usize,
+        rng: &mut Rng,
+        _ready: &mut GradientSink<'_>,
+    ) -> Result<BatchLoss> {
         let all = &self.pairs;
         let lengths = || all.iter().map(|(s, _)| s.len()).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);

@@ -834,11 +834,7 @@ impl Task for TagTask {
         self.train.len().div_ceil(self.batch.max(1))
     }
 
-    fn train_batch(&mut self, epoch: u64, k: usize, rng: &mut Rng) -> Result<BatchLoss> {
-        self.step(epoch, k, rng, &mut |_| {})
-    }
-
-    fn train_batch_overlapped(
+    fn train_batch(
         &mut self,
         epoch: u64,
         k: usize,

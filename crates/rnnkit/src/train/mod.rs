@@ -253,7 +253,7 @@ pub fn run_parallel<T: Task>(
             (out, Some(stop))
         } else {
             let out = crate::kernel::with_precision(recipe.precision, || {
-                task.train_batch(epoch_idx, k, &mut st.rng)
+                task.train_batch(epoch_idx, k, &mut st.rng, &mut |_| {})
             })?;
             (out, None)
         };
@@ -474,7 +474,7 @@ impl<T: Task> LocalStep for Step<'_, T> {
     fn run(&mut self, ready: &mut GradientSink<'_>) -> Result<BatchLoss> {
         let (task, rng) = (&mut *self.task, &mut *self.rng);
         crate::kernel::with_precision(self.precision, || {
-            task.train_batch_overlapped(self.epoch, self.k, rng, ready)
+            task.train_batch(self.epoch, self.k, rng, ready)
         })
     }
 

@@ -77,6 +77,8 @@ pub struct StoredRun<M> {
     pub data_path: Option<PathBuf>,
     /// The step it stopped at.
     pub step: u64,
+    /// Everything the checkpoint's metadata holds (a task's own records among it).
+    pub metadata: HashMap<String, String>,
 }
 
 /// Reads what a checkpoint says about its run, without loading the model.
@@ -93,6 +95,7 @@ pub fn stored_run<M: Serialize + DeserializeOwned>(path: &Path) -> Result<Stored
         },
         data_path: file.metadata().get(DATA_PATH).map(PathBuf::from),
         step: parse(&file, STEP)?,
+        metadata: file.metadata().clone(),
     })
 }
 
