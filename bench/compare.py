@@ -244,8 +244,9 @@ def char_lm_table(results, bf, g, tok):
               + ["f32 FMA peak GFLOP/s", "rnnkit % of peak"]
               + (["bf16 % of bf16 peak"] if bf else []) + ["PyTorch % of peak"]
               + ["rnnkit µs/char", "bound µs/char", "÷ bound", "bf16-weights µs/char",
-                 "bf16 bound µs/char", "÷ bound", "PyTorch µs/char", "sampling speed-up",
-                 "bf16-weights speed-up", "rnnkit peak RSS MiB", "PyTorch peak RSS MiB",
+                 "bf16 bound µs/char", "÷ bound", "int8-weights µs/char", "int8 bound µs/char",
+                 "÷ bound", "PyTorch µs/char", "sampling speed-up",
+                 "bf16-weights speed-up", "int8-weights speed-up", "rnnkit peak RSS MiB", "PyTorch peak RSS MiB",
                  "RSS ratio"])
     rows = []
     for res in results:
@@ -262,10 +263,12 @@ def char_lm_table(results, bf, g, tok):
             us, us16, ust = (g(mr, "sample_us_per_char"), g(mr, "sample_bf16_us_per_char"),
                              g(mp, "sample_us_per_char"))
             bound, bound16 = g(mr, "sample_bound_us_per_char"), g(mr, "sample_bf16_bound_us_per_char")
+            us8, bound8 = g(mr, "sample_int8_us_per_char"), g(mr, "sample_int8_bound_us_per_char")
             cells += [fmt(us, 1), fmt(bound, 1), ratio(us, bound), fmt(us16, 1), fmt(bound16, 1),
-                      ratio(us16, bound16), fmt(ust, 1), ratio(ust, us), ratio(ust, us16)]
+                      ratio(us16, bound16), fmt(us8, 1), fmt(bound8, 1), ratio(us8, bound8),
+                      fmt(ust, 1), ratio(ust, us), ratio(ust, us16), ratio(ust, us8)]
         else:
-            cells += ["—"] * 9
+            cells += ["—"] * 13
         if res["rss"]:
             cells += [fmt(g(mr, "peak_rss_mb"), 1), fmt(g(mp, "peak_rss_mb"), 1),
                       ratio(g(mp, "peak_rss_mb"), g(mr, "peak_rss_mb"))]
@@ -276,7 +279,8 @@ def char_lm_table(results, bf, g, tok):
     out += ["", "ratio = rnnkit tok/s ÷ PyTorch tok/s; sampling speed-up = PyTorch µs ÷ rnnkit µs; "
             "RSS ratio = PyTorch MiB ÷ rnnkit MiB (> 1 = rnnkit better in all three). "
             "bf16: `rnnkit bench --bf16` (bfloat16 operands, f32 sums in the matrix products) "
-            "and sampling with bfloat16 weights; every other column is f32. "
+            "and sampling with bfloat16 weights; int8: sampling with int8 weights (a scale per row, "
+            "the vector quantised at each product); every other column is f32. "
             "Peaks are measured by `rnnkit bench` on this machine with the same threads "
             "(independent FMA / vdpbf16ps chains on every thread); PyTorch's share is of the same f32 peak. "
             "bound = the weight bytes batch-1 sampling reads per character ÷ the read bandwidth "

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use rnnkit::data::UnknownPolicy;
-use rnnkit::model::CharLm;
+use rnnkit::model::{CharLm, Weights};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,12 @@ pub struct EvalOpts {
     /// of characters skipped or replaced).
     #[arg(long)]
     json: bool,
+    /// Score with the weights `rnnkit sample --bf16` uses (one character at a time).
+    #[arg(long)]
+    bf16: bool,
+    /// Score with the int8 weights of `rnnkit sample --int8` (one character at a time).
+    #[arg(long, conflicts_with = "bf16")]
+    int8: bool,
     /// Worker threads [default: all cores].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
@@ -78,7 +84,11 @@ pub fn run(o: EvalOpts) -> anyhow::Result<ExitCode> {
             .progress_chars("=> "),
         )
     };
-    let scored = rnnkit::task::char_lm::eval_ids(&mut model, &ids, CHUNK, |n| bar.inc(n as u64));
+    let progress = |n: usize| bar.inc(n as u64);
+    let scored = match crate::sample_cmd::weights(o.bf16, o.int8) {
+        Weights::F32 => rnnkit::task::char_lm::eval_ids(&mut model, &ids, CHUNK, progress),
+        w => rnnkit::task::char_lm::eval_ids_stepped(&model, &ids, w, progress),
+    };
     bar.finish_and_clear();
     let (chars, nats) = scored.with_context(|| format!("scoring {}", o.text.display()))?;
     let bits = nats / std::f64::consts::LN_2;

@@ -256,6 +256,11 @@ fn sample_streams_exactly_prime_plus_length_and_is_reproducible() {
         stdout(&rnnkit(&greedy, dir.path())),
         stdout(&rnnkit(&greedy, dir.path()))
     );
+    let mut int8 = args.to_vec();
+    int8.push("--int8");
+    let o = rnnkit(&int8, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).chars().count(), 6 + 40);
     for (flags, needle) in [
         (
             vec!["--prime", "ab\u{1F600}c"],
@@ -265,6 +270,7 @@ fn sample_streams_exactly_prime_plus_length_and_is_reproducible() {
         (vec!["--top-p", "1.5"], "top-p must be in (0, 1]"),
         (vec!["--top-p", "0"], "top-p must be in (0, 1]"),
         (vec!["--top-k", "0"], "--top-k"),
+        (vec!["--bf16", "--int8"], "cannot be used with"),
     ] {
         let mut args = vec!["sample", "--checkpoint", "o/latest.safetensors"];
         args.extend(flags);
@@ -305,6 +311,36 @@ fn eval_reports_chars_nats_and_bits() {
         j["bits_per_char"].as_f64().unwrap(),
     );
     assert!(nats > 0.5 && nats < 6.0 && (bits - nats / std::f64::consts::LN_2).abs() < 1e-12);
+    // The weights of `sample --bf16` and `--int8`, one character at a time: close to f32.
+    for (flag, within) in [("--bf16", 0.01), ("--int8", 0.02)] {
+        let o = rnnkit(
+            &[
+                "eval",
+                "--checkpoint",
+                "o/latest.safetensors",
+                "--text",
+                "t.txt",
+                "--json",
+                flag,
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{flag}: {}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(j["chars"], 41);
+        let got = j["nats_per_char"].as_f64().unwrap();
+        assert!((got - nats).abs() < within, "{flag}: {got} vs f32 {nats}");
+    }
+    let both = [
+        "eval",
+        "--checkpoint",
+        "o/latest.safetensors",
+        "--text",
+        "t.txt",
+        "--bf16",
+        "--int8",
+    ];
+    fails_with(&rnnkit(&both, dir.path()), "cannot be used with");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::decode::{sample, SamplingConfig};
 use crate::error::{Error, Result};
 use crate::layer::Parameters;
 use crate::limits::{MAX_BATCH, MAX_BENCH_VOCAB, MAX_SEQ_LEN};
-use crate::model::{CharLm, CharLmConfig, Precision, Stepper};
+use crate::model::{CharLm, CharLmConfig, Precision, Stepper, Weights};
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerKind};
 use crate::rng::Rng;
 use serde::Serialize;
@@ -51,8 +51,10 @@ pub struct BenchReport {
     pub step_seconds: f64,
     /// Mean microseconds per sampled character (batch 1, temperature 1, state carried).
     pub sample_us_per_char: f64,
-    /// The same with the weights held in bfloat16 ([`Precision::Bf16`]).
+    /// The same with the weights held in bfloat16 ([`Weights::Bf16`]).
     pub sample_bf16_us_per_char: f64,
+    /// The same with int8 weights ([`Weights::Int8`]).
+    pub sample_int8_us_per_char: f64,
     /// Peak resident memory of the process, in MiB (Linux; 0 elsewhere).
     pub peak_rss_mb: f64,
     /// Worker threads used.
@@ -72,6 +74,8 @@ pub struct BenchReport {
     pub sample_bound_us_per_char: f64,
     /// The same for bf16 weights (half the bytes, bandwidth measured on that size).
     pub sample_bf16_bound_us_per_char: f64,
+    /// The same for int8 weights (a quarter of the bytes).
+    pub sample_int8_bound_us_per_char: f64,
 }
 
 /// Training throughput as a percentage of the peak that bounds it.
@@ -128,9 +132,10 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let tokens_per_sec = n as f64 / step_seconds;
     let flops = 3.0 * cfg.model.flops_per_token(cfg.vocab) as f64;
 
-    let mut sample_us = [0.0; 2];
-    for (us, precision) in sample_us.iter_mut().zip([Precision::F32, Precision::Bf16]) {
-        let mut stepper = Stepper::new(&model, precision)?;
+    let mut sample_us = [0.0; 3];
+    let kinds = [Weights::F32, Weights::Bf16, Weights::Int8];
+    for (us, weights) in sample_us.iter_mut().zip(kinds) {
+        let mut stepper = Stepper::new(&model, weights)?;
         *us = crate::kernel::on_pool(|| time_sampling(&mut stepper, cfg.sample_chars, &mut rng))?;
     }
     let limits = peak::measure();
@@ -140,10 +145,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             weights += w.len();
         }
     });
-    let (f32_bytes, bf16_bytes) = (4 * weights, 2 * weights);
-    let (f32_gbs, bf16_gbs) = (
+    let (f32_bytes, bf16_bytes, int8_bytes) = (4 * weights, 2 * weights, weights);
+    let (f32_gbs, bf16_gbs, int8_gbs) = (
         peak::read_bandwidth_gbs(f32_bytes),
         peak::read_bandwidth_gbs(bf16_bytes),
+        peak::read_bandwidth_gbs(int8_bytes),
     );
     let train_gflops = flops * tokens_per_sec / 1e9;
     Ok(BenchReport {
@@ -155,9 +161,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         sample_read_gbs: f32_gbs,
         sample_bound_us_per_char: f32_bytes as f64 / f32_gbs / 1e3,
         sample_bf16_bound_us_per_char: bf16_bytes as f64 / bf16_gbs / 1e3,
+        sample_int8_bound_us_per_char: int8_bytes as f64 / int8_gbs / 1e3,
         step_seconds,
         sample_us_per_char: sample_us[0],
         sample_bf16_us_per_char: sample_us[1],
+        sample_int8_us_per_char: sample_us[2],
         peak_rss_mb: peak_rss_mb(),
         threads: rayon::current_num_threads(),
     })

@@ -1,11 +1,11 @@
 //! The batch-1 stepper (sampling) against the model's own sequence forward pass:
 //! every cell kind, with and without the first layer's lookup table, with the
-//! hidden units split between two threads and not, in f32 and bfloat16.
+//! hidden units split between two threads and not, in f32, bfloat16 and int8.
 
 use rnnkit::cell::CellKind;
 use rnnkit::data::Vocab;
 use rnnkit::decode::{generate, SamplingConfig};
-use rnnkit::model::{CharLm, CharLmConfig, Precision, Stepper};
+use rnnkit::model::{CharLm, CharLmConfig, Stepper, Weights};
 use rnnkit::Rng;
 
 fn model(cell: CellKind, vocab: usize, embed: usize, hidden: usize) -> CharLm {
@@ -24,10 +24,10 @@ fn model(cell: CellKind, vocab: usize, embed: usize, hidden: usize) -> CharLm {
 
 /// Largest difference between the stepper's logits and the sequence pass's, over
 /// 12 characters with the state carried, relative to the largest logit.
-fn worst_error(m: &mut CharLm, precision: Precision) -> f32 {
+fn worst_error(m: &mut CharLm, weights: Weights) -> f32 {
     let vocab = m.vocab().len();
     let ids: Vec<usize> = (0..12).map(|i| (i * 7 + 3) % vocab).collect();
-    let mut stepper = Stepper::new(m, precision).unwrap();
+    let mut stepper = Stepper::new(m, weights).unwrap();
     let (mut worst, mut state) = (0.0f32, None);
     for &id in &ids {
         let got = stepper.feed(id).unwrap().to_vec();
@@ -53,10 +53,13 @@ fn stepper_matches_the_sequence_forward_pass() {
             // one-hot inputs (embed 0).
             for (vocab, embed, hidden) in [(30, 8, 40), (100, 8, 24), (20, 16, 150), (30, 0, 40)] {
                 let mut m = model(cell, vocab, embed, hidden);
-                let e = worst_error(&mut m, Precision::F32);
+                let e = worst_error(&mut m, Weights::F32);
                 assert!(e < 2e-5, "{cell} V{vocab} E{embed} H{hidden} f32: {e}");
-                let e = worst_error(&mut m, Precision::Bf16);
+                let e = worst_error(&mut m, Weights::Bf16);
                 assert!(e < 3e-2, "{cell} V{vocab} E{embed} H{hidden} bf16: {e}");
+                // Both operands rounded to 255 levels (0.4–1.9 % seen).
+                let e = worst_error(&mut m, Weights::Int8);
+                assert!(e < 4e-2, "{cell} V{vocab} E{embed} H{hidden} int8: {e}");
             }
         }
     });
@@ -65,7 +68,7 @@ fn stepper_matches_the_sequence_forward_pass() {
 #[test]
 fn reset_and_bad_ids() {
     let m = model(CellKind::Lstm, 10, 4, 8);
-    let mut s = Stepper::new(&m, Precision::F32).unwrap();
+    let mut s = Stepper::new(&m, Weights::F32).unwrap();
     let first = s.feed(3).unwrap().to_vec();
     s.feed(5).unwrap();
     s.reset();

@@ -4,7 +4,7 @@
 pub mod ctc;
 
 use crate::error::{Error, Result};
-use crate::model::{CharLm, Precision, Stepper};
+use crate::model::{CharLm, Stepper, Weights};
 use crate::rng::Rng;
 
 /// How the next character is drawn.
@@ -17,7 +17,7 @@ pub struct SamplingConfig {
     /// Keep the smallest set of most likely tokens whose probability reaches p, in (0, 1].
     pub top_p: Option<f32>,
     /// How the model's weights are held while generating.
-    pub precision: Precision,
+    pub weights: Weights,
 }
 
 impl Default for SamplingConfig {
@@ -26,7 +26,7 @@ impl Default for SamplingConfig {
             temperature: 1.0,
             top_k: None,
             top_p: None,
-            precision: Precision::F32,
+            weights: Weights::F32,
         }
     }
 }
@@ -124,7 +124,7 @@ pub fn generate(
     } else {
         model.vocab().encode(prime)?
     };
-    let mut stepper = Stepper::new(model, cfg.precision)?;
+    let mut stepper = Stepper::new(model, cfg.weights)?;
     let vocab = model.vocab();
     crate::kernel::on_pool(|| {
         let (&last, prime) = ids.split_last().expect("at least one id");

@@ -4,10 +4,13 @@
 mod activation;
 mod elementwise;
 mod gemv;
+mod int8;
 mod matmul;
 mod packed;
 
 pub use activation::{exp_f32, sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
+pub use int8::int8_supported;
+pub(crate) use int8::{Int8Rows, Int8Vector};
 pub use packed::{bf16_supported, gemm_packed, matmul_packed, packed_supported, PackedB};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};

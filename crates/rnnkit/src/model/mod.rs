@@ -6,4 +6,4 @@ mod stepper;
 
 pub use crate::kernel::Precision;
 pub use char_lm::{CharLm, CharLmConfig, META_CELL, META_VOCAB};
-pub use stepper::Stepper;
+pub use stepper::{Stepper, Weights};

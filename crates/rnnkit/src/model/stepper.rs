@@ -3,35 +3,62 @@
 //! them: the hidden units are shared out between the cores, each computing the gate
 //! rows of its units and their cell update (one join per layer); the first layer's
 //! input product is a table lookup, `W_ih0·E[id] + b_ih0` precomputed per
-//! character; the weights can be kept in bfloat16, halving the bytes to stream.
+//! character; the weights can be kept in bfloat16 or int8, halving or quartering
+//! the bytes to stream.
 //! The cell equations are those of `crate::cell` (named there).
 
 use super::CharLm;
 use crate::cell::{lstm, CellKind};
 use crate::error::{Error, Result};
 use crate::kernel::{
-    add_bias_rows, dot_rows_bf16, matmul, serial, sigmoid_f32, tanh_f32, to_bf16, MatMut, MatRef,
-    Precision,
+    add_bias_rows, dot_rows_bf16, matmul, serial, sigmoid_f32, tanh_f32, to_bf16, Int8Rows,
+    Int8Vector, MatMut, MatRef, Precision,
 };
 use rayon::prelude::*;
+
+/// How a [`Stepper`] holds the weight matrices it streams at every step (biases,
+/// the first layer's input table and the state stay f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Weights {
+    /// As trained: logits match the model's forward pass to rounding.
+    #[default]
+    F32,
+    /// bfloat16: half the bytes; logits within about 1 % of f32.
+    Bf16,
+    /// 8-bit integers with a scale per row, the vector quantised to 8 bits at each
+    /// product (AVX-512 VNNI): a quarter of the bytes; slower than f32 without VNNI.
+    Int8,
+}
+
+impl From<Precision> for Weights {
+    fn from(p: Precision) -> Weights {
+        match p {
+            Precision::F32 => Weights::F32,
+            Precision::Bf16 => Weights::Bf16,
+        }
+    }
+}
 
 /// A row-major weight matrix `[rows, cols]` in the stepper's precision.
 #[derive(Clone, Debug)]
 enum Rows {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
+    Int8(Int8Rows),
 }
 
 impl Rows {
-    fn new(w: &[f32], precision: Precision) -> Rows {
-        match precision {
-            Precision::F32 => Rows::F32(w.to_vec()),
-            Precision::Bf16 => Rows::Bf16(w.iter().map(|&v| to_bf16(v)).collect()),
+    fn new(w: &[f32], cols: usize, weights: Weights) -> Rows {
+        match weights {
+            Weights::F32 => Rows::F32(w.to_vec()),
+            Weights::Bf16 => Rows::Bf16(w.iter().map(|&v| to_bf16(v)).collect()),
+            Weights::Int8 => Rows::Int8(Int8Rows::new(w, cols)),
         }
     }
 
-    /// `y[i] = row(r0 + i)·x` (+ `bias[r0 + i]`).
-    fn dot(&self, r0: usize, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    /// `y[i] = row(r0 + i)·x` (+ `bias[r0 + i]`); int8 rows read `xq`, the
+    /// quantised `x`, instead.
+    fn dot(&self, r0: usize, x: &[f32], xq: &Int8Vector, bias: Option<&[f32]>, y: &mut [f32]) {
         let (k, m) = (x.len(), y.len());
         let rows = r0 * k..(r0 + m) * k;
         match self {
@@ -42,6 +69,7 @@ impl Rows {
                 false,
             ),
             Rows::Bf16(w) => dot_rows_bf16(y, &w[rows], x),
+            Rows::Int8(w) => w.dot(r0, xq, y),
         }
         if let Some(b) = bias {
             y.iter_mut().zip(&b[r0..r0 + m]).for_each(|(y, &b)| *y += b);
@@ -86,6 +114,9 @@ pub struct Stepper {
     h_next: Vec<f32>,
     /// `r ⊙ h` of the reset-before GRU, read by every share in its second phase.
     rh: Vec<f32>,
+    /// The layer's input and hidden vectors quantised, for int8 weights.
+    quant: [Int8Vector; 2],
+    weights: Weights,
     logits: Vec<f32>,
 }
 
@@ -95,7 +126,8 @@ const PARALLEL_MIN: usize = 1 << 16;
 impl Stepper {
     /// Prepares `model` for batch-1 steps from the zero state. Fails on a
     /// bidirectional model, which cannot run one step at a time.
-    pub fn new(model: &CharLm, precision: Precision) -> Result<Stepper> {
+    pub fn new(model: &CharLm, weights: impl Into<Weights>) -> Result<Stepper> {
+        let weights = weights.into();
         let cfg = model.rnn.config();
         if cfg.bidirectional {
             return Err(Error::Config(
@@ -137,8 +169,9 @@ impl Stepper {
             .iter()
             .enumerate()
             .map(|(l, p)| Layer {
-                w_ih: (l > 0 || !use_table).then(|| Rows::new(p.w_ih.data(), precision)),
-                w_hh: Rows::new(p.w_hh.data(), precision),
+                w_ih: (l > 0 || !use_table)
+                    .then(|| Rows::new(p.w_ih.data(), p.w_ih.shape()[1], weights)),
+                w_hh: Rows::new(p.w_hh.data(), hs, weights),
                 b_ih: p.b_ih.data().to_vec(),
                 b_hh: p.b_hh.as_ref().map(|b| b.data().to_vec()),
                 h: vec![0.0; hs],
@@ -160,12 +193,14 @@ impl Stepper {
             embed,
             table,
             layers,
-            head_w: Rows::new(model.head.weight.data(), precision),
+            head_w: Rows::new(model.head.weight.data(), hs, weights),
             head_b: model.head.bias.data().to_vec(),
             share,
             scratch: vec![vec![0.0; (2 * g + 2) * share]; shares],
             h_next: vec![0.0; hs],
             rh: vec![0.0; hs],
+            quant: Default::default(),
+            weights,
             logits: vec![0.0; vocab],
         })
     }
@@ -253,6 +288,7 @@ impl Stepper {
                 &mut self.scratch,
                 &mut self.h_next,
                 &mut self.rh,
+                (self.weights == Weights::Int8).then_some(&mut self.quant),
             );
             if !layer.gates.is_empty() {
                 // Each share's scratch starts with its units' activated gates, [G, m].
@@ -266,8 +302,11 @@ impl Stepper {
             }
         }
         let top = &self.layers[self.layers.len() - 1].h;
+        if self.weights == Weights::Int8 {
+            self.quant[1].set(top);
+        }
         self.head_w
-            .dot(0, top, Some(&self.head_b), &mut self.logits);
+            .dot(0, top, &self.quant[1], Some(&self.head_b), &mut self.logits);
         Ok(&self.logits)
     }
 }
@@ -280,6 +319,8 @@ enum Input<'a> {
 }
 
 /// One step of one layer: every share computes its units, then `h` is replaced.
+/// `quant` (int8 weights) receives the quantised input and hidden vectors.
+#[allow(clippy::too_many_arguments)]
 fn step_layer(
     kind: CellKind,
     share: usize,
@@ -288,6 +329,7 @@ fn step_layer(
     scratch: &mut [Vec<f32>],
     h_next: &mut [f32],
     rh: &mut [f32],
+    mut quant: Option<&mut [Int8Vector; 2]>,
 ) {
     let Layer {
         w_ih,
@@ -300,6 +342,14 @@ fn step_layer(
     } = layer;
     let (hs, g) = (h.len(), kind.gates());
     let h_old = &*h;
+    if let Some(q) = quant.as_deref_mut() {
+        if let Input::Project(x) = input {
+            q[0].set(x);
+        }
+        q[1].set(h_old);
+    }
+    let no_quant = <[Int8Vector; 2]>::default();
+    let [qx, qh] = quant.as_deref().unwrap_or(&no_quant);
     // Pre-activations of every gate of the share's units: [G, m] input side, [G, m]
     // recurrent side (for the reset-before GRU the candidate's recurrent part waits).
     let preact = |k: usize, sc: &mut [f32], m: usize| {
@@ -311,13 +361,13 @@ fn step_layer(
                 Input::Ready(v) => out.copy_from_slice(&v[r0..r0 + m]),
                 Input::Project(x) => {
                     let w = w_ih.as_ref().expect("W_ih kept for projected inputs");
-                    w.dot(r0, x, Some(b_ih), out);
+                    w.dot(r0, x, qx, Some(b_ih), out);
                 }
             }
             if kind == CellKind::GruResetBefore && gate == 2 {
                 continue;
             }
-            w_hh.dot(r0, h_old, b_hh.as_deref(), &mut hp[gate * m..][..m]);
+            w_hh.dot(r0, h_old, qh, b_hh.as_deref(), &mut hp[gate * m..][..m]);
         }
     };
     match kind {
@@ -340,6 +390,10 @@ fn step_layer(
                         }
                     })
                 });
+            if let Some(q) = quant.as_deref_mut() {
+                q[1].set(rh);
+            }
+            let qrh = quant.as_deref().map_or(&no_quant[1], |q| &q[1]);
             let rh = &*rh;
             h_next
                 .par_chunks_mut(share)
@@ -350,7 +404,7 @@ fn step_layer(
                         let (m, j0) = (hn.len(), k * share);
                         let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
                         let hp_n = &mut hp[2 * m..3 * m];
-                        w_hh.dot(2 * hs + j0, rh, None, hp_n);
+                        w_hh.dot(2 * hs + j0, rh, qrh, None, hp_n);
                         let (rz, n) = xp.split_at_mut(2 * m);
                         for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
                             *v += u;

@@ -6,7 +6,7 @@ use super::{BatchLoss, Metrics, Selection, Task};
 use crate::checkpoint::TensorFile;
 use crate::data::{Streams, Vocab};
 use crate::error::{Error, Result};
-use crate::model::{CharLm, CharLmConfig};
+use crate::model::{CharLm, CharLmConfig, Stepper, Weights};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::train::{Change, GradientSink, Setting, Settings, Shard};
@@ -444,6 +444,16 @@ pub fn evaluate(model: &mut CharLm, val: &Streams) -> Result<f64> {
     Ok(sum / val.batches().max(1) as f64)
 }
 
+/// Refuses a text too short to predict a character of.
+fn check_scorable(ids: &[usize]) -> Result<()> {
+    if ids.len() < 2 {
+        return Err(Error::Input(
+            "the text needs at least 2 characters (after any skipped) to predict one".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Mean cross-entropy of predicting ids 2..N of `ids` (nats per character), batch 1
 /// from a zero state, fed `chunk` ids at a time so memory stays bounded; `done` hears
 /// how many ids each chunk scored (for progress). Returns the count predicted and the mean.
@@ -453,11 +463,7 @@ pub fn eval_ids(
     chunk: usize,
     mut done: impl FnMut(usize) + Send,
 ) -> Result<(usize, f64)> {
-    if ids.len() < 2 {
-        return Err(Error::Input(
-            "the text needs at least 2 characters (after any skipped) to predict one".into(),
-        ));
-    }
+    check_scorable(ids)?;
     let chunk = chunk.max(1);
     let n = ids.len() - 1;
     crate::kernel::on_pool(|| {
@@ -476,6 +482,32 @@ pub fn eval_ids(
             state = Some(fin);
             done(len);
         }
+        Ok((n, sum / n as f64))
+    })
+}
+
+/// [`eval_ids`] one character at a time through a [`Stepper`] holding the weights
+/// as `weights`: the score of what `rnnkit sample` with those weights predicts.
+/// `done` hears every 1024 ids scored.
+pub fn eval_ids_stepped(
+    model: &CharLm,
+    ids: &[usize],
+    weights: Weights,
+    mut done: impl FnMut(usize) + Send,
+) -> Result<(usize, f64)> {
+    check_scorable(ids)?;
+    let mut stepper = Stepper::new(model, weights)?;
+    let n = ids.len() - 1;
+    crate::kernel::on_pool(|| {
+        let mut sum = 0.0;
+        for (i, pair) in ids.windows(2).enumerate() {
+            let logits = stepper.feed(pair[0])?;
+            sum += crate::loss::log_sum_exp(logits) - f64::from(logits[pair[1]]);
+            if (i + 1) % 1024 == 0 {
+                done(1024);
+            }
+        }
+        done(n % 1024);
         Ok((n, sum / n as f64))
     })
 }
