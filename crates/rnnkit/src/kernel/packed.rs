@@ -92,7 +92,8 @@ impl PackedB {
         self.k = k;
         self.n = n;
         self.precision = precision;
-        self.data.clear();
+        // Not cleared: every lane of the real columns is written below, and whatever
+        // the padding columns of the last panel hold only reaches outputs never stored.
         self.data.resize(panels * depth * NR, 0);
         let by_rows = b.cs == 1 && packed_supported(Precision::F32);
         let one = |(q, panel): (usize, &mut [u32])| {
@@ -184,8 +185,24 @@ unsafe fn pack_a(
     let (k, step) = (a.cols, per_lane(precision));
     let depth = k.div_ceil(step);
     let panels = rows.len().div_ceil(MR);
-    out.clear();
+    // Not cleared: every lane of the real rows is written below, and whatever the
+    // padding rows of the last panel hold only reaches outputs never stored.
     out.resize(panels * depth * MR, 0);
+    if a.rs == 1 && a.cs != 1 && precision == Precision::Bf16 && cfg!(target_arch = "x86_64") {
+        // Column-major bf16: the rows of k = 2d and 2d + 1 are two runs, paired lane by
+        // lane, two panels at a time (a run of 16 rows is a whole cache line).
+        for (r, panels) in out.chunks_mut(2 * depth * MR).enumerate() {
+            let i0 = rows.start + 2 * r * MR;
+            let mi = (2 * MR).min(rows.end - i0);
+            // SAFETY: bf16 products run only where AVX-512 BF16 is present (asserted
+            // by the caller); every lane written is in the panels.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::bf16_panels_of_columns(a.data, a.cs, i0, mi, k, panels)
+            };
+        }
+        return;
+    }
     for (r, panel) in out.chunks_exact_mut(depth * MR).enumerate() {
         let i0 = rows.start + r * MR;
         let mi = MR.min(rows.end - i0);
@@ -214,16 +231,6 @@ unsafe fn pack_a(
             for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
                 let src = &a.data[p * a.cs + i0..][..mi];
                 dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.to_bits());
-            }
-        } else if a.rs == 1 && cfg!(target_arch = "x86_64") {
-            // Column-major bf16: the rows of k = 2d and 2d + 1 are two runs, paired lane by lane.
-            for (d, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                let col = |p: usize| (p < k).then(|| &a.data[p * a.cs + i0..][..mi]);
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    avx512::bf16_pairs_of_columns(col(2 * d), col(2 * d + 1), dst)
-                };
             }
         } else {
             // Any other strides.
@@ -377,30 +384,57 @@ mod avx512 {
         }
     }
 
-    /// One depth lane of an `MR`-row panel from two runs of `A`'s rows (k = 2d and
-    /// 2d + 1; `None` past the depth): `dst[i]` = bfloat16 pair (`lo[i]`, `hi[i]`).
+    /// Two `MR`-row panels (rows `i0..i0 + mi`, `mi ≤ 2·MR`; one panel when `mi ≤
+    /// MR`) of a column-major `A` whose column p (all rows of depth p) starts at
+    /// `a[p·cs]`: lane `d` of row `i` is the bfloat16 pair (`A[i][2d]`, `A[i][2d + 1]`),
+    /// zero past depth `k`.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16")]
-    pub(super) unsafe fn bf16_pairs_of_columns(
-        lo: Option<&[f32]>,
-        hi: Option<&[f32]>,
-        dst: &mut [u32],
+    pub(super) unsafe fn bf16_panels_of_columns(
+        a: &[f32],
+        cs: usize,
+        i0: usize,
+        mi: usize,
+        k: usize,
+        panels: &mut [u32],
     ) {
-        let load = |c: Option<&[f32]>| match c {
-            // SAFETY: the first c.len() (≤ 8) values, under the mask.
-            Some(c) => unsafe { _mm256_maskz_loadu_ps(((1u32 << c.len()) - 1) as u8, c.as_ptr()) },
-            None => _mm256_setzero_ps(),
+        let mask = ((1u32 << mi) - 1) as u16;
+        let load = |p: usize| {
+            if p < k {
+                let run = &a[p * cs + i0..][..mi];
+                // SAFETY: the first mi (≤ 16) values of `run`, under the mask.
+                unsafe { _mm512_maskz_loadu_ps(mask, run.as_ptr()) }
+            } else {
+                _mm512_setzero_ps()
+            }
         };
-        let (l, h): (__m128i, __m128i) = unsafe {
-            (
-                std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(load(lo))),
-                std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(load(hi))),
-            )
-        };
-        let dst = &mut dst[..MR];
-        // SAFETY: 2 × 16 bytes into the panel's MR = 8 lanes.
-        unsafe {
-            _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm_unpacklo_epi16(l, h));
-            _mm_storeu_si128(dst.as_mut_ptr().add(4).cast(), _mm_unpackhi_epi16(l, h));
+        let depth = k.div_ceil(2);
+        let (first, second) = panels.split_at_mut(depth * MR);
+        for d in 0..depth {
+            // SAFETY: both are 32-byte plain vectors.
+            let (l, h): (__m256i, __m256i) = unsafe {
+                (
+                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(load(2 * d))),
+                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(load(2 * d + 1))),
+                )
+            };
+            // Within each 128-bit half: rows 0–3 | 8–11 (lo) and 4–7 | 12–15 (hi).
+            let (lo, hi) = (_mm256_unpacklo_epi16(l, h), _mm256_unpackhi_epi16(l, h));
+            let dst = &mut first[d * MR..][..MR];
+            // SAFETY: 2 × 16 bytes into the lane's MR = 8 values.
+            unsafe {
+                _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm256_castsi256_si128(lo));
+                _mm_storeu_si128(dst.as_mut_ptr().add(4).cast(), _mm256_castsi256_si128(hi));
+            }
+            if let Some(dst) = second.get_mut(d * MR..(d + 1) * MR) {
+                // SAFETY: as above, in the second panel.
+                unsafe {
+                    _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm256_extracti128_si256::<1>(lo));
+                    _mm_storeu_si128(
+                        dst.as_mut_ptr().add(4).cast(),
+                        _mm256_extracti128_si256::<1>(hi),
+                    );
+                }
+            }
         }
     }
 
