@@ -292,19 +292,23 @@ fn eval_reports_chars_nats_and_bits() {
         "To be, or not to be: that is the question.",
     )
     .unwrap();
-    let o = rnnkit(
-        &[
+    let eval = |flags: &[&str]| {
+        let mut args = vec![
             "eval",
             "--checkpoint",
             "o/latest.safetensors",
             "--text",
             "t.txt",
-            "--json",
-        ],
-        dir.path(),
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        ];
+        args.extend_from_slice(flags);
+        rnnkit(&args, dir.path())
+    };
+    let json = |flags: &[&str]| -> serde_json::Value {
+        let o = eval(flags);
+        assert!(o.status.success(), "{flags:?}: {}", stderr(&o));
+        serde_json::from_str(stdout(&o).trim()).unwrap()
+    };
+    let j = json(&["--json"]);
     assert_eq!(j["chars"], 41);
     let (nats, bits) = (
         j["nats_per_char"].as_f64().unwrap(),
@@ -313,34 +317,12 @@ fn eval_reports_chars_nats_and_bits() {
     assert!(nats > 0.5 && nats < 6.0 && (bits - nats / std::f64::consts::LN_2).abs() < 1e-12);
     // The weights of `sample --bf16` and `--int8`, one character at a time: close to f32.
     for (flag, within) in [("--bf16", 0.01), ("--int8", 0.02)] {
-        let o = rnnkit(
-            &[
-                "eval",
-                "--checkpoint",
-                "o/latest.safetensors",
-                "--text",
-                "t.txt",
-                "--json",
-                flag,
-            ],
-            dir.path(),
-        );
-        assert!(o.status.success(), "{flag}: {}", stderr(&o));
-        let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        let j = json(&["--json", flag]);
         assert_eq!(j["chars"], 41);
         let got = j["nats_per_char"].as_f64().unwrap();
         assert!((got - nats).abs() < within, "{flag}: {got} vs f32 {nats}");
     }
-    let both = [
-        "eval",
-        "--checkpoint",
-        "o/latest.safetensors",
-        "--text",
-        "t.txt",
-        "--bf16",
-        "--int8",
-    ];
-    fails_with(&rnnkit(&both, dir.path()), "cannot be used with");
+    fails_with(&eval(&["--bf16", "--int8"]), "cannot be used with");
 }
 
 #[test]

@@ -134,8 +134,29 @@ pub(crate) fn few_rows_f32(
     }
 }
 
+/// `y[i..i + 8] = eight(offset of row i)` while 8 rows of `k` values are left, then
+/// `y[i] = one(offset of row i)` one by one: the row loop of the matrix–vector kernels.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn eight_rows_at_a_time(
+    y: &mut [f32],
+    k: usize,
+    eight: impl Fn(usize) -> [f32; 8],
+    one: impl Fn(usize) -> f32,
+) {
+    let mut i = 0;
+    while y.len() - i >= 8 {
+        y[i..i + 8].copy_from_slice(&eight(i * k));
+        i += 8;
+    }
+    for (j, y) in y.iter_mut().enumerate().skip(i) {
+        *y = one(j * k);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::eight_rows_at_a_time;
     use std::arch::x86_64::*;
 
     /// `B` row-major: row `p` of the columns at hand starts at `b + p·ld`. Each
@@ -293,24 +314,6 @@ mod avx512 {
             |at| unsafe { dots_dpbf16::<8>(x, w.add(at)) },
             |at| unsafe { dots_dpbf16::<1>(x, w.add(at)) }[0],
         );
-    }
-
-    /// `y[i..i + 8] = eight(offset of row i)` while 8 rows are left, then one by one.
-    #[inline(always)]
-    fn eight_rows_at_a_time(
-        y: &mut [f32],
-        k: usize,
-        eight: impl Fn(usize) -> [f32; 8],
-        one: impl Fn(usize) -> f32,
-    ) {
-        let mut i = 0;
-        while y.len() - i >= 8 {
-            y[i..i + 8].copy_from_slice(&eight(i * k));
-            i += 8;
-        }
-        for (j, y) in y.iter_mut().enumerate().skip(i) {
-            *y = one(j * k);
-        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]

@@ -148,23 +148,20 @@ fn has_vnni() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::super::gemv::eight_rows_at_a_time;
     use std::arch::x86_64::*;
 
     /// Rows of int8 weights, 8 at a time, by `vpdpbusd` on 64 weights at once.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn dot_rows_vnni(y: &mut [f32], q: &[i8], u: &[u8]) {
-        let (k, w) = (u.len(), q.as_ptr());
-        let mut i = 0;
-        while y.len() - i >= 8 {
-            // SAFETY: rows i..i + 8 lie inside `q` (asserted by the caller).
-            let s = unsafe { dots::<8>(u, w.add(i * k)) };
-            y[i..i + 8].copy_from_slice(&s);
-            i += 8;
-        }
-        for (j, y) in y.iter_mut().enumerate().skip(i) {
-            // SAFETY: as above, for row j.
-            *y = unsafe { dots::<1>(u, w.add(j * k)) }[0];
-        }
+        let w = q.as_ptr();
+        // SAFETY: every row offset handed out lies inside `q` (asserted by the caller).
+        eight_rows_at_a_time(
+            y,
+            u.len(),
+            |at| unsafe { dots::<8>(u, w.add(at)) },
+            |at| unsafe { dots::<1>(u, w.add(at)) }[0],
+        );
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
