@@ -35,12 +35,7 @@ impl Int8Rows {
             cols,
         };
         for row in w.chunks_exact(cols) {
-            let top = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = if top > 0.0 && top.is_finite() {
-                top / 127.0
-            } else {
-                1.0
-            };
+            let scale = scale_of(row);
             let start = out.q.len();
             out.q.extend(
                 row.iter()
@@ -81,21 +76,27 @@ impl Int8Vector {
     /// Quantises `x` in place of what this vector held (no allocation once it has
     /// held a vector as long).
     pub(crate) fn set(&mut self, x: &[f32]) {
-        // Written to vectorise: this runs before every product of a sampled character.
-        let top = x
-            .iter()
-            .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
-        self.scale = if top > 0.0 && top.is_finite() {
-            top / 127.0
-        } else {
-            1.0
-        };
+        self.scale = scale_of(x);
         let inv = 1.0 / self.scale;
         self.u.clear();
         // v·inv lies in [−127, 127]: + 128.5 truncated is the nearest level (ties
         // up), and the saturating cast keeps rounding slips inside [1, 255].
         self.u
             .extend(x.iter().map(|&v| (v * inv + 128.5).clamp(1.0, 255.0) as u8));
+    }
+}
+
+/// The step between levels that maps the largest magnitude of `x` to 127 (1 for an
+/// all-zero or non-finite `x`). Written to vectorise: it runs before every product
+/// of a sampled character.
+fn scale_of(x: &[f32]) -> f32 {
+    let top = x
+        .iter()
+        .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+    if top > 0.0 && top.is_finite() {
+        top / 127.0
+    } else {
+        1.0
     }
 }
 
