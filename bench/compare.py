@@ -222,7 +222,7 @@ def compare(args):
         out += char_lm_table(results, bf, g, tok)
     task_results, task_failed = compare_tasks(args)
     if task_results:
-        out += task_table(task_results, bf, g, tok)
+        out += task_table(task_results, bf, g, tok, args.pytorch_bf16)
     return results + task_results, out, failed or task_failed
 
 
@@ -289,7 +289,7 @@ def char_lm_table(results, bf, g, tok):
 
 
 def compare_tasks(args):
-    """The task rows: rnnkit, PyTorch (and rnnkit --bf16) alternately."""
+    """The task rows: rnnkit, PyTorch (and rnnkit --bf16, PyTorch under bf16 autocast) alternately."""
     rows = [r for r in TASK_ROWS if args.only is None or r[0] in args.only]
     results = []
     failed = False
@@ -302,6 +302,8 @@ def compare_tasks(args):
         }
         if not args.no_bf16:
             cmds["rnnkit_bf16"] = [args.rnnkit, "bench"] + extra + ["--bf16"]
+        if args.pytorch_bf16:
+            cmds["pytorch_bf16"] = [args.python, PYTORCH_REF] + extra + ["--autocast-bf16"]
         log(f"{name}: {flags} (steps {steps}, threads {args.threads})")
         runs, errors = measure(cmds, args, TASK_FIGURES)
         # Both programs draw the same data from the same seed: equal tokens per step.
@@ -324,9 +326,10 @@ def compare_tasks(args):
     return results, failed
 
 
-def task_table(results, bf, g, tok):
+def task_table(results, bf, g, tok, pbf=False):
     header = (["task", "tokens per step", "rnnkit tok/s"] + (["rnnkit bf16 tok/s"] if bf else [])
               + ["PyTorch tok/s", "ratio"] + (["bf16 ratio"] if bf else [])
+              + (["PyTorch autocast-bf16 tok/s", "bf16 ratio to it"] if pbf else [])
               + ["rnnkit GFLOP/s"] + (["bf16 GFLOP/s"] if bf else []) + ["PyTorch GFLOP/s"]
               + ["rnnkit % of f32 peak", "PyTorch % of f32 peak", "rnnkit ms/step",
                  "PyTorch ms/step", "rnnkit peak RSS MiB", "PyTorch peak RSS MiB"])
@@ -340,6 +343,9 @@ def task_table(results, bf, g, tok):
         cells = [res["name"], f"{fmt(per_step, 1)} {res['unit']}", fmt(tok(mr))]
         cells += [fmt(tok(mb))] if bf else []
         cells += [fmt(tok(mp)), ratio(tok(mr), tok(mp))] + ([ratio(tok(mb), tok(mp))] if bf else [])
+        if pbf:
+            mpb = med.get("pytorch_bf16")
+            cells += [fmt(tok(mpb)), ratio(tok(mb), tok(mpb)) if bf else "-"]
         cells += [fmt(g(mr, "train_gflops"), 1)] + ([fmt(g(mb, "train_gflops"), 1)] if bf else [])
         cells += [fmt(g(mp, "train_gflops"), 1), pct(g(mr, "train_gflops"), peak),
                   pct(g(mp, "train_gflops"), peak), fmt(ms(mr), 2), fmt(ms(mp), 2),
@@ -424,6 +430,9 @@ def main():
                    help="measure rnnkit alone: threads, batch and seq-len scaling")
     p.add_argument("--no-bf16", action="store_true",
                    help="skip the rnnkit --bf16 runs and columns")
+    p.add_argument("--pytorch-bf16", action="store_true",
+                   help="task rows: also time PyTorch under bfloat16 autocast (pytorch_ref.py "
+                        "--autocast-bf16) and compare rnnkit --bf16 with it")
     p.add_argument("--json-out", metavar="FILE", help="write every raw result to FILE")
     p.add_argument("--timeout", type=float, default=1800,
                    help="seconds before one benchmark process is abandoned [default: 1800]")

@@ -264,8 +264,13 @@ def parse_args(argv=None):
                    help="seed of the synthetic data (classify, tag, seq2seq, ctc) [default: 1]")
     p.add_argument("--threads", type=positive, default=os.cpu_count() or 1,
                    help="worker threads [default: all cores]")
+    p.add_argument("--autocast-bf16", action="store_true",
+                   help="train under torch.autocast('cpu', dtype=torch.bfloat16), PyTorch's own "
+                        "bfloat16 mode (classify, tag, seq2seq, ctc)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.autocast_bf16 and args.task == "char-lm":
+        p.error("--autocast-bf16 applies to --task classify, tag, seq2seq or ctc only")
     k = TASKS.index(args.task)
     for name, defaults in TASK_DEFAULTS.items():
         if getattr(args, name) is None:
@@ -621,15 +626,17 @@ def encode_tag_batch(sents, word_index, char_index, word_dropout):
             torch.tensor([len(c) for c in clipped]), torch.tensor(targets).reshape(steps, b))
 
 
-def time_task_steps(model, work, step):
-    """WARMUP_STEPS untimed + the timed steps: zero grads, step(i) -> loss, clip 5, Adam 1e-3."""
+def time_task_steps(model, work, step, autocast=False):
+    """WARMUP_STEPS untimed + the timed steps: zero grads, step(i) -> loss, clip 5, Adam 1e-3;
+    with autocast, the forward pass under torch.autocast('cpu', dtype=torch.bfloat16)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     times = []
     for i in range(len(work)):
         t0 = time.perf_counter()
         optimizer.zero_grad()
-        loss = step(i)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = step(i)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
@@ -671,7 +678,7 @@ def run_classify(a):
         targets = torch.tensor([label for _, label in b])
         return F.cross_entropy(model(x, lengths), targets)
 
-    return {"task": "classify", **time_task_steps(model, work, step)}
+    return {"task": "classify", **time_task_steps(model, work, step, a.autocast_bf16)}
 
 
 def run_tag(a):
@@ -697,7 +704,7 @@ def run_tag(a):
         packed = nn.utils.rnn.pack_padded_sequence(targets, lengths, enforce_sorted=False)
         return F.cross_entropy(logits, packed.data)
 
-    return {"task": "tag", **time_task_steps(model, work, step)}
+    return {"task": "tag", **time_task_steps(model, work, step, a.autocast_bf16)}
 
 
 SEQ2SEQ_DROPOUT = 0.2  # the dropout of `rnnkit seq2seq train`
@@ -790,7 +797,7 @@ def run_seq2seq(a):
         b = batches[i]
         return model.loss(*tm.seq2seq_batch([s for s, _ in b], [t for _, t in b]))
 
-    report = {"task": "seq2seq", **time_task_steps(model, work, step)}
+    report = {"task": "seq2seq", **time_task_steps(model, work, step, a.autocast_bf16)}
     model.eval()
     sources = [s for s, _ in pairs[:a.decode_sources]]
     greedy, greedy_steps = decode_speed(model, sources, lambda s, n: model.greedy(s, n))
@@ -852,7 +859,7 @@ def run_ctc(a):
         lengths = torch.tensor([v.shape[0] for v, _ in b])
         return model.loss(values, lengths, [t for _, t in b])
 
-    return {"task": "ctc", **time_task_steps(model, work, step)}
+    return {"task": "ctc", **time_task_steps(model, work, step, a.autocast_bf16)}
 
 
 def main():

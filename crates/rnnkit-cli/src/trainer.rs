@@ -110,6 +110,9 @@ pub struct TrainerOpts {
     /// others compute in f32): faster, and no longer PyTorch's float32 numbers.
     #[arg(long)]
     pub bf16: bool,
+    /// Matrix products in float32, PyTorch's numbers (for a task whose recipe uses bf16).
+    #[arg(long, conflicts_with = "bf16")]
+    pub f32: bool,
     /// Draw the loss picture with a logarithmic loss axis.
     #[arg(long)]
     pub log_scale: bool,
@@ -260,6 +263,9 @@ fn overlay_train(o: &TrainerOpts, r: &mut TrainSettings) -> anyhow::Result<()> {
     set(&mut r.seed, o.seed);
     if o.bf16 {
         r.precision = rnnkit::model::Precision::Bf16;
+    }
+    if o.f32 {
+        r.precision = rnnkit::model::Precision::F32;
     }
     r.validate()?;
     Ok(())

@@ -801,6 +801,25 @@ fn bf16_training_resumes_in_bf16_and_refuses_a_change_of_precision() {
         ],
     );
     fails_with(&o, "--bf16 is off in the checkpoint but on was asked");
+    // `--f32` turns off the bf16 of a recipe (the tagger's default), and only then.
+    let o = train(
+        dir.path(),
+        &[
+            "--steps",
+            "8",
+            "--out",
+            "split",
+            "--resume",
+            "split/latest.safetensors",
+            "--f32",
+        ],
+    );
+    fails_with(&o, "--bf16 is on in the checkpoint but off was asked");
+    let o = train(
+        dir.path(),
+        &["--steps", "4", "--out", "x", "--bf16", "--f32"],
+    );
+    fails_with(&o, "cannot be used with");
 }
 
 #[test]

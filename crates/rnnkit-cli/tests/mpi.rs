@@ -243,6 +243,8 @@ fn every_task_trains_on_two_processes_as_on_one() {
         "5",
         "--eval-every",
         "5",
+        // The tagger's recipe multiplies in bf16; the comparison is of f32 sums.
+        "--f32",
     ];
     let (d, at) = one_and_two(mpirun, &tag, dir.path());
     eprintln!("tag: largest difference {d:e} at {at}");

@@ -284,6 +284,10 @@ fn tag_trains_evaluates_and_predicts_conllu_from_plain_text() {
         dir.path(),
     );
     ok(&o);
+    // The tagger's recipe multiplies in bf16 unless `--f32` is given.
+    let f = TensorFile::open(dir.path().join("tg/best.safetensors")).unwrap();
+    let recipe = &f.metadata()["train.recipe"];
+    assert!(recipe.contains(r#""precision":"bf16""#), "{recipe}");
     let o = rnnkit(
         &[
             "tag",
