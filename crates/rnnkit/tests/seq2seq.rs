@@ -107,7 +107,12 @@ fn every_parameter_gradient_matches_finite_differences() {
 #[test]
 fn stepping_a_layer_equals_running_the_whole_sequence() {
     let mut rng = Rng::new(3);
-    for cell in [CellKind::Lstm, CellKind::Gru, CellKind::RnnTanh] {
+    for cell in [
+        CellKind::Lstm,
+        CellKind::Gru,
+        CellKind::GruResetBefore,
+        CellKind::RnnTanh,
+    ] {
         let cfg = RecurrentConfig::new(cell, 3, 4).with_layers(2);
         let mut whole: Recurrent<f64> = cfg.init(&mut rng).unwrap();
         let mut stepped = whole.clone();
@@ -154,6 +159,43 @@ fn stepping_a_layer_equals_running_the_whole_sequence() {
         stepped.visit_params_mut(&mut |_, _, g| gb.extend_from_slice(g.data()));
         assert!(close(&ga, &gb), "{cell} parameter gradients");
         let e = stepped.step_backward(steps + 3, &dy, &d_state).unwrap_err();
+        assert!(e.to_string().contains("only 5 steps"), "{e}");
+
+        // The weight gradients of all steps at once, after the stepped backward pass.
+        let mut deferred = whole.clone();
+        deferred.visit_params_mut(&mut |_, _, g| g.data_mut().fill(0.0));
+        let mut state = rnnkit::RecurrentState::zeros(&cfg, b);
+        for t in 0..steps {
+            let xt = Tensor::from_vec(&[1, b, 3], x.data()[t * b * 3..][..b * 3].to_vec()).unwrap();
+            state = deferred.step_train(t, &xt, &state, None).unwrap().1;
+        }
+        let e = deferred.step_weight_grads(0..steps).unwrap_err();
+        assert!(e.to_string().contains("step 0 has no backward pass"), "{e}");
+        let mut d_state = rnnkit::RecurrentState::zeros(&cfg, b);
+        for t in (0..steps).rev() {
+            let dyt =
+                Tensor::from_vec(&[1, b, 4], dy.data()[t * b * 4..][..b * 4].to_vec()).unwrap();
+            let (dxt, ds) = deferred.step_backward_inputs(t, &dyt, &d_state).unwrap();
+            assert!(
+                close(&dx.data()[t * b * 3..][..b * 3], dxt.data()),
+                "{cell} deferred dx"
+            );
+            d_state = ds;
+        }
+        let mut gc = Vec::new();
+        deferred.visit_params_mut(&mut |_, _, g| gc.extend_from_slice(g.data()));
+        assert!(
+            gc.iter().all(|&v| v == 0.0),
+            "{cell}: no gradient before step_weight_grads"
+        );
+        deferred.step_weight_grads(0..steps).unwrap();
+        let mut gc = Vec::new();
+        deferred.visit_params_mut(&mut |_, _, g| gc.extend_from_slice(g.data()));
+        assert!(close(&ga, &gc), "{cell} deferred parameter gradients");
+        // Each step's gradients are added once.
+        let e = deferred.step_weight_grads(2..3).unwrap_err();
+        assert!(e.to_string().contains("step 2 has no backward pass"), "{e}");
+        let e = deferred.step_weight_grads(0..steps + 1).unwrap_err();
         assert!(e.to_string().contains("only 5 steps"), "{e}");
     }
 }

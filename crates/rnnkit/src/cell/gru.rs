@@ -61,6 +61,20 @@ impl<T> GruCache<T> {
     }
 }
 
+impl<T: Copy> GruCache<T> {
+    /// Appends what [`weight_grads`] reads of `other`'s last backward pass over
+    /// `rows` rows of `hs` units, after the rows already gathered here.
+    pub(crate) fn append_grad_rows(&mut self, other: &Self, rows: usize, hs: usize) {
+        self.dgx.extend_from_slice(&other.dgx[..rows * 3 * hs]);
+        self.h_prev.extend_from_slice(&other.h_prev[..rows * hs]);
+        // Reset after reads dgh; reset before reads r ⊙ h_{t-1} from aux.
+        match other.dgh.is_empty() {
+            false => self.dgh.extend_from_slice(&other.dgh[..rows * 3 * hs]),
+            true => self.aux.extend_from_slice(&other.aux[..rows * hs]),
+        }
+    }
+}
+
 /// Runs the cell over `x [T, B, I]` from `h` = h0; writes every output to
 /// `y [T, B, H]` (zero at padded steps) and leaves the final state in `h [B, H]`.
 /// `reset_after` picks torch's form; otherwise Keras' `reset_after=False`.
@@ -201,11 +215,12 @@ pub fn forward<T: Real>(
 /// Backpropagates through the sequence of the last [`forward`]: `dy [T, B, H]`
 /// (ignored at padded steps) and the final-state gradient in `dh` in; the
 /// initial-state gradient left in `dh`, input gradients added to `dx`,
-/// parameter gradients added to `g`.
+/// parameter gradients added to `g` (`None`: left to [`weight_grads`], whose inputs
+/// stay in `cache`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     p: &CellParams<T>,
-    g: &mut CellParams<T>,
+    g: Option<&mut CellParams<T>>,
     reset_after: bool,
     seq: Seq,
     x: Input<'_, T>,
@@ -314,7 +329,39 @@ pub fn backward<T: Real>(
         }
     });
     let rows = steps * batch;
-    input_grads(p, g, x, rows, &cache.dgx, dx);
+    match g {
+        Some(g) => {
+            input_grads(p, Some(&mut *g), x, rows, &cache.dgx, Some(dx));
+            hidden_weight_grads(g, reset_after, seq, cache);
+        }
+        None => input_grads(p, None, x, rows, &cache.dgx, Some(dx)),
+    }
+}
+
+/// The parameter gradients of a [`backward`] run without them, from its inputs `x`
+/// and the `cache` (or those of several, gathered by [`GruCache::append_grad_rows`]).
+pub(crate) fn weight_grads<T: Real>(
+    p: &CellParams<T>,
+    g: &mut CellParams<T>,
+    reset_after: bool,
+    seq: Seq,
+    x: Input<'_, T>,
+    cache: &GruCache<T>,
+) {
+    let rows = seq.steps * seq.batch;
+    input_grads(p, Some(&mut *g), x, rows, &cache.dgx, None);
+    hidden_weight_grads(g, reset_after, seq, cache);
+}
+
+/// `dW_hh` and `db_hh` of the hidden side.
+fn hidden_weight_grads<T: Real>(
+    g: &mut CellParams<T>,
+    reset_after: bool,
+    seq: Seq,
+    cache: &GruCache<T>,
+) {
+    let (rows, hs) = (seq.steps * seq.batch, g.hidden_size());
+    let g3 = 3 * hs;
     if reset_after {
         recurrent_grads(g, &seq, &cache.h_prev, &cache.dgh);
     } else {

@@ -53,6 +53,16 @@ impl<T> LstmCache<T> {
     }
 }
 
+impl<T: Copy> LstmCache<T> {
+    /// Appends what [`weight_grads`] reads of `other`'s last backward pass over
+    /// `rows` rows of `hs` units, after the rows already gathered here.
+    pub(crate) fn append_grad_rows(&mut self, other: &Self, rows: usize, hs: usize) {
+        self.dgates
+            .extend_from_slice(&other.dgates[..rows * 4 * hs]);
+        self.h_prev.extend_from_slice(&other.h_prev[..rows * hs]);
+    }
+}
+
 /// Runs the cell over `x [T, B, I]` from `(h, c)` = `(h0, c0)`. Writes every
 /// output to `y [T, B, H]` (zero at padded steps) and leaves the final state in
 /// `h`, `c` (each `[B, H]`).
@@ -164,11 +174,12 @@ pub(crate) fn step<T: Real>(
 /// Backpropagates through the sequence of the last [`forward`]. Takes the output
 /// gradients `dy [T, B, H]` (ignored at padded steps) and the final-state
 /// gradients in `dh`, `dc`; leaves the initial-state gradients in `dh`, `dc`,
-/// adds the input gradients to `dx [T, B, I]` and the parameter gradients to `g`.
+/// adds the input gradients to `dx [T, B, I]` and the parameter gradients to `g`
+/// (`None`: left to [`weight_grads`], whose inputs stay in `cache`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     p: &CellParams<T>,
-    g: &mut CellParams<T>,
+    g: Option<&mut CellParams<T>>,
     seq: Seq,
     x: Input<'_, T>,
     cache: &mut LstmCache<T>,
@@ -229,6 +240,25 @@ pub fn backward<T: Real>(
         }
     });
     let rows = steps * batch;
-    input_grads(p, g, x, rows, &cache.dgates, dx);
+    match g {
+        Some(g) => {
+            input_grads(p, Some(&mut *g), x, rows, &cache.dgates, Some(dx));
+            recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
+        }
+        None => input_grads(p, None, x, rows, &cache.dgates, Some(dx)),
+    }
+}
+
+/// The parameter gradients of a [`backward`] run without them, from its inputs `x`
+/// and the `cache` (or those of several, gathered by [`LstmCache::append_grad_rows`]).
+pub(crate) fn weight_grads<T: Real>(
+    p: &CellParams<T>,
+    g: &mut CellParams<T>,
+    seq: Seq,
+    x: Input<'_, T>,
+    cache: &LstmCache<T>,
+) {
+    let rows = seq.steps * seq.batch;
+    input_grads(p, Some(&mut *g), x, rows, &cache.dgates, None);
     recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
 }

@@ -276,34 +276,40 @@ pub(crate) fn project_inputs<T: Real>(
 }
 
 /// After the time loop, from the pre-activation gradients `dg [rows, G·H]` of the
-/// input side: `dW_ih += dgᵀ·x`, `db_ih += Σ dg`, `dx += dg·W_ih` (for embedded
-/// inputs `dx` is the table's gradient `[V, I]`: the rows of `dg` are first summed
-/// per id, so the products run over V rows instead of `rows`).
+/// input side: `dW_ih += dgᵀ·x`, `db_ih += Σ dg` (when `g` is given) and `dx +=
+/// dg·W_ih` (when `dx` is; for embedded inputs `dx` is the table's gradient `[V, I]`:
+/// the rows of `dg` are first summed per id, so the products run over V rows instead
+/// of `rows`).
 pub(crate) fn input_grads<T: Real>(
     p: &CellParams<T>,
-    g: &mut CellParams<T>,
+    g: Option<&mut CellParams<T>>,
     x: Input<'_, T>,
     rows: usize,
     dg: &[T],
-    dx: &mut [T],
+    dx: Option<&mut [T]>,
 ) {
     let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
-    let grads = |g: &mut CellParams<T>, x: &[T], rows: usize, dg: &[T], dx: &mut [T]| {
-        let dg_mat = MatRef::dense(dg, rows, gh);
-        matmul(
-            MatMut::dense(g.w_ih.data_mut(), gh, i),
-            dg_mat.t(),
-            MatRef::dense(x, rows, i),
-            true,
-        );
-        sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
-        matmul(
-            MatMut::dense(dx, rows, i),
-            dg_mat,
-            MatRef::dense(p.w_ih.data(), gh, i),
-            true,
-        );
-    };
+    let grads =
+        |g: Option<&mut CellParams<T>>, x: &[T], rows: usize, dg: &[T], dx: Option<&mut [T]>| {
+            let dg_mat = MatRef::dense(dg, rows, gh);
+            if let Some(g) = g {
+                matmul(
+                    MatMut::dense(g.w_ih.data_mut(), gh, i),
+                    dg_mat.t(),
+                    MatRef::dense(x, rows, i),
+                    true,
+                );
+                sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
+            }
+            if let Some(dx) = dx {
+                matmul(
+                    MatMut::dense(dx, rows, i),
+                    dg_mat,
+                    MatRef::dense(p.w_ih.data(), gh, i),
+                    true,
+                );
+            }
+        };
     match x {
         Input::Dense(x) => grads(g, x, rows, dg, dx),
         Input::Embedded { table, ids } => {
@@ -319,6 +325,7 @@ pub(crate) fn input_grads<T: Real>(
         }
         Input::OneHot { ids } => {
             // dW_ih[:, id] += Σ of the rows of dg with that id; no input gradient.
+            let Some(g) = g else { return };
             let mut per_id = Scratch::<T>::zeroed(i * gh);
             for (row, &id) in dg.chunks_exact(gh).zip(&ids[..rows]) {
                 per_id[id * gh..][..gh]

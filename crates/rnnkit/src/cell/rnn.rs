@@ -49,6 +49,15 @@ impl<T> RnnCache<T> {
     }
 }
 
+impl<T: Copy> RnnCache<T> {
+    /// Appends what [`weight_grads`] reads of `other`'s last backward pass over
+    /// `rows` rows of `hs` units, after the rows already gathered here.
+    pub(crate) fn append_grad_rows(&mut self, other: &Self, rows: usize, hs: usize) {
+        self.da.extend_from_slice(&other.da[..rows * hs]);
+        self.h_prev.extend_from_slice(&other.h_prev[..rows * hs]);
+    }
+}
+
 /// Runs the cell over `x [T, B, I]` from `h` = h0; writes every output to
 /// `y [T, B, H]` (zero at padded steps) and leaves the final state in `h [B, H]`.
 #[allow(clippy::too_many_arguments)]
@@ -120,11 +129,12 @@ pub fn forward<T: Real>(
 /// Backpropagates through the sequence of the last [`forward`]: `dy [T, B, H]`
 /// (ignored at padded steps) and the final-state gradient in `dh` in; the
 /// initial-state gradient left in `dh`, input gradients added to `dx`,
-/// parameter gradients added to `g`.
+/// parameter gradients added to `g` (`None`: left to [`weight_grads`], whose inputs
+/// stay in `cache`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     p: &CellParams<T>,
-    g: &mut CellParams<T>,
+    g: Option<&mut CellParams<T>>,
     act: Activation,
     seq: Seq,
     x: Input<'_, T>,
@@ -173,6 +183,25 @@ pub fn backward<T: Real>(
         }
     });
     let rows = steps * batch;
-    input_grads(p, g, x, rows, &cache.da, dx);
+    match g {
+        Some(g) => {
+            input_grads(p, Some(&mut *g), x, rows, &cache.da, Some(dx));
+            recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
+        }
+        None => input_grads(p, None, x, rows, &cache.da, Some(dx)),
+    }
+}
+
+/// The parameter gradients of a [`backward`] run without them, from its inputs `x`
+/// and the `cache` (or those of several, gathered by [`RnnCache::append_grad_rows`]).
+pub(crate) fn weight_grads<T: Real>(
+    p: &CellParams<T>,
+    g: &mut CellParams<T>,
+    seq: Seq,
+    x: Input<'_, T>,
+    cache: &RnnCache<T>,
+) {
+    let rows = seq.steps * seq.batch;
+    input_grads(p, Some(&mut *g), x, rows, &cache.da, None);
     recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
 }

@@ -79,23 +79,34 @@ impl<T: Real> Linear<T> {
 
     /// Accumulates `dW += dyᵀ x`, `db += Σ dy`, and, when given, writes `dx = dy W`.
     pub fn backward(&mut self, x: &[T], dy: &[T], rows: usize, dx: Option<&mut [T]>) {
+        self.backward_params(x, dy, rows);
+        if let Some(dx) = dx {
+            self.backward_input(dy, rows, dx);
+        }
+    }
+
+    /// Accumulates `dW += dyᵀ x` and `db += Σ dy` only (the rows of many calls can
+    /// be gathered into one product).
+    pub fn backward_params(&mut self, x: &[T], dy: &[T], rows: usize) {
         let (o, i) = (self.out_features(), self.in_features());
-        let dy_m = MatRef::dense(dy, rows, o);
         matmul(
             MatMut::dense(self.grad_weight.data_mut(), o, i),
-            dy_m.t(),
+            MatRef::dense(dy, rows, o).t(),
             MatRef::dense(x, rows, i),
             true,
         );
         sum_rows_into(self.grad_bias.data_mut(), &dy[..rows * o]);
-        if let Some(dx) = dx {
-            matmul(
-                MatMut::dense(dx, rows, i),
-                dy_m,
-                MatRef::dense(self.weight.data(), o, i),
-                false,
-            );
-        }
+    }
+
+    /// Writes `dx = dy W` only.
+    pub fn backward_input(&self, dy: &[T], rows: usize, dx: &mut [T]) {
+        let (o, i) = (self.out_features(), self.in_features());
+        matmul(
+            MatMut::dense(dx, rows, i),
+            MatRef::dense(dy, rows, o),
+            MatRef::dense(self.weight.data(), o, i),
+            false,
+        );
     }
 }
 

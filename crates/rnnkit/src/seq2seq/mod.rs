@@ -488,6 +488,12 @@ impl<T: Real> Seq2seq<T> {
         let mut d_feed = vec![T::zero(); b * h];
         let in_w = decoder.config().input_size;
         let mut d_embed = vec![T::zero(); b * e];
+        // The combine layer's pre-activation gradients of every step, for one weight
+        // gradient over all of them after the loop.
+        let mut d_tilde = match combine {
+            Some(_) => vec![T::zero(); tt * b * h],
+            None => Vec::new(),
+        };
         for t in (0..tt).rev() {
             let st = &saved.steps[t];
             let mut dq: Vec<T> = d_o[t * b * h..][..b * h].to_vec();
@@ -499,7 +505,8 @@ impl<T: Real> Seq2seq<T> {
                     *d *= T::one() - y * y;
                 }
                 let mut dcat = vec![T::zero(); b * 2 * h];
-                combine.backward(&st.cat, &dq, b, Some(&mut dcat));
+                combine.backward_input(&dq, b, &mut dcat);
+                d_tilde[t * b * h..][..b * h].copy_from_slice(&dq);
                 let dctx: Vec<T> = dcat
                     .chunks_exact(2 * h)
                     .flat_map(|r| r[..h].iter().copied())
@@ -521,7 +528,7 @@ impl<T: Real> Seq2seq<T> {
                 }
             }
             let dy = Tensor::from_vec(&[1, b, h], dq)?;
-            let (dx, ds) = decoder.step_backward(t, &dy, &d_state)?;
+            let (dx, ds) = decoder.step_backward_inputs(t, &dy, &d_state)?;
             d_state = ds;
             for (j, row) in dx.data().chunks_exact(in_w).enumerate() {
                 d_embed[j * e..][..e].copy_from_slice(&row[..e]);
@@ -530,6 +537,14 @@ impl<T: Real> Seq2seq<T> {
                 }
             }
             tgt_embed.backward(&batch.tgt_in[t * b..][..b], &d_embed);
+        }
+        decoder.step_weight_grads(0..tt)?;
+        if let Some(combine) = combine.as_mut() {
+            let cat: Vec<T> = saved.steps[..tt]
+                .iter()
+                .flat_map(|st| st.cat.iter().copied())
+                .collect();
+            combine.backward_params(&cat, &d_tilde, tt * b);
         }
         attention.keys_backward(mem, &d_keys, &mut d_enc);
         let dirs = config.directions();
