@@ -169,7 +169,7 @@ fn stepping_a_layer_equals_running_the_whole_sequence() {
             let xt = Tensor::from_vec(&[1, b, 3], x.data()[t * b * 3..][..b * 3].to_vec()).unwrap();
             state = deferred.step_train(t, &xt, &state, None).unwrap().1;
         }
-        let e = deferred.step_weight_grads(0..steps).unwrap_err();
+        let e = deferred.step_weight_grads(0..steps, None).unwrap_err();
         assert!(e.to_string().contains("step 0 has no backward pass"), "{e}");
         let mut d_state = rnnkit::RecurrentState::zeros(&cfg, b);
         for t in (0..steps).rev() {
@@ -188,15 +188,45 @@ fn stepping_a_layer_equals_running_the_whole_sequence() {
             gc.iter().all(|&v| v == 0.0),
             "{cell}: no gradient before step_weight_grads"
         );
-        deferred.step_weight_grads(0..steps).unwrap();
+        deferred.step_weight_grads(0..steps, None).unwrap();
         let mut gc = Vec::new();
         deferred.visit_params_mut(&mut |_, _, g| gc.extend_from_slice(g.data()));
         assert!(close(&ga, &gc), "{cell} deferred parameter gradients");
         // Each step's gradients are added once.
-        let e = deferred.step_weight_grads(2..3).unwrap_err();
+        let e = deferred.step_weight_grads(2..3, None).unwrap_err();
         assert!(e.to_string().contains("step 2 has no backward pass"), "{e}");
-        let e = deferred.step_weight_grads(0..steps + 1).unwrap_err();
+        let e = deferred.step_weight_grads(0..steps + 1, None).unwrap_err();
         assert!(e.to_string().contains("only 5 steps"), "{e}");
+
+        // A sequence that ends after 2 steps: its later rows have zero gradients and
+        // are skipped, with the same result.
+        let mut dy_short = dy.clone();
+        for t in 2..steps {
+            dy_short.data_mut()[(t * b + 1) * 4..][..4].fill(0.0);
+        }
+        let mut whole_short = whole.clone();
+        whole_short.visit_params_mut(&mut |_, _, g| g.data_mut().fill(0.0));
+        whole_short.forward(&x, None, None).unwrap();
+        whole_short.backward(&dy_short, None).unwrap();
+        let mut ga = Vec::new();
+        whole_short.visit_params_mut(&mut |_, _, g| ga.extend_from_slice(g.data()));
+        deferred.visit_params_mut(&mut |_, _, g| g.data_mut().fill(0.0));
+        let mut d_state = rnnkit::RecurrentState::zeros(&cfg, b);
+        for t in (0..steps).rev() {
+            let dyt = Tensor::from_vec(&[1, b, 4], dy_short.data()[t * b * 4..][..b * 4].to_vec())
+                .unwrap();
+            d_state = deferred.step_backward_inputs(t, &dyt, &d_state).unwrap().1;
+        }
+        let e = deferred
+            .step_weight_grads(0..steps, Some(&[steps + 1, 2]))
+            .unwrap_err();
+        assert!(e.to_string().contains("lengths"), "{e}");
+        deferred
+            .step_weight_grads(0..steps, Some(&[steps, 2]))
+            .unwrap();
+        let mut gc = Vec::new();
+        deferred.visit_params_mut(&mut |_, _, g| gc.extend_from_slice(g.data()));
+        assert!(close(&ga, &gc), "{cell} parameter gradients over real rows");
     }
 }
 

@@ -328,13 +328,12 @@ pub fn backward<T: Real>(
             );
         }
     });
-    let rows = steps * batch;
     match g {
         Some(g) => {
-            input_grads(p, Some(&mut *g), x, rows, &cache.dgx, Some(dx));
+            input_grads(p, Some(&mut *g), x, &seq, &cache.dgx, Some(dx));
             hidden_weight_grads(g, reset_after, seq, cache);
         }
-        None => input_grads(p, None, x, rows, &cache.dgx, Some(dx)),
+        None => input_grads(p, None, x, &seq, &cache.dgx, Some(dx)),
     }
 }
 
@@ -348,8 +347,7 @@ pub(crate) fn weight_grads<T: Real>(
     x: Input<'_, T>,
     cache: &GruCache<T>,
 ) {
-    let rows = seq.steps * seq.batch;
-    input_grads(p, Some(&mut *g), x, rows, &cache.dgx, None);
+    input_grads(p, Some(&mut *g), x, &seq, &cache.dgx, None);
     hidden_weight_grads(g, reset_after, seq, cache);
 }
 

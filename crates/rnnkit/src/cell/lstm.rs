@@ -239,13 +239,12 @@ pub fn backward<T: Real>(
             );
         }
     });
-    let rows = steps * batch;
     match g {
         Some(g) => {
-            input_grads(p, Some(&mut *g), x, rows, &cache.dgates, Some(dx));
+            input_grads(p, Some(&mut *g), x, &seq, &cache.dgates, Some(dx));
             recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
         }
-        None => input_grads(p, None, x, rows, &cache.dgates, Some(dx)),
+        None => input_grads(p, None, x, &seq, &cache.dgates, Some(dx)),
     }
 }
 
@@ -258,7 +257,6 @@ pub(crate) fn weight_grads<T: Real>(
     x: Input<'_, T>,
     cache: &LstmCache<T>,
 ) {
-    let rows = seq.steps * seq.batch;
-    input_grads(p, Some(&mut *g), x, rows, &cache.dgates, None);
+    input_grads(p, Some(&mut *g), x, &seq, &cache.dgates, None);
     recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
 }

@@ -275,43 +275,50 @@ pub(crate) fn project_inputs<T: Real>(
     }
 }
 
-/// After the time loop, from the pre-activation gradients `dg [rows, G·H]` of the
-/// input side: `dW_ih += dgᵀ·x`, `db_ih += Σ dg` (when `g` is given) and `dx +=
-/// dg·W_ih` (when `dx` is; for embedded inputs `dx` is the table's gradient `[V, I]`:
-/// the rows of `dg` are first summed per id, so the products run over V rows instead
-/// of `rows`).
+/// After the time loop, from the pre-activation gradients `dg [T·B, G·H]` of the
+/// input side over the walk `seq`: `dW_ih += dgᵀ·x` (over real steps only) and
+/// `db_ih += Σ dg` when `g` is given, `dx += dg·W_ih` when `dx` is (for embedded
+/// inputs `dx` is the table's gradient `[V, I]`: the rows of `dg` are first summed
+/// per id, so the products run over V rows instead of T·B).
 pub(crate) fn input_grads<T: Real>(
     p: &CellParams<T>,
     g: Option<&mut CellParams<T>>,
     x: Input<'_, T>,
-    rows: usize,
+    seq: &Seq,
     dg: &[T],
     dx: Option<&mut [T]>,
 ) {
     let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
-    let grads =
-        |g: Option<&mut CellParams<T>>, x: &[T], rows: usize, dg: &[T], dx: Option<&mut [T]>| {
-            let dg_mat = MatRef::dense(dg, rows, gh);
-            if let Some(g) = g {
-                matmul(
-                    MatMut::dense(g.w_ih.data_mut(), gh, i),
-                    dg_mat.t(),
-                    MatRef::dense(x, rows, i),
-                    true,
-                );
-                sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
-            }
-            if let Some(dx) = dx {
-                matmul(
-                    MatMut::dense(dx, rows, i),
-                    dg_mat,
-                    MatRef::dense(p.w_ih.data(), gh, i),
-                    true,
-                );
-            }
-        };
+    let rows = seq.steps * seq.batch;
+    let grads = |g: Option<&mut CellParams<T>>,
+                 (x, rows): (&[T], usize),
+                 real: Option<&[usize]>,
+                 dg: &[T],
+                 dx: Option<&mut [T]>| {
+        let dg_mat = MatRef::dense(dg, rows, gh);
+        if let Some(g) = g {
+            weight_grad(
+                MatMut::dense(g.w_ih.data_mut(), gh, i),
+                dg_mat,
+                MatRef::dense(x, rows, i),
+                real,
+            );
+            sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
+        }
+        if let Some(dx) = dx {
+            matmul(
+                MatMut::dense(dx, rows, i),
+                dg_mat,
+                MatRef::dense(p.w_ih.data(), gh, i),
+                true,
+            );
+        }
+    };
     match x {
-        Input::Dense(x) => grads(g, x, rows, dg, dx),
+        Input::Dense(x) => {
+            let real = g.as_ref().and_then(|_| real_rows(seq));
+            grads(g, (x, rows), real.as_deref(), dg, dx)
+        }
         Input::Embedded { table, ids } => {
             let v = table.len() / i.max(1);
             let mut per_id = Scratch::<T>::zeroed(v * gh);
@@ -321,7 +328,7 @@ pub(crate) fn input_grads<T: Real>(
                     .zip(row)
                     .for_each(|(a, &d)| *a += d);
             }
-            grads(g, table, v, &per_id, dx);
+            grads(g, (table, v), None, &per_id, dx);
         }
         Input::OneHot { ids } => {
             // dW_ih[:, id] += Σ of the rows of dg with that id; no input gradient.

@@ -182,13 +182,12 @@ pub fn backward<T: Real>(
             );
         }
     });
-    let rows = steps * batch;
     match g {
         Some(g) => {
-            input_grads(p, Some(&mut *g), x, rows, &cache.da, Some(dx));
+            input_grads(p, Some(&mut *g), x, &seq, &cache.da, Some(dx));
             recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
         }
-        None => input_grads(p, None, x, rows, &cache.da, Some(dx)),
+        None => input_grads(p, None, x, &seq, &cache.da, Some(dx)),
     }
 }
 
@@ -201,7 +200,6 @@ pub(crate) fn weight_grads<T: Real>(
     x: Input<'_, T>,
     cache: &RnnCache<T>,
 ) {
-    let rows = seq.steps * seq.batch;
-    input_grads(p, Some(&mut *g), x, rows, &cache.da, None);
+    input_grads(p, Some(&mut *g), x, &seq, &cache.da, None);
     recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
 }

@@ -520,7 +520,7 @@ impl<T: Real> Recurrent<T> {
         d_state: &RecurrentState<T>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
         let out = self.step_backward_inputs(t, dy, d_state)?;
-        self.step_weight_grads(t..t + 1)?;
+        self.step_weight_grads(t..t + 1, None)?;
         Ok(out)
     }
 
@@ -547,7 +547,13 @@ impl<T: Real> Recurrent<T> {
 
     /// Adds the parameter gradients of the tape steps `steps`, each backpropagated by
     /// [`Recurrent::step_backward_inputs`] since it was run (an error otherwise).
-    pub fn step_weight_grads(&mut self, steps: Range<usize>) -> Result<()> {
+    /// `lengths`, one per sequence of the batch: how many of these steps it really
+    /// has; its rows after them must have had zero gradients, and are skipped.
+    pub fn step_weight_grads(
+        &mut self,
+        steps: Range<usize>,
+        lengths: Option<&[usize]>,
+    ) -> Result<()> {
         let cfg = &self.config;
         let tape = self.tape.get(steps.clone()).ok_or_else(|| {
             Error::Input(format!(
@@ -568,12 +574,21 @@ impl<T: Real> Recurrent<T> {
                 steps.start + k
             )));
         }
+        if let Some(l) = lengths {
+            if l.len() != batch || l.iter().any(|&n| n > tape.len()) {
+                return Err(Error::Shape(format!(
+                    "step_weight_grads: {} lengths of at most {} steps needed, got {l:?}",
+                    batch,
+                    tape.len()
+                )));
+            }
+        }
         let (dirs, hs) = (cfg.directions(), cfg.hidden_size);
         let rows = tape.len() * batch;
         let seq = Seq {
             steps: tape.len(),
             batch,
-            lengths: None,
+            lengths,
             reverse: false,
         };
         for (c, (p, g)) in self.params.iter().zip(&mut self.grads).enumerate() {

@@ -538,13 +538,18 @@ impl<T: Real> Seq2seq<T> {
             }
             tgt_embed.backward(&batch.tgt_in[t * b..][..b], &d_embed);
         }
-        decoder.step_weight_grads(0..tt)?;
+        // A target's steps after its end have zero gradients.
+        decoder.step_weight_grads(0..tt, Some(&batch.tgt_len))?;
         if let Some(combine) = combine.as_mut() {
-            let cat: Vec<T> = saved.steps[..tt]
-                .iter()
-                .flat_map(|st| st.cat.iter().copied())
-                .collect();
-            combine.backward_params(&cat, &d_tilde, tt * b);
+            let (mut cat, mut dt, mut rows) = (Vec::new(), Vec::new(), 0);
+            for (t, st) in saved.steps[..tt].iter().enumerate() {
+                for j in (0..b).filter(|&j| t < batch.tgt_len[j]) {
+                    cat.extend_from_slice(&st.cat[j * 2 * h..][..2 * h]);
+                    dt.extend_from_slice(&d_tilde[(t * b + j) * h..][..h]);
+                    rows += 1;
+                }
+            }
+            combine.backward_params(&cat, &dt, rows);
         }
         attention.keys_backward(mem, &d_keys, &mut d_enc);
         let dirs = config.directions();
