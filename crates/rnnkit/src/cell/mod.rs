@@ -444,11 +444,7 @@ impl<'a, T: Real> RecurrentWeights<'a, T> {
         let (gh, hs) = (p.w_hh.shape()[0], p.hidden_size());
         if batch > 1 && !*valid {
             let buf = crate::tensor::scratch(&mut *w_t, gh * hs);
-            for (i, row) in p.w_hh.data().chunks_exact(hs).enumerate() {
-                for (j, &v) in row.iter().enumerate() {
-                    buf[j * gh + i] = v;
-                }
-            }
+            transpose_into(buf, p.w_hh.data(), gh, hs);
             *valid = true;
         }
         let w_t: &'a Vec<T> = w_t;
@@ -467,6 +463,22 @@ impl<'a, T: Real> RecurrentWeights<'a, T> {
             MatRef::new(&self.w[blocks.start * hs * hs..], cols, hs, hs).t()
         } else {
             MatRef::new(&self.w_t[blocks.start * hs..], hs, cols, self.gh)
+        }
+    }
+}
+
+/// `out [cols, rows] = mᵀ` for `m [rows, cols]`, in tiles of 16 × 16 so that both
+/// sides stay in cache (element by element, every write of a large matrix missed).
+fn transpose_into<T: Copy>(out: &mut [T], m: &[T], rows: usize, cols: usize) {
+    const TILE: usize = 16;
+    for i0 in (0..rows).step_by(TILE) {
+        for j0 in (0..cols).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(rows) {
+                let row = &m[i * cols..][..cols];
+                for j in j0..(j0 + TILE).min(cols) {
+                    out[j * rows + i] = row[j];
+                }
+            }
         }
     }
 }
