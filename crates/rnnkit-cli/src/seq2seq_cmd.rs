@@ -186,12 +186,12 @@ pub(crate) fn default_recipe() -> Recipe<Seq2seqConfig> {
     }
 }
 
-/// The default bounds and cadences of `rnnkit seq2seq train`: 25 minutes of training.
+/// The default bounds and cadences of `rnnkit seq2seq train`: 28 minutes of training.
 pub(crate) fn default_schedule() -> Schedule {
     Schedule {
         steps: None,
         epochs: Some(20.0),
-        time_limit: Some(1500.0),
+        time_limit: Some(1680.0),
         eval_every: 1000,
         checkpoint_every: 1000,
         checkpoint_every_epochs: None,
