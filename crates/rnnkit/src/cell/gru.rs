@@ -91,7 +91,14 @@ pub fn forward<T: Real>(
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g3 = 3 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g3);
-    project_inputs(p, x, steps * batch, gates, false);
+    project_inputs(
+        p,
+        x,
+        steps * batch,
+        gates,
+        false,
+        &mut cache.weights.packed[2],
+    );
     let w_hh = RecurrentWeights::new(
         p,
         batch,
@@ -330,10 +337,26 @@ pub fn backward<T: Real>(
     });
     match g {
         Some(g) => {
-            input_grads(p, Some(&mut *g), x, &seq, &cache.dgx, Some(dx));
+            input_grads(
+                p,
+                Some(&mut *g),
+                x,
+                &seq,
+                &cache.dgx,
+                Some(dx),
+                Some(&mut cache.weights.packed[3]),
+            );
             hidden_weight_grads(g, reset_after, seq, cache);
         }
-        None => input_grads(p, None, x, &seq, &cache.dgx, Some(dx)),
+        None => input_grads(
+            p,
+            None,
+            x,
+            &seq,
+            &cache.dgx,
+            Some(dx),
+            Some(&mut cache.weights.packed[3]),
+        ),
     }
 }
 
@@ -347,7 +370,7 @@ pub(crate) fn weight_grads<T: Real>(
     x: Input<'_, T>,
     cache: &GruCache<T>,
 ) {
-    input_grads(p, Some(&mut *g), x, &seq, &cache.dgx, None);
+    input_grads(p, Some(&mut *g), x, &seq, &cache.dgx, None, None);
     hidden_weight_grads(g, reset_after, seq, cache);
 }
 

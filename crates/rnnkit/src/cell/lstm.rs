@@ -78,7 +78,14 @@ pub fn forward<T: Real>(
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g4 = 4 * hs;
     let gates = scratch(&mut cache.gates, steps * batch * g4);
-    project_inputs(p, x, steps * batch, gates, true);
+    project_inputs(
+        p,
+        x,
+        steps * batch,
+        gates,
+        true,
+        &mut cache.weights.packed[2],
+    );
     let w_hh = RecurrentWeights::new(
         p,
         batch,
@@ -241,10 +248,26 @@ pub fn backward<T: Real>(
     });
     match g {
         Some(g) => {
-            input_grads(p, Some(&mut *g), x, &seq, &cache.dgates, Some(dx));
+            input_grads(
+                p,
+                Some(&mut *g),
+                x,
+                &seq,
+                &cache.dgates,
+                Some(dx),
+                Some(&mut cache.weights.packed[3]),
+            );
             recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
         }
-        None => input_grads(p, None, x, &seq, &cache.dgates, Some(dx)),
+        None => input_grads(
+            p,
+            None,
+            x,
+            &seq,
+            &cache.dgates,
+            Some(dx),
+            Some(&mut cache.weights.packed[3]),
+        ),
     }
 }
 
@@ -257,6 +280,6 @@ pub(crate) fn weight_grads<T: Real>(
     x: Input<'_, T>,
     cache: &LstmCache<T>,
 ) {
-    input_grads(p, Some(&mut *g), x, &seq, &cache.dgates, None);
+    input_grads(p, Some(&mut *g), x, &seq, &cache.dgates, None, None);
     recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
 }

@@ -12,7 +12,7 @@ pub mod rnn;
 
 use crate::kernel::{
     add_bias_rows, matmul, precision, serial, sum_rows_into, with_precision, MatMut, MatRef,
-    PackedB, Precision,
+    PackedB, Precision, FEW_ROWS,
 };
 use crate::tensor::{Real, Scratch, Tensor};
 use rayon::prelude::*;
@@ -219,19 +219,24 @@ pub enum Input<'a, T> {
 
 /// `xp [rows, G·H] = x [rows, I] · W_ihᵀ + b_ih`, plus `b_hh` when `fold_bias_hh`
 /// (cells whose recurrent term is purely additive fold both biases in once).
+/// In bf16 mode a few rows (a stepped decoder) read `W_ihᵀ` packed once in `packed`.
 pub(crate) fn project_inputs<T: Real>(
     p: &CellParams<T>,
     x: Input<'_, T>,
     rows: usize,
     xp: &mut [T],
     fold_bias_hh: bool,
+    packed: &mut PackedSteps,
 ) {
     let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
+    let w_ih_t = MatRef::dense(p.w_ih.data(), gh, i).t();
+    let slot = few_rows_packed(rows, packed, w_ih_t);
     let project = |x: &[T], rows: usize, out: &mut [T]| {
-        matmul(
+        step_product(
             MatMut::dense(out, rows, gh),
             MatRef::dense(x, rows, i),
-            MatRef::dense(p.w_ih.data(), gh, i).t(),
+            w_ih_t,
+            slot,
             false,
         );
         add_bias_rows(out, p.b_ih.data());
@@ -287,9 +292,15 @@ pub(crate) fn input_grads<T: Real>(
     seq: &Seq,
     dg: &[T],
     dx: Option<&mut [T]>,
+    packed: Option<&mut PackedSteps>,
 ) {
     let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
     let rows = seq.steps * seq.batch;
+    let w_ih = MatRef::dense(p.w_ih.data(), gh, i);
+    let slot = match (&dx, &x, packed) {
+        (Some(_), Input::Dense(_), Some(packed)) => few_rows_packed(rows, packed, w_ih),
+        _ => None,
+    };
     let grads = |g: Option<&mut CellParams<T>>,
                  (x, rows): (&[T], usize),
                  real: Option<&[usize]>,
@@ -306,12 +317,7 @@ pub(crate) fn input_grads<T: Real>(
             sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
         }
         if let Some(dx) = dx {
-            matmul(
-                MatMut::dense(dx, rows, i),
-                dg_mat,
-                MatRef::dense(p.w_ih.data(), gh, i),
-                true,
-            );
+            step_product(MatMut::dense(dx, rows, i), dg_mat, w_ih, slot, true);
         }
     };
     match x {
@@ -349,6 +355,20 @@ pub(crate) fn input_grads<T: Real>(
             sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
         }
     }
+}
+
+/// `w` packed in `packed` (once per change of the weights) for a product of `rows`
+/// rows, in bf16 mode when they are a few (more rows pack `w` on the fly at little
+/// cost); `None` otherwise.
+fn few_rows_packed<'p, T: Real>(
+    rows: usize,
+    packed: &'p mut PackedSteps,
+    w: MatRef<'_, T>,
+) -> Option<&'p PackedB> {
+    if precision() != Precision::Bf16 || !(2..=FEW_ROWS).contains(&rows) {
+        return None;
+    }
+    packed.prepare(&[w]).map(|p| &p[0])
 }
 
 /// `dW_hh += dghᵀ·h_prev` and `db_hh += Σ dgh`, for cells whose recurrent
@@ -491,8 +511,9 @@ pub struct WeightCopies<T> {
     pub(crate) w_hh_t: Vec<T>,
     /// Whether `w_hh_t` matches the parameters.
     pub(crate) w_hh_t_valid: bool,
-    /// bf16 mode: `W_hhᵀ` for the forward and `W_hh` for the backward per-step products.
-    pub(crate) packed: [PackedSteps; 2],
+    /// bf16 mode: `W_hhᵀ` for the forward and `W_hh` for the backward per-step
+    /// products; `W_ihᵀ` and `W_ih` for input products of a few rows (a stepped decoder).
+    pub(crate) packed: [PackedSteps; 4],
 }
 
 impl<T> WeightCopies<T> {

@@ -72,7 +72,14 @@ pub fn forward<T: Real>(
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let h_new = scratch(&mut cache.h_new, steps * batch * hs);
-    project_inputs(p, x, steps * batch, h_new, true);
+    project_inputs(
+        p,
+        x,
+        steps * batch,
+        h_new,
+        true,
+        &mut cache.weights.packed[2],
+    );
     let w_hh = RecurrentWeights::new(
         p,
         batch,
@@ -184,10 +191,26 @@ pub fn backward<T: Real>(
     });
     match g {
         Some(g) => {
-            input_grads(p, Some(&mut *g), x, &seq, &cache.da, Some(dx));
+            input_grads(
+                p,
+                Some(&mut *g),
+                x,
+                &seq,
+                &cache.da,
+                Some(dx),
+                Some(&mut cache.weights.packed[3]),
+            );
             recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
         }
-        None => input_grads(p, None, x, &seq, &cache.da, Some(dx)),
+        None => input_grads(
+            p,
+            None,
+            x,
+            &seq,
+            &cache.da,
+            Some(dx),
+            Some(&mut cache.weights.packed[3]),
+        ),
     }
 }
 
@@ -200,6 +223,6 @@ pub(crate) fn weight_grads<T: Real>(
     x: Input<'_, T>,
     cache: &RnnCache<T>,
 ) {
-    input_grads(p, Some(&mut *g), x, &seq, &cache.da, None);
+    input_grads(p, Some(&mut *g), x, &seq, &cache.da, None, None);
     recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
 }
