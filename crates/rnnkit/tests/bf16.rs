@@ -73,8 +73,12 @@ fn a_stepped_layer_in_bf16_tracks_f32() {
     use rnnkit::{Recurrent, RecurrentConfig, RecurrentState, Tensor};
     let (steps, b, i, h) = (6, 16, 24, 32);
     let mut rng = Rng::new(5);
-    let x: Vec<f32> = (0..steps * b * i).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect();
-    let dy: Vec<f32> = (0..steps * b * h).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect();
+    let x: Vec<f32> = (0..steps * b * i)
+        .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+        .collect();
+    let dy: Vec<f32> = (0..steps * b * h)
+        .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+        .collect();
     for cell in CellKind::ALL {
         let cfg = RecurrentConfig::new(cell, i, h).with_layers(2);
         let layer: Recurrent<f32> = cfg.init(&mut Rng::new(1)).unwrap();
