@@ -760,22 +760,19 @@ fn bench_refuses_flags_of_another_task() {
 fn bf16_training_resumes_in_bf16_and_refuses_a_change_of_precision() {
     let dir = tempfile::tempdir().unwrap();
     corpus(dir.path(), 20_000);
+    // Resumes the run in `out` to 8 steps, with `extra` flags.
+    let resume = |out: &str, extra: &[&str]| {
+        let latest = format!("{out}/latest.safetensors");
+        let mut args = vec!["--steps", "8", "--out", out, "--resume", &latest];
+        args.extend_from_slice(extra);
+        train(dir.path(), &args)
+    };
     let whole = train(dir.path(), &["--steps", "8", "--out", "whole", "--bf16"]);
     assert!(whole.status.success(), "{}", stderr(&whole));
     let first = train(dir.path(), &["--steps", "4", "--out", "split", "--bf16"]);
     assert!(first.status.success(), "{}", stderr(&first));
     // No --bf16 here: the checkpoint's recipe carries the precision.
-    let rest = train(
-        dir.path(),
-        &[
-            "--steps",
-            "8",
-            "--out",
-            "split",
-            "--resume",
-            "split/latest.safetensors",
-        ],
-    );
+    let rest = resume("split", &[]);
     assert!(rest.status.success(), "{}", stderr(&rest));
     let m1 = std::fs::read_to_string(dir.path().join("whole/metrics.jsonl")).unwrap();
     let m2 = std::fs::read_to_string(dir.path().join("split/metrics.jsonl")).unwrap();
@@ -788,33 +785,15 @@ fn bf16_training_resumes_in_bf16_and_refuses_a_change_of_precision() {
     );
     let f32_run = train(dir.path(), &["--steps", "4", "--out", "f32"]);
     assert!(f32_run.status.success(), "{}", stderr(&f32_run));
-    let o = train(
-        dir.path(),
-        &[
-            "--steps",
-            "8",
-            "--out",
-            "f32",
-            "--resume",
-            "f32/latest.safetensors",
-            "--bf16",
-        ],
+    fails_with(
+        &resume("f32", &["--bf16"]),
+        "--bf16 is off in the checkpoint but on was asked",
     );
-    fails_with(&o, "--bf16 is off in the checkpoint but on was asked");
     // `--f32` turns off the bf16 of a recipe (the tagger's default), and only then.
-    let o = train(
-        dir.path(),
-        &[
-            "--steps",
-            "8",
-            "--out",
-            "split",
-            "--resume",
-            "split/latest.safetensors",
-            "--f32",
-        ],
+    fails_with(
+        &resume("split", &["--f32"]),
+        "--bf16 is on in the checkpoint but off was asked",
     );
-    fails_with(&o, "--bf16 is on in the checkpoint but off was asked");
     let o = train(
         dir.path(),
         &["--steps", "4", "--out", "x", "--bf16", "--f32"],

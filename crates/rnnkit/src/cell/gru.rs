@@ -227,7 +227,7 @@ pub fn forward<T: Real>(
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     p: &CellParams<T>,
-    g: Option<&mut CellParams<T>>,
+    mut g: Option<&mut CellParams<T>>,
     reset_after: bool,
     seq: Seq,
     x: Input<'_, T>,
@@ -335,28 +335,17 @@ pub fn backward<T: Real>(
             );
         }
     });
-    match g {
-        Some(g) => {
-            input_grads(
-                p,
-                Some(&mut *g),
-                x,
-                &seq,
-                &cache.dgx,
-                Some(dx),
-                Some(&mut cache.weights.packed[3]),
-            );
-            hidden_weight_grads(g, reset_after, seq, cache);
-        }
-        None => input_grads(
-            p,
-            None,
-            x,
-            &seq,
-            &cache.dgx,
-            Some(dx),
-            Some(&mut cache.weights.packed[3]),
-        ),
+    input_grads(
+        p,
+        g.as_deref_mut(),
+        x,
+        &seq,
+        &cache.dgx,
+        Some(dx),
+        Some(&mut cache.weights.packed[3]),
+    );
+    if let Some(g) = g {
+        hidden_weight_grads(g, reset_after, seq, cache);
     }
 }
 

@@ -17,8 +17,8 @@
 //! ```
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, step_product, CellParams, Input,
-    RecurrentWeights, Seq, Shared, WeightCopies,
+    for_row_blocks, input_grads, linear_weight_grads, project_inputs, recurrent_grads,
+    step_product, CellParams, Input, RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{scratch, Real, Scratch};
@@ -186,7 +186,7 @@ pub(crate) fn step<T: Real>(
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     p: &CellParams<T>,
-    g: Option<&mut CellParams<T>>,
+    mut g: Option<&mut CellParams<T>>,
     seq: Seq,
     x: Input<'_, T>,
     cache: &mut LstmCache<T>,
@@ -246,28 +246,17 @@ pub fn backward<T: Real>(
             );
         }
     });
-    match g {
-        Some(g) => {
-            input_grads(
-                p,
-                Some(&mut *g),
-                x,
-                &seq,
-                &cache.dgates,
-                Some(dx),
-                Some(&mut cache.weights.packed[3]),
-            );
-            recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
-        }
-        None => input_grads(
-            p,
-            None,
-            x,
-            &seq,
-            &cache.dgates,
-            Some(dx),
-            Some(&mut cache.weights.packed[3]),
-        ),
+    input_grads(
+        p,
+        g.as_deref_mut(),
+        x,
+        &seq,
+        &cache.dgates,
+        Some(dx),
+        Some(&mut cache.weights.packed[3]),
+    );
+    if let Some(g) = g {
+        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
     }
 }
 
@@ -280,6 +269,5 @@ pub(crate) fn weight_grads<T: Real>(
     x: Input<'_, T>,
     cache: &LstmCache<T>,
 ) {
-    input_grads(p, Some(&mut *g), x, &seq, &cache.dgates, None, None);
-    recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
+    linear_weight_grads(p, g, &seq, x, &cache.dgates, &cache.h_prev);
 }

@@ -371,6 +371,21 @@ fn few_rows_packed<'p, T: Real>(
     packed.prepare(&[w]).map(|p| &p[0])
 }
 
+/// The parameter gradients of a cell whose gates are all linear in `x_t` and
+/// `h_{t-1}` (LSTM, tanh/ReLU RNN), from the pre-activation gradients `dg` and the
+/// previous states `h_prev` (`[T, B, ·]` over the walk `seq`) of a backward pass.
+pub(crate) fn linear_weight_grads<T: Real>(
+    p: &CellParams<T>,
+    g: &mut CellParams<T>,
+    seq: &Seq,
+    x: Input<'_, T>,
+    dg: &[T],
+    h_prev: &[T],
+) {
+    input_grads(p, Some(&mut *g), x, seq, dg, None, None);
+    recurrent_grads(g, seq, h_prev, dg);
+}
+
 /// `dW_hh += dghᵀ·h_prev` and `db_hh += Σ dgh`, for cells whose recurrent
 /// pre-activation is `h_{t-1}·W_hhᵀ + b_hh` throughout; `dgh` and `h_prev` are
 /// `[T, B, ·]` over the walk `seq`.

@@ -8,8 +8,8 @@
 //! `dh_{t-1} = da_t · W_hh`.
 
 use super::{
-    for_row_blocks, input_grads, project_inputs, recurrent_grads, step_product, CellParams, Input,
-    RecurrentWeights, Seq, Shared, WeightCopies,
+    for_row_blocks, input_grads, linear_weight_grads, project_inputs, recurrent_grads,
+    step_product, CellParams, Input, RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{scratch, Real, Scratch};
@@ -141,7 +141,7 @@ pub fn forward<T: Real>(
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     p: &CellParams<T>,
-    g: Option<&mut CellParams<T>>,
+    mut g: Option<&mut CellParams<T>>,
     act: Activation,
     seq: Seq,
     x: Input<'_, T>,
@@ -189,28 +189,17 @@ pub fn backward<T: Real>(
             );
         }
     });
-    match g {
-        Some(g) => {
-            input_grads(
-                p,
-                Some(&mut *g),
-                x,
-                &seq,
-                &cache.da,
-                Some(dx),
-                Some(&mut cache.weights.packed[3]),
-            );
-            recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
-        }
-        None => input_grads(
-            p,
-            None,
-            x,
-            &seq,
-            &cache.da,
-            Some(dx),
-            Some(&mut cache.weights.packed[3]),
-        ),
+    input_grads(
+        p,
+        g.as_deref_mut(),
+        x,
+        &seq,
+        &cache.da,
+        Some(dx),
+        Some(&mut cache.weights.packed[3]),
+    );
+    if let Some(g) = g {
+        recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
     }
 }
 
@@ -223,6 +212,5 @@ pub(crate) fn weight_grads<T: Real>(
     x: Input<'_, T>,
     cache: &RnnCache<T>,
 ) {
-    input_grads(p, Some(&mut *g), x, &seq, &cache.da, None, None);
-    recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
+    linear_weight_grads(p, g, &seq, x, &cache.da, &cache.h_prev);
 }
