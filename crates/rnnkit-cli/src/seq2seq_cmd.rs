@@ -12,7 +12,8 @@ use rnnkit::model::Precision;
 use rnnkit::optim::OptimizerKind;
 use rnnkit::seq2seq::{AttentionKind, DecodeOptions, Seq2seq, Seq2seqConfig};
 use rnnkit::task::seq2seq::{
-    encode_examples, evaluate, EncodedExample, Seq2seqTask, META_DEV_PATH, META_TEST_PATH,
+    encode_examples, evaluate, EncodedExample, Seq2seqTask, TransductionScores, META_DEV_PATH,
+    META_TEST_PATH,
 };
 use rnnkit::train::{Recipe, Schedule, Settings, TrainSettings};
 use rnnkit::{CellKind, Rng};
@@ -218,7 +219,11 @@ pub struct Seq2seqEvalOpts {
     data: Option<PathBuf>,
     #[command(flatten)]
     decode: DecodeFlags,
-    /// Print one JSON object: wer, per, sources, beam, seconds.
+    /// Score with the digits removed from every output and reference token: ARPAbet
+    /// phonemes without their stress, as stress-free G2P benchmarks score them.
+    #[arg(long)]
+    ignore_digits: bool,
+    /// Print one JSON object: wer, per, sources, beam, seconds, ignore_digits.
     #[arg(long)]
     json: bool,
     /// Worker threads [default: all cores].
@@ -489,8 +494,12 @@ fn eval(o: Seq2seqEvalOpts) -> anyhow::Result<ExitCode> {
     };
     let encoded: Vec<EncodedExample> = encode_examples(&model, &examples, &name)?;
     let t0 = Instant::now();
-    let (s, _) = evaluate(&mut model, &encoded, &opts)?;
+    let (mut s, outputs) = evaluate(&mut model, &encoded, &opts)?;
     let secs = t0.elapsed().as_secs_f64();
+    if o.ignore_digits {
+        let classes = model.target_vocab.digitless_classes();
+        s = TransductionScores::with_classes(&outputs, &encoded, &classes);
+    }
     if o.json {
         println!(
             "{}",
@@ -498,12 +507,18 @@ fn eval(o: Seq2seqEvalOpts) -> anyhow::Result<ExitCode> {
                 "wer": s.wer(), "per": s.per(), "sources": s.sources, "beam": opts.beam,
                 "length_penalty": opts.length_penalty, "seconds": secs,
                 "sources_per_second": s.sources as f64 / secs.max(1e-9),
+                "ignore_digits": o.ignore_digits,
             })
         );
     } else {
+        let digits = if o.ignore_digits {
+            " (digits ignored)"
+        } else {
+            ""
+        };
         println!("sources:  {}", s.sources);
-        println!("WER:      {:.2} %", 100.0 * s.wer());
-        println!("PER:      {:.2} %", 100.0 * s.per());
+        println!("WER:      {:.2} %{digits}", 100.0 * s.wer());
+        println!("PER:      {:.2} %{digits}", 100.0 * s.per());
         println!(
             "decoding: beam {}, {:.1} s ({:.0} sources/s)",
             opts.beam,

@@ -109,6 +109,27 @@ fn seq2seq_trains_evaluates_predicts_and_draws_attention() {
     assert_eq!(e["beam"], 1);
     assert!((e["wer"].as_f64().unwrap() - j["test_wer_greedy"].as_f64().unwrap()).abs() < 1e-12);
     assert!(e["per"].as_f64().unwrap() <= e["wer"].as_f64().unwrap());
+    assert_eq!(e["ignore_digits"], false);
+    // These tokens have no digits: ignoring them scores the same.
+    let o = rnnkit(
+        &[
+            "seq2seq",
+            "eval",
+            "--checkpoint",
+            "s/best.safetensors",
+            "--data",
+            "test.tsv",
+            "--beam",
+            "1",
+            "--ignore-digits",
+            "--json",
+        ],
+        d,
+    );
+    ok(&o);
+    let n = last_json(&o);
+    assert_eq!(n["ignore_digits"], true);
+    assert_eq!((&n["wer"], &n["per"]), (&e["wer"], &e["per"]));
 
     let o = predict(d, &["--attention-plots", "att"], "abc\nfed\r\n");
     ok(&o);

@@ -222,6 +222,21 @@ impl TokenVocab {
             .collect()
     }
 
+    /// Every id mapped to the first id whose token reads the same once ASCII digits
+    /// are removed (`AH0`, `AH1`, `AH2` → the id of `AH0`): for scoring ARPAbet
+    /// phonemes without their stress.
+    pub fn digitless_classes(&self) -> Vec<usize> {
+        let mut first: HashMap<String, usize> = HashMap::new();
+        self.tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let bare: String = t.chars().filter(|c| !c.is_ascii_digit()).collect();
+                *first.entry(bare).or_insert(i)
+            })
+            .collect()
+    }
+
     /// The tokens of `ids`.
     pub fn decode(&self, ids: &[usize]) -> Vec<String> {
         ids.iter()

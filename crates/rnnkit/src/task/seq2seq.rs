@@ -81,6 +81,30 @@ impl TransductionScores {
         s
     }
 
+    /// [`TransductionScores::new`] with every id first replaced by its class
+    /// (`classes[id]`, e.g. [`TokenVocab::digitless_classes`](crate::data::TokenVocab::digitless_classes)):
+    /// tokens of one class count as equal.
+    pub fn with_classes(
+        outputs: &[Vec<usize>],
+        examples: &[EncodedExample],
+        classes: &[usize],
+    ) -> Self {
+        let class = |ids: &[usize]| -> Vec<usize> {
+            ids.iter()
+                .map(|&i| classes.get(i).copied().unwrap_or(i))
+                .collect()
+        };
+        let outputs: Vec<Vec<usize>> = outputs.iter().map(|o| class(o)).collect();
+        let examples: Vec<EncodedExample> = examples
+            .iter()
+            .map(|e| EncodedExample {
+                source: e.source.clone(),
+                targets: e.targets.iter().map(|t| class(t)).collect(),
+            })
+            .collect();
+        Self::new(&outputs, &examples)
+    }
+
     /// Sequence (word) error rate: the fraction of outputs equal to no reference.
     pub fn wer(&self) -> f64 {
         self.wrong as f64 / self.sources.max(1) as f64
@@ -345,5 +369,30 @@ mod tests {
         assert_eq!((s.wrong, s.edits, s.reference_tokens), (1, 2, 6));
         assert_eq!(s.wer(), 0.5);
         assert!((s.per() - 2.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn digitless_classes_score_phonemes_without_their_stress() {
+        let tokens = ["</s>", "<s>", "AH0", "AH1", "B", "K2", "K"];
+        let vocab =
+            crate::data::TokenVocab::new(tokens.iter().map(|t| t.to_string()).collect()).unwrap();
+        let classes = vocab.digitless_classes();
+        assert_eq!(classes, [0, 1, 2, 2, 4, 5, 5]);
+        // Output `AH1 B K`, reference `AH0 B K2`: wrong with stress, right without.
+        let ex = vec![EncodedExample {
+            source: vec![0],
+            targets: vec![vec![2, 4, 5]],
+        }];
+        let out = [vec![3, 4, 6]];
+        let with = TransductionScores::new(&out, &ex);
+        assert_eq!((with.wrong, with.edits), (1, 2));
+        let without = TransductionScores::with_classes(&out, &ex, &classes);
+        assert_eq!(
+            (without.wrong, without.edits, without.reference_tokens),
+            (0, 0, 3)
+        );
+        // An id outside the classes stays itself.
+        let s = TransductionScores::with_classes(&[vec![9]], &ex, &classes);
+        assert_eq!((s.wrong, s.edits), (1, 3));
     }
 }
