@@ -151,6 +151,9 @@ pub struct Seq2seqTrainOpts {
     /// Dropout between recurrent layers and on the decoder's output, in [0, 1).
     #[arg(long)]
     dropout: Option<f32>,
+    /// Label smoothing ε of the training loss: targets (1 − ε)·one-hot + ε uniform, in [0, 1).
+    #[arg(long)]
+    label_smoothing: Option<f32>,
     #[command(flatten)]
     decode: DecodeFlags,
     #[command(flatten)]
@@ -168,6 +171,7 @@ pub(crate) fn default_recipe() -> Recipe<Seq2seqConfig> {
             num_layers: 2,
             bidirectional: true,
             dropout: 0.2,
+            label_smoothing: 0.0,
         },
         train: TrainSettings {
             batch: 64,
@@ -268,6 +272,7 @@ impl Seq2seqTrainOpts {
         set(&mut m.num_layers, self.layers.map(|v| v as usize));
         set(&mut m.bidirectional, self.bidirectional);
         set(&mut m.dropout, self.dropout);
+        set(&mut m.label_smoothing, self.label_smoothing);
         if !(0.0..1.0).contains(&m.dropout) {
             bail!("--dropout {} must be in [0, 1)", m.dropout);
         }
@@ -410,6 +415,7 @@ fn train(o: Seq2seqTrainOpts) -> anyhow::Result<ExitCode> {
             let (mut model, file) =
                 Seq2seq::load(p).with_context(|| format!("--resume {}", p.display()))?;
             model.set_dropout(r.task.dropout)?;
+            model.set_label_smoothing(r.task.label_smoothing)?;
             (model, Start::Resumed(file))
         }
         None => {

@@ -179,6 +179,7 @@ fn every_model_kind_exports() {
         num_layers: 1,
         bidirectional: true,
         dropout: 0.0,
+        label_smoothing: 0.0,
     };
     let src = TokenVocab::new(["a", "b"].map(String::from).to_vec()).unwrap();
     let tgt = TokenVocab::new(["</s>", "<s>", "x"].map(String::from).to_vec()).unwrap();

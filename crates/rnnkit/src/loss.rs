@@ -61,6 +61,9 @@ pub struct CrossEntropy<'a, T> {
     pub ignore_index: Option<usize>,
     /// Weight `w[c]` of each class `[classes]`, non-negative (torch's `weight`).
     pub class_weights: Option<&'a [T]>,
+    /// ε in [0, 1]: the target distribution is `(1 − ε)·one-hot + ε/C` uniform over
+    /// the C classes (torch's `label_smoothing`).
+    pub label_smoothing: f64,
 }
 
 /// The weighted mean loss and its denominator (Σ weights of the counted rows; 0 when none counted).
@@ -78,7 +81,8 @@ pub struct LossValue {
 ///
 /// With `nll_r = max_r + log Σ_c exp(x_rc − max_r) − x_r,target` and `w_r` the target's
 /// class weight (1 without weights), `mean = Σ_r w_r·nll_r / W` with `W = Σ_r w_r`, and
-/// `∂mean/∂x_rc = (w_r / W)·(softmax(x_r)_c − [c = target_r])`.
+/// `∂mean/∂x_rc = (w_r / W)·(softmax(x_r)_c − [c = target_r])`. With label smoothing
+/// ε, as torch: `mean = [(1 − ε)·Σ_r w_r·nll_r + ε/C·Σ_r Σ_c w_c·(−log p_rc)] / W`.
 ///
 /// Rows where `mask` is false are not read at all (neither logits nor target), as if
 /// absent: padding may hold anything there. When no row is counted, or the counted rows
@@ -148,7 +152,18 @@ pub fn cross_entropy<T: Real>(
             }
         )));
     }
+    let eps = opts.label_smoothing;
+    if !(0.0..=1.0).contains(&eps) {
+        return Err(Error::Input(format!(
+            "cross-entropy: label smoothing must be in [0, 1], got {eps}"
+        )));
+    }
     let weight_of = |r: usize| opts.class_weights.map_or(1.0, |w| w[targets[r]].f64());
+    // Σ_c w_c, the weight of the uniform part of a smoothed target.
+    let all_weights: f64 = opts
+        .class_weights
+        .map_or(classes as f64, |w| w.iter().map(|v| v.f64()).sum());
+    let mut smooth = 0.0f64;
     let total_weight: f64 = (0..n).filter(|&r| counted(r)).map(weight_of).sum();
 
     let mut total = 0.0f64;
@@ -172,20 +187,44 @@ pub fn cross_entropy<T: Real>(
             None => scratch(&mut tmp, classes),
         };
         let (max, sum) = shifted_exp(row, e);
-        total += w * (max.f64() + sum.ln() - row[target].f64());
-        if want_grad {
+        let log_sum = max.f64() + sum.ln();
+        total += w * (log_sum - row[target].f64());
+        if eps > 0.0 {
+            // −Σ_c w_c log p_c = Σ_c w_c · log Σexp − Σ_c w_c x_c
+            let wx: f64 = match opts.class_weights {
+                Some(cw) => row.iter().zip(cw).map(|(x, w)| x.f64() * w.f64()).sum(),
+                None => row.iter().map(|x| x.f64()).sum(),
+            };
+            smooth += all_weights * log_sum - wx;
+        }
+        if want_grad && eps == 0.0 {
             let scale = w / total_weight;
             let p_scale = scale / sum;
             e.iter_mut().for_each(|p| *p = T::of(p.f64() * p_scale));
             e[target] -= T::of(scale);
+        } else if want_grad {
+            // ∂/∂x_c = [(1 − ε)·w_y·(p_c − [c = y]) + ε/C·(p_c·Σw − w_c)] / W
+            let a = (1.0 - eps) * w / total_weight;
+            let b = eps / classes as f64 / total_weight;
+            let p_scale = (a + b * all_weights) / sum;
+            e.iter_mut().for_each(|p| *p = T::of(p.f64() * p_scale));
+            e[target] -= T::of(a);
+            match opts.class_weights {
+                Some(cw) => e
+                    .iter_mut()
+                    .zip(cw)
+                    .for_each(|(d, w)| *d -= T::of(b * w.f64())),
+                None => e.iter_mut().for_each(|d| *d -= T::of(b)),
+            }
         }
     }
+    let mean = match (total_weight == 0.0, eps == 0.0) {
+        (true, _) => 0.0,
+        (false, true) => total / total_weight,
+        (false, false) => ((1.0 - eps) * total + eps / classes as f64 * smooth) / total_weight,
+    };
     Ok(LossValue {
-        mean: if total_weight == 0.0 {
-            0.0
-        } else {
-            total / total_weight
-        },
+        mean,
         weight: total_weight,
     })
 }
@@ -346,6 +385,7 @@ mod tests {
         let opts = CrossEntropy {
             ignore_index: Some(0),
             class_weights: Some(&weights),
+            label_smoothing: 0.0,
         };
         let loss = |x: &[f64]| {
             cross_entropy(x, 4, &targets, Some(&mask), &opts, None)
@@ -390,6 +430,7 @@ mod tests {
                 CrossEntropy {
                     ignore_index: Some(2),
                     class_weights: None,
+                    label_smoothing: 0.0,
                 },
             ),
             // Counted rows 1..=3 all have class 1, of weight 0.
@@ -398,6 +439,7 @@ mod tests {
                 CrossEntropy {
                     ignore_index: None,
                     class_weights: Some(&weights),
+                    label_smoothing: 0.0,
                 },
             ),
         ];
@@ -437,6 +479,7 @@ mod tests {
         let ignore = CrossEntropy {
             ignore_index: Some(4),
             class_weights: None,
+            label_smoothing: 0.0,
         };
         assert!(cross_entropy(&LOGITS, 4, &targets, None, &ignore, None).is_ok());
         let mask = [true, true, false, true, true, true];
@@ -485,6 +528,7 @@ mod tests {
             let o = CrossEntropy {
                 ignore_index: None,
                 class_weights: Some(w),
+                label_smoothing: 0.0,
             };
             let e = ce(&LOGITS, &t, None, &o).unwrap_err();
             assert!(e.contains(what), "{what}: {e}");
@@ -536,5 +580,58 @@ mod tests {
         assert!(mse(&[1.0f32], &[1.0, 2.0], None).is_err());
         let err = mse(&[1.0f32], &[f32::NAN], None).unwrap_err().to_string();
         assert!(err.contains("target 0"), "{err}");
+    }
+
+    #[test]
+    fn label_smoothing_mixes_in_a_uniform_target_as_torch_defines_it() {
+        let targets = [2, 0, 1, 3, 0, 2];
+        let mask = [true, true, false, true, true, true];
+        let weights = [1.0, 0.5, 3.0, 2.0];
+        for cw in [None, Some(&weights[..])] {
+            let opts = CrossEntropy {
+                ignore_index: Some(3),
+                class_weights: cw,
+                label_smoothing: 0.1,
+            };
+            let loss = |x: &[f64]| {
+                cross_entropy(x, 4, &targets, Some(&mask), &opts, None)
+                    .unwrap()
+                    .mean
+            };
+            let mut d = [f64::NAN; 24];
+            let v = cross_entropy(&LOGITS, 4, &targets, Some(&mask), &opts, Some(&mut d)).unwrap();
+            // Counted: rows 0, 1, 4, 5 (row 2 masked, row 3's target is ignored).
+            let w = |c: usize| cw.map_or(1.0, |w| w[c]);
+            let log_p = |r: usize, c: usize| {
+                let row = &LOGITS[r * 4..r * 4 + 4];
+                row[c] - row.iter().map(|x| x.exp()).sum::<f64>().ln()
+            };
+            let rows = [0, 1, 4, 5];
+            let total: f64 = rows.iter().map(|&r| w(targets[r])).sum();
+            let want = rows
+                .iter()
+                .map(|&r| {
+                    let uniform: f64 = (0..4).map(|c| -w(c) * log_p(r, c)).sum();
+                    0.9 * -w(targets[r]) * log_p(r, targets[r]) + 0.1 / 4.0 * uniform
+                })
+                .sum::<f64>()
+                / total;
+            assert!((v.mean - want).abs() < 1e-12, "{} vs {want}", v.mean);
+            assert_eq!(v.weight, total);
+            for i in 0..24 {
+                let (mut up, mut down) = (LOGITS, LOGITS);
+                up[i] += 1e-6;
+                down[i] -= 1e-6;
+                let num = (loss(&up) - loss(&down)) / 2e-6;
+                assert!((num - d[i]).abs() < 1e-8, "[{i}] {num} vs {}", d[i]);
+            }
+            assert_eq!(&d[8..16], &[0.0; 8], "uncounted rows 2 and 3");
+        }
+        let bad = CrossEntropy {
+            label_smoothing: 1.5,
+            ..CrossEntropy::<f64>::default()
+        };
+        let e = cross_entropy(&LOGITS, 4, &targets, None, &bad, None).unwrap_err();
+        assert!(e.to_string().contains("label smoothing"), "{e}");
     }
 }

@@ -38,6 +38,7 @@ fn check<T: Real>(tol: f64) {
                 .get(&format!("{name}.ignore_index"))
                 .map(|s| s.parse().unwrap()),
             class_weights: weights.as_ref().map(|w| w.data()),
+            label_smoothing: 0.0,
         };
         let mut grad = vec![T::of(f64::NAN); rows * classes];
         let got = cross_entropy(

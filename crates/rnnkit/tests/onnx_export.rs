@@ -614,6 +614,7 @@ fn seq2seq_encoder_and_decoder_step() {
             num_layers: layers,
             bidirectional,
             dropout: 0.0,
+            label_smoothing: 0.0,
         };
         let src = TokenVocab::new("abcdefg".chars().map(String::from).collect()).unwrap();
         let tgt =

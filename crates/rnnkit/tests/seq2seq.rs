@@ -28,6 +28,7 @@ fn config(cell: CellKind, attention: AttentionKind, layers: usize, bi: bool) -> 
         num_layers: layers,
         bidirectional: bi,
         dropout: 0.0,
+        label_smoothing: 0.0,
     }
 }
 
@@ -102,6 +103,53 @@ fn every_parameter_gradient_matches_finite_differences() {
             }
         }
     }
+}
+
+#[test]
+fn label_smoothed_training_gradients_match_finite_differences() {
+    let mut cfg = config(CellKind::Lstm, AttentionKind::General, 1, true);
+    cfg.label_smoothing = 0.1;
+    let mut rng = Rng::new(3);
+    let mut model = model::<f64>(&cfg, &mut rng);
+    let b = batch();
+    // Dropout is 0, so a training step's loss is a function of the weights alone.
+    let smoothed = |model: &mut Seq2seq<f64>| model.train_step(&b, &mut Rng::new(1)).unwrap().mean;
+    model.zero_grad();
+    let loss = smoothed(&mut model);
+    let logits = model.forward(&b, None).unwrap();
+    let plain = model.loss(&b, &logits, None).unwrap().mean;
+    assert!(
+        loss > plain,
+        "smoothing adds the uniform part: {loss} vs {plain}"
+    );
+    let mut analytic: Vec<Vec<f64>> = Vec::new();
+    model.visit_params_mut(&mut |_, _, g| analytic.push(g.data().to_vec()));
+    let eps = 1e-6;
+    for (pi, grad) in analytic.iter().enumerate() {
+        for (i, &a) in grad.iter().enumerate().step_by(7) {
+            let mut bump = |model: &mut Seq2seq<f64>, delta: f64| {
+                let mut k = 0;
+                model.visit_params_mut(&mut |_, t, _| {
+                    if k == pi {
+                        t.data_mut()[i] += delta;
+                    }
+                    k += 1;
+                });
+            };
+            bump(&mut model, eps);
+            let up = smoothed(&mut model);
+            bump(&mut model, -2.0 * eps);
+            let down = smoothed(&mut model);
+            bump(&mut model, eps);
+            let num = (up - down) / (2.0 * eps);
+            assert!(
+                (a - num).abs() <= 1e-6 * a.abs().max(num.abs()) + 1e-8,
+                "param {pi}[{i}] analytic {a:e} numeric {num:e}"
+            );
+        }
+    }
+    cfg.label_smoothing = 1.0;
+    assert!(cfg.validate().is_err());
 }
 
 #[test]
@@ -257,6 +305,7 @@ fn the_encoder_decoder_learns_to_reverse_digit_strings_and_decodes_consistently(
         num_layers: 1,
         bidirectional: true,
         dropout: 0.0,
+        label_smoothing: 0.0,
     };
     let mut model = Seq2seq::<f32>::new(
         &cfg,

@@ -187,6 +187,7 @@ mod tests {
                 num_layers: 1,
                 bidirectional: true,
                 dropout: 0.1,
+                label_smoothing: 0.0,
             },
             src_vocab: 5,
             tgt_vocab: 6,

@@ -65,6 +65,9 @@ pub struct Seq2seqConfig {
     pub bidirectional: bool,
     /// Dropout between recurrent layers and on the decoder's output, in training.
     pub dropout: f32,
+    /// Label smoothing ε of the training loss, in [0, 1) (absent in older checkpoints: 0).
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 impl Settings for Seq2seqConfig {
@@ -78,6 +81,7 @@ impl Settings for Seq2seqConfig {
             Setting::new("--layers", self.num_layers, Fixed),
             Setting::new("--bidirectional", self.bidirectional, Fixed),
             Setting::new("--dropout", self.dropout, Alters),
+            Setting::new("--label-smoothing", self.label_smoothing, Alters),
         ]
     }
 }
@@ -89,6 +93,12 @@ impl Seq2seqConfig {
             return Err(Error::Input(format!(
                 "--hidden {} must be even with a bidirectional encoder (each direction has half)",
                 self.hidden_size
+            )));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::Input(format!(
+                "--label-smoothing {} must be in [0, 1)",
+                self.label_smoothing
             )));
         }
         if self.embed == 0 || self.hidden_size == 0 || self.num_layers == 0 {
@@ -286,6 +296,15 @@ impl<T: Real> Seq2seq<T> {
         &self.config
     }
 
+    /// Sets the label smoothing of the training loss.
+    pub fn set_label_smoothing(&mut self, label_smoothing: f32) -> Result<()> {
+        let mut cfg = self.config.clone();
+        cfg.label_smoothing = label_smoothing;
+        cfg.validate()?;
+        self.config = cfg;
+        Ok(())
+    }
+
     /// Sets the dropout used in training.
     pub fn set_dropout(&mut self, dropout: f32) -> Result<()> {
         let mut cfg = self.config.clone();
@@ -434,6 +453,17 @@ impl<T: Real> Seq2seq<T> {
         logits: &[T],
         dlogits: Option<&mut [T]>,
     ) -> Result<LossValue> {
+        self.smoothed_loss(batch, logits, dlogits, 0.0)
+    }
+
+    /// [`Seq2seq::loss`] against targets smoothed by `label_smoothing` (torch's).
+    fn smoothed_loss(
+        &self,
+        batch: &PairBatch,
+        logits: &[T],
+        dlogits: Option<&mut [T]>,
+        label_smoothing: f64,
+    ) -> Result<LossValue> {
         let b = batch.size();
         let mask: Vec<bool> = (0..batch.tgt_out.len())
             .map(|r| r / b < batch.tgt_len[r % b])
@@ -443,16 +473,21 @@ impl<T: Real> Seq2seq<T> {
             self.target_vocab.len(),
             &batch.tgt_out,
             Some(&mask),
-            &CrossEntropy::default(),
+            &CrossEntropy {
+                label_smoothing,
+                ..CrossEntropy::default()
+            },
             dlogits,
         )
     }
 
-    /// Forward with dropout, loss, backward: adds the gradients of the batch's mean loss.
+    /// Forward with dropout, loss (label-smoothed as configured), backward: adds the
+    /// gradients of the batch's mean loss.
     pub fn train_step(&mut self, batch: &PairBatch, rng: &mut Rng) -> Result<LossValue> {
         let logits = self.forward(batch, Some(rng))?;
         let mut dlogits = vec![T::zero(); logits.len()];
-        let loss = self.loss(batch, &logits, Some(&mut dlogits))?;
+        let eps = f64::from(self.config.label_smoothing);
+        let loss = self.smoothed_loss(batch, &logits, Some(&mut dlogits), eps)?;
         self.backward(batch, &dlogits)?;
         Ok(loss)
     }
@@ -786,6 +821,7 @@ impl Seq2seq<f32> {
             num_layers: dec_cfg.num_layers,
             bidirectional: enc_cfg.bidirectional,
             dropout: 0.0,
+            label_smoothing: 0.0,
         };
         let want_enc = config.encoder();
         let want_dec = config.decoder();
