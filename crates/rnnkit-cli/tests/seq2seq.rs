@@ -153,7 +153,9 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     write_pairs(d, "test.tsv", 20, 3);
     let run = |steps: &str, out: &str, extra: &[&str]| {
         let mut args = TRAIN.to_vec();
-        args.extend_from_slice(&["--dropout", "0.3", "--steps", steps, "--out", out]);
+        // Dropout and label smoothing both come back from the checkpoint's recipe.
+        args.extend_from_slice(&["--dropout", "0.3", "--label-smoothing", "0.1"]);
+        args.extend_from_slice(&["--steps", steps, "--out", out]);
         args.extend_from_slice(extra);
         rnnkit(&args, d)
     };
@@ -179,6 +181,11 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
         );
         assert_eq!(x.data(), y.data(), "{name}");
     }
+    assert!(
+        a.metadata()["train.recipe"].contains(r#""label_smoothing":0.1"#),
+        "{}",
+        a.metadata()["train.recipe"]
+    );
 }
 
 #[test]
@@ -202,6 +209,8 @@ fn bad_input_gets_one_line_errors() {
     fails_with(&o, "--beam 0");
     let o = rnnkit(&["seq2seq", "train", "--hidden", "7", "--out", "x"], d);
     fails_with(&o, "must be even");
+    let o = rnnkit(&["seq2seq", "train", "--label-smoothing", "1", "--out", "x"], d);
+    fails_with(&o, "--label-smoothing 1 must be in [0, 1)");
     let o = rnnkit(&["seq2seq", "eval", "--checkpoint", "none.safetensors"], d);
     fails_with(&o, "none.safetensors");
 
