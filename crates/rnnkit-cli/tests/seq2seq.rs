@@ -209,7 +209,10 @@ fn bad_input_gets_one_line_errors() {
     fails_with(&o, "--beam 0");
     let o = rnnkit(&["seq2seq", "train", "--hidden", "7", "--out", "x"], d);
     fails_with(&o, "must be even");
-    let o = rnnkit(&["seq2seq", "train", "--label-smoothing", "1", "--out", "x"], d);
+    let o = rnnkit(
+        &["seq2seq", "train", "--label-smoothing", "1", "--out", "x"],
+        d,
+    );
     fails_with(&o, "--label-smoothing 1 must be in [0, 1)");
     let o = rnnkit(&["seq2seq", "eval", "--checkpoint", "none.safetensors"], d);
     fails_with(&o, "none.safetensors");
