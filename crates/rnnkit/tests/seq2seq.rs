@@ -127,7 +127,7 @@ fn label_smoothed_training_gradients_match_finite_differences() {
     let eps = 1e-6;
     for (pi, grad) in analytic.iter().enumerate() {
         for (i, &a) in grad.iter().enumerate().step_by(7) {
-            let mut bump = |model: &mut Seq2seq<f64>, delta: f64| {
+            let bump = |model: &mut Seq2seq<f64>, delta: f64| {
                 let mut k = 0;
                 model.visit_params_mut(&mut |_, t, _| {
                     if k == pi {
