@@ -89,45 +89,23 @@ fn seq2seq_trains_evaluates_predicts_and_draws_attention() {
     assert_eq!(f.shape("attn.weight"), Some(vec![48, 48]));
     assert_eq!(f.shape("encoder.weight_hh_l0_reverse"), Some(vec![96, 24]));
 
-    let o = rnnkit(
-        &[
-            "seq2seq",
-            "eval",
-            "--checkpoint",
-            "s/best.safetensors",
-            "--data",
-            "test.tsv",
-            "--beam",
-            "1",
-            "--json",
-        ],
-        d,
-    );
-    ok(&o);
-    let e = last_json(&o);
+    // Scores test.tsv greedily with the trained checkpoint.
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["seq2seq", "eval", "--checkpoint", "s/best.safetensors"];
+        args.extend_from_slice(&["--data", "test.tsv", "--beam", "1", "--json"]);
+        args.extend_from_slice(extra);
+        let o = rnnkit(&args, d);
+        ok(&o);
+        last_json(&o)
+    };
+    let e = eval(&[]);
     assert_eq!(e["sources"], 60);
     assert_eq!(e["beam"], 1);
     assert!((e["wer"].as_f64().unwrap() - j["test_wer_greedy"].as_f64().unwrap()).abs() < 1e-12);
     assert!(e["per"].as_f64().unwrap() <= e["wer"].as_f64().unwrap());
     assert_eq!(e["ignore_digits"], false);
     // These tokens have no digits: ignoring them scores the same.
-    let o = rnnkit(
-        &[
-            "seq2seq",
-            "eval",
-            "--checkpoint",
-            "s/best.safetensors",
-            "--data",
-            "test.tsv",
-            "--beam",
-            "1",
-            "--ignore-digits",
-            "--json",
-        ],
-        d,
-    );
-    ok(&o);
-    let n = last_json(&o);
+    let n = eval(&["--ignore-digits"]);
     assert_eq!(n["ignore_digits"], true);
     assert_eq!((&n["wer"], &n["per"]), (&e["wer"], &e["per"]));
 

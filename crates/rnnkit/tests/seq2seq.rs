@@ -56,6 +56,17 @@ fn loss_of(model: &mut Seq2seq<f64>, b: &PairBatch) -> f64 {
     model.loss(b, &logits, None).unwrap().mean
 }
 
+/// Adds `delta` to element `i` of the `param`-th parameter.
+fn bump(model: &mut Seq2seq<f64>, param: usize, i: usize, delta: f64) {
+    let mut k = 0;
+    model.visit_params_mut(&mut |_, t, _| {
+        if k == param {
+            t.data_mut()[i] += delta;
+        }
+        k += 1;
+    });
+}
+
 #[test]
 fn every_parameter_gradient_matches_finite_differences() {
     let cases = [
@@ -81,20 +92,11 @@ fn every_parameter_gradient_matches_finite_differences() {
         let eps = 1e-6;
         for (pi, (pname, grad)) in analytic.iter().enumerate() {
             for (i, &a) in grad.iter().enumerate() {
-                let bump = |model: &mut Seq2seq<f64>, delta: f64| {
-                    let mut k = 0;
-                    model.visit_params_mut(&mut |_, t, _| {
-                        if k == pi {
-                            t.data_mut()[i] += delta;
-                        }
-                        k += 1;
-                    });
-                };
-                bump(&mut model, eps);
+                bump(&mut model, pi, i, eps);
                 let up = loss_of(&mut model, &b);
-                bump(&mut model, -2.0 * eps);
+                bump(&mut model, pi, i, -2.0 * eps);
                 let down = loss_of(&mut model, &b);
-                bump(&mut model, eps);
+                bump(&mut model, pi, i, eps);
                 let num = (up - down) / (2.0 * eps);
                 assert!(
                     (a - num).abs() <= 1e-6 * a.abs().max(num.abs()) + 1e-8,
@@ -127,20 +129,11 @@ fn label_smoothed_training_gradients_match_finite_differences() {
     let eps = 1e-6;
     for (pi, grad) in analytic.iter().enumerate() {
         for (i, &a) in grad.iter().enumerate().step_by(7) {
-            let bump = |model: &mut Seq2seq<f64>, delta: f64| {
-                let mut k = 0;
-                model.visit_params_mut(&mut |_, t, _| {
-                    if k == pi {
-                        t.data_mut()[i] += delta;
-                    }
-                    k += 1;
-                });
-            };
-            bump(&mut model, eps);
+            bump(&mut model, pi, i, eps);
             let up = smoothed(&mut model);
-            bump(&mut model, -2.0 * eps);
+            bump(&mut model, pi, i, -2.0 * eps);
             let down = smoothed(&mut model);
-            bump(&mut model, eps);
+            bump(&mut model, pi, i, eps);
             let num = (up - down) / (2.0 * eps);
             assert!(
                 (a - num).abs() <= 1e-6 * a.abs().max(num.abs()) + 1e-8,
