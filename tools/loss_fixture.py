@@ -3,7 +3,8 @@
 
 Each case runs, in float64,
 
-    loss = F.cross_entropy(logits, torch_targets, weight=w, ignore_index=ii, reduction="mean")
+    loss = F.cross_entropy(logits, torch_targets, weight=w, ignore_index=ii,
+                           reduction="mean", label_smoothing=eps)
 
 and records the loss and d loss / d logits. rnnkit's ``loss::cross_entropy`` takes
 a boolean row mask besides the ignore index; torch has none, so a masked-out row
@@ -19,14 +20,21 @@ Cases (``NAME`` below), all logits seeded normal(0, scale):
 * ``masked``:       10 × 4, logits × 8 (saturated softmax), ignore index 4 (a
                     padding id outside the classes), rows 2, 5, 9 masked out, weights;
 * ``all_ignored``:  3 × 3, every target is the ignore index: torch's loss is NaN
-                    (0/0), where rnnkit returns 0 with weight 0.
+                    (0/0), where rnnkit returns 0 with weight 0;
+* ``smoothed``:     7 × 5, label smoothing ε = 0.1, no weights;
+* ``smoothed_weighted``: 10 × 6, ε = 0.25, class weights (class 4's 0), ignore
+                    index 2, rows 3 and 7 masked out.
+
+Where ε is not 0 (``NAME.label_smoothing`` in the metadata) torch's definition is
+``[(1 − ε)·Σ_r w_{t_r}·nll_r + ε/C·Σ_r Σ_c w_c·(−log p_rc)] / Σ_r w_{t_r}`` over the
+counted rows.
 
 Tensors per case: ``NAME.logits`` F64 [n, C], ``NAME.targets`` I64 [n],
 ``NAME.mask`` I64 [n] (1 = counted; every case has one, all ones where unmasked),
 ``NAME.weight`` F64 [C] (only where the case has weights), ``NAME.loss`` F64 [1],
 ``NAME.weight_sum`` F64 [1] (Σ weights of the counted rows), ``NAME.grad`` F64
 [n, C]. Metadata: ``cases`` (comma-separated names), ``NAME.ignore_index`` (only
-where set), ``generator``, ``torch_version``, sorted so that the file is
+where set), ``NAME.label_smoothing`` (only where not 0), ``generator``, ``torch_version``, sorted so that the file is
 byte-for-byte reproducible.
 
 Every torch result is checked against the formula evaluated in NumPy (to 1e-12)
@@ -54,8 +62,9 @@ from charlm_torch import canonical_safetensors  # noqa: E402
 TORCH_DEFAULT_IGNORE = -100
 
 
-def numpy_reference(logits, targets, counted, weight):
-    """(loss, grad) of the weighted mean cross-entropy, straight from its formula."""
+def numpy_reference(logits, targets, counted, weight, eps=0.0):
+    """(loss, grad) of the weighted mean cross-entropy smoothed by ``eps``, straight
+    from its formula."""
     x = logits.numpy()
     p = np.exp(x - x.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
@@ -69,7 +78,15 @@ def numpy_reference(logits, targets, counted, weight):
     for r, t in enumerate(targets):
         if counted[r]:
             onehot[r, t] = 1.0
-    return (w * nll).sum() / total, (w / total)[:, None] * (p - onehot), total
+    classes = x.shape[1]
+    wc = np.ones(classes) if weight is None else weight.numpy()
+    rows = np.array(counted, dtype=float)
+    # Σ_c w_c·(−log p_rc) of each counted row, and its gradient p_k·Σ_c w_c − w_k.
+    smooth = rows * -(np.log(p) * wc).sum(axis=1)
+    dsmooth = rows[:, None] * (p * wc.sum() - wc)
+    loss = ((1 - eps) * (w * nll).sum() + eps / classes * smooth.sum()) / total
+    grad = ((1 - eps) * w[:, None] * (p - onehot) + eps / classes * dsmooth) / total
+    return loss, grad, total
 
 
 def make_case(
@@ -84,6 +101,7 @@ def make_case(
     ignore_index: Optional[int] = None,
     masked_rows: List[int] = (),
     all_ignored: bool = False,
+    eps: float = 0.0,
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(rows, classes, generator=gen, dtype=torch.float64) * scale)
@@ -103,14 +121,16 @@ def make_case(
     torch_targets = torch.where(mask.bool(), targets, torch.full_like(targets, ii))
 
     x = logits.clone().requires_grad_(True)
-    loss = F.cross_entropy(x, torch_targets, weight=weight, ignore_index=ii, reduction="mean")
+    loss = F.cross_entropy(x, torch_targets, weight=weight, ignore_index=ii, reduction="mean",
+                           label_smoothing=eps)
     loss.backward()
     counted = (torch_targets != ii).numpy()
     if all_ignored:
         assert torch.isnan(loss), loss
         weight_sum = 0.0
     else:
-        want_loss, want_grad, weight_sum = numpy_reference(logits, targets.tolist(), counted, weight)
+        want_loss, want_grad, weight_sum = numpy_reference(
+            logits, targets.tolist(), counted, weight, eps)
         assert abs(loss.item() - want_loss) < 1e-12, (name, loss.item(), want_loss)
         assert np.abs(x.grad.numpy() - want_grad).max() < 1e-12, name
 
@@ -124,6 +144,8 @@ def make_case(
     tensors[f"{name}.grad"] = x.grad.detach()
     if ignore_index is not None:
         meta[f"{name}.ignore_index"] = str(ignore_index)
+    if eps:
+        meta[f"{name}.label_smoothing"] = repr(eps)
 
 
 def main(argv: List[str]) -> None:
@@ -137,7 +159,10 @@ def main(argv: List[str]) -> None:
     make_case(tensors, meta, "masked", 4, 10, 4, scale=8.0, weights=True, ignore_index=4,
               masked_rows=[2, 5, 9])
     make_case(tensors, meta, "all_ignored", 5, 3, 3, ignore_index=0, all_ignored=True)
-    meta["cases"] = "plain,weighted,ignore_class,masked,all_ignored"
+    make_case(tensors, meta, "smoothed", 6, 7, 5, eps=0.1)
+    make_case(tensors, meta, "smoothed_weighted", 7, 10, 6, weights=True, ignore_index=2,
+              masked_rows=[3, 7], eps=0.25)
+    meta["cases"] = "plain,weighted,ignore_class,masked,all_ignored,smoothed,smoothed_weighted"
     meta["generator"] = "tools/loss_fixture.py"
     meta["torch_version"] = torch.__version__
     tensors = {k: v.contiguous() for k, v in sorted(tensors.items())}

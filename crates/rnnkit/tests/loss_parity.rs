@@ -1,6 +1,7 @@
 //! `loss::cross_entropy` against torch.nn.functional.cross_entropy (mean reduction) with
-//! class weights, ignore indices (inside and outside the classes), masked rows and
-//! saturated logits, in f64 and f32. The fixture is made, from the repository root, by
+//! class weights, ignore indices (inside and outside the classes), masked rows,
+//! saturated logits and label smoothing (alone and with all of those), in f64 and f32.
+//! The fixture is made, from the repository root, by
 //! `~/torch/bin/python tools/loss_fixture.py tests/fixtures/loss/cross_entropy.safetensors`.
 
 use rnnkit::checkpoint::TensorFile;
@@ -20,7 +21,7 @@ fn check<T: Real>(tol: f64) {
     let file = fixture();
     let meta = file.metadata();
     let cases: Vec<&str> = meta["cases"].split(',').collect();
-    assert_eq!(cases.len(), 5, "cases: {cases:?}");
+    assert_eq!(cases.len(), 7, "cases: {cases:?}");
     for name in cases {
         let logits = file.get::<T>(&format!("{name}.logits"), None).unwrap();
         let &[rows, classes] = logits.shape() else {
@@ -38,7 +39,9 @@ fn check<T: Real>(tol: f64) {
                 .get(&format!("{name}.ignore_index"))
                 .map(|s| s.parse().unwrap()),
             class_weights: weights.as_ref().map(|w| w.data()),
-            label_smoothing: 0.0,
+            label_smoothing: meta
+                .get(&format!("{name}.label_smoothing"))
+                .map_or(0.0, |s| s.parse().unwrap()),
         };
         let mut grad = vec![T::of(f64::NAN); rows * classes];
         let got = cross_entropy(
