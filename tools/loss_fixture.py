@@ -34,8 +34,8 @@ Tensors per case: ``NAME.logits`` F64 [n, C], ``NAME.targets`` I64 [n],
 ``NAME.weight`` F64 [C] (only where the case has weights), ``NAME.loss`` F64 [1],
 ``NAME.weight_sum`` F64 [1] (Σ weights of the counted rows), ``NAME.grad`` F64
 [n, C]. Metadata: ``cases`` (comma-separated names), ``NAME.ignore_index`` (only
-where set), ``NAME.label_smoothing`` (only where not 0), ``generator``, ``torch_version``, sorted so that the file is
-byte-for-byte reproducible.
+where set), ``NAME.label_smoothing`` (only where not 0), ``generator``,
+``torch_version``, sorted so that the file is byte-for-byte reproducible.
 
 Every torch result is checked against the formula evaluated in NumPy (to 1e-12)
 before the file is written.
