@@ -134,29 +134,8 @@ pub(crate) fn few_rows_f32(
     }
 }
 
-/// `y[i..i + 8] = eight(offset of row i)` while 8 rows of `k` values are left, then
-/// `y[i] = one(offset of row i)` one by one: the row loop of the matrix–vector kernels.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) fn eight_rows_at_a_time(
-    y: &mut [f32],
-    k: usize,
-    eight: impl Fn(usize) -> [f32; 8],
-    one: impl Fn(usize) -> f32,
-) {
-    let mut i = 0;
-    while y.len() - i >= 8 {
-        y[i..i + 8].copy_from_slice(&eight(i * k));
-        i += 8;
-    }
-    for (j, y) in y.iter_mut().enumerate().skip(i) {
-        *y = one(j * k);
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::eight_rows_at_a_time;
     use std::arch::x86_64::*;
 
     /// `B` row-major: row `p` of the columns at hand starts at `b + p·ld`. Each
@@ -303,94 +282,6 @@ mod avx512 {
         }
         s.map(|s| _mm512_reduce_add_ps(s))
     }
-
-    /// Rows of bfloat16 weights, 8 at a time, by `vdpbf16ps` on 32 weights at once.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn dot_rows_dpbf16(y: &mut [f32], w: &[u16], x: &[f32]) {
-        let w = w.as_ptr();
-        eight_rows_at_a_time(
-            y,
-            x.len(),
-            |at| unsafe { dots_dpbf16::<8>(x, w.add(at)) },
-            |at| unsafe { dots_dpbf16::<1>(x, w.add(at)) }[0],
-        );
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    #[inline]
-    unsafe fn dots_dpbf16<const C: usize>(x: &[f32], w: *const u16) -> [f32; C] {
-        let k = x.len();
-        let mut s = [_mm512_setzero_ps(); C];
-        let mut p = 0;
-        while p < k {
-            let left = k - p;
-            let mask = if left >= 32 {
-                u32::MAX
-            } else {
-                (1u32 << left) - 1
-            };
-            let (lo, hi) = (mask as u16, (mask >> 16) as u16);
-            let xp = x.as_ptr();
-            // The upper 16 lanes start past the end of `x` when 16 or fewer are left:
-            // no pointer may be formed there, so they are zero without a load.
-            let upper = if hi == 0 {
-                _mm512_setzero_ps()
-            } else {
-                unsafe { _mm512_maskz_loadu_ps(hi, xp.add(p + 16)) }
-            };
-            let xv = _mm512_cvtne2ps_pbh(upper, unsafe { _mm512_maskz_loadu_ps(lo, xp.add(p)) });
-            for (c, s) in s.iter_mut().enumerate() {
-                // SAFETY: masked lanes are not read; both types are 64 bytes of lanes.
-                let wv: __m512bh = unsafe {
-                    std::mem::transmute(_mm512_maskz_loadu_epi16(mask, w.add(c * k + p).cast()))
-                };
-                *s = _mm512_dpbf16_ps(*s, wv, xv);
-            }
-            p += 32;
-        }
-        s.map(|s| _mm512_reduce_add_ps(s))
-    }
-
-    /// Rows of bfloat16 weights, 8 at a time; each weight widened by a shift.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn dot_rows_bf16(y: &mut [f32], w: &[u16], x: &[f32]) {
-        let w = w.as_ptr();
-        eight_rows_at_a_time(
-            y,
-            x.len(),
-            |at| unsafe { dots_bf16::<8>(x, w.add(at)) },
-            |at| unsafe { dots_bf16::<1>(x, w.add(at)) }[0],
-        );
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    #[inline]
-    unsafe fn widen(mask: u16, p: *const u16) -> __m512 {
-        let h = unsafe { _mm256_maskz_loadu_epi16(mask, p as *const i16) };
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    #[inline]
-    unsafe fn dots_bf16<const C: usize>(x: &[f32], w: *const u16) -> [f32; C] {
-        let k = x.len();
-        let mut s = [_mm512_setzero_ps(); C];
-        let mut p = 0;
-        while p < k {
-            let mask = if k - p >= 16 {
-                u16::MAX
-            } else {
-                (1u16 << (k - p)) - 1
-            };
-            let xv = unsafe { _mm512_maskz_loadu_ps(mask, x.as_ptr().add(p)) };
-            for (c, s) in s.iter_mut().enumerate() {
-                let wv = unsafe { widen(mask, w.add(c * k + p)) };
-                *s = _mm512_fmadd_ps(wv, xv, *s);
-            }
-            p += 16;
-        }
-        s.map(|s| _mm512_reduce_add_ps(s))
-    }
 }
 
 /// Rounds to the nearest bfloat16 (ties to even): the top 16 bits of an f32. A
@@ -408,110 +299,17 @@ pub(crate) fn to_bf16(x: f32) -> u16 {
     }
 }
 
-/// `y[i] = w[i]·x` for the `y.len()` rows of `w`, stored as bfloat16 `[rows, x.len()]`:
-/// half the bytes of f32 to stream. With AVX-512 BF16, `x` is rounded to bfloat16
-/// too and pairs of products are summed in f32 (`vdpbf16ps`, one instruction per 32
-/// weights); otherwise each weight is widened exactly to f32 first.
-pub(crate) fn dot_rows_bf16(y: &mut [f32], w: &[u16], x: &[f32]) {
-    let k = x.len();
-    assert!(
-        y.len().checked_mul(k).is_some_and(|n| n <= w.len()),
-        "bf16 rows outside their buffer"
-    );
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512bf16") && has!("avx512bw") {
-            // SAFETY: the features are present; every row read lies inside `w` (asserted).
-            unsafe { avx512::dot_rows_dpbf16(y, w, x) };
-            return;
-        }
-        if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
-            // SAFETY: as above.
-            unsafe { avx512::dot_rows_bf16(y, w, x) };
-            return;
-        }
-    }
-    for (y, row) in y.iter_mut().zip(w.chunks_exact(k)) {
-        *y = row
-            .iter()
-            .zip(x)
-            .map(|(&w, &x)| f32::from_bits((w as u32) << 16) * x)
-            .sum();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
 
     #[test]
-    fn bf16_rounding_and_rows() {
+    fn bf16_rounding() {
         assert_eq!(to_bf16(1.0), 0x3f80);
         assert_eq!(to_bf16(-2.0), 0xc000);
         // 1 + 2^-8 lies halfway between two bf16 values: ties go to the even one.
         assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
         assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
         assert!(f32::from_bits((to_bf16(f32::NAN) as u32) << 16).is_nan());
-        let mut rng = Rng::new(5);
-        let sizes: &[(usize, usize)] = if cfg!(miri) {
-            &[(1, 1), (3, 15), (9, 16), (17, 33)]
-        } else {
-            &[
-                (1, 1),
-                (3, 15),
-                (9, 16),
-                (17, 33),
-                (64, 512),
-                (8, 40),
-                (2, 100),
-            ]
-        };
-        for &(rows, k) in sizes {
-            let w: Vec<f32> = (0..rows * k)
-                .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-                .collect();
-            let x: Vec<f32> = (0..k).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect();
-            let wb: Vec<u16> = w.iter().map(|&v| to_bf16(v)).collect();
-            let y = vec![0.0; rows];
-            let mut ys = vec![y.clone()];
-            dot_rows_bf16(&mut ys[0], &wb, &x);
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-            {
-                // The widening kernel, which CPUs without AVX-512 BF16 run.
-                let mut y = y.clone();
-                // SAFETY: the features are present; `wb` holds rows × k weights.
-                unsafe { avx512::dot_rows_bf16(&mut y, &wb, &x) };
-                ys.push(y);
-            }
-            for (r, &got) in ys.iter().flatten().enumerate() {
-                let r = r % rows;
-                let row = &wb[r * k..][..k];
-                let want: f64 = row
-                    .iter()
-                    .zip(&x)
-                    .map(|(&w, &x)| f32::from_bits((w as u32) << 16) as f64 * x as f64)
-                    .sum();
-                // x may be rounded to bfloat16 too (2^-9 relative per element).
-                let scale: f64 = row
-                    .iter()
-                    .zip(&x)
-                    .map(|(&w, &x)| (f32::from_bits((w as u32) << 16) * x).abs() as f64)
-                    .sum();
-                assert!(
-                    (got as f64 - want).abs() <= 1e-5 + scale / 256.0,
-                    "rows {rows} k {k} [{r}]"
-                );
-                let exact: f64 = w[r * k..][..k]
-                    .iter()
-                    .zip(&x)
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum();
-                assert!((got as f64 - exact).abs() < 1e-2 * (k as f64).sqrt());
-            }
-        }
     }
 }

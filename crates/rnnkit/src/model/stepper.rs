@@ -10,79 +10,18 @@
 use super::CharLm;
 use crate::cell::{lstm, CellKind};
 use crate::error::{Error, Result};
+pub use crate::kernel::Weights;
 use crate::kernel::{
-    add_bias_rows, dot_rows_bf16, matmul, serial, sigmoid_f32, tanh_f32, to_bf16, Int8Rows,
-    Int8Vector, MatMut, MatRef, Precision,
+    add_bias_rows, matmul, serial, sigmoid_f32, tanh_f32, MatMut, MatRef, PanelVector, Panels,
 };
 use rayon::prelude::*;
-
-/// How a [`Stepper`] holds the weight matrices it streams at every step (biases,
-/// the first layer's input table and the state stay f32).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Weights {
-    /// As trained: logits match the model's forward pass to rounding.
-    #[default]
-    F32,
-    /// bfloat16: half the bytes; logits within about 1 % of f32.
-    Bf16,
-    /// 8-bit integers with a scale per row, the vector quantised to 8 bits at each
-    /// product (AVX-512 VNNI): a quarter of the bytes; slower than f32 without VNNI.
-    Int8,
-}
-
-impl From<Precision> for Weights {
-    fn from(p: Precision) -> Weights {
-        match p {
-            Precision::F32 => Weights::F32,
-            Precision::Bf16 => Weights::Bf16,
-        }
-    }
-}
-
-/// A row-major weight matrix `[rows, cols]` in the stepper's precision.
-#[derive(Clone, Debug)]
-enum Rows {
-    F32(Vec<f32>),
-    Bf16(Vec<u16>),
-    Int8(Int8Rows),
-}
-
-impl Rows {
-    fn new(w: &[f32], cols: usize, weights: Weights) -> Rows {
-        match weights {
-            Weights::F32 => Rows::F32(w.to_vec()),
-            Weights::Bf16 => Rows::Bf16(w.iter().map(|&v| to_bf16(v)).collect()),
-            Weights::Int8 => Rows::Int8(Int8Rows::new(w, cols)),
-        }
-    }
-
-    /// `y[i] = row(r0 + i)·x` (+ `bias[r0 + i]`); int8 rows read `xq`, the
-    /// quantised `x`, instead.
-    fn dot(&self, r0: usize, x: &[f32], xq: &Int8Vector, bias: Option<&[f32]>, y: &mut [f32]) {
-        let (k, m) = (x.len(), y.len());
-        let rows = r0 * k..(r0 + m) * k;
-        match self {
-            Rows::F32(w) => matmul(
-                MatMut::dense(y, 1, m),
-                MatRef::dense(x, 1, k),
-                MatRef::dense(&w[rows], m, k).t(),
-                false,
-            ),
-            Rows::Bf16(w) => dot_rows_bf16(y, &w[rows], x),
-            Rows::Int8(w) => w.dot(r0, xq, y),
-        }
-        if let Some(b) = bias {
-            y.iter_mut().zip(&b[r0..r0 + m]).for_each(|(y, &b)| *y += b);
-        }
-    }
-}
 
 /// One recurrent layer's weights and state.
 #[derive(Clone, Debug)]
 struct Layer {
     /// `W_ih`; `None` on the first layer when the table replaces it.
-    w_ih: Option<Rows>,
-    w_hh: Rows,
+    w_ih: Option<Panels>,
+    w_hh: Panels,
     b_ih: Vec<f32>,
     b_hh: Option<Vec<f32>>,
     h: Vec<f32>,
@@ -103,7 +42,7 @@ pub struct Stepper {
     /// `[V, G·H]`: `W_ih0·E[v] + b_ih0` for every character v (empty when not used).
     table: Vec<f32>,
     layers: Vec<Layer>,
-    head_w: Rows,
+    head_w: Panels,
     head_b: Vec<f32>,
     /// Hidden units per share of the work (a multiple of 16, so no share but the
     /// last needs masked loads).
@@ -114,8 +53,8 @@ pub struct Stepper {
     h_next: Vec<f32>,
     /// `r ⊙ h` of the reset-before GRU, read by every share in its second phase.
     rh: Vec<f32>,
-    /// The layer's input and hidden vectors quantised, for int8 weights.
-    quant: [Int8Vector; 2],
+    /// The layer's input and hidden vectors prepared for the weights' precision.
+    vectors: [PanelVector; 2],
     weights: Weights,
     logits: Vec<f32>,
 }
@@ -170,8 +109,8 @@ impl Stepper {
             .enumerate()
             .map(|(l, p)| Layer {
                 w_ih: (l > 0 || !use_table)
-                    .then(|| Rows::new(p.w_ih.data(), p.w_ih.shape()[1], weights)),
-                w_hh: Rows::new(p.w_hh.data(), hs, weights),
+                    .then(|| Panels::new(p.w_ih.data(), p.w_ih.shape()[1], g, weights)),
+                w_hh: Panels::new(p.w_hh.data(), hs, g, weights),
                 b_ih: p.b_ih.data().to_vec(),
                 b_hh: p.b_hh.as_ref().map(|b| b.data().to_vec()),
                 h: vec![0.0; hs],
@@ -193,13 +132,13 @@ impl Stepper {
             embed,
             table,
             layers,
-            head_w: Rows::new(model.head.weight.data(), hs, weights),
+            head_w: Panels::new(model.head.weight.data(), hs, 1, weights),
             head_b: model.head.bias.data().to_vec(),
             share,
             scratch: vec![vec![0.0; (2 * g + 2) * share]; shares],
             h_next: vec![0.0; hs],
             rh: vec![0.0; hs],
-            quant: Default::default(),
+            vectors: Default::default(),
             weights,
             logits: vec![0.0; vocab],
         })
@@ -288,7 +227,8 @@ impl Stepper {
                 &mut self.scratch,
                 &mut self.h_next,
                 &mut self.rh,
-                (self.weights == Weights::Int8).then_some(&mut self.quant),
+                self.weights,
+                &mut self.vectors,
             );
             if !layer.gates.is_empty() {
                 // Each share's scratch starts with its units' activated gates, [G, m].
@@ -302,11 +242,9 @@ impl Stepper {
             }
         }
         let top = &self.layers[self.layers.len() - 1].h;
-        if self.weights == Weights::Int8 {
-            self.quant[1].set(top);
-        }
+        self.vectors[1].set(top, self.weights);
         self.head_w
-            .dot(0, top, &self.quant[1], Some(&self.head_b), &mut self.logits);
+            .dot(0, 0, &self.vectors[1], Some(&self.head_b), &mut self.logits);
         Ok(&self.logits)
     }
 }
@@ -319,7 +257,7 @@ enum Input<'a> {
 }
 
 /// One step of one layer: every share computes its units, then `h` is replaced.
-/// `quant` (int8 weights) receives the quantised input and hidden vectors.
+/// `vectors` receive the input and hidden vectors prepared for `weights`.
 #[allow(clippy::too_many_arguments)]
 fn step_layer(
     kind: CellKind,
@@ -329,7 +267,8 @@ fn step_layer(
     scratch: &mut [Vec<f32>],
     h_next: &mut [f32],
     rh: &mut [f32],
-    mut quant: Option<&mut [Int8Vector; 2]>,
+    weights: Weights,
+    vectors: &mut [PanelVector; 2],
 ) {
     let Layer {
         w_ih,
@@ -342,14 +281,11 @@ fn step_layer(
     } = layer;
     let (hs, g) = (h.len(), kind.gates());
     let h_old = &*h;
-    if let Some(q) = quant.as_deref_mut() {
-        if let Input::Project(x) = input {
-            q[0].set(x);
-        }
-        q[1].set(h_old);
+    if let Input::Project(x) = input {
+        vectors[0].set(x, weights);
     }
-    let no_quant = <[Int8Vector; 2]>::default();
-    let [qx, qh] = quant.as_deref().unwrap_or(&no_quant);
+    vectors[1].set(h_old, weights);
+    let [vx, vh] = &*vectors;
     // Pre-activations of every gate of the share's units: [G, m] input side, [G, m]
     // recurrent side (for the reset-before GRU the candidate's recurrent part waits).
     let preact = |k: usize, sc: &mut [f32], m: usize| {
@@ -359,15 +295,16 @@ fn step_layer(
             let (r0, out) = (gate * hs + j0, &mut xp[gate * m..][..m]);
             match input {
                 Input::Ready(v) => out.copy_from_slice(&v[r0..r0 + m]),
-                Input::Project(x) => {
+                Input::Project(_) => {
                     let w = w_ih.as_ref().expect("W_ih kept for projected inputs");
-                    w.dot(r0, x, qx, Some(b_ih), out);
+                    w.dot(gate, j0, vx, Some(&b_ih[r0..r0 + m]), out);
                 }
             }
             if kind == CellKind::GruResetBefore && gate == 2 {
                 continue;
             }
-            w_hh.dot(r0, h_old, qh, b_hh.as_deref(), &mut hp[gate * m..][..m]);
+            let b = b_hh.as_deref().map(|b| &b[r0..r0 + m]);
+            w_hh.dot(gate, j0, vh, b, &mut hp[gate * m..][..m]);
         }
     };
     match kind {
@@ -390,11 +327,8 @@ fn step_layer(
                         }
                     })
                 });
-            if let Some(q) = quant.as_deref_mut() {
-                q[1].set(rh);
-            }
-            let qrh = quant.as_deref().map_or(&no_quant[1], |q| &q[1]);
-            let rh = &*rh;
+            vectors[1].set(rh, weights);
+            let vrh = &vectors[1];
             h_next
                 .par_chunks_mut(share)
                 .zip(scratch.par_iter_mut())
@@ -404,7 +338,7 @@ fn step_layer(
                         let (m, j0) = (hn.len(), k * share);
                         let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
                         let hp_n = &mut hp[2 * m..3 * m];
-                        w_hh.dot(2 * hs + j0, rh, qrh, None, hp_n);
+                        w_hh.dot(2, j0, vrh, None, hp_n);
                         let (rz, n) = xp.split_at_mut(2 * m);
                         for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
                             *v += u;

@@ -1,0 +1,589 @@
+//! Weight matrices laid out for batch-1 products `y = W·x` (sampling, one stream):
+//! rows in groups of 16, each group stored column after column, 64 bytes per
+//! column step. A group is then one sequential stream from memory, read at the speed
+//! of a plain sum, and its 16 results are the lanes of one register, with no
+//! horizontal sums. A lane holds one f32 weight per step, two bfloat16 weights of
+//! consecutive columns (the pairs `vdpbf16ps` sums), or four int8 weights (the
+//! quads of `vpdpbusd`).
+//!
+//! int8 weights are quantised symmetrically per row (`w ≈ s_i·q_ij`, `q ∈ [−127,
+//! 127]`), the vector asymmetrically per call (`x ≈ s_x·(u_j − 128)`, `u ∈ [1,
+//! 255]`), so that `w_i·x ≈ s_i·s_x·(Σ_j q_ij·u_j − 128·Σ_j q_ij)`, the row sums kept
+//! with the rows.
+
+use super::{to_bf16, Precision};
+
+/// How batch-1 products hold the weight matrices they stream at every step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Weights {
+    /// As trained: logits match the model's forward pass to rounding.
+    #[default]
+    F32,
+    /// bfloat16: half the bytes; logits within about 1 % of f32.
+    Bf16,
+    /// 8-bit integers with a scale per row, the vector quantised to 8 bits at each
+    /// product (AVX-512 VNNI): a quarter of the bytes; slower than f32 without VNNI.
+    Int8,
+}
+
+impl From<Precision> for Weights {
+    fn from(p: Precision) -> Weights {
+        match p {
+            Precision::F32 => Weights::F32,
+            Precision::Bf16 => Weights::Bf16,
+        }
+    }
+}
+
+/// Rows per group: the f32 lanes of one AVX-512 register.
+pub(crate) const GROUP: usize = 16;
+
+/// One column step of a group: 64 bytes, aligned to a cache line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+struct Line([u32; GROUP]);
+
+impl Weights {
+    /// Columns packed into one lane of a [`Line`].
+    fn per_lane(self) -> usize {
+        match self {
+            Weights::F32 => 1,
+            Weights::Bf16 => 2,
+            Weights::Int8 => 4,
+        }
+    }
+}
+
+/// A matrix `[blocks · rows_per_block, cols]` in the panel layout, each block of rows
+/// (a gate's rows) padded to whole groups so that every block starts a group.
+#[derive(Clone, Debug)]
+pub(crate) struct Panels {
+    lines: Vec<Line>,
+    weights: Weights,
+    blocks: usize,
+    block_rows: usize,
+    groups_per_block: usize,
+    /// Column steps per group: `cols` over the columns per lane, rounded up.
+    steps: usize,
+    /// int8: each row's scale and the sum of its quantised weights.
+    scale: Vec<f32>,
+    sum: Vec<i32>,
+}
+
+/// A vector prepared for [`Panels::dot`] in the panels' precision: the f32 values
+/// padded to whole steps, their bfloat16 pairs, or their 8-bit quads and scale.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PanelVector {
+    values: Vec<f32>,
+    bits: Vec<u32>,
+    scale: f32,
+    weights: Weights,
+}
+
+impl Panels {
+    /// Lays out the row-major `w` of `cols` columns, whose rows form `blocks` equal
+    /// blocks, in `weights`' precision.
+    ///
+    /// # Panics
+    /// Unless `w.len()` is a multiple of `blocks · cols` (both nonzero).
+    pub(crate) fn new(w: &[f32], cols: usize, blocks: usize, weights: Weights) -> Panels {
+        assert!(
+            cols > 0 && blocks > 0 && w.len() % (cols * blocks) == 0,
+            "panels of {} weights in {blocks} blocks of {cols} columns",
+            w.len()
+        );
+        let rows = w.len() / cols;
+        let block_rows = rows / blocks;
+        let groups_per_block = block_rows.div_ceil(GROUP);
+        let steps = cols.div_ceil(weights.per_lane());
+        let mut p = Panels {
+            lines: vec![Line::default(); blocks * groups_per_block * steps],
+            weights,
+            blocks,
+            block_rows,
+            groups_per_block,
+            steps,
+            scale: Vec::new(),
+            sum: Vec::new(),
+        };
+        if weights == Weights::Int8 {
+            p.scale = w.chunks_exact(cols).map(scale_of).collect();
+            p.sum = vec![0; rows];
+        }
+        for (r, row) in w.chunks_exact(cols).enumerate() {
+            let (b, i) = (r / block_rows, r % block_rows);
+            let first = (b * groups_per_block + i / GROUP) * steps;
+            let lane = i % GROUP;
+            let lines = &mut p.lines[first..first + steps];
+            match weights {
+                Weights::F32 => {
+                    for (line, &v) in lines.iter_mut().zip(row) {
+                        line.0[lane] = v.to_bits();
+                    }
+                }
+                Weights::Bf16 => {
+                    for (line, pair) in lines.iter_mut().zip(row.chunks(2)) {
+                        let hi = pair.get(1).map_or(0, |&v| to_bf16(v));
+                        line.0[lane] = u32::from(to_bf16(pair[0])) | u32::from(hi) << 16;
+                    }
+                }
+                Weights::Int8 => {
+                    let inv = 1.0 / p.scale[r];
+                    let mut total = 0i32;
+                    for (line, quad) in lines.iter_mut().zip(row.chunks(4)) {
+                        let mut bytes = [0u8; 4];
+                        for (b, &v) in bytes.iter_mut().zip(quad) {
+                            let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                            total += i32::from(q);
+                            *b = q as u8;
+                        }
+                        line.0[lane] = u32::from_le_bytes(bytes);
+                    }
+                    p.sum[r] = total;
+                }
+            }
+        }
+        p
+    }
+
+    /// `y[i] = row(j0 + i) of block b · x` (+ `bias[i]`), for `y.len()` rows from a
+    /// multiple of [`GROUP`].
+    ///
+    /// # Panics
+    /// If `j0` is not a multiple of [`GROUP`], the rows run past the block, or `x`
+    /// was prepared for another precision or length.
+    pub(crate) fn dot(
+        &self,
+        b: usize,
+        j0: usize,
+        x: &PanelVector,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        let m = y.len();
+        assert!(
+            j0 % GROUP == 0 && j0 + m <= self.block_rows && b < self.blocks,
+            "rows {j0}..{} of block {b} outside the panels' blocks of {}",
+            j0 + m,
+            self.block_rows
+        );
+        assert!(
+            x.weights == self.weights && x.values.len() == self.steps * self.weights.per_lane(),
+            "vector prepared for other panels"
+        );
+        let first = (b * self.groups_per_block + j0 / GROUP) * self.steps;
+        let lines = &self.lines[first..first + m.div_ceil(GROUP) * self.steps];
+        dot_groups(self.weights, lines, self.steps, x, y);
+        if self.weights == Weights::Int8 {
+            let r = b * self.block_rows + j0;
+            for ((y, &s), &sum) in y
+                .iter_mut()
+                .zip(&self.scale[r..r + m])
+                .zip(&self.sum[r..r + m])
+            {
+                *y = s * x.scale * (*y - 128.0 * sum as f32);
+            }
+        }
+        if let Some(bias) = bias {
+            y.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
+        }
+    }
+}
+
+impl PanelVector {
+    /// Prepares `x` for panels of `weights` (no allocation once it has held a
+    /// vector as long).
+    pub(crate) fn set(&mut self, x: &[f32], weights: Weights) {
+        let per = weights.per_lane();
+        let steps = x.len().div_ceil(per);
+        self.weights = weights;
+        self.values.clear();
+        self.values.extend_from_slice(x);
+        self.values.resize(steps * per, 0.0);
+        self.bits.clear();
+        match weights {
+            Weights::F32 => {}
+            Weights::Bf16 => self.bits.extend(
+                self.values
+                    .chunks_exact(2)
+                    .map(|p| u32::from(to_bf16(p[0])) | u32::from(to_bf16(p[1])) << 16),
+            ),
+            Weights::Int8 => {
+                self.scale = scale_of(x);
+                let inv = 1.0 / self.scale;
+                // v·inv lies in [−127, 127]: + 128.5 truncated is the nearest level
+                // (ties up), and the saturating cast keeps rounding slips in [1, 255].
+                let level = |v: f32| (v * inv + 128.5).clamp(1.0, 255.0) as u8;
+                self.bits.extend(
+                    self.values
+                        .chunks_exact(4)
+                        .map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]].map(level))),
+                );
+            }
+        }
+    }
+}
+
+/// The step between levels that maps the largest magnitude of `x` to 127 (1 for an
+/// all-zero or non-finite `x`). Written to vectorise: it runs before every int8
+/// product of a sampled character.
+fn scale_of(x: &[f32]) -> f32 {
+    let top = x
+        .iter()
+        .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+    if top > 0.0 && top.is_finite() {
+        top / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// Whether int8 products run on AVX-512 VNNI (elsewhere a portable loop, slower than f32).
+pub fn int8_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f") && has!("avx512bw") && has!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The groups of `lines` (`steps` lines each) times `x` into `y` (int8: the raw
+/// integer sums, as f32).
+fn dot_groups(weights: Weights, lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let kernel: Option<unsafe fn(&[Line], usize, &PanelVector, &mut [f32])> = match weights {
+            Weights::F32 if has!("avx512f") => Some(avx512::f32_groups),
+            Weights::Bf16 if has!("avx512bf16") && has!("avx512bw") => Some(avx512::dpbf16_groups),
+            Weights::Bf16 if has!("avx512f") => Some(avx512::bf16_groups),
+            Weights::Int8 if int8_supported() => Some(avx512::vnni_groups),
+            _ => None,
+        };
+        if let Some(kernel) = kernel {
+            // SAFETY: the CPU has the kernel's features; `lines` holds
+            // `y.len().div_ceil(GROUP)` groups of `steps` lines and `x` is prepared
+            // for `steps` steps (both checked by the caller).
+            unsafe { kernel(lines, steps, x, y) };
+            return;
+        }
+    }
+    dot_groups_ref(weights, lines, steps, x, y);
+}
+
+/// The portable loop of [`dot_groups`] (bfloat16 weights widened exactly, `x` kept f32).
+fn dot_groups_ref(weights: Weights, lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
+    for (g, y) in y.chunks_mut(GROUP).enumerate() {
+        let group = &lines[g * steps..][..steps];
+        for (lane, y) in y.iter_mut().enumerate() {
+            *y = match weights {
+                Weights::F32 => group
+                    .iter()
+                    .zip(&x.values)
+                    .map(|(l, &x)| f32::from_bits(l.0[lane]) * x)
+                    .sum(),
+                Weights::Bf16 => group
+                    .iter()
+                    .zip(x.values.chunks_exact(2))
+                    .map(|(l, x)| {
+                        let w = l.0[lane];
+                        f32::from_bits(w << 16) * x[0] + f32::from_bits(w & 0xffff_0000) * x[1]
+                    })
+                    .sum(),
+                Weights::Int8 => group
+                    .iter()
+                    .zip(&x.bits)
+                    .map(|(l, &u)| {
+                        let (w, u) = (l.0[lane].to_le_bytes(), u.to_le_bytes());
+                        (0..4)
+                            .map(|e| i32::from(w[e] as i8) * i32::from(u[e]))
+                            .sum::<i32>()
+                    })
+                    .sum::<i32>() as f32,
+            };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Line, PanelVector, GROUP};
+    use std::arch::x86_64::*;
+
+    /// Accumulators per group: enough independent chains to cover the latency of
+    /// the multiply-adds while a group streams.
+    const CHAINS: usize = 4;
+
+    /// Runs `step(acc, line, s)` for every step `s` of every group (the chains taking
+    /// turns), then `finish(sum of the chains, group's outputs)`.
+    #[inline(always)]
+    unsafe fn groups<A: Copy>(
+        lines: &[Line],
+        steps: usize,
+        y: &mut [f32],
+        zero: A,
+        add: impl Fn(A, A) -> A,
+        step: impl Fn(A, *const Line, usize) -> A,
+        finish: impl Fn(A, &mut [f32]),
+    ) {
+        for (g, y) in y.chunks_mut(GROUP).enumerate() {
+            // SAFETY (for every pointer below): the caller guarantees `steps` lines per group.
+            let base = unsafe { lines.as_ptr().add(g * steps) };
+            let mut acc = [zero; CHAINS];
+            let mut s = 0;
+            while steps - s >= CHAINS {
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = step(*a, unsafe { base.add(s + c) }, s + c);
+                }
+                s += CHAINS;
+            }
+            for s in s..steps {
+                acc[0] = step(acc[0], unsafe { base.add(s) }, s);
+            }
+            finish(add(add(acc[0], acc[1]), add(acc[2], acc[3])), y);
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn store(sum: __m512, y: &mut [f32]) {
+        let mask = if y.len() >= GROUP {
+            u16::MAX
+        } else {
+            (1u16 << y.len()) - 1
+        };
+        // SAFETY: the mask covers the lanes of `y` alone.
+        unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr(), mask, sum) };
+    }
+
+    /// f32 weights: `acc += line · broadcast(x[s])`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn f32_groups(lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
+        let xs = x.values.as_ptr();
+        let step = |a, line: *const Line, s| {
+            let w = unsafe { _mm512_load_ps(line.cast()) };
+            _mm512_fmadd_ps(w, _mm512_set1_ps(unsafe { *xs.add(s) }), a)
+        };
+        unsafe {
+            groups(
+                lines,
+                steps,
+                y,
+                _mm512_setzero_ps(),
+                |a, b| _mm512_add_ps(a, b),
+                step,
+                |s, y| store(s, y),
+            )
+        }
+    }
+
+    /// bfloat16 pairs by `vdpbf16ps` against `x`'s pairs rounded to bfloat16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn dpbf16_groups(
+        lines: &[Line],
+        steps: usize,
+        x: &PanelVector,
+        y: &mut [f32],
+    ) {
+        let xs = x.bits.as_ptr();
+        let step = |a, line: *const Line, s| {
+            // SAFETY: both are 64 bytes of lanes.
+            let (w, xv): (__m512bh, __m512bh) = unsafe {
+                (
+                    std::mem::transmute(_mm512_load_si512(line.cast())),
+                    std::mem::transmute(_mm512_set1_epi32(*xs.add(s) as i32)),
+                )
+            };
+            _mm512_dpbf16_ps(a, w, xv)
+        };
+        unsafe {
+            groups(
+                lines,
+                steps,
+                y,
+                _mm512_setzero_ps(),
+                |a, b| _mm512_add_ps(a, b),
+                step,
+                |s, y| store(s, y),
+            )
+        }
+    }
+
+    /// bfloat16 pairs widened exactly to f32 (a shift and a mask), times `x` in f32.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn bf16_groups(lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
+        let xs = x.values.as_ptr();
+        let step = |a, line: *const Line, s: usize| {
+            let w = unsafe { _mm512_load_si512(line.cast()) };
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w));
+            let odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(-65536)));
+            let a = _mm512_fmadd_ps(even, _mm512_set1_ps(unsafe { *xs.add(2 * s) }), a);
+            _mm512_fmadd_ps(odd, _mm512_set1_ps(unsafe { *xs.add(2 * s + 1) }), a)
+        };
+        unsafe {
+            groups(
+                lines,
+                steps,
+                y,
+                _mm512_setzero_ps(),
+                |a, b| _mm512_add_ps(a, b),
+                step,
+                |s, y| store(s, y),
+            )
+        }
+    }
+
+    /// int8 quads by `vpdpbusd` (unsigned `x` bytes × signed weights), exact in i32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn vnni_groups(lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
+        let xs = x.bits.as_ptr();
+        let step = |a, line: *const Line, s| {
+            let w = unsafe { _mm512_load_si512(line.cast()) };
+            _mm512_dpbusd_epi32(a, _mm512_set1_epi32(unsafe { *xs.add(s) } as i32), w)
+        };
+        let finish = |s: __m512i, y: &mut [f32]| store(_mm512_cvtepi32_ps(s), y);
+        unsafe {
+            groups(
+                lines,
+                steps,
+                y,
+                _mm512_setzero_si512(),
+                |a, b| _mm512_add_epi32(a, b),
+                step,
+                finish,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn bf16_value(v: f32) -> f64 {
+        f32::from_bits(u32::from(to_bf16(v)) << 16) as f64
+    }
+
+    /// Every precision, on every path this CPU has, against the f64 product of the
+    /// weights as stored, within the rounding of the vector.
+    #[test]
+    fn panels_match_the_rows_they_hold() {
+        let mut rng = Rng::new(9);
+        let sizes: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(1, 1, 1), (3, 5, 1), (34, 9, 2)]
+        } else {
+            &[
+                (1, 1, 1),
+                (3, 63, 1),
+                (16, 64, 1),
+                (17, 65, 1),
+                (40, 130, 4),
+                (2048, 512, 4),
+                (8, 3, 2),
+            ]
+        };
+        for &(rows, cols, blocks) in sizes {
+            let w: Vec<f32> = (0..rows * cols * blocks)
+                .map(|_| rng.uniform_in(-0.5, 0.5) as f32)
+                .collect();
+            let x: Vec<f32> = (0..cols)
+                .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+                .collect();
+            for weights in [Weights::F32, Weights::Bf16, Weights::Int8] {
+                let p = Panels::new(&w, cols, blocks, weights);
+                let mut v = PanelVector::default();
+                v.set(&x, weights);
+                let bias: Vec<f32> = (0..rows).map(|i| i as f32).collect();
+                for b in 0..blocks {
+                    for j0 in (0..rows).step_by(GROUP) {
+                        let m = (rows - j0).min(2 * GROUP);
+                        let mut got = vec![f32::NAN; m];
+                        p.dot(b, j0, &v, Some(&bias[..m]), &mut got);
+                        // The kernel this CPU runs and the portable loop on the same lines:
+                        // int8 sums are exact on both.
+                        let first = (b * p.groups_per_block + j0 / GROUP) * p.steps;
+                        let (mut fast, mut plain) = (vec![0.0; m], vec![0.0; m]);
+                        dot_groups(weights, &p.lines[first..], p.steps, &v, &mut fast);
+                        dot_groups_ref(weights, &p.lines[first..], p.steps, &v, &mut plain);
+                        if weights == Weights::Int8 {
+                            assert_eq!(fast, plain, "{rows}×{cols}×{blocks}");
+                        }
+                        for (i, &got) in got.iter().enumerate() {
+                            let r = b * rows + j0 + i;
+                            let row = &w[r * cols..][..cols];
+                            let exact: f64 =
+                                row.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            let mag: f64 = row
+                                .iter()
+                                .zip(&x)
+                                .map(|(&a, &b)| (a * b).abs() as f64)
+                                .sum();
+                            let got = got as f64 - bias[i] as f64;
+                            let (stored, tol) = match weights {
+                                Weights::F32 => (exact, 1e-5 * (1.0 + mag)),
+                                // x may be rounded to bfloat16 as well (2^-9 each).
+                                Weights::Bf16 => (
+                                    row.iter()
+                                        .zip(&x)
+                                        .map(|(&a, &b)| bf16_value(a) * b as f64)
+                                        .sum(),
+                                    1e-5 + mag / 256.0,
+                                ),
+                                // Half a level of each operand per product.
+                                Weights::Int8 => {
+                                    let (sw, sx) = (p.scale[r] as f64, v.scale as f64);
+                                    let bound: f64 = row
+                                        .iter()
+                                        .zip(&x)
+                                        .map(|(&a, &b)| {
+                                            (sw * b.abs() as f64 + sx * a.abs() as f64) / 2.0
+                                                + sw * sx / 4.0
+                                        })
+                                        .sum();
+                                    (exact, bound + 1e-5)
+                                }
+                            };
+                            // The portable loop's f32 and bfloat16 results as well (its int8
+                            // sums were compared exactly above).
+                            let portable = (weights != Weights::Int8).then_some(plain[i] as f64);
+                            for got in std::iter::once(got).chain(portable) {
+                                assert!(
+                                    (got - stored).abs() <= tol,
+                                    "{weights:?} {rows}×{cols}×{blocks} row {r}: {got} vs {stored}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_rows_and_vectors_give_zero() {
+        for weights in [Weights::F32, Weights::Bf16, Weights::Int8] {
+            let p = Panels::new(&[0.0; 8], 4, 1, weights);
+            let mut v = PanelVector::default();
+            v.set(&[0.0; 4], weights);
+            let mut y = [1.0; 2];
+            p.dot(0, 0, &v, None, &mut y);
+            assert_eq!(y, [0.0, 0.0]);
+            v.set(&[1.0, -1.0, 0.5, 0.0], weights);
+            p.dot(0, 0, &v, None, &mut y);
+            assert_eq!(y, [0.0, 0.0]);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the panels")]
+    fn rows_not_starting_a_group_are_refused() {
+        let p = Panels::new(&[1.0; 64], 2, 1, Weights::F32);
+        let mut v = PanelVector::default();
+        v.set(&[1.0; 2], Weights::F32);
+        p.dot(0, 3, &v, None, &mut [0.0; 4]);
+    }
+}
