@@ -88,7 +88,7 @@ impl Panels {
     /// Unless `w.len()` is a multiple of `blocks · cols` (both nonzero).
     pub(crate) fn new(w: &[f32], cols: usize, blocks: usize, weights: Weights) -> Panels {
         assert!(
-            cols > 0 && blocks > 0 && w.len() % (cols * blocks) == 0,
+            cols > 0 && blocks > 0 && w.len().is_multiple_of(cols * blocks),
             "panels of {} weights in {blocks} blocks of {cols} columns",
             w.len()
         );
@@ -162,7 +162,7 @@ impl Panels {
     ) {
         let m = y.len();
         assert!(
-            j0 % GROUP == 0 && j0 + m <= self.block_rows && b < self.blocks,
+            j0.is_multiple_of(GROUP) && j0 + m <= self.block_rows && b < self.blocks,
             "rows {j0}..{} of block {b} outside the panels' blocks of {}",
             j0 + m,
             self.block_rows
@@ -251,13 +251,17 @@ pub fn int8_supported() -> bool {
     }
 }
 
+/// A group kernel: `(lines, steps, x, y)` as [`dot_groups`] takes them.
+#[cfg(target_arch = "x86_64")]
+type Kernel = unsafe fn(&[Line], usize, &PanelVector, &mut [f32]);
+
 /// The groups of `lines` (`steps` lines each) times `x` into `y` (int8: the raw
 /// integer sums, as f32).
 fn dot_groups(weights: Weights, lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        let kernel: Option<unsafe fn(&[Line], usize, &PanelVector, &mut [f32])> = match weights {
+        let kernel: Option<Kernel> = match weights {
             Weights::F32 if has!("avx512f") => Some(avx512::f32_groups),
             Weights::Bf16 if has!("avx512bf16") && has!("avx512bw") => Some(avx512::dpbf16_groups),
             Weights::Bf16 if has!("avx512f") => Some(avx512::bf16_groups),
@@ -393,8 +397,8 @@ mod avx512 {
             // SAFETY: both are 64 bytes of lanes.
             let (w, xv): (__m512bh, __m512bh) = unsafe {
                 (
-                    std::mem::transmute(_mm512_load_si512(line.cast())),
-                    std::mem::transmute(_mm512_set1_epi32(*xs.add(s) as i32)),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(line.cast())),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*xs.add(s) as i32)),
                 )
             };
             _mm512_dpbf16_ps(a, w, xv)
