@@ -21,7 +21,10 @@ fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * z + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the bits of 2^23 + 127 + n, whose low mantissa bits are n + 127 (in
+    // [1, 254] after the clamp): the shift moves them into the exponent. An `as i32`
+    // cast would do the same, but its saturating semantics keep it scalar.
+    y * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
 }
 
 #[inline(always)]
