@@ -211,14 +211,17 @@ impl PanelVector {
             Weights::Int8 => {
                 self.scale = scale_of(x);
                 let inv = 1.0 / self.scale;
-                // v·inv lies in [−127, 127]: + 128.5 truncated is the nearest level
-                // (ties up), and the saturating cast keeps rounding slips in [1, 255].
-                let level = |v: f32| (v * inv + 128.5).clamp(1.0, 255.0) as u8;
-                self.bits.extend(
-                    self.values
-                        .chunks_exact(4)
-                        .map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]].map(level))),
-                );
+                // v·inv lies in [−127, 127] (NaN is taken to level 1 by `max`); adding
+                // 2^23 rounds it to the nearest level in the low mantissa bits. A
+                // float-to-int cast would do the same, but scalar.
+                let level =
+                    |v: f32| ((v * inv + 128.0).max(1.0).min(255.0) + 8_388_608.0).to_bits();
+                self.bits.extend(self.values.chunks_exact(4).map(|q| {
+                    level(q[0]) & 0xff
+                        | (level(q[1]) & 0xff) << 8
+                        | (level(q[2]) & 0xff) << 16
+                        | (level(q[3]) & 0xff) << 24
+                }));
             }
         }
     }
@@ -228,9 +231,19 @@ impl PanelVector {
 /// all-zero or non-finite `x`). Written to vectorise: it runs before every int8
 /// product of a sampled character.
 fn scale_of(x: &[f32]) -> f32 {
-    let top = x
+    // Sixteen running maxima, so that the loop vectorises (`max` skips NaN).
+    let mut top = [0.0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (t, &v) in top.iter_mut().zip(c) {
+            *t = t.max(v.abs());
+        }
+    }
+    let top = chunks
+        .remainder()
         .iter()
-        .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+        .chain(&top)
+        .fold(0.0f32, |m, v| m.max(v.abs()));
     if top > 0.0 && top.is_finite() {
         top / 127.0
     } else {
