@@ -214,6 +214,7 @@ impl PanelVector {
                 // v·inv lies in [−127, 127] (NaN is taken to level 1 by `max`); adding
                 // 2^23 rounds it to the nearest level in the low mantissa bits. A
                 // float-to-int cast would do the same, but scalar.
+                #[allow(clippy::manual_clamp)] // `clamp` would keep a NaN
                 let level =
                     |v: f32| ((v * inv + 128.0).max(1.0).min(255.0) + 8_388_608.0).to_bits();
                 self.bits.extend(self.values.chunks_exact(4).map(|q| {
