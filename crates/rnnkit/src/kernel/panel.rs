@@ -71,11 +71,13 @@ pub(crate) struct Panels {
 }
 
 /// A vector prepared for [`Panels::dot`] in the panels' precision: the f32 values
-/// padded to whole steps, their bfloat16 pairs, or their 8-bit quads and scale.
+/// padded to whole steps, and their bfloat16 roundings or their 8-bit levels and
+/// scale. Kept in order, so that a lane's pair or quad is 4 consecutive bytes.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PanelVector {
     values: Vec<f32>,
-    bits: Vec<u32>,
+    half: Vec<u16>,
+    levels: Vec<u8>,
     scale: f32,
     weights: Weights,
 }
@@ -200,14 +202,11 @@ impl PanelVector {
         self.values.clear();
         self.values.extend_from_slice(x);
         self.values.resize(steps * per, 0.0);
-        self.bits.clear();
+        self.half.clear();
+        self.levels.clear();
         match weights {
             Weights::F32 => {}
-            Weights::Bf16 => self.bits.extend(
-                self.values
-                    .chunks_exact(2)
-                    .map(|p| u32::from(to_bf16(p[0])) | u32::from(to_bf16(p[1])) << 16),
-            ),
+            Weights::Bf16 => self.half.extend(self.values.iter().map(|&v| to_bf16(v))),
             Weights::Int8 => {
                 self.scale = scale_of(x);
                 let inv = 1.0 / self.scale;
@@ -215,15 +214,20 @@ impl PanelVector {
                 // 2^23 rounds it to the nearest level in the low mantissa bits. A
                 // float-to-int cast would do the same, but scalar.
                 #[allow(clippy::manual_clamp)] // `clamp` would keep a NaN
-                let level =
-                    |v: f32| ((v * inv + 128.0).max(1.0).min(255.0) + 8_388_608.0).to_bits();
-                self.bits.extend(self.values.chunks_exact(4).map(|q| {
-                    level(q[0]) & 0xff
-                        | (level(q[1]) & 0xff) << 8
-                        | (level(q[2]) & 0xff) << 16
-                        | (level(q[3]) & 0xff) << 24
-                }));
+                let level = |&v: &f32| {
+                    ((v * inv + 128.0).max(1.0).min(255.0) + 8_388_608.0).to_bits() as u8
+                };
+                self.levels.extend(self.values.iter().map(level));
             }
+        }
+    }
+
+    /// The 4 bytes of step `s`: the pair of bfloat16 values or the quad of levels
+    /// that a lane holds.
+    fn lane(&self, s: usize) -> u32 {
+        match self.weights {
+            Weights::Int8 => u32::from_le_bytes(self.levels[4 * s..][..4].try_into().unwrap()),
+            _ => u32::from(self.half[2 * s]) | u32::from(self.half[2 * s + 1]) << 16,
         }
     }
 }
@@ -314,9 +318,9 @@ fn dot_groups_ref(weights: Weights, lines: &[Line], steps: usize, x: &PanelVecto
                     .sum(),
                 Weights::Int8 => group
                     .iter()
-                    .zip(&x.bits)
-                    .map(|(l, &u)| {
-                        let (w, u) = (l.0[lane].to_le_bytes(), u.to_le_bytes());
+                    .enumerate()
+                    .map(|(s, l)| {
+                        let (w, u) = (l.0[lane].to_le_bytes(), x.lane(s).to_le_bytes());
                         (0..4)
                             .map(|e| i32::from(w[e] as i8) * i32::from(u[e]))
                             .sum::<i32>()
@@ -406,13 +410,16 @@ mod avx512 {
         x: &PanelVector,
         y: &mut [f32],
     ) {
-        let xs = x.bits.as_ptr();
+        // Pairs of bfloat16 values, read 4 bytes at a time.
+        let xs = x.half.as_ptr().cast::<u32>();
         let step = |a, line: *const Line, s| {
-            // SAFETY: both are 64 bytes of lanes.
+            // SAFETY: both are 64 bytes of lanes; step s's pair lies inside `half`.
             let (w, xv): (__m512bh, __m512bh) = unsafe {
                 (
                     std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(line.cast())),
-                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*xs.add(s) as i32)),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                        xs.add(s).read_unaligned() as i32,
+                    )),
                 )
             };
             _mm512_dpbf16_ps(a, w, xv)
@@ -457,10 +464,13 @@ mod avx512 {
     /// int8 quads by `vpdpbusd` (unsigned `x` bytes × signed weights), exact in i32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn vnni_groups(lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
-        let xs = x.bits.as_ptr();
+        // Quads of levels, read 4 bytes at a time.
+        let xs = x.levels.as_ptr().cast::<u32>();
         let step = |a, line: *const Line, s| {
             let w = unsafe { _mm512_load_si512(line.cast()) };
-            _mm512_dpbusd_epi32(a, _mm512_set1_epi32(unsafe { *xs.add(s) } as i32), w)
+            // SAFETY: step s's quad lies inside `levels`.
+            let quad = unsafe { xs.add(s).read_unaligned() } as i32;
+            _mm512_dpbusd_epi32(a, _mm512_set1_epi32(quad), w)
         };
         let finish = |s: __m512i, y: &mut [f32]| store(_mm512_cvtepi32_ps(s), y);
         unsafe {
