@@ -29,7 +29,7 @@ use super::{
     weight_grad, CellParams, Input, RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
-use crate::tensor::{scratch, Real, Scratch};
+use crate::tensor::{overwritten, scratch, Real, Scratch};
 
 /// What the forward pass saves for the backward pass, reused between calls.
 #[derive(Clone, Debug, Default)]
@@ -90,7 +90,8 @@ pub fn forward<T: Real>(
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g3 = 3 * hs;
-    let gates = scratch(&mut cache.gates, steps * batch * g3);
+    // Written whole below: gates by the input product, h_prev row by row.
+    let gates = overwritten(&mut cache.gates, steps * batch * g3);
     project_inputs(
         p,
         x,
@@ -118,7 +119,11 @@ pub fn forward<T: Real>(
     let no_bias = Vec::new();
     let b_hh = p.b_hh.as_ref().map_or(&no_bias[..], |b| b.data());
     let gates = Shared::new(gates, batch, g3);
-    let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
+    let h_prev = Shared::new(
+        overwritten(&mut cache.h_prev, steps * batch * hs),
+        batch,
+        hs,
+    );
     let aux = Shared::new(scratch(&mut cache.aux, steps * batch * hs), batch, hs);
     let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
     for_row_blocks(batch, |rows| {

@@ -21,7 +21,7 @@ use super::{
     step_product, CellParams, Input, RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
-use crate::tensor::{scratch, Real, Scratch};
+use crate::tensor::{overwritten, Real, Scratch};
 
 /// What the forward pass saves for the backward pass, reused between calls.
 #[derive(Clone, Debug, Default)]
@@ -77,7 +77,8 @@ pub fn forward<T: Real>(
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g4 = 4 * hs;
-    let gates = scratch(&mut cache.gates, steps * batch * g4);
+    // Every element of these is written below (tanh_c and dgates at padded steps too).
+    let gates = overwritten(&mut cache.gates, steps * batch * g4);
     project_inputs(
         p,
         x,
@@ -94,9 +95,21 @@ pub fn forward<T: Real>(
     );
     let packed = cache.weights.packed[0].prepare(&[w_hh.blocks(0..4, 1)]);
     let gates = Shared::new(gates, batch, g4);
-    let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
-    let c_prev = Shared::new(scratch(&mut cache.c_prev, steps * batch * hs), batch, hs);
-    let tanh_c = Shared::new(scratch(&mut cache.tanh_c, steps * batch * hs), batch, hs);
+    let h_prev = Shared::new(
+        overwritten(&mut cache.h_prev, steps * batch * hs),
+        batch,
+        hs,
+    );
+    let c_prev = Shared::new(
+        overwritten(&mut cache.c_prev, steps * batch * hs),
+        batch,
+        hs,
+    );
+    let tanh_c = Shared::new(
+        overwritten(&mut cache.tanh_c, steps * batch * hs),
+        batch,
+        hs,
+    );
     let (y, h, c) = (
         Shared::new(y, batch, hs),
         Shared::new(h, batch, hs),
@@ -132,7 +145,8 @@ pub fn forward<T: Real>(
             for (i, b) in rows.clone().enumerate() {
                 let r = i * hs..(i + 1) * hs;
                 if !seq.valid(t, b) {
-                    y[r].fill(T::zero()); // padded: state carried unchanged
+                    y[r.clone()].fill(T::zero()); // padded: state carried unchanged
+                    tc[r].fill(T::zero());
                     continue;
                 }
                 let g = i * g4..(i + 1) * g4;
@@ -201,7 +215,11 @@ pub fn backward<T: Real>(
     let w_hh = MatRef::dense(p.w_hh.data(), g4, hs);
     let packed = cache.weights.packed[1].prepare(&[w_hh]);
     let (gates, tanh_c, c_prev) = (&cache.gates, &cache.tanh_c, &cache.c_prev);
-    let dgates = Shared::new(scratch(&mut cache.dgates, steps * batch * g4), batch, g4);
+    let dgates = Shared::new(
+        overwritten(&mut cache.dgates, steps * batch * g4),
+        batch,
+        g4,
+    );
     let (dh_all, dc_all) = (Shared::new(dh, batch, hs), Shared::new(dc, batch, hs));
     for_row_blocks(batch, |rows| {
         // SAFETY: every block touches only its own batch rows of each buffer.
@@ -212,7 +230,9 @@ pub fn backward<T: Real>(
             let da_t = unsafe { dgates.rows(t, &rows) };
             for (i, b) in rows.clone().enumerate() {
                 if !seq.valid(t, b) {
-                    continue; // no gate gradient; dh and dc pass through unchanged
+                    // No gate gradient; dh and dc pass through unchanged.
+                    da_t[i * g4..][..g4].fill(T::zero());
+                    continue;
                 }
                 let row = t * batch + b;
                 let a = &gates[row * g4..][..g4];

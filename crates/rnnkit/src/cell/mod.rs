@@ -504,17 +504,27 @@ impl<'a, T: Real> RecurrentWeights<'a, T> {
 
 /// `out [cols, rows] = mᵀ` for `m [rows, cols]`, in tiles of 16 × 16 so that both
 /// sides stay in cache (element by element, every write of a large matrix missed).
-fn transpose_into<T: Copy>(out: &mut [T], m: &[T], rows: usize, cols: usize) {
+/// Bands of `TILE` output rows go to the threads (`W_hh` of LSTM 2×512 is 4 MB).
+fn transpose_into<T: Copy + Send + Sync>(out: &mut [T], m: &[T], rows: usize, cols: usize) {
     const TILE: usize = 16;
-    for i0 in (0..rows).step_by(TILE) {
-        for j0 in (0..cols).step_by(TILE) {
+    let band = |(b, out): (usize, &mut [T])| {
+        let j0 = b * TILE;
+        for i0 in (0..rows).step_by(TILE) {
             for i in i0..(i0 + TILE).min(rows) {
                 let row = &m[i * cols..][..cols];
                 for j in j0..(j0 + TILE).min(cols) {
-                    out[j * rows + i] = row[j];
+                    out[(j - j0) * rows + i] = row[j];
                 }
             }
         }
+    };
+    if rows == 0 {
+        return;
+    }
+    if rows * cols < 1 << 16 || crate::kernel::is_serial() {
+        out.chunks_mut(TILE * rows).enumerate().for_each(band);
+    } else {
+        out.par_chunks_mut(TILE * rows).enumerate().for_each(band);
     }
 }
 

@@ -12,7 +12,7 @@ use super::{
     step_product, CellParams, Input, RecurrentWeights, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
-use crate::tensor::{scratch, Real, Scratch};
+use crate::tensor::{overwritten, scratch, Real, Scratch};
 
 /// The nonlinearity of an Elman RNN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +71,8 @@ pub fn forward<T: Real>(
     h: &mut [T],
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
-    let h_new = scratch(&mut cache.h_new, steps * batch * hs);
+    // Written whole below: h_new by the input product, h_prev row by row.
+    let h_new = overwritten(&mut cache.h_new, steps * batch * hs);
     project_inputs(
         p,
         x,
@@ -88,7 +89,11 @@ pub fn forward<T: Real>(
     );
     let packed = cache.weights.packed[0].prepare(&[w_hh.blocks(0..1, 1)]);
     let h_new = Shared::new(h_new, batch, hs);
-    let h_prev = Shared::new(scratch(&mut cache.h_prev, steps * batch * hs), batch, hs);
+    let h_prev = Shared::new(
+        overwritten(&mut cache.h_prev, steps * batch * hs),
+        batch,
+        hs,
+    );
     let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
     for_row_blocks(batch, |rows| {
         let m = rows.len();

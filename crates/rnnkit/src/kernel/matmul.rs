@@ -153,6 +153,11 @@ pub fn precision() -> Precision {
     PRECISION.get()
 }
 
+/// Whether this thread runs inside [`serial`] (its products and helpers on it alone).
+pub(crate) fn is_serial() -> bool {
+    SERIAL.get()
+}
+
 /// Runs `f` with every [`matmul`] it makes on this thread single-threaded: for
 /// callers that already split work across the cores, so no GEMM is nested in them.
 pub fn serial<R>(f: impl FnOnce() -> R) -> R {

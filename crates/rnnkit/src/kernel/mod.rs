@@ -15,6 +15,7 @@ pub(crate) use panel::{PanelVector, Panels};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
 pub(crate) use gemv::{few_rows_f32, gemv_f32, to_bf16, FEW_ROWS};
+pub(crate) use matmul::is_serial;
 pub use matmul::{
     matmul, matmul_ref, on_pool, precision, serial, with_precision, MatMut, MatRef, Precision,
 };
