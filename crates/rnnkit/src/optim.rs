@@ -4,7 +4,11 @@
 use crate::error::{Error, Result};
 use crate::layer::Parameters;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+/// Parameters of this many elements or more are updated by all threads at once.
+const PARALLEL_MIN: usize = 1 << 16;
 
 /// Which update rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,16 +93,24 @@ impl Optimizer {
             match kind {
                 OptimizerKind::Adam => {
                     // torch.optim.Adam: p −= lr/bc1 · m / (√v / √bc2 + ε)
-                    for (((p, &g), m), v) in p
-                        .data_mut()
-                        .iter_mut()
-                        .zip(g.data())
-                        .zip(m.iter_mut())
-                        .zip(v.iter_mut())
-                    {
-                        *m = BETA1 as f32 * *m + (1.0 - BETA1 as f32) * g;
-                        *v = BETA2 as f32 * *v + (1.0 - BETA2 as f32) * g * g;
-                        *p -= step_size * *m / (v.sqrt() / bc2_sqrt + EPS);
+                    let adam = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+                        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                            *m = BETA1 as f32 * *m + (1.0 - BETA1 as f32) * g;
+                            *v = BETA2 as f32 * *v + (1.0 - BETA2 as f32) * g * g;
+                            *p -= step_size * *m / (v.sqrt() / bc2_sqrt + EPS);
+                        }
+                    };
+                    let (p, g) = (p.data_mut(), g.data());
+                    // Elementwise, so splitting a large parameter between the threads
+                    // changes nothing but the time (LSTM 2×512: 3.3 M a step).
+                    if p.len() < PARALLEL_MIN {
+                        adam(p, g, m, v);
+                    } else {
+                        p.par_chunks_mut(PARALLEL_MIN)
+                            .zip(g.par_chunks(PARALLEL_MIN))
+                            .zip(m.par_chunks_mut(PARALLEL_MIN))
+                            .zip(v.par_chunks_mut(PARALLEL_MIN))
+                            .for_each(|(((p, g), m), v)| adam(p, g, m, v));
                     }
                 }
                 OptimizerKind::Sgd => {
@@ -240,6 +252,34 @@ mod tests {
             "{:?}",
             p.0
         );
+    }
+
+    #[test]
+    fn a_large_parameter_is_updated_alike_on_any_number_of_threads() {
+        // Past PARALLEL_MIN the Adam update is split between the threads.
+        let n = 3 * PARALLEL_MIN + 17;
+        let make = || {
+            One(
+                Tensor::from_vec(&[n], (0..n).map(|i| (i % 97) as f32 / 50.0).collect()).unwrap(),
+                Tensor::from_vec(&[n], (0..n).map(|i| (i % 13) as f32 - 6.0).collect()).unwrap(),
+            )
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut p = make();
+            let mut o = Optimizer::new(OptimizerKind::Adam, 0.0);
+            pool.install(|| {
+                o.step(&mut p, 0.01);
+                o.step(&mut p, 0.01);
+            });
+            p.0.data().to_vec()
+        };
+        let one = run(1);
+        assert_eq!(run(3), one);
+        assert_ne!(one, make().0.data());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Inverted dropout: zero each element with probability p, scale survivors by 1/(1−p).
 
 use crate::rng::Rng;
-use crate::tensor::{scratch, Real};
+use crate::tensor::{overwritten, Real};
 
 /// A dropout mask kept from the forward pass for the backward pass.
 #[derive(Clone, Debug, Default)]
@@ -17,7 +17,7 @@ impl<T: Real> Dropout<T> {
             return self.disable();
         }
         let keep = T::of(1.0 / (1.0 - p as f64));
-        let mask = scratch(&mut self.mask, x.len());
+        let mask = overwritten(&mut self.mask, x.len());
         for (m, v) in mask.iter_mut().zip(x.iter_mut()) {
             *m = if rng.uniform() < p as f64 {
                 T::zero()

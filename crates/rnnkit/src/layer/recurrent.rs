@@ -8,7 +8,7 @@ use crate::cell::rnn::{self, Activation, RnnCache};
 use crate::cell::{for_directions, CellKind, CellParams, Input, Seq, WeightCopies};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use crate::tensor::{scratch, Real, Tensor};
+use crate::tensor::{overwritten, scratch, Real, Tensor};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -720,7 +720,7 @@ impl<T: Real> Recurrent<T> {
                     }
                 }
             } else {
-                let inp = scratch(&mut saved.inputs[l], out.len());
+                let inp = overwritten(&mut saved.inputs[l], out.len());
                 inp.copy_from_slice(out.data());
                 match rng.as_deref_mut() {
                     Some(r) => saved.dropout[l].forward(inp, cfg.dropout, r),
@@ -742,7 +742,8 @@ impl<T: Real> Recurrent<T> {
                     lengths,
                     reverse: d == 1,
                 };
-                let y = scratch(y, steps * batch * hs);
+                // Every output is written by the cell (zeros at padded steps).
+                let y = overwritten(y, steps * batch * hs);
                 match (cache, cfg.cell) {
                     (CellCache::Rnn(cc), CellKind::RnnTanh) => {
                         rnn::forward(p, Activation::Tanh, seq, x_l, cc, y, h)
@@ -821,7 +822,7 @@ impl<T: Real> Recurrent<T> {
         };
         let (dirs, hs) = (cfg.directions(), cfg.hidden_size);
         let lengths = saved.lengths.as_deref();
-        scratch(&mut saved.d_between, dy.len()).copy_from_slice(dy.data());
+        overwritten(&mut saved.d_between, dy.len()).copy_from_slice(dy.data());
         let mut dx = Vec::new();
         let dx_rows = |l: usize| match (&saved.ids, l) {
             (Some(_), 0) => saved.table.len() / cfg.input_size.max(1),
@@ -855,7 +856,7 @@ impl<T: Real> Recurrent<T> {
                     lengths,
                     reverse: d == 1,
                 };
-                let dout = scratch(dout, steps * batch * hs);
+                let dout = overwritten(dout, steps * batch * hs);
                 merge_backward(cfg, d_between, outputs, d, dout);
                 let dx = scratch(dx, rows * in_w);
                 let g = weights.then_some(g);
@@ -888,7 +889,7 @@ impl<T: Real> Recurrent<T> {
             }
             if l > 0 {
                 saved.dropout[l].backward(&mut dx);
-                scratch(&mut saved.d_between, dx.len()).copy_from_slice(&dx);
+                overwritten(&mut saved.d_between, dx.len()).copy_from_slice(&dx);
             }
         }
         let shape = match saved.ids {
