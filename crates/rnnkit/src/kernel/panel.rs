@@ -381,6 +381,23 @@ mod avx512 {
         unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr(), mask, sum) };
     }
 
+    /// [`groups`] with f32 accumulators, stored as they are.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn float_groups(
+        lines: &[Line],
+        steps: usize,
+        y: &mut [f32],
+        step: impl Fn(__m512, *const Line, usize) -> __m512,
+    ) {
+        let add = |a, b| _mm512_add_ps(a, b);
+        unsafe {
+            groups(lines, steps, y, _mm512_setzero_ps(), add, step, |s, y| {
+                store(s, y)
+            })
+        }
+    }
+
     /// f32 weights: `acc += line · broadcast(x[s])`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn f32_groups(lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
@@ -389,17 +406,7 @@ mod avx512 {
             let w = unsafe { _mm512_load_ps(line.cast()) };
             _mm512_fmadd_ps(w, _mm512_set1_ps(unsafe { *xs.add(s) }), a)
         };
-        unsafe {
-            groups(
-                lines,
-                steps,
-                y,
-                _mm512_setzero_ps(),
-                |a, b| _mm512_add_ps(a, b),
-                step,
-                |s, y| store(s, y),
-            )
-        }
+        unsafe { float_groups(lines, steps, y, step) }
     }
 
     /// bfloat16 pairs by `vdpbf16ps` against `x`'s pairs rounded to bfloat16.
@@ -424,17 +431,7 @@ mod avx512 {
             };
             _mm512_dpbf16_ps(a, w, xv)
         };
-        unsafe {
-            groups(
-                lines,
-                steps,
-                y,
-                _mm512_setzero_ps(),
-                |a, b| _mm512_add_ps(a, b),
-                step,
-                |s, y| store(s, y),
-            )
-        }
+        unsafe { float_groups(lines, steps, y, step) }
     }
 
     /// bfloat16 pairs widened exactly to f32 (a shift and a mask), times `x` in f32.
@@ -448,17 +445,7 @@ mod avx512 {
             let a = _mm512_fmadd_ps(even, _mm512_set1_ps(unsafe { *xs.add(2 * s) }), a);
             _mm512_fmadd_ps(odd, _mm512_set1_ps(unsafe { *xs.add(2 * s + 1) }), a)
         };
-        unsafe {
-            groups(
-                lines,
-                steps,
-                y,
-                _mm512_setzero_ps(),
-                |a, b| _mm512_add_ps(a, b),
-                step,
-                |s, y| store(s, y),
-            )
-        }
+        unsafe { float_groups(lines, steps, y, step) }
     }
 
     /// int8 quads by `vpdpbusd` (unsigned `x` bytes × signed weights), exact in i32.
