@@ -140,7 +140,7 @@ fn buffers_left_by_an_earlier_batch_change_nothing() {
             let full = pass(
                 &mut used,
                 &big,
-                &[t; 4],
+                &lengths.map(|_| t),
                 &random(&[t, b, cfg.output_size()], &mut rng),
             );
             assert!(full.0.data().iter().all(|v| v.is_finite()));

@@ -105,18 +105,12 @@ mod tests {
             add_bias_rows(&mut split, &bias);
             sum_rows_into(&mut acc, &split);
         });
-        let mut want = m.clone();
-        let mut want_acc = vec![0.5; n];
-        for row in want.chunks_exact_mut(n) {
-            for (x, &b) in row.iter_mut().zip(&bias) {
-                *x += b;
-            }
-        }
-        for row in want.chunks_exact(n) {
-            for (a, &x) in want_acc.iter_mut().zip(row) {
-                *a += x;
-            }
-        }
+        // The same calls on the calling thread alone.
+        let (mut want, mut want_acc) = (m.clone(), vec![0.5; n]);
+        super::super::serial(|| {
+            add_bias_rows(&mut want, &bias);
+            sum_rows_into(&mut want_acc, &want);
+        });
         assert_eq!(split, want);
         assert_eq!(acc, want_acc);
     }

@@ -221,15 +221,6 @@ impl PanelVector {
             }
         }
     }
-
-    /// The 4 bytes of step `s`: the pair of bfloat16 values or the quad of levels
-    /// that a lane holds.
-    fn lane(&self, s: usize) -> u32 {
-        match self.weights {
-            Weights::Int8 => u32::from_le_bytes(self.levels[4 * s..][..4].try_into().unwrap()),
-            _ => u32::from(self.half[2 * s]) | u32::from(self.half[2 * s + 1]) << 16,
-        }
-    }
 }
 
 /// The step between levels that maps the largest magnitude of `x` to 127 (1 for an
@@ -318,9 +309,9 @@ fn dot_groups_ref(weights: Weights, lines: &[Line], steps: usize, x: &PanelVecto
                     .sum(),
                 Weights::Int8 => group
                     .iter()
-                    .enumerate()
-                    .map(|(s, l)| {
-                        let (w, u) = (l.0[lane].to_le_bytes(), x.lane(s).to_le_bytes());
+                    .zip(x.levels.chunks_exact(4))
+                    .map(|(l, u)| {
+                        let w = l.0[lane].to_le_bytes();
                         (0..4)
                             .map(|e| i32::from(w[e] as i8) * i32::from(u[e]))
                             .sum::<i32>()

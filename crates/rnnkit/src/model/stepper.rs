@@ -12,7 +12,7 @@ use crate::cell::{lstm, CellKind};
 use crate::error::{Error, Result};
 pub use crate::kernel::Weights;
 use crate::kernel::{
-    add_bias_rows, matmul, serial, sigmoid_f32, tanh_f32, MatMut, MatRef, PanelVector, Panels,
+    add_bias_rows, matmul, sigmoid_f32, tanh_f32, MatMut, MatRef, PanelVector, Panels,
 };
 use rayon::prelude::*;
 
@@ -314,18 +314,16 @@ fn step_layer(
                 .zip(scratch.par_iter_mut())
                 .enumerate()
                 .for_each(|(k, (rh, sc))| {
-                    serial(|| {
-                        let m = rh.len();
-                        preact(k, sc, m);
-                        let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
-                        for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
-                            *v += u;
-                        }
-                        sigmoid_f32(&mut xp[..2 * m]);
-                        for ((rh, &r), &h) in rh.iter_mut().zip(&xp[..m]).zip(&h_old[k * share..]) {
-                            *rh = r * h;
-                        }
-                    })
+                    let m = rh.len();
+                    preact(k, sc, m);
+                    let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
+                    for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
+                        *v += u;
+                    }
+                    sigmoid_f32(&mut xp[..2 * m]);
+                    for ((rh, &r), &h) in rh.iter_mut().zip(&xp[..m]).zip(&h_old[k * share..]) {
+                        *rh = r * h;
+                    }
                 });
             vectors[1].set(rh, weights);
             let vrh = &vectors[1];
@@ -334,21 +332,19 @@ fn step_layer(
                 .zip(scratch.par_iter_mut())
                 .enumerate()
                 .for_each(|(k, (hn, sc))| {
-                    serial(|| {
-                        let (m, j0) = (hn.len(), k * share);
-                        let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
-                        let hp_n = &mut hp[2 * m..3 * m];
-                        w_hh.dot(2, j0, vrh, None, hp_n);
-                        let (rz, n) = xp.split_at_mut(2 * m);
-                        for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
-                            *v += u;
-                        }
-                        tanh_f32(n);
-                        for j in 0..m {
-                            let z = rz[m + j];
-                            hn[j] = (1.0 - z) * n[j] + z * h_old[j0 + j];
-                        }
-                    })
+                    let (m, j0) = (hn.len(), k * share);
+                    let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
+                    let hp_n = &mut hp[2 * m..3 * m];
+                    w_hh.dot(2, j0, vrh, None, hp_n);
+                    let (rz, n) = xp.split_at_mut(2 * m);
+                    for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
+                        *v += u;
+                    }
+                    tanh_f32(n);
+                    for j in 0..m {
+                        let z = rz[m + j];
+                        hn[j] = (1.0 - z) * n[j] + z * h_old[j0 + j];
+                    }
                 });
         }
         _ => {
@@ -358,14 +354,12 @@ fn step_layer(
                 .zip(scratch.par_iter_mut())
                 .enumerate()
                 .for_each(|(k, ((hn, c), sc))| {
-                    serial(|| {
-                        let m = hn.len();
-                        preact(k, sc, m);
-                        let (pre, spare) = sc[..(2 * g + 2) * m].split_at_mut(2 * g * m);
-                        let (xp, hp) = pre.split_at_mut(g * m);
-                        let h = &h_old[k * share..][..m];
-                        update(kind, xp, hp, h, c, hn, spare);
-                    })
+                    let m = hn.len();
+                    preact(k, sc, m);
+                    let (pre, spare) = sc[..(2 * g + 2) * m].split_at_mut(2 * g * m);
+                    let (xp, hp) = pre.split_at_mut(g * m);
+                    let h = &h_old[k * share..][..m];
+                    update(kind, xp, hp, h, c, hn, spare);
                 });
         }
     }
