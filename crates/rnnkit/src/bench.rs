@@ -116,13 +116,17 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     for i in 0..=cfg.steps {
         let t0 = Instant::now();
         model.zero_grad();
-        let (loss, _) =
-            model.train_step(&inputs, &targets, cfg.seq_len, cfg.batch, None, &mut rng)?;
+        // On the pool, as the trainer runs its steps.
+        let loss = crate::kernel::on_pool(|| -> Result<f64> {
+            let (loss, _) =
+                model.train_step(&inputs, &targets, cfg.seq_len, cfg.batch, None, &mut rng)?;
+            clip_grad_norm(&mut model, 5.0);
+            optimizer.step(&mut model, 1e-3);
+            Ok(loss)
+        })?;
         if !loss.is_finite() {
             return Err(Error::Diverged(format!("benchmark loss became {loss}")));
         }
-        clip_grad_norm(&mut model, 5.0);
-        optimizer.step(&mut model, 1e-3);
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -203,12 +207,12 @@ pub struct TaskReport {
 /// `model` as the trainer does (zero the gradients, `forward_backward(model, i)` in
 /// `precision` returning the loss, global-norm clip 5, Adam lr 1e-3) and reports the
 /// timed ones; `work[i]` is (valid tokens, counted FLOPs) of step `i`'s batch.
-fn time_task_steps<M: Parameters<f32>>(
+fn time_task_steps<M: Parameters<f32> + Send>(
     task: &'static str,
     model: &mut M,
     work: &[(usize, f64)],
     precision: Precision,
-    mut forward_backward: impl FnMut(&mut M, usize) -> Result<f64>,
+    mut forward_backward: impl FnMut(&mut M, usize) -> Result<f64> + Send,
 ) -> Result<TaskReport> {
     if work.len() <= TASK_WARMUP_STEPS {
         return Err(Error::Config("at least 1 timed step is needed".into()));
@@ -218,12 +222,16 @@ fn time_task_steps<M: Parameters<f32>>(
     for i in 0..work.len() {
         let t0 = Instant::now();
         model.zero_grad();
-        let loss = crate::kernel::with_precision(precision, || forward_backward(model, i))?;
+        // On the pool, as the trainer runs its steps.
+        let loss = crate::kernel::on_pool(|| -> Result<f64> {
+            let loss = crate::kernel::with_precision(precision, || forward_backward(model, i))?;
+            clip_grad_norm(model, 5.0);
+            optimizer.step(model, 1e-3);
+            Ok(loss)
+        })?;
         if !loss.is_finite() {
             return Err(Error::Diverged(format!("benchmark loss became {loss}")));
         }
-        clip_grad_norm(model, 5.0);
-        optimizer.step(model, 1e-3);
         times.push(t0.elapsed().as_secs_f64());
     }
     let (times, work) = (&mut times[TASK_WARMUP_STEPS..], &work[TASK_WARMUP_STEPS..]);

@@ -255,11 +255,12 @@ impl<T: Real> Tensor<T> {
     }
 }
 
-/// Resizes a scratch buffer to `n` elements, reusing its allocation when it is large enough.
+/// `n` zeros in `buf`, reusing its allocation when it is large enough (zeroed on every
+/// thread when large).
 pub(crate) fn scratch<T: Real>(buf: &mut Vec<T>, n: usize) -> &mut [T] {
-    buf.clear();
-    buf.resize(n, T::zero());
-    &mut buf[..]
+    let b = overwritten(buf, n);
+    crate::kernel::fill(b, T::zero());
+    b
 }
 
 /// `buf` as `n` elements holding whatever they held (zeros where it grows): for

@@ -11,8 +11,8 @@ pub mod lstm;
 pub mod rnn;
 
 use crate::kernel::{
-    add_bias_rows, matmul, precision, serial, sum_rows_into, with_precision, MatMut, MatRef,
-    PackedB, Precision, FEW_ROWS,
+    add_bias_rows, gather_rows, matmul, precision, scatter_add_rows, serial, sum_rows_into,
+    with_precision, MatMut, MatRef, PackedB, Precision, FEW_ROWS,
 };
 use crate::tensor::{Real, Scratch, Tensor};
 use rayon::prelude::*;
@@ -252,9 +252,7 @@ pub(crate) fn project_inputs<T: Real>(
             let v = table.len() / i.max(1);
             let mut per_id = Scratch::<T>::zeroed(v * gh);
             project(table, v, &mut per_id);
-            for (out, &id) in xp.chunks_exact_mut(gh).zip(&ids[..rows]) {
-                out.copy_from_slice(&per_id[id * gh..][..gh]);
-            }
+            gather_rows(xp, &per_id, &ids[..rows], gh);
         }
         Input::OneHot { ids } => {
             // W_ih x for a one-hot x is column id of W_ih: per_id [I, G·H] = W_ihᵀ + biases.
@@ -273,9 +271,7 @@ pub(crate) fn project_inputs<T: Real>(
                     }
                 }
             }
-            for (out, &id) in xp.chunks_exact_mut(gh).zip(&ids[..rows]) {
-                out.copy_from_slice(&per_id[id * gh..][..gh]);
-            }
+            gather_rows(xp, &per_id, &ids[..rows], gh);
         }
     }
 }
@@ -328,24 +324,14 @@ pub(crate) fn input_grads<T: Real>(
         Input::Embedded { table, ids } => {
             let v = table.len() / i.max(1);
             let mut per_id = Scratch::<T>::zeroed(v * gh);
-            for (row, &id) in dg.chunks_exact(gh).zip(&ids[..rows]) {
-                per_id[id * gh..][..gh]
-                    .iter_mut()
-                    .zip(row)
-                    .for_each(|(a, &d)| *a += d);
-            }
+            scatter_add_rows(&mut per_id, dg, &ids[..rows], gh);
             grads(g, (table, v), None, &per_id, dx);
         }
         Input::OneHot { ids } => {
             // dW_ih[:, id] += Σ of the rows of dg with that id; no input gradient.
             let Some(g) = g else { return };
             let mut per_id = Scratch::<T>::zeroed(i * gh);
-            for (row, &id) in dg.chunks_exact(gh).zip(&ids[..rows]) {
-                per_id[id * gh..][..gh]
-                    .iter_mut()
-                    .zip(row)
-                    .for_each(|(a, &d)| *a += d);
-            }
+            scatter_add_rows(&mut per_id, dg, &ids[..rows], gh);
             let gw = g.w_ih.data_mut();
             for (v, col) in per_id.chunks_exact(gh).enumerate() {
                 for (gate, &d) in col.iter().enumerate() {

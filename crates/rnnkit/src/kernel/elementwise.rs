@@ -64,6 +64,95 @@ pub fn sum_rows_into<T: Real>(acc: &mut [T], m: &[T]) {
         .for_each(|(k, acc)| sum(acc, k * cols));
 }
 
+/// Whether work on `len` elements should be split between the threads.
+fn parallel(len: usize) -> bool {
+    len >= PARALLEL_MIN && !super::is_serial() && rayon::current_num_threads() > 1
+}
+
+/// `dst.copy_from_slice(src)`, split between the threads when large (a layer's
+/// outputs are tens of megabytes, which one thread copies at a fraction of the
+/// machine's bandwidth while the other waits).
+pub(crate) fn copy<T: Real>(dst: &mut [T], src: &[T]) {
+    assert_eq!(dst.len(), src.len(), "copy lengths");
+    if !parallel(dst.len()) {
+        return dst.copy_from_slice(src);
+    }
+    dst.par_chunks_mut(PARALLEL_MIN)
+        .zip(src.par_chunks(PARALLEL_MIN))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+/// Sets every element of `dst` to `v`, split between the threads when large.
+pub(crate) fn fill<T: Real>(dst: &mut [T], v: T) {
+    if !parallel(dst.len()) {
+        return dst.fill(v);
+    }
+    dst.par_chunks_mut(PARALLEL_MIN).for_each(|d| d.fill(v));
+}
+
+/// Row `r` of the `[ids.len(), w]` matrix `out` ← row `ids[r]` of `table [·, w]`.
+pub(crate) fn gather_rows<T: Real>(out: &mut [T], table: &[T], ids: &[usize], w: usize) {
+    if w == 0 {
+        return;
+    }
+    let gather = |(k, out): (usize, &mut [T]), per: usize| {
+        for (o, &id) in out.chunks_exact_mut(w).zip(&ids[k * per..]) {
+            o.copy_from_slice(&table[id * w..][..w]);
+        }
+    };
+    let per = (PARALLEL_MIN / 4).div_ceil(w).max(1);
+    let out = &mut out[..ids.len() * w];
+    if parallel(out.len()) {
+        out.par_chunks_mut(per * w)
+            .enumerate()
+            .for_each(|c| gather(c, per));
+    } else {
+        out.chunks_mut(per * w)
+            .enumerate()
+            .for_each(|c| gather(c, per));
+    }
+}
+
+/// Row `ids[r]` of `acc [·, w]` += row `r` of the `[ids.len(), w]` matrix `rows`: the
+/// gradient of [`gather_rows`]. Split between the threads by id, each id's rows summed
+/// in their order, so the sums are those of one thread.
+pub(crate) fn scatter_add_rows<T: Real>(acc: &mut [T], rows: &[T], ids: &[usize], w: usize) {
+    if w == 0 {
+        return;
+    }
+    if !parallel(ids.len() * w) {
+        for (row, &id) in rows.chunks_exact(w).zip(ids) {
+            acc[id * w..][..w]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(a, &d)| *a += d);
+        }
+        return;
+    }
+    // The rows of each id in order (a counting sort): `order[start[id]..start[id + 1]]`.
+    let v = acc.len() / w;
+    let mut start = vec![0usize; v + 1];
+    for &id in ids {
+        start[id + 1] += 1;
+    }
+    for i in 0..v {
+        start[i + 1] += start[i];
+    }
+    let mut next = start.clone();
+    let mut order = vec![0usize; ids.len()];
+    for (r, &id) in ids.iter().enumerate() {
+        order[next[id]] = r;
+        next[id] += 1;
+    }
+    acc.par_chunks_exact_mut(w).enumerate().for_each(|(id, a)| {
+        for &r in &order[start[id]..start[id + 1]] {
+            a.iter_mut()
+                .zip(&rows[r * w..][..w])
+                .for_each(|(a, &d)| *a += d);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +202,47 @@ mod tests {
         });
         assert_eq!(split, want);
         assert_eq!(acc, want_acc);
+    }
+
+    #[test]
+    fn split_gathers_scatters_copies_and_fills_match_one_thread() {
+        // Ids with repeats and skew (most rows one id), rows large enough to split.
+        let (v, w, n) = (37, 300, 900);
+        let ids: Vec<usize> = (0..n)
+            .map(|r| if r % 3 == 0 { 5 } else { (r * 7919) % v })
+            .collect();
+        let table: Vec<f32> = (0..v * w).map(|i| ((i * 31) % 997) as f32 / 7.0).collect();
+        let rows: Vec<f32> = (0..n * w).map(|i| ((i * 13) % 1009) as f32 / 3.0).collect();
+        let run = || {
+            let mut out = vec![0.0f32; n * w];
+            gather_rows(&mut out, &table, &ids, w);
+            let mut acc = vec![0.25f32; v * w];
+            scatter_add_rows(&mut acc, &rows, &ids, w);
+            let mut copied = vec![0.0f32; n * w];
+            copy(&mut copied, &rows);
+            let mut filled = rows.clone();
+            fill(&mut filled, 2.0);
+            (out, acc, copied, filled)
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let (out, acc, copied, filled) = pool.install(run);
+        let one = super::super::serial(run);
+        assert_eq!((&out, &acc), (&one.0, &one.1));
+        for (r, &id) in ids.iter().enumerate() {
+            assert_eq!(out[r * w..][..w], table[id * w..][..w]);
+        }
+        // Id 5's row holds the sum of its rows in their order.
+        let mut want = vec![0.25f32; w];
+        for (r, _) in ids.iter().enumerate().filter(|(_, &id)| id == 5) {
+            want.iter_mut()
+                .zip(&rows[r * w..])
+                .for_each(|(a, &d)| *a += d);
+        }
+        assert_eq!(acc[5 * w..][..w], want[..]);
+        assert_eq!(copied, rows);
+        assert!(filled.iter().all(|&x| x == 2.0));
     }
 }

@@ -14,6 +14,7 @@ pub use panel::{int8_supported, Weights};
 pub(crate) use panel::{PanelVector, Panels};
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
+pub(crate) use elementwise::{copy, fill, gather_rows, scatter_add_rows};
 pub(crate) use gemv::{few_rows_f32, gemv_f32, to_bf16, FEW_ROWS};
 pub(crate) use matmul::is_serial;
 pub use matmul::{

@@ -452,15 +452,17 @@ mod avx512 {
         let depth = a.len() / MR;
         // Once per tile, not per element: the loads below trust it.
         assert!(b.len() == depth * NR);
+        assert!(a.len() == depth * MR);
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         for p in 0..depth {
             let bp = unsafe { b.as_ptr().add(p * NR) };
+            let ap = unsafe { a.as_ptr().add(p * MR) };
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = unsafe { _mm512_loadu_ps(bp.add(16 * v).cast()) };
             }
             for (i, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(f32::from_bits(a[p * MR + i]));
+                let av = _mm512_set1_ps(f32::from_bits(unsafe { *ap.add(i) }));
                 for (acc, &bv) in acc.iter_mut().zip(&bv) {
                     *acc = _mm512_fmadd_ps(av, bv, *acc);
                 }

@@ -7,6 +7,7 @@ use crate::cell::lstm::{self, LstmCache};
 use crate::cell::rnn::{self, Activation, RnnCache};
 use crate::cell::{for_directions, CellKind, CellParams, Input, Seq, WeightCopies};
 use crate::error::{Error, Result};
+use crate::kernel::copy;
 use crate::rng::Rng;
 use crate::tensor::{overwritten, scratch, Real, Tensor};
 use serde::{Deserialize, Serialize};
@@ -267,6 +268,8 @@ struct Saved<T> {
     d_out: Vec<Vec<T>>,
     /// The gradient flowing between layers `[T, B, width]`.
     d_between: Vec<T>,
+    /// Scratch for the input gradient of each direction (kept: tens of megabytes).
+    dx_dirs: Vec<Vec<T>>,
     ready: bool,
     /// A backward pass left its parameter gradients to [`Recurrent::step_weight_grads`].
     grads_pending: bool,
@@ -721,7 +724,7 @@ impl<T: Real> Recurrent<T> {
                 }
             } else {
                 let inp = overwritten(&mut saved.inputs[l], out.len());
-                inp.copy_from_slice(out.data());
+                copy(inp, out.data());
                 match rng.as_deref_mut() {
                     Some(r) => saved.dropout[l].forward(inp, cfg.dropout, r),
                     None => saved.dropout[l].disable(),
@@ -822,15 +825,14 @@ impl<T: Real> Recurrent<T> {
         };
         let (dirs, hs) = (cfg.directions(), cfg.hidden_size);
         let lengths = saved.lengths.as_deref();
-        overwritten(&mut saved.d_between, dy.len()).copy_from_slice(dy.data());
-        let mut dx = Vec::new();
+        copy(overwritten(&mut saved.d_between, dy.len()), dy.data());
         let dx_rows = |l: usize| match (&saved.ids, l) {
             (Some(_), 0) => saved.table.len() / cfg.input_size.max(1),
             _ => steps * batch,
         };
         let dx_shape = [dx_rows(0), cfg.input_size];
         saved.d_out.resize_with(dirs, Vec::new);
-        let mut dx_dirs: Vec<Vec<T>> = vec![Vec::new(); dirs];
+        saved.dx_dirs.resize_with(dirs, Vec::new);
         for l in (0..cfg.num_layers).rev() {
             let in_w = cfg.layer_input_size(l);
             let x_l = layer_input(&saved.ids, saved.one_hot, &saved.table, &saved.inputs, l);
@@ -840,7 +842,7 @@ impl<T: Real> Recurrent<T> {
             let jobs: Vec<_> = saved.caches[cells.clone()]
                 .iter_mut()
                 .zip(&mut saved.d_out)
-                .zip(&mut dx_dirs)
+                .zip(&mut saved.dx_dirs)
                 .zip(state_rows(&mut d_state, l, dirs, batch * hs))
                 .zip(
                     self.params[cells.clone()]
@@ -883,15 +885,17 @@ impl<T: Real> Recurrent<T> {
                     .collect();
                 ready(&done);
             }
-            dx = std::mem::take(&mut dx_dirs[0]);
-            if let Some(other) = dx_dirs.get(1) {
-                dx.iter_mut().zip(other).for_each(|(a, &b)| *a += b);
+            if let [dx, other] = &mut saved.dx_dirs[..] {
+                dx.iter_mut().zip(&*other).for_each(|(a, &b)| *a += b);
             }
             if l > 0 {
-                saved.dropout[l].backward(&mut dx);
-                overwritten(&mut saved.d_between, dx.len()).copy_from_slice(&dx);
+                saved.dropout[l].backward(&mut saved.dx_dirs[0]);
+                // The next layer down reads this gradient; its buffer becomes that
+                // layer's input-gradient scratch.
+                std::mem::swap(&mut saved.d_between, &mut saved.dx_dirs[0]);
             }
         }
+        let dx = saved.dx_dirs[0].clone();
         let shape = match saved.ids {
             Some(_) => &dx_shape[..],
             None => &[steps, batch, cfg.input_size][..],
@@ -987,8 +991,7 @@ fn layer_and_reverse(cfg: &RecurrentConfig, idx: usize) -> (usize, &'static str)
 fn merge_forward<T: Real>(cfg: &RecurrentConfig, dirs: &[Vec<T>], out: &mut [T]) {
     let hs = cfg.hidden_size;
     if dirs.len() == 1 {
-        out.copy_from_slice(&dirs[0]);
-        return;
+        return copy(out, &dirs[0]);
     }
     let (f, b) = (&dirs[0], &dirs[1]);
     match cfg.merge {
@@ -1027,8 +1030,7 @@ fn merge_backward<T: Real>(
 ) {
     let hs = cfg.hidden_size;
     if dirs.len() == 1 {
-        out.copy_from_slice(dy);
-        return;
+        return copy(out, dy);
     }
     match cfg.merge {
         Merge::Concat => {
@@ -1036,7 +1038,7 @@ fn merge_backward<T: Real>(
                 o.copy_from_slice(&g[d * hs..(d + 1) * hs]);
             }
         }
-        Merge::Sum => out.copy_from_slice(dy),
+        Merge::Sum => copy(out, dy),
         Merge::Mul => out
             .iter_mut()
             .zip(dy.iter().zip(&dirs[1 - d]))

@@ -119,8 +119,9 @@ pub struct BatchLoss {
     pub tokens: usize,
 }
 
-/// A model with its training and validation data, as the trainer drives it.
-pub trait Task: Parameters<f32> {
+/// A model with its training and validation data, as the trainer drives it (on a
+/// thread of the pool, hence `Send`).
+pub trait Task: Parameters<f32> + Send {
     /// The task's own part of the recipe (model sizes, data settings).
     type Config: Clone + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned + Settings;
 

@@ -252,8 +252,13 @@ pub fn run_parallel<T: Task>(
             )?;
             (out, Some(stop))
         } else {
-            let out = crate::kernel::with_precision(recipe.precision, || {
-                task.train_batch(epoch_idx, k, &mut st.rng, &mut |_| {})
+            // On a thread of the pool: each product split between the cores then
+            // costs a hand-over inside the pool, not a wake-up of it from outside.
+            let rng = &mut st.rng;
+            let out = crate::kernel::on_pool(|| {
+                crate::kernel::with_precision(recipe.precision, || {
+                    task.train_batch(epoch_idx, k, rng, &mut |_| {})
+                })
             })?;
             (out, None)
         };
@@ -273,13 +278,16 @@ pub fn run_parallel<T: Task>(
                 st.step + 1,
             )));
         }
-        if let Some(v) = recipe.clip_value {
-            clip_grad_value(task, v);
-        }
-        if let Some(c) = recipe.grad_clip {
-            clip_grad_norm(task, c);
-        }
-        optimizer.step(task, lr);
+        // Large parameters are clipped and updated by every thread of the pool.
+        crate::kernel::on_pool(|| {
+            if let Some(v) = recipe.clip_value {
+                clip_grad_value(task, v);
+            }
+            if let Some(c) = recipe.grad_clip {
+                clip_grad_norm(task, c);
+            }
+            optimizer.step(task, lr);
+        });
         st.step += 1;
         if let Some(a) = &mut average {
             a.update(task, st.step);
