@@ -100,12 +100,7 @@ pub fn forward<T: Real>(
         false,
         &mut cache.weights.packed[2],
     );
-    let w_hh = RecurrentWeights::new(
-        p,
-        batch,
-        &mut cache.weights.w_hh_t,
-        &mut cache.weights.w_hh_t_valid,
-    );
+    let w_hh = RecurrentWeights::new(p);
     // Torch's form multiplies by all three blocks at once; Keras' by r, z then n.
     let (all, rz, n) = (
         [w_hh.blocks(0..3, 1)],
@@ -115,6 +110,14 @@ pub fn forward<T: Real>(
     let split = [rz, n];
     let views: &[_] = if reset_after { &all } else { &split };
     let packed = cache.weights.packed[0].prepare(views);
+    let w_hh = match packed {
+        Some(_) => w_hh,
+        None => w_hh.transposed(
+            batch,
+            &mut cache.weights.w_hh_t,
+            &mut cache.weights.w_hh_t_valid,
+        ),
+    };
     let slot = |k: usize| packed.map(|p| &p[k]);
     let no_bias = Vec::new();
     let b_hh = p.b_hh.as_ref().map_or(&no_bias[..], |b| b.data());

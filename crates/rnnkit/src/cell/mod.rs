@@ -442,48 +442,50 @@ fn gather<T: Real>(m: MatRef<'_, T>, rows: &[usize]) -> Vec<T> {
 }
 
 /// The right operand of the per-step product `h_{t-1}·W_hhᵀ`, for the gate blocks
-/// `blocks`, when a thread's block of the batch has `m` rows. Several rows read a
-/// transposed copy of `W_hh` (kept in the cell's cache: the GEMM reads it without
-/// packing, about twice as fast); a single row reads `W_hh` itself, one dot product
-/// per gate row, the fastest layout for a matrix–vector product.
+/// `blocks`, when a thread's block of the batch has `m` rows. Where the weights are
+/// packed for the step's products ([`PackedSteps`]) it is `W_hh` itself, read only by
+/// the few-row and single-row fallbacks. Otherwise several rows read a transposed
+/// copy (kept in the cell's cache: the GEMM reads it without packing, about twice as
+/// fast); a single row reads `W_hh`, one dot product per gate row, the fastest
+/// layout for a matrix–vector product.
 pub(crate) struct RecurrentWeights<'a, T> {
     w: &'a [T],
-    w_t: &'a [T],
+    w_t: Option<&'a [T]>,
     hs: usize,
     gh: usize,
 }
 
 impl<'a, T: Real> RecurrentWeights<'a, T> {
-    /// Refreshes the transposed copy in `w_t` unless `valid` (and unless no block of
-    /// `batch` rows will ever need it).
-    pub(crate) fn new(
-        p: &'a CellParams<T>,
-        batch: usize,
-        w_t: &'a mut Vec<T>,
-        valid: &mut bool,
-    ) -> Self {
-        let (gh, hs) = (p.w_hh.shape()[0], p.hidden_size());
-        if batch > 1 && !*valid {
-            let buf = crate::tensor::scratch(&mut *w_t, gh * hs);
-            transpose_into(buf, p.w_hh.data(), gh, hs);
-            *valid = true;
-        }
-        let w_t: &'a Vec<T> = w_t;
+    /// `W_hh` of `p`, without a transposed copy.
+    pub(crate) fn new(p: &'a CellParams<T>) -> Self {
         RecurrentWeights {
             w: p.w_hh.data(),
-            w_t,
-            hs,
-            gh,
+            w_t: None,
+            hs: p.hidden_size(),
+            gh: p.w_hh.shape()[0],
+        }
+    }
+
+    /// With the transposed copy in `w_t`, refreshed unless `valid` (and unless no
+    /// block of `batch` rows will ever need it).
+    pub(crate) fn transposed(self, batch: usize, w_t: &'a mut Vec<T>, valid: &mut bool) -> Self {
+        if batch > 1 && !*valid {
+            let buf = crate::tensor::scratch(&mut *w_t, self.gh * self.hs);
+            transpose_into(buf, self.w, self.gh, self.hs);
+            *valid = true;
+        }
+        RecurrentWeights {
+            w_t: Some(w_t),
+            ..self
         }
     }
 
     /// `W_hh[blocks]ᵀ`, `[H, blocks·H]`, for a block of `m` rows.
     pub(crate) fn blocks(&self, blocks: Range<usize>, m: usize) -> MatRef<'a, T> {
         let (hs, cols) = (self.hs, blocks.len() * self.hs);
-        if m == 1 {
-            MatRef::new(&self.w[blocks.start * hs * hs..], cols, hs, hs).t()
-        } else {
-            MatRef::new(&self.w_t[blocks.start * hs..], hs, cols, self.gh)
+        match self.w_t {
+            Some(w_t) if m > 1 => MatRef::new(&w_t[blocks.start * hs..], hs, cols, self.gh),
+            _ => MatRef::new(&self.w[blocks.start * hs * hs..], cols, hs, hs).t(),
         }
     }
 }

@@ -81,13 +81,16 @@ pub fn forward<T: Real>(
         true,
         &mut cache.weights.packed[2],
     );
-    let w_hh = RecurrentWeights::new(
-        p,
-        batch,
-        &mut cache.weights.w_hh_t,
-        &mut cache.weights.w_hh_t_valid,
-    );
+    let w_hh = RecurrentWeights::new(p);
     let packed = cache.weights.packed[0].prepare(&[w_hh.blocks(0..1, 1)]);
+    let w_hh = match packed {
+        Some(_) => w_hh,
+        None => w_hh.transposed(
+            batch,
+            &mut cache.weights.w_hh_t,
+            &mut cache.weights.w_hh_t_valid,
+        ),
+    };
     let h_new = Shared::new(h_new, batch, hs);
     let h_prev = Shared::new(
         overwritten(&mut cache.h_prev, steps * batch * hs),
