@@ -207,10 +207,24 @@ unsafe fn pack_a(
         let i0 = rows.start + r * MR;
         let mi = MR.min(rows.end - i0);
         if a.cs == 1 && precision == Precision::F32 {
-            // Row-major f32: each value is a lane.
-            for ii in 0..mi {
-                let row = &a.data[(i0 + ii) * a.rs..][..k];
-                for (d, &v) in row.iter().enumerate() {
+            // Row-major f32: each value is a lane; 16 values of 8 rows transposed at once.
+            let rows: [&[f32]; MR] = std::array::from_fn(|ii| {
+                if ii < mi {
+                    &a.data[(i0 + ii) * a.rs..][..k]
+                } else {
+                    &[]
+                }
+            });
+            let whole = k / 16 * 16;
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F is present (the caller's feature); every row is `k` long
+            // or empty, and the panel holds `k` lanes of MR.
+            unsafe {
+                avx512::transpose_rows(&rows, whole, panel)
+            };
+            for (ii, row) in rows.iter().enumerate() {
+                let tail = row.get(whole..).unwrap_or(&[]);
+                for (d, &v) in (whole..).zip(tail) {
                     panel[d * MR + ii] = v.to_bits();
                 }
             }
@@ -304,39 +318,51 @@ fn run_rows(
     accumulate: bool,
 ) {
     let (n, precision) = (b.n, b.precision);
-    let kp = b.k.div_ceil(per_lane(precision));
+    let step = per_lane(precision);
+    let kp = b.k.div_ceil(step);
     let mut apack = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
     for r0 in (rows.start..rows.end).step_by(MC) {
         let r1 = (r0 + MC).min(rows.end);
-        // SAFETY: AVX-512F is present (the caller asserted it).
-        unsafe { pack_a(a, r0..r1, precision, &mut apack) };
         let a_panels = (r1 - r0).div_ceil(MR);
         for p0 in (0..kp).step_by(KC) {
             let p1 = (p0 + KC).min(kp);
+            let depth = p1 - p0;
+            // A's block of depth alone is packed (MC·KC lanes, in L2): packing the
+            // whole depth at once outgrows the caches when k is large (a weight
+            // gradient sums over every timestep).
+            let ks = p0 * step..(p1 * step).min(b.k);
+            let block = MatRef {
+                data: &a.data[ks.start * a.cs..],
+                cols: ks.len(),
+                ..a
+            };
+            // SAFETY: AVX-512F is present (the caller asserted it).
+            unsafe { pack_a(block, r0..r1, precision, &mut apack) };
             let acc = accumulate || p0 > 0;
             for q in 0..n.div_ceil(NR) {
                 let bp = &b.data[(q * kp + p0) * NR..(q * kp + p1) * NR];
                 for ra in 0..a_panels {
-                    let ap = &apack[(ra * kp + p0) * MR..(ra * kp + p1) * MR];
-                    let mut tile = [[0.0f32; NR]; MR];
-                    // SAFETY: the caller asserted the CPU features of `precision`;
-                    // both panels hold p1 − p0 lanes of depth (sliced above).
-                    unsafe {
-                        match precision {
-                            Precision::F32 => avx512::tile_f32(ap, bp, &mut tile),
-                            Precision::Bf16 => avx512::tile_bf16(ap, bp, &mut tile),
-                        }
-                    };
+                    let ap = &apack[ra * depth * MR..(ra + 1) * depth * MR];
                     let (i0, j0) = (r0 - rows.start + ra * MR, q * NR);
                     let (mi, nj) = (MR.min(r1 - r0 - ra * MR), NR.min(n - j0));
-                    for (i, t) in tile.iter().enumerate().take(mi) {
-                        let dst = &mut cd[(i0 + i) * ld + j0..][..nj];
-                        if acc {
-                            dst.iter_mut().zip(t).for_each(|(d, &v)| *d += v);
-                        } else {
-                            dst.copy_from_slice(&t[..nj]);
+                    let c = &mut cd[i0 * ld + j0..];
+                    assert!((mi - 1) * ld + nj <= c.len(), "packed tile outside C");
+                    let tile = avx512::Tile {
+                        c: c.as_mut_ptr(),
+                        ld,
+                        rows: mi,
+                        cols: nj,
+                        accumulate: acc,
+                    };
+                    // SAFETY: the caller asserted the CPU features of `precision`;
+                    // both panels hold `depth` lanes (sliced above) and the tile's
+                    // elements lie in `c` (asserted).
+                    unsafe {
+                        match precision {
+                            Precision::F32 => avx512::tile_f32(ap, bp, tile),
+                            Precision::Bf16 => avx512::tile_bf16(ap, bp, tile),
                         }
-                    }
+                    };
                 }
             }
         }
@@ -438,6 +464,82 @@ mod avx512 {
         }
     }
 
+    /// Lanes `panel[d·MR + i]` = `rows[i][d]` for `d < whole` (a multiple of 16), 16
+    /// depths of the MR = 8 rows at a time; an empty row (past the matrix) gives zeros.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_rows(rows: &[&[f32]; MR], whole: usize, panel: &mut [u32]) {
+        assert!(panel.len() >= whole * MR && rows.iter().all(|r| r.is_empty() || r.len() >= whole));
+        // Element j of the index picks lane j % 4 of 128-bit block (j / 4) / 2 of the
+        // first source (even j / 4) or the second: blocks 0, 1 (lo) or 2, 3 (hi) of each.
+        let pick = |half: i32| {
+            let lane = |j: i32| (j % 4) + 4 * (2 * half + (j / 4) / 2) + 16 * ((j / 4) % 2);
+            _mm512_set_epi32(
+                lane(15),
+                lane(14),
+                lane(13),
+                lane(12),
+                lane(11),
+                lane(10),
+                lane(9),
+                lane(8),
+                lane(7),
+                lane(6),
+                lane(5),
+                lane(4),
+                lane(3),
+                lane(2),
+                lane(1),
+                lane(0),
+            )
+        };
+        let (lo, hi) = (pick(0), pick(1));
+        for d0 in (0..whole).step_by(16) {
+            // SAFETY: 16 values from d0 < whole in every non-empty row.
+            let r: [__m512; MR] = std::array::from_fn(|i| {
+                if rows[i].is_empty() {
+                    _mm512_setzero_ps()
+                } else {
+                    unsafe { _mm512_loadu_ps(rows[i].as_ptr().add(d0)) }
+                }
+            });
+            // Within each 128-bit block: pairs of rows, then quads, by depth.
+            let t: [__m512; MR] = std::array::from_fn(|i| {
+                let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            let pd = |v: __m512| _mm512_castps_pd(v);
+            let u: [__m512; MR] = std::array::from_fn(|i| {
+                // u[q + 4·half]: rows 4·half..4·half + 4 at depths q, q + 4, q + 8, q + 12.
+                let (q, half) = (i % 4, i / 4);
+                let (a, b) = (pd(t[4 * half + q / 2]), pd(t[4 * half + 2 + q / 2]));
+                _mm512_castpd_ps(if q % 2 == 0 {
+                    _mm512_unpacklo_pd(a, b)
+                } else {
+                    _mm512_unpackhi_pd(a, b)
+                })
+            });
+            for q in 0..4 {
+                // Depths q and q + 4 (lo), q + 8 and q + 12 (hi), all 8 rows each.
+                for (idx, first) in [(lo, q), (hi, q + 8)] {
+                    let v = _mm512_permutex2var_ps(u[q], idx, u[q + 4]);
+                    let out = panel.as_mut_ptr().cast::<f32>();
+                    // SAFETY: depths d0 + first and d0 + first + 4 lie below `whole`.
+                    unsafe {
+                        _mm256_storeu_ps(out.add((d0 + first) * MR), _mm512_castps512_ps256(v));
+                        _mm256_storeu_ps(
+                            out.add((d0 + first + 4) * MR),
+                            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// 16 lanes of 32 bits seen as 32 bfloat16.
     #[inline(always)]
     fn bh(v: __m512) -> __m512bh {
@@ -445,10 +547,20 @@ mod avx512 {
         unsafe { std::mem::transmute::<__m512, __m512bh>(v) }
     }
 
-    /// `tile = Σ_p A[p]·B[p]` over one block of f32 lanes: `a` is `[depth][MR]`,
-    /// `b` is `[depth][NR]`.
+    /// Where a micro-tile's sums go: `rows × cols` (at most `MR × NR`) elements of a
+    /// row-major C from `c`, rows `ld` apart, added to what C holds when `accumulate`.
+    pub(super) struct Tile {
+        pub(super) c: *mut f32,
+        pub(super) ld: usize,
+        pub(super) rows: usize,
+        pub(super) cols: usize,
+        pub(super) accumulate: bool,
+    }
+
+    /// `C (+)= Σ_p A[p]·B[p]` over one block of f32 lanes: `a` is `[depth][MR]`,
+    /// `b` is `[depth][NR]`. The caller guarantees the tile's elements lie in C.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_f32(a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
+    pub(super) unsafe fn tile_f32(a: &[u32], b: &[u32], tile: Tile) {
         let depth = a.len() / MR;
         // Once per tile, not per element: the loads below trust it.
         assert!(b.len() == depth * NR);
@@ -468,15 +580,15 @@ mod avx512 {
                 }
             }
         }
-        store(&acc, tile);
+        unsafe { store(&acc, tile) };
     }
 
     /// The same over bfloat16 pairs.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn tile_bf16(a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
+    pub(super) unsafe fn tile_bf16(a: &[u32], b: &[u32], tile: Tile) {
         let pairs = a.len() / MR;
         // Once per tile, not per element: the loads below trust it.
-        assert!(b.len() == pairs * NR);
+        assert!(b.len() == pairs * NR && a.len() == pairs * MR);
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         for p in 0..pairs {
             let bp = unsafe { b.as_ptr().add(p * NR) };
@@ -485,22 +597,42 @@ mod avx512 {
                 *bv = bh(unsafe { _mm512_loadu_ps(bp.add(16 * v).cast()) });
             }
             for (i, acc) in acc.iter_mut().enumerate() {
-                let av = bh(_mm512_castsi512_ps(_mm512_set1_epi32(a[p * MR + i] as i32)));
+                // SAFETY: lane p·MR + i < a.len() (asserted above).
+                let lane = unsafe { *a.as_ptr().add(p * MR + i) };
+                let av = bh(_mm512_castsi512_ps(_mm512_set1_epi32(lane as i32)));
                 for (acc, &bv) in acc.iter_mut().zip(&bv) {
                     *acc = _mm512_dpbf16_ps(*acc, av, bv);
                 }
             }
         }
-        store(&acc, tile);
+        unsafe { store(&acc, tile) };
     }
 
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn store(acc: &[[__m512; NV]; MR], tile: &mut [[f32; NR]; MR]) {
-        for (t, acc) in tile.iter_mut().zip(acc) {
-            for (v, acc) in acc.iter().enumerate() {
-                // SAFETY: 16 lanes at 16·v < NR of the row.
-                unsafe { _mm512_storeu_ps(t.as_mut_ptr().add(16 * v), *acc) };
+    /// Adds or writes the accumulators to the tile's elements of C, masked at its edges.
+    /// Inlined into the tile kernels (their AVX-512 context): a call would spill the
+    /// 24 accumulators to memory.
+    #[inline(always)]
+    unsafe fn store(acc: &[[__m512; NV]; MR], tile: Tile) {
+        for (i, acc) in acc.iter().enumerate().take(tile.rows) {
+            for (v, &sum) in acc.iter().enumerate() {
+                let j0 = 16 * v;
+                if j0 >= tile.cols {
+                    break;
+                }
+                let mask = match tile.cols - j0 {
+                    16.. => u16::MAX,
+                    left => ((1u32 << left) - 1) as u16,
+                };
+                // SAFETY: element (i, j0 + lane) of the tile for every lane in the mask.
+                unsafe {
+                    let p = tile.c.add(i * tile.ld + j0);
+                    let sum = if tile.accumulate {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), sum)
+                    } else {
+                        sum
+                    };
+                    _mm512_mask_storeu_ps(p, mask, sum);
+                }
             }
         }
     }
@@ -522,6 +654,8 @@ mod tests {
             (9, 48, 300),
             (33, 100, 515),
             (200, 49, 3),
+            // Two row blocks of MC, 16-wide transposes and a tail, several depth blocks.
+            (401, 50, 293),
         ] {
             for (ta, tb) in [(false, false), (true, true)] {
                 let mut random = |len: usize| -> Vec<f32> {
