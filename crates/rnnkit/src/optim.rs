@@ -216,8 +216,21 @@ fn sum_of_squares(x: &[f32]) -> f64 {
     if x.len() < 2 * PARALLEL_MIN {
         return x.chunks(PARALLEL_MIN).map(piece).sum();
     }
-    let sums: Vec<f64> = x.par_chunks(PARALLEL_MIN).map(piece).collect();
-    sums.iter().sum()
+    // Taken out while the threads work: a job stolen meanwhile may call this too.
+    let mut sums = PIECE_SUMS.take();
+    sums.clear();
+    sums.resize(x.len().div_ceil(PARALLEL_MIN), 0.0);
+    sums.par_iter_mut()
+        .zip(x.par_chunks(PARALLEL_MIN))
+        .for_each(|(s, x)| *s = piece(x));
+    let total = sums.iter().sum();
+    PIECE_SUMS.set(sums);
+    total
+}
+
+thread_local! {
+    /// [`sum_of_squares`]' sums of pieces, kept between calls (no allocation a step).
+    static PIECE_SUMS: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Scales all gradients so their global norm is at most `max_norm` (as

@@ -129,28 +129,40 @@ pub(crate) fn scatter_add_rows<T: Real>(acc: &mut [T], rows: &[T], ids: &[usize]
         }
         return;
     }
-    // The rows of each id in order (a counting sort): `order[start[id]..start[id + 1]]`.
+    // Taken out while the threads work: a job stolen meanwhile may call this too.
+    let (mut start, mut order) = ROW_ORDER.take();
+    // The rows of each id in order (a counting sort): `start[id]` counts the rows
+    // of the ids before id, then serves as id's next free slot in `order`...
     let v = acc.len() / w;
-    let mut start = vec![0usize; v + 1];
+    start.clear();
+    start.resize(v + 1, 0);
     for &id in ids {
         start[id + 1] += 1;
     }
     for i in 0..v {
         start[i + 1] += start[i];
     }
-    let mut next = start.clone();
-    let mut order = vec![0usize; ids.len()];
+    order.clear();
+    order.resize(ids.len(), 0);
     for (r, &id) in ids.iter().enumerate() {
-        order[next[id]] = r;
-        next[id] += 1;
+        order[start[id]] = r;
+        start[id] += 1;
     }
+    // ...so id's rows end at `start[id]` and begin where id − 1's end.
     acc.par_chunks_exact_mut(w).enumerate().for_each(|(id, a)| {
-        for &r in &order[start[id]..start[id + 1]] {
+        let first = if id == 0 { 0 } else { start[id - 1] };
+        for &r in &order[first..start[id]] {
             a.iter_mut()
                 .zip(&rows[r * w..][..w])
                 .for_each(|(a, &d)| *a += d);
         }
     });
+    ROW_ORDER.set((start, order));
+}
+
+thread_local! {
+    /// [`scatter_add_rows`]' counting sort, kept between calls (no allocation a step).
+    static ROW_ORDER: std::cell::Cell<(Vec<usize>, Vec<usize>)> = Default::default();
 }
 
 #[cfg(test)]
