@@ -26,7 +26,7 @@
 
 use super::{
     for_row_blocks, input_grads, project_inputs, real_rows, recurrent_grads, step_product,
-    weight_grad, CellParams, Input, RecurrentWeights, Seq, Shared, WeightCopies,
+    weight_grad, CellParams, Input, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{overwritten, scratch, Real, Scratch};
@@ -100,24 +100,9 @@ pub fn forward<T: Real>(
         false,
         &mut cache.weights.packed[2],
     );
-    let w_hh = RecurrentWeights::new(p);
     // Torch's form multiplies by all three blocks at once; Keras' by r, z then n.
-    let (all, rz, n) = (
-        [w_hh.blocks(0..3, 1)],
-        w_hh.blocks(0..2, 1),
-        w_hh.blocks(2..3, 1),
-    );
-    let split = [rz, n];
-    let views: &[_] = if reset_after { &all } else { &split };
-    let packed = cache.weights.packed[0].prepare(views);
-    let w_hh = match packed {
-        Some(_) => w_hh,
-        None => w_hh.transposed(
-            batch,
-            &mut cache.weights.w_hh_t,
-            &mut cache.weights.w_hh_t_valid,
-        ),
-    };
+    let cuts: &[_] = if reset_after { &[0, 3] } else { &[0, 2, 3] };
+    let (w_hh, packed) = cache.weights.forward_operand(p, batch, cuts);
     let slot = |k: usize| packed.map(|p| &p[k]);
     let no_bias = Vec::new();
     let b_hh = p.b_hh.as_ref().map_or(&no_bias[..], |b| b.data());

@@ -457,7 +457,7 @@ pub(crate) struct RecurrentWeights<'a, T> {
 
 impl<'a, T: Real> RecurrentWeights<'a, T> {
     /// `W_hh` of `p`, without a transposed copy.
-    pub(crate) fn new(p: &'a CellParams<T>) -> Self {
+    fn new(p: &'a CellParams<T>) -> Self {
         RecurrentWeights {
             w: p.w_hh.data(),
             w_t: None,
@@ -468,7 +468,7 @@ impl<'a, T: Real> RecurrentWeights<'a, T> {
 
     /// With the transposed copy in `w_t`, refreshed unless `valid` (and unless no
     /// block of `batch` rows will ever need it).
-    pub(crate) fn transposed(self, batch: usize, w_t: &'a mut Vec<T>, valid: &mut bool) -> Self {
+    fn transposed(self, batch: usize, w_t: &'a mut Vec<T>, valid: &mut bool) -> Self {
         if batch > 1 && !*valid {
             let buf = crate::tensor::scratch(&mut *w_t, self.gh * self.hs);
             transpose_into(buf, self.w, self.gh, self.hs);
@@ -534,6 +534,34 @@ impl<T> WeightCopies<T> {
     pub fn invalidate(&mut self) {
         self.w_hh_t_valid = false;
         self.packed.iter_mut().for_each(PackedSteps::invalidate);
+    }
+}
+
+impl<T: Real> WeightCopies<T> {
+    /// The forward's per-step operand `W_hh` of `p` for batches of `batch` rows:
+    /// packed (slot 0) as one view of its gate blocks between each pair of
+    /// consecutive `cuts` (one or two views), or else with its transposed copy refreshed.
+    pub(crate) fn forward_operand<'a>(
+        &'a mut self,
+        p: &'a CellParams<T>,
+        batch: usize,
+        cuts: &[usize],
+    ) -> (RecurrentWeights<'a, T>, Option<&'a [PackedB]>) {
+        assert!((2..=3).contains(&cuts.len()), "one or two views of W_hh");
+        let w = RecurrentWeights::new(p);
+        let views = [0, 1].map(|i| match cuts.get(i..i + 2) {
+            Some(&[a, b]) => w.blocks(a..b, 1),
+            _ => w.blocks(0..0, 1),
+        });
+        let WeightCopies {
+            w_hh_t,
+            w_hh_t_valid,
+            packed,
+        } = self;
+        match packed[0].prepare(&views[..cuts.len() - 1]) {
+            Some(slots) => (w, Some(slots)),
+            None => (w.transposed(batch, w_hh_t, w_hh_t_valid), None),
+        }
     }
 }
 

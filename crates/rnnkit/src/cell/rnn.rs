@@ -9,7 +9,7 @@
 
 use super::{
     for_row_blocks, input_grads, linear_weight_grads, project_inputs, recurrent_grads,
-    step_product, CellParams, Input, RecurrentWeights, Seq, Shared, WeightCopies,
+    step_product, CellParams, Input, Seq, Shared, WeightCopies,
 };
 use crate::kernel::{MatMut, MatRef};
 use crate::tensor::{overwritten, scratch, Real, Scratch};
@@ -81,16 +81,7 @@ pub fn forward<T: Real>(
         true,
         &mut cache.weights.packed[2],
     );
-    let w_hh = RecurrentWeights::new(p);
-    let packed = cache.weights.packed[0].prepare(&[w_hh.blocks(0..1, 1)]);
-    let w_hh = match packed {
-        Some(_) => w_hh,
-        None => w_hh.transposed(
-            batch,
-            &mut cache.weights.w_hh_t,
-            &mut cache.weights.w_hh_t_valid,
-        ),
-    };
+    let (w_hh, packed) = cache.weights.forward_operand(p, batch, &[0, 1]);
     let h_new = Shared::new(h_new, batch, hs);
     let h_prev = Shared::new(
         overwritten(&mut cache.h_prev, steps * batch * hs),
