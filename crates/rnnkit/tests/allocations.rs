@@ -48,8 +48,11 @@ static ALLOCATOR: Counting = Counting;
 /// One measurement at a time: the counters are global.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Allocations and bytes of the fourth training step of a fresh model (2 layers of
-/// `hidden`, vocabulary 30, batch 32 × `seq_len`: 16 rows a thread, enough for the packed per-step products).
+/// Allocations and bytes of the leanest of training steps 4–8 of a fresh model, 2
+/// layers of `hidden`, vocabulary 30, batch 32 × `seq_len` (16 rows a thread, enough
+/// for the packed per-step products). The leanest: which thread runs which job
+/// varies, and a thread's first job of a kind sizes its buffers; an allocation per
+/// timestep counts in every step.
 fn step_allocations(
     cell: CellKind,
     precision: Precision,
@@ -73,8 +76,8 @@ fn step_allocations(
     let targets: Vec<usize> = (0..batch * seq_len).map(|_| rng.below(vocab)).collect();
     let mut optimizer = Optimizer::new(OptimizerKind::Adam, 0.0);
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut counted = (0, 0);
-    for step in 0..4 {
+    let mut counted = (usize::MAX, 0);
+    for step in 0..8 {
         let before = (COUNT.load(Relaxed), BYTES.load(Relaxed));
         rnnkit::kernel::on_pool(|| {
             model.zero_grad();
@@ -85,11 +88,12 @@ fn step_allocations(
             clip_grad_norm(&mut model, 1.0);
             optimizer.step(&mut model, 1e-3);
         });
-        if step == 3 {
-            counted = (
-                COUNT.load(Relaxed) - before.0,
-                BYTES.load(Relaxed) - before.1,
-            );
+        let this = (
+            COUNT.load(Relaxed) - before.0,
+            BYTES.load(Relaxed) - before.1,
+        );
+        if step >= 3 {
+            counted = counted.min(this);
         }
     }
     counted
