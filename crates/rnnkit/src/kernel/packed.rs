@@ -215,7 +215,13 @@ unsafe fn pack_a(
                     &[]
                 }
             });
-            let whole = k / 16 * 16;
+            // Whole runs of 16 go to the vector transpose (x86-64 only: elsewhere the
+            // packed products never run, but the loop below would still be right).
+            let whole = if cfg!(target_arch = "x86_64") {
+                k / 16 * 16
+            } else {
+                0
+            };
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX-512F is present (the caller's feature); every row is `k` long
             // or empty, and the panel holds `k` lanes of MR.
