@@ -31,7 +31,7 @@ pub fn add_bias_rows<T: Real>(m: &mut [T], bias: &[T]) {
             }
         }
     };
-    if m.len() < PARALLEL_MIN || super::is_serial() {
+    if !parallel(m.len()) {
         return add(m);
     }
     // Whole rows per task: each element gets the same addition either way.
@@ -52,13 +52,12 @@ pub fn sum_rows_into<T: Real>(acc: &mut [T], m: &[T]) {
             }
         }
     };
-    let threads = rayon::current_num_threads();
-    if m.len() < PARALLEL_MIN || threads < 2 || n < 32 || super::is_serial() {
+    if !parallel(m.len()) || n < 32 {
         return sum(acc, 0);
     }
     // Columns split between the threads, each summed over every row in order: the
     // same sums as on one thread.
-    let cols = n.div_ceil(threads).div_ceil(16) * 16;
+    let cols = n.div_ceil(rayon::current_num_threads()).div_ceil(16) * 16;
     acc.par_chunks_mut(cols)
         .enumerate()
         .for_each(|(k, acc)| sum(acc, k * cols));
