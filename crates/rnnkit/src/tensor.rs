@@ -71,6 +71,17 @@ pub trait Real:
     fn gemv(_y: &mut [Self], _x: &[Self], _b: MatRef<'_, Self>, _accumulate: bool) -> bool {
         false
     }
+    /// `c (+)= a·b` for a fixed row-major `b` that stays in cache (a per-step
+    /// product), reading `b` in place, where this type, CPU and precision allow;
+    /// hands `c` back untouched otherwise.
+    fn gemm_rows<'c>(
+        c: MatMut<'c, Self>,
+        _a: MatRef<'_, Self>,
+        _b: MatRef<'_, Self>,
+        _accumulate: bool,
+    ) -> std::result::Result<(), MatMut<'c, Self>> {
+        Err(c)
+    }
     /// `c (+)= a·b` for a few rows of `a` by a hand-written kernel, where this type,
     /// CPU and layout have one; hands `c` back untouched otherwise.
     fn gemm_few_rows<'c>(
@@ -107,6 +118,18 @@ impl Real for f32 {
         accumulate: bool,
     ) -> std::result::Result<(), MatMut<'c, Self>> {
         if crate::kernel::few_rows_f32(&mut c, a, b, accumulate) {
+            Ok(())
+        } else {
+            Err(c)
+        }
+    }
+    fn gemm_rows<'c>(
+        mut c: MatMut<'c, Self>,
+        a: MatRef<'_, Self>,
+        b: MatRef<'_, Self>,
+        accumulate: bool,
+    ) -> std::result::Result<(), MatMut<'c, Self>> {
+        if crate::kernel::gemm_rows_f32(&mut c, a, b, accumulate) {
             Ok(())
         } else {
             Err(c)

@@ -1,9 +1,11 @@
-//! Heap allocations of a warmed-up char-LM training step (forward, backward, clipping,
-//! Adam), counted by a global allocator in this test binary, for every cell in f32
-//! and bf16: none may happen per timestep (a step of 41 timesteps makes as many as
-//! one of 40). What a step still allocates (the layers' returned tensors, and in f32
-//! the `gemm` crate's buffers for the products hoisted out of the time loop) is
-//! printed by `cargo test --release -p rnnkit --test allocations -- --nocapture`.
+//! Heap allocations of a warmed-up training step (forward, backward, clipping, Adam),
+//! counted by a global allocator in this test binary: of the char LM for every cell
+//! in f32 and bf16, and of the classifier, the CTC recogniser and the tagger. None
+//! may happen per timestep (a step of 41 timesteps makes as many as one of 40). What
+//! a step still allocates (the layers' returned tensors, and in f32 the `gemm`
+//! crate's buffers for the products hoisted out of the time loop) is printed by
+//! `cargo test --release -p rnnkit --test allocations -- --nocapture`. The
+//! encoder–decoder is not here: its decoder loop still allocates at every step.
 
 use rnnkit::data::Vocab;
 use rnnkit::kernel::Precision;
@@ -48,12 +50,40 @@ static ALLOCATOR: Counting = Counting;
 /// One measurement at a time: the counters are global.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Allocations and bytes of the leanest of training steps 4–8 of a fresh model, 2
-/// layers of `hidden`, vocabulary 30, batch 32 × `seq_len` (16 rows a thread, enough
-/// for the packed per-step products). The leanest: which thread runs which job
-/// varies, and a thread's first job of a kind sizes its buffers; an allocation per
-/// timestep counts in every step.
-fn step_allocations(
+/// Allocations and bytes of the leanest of training steps 4–8 (`step`, on the
+/// pool, then clipping and Adam) of `model`. The leanest: which thread runs which
+/// job varies, and a thread's first job of a kind sizes its buffers; an allocation
+/// per timestep counts in every step.
+fn leanest<M: Parameters<f32> + Send>(
+    model: &mut M,
+    mut step: impl FnMut(&mut M, &mut Rng) + Send,
+) -> (usize, usize) {
+    let mut rng = Rng::new(3);
+    let mut optimizer = Optimizer::new(OptimizerKind::Adam, 0.0);
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut counted = (usize::MAX, 0);
+    for n in 0..8 {
+        let before = (COUNT.load(Relaxed), BYTES.load(Relaxed));
+        rnnkit::kernel::on_pool(|| {
+            model.zero_grad();
+            step(model, &mut rng);
+            clip_grad_norm(model, 1.0);
+            optimizer.step(model, 1e-3);
+        });
+        let this = (
+            COUNT.load(Relaxed) - before.0,
+            BYTES.load(Relaxed) - before.1,
+        );
+        if n >= 3 {
+            counted = counted.min(this);
+        }
+    }
+    counted
+}
+
+/// [`leanest`] for a char LM of 2 layers of `hidden`, vocabulary 30, batch 32 ×
+/// `seq_len` (16 rows a thread, enough for the packed per-step products).
+fn char_lm_allocations(
     cell: CellKind,
     precision: Precision,
     hidden: usize,
@@ -74,48 +104,36 @@ fn step_allocations(
     let batch = 32;
     let ids: Vec<usize> = (0..batch * seq_len).map(|_| rng.below(vocab)).collect();
     let targets: Vec<usize> = (0..batch * seq_len).map(|_| rng.below(vocab)).collect();
-    let mut optimizer = Optimizer::new(OptimizerKind::Adam, 0.0);
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut counted = (usize::MAX, 0);
-    for step in 0..8 {
-        let before = (COUNT.load(Relaxed), BYTES.load(Relaxed));
-        rnnkit::kernel::on_pool(|| {
-            model.zero_grad();
-            let (loss, _) = model
-                .train_step(&ids, &targets, seq_len, batch, None, &mut rng)
-                .unwrap();
-            assert!(loss.is_finite());
-            clip_grad_norm(&mut model, 1.0);
-            optimizer.step(&mut model, 1e-3);
-        });
-        let this = (
-            COUNT.load(Relaxed) - before.0,
-            BYTES.load(Relaxed) - before.1,
-        );
-        if step >= 3 {
-            counted = counted.min(this);
-        }
-    }
-    counted
+    leanest(&mut model, |m, rng| {
+        let (loss, _) = m
+            .train_step(&ids, &targets, seq_len, batch, None, rng)
+            .unwrap();
+        assert!(loss.is_finite());
+    })
 }
 
 #[test]
 fn no_allocation_grows_with_the_timesteps() {
-    // f32 at widths whose W_hh is packed for the per-step products (smaller f32
-    // products go to the GEMM crate, which allocates on every call).
+    // f32 at a width whose W_hh is packed for the per-step products and at one read
+    // in place (H 128); bf16 at a small width.
     for (cell, f32_hidden) in [
         (CellKind::Lstm, 512),
         (CellKind::Gru, 600),
         (CellKind::RnnTanh, 1024),
     ] {
-        for (precision, hidden) in [(Precision::F32, f32_hidden), (Precision::Bf16, 64)] {
-            // Without AVX-512 (BF16) no product is packed: the GEMM crate runs them all.
+        for (precision, hidden) in [
+            (Precision::F32, f32_hidden),
+            (Precision::F32, 128),
+            (Precision::Bf16, 64),
+        ] {
+            // Without AVX-512 (BF16) the per-step products fall to the GEMM crate,
+            // which allocates on every call.
             if !rnnkit::kernel::packed_supported(precision) {
                 continue;
             }
             // One timestep more: an allocation per timestep would count once more.
-            let short = step_allocations(cell, precision, hidden, 40);
-            let long = step_allocations(cell, precision, hidden, 41);
+            let short = char_lm_allocations(cell, precision, hidden, 40);
+            let long = char_lm_allocations(cell, precision, hidden, 41);
             println!(
                 "{cell} H{hidden} {precision:?}: {} allocations ({} bytes) a step of 40 \
                  timesteps, {} ({} bytes) of 41",
@@ -126,5 +144,137 @@ fn no_allocation_grows_with_the_timesteps() {
                 "{cell} {precision:?}: an allocation per timestep"
             );
         }
+    }
+}
+
+/// The task models' training steps on batches whose sequences are all `t` long
+/// (the benchmark's synthetic data), as [`leanest`] counts them.
+mod tasks {
+    use super::*;
+    use rnnkit::bench::{classify, ctc, tag};
+    use rnnkit::data::{Series, TagColumn};
+    use rnnkit::layer::PoolKind;
+    use rnnkit::task::classifier::{Classifier, ClassifierConfig, Standardizer};
+    use rnnkit::task::ctc::{CtcConfig, CtcModel};
+    use rnnkit::task::tagger::{Tagger, TaggerConfig};
+
+    /// Sequence classification: bidirectional GRU, max pooling, 16 series of `t` steps.
+    pub fn classify(t: usize) -> (usize, usize) {
+        let cfg = classify::ClassifyBenchConfig {
+            model: ClassifierConfig {
+                cell: CellKind::Gru,
+                hidden_size: 96,
+                num_layers: 2,
+                bidirectional: true,
+                dropout: 0.1,
+                pool: PoolKind::Max,
+            },
+            channels: 6,
+            classes: 4,
+            min_len: t,
+            max_len: t,
+            batch: 16,
+            steps: 1,
+            seed: 1,
+            precision: Precision::F32,
+        };
+        let series = classify::series(&cfg);
+        let cases: Vec<&Series> = series[..cfg.batch].iter().collect();
+        let norm = Standardizer::fit(&cases, cfg.channels);
+        let labels = (0..cfg.classes).map(|k| format!("c{k}")).collect();
+        let mut model =
+            Classifier::new(&cfg.model, cfg.channels, labels, norm, &mut Rng::new(2)).unwrap();
+        let targets: Vec<usize> = cases.iter().map(|s| s.label).collect();
+        leanest(&mut model, |m, rng| {
+            let batch = m.batch(&cases).unwrap();
+            m.train_step(&batch, &targets, rng).unwrap();
+        })
+    }
+
+    /// CTC: bidirectional LSTM over stacked frames, 16 utterances of `3t` frames.
+    pub fn ctc(t: usize) -> (usize, usize) {
+        let cfg = ctc::CtcBenchConfig {
+            model: CtcConfig {
+                cell: CellKind::Lstm,
+                hidden_size: 64,
+                num_layers: 2,
+                bidirectional: true,
+                dropout: 0.1,
+                stack: 3,
+                augment: false,
+            },
+            bands: 13,
+            labels: 8,
+            frames: (3 * t, 3 * t),
+            batch: 16,
+            steps: 1,
+            seed: 1,
+            precision: Precision::F32,
+        };
+        let utts = ctc::utterances(&cfg);
+        let labels = (0..cfg.labels)
+            .map(|i| char::from(b'a' + i as u8))
+            .collect();
+        let mut model = CtcModel::new(&cfg.model, cfg.bands, labels, &mut Rng::new(2)).unwrap();
+        let utts: Vec<_> = utts[..cfg.batch].iter().collect();
+        let targets: Vec<&[usize]> = utts.iter().map(|u| u.target.as_slice()).collect();
+        leanest(&mut model, |m, rng| {
+            let batch = m.batch(&utts).unwrap();
+            m.train_step(&batch, &targets, rng).unwrap();
+        })
+    }
+
+    /// Tagging: character LSTM under a word-level bidirectional LSTM, 16 sentences
+    /// of `t` words.
+    pub fn tag(t: usize) -> (usize, usize) {
+        let cfg = tag::TagBenchConfig {
+            model: TaggerConfig {
+                cell: CellKind::Lstm,
+                word_embed: 32,
+                char_embed: 16,
+                char_hidden: 24,
+                hidden_size: 64,
+                num_layers: 2,
+                dropout: 0.33,
+                word_dropout: 0.25,
+                min_freq: 1,
+                column: TagColumn::Upos,
+            },
+            tags: 6,
+            word_vocab: 300,
+            char_vocab: 20,
+            words_per_sentence: (t, t),
+            chars_per_word: (2, 9),
+            batch: 16,
+            steps: 1,
+            seed: 1,
+            precision: Precision::F32,
+        };
+        let (_, sentences) = tag::sentences(&cfg);
+        let mut model = Tagger::new(&cfg.model, &sentences, &mut Rng::new(2)).unwrap();
+        let batch: Vec<_> = sentences[..cfg.batch].iter().collect();
+        leanest(&mut model, |m, rng| {
+            m.train_step(&batch, rng).unwrap();
+        })
+    }
+}
+
+#[test]
+fn no_task_allocates_per_timestep() {
+    // Without AVX-512 the per-step products fall to the GEMM crate (see above).
+    if !rnnkit::kernel::packed_supported(Precision::F32) {
+        return;
+    }
+    for (task, count) in [
+        ("classify", tasks::classify as fn(usize) -> (usize, usize)),
+        ("ctc", tasks::ctc),
+        ("tag", tasks::tag),
+    ] {
+        let (short, long) = (count(30), count(31));
+        println!(
+            "{task}: {} allocations ({} bytes) a step of 30 timesteps, {} ({} bytes) of 31",
+            short.0, short.1, long.0, long.1
+        );
+        assert_eq!(short.0, long.0, "{task}: an allocation per timestep");
     }
 }

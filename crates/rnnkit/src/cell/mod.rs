@@ -615,10 +615,12 @@ const PACK_F32_MIN: usize = 1 << 20;
 const PACKED_MIN_ROWS: usize = 8;
 
 /// `c (+)= a·b` for a per-step product with a fixed `b`: from its packed copy for
-/// a full micro-tile of rows or more (in bf16, for any rows but one), else by
-/// [`matmul`]. A single row is a matrix–vector product, and a few rows in f32 run
-/// faster through the `gemm` crate (LSTM 2×512 at batch 8, four rows per thread:
-/// 6.8 k against 4.8 k tokens/s), while in bf16 it would repack `b` every step.
+/// a full micro-tile of rows or more (in bf16, for any rows but one); else, in f32,
+/// reading a row-major `b` that fits the cache in place ([`Real::gemm_rows`]: no
+/// allocation per timestep, as fast as the `gemm` crate); else by [`matmul`]. A
+/// single row is a matrix–vector product, and a few rows of a large `b` in f32 run
+/// faster through the `gemm` crate than a packed micro-tile (LSTM 2×512 at batch 8,
+/// four rows per thread: 6.8 k against 4.8 k tokens/s).
 pub(crate) fn step_product<T: Real>(
     c: MatMut<'_, T>,
     a: MatRef<'_, T>,
@@ -632,7 +634,11 @@ pub(crate) fn step_product<T: Real>(
         {
             T::gemm_packed(c, a, p, accumulate)
         }
-        _ => matmul(c, a, b, accumulate),
+        _ => {
+            if let Err(c) = T::gemm_rows(c, a, b, accumulate) {
+                matmul(c, a, b, accumulate)
+            }
+        }
     }
 }
 

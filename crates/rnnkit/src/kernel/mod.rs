@@ -20,3 +20,4 @@ pub(crate) use matmul::is_serial;
 pub use matmul::{
     matmul, matmul_ref, on_pool, precision, serial, with_precision, MatMut, MatRef, Precision,
 };
+pub(crate) use packed::gemm_rows_f32;

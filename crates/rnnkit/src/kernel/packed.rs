@@ -314,6 +314,120 @@ pub fn matmul_packed(
     SCRATCH.with(|s| s.borrow_mut().1 = packed);
 }
 
+/// Largest `B` (elements) that [`gemm_rows_f32`] reads in place: beyond it `B`
+/// outgrows the L2 cache and the per-step products read it packed instead.
+const ROWS_B_MAX: usize = 1 << 20;
+/// Depth per block of [`gemm_rows_f32`]: its `A` panels are few (a block of 8 rows
+/// is 32 KiB), so deeper blocks than [`KC`] spare C's reloads between blocks.
+const ROWS_KC: usize = 1024;
+
+/// `c (+)= a·b` in f32 (the thread's precision) for two rows of `a` or more and a
+/// row-major `b` of at most [`ROWS_B_MAX`] elements (as `W_hh` in the backward
+/// per-step product `dg·W_hh`, or its transposed copy in the forward's), read in
+/// place: only `A` is packed, per cache block, into the thread's buffer, so nothing
+/// is allocated per call (the `gemm` crate allocates its packing buffers on every
+/// call, which was once per timestep). Returns false, having done nothing, where it
+/// does not apply.
+pub(crate) fn gemm_rows_f32(
+    c: &mut MatMut<'_, f32>,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    accumulate: bool,
+) -> bool {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    assert!(
+        a.rows == m && b.rows == k && b.cols == n,
+        "gemm_rows shapes"
+    );
+    if m < 2
+        || n == 0
+        || k == 0
+        || b.cs != 1
+        || k * n > ROWS_B_MAX
+        || super::precision() != Precision::F32
+        || !packed_supported(Precision::F32)
+    {
+        return false;
+    }
+    let ld = c.ld;
+    let threads = rayon::current_num_threads();
+    if threads > 1 && !SERIAL.get() && m * n * k >= 1 << 20 && n >= 2 * NR * threads {
+        // Column strips of whole tiles; each thread writes only its own columns.
+        let share = n.div_ceil(threads).div_ceil(NR) * NR;
+        let (out, len) = (c.data.as_mut_ptr() as usize, c.data.len());
+        (0..n.div_ceil(share)).into_par_iter().for_each(|t| {
+            let cols = t * share..((t + 1) * share).min(n);
+            // SAFETY: the strips are disjoint column ranges of C, each written by
+            // one thread alone; no other reference to C is used meanwhile.
+            let cd = unsafe { std::slice::from_raw_parts_mut(out as *mut f32, len) };
+            rows_b_columns(cd, ld, a, b, cols, accumulate);
+        });
+    } else {
+        rows_b_columns(c.data, ld, a, b, 0..n, accumulate);
+    }
+    true
+}
+
+/// Columns `cols` of [`gemm_rows_f32`]'s product, C's row 0 at `cd[0]`.
+fn rows_b_columns(
+    cd: &mut [f32],
+    ld: usize,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    cols: std::ops::Range<usize>,
+    accumulate: bool,
+) {
+    let (m, k) = (a.rows, a.cols);
+    let mut apack = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
+    for r0 in (0..m).step_by(MC) {
+        let r1 = (r0 + MC).min(m);
+        for p0 in (0..k).step_by(ROWS_KC) {
+            let p1 = (p0 + ROWS_KC).min(k);
+            let block = MatRef {
+                data: &a.data[p0 * a.cs..],
+                cols: p1 - p0,
+                ..a
+            };
+            // SAFETY: AVX-512F is present (checked by the caller).
+            unsafe { pack_a(block, r0..r1, Precision::F32, &mut apack) };
+            let depth = p1 - p0;
+            for j0 in cols.clone().step_by(NR) {
+                let nj = NR.min(cols.end - j0);
+                // B's rows p0..p1 of this strip; the last ends at column j0 + nj.
+                assert!(
+                    (p1 - 1) * b.rs + j0 + nj <= b.data.len(),
+                    "B strip outside B"
+                );
+                let bp = b.data[p0 * b.rs + j0..].as_ptr();
+                for (ra, ap) in apack.chunks_exact(depth * MR).enumerate() {
+                    let (i0, mi) = (r0 + ra * MR, MR.min(r1 - r0 - ra * MR));
+                    let c = &mut cd[i0 * ld + j0..];
+                    assert!((mi - 1) * ld + nj <= c.len(), "tile outside C");
+                    let tile = avx512::Tile {
+                        c: c.as_mut_ptr(),
+                        ld,
+                        rows: mi,
+                        cols: nj,
+                        accumulate: accumulate || p0 > 0,
+                    };
+                    // SAFETY: AVX-512F is present; B's rows p0..p1 hold `nj` columns
+                    // from j0 (asserted), and the tile's elements lie in `c` (asserted).
+                    // A narrow last strip runs a narrower tile: no multiply-adds on
+                    // columns past B's (n = H = 128 would waste a ninth of them).
+                    unsafe {
+                        match nj.div_ceil(16) {
+                            1 => avx512::tile_f32_rows::<1>(ap, bp, b.rs, tile),
+                            2 => avx512::tile_f32_rows::<2>(ap, bp, b.rs, tile),
+                            _ => avx512::tile_f32_rows::<NV>(ap, bp, b.rs, tile),
+                        }
+                    };
+                }
+            }
+        }
+    }
+    SCRATCH.with(|s| s.borrow_mut().0 = apack);
+}
+
 /// Rows `rows` of the product into `cd`, whose row 0 is C's row `rows.start`.
 fn run_rows(
     cd: &mut [f32],
@@ -589,6 +703,42 @@ mod avx512 {
         unsafe { store(&acc, tile) };
     }
 
+    /// As [`tile_f32`] with `B` read in place: row p of the tile's `B` at
+    /// `b + p·ldb`, its `tile.cols` columns loaded under masks (nothing past them is read).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_f32_rows<const V: usize>(
+        a: &[u32],
+        b: *const f32,
+        ldb: usize,
+        tile: Tile,
+    ) {
+        let depth = a.len() / MR;
+        assert!(a.len() == depth * MR && tile.cols <= 16 * V);
+        let masks: [u16; V] = std::array::from_fn(|v| match tile.cols.saturating_sub(16 * v) {
+            16.. => u16::MAX,
+            left => ((1u32 << left) - 1) as u16,
+        });
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        for p in 0..depth {
+            // Never dereferenced past the masks: a masked-off lane is not read.
+            let bp = b.wrapping_add(p * ldb);
+            let ap = unsafe { a.as_ptr().add(p * MR) };
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                // SAFETY: the lanes under the mask lie in row p of the strip (the
+                // caller's guarantee); the others are not accessed.
+                *bv = unsafe { _mm512_maskz_loadu_ps(masks[v], bp.wrapping_add(16 * v)) };
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(f32::from_bits(unsafe { *ap.add(i) }));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(av, bv, *acc);
+                }
+            }
+        }
+        unsafe { store(&acc, tile) };
+    }
+
     /// The same over bfloat16 pairs.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile_bf16(a: &[u32], b: &[u32], tile: Tile) {
@@ -618,7 +768,7 @@ mod avx512 {
     /// Inlined into the tile kernels (their AVX-512 context): a call would spill the
     /// 24 accumulators to memory.
     #[inline(always)]
-    unsafe fn store(acc: &[[__m512; NV]; MR], tile: Tile) {
+    unsafe fn store<const V: usize>(acc: &[[__m512; V]; MR], tile: Tile) {
         for (i, acc) in acc.iter().enumerate().take(tile.rows) {
             for (v, &sum) in acc.iter().enumerate() {
                 let j0 = 16 * v;
@@ -713,6 +863,54 @@ mod tests {
     fn packed_f32_products_agree_with_f64() {
         if packed_supported(Precision::F32) {
             check(Precision::F32, |k, _| 1e-5 * (k as f64).sqrt());
+        }
+    }
+
+    #[test]
+    fn products_reading_b_in_place_agree_with_f64() {
+        if !packed_supported(Precision::F32) {
+            return;
+        }
+        let mut rng = Rng::new(5);
+        // Tails of rows and columns (narrow last strips of 1 and 2 vectors), two row
+        // and depth blocks; B the last columns of a wider matrix, so its last row ends
+        // where the data does (masked loads).
+        for &(m, n, k, wide) in &[
+            (2, 1, 1, 1),
+            (3, 5, 7, 9),
+            (8, 48, 256, 48),
+            (17, 100, 300, 130),
+            (64, 49, 513, 97),
+            (200, 113, 1030, 120),
+        ] {
+            let mut random = |len: usize| -> Vec<f32> {
+                (0..len).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
+            };
+            let (a, b) = (random(m * k), random(k * wide));
+            let am = MatRef::dense(&a, m, k);
+            let bm = MatRef::new(&b[wide - n..], k, n, wide);
+            for accumulate in [false, true] {
+                let mut c = vec![1.0f32; m * n];
+                assert!(gemm_rows_f32(
+                    &mut MatMut::dense(&mut c, m, n),
+                    am,
+                    bm,
+                    accumulate
+                ));
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = f64::from(accumulate)
+                            + (0..k)
+                                .map(|p| a[i * k + p] as f64 * b[p * wide + wide - n + j] as f64)
+                                .sum::<f64>();
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (k as f64).sqrt(),
+                            "m{m} n{n} k{k} acc{accumulate} [{i},{j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -22,6 +22,7 @@ use crate::train::{Change, GradientSink, Setting, Settings, Shard};
 use crate::CellKind;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
 /// Metadata keys of the word list, character list and tag list (JSON arrays, index = id).
@@ -286,21 +287,39 @@ impl Tagger {
 
     /// The word id of a form: its lowercase form's index, 0 (`<unk>`) if unknown.
     pub fn word_id(&self, form: &str) -> usize {
-        self.words.id(&form.to_lowercase()).unwrap_or(0)
+        self.word_id_with(form, &mut String::new())
+    }
+
+    /// [`Tagger::word_id`], lowercasing into `buf` (reused: no allocation per word).
+    fn word_id_with(&self, form: &str, buf: &mut String) -> usize {
+        if form.contains('Σ') {
+            // Only the capital sigma lowercases by its context (final ς); std knows how.
+            return self.words.id(&form.to_lowercase()).unwrap_or(0);
+        }
+        buf.clear();
+        buf.extend(form.chars().flat_map(char::to_lowercase));
+        self.words.id(buf).unwrap_or(0)
     }
 
     /// The character ids the character network reads for a form (0 for unknown
     /// characters); a word over [`MAX_WORD_CHARS`] keeps its first and last halves.
     pub fn char_ids(&self, form: &str) -> Vec<usize> {
-        let ids: Vec<usize> = form
-            .chars()
-            .map(|c| self.chars.id(c.encode_utf8(&mut [0; 4])).unwrap_or(0))
-            .collect();
-        if ids.len() <= MAX_WORD_CHARS {
-            ids
-        } else {
+        let mut ids = Vec::new();
+        self.push_char_ids(form, &mut ids);
+        ids
+    }
+
+    /// Appends [`Tagger::char_ids`] of `form` to `out`.
+    fn push_char_ids(&self, form: &str, out: &mut Vec<usize>) {
+        let start = out.len();
+        out.extend(
+            form.chars()
+                .map(|c| self.chars.id(c.encode_utf8(&mut [0; 4])).unwrap_or(0)),
+        );
+        let len = out.len() - start;
+        if len > MAX_WORD_CHARS {
             let h = MAX_WORD_CHARS / 2;
-            [&ids[..h], &ids[ids.len() - h..]].concat()
+            out.drain(start + h..start + len - h);
         }
     }
 
@@ -309,12 +328,14 @@ impl Tagger {
         let steps = sentences.iter().map(|s| s.len()).max().unwrap_or(0);
         let mut word_ids = vec![0; steps * b];
         let mut unique_of = vec![0; steps * b];
-        let mut unique: HashMap<&str, usize> = HashMap::new();
-        let mut forms: Vec<&str> = Vec::new();
+        // Sized once for every word, so that nothing here allocates per word.
+        let mut unique: HashMap<&str, usize> = HashMap::with_capacity(steps * b);
+        let mut forms: Vec<&str> = Vec::with_capacity(steps * b);
+        let mut lower = String::new();
         for (j, s) in sentences.iter().enumerate() {
             for t in 0..s.len() {
                 let form = s.form(t);
-                let mut id = self.word_id(form);
+                let mut id = self.word_id_with(form, &mut lower);
                 if let (Some(rng), Some(&f)) = (word_drop.as_deref_mut(), self.word_freq.get(id)) {
                     let a = self.config.word_dropout as f64;
                     if id != 0 && a > 0.0 && rng.uniform() < a / (a + f as f64) {
@@ -329,24 +350,29 @@ impl Tagger {
                 unique_of[t * b + j] = u;
             }
         }
-        // Characters: the first and last halves of long words, where affixes live.
-        let mut clipped: Vec<Vec<usize>> = forms.iter().map(|f| self.char_ids(f)).collect();
+        // Characters: the first and last halves of long words, where affixes live;
+        // form k's ids are ids[spans[k]], all in one buffer.
+        let mut ids = Vec::with_capacity(forms.iter().map(|f| f.chars().count()).sum());
+        let spans: Vec<Range<usize>> = forms
+            .iter()
+            .map(|f| {
+                let start = ids.len();
+                self.push_char_ids(f, &mut ids);
+                start..ids.len()
+            })
+            .collect();
+        let char_lengths: Vec<usize> = spans.iter().map(|r| r.len()).collect();
         // The character network reads the words in packing order (row r: word order[r]).
-        let order =
-            crate::cell::packing_order(&clipped.iter().map(Vec::len).collect::<Vec<_>>(), 2);
+        let order = crate::cell::packing_order(&char_lengths, 2);
         let mut row_of = vec![0; order.len()];
         order.iter().enumerate().for_each(|(r, &k)| row_of[k] = r);
         unique_of.iter_mut().for_each(|u| *u = row_of[*u]);
-        let clipped: Vec<Vec<usize>> = order
-            .iter()
-            .map(|&k| std::mem::take(&mut clipped[k]))
-            .collect();
-        let char_steps = clipped.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let u = clipped.len();
+        let char_steps = char_lengths.iter().copied().max().unwrap_or(0).max(1);
+        let u = spans.len();
         let mut char_ids = vec![0; char_steps * u];
-        for (k, ids) in clipped.iter().enumerate() {
-            for (t, &id) in ids.iter().enumerate() {
-                char_ids[t * u + k] = id;
+        for (r, &k) in order.iter().enumerate() {
+            for (t, &id) in ids[spans[k].clone()].iter().enumerate() {
+                char_ids[t * u + r] = id;
             }
         }
         Encoded {
@@ -356,7 +382,7 @@ impl Tagger {
             unique_of,
             char_ids,
             char_steps,
-            char_lengths: clipped.iter().map(|c| c.len().max(1)).collect(),
+            char_lengths: order.iter().map(|&k| char_lengths[k].max(1)).collect(),
         }
     }
 
@@ -880,5 +906,49 @@ impl Task for TagTask {
         metadata: HashMap<String, String>,
     ) -> Result<()> {
         self.model.save(path, extra, metadata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::sentences_from_plain;
+
+    #[test]
+    fn word_ids_lowercase_as_std_does_and_long_words_keep_their_ends() {
+        let mut sentences =
+            sentences_from_plain("the σοφος ǆemal i̇stanbul antidisestablishmentarianism\nthe cat");
+        for s in &mut sentences {
+            for i in 0..s.len() {
+                s.set_tag(i, TagColumn::Upos, if i == 0 { "DET" } else { "NOUN" });
+            }
+        }
+        let config = TaggerConfig {
+            cell: CellKind::Lstm,
+            word_embed: 4,
+            char_embed: 4,
+            char_hidden: 4,
+            hidden_size: 4,
+            num_layers: 1,
+            dropout: 0.0,
+            word_dropout: 0.0,
+            min_freq: 1,
+            column: TagColumn::Upos,
+        };
+        let tagger = Tagger::new(&config, &sentences, &mut Rng::new(1)).unwrap();
+        for form in ["The", "THE", "ΣΟΦΟΣ", "ǅemal", "İstanbul", "Cat", "dog"] {
+            let want = tagger.words.id(&form.to_lowercase()).unwrap_or(0);
+            assert_eq!(tagger.word_id(form), want, "{form}");
+        }
+        assert_ne!(tagger.word_id("ΣΟΦΟΣ"), 0, "final sigma");
+        assert_ne!(tagger.word_id("İstanbul"), 0, "dotted capital I");
+        let long = "antidisestablishmentarianism";
+        let all: Vec<usize> = long
+            .chars()
+            .map(|c| tagger.chars.id(c.encode_utf8(&mut [0; 4])).unwrap())
+            .collect();
+        let h = MAX_WORD_CHARS / 2;
+        let clipped = tagger.char_ids(long);
+        assert_eq!(clipped, [&all[..h], &all[all.len() - h..]].concat());
     }
 }
