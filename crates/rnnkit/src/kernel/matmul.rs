@@ -183,6 +183,9 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// the pool costs more than it saves.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 
+/// Fewest rows of an f32 product that [`matmul`] gives to the packed kernels.
+const PACKED_F32_MIN_ROWS: usize = 256;
+
 /// `C = A·B`, or `C += A·B` when `accumulate`. Shapes must agree (checked).
 pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, accumulate: bool) {
     let (m, n, k) = (c.rows, c.cols, a.cols);
@@ -209,14 +212,23 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
     } else {
         c
     };
-    // f32 products whose operands change every call stay with the GEMM crate,
-    // whose kernels are faster at these shapes than packing them on the fly here.
-    let c = match PRECISION.get() {
-        Precision::Bf16 => match T::matmul_packed(c, a, b, accumulate, Precision::Bf16) {
+    // The packed kernels where the CPU has them (into buffers kept per thread; the
+    // GEMM crate allocates its buffers on every call): every bf16 product, and f32
+    // products of many row-major rows, whose A the tiles read in place (LSTM 2×512's
+    // input gradient: 206 against 198 GFLOP/s). The GEMM crate keeps the f32 weight
+    // gradients (a column-major A: 141 against 193 for `dW_hh` of H 128) and products
+    // of few rows, where packing B costs more than the product.
+    let packed = match PRECISION.get() {
+        Precision::Bf16 => true,
+        Precision::F32 => a.cs == 1 && m >= PACKED_F32_MIN_ROWS,
+    };
+    let c = if packed {
+        match T::matmul_packed(c, a, b, accumulate, PRECISION.get()) {
             Ok(()) => return,
             Err(c) => c,
-        },
-        Precision::F32 => c,
+        }
+    } else {
+        c
     };
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 && !SERIAL.get() && m * n * k >= PARALLEL_MIN_FLOPS {

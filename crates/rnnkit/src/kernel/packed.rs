@@ -24,6 +24,9 @@ const NV: usize = 3;
 const NR: usize = 16 * NV;
 /// Lanes of depth per cache block: a packed `B` panel block is `KC·NR·4` bytes (48 KiB).
 const KC: usize = 256;
+/// Depth of `B` that [`matmul_packed`] packs and uses at a time (even: bf16 lanes
+/// pair consecutive depths): 2 MiB of a 512-wide `B`, within the L3 cache.
+const DEPTH_BLOCK: usize = 1024;
 /// Rows of `A` per cache block (`MC·KC·4` bytes = 192 KiB, kept in L2).
 const MC: usize = 192;
 
@@ -203,6 +206,21 @@ unsafe fn pack_a(
         }
         return;
     }
+    if a.rs == 1 && a.cs != 1 && precision == Precision::F32 {
+        // Column-major f32 (a transposed row-major operand, as `dgᵀ` in a weight
+        // gradient): at each depth the block's rows are one run, dealt out to the
+        // panels in order (panel by panel, every depth was a new page).
+        for p in 0..k {
+            let run = &a.data[p * a.cs + rows.start..][..rows.len()];
+            for (r, part) in run.chunks(MR).enumerate() {
+                let dst = &mut out[(r * depth + p) * MR..][..part.len()];
+                dst.iter_mut()
+                    .zip(part)
+                    .for_each(|(d, &v)| *d = v.to_bits());
+            }
+        }
+        return;
+    }
     for (r, panel) in out.chunks_exact_mut(depth * MR).enumerate() {
         let i0 = rows.start + r * MR;
         let mi = MR.min(rows.end - i0);
@@ -244,13 +262,6 @@ unsafe fn pack_a(
                 unsafe {
                     avx512::bf16_pairs_of_row(row, &mut panel[ii..])
                 };
-            }
-        } else if a.rs == 1 && precision == Precision::F32 {
-            // Column-major (a transposed row-major operand, as `dgᵀ` in a weight
-            // gradient): the rows of one k are adjacent and copied as a run.
-            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                let src = &a.data[p * a.cs + i0..][..mi];
-                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.to_bits());
             }
         } else {
             // Any other strides.
@@ -309,8 +320,32 @@ pub fn matmul_packed(
     precision: Precision,
 ) {
     let mut packed = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().1));
-    packed.pack(b, precision);
-    gemm_packed(c, a, &packed, accumulate);
+    // A deep B (a weight gradient sums over every timestep) is packed and used a
+    // block of depth at a time, so the packed block stays in cache between its
+    // packing and its use (packed whole, it went to memory and back).
+    // (bf16 packs B whole: its blocks were not measured to gain.)
+    let (k, ld) = (a.cols, c.ld);
+    let block = match precision {
+        Precision::F32 => DEPTH_BLOCK,
+        Precision::Bf16 => k.max(1),
+    };
+    let (cd, rows, cols) = (c.data, c.rows, c.cols);
+    for p0 in (0..k).step_by(block) {
+        let p1 = (p0 + block).min(k);
+        let bb = MatRef {
+            data: &b.data[p0 * b.rs..],
+            rows: p1 - p0,
+            ..b
+        };
+        let ab = MatRef {
+            data: &a.data[p0 * a.cs..],
+            cols: p1 - p0,
+            ..a
+        };
+        packed.pack(bb, precision);
+        let c = MatMut::new(&mut *cd, rows, cols, ld);
+        gemm_packed(c, ab, &packed, accumulate || p0 > 0);
+    }
     SCRATCH.with(|s| s.borrow_mut().1 = packed);
 }
 
@@ -456,13 +491,19 @@ fn run_rows(
                 cols: ks.len(),
                 ..a
             };
-            // SAFETY: AVX-512F is present (the caller asserted it).
-            unsafe { pack_a(block, r0..r1, precision, &mut apack) };
+            // Row-major f32 A is read in place by the tiles (each row a stream that
+            // stays in L1 over the block): packing it would cost a pass over A,
+            // which for an input gradient is 4× the size of B. (A column-major A read
+            // in place lost to packing it on a narrow B: 120 against 177 GFLOP/s.)
+            let in_place = precision == Precision::F32 && a.cs == 1;
+            if !in_place {
+                // SAFETY: AVX-512F is present (the caller asserted it).
+                unsafe { pack_a(block, r0..r1, precision, &mut apack) };
+            }
             let acc = accumulate || p0 > 0;
             for q in 0..n.div_ceil(NR) {
                 let bp = &b.data[(q * kp + p0) * NR..(q * kp + p1) * NR];
                 for ra in 0..a_panels {
-                    let ap = &apack[ra * depth * MR..(ra + 1) * depth * MR];
                     let (i0, j0) = (r0 - rows.start + ra * MR, q * NR);
                     let (mi, nj) = (MR.min(r1 - r0 - ra * MR), NR.min(n - j0));
                     let c = &mut cd[i0 * ld + j0..];
@@ -474,12 +515,36 @@ fn run_rows(
                         cols: nj,
                         accumulate: acc,
                     };
+                    // The last panel of a narrow B runs a narrower tile (a vocabulary
+                    // of 65 would waste half the multiply-adds of its last tile).
                     // SAFETY: the caller asserted the CPU features of `precision`;
                     // both panels hold `depth` lanes (sliced above) and the tile's
                     // elements lie in `c` (asserted).
+                    if in_place {
+                        // Rows r0 + ra·MR.. of A from depth p0; each of the tile's rows
+                        // holds `depth` values there.
+                        let first = (r0 + ra * MR) * a.rs + p0 * a.cs;
+                        // SAFETY: AVX-512F is present; the tile kernel asserts that
+                        // the rows lie in A; the panel holds `depth` lanes, the tile
+                        // lies in `c`.
+                        let (a, strides) = (&a.data[first..], (a.rs, a.cs));
+                        unsafe {
+                            match nj.div_ceil(16) {
+                                1 => avx512::tile_f32_a_rows::<1>(a, strides, bp, tile),
+                                2 => avx512::tile_f32_a_rows::<2>(a, strides, bp, tile),
+                                _ => avx512::tile_f32_a_rows::<NV>(a, strides, bp, tile),
+                            }
+                        };
+                        continue;
+                    }
+                    let ap = &apack[ra * depth * MR..(ra + 1) * depth * MR];
                     unsafe {
                         match precision {
-                            Precision::F32 => avx512::tile_f32(ap, bp, tile),
+                            Precision::F32 => match nj.div_ceil(16) {
+                                1 => avx512::tile_f32::<1>(ap, bp, tile),
+                                2 => avx512::tile_f32::<2>(ap, bp, tile),
+                                _ => avx512::tile_f32::<NV>(ap, bp, tile),
+                            },
                             Precision::Bf16 => avx512::tile_bf16(ap, bp, tile),
                         }
                     };
@@ -680,21 +745,53 @@ mod avx512 {
     /// `C (+)= Σ_p A[p]·B[p]` over one block of f32 lanes: `a` is `[depth][MR]`,
     /// `b` is `[depth][NR]`. The caller guarantees the tile's elements lie in C.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_f32(a: &[u32], b: &[u32], tile: Tile) {
+    pub(super) unsafe fn tile_f32<const V: usize>(a: &[u32], b: &[u32], tile: Tile) {
         let depth = a.len() / MR;
         // Once per tile, not per element: the loads below trust it.
         assert!(b.len() == depth * NR);
         assert!(a.len() == depth * MR);
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..depth {
             let bp = unsafe { b.as_ptr().add(p * NR) };
             let ap = unsafe { a.as_ptr().add(p * MR) };
-            let mut bv = [_mm512_setzero_ps(); NV];
+            let mut bv = [_mm512_setzero_ps(); V];
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = unsafe { _mm512_loadu_ps(bp.add(16 * v).cast()) };
             }
             for (i, acc) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(f32::from_bits(unsafe { *ap.add(i) }));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(av, bv, *acc);
+                }
+            }
+        }
+        unsafe { store(&acc, tile) };
+    }
+
+    /// As [`tile_f32`] with `A` read in place: the value of row i at depth p is
+    /// `a[i·rs + p·cs]` (rows past `tile.rows` read row 0 again; their sums are
+    /// never stored).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_f32_a_rows<const V: usize>(
+        a: &[f32],
+        (rs, cs): (usize, usize),
+        b: &[u32],
+        tile: Tile,
+    ) {
+        let depth = b.len() / NR;
+        // Once per tile: the loads below trust it.
+        assert!(tile.rows >= 1 && depth >= 1 && (tile.rows - 1) * rs + (depth - 1) * cs < a.len());
+        let rows: [*const f32; MR] =
+            std::array::from_fn(|i| a[if i < tile.rows { i * rs } else { 0 }..].as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        for p in 0..depth {
+            let bp = unsafe { b.as_ptr().add(p * NR) };
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = unsafe { _mm512_loadu_ps(bp.add(16 * v).cast()) };
+            }
+            for (&row, acc) in rows.iter().zip(acc.iter_mut()) {
+                let av = _mm512_set1_ps(unsafe { *row.add(p * cs) });
                 for (acc, &bv) in acc.iter_mut().zip(&bv) {
                     *acc = _mm512_fmadd_ps(av, bv, *acc);
                 }
@@ -810,8 +907,12 @@ mod tests {
             (9, 48, 300),
             (33, 100, 515),
             (200, 49, 3),
+            // A last panel of two vectors (a narrower tile).
+            (17, 80, 40),
             // Two row blocks of MC, 16-wide transposes and a tail, several depth blocks.
             (401, 50, 293),
+            // Several blocks of B packed on the fly (DEPTH_BLOCK).
+            (20, 50, 2100),
         ] {
             for (ta, tb) in [(false, false), (true, true)] {
                 let mut random = |len: usize| -> Vec<f32> {
@@ -831,8 +932,9 @@ mod tests {
                 for accumulate in [false, true] {
                     let mut c = vec![1.0f32; m * n];
                     let out = MatMut::dense(&mut c, m, n);
-                    if precision == Precision::Bf16 {
-                        matmul_packed(out, am, bm, accumulate, Precision::Bf16);
+                    // f32 both ways: B packed once, and packed on the fly.
+                    if precision == Precision::Bf16 || (m + n + k) % 2 == 0 {
+                        matmul_packed(out, am, bm, accumulate, precision);
                     } else {
                         let mut packed = PackedB::default();
                         packed.pack(bm, precision);
