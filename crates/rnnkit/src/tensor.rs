@@ -187,6 +187,14 @@ pub struct Tensor<T = f32> {
 }
 
 impl<T: Real> Tensor<T> {
+    /// Makes this tensor `shape`, keeping its storage: the elements hold whatever
+    /// they held (zeros where it grew), for a buffer whose every element is then written.
+    pub(crate) fn reshape_overwritten(&mut self, shape: &[usize]) {
+        self.shape.clear();
+        self.shape.extend_from_slice(shape);
+        overwritten(&mut self.data, shape.iter().product());
+    }
+
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Self {
         Tensor {

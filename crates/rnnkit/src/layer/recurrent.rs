@@ -425,11 +425,30 @@ impl<T: Real> Recurrent<T> {
         &mut self,
         table: &Tensor<T>,
         ids: &[usize],
-        (steps, batch): (usize, usize),
+        shape: (usize, usize),
         lengths: Option<&[usize]>,
         init: Option<&RecurrentState<T>>,
         rng: Option<&mut Rng>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        let mut out = Tensor::zeros(&[0]);
+        let state = self.forward_embedded_into(table, ids, shape, lengths, init, rng, &mut out)?;
+        Ok((out, state))
+    }
+
+    /// [`Recurrent::forward_embedded`] writing the output into `out` (reshaped, its
+    /// storage reused: a training loop that keeps `out` allocates no output per step);
+    /// returns the final state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_embedded_into(
+        &mut self,
+        table: &Tensor<T>,
+        ids: &[usize],
+        (steps, batch): (usize, usize),
+        lengths: Option<&[usize]>,
+        init: Option<&RecurrentState<T>>,
+        rng: Option<&mut Rng>,
+        out: &mut Tensor<T>,
+    ) -> Result<RecurrentState<T>> {
         let &[v, width] = table.shape() else {
             return Err(Error::Shape(format!(
                 "embedding table must be [V, {}], got {:?}",
@@ -460,7 +479,7 @@ impl<T: Real> Recurrent<T> {
             table: table.data(),
             ids,
         };
-        self.run_forward(x, steps, batch, lengths, init, rng)
+        self.run_forward_into(x, steps, batch, lengths, init, rng, out)
     }
 
     /// As [`Recurrent::forward_embedded`] for one-hot inputs: `ids [T, B]` (< input_size)
@@ -470,11 +489,27 @@ impl<T: Real> Recurrent<T> {
     pub fn forward_one_hot(
         &mut self,
         ids: &[usize],
-        (steps, batch): (usize, usize),
+        shape: (usize, usize),
         lengths: Option<&[usize]>,
         init: Option<&RecurrentState<T>>,
         rng: Option<&mut Rng>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        let mut out = Tensor::zeros(&[0]);
+        let state = self.forward_one_hot_into(ids, shape, lengths, init, rng, &mut out)?;
+        Ok((out, state))
+    }
+
+    /// [`Recurrent::forward_one_hot`] writing the output into `out`, as
+    /// [`Recurrent::forward_embedded_into`] does.
+    pub fn forward_one_hot_into(
+        &mut self,
+        ids: &[usize],
+        (steps, batch): (usize, usize),
+        lengths: Option<&[usize]>,
+        init: Option<&RecurrentState<T>>,
+        rng: Option<&mut Rng>,
+        out: &mut Tensor<T>,
+    ) -> Result<RecurrentState<T>> {
         if ids.len() != steps * batch {
             return Err(Error::Shape(format!(
                 "{} ids given for {steps} steps × {batch} sequences",
@@ -488,7 +523,8 @@ impl<T: Real> Recurrent<T> {
                 ids[k]
             )));
         }
-        self.run_forward(Input::OneHot { ids }, steps, batch, lengths, init, rng)
+        let x = Input::OneHot { ids };
+        self.run_forward_into(x, steps, batch, lengths, init, rng, out)
     }
 
     /// One timestep of a stepped sequence, for models whose next input depends on the
@@ -668,8 +704,25 @@ impl<T: Real> Recurrent<T> {
         batch: usize,
         lengths: Option<&[usize]>,
         init: Option<&RecurrentState<T>>,
-        mut rng: Option<&mut Rng>,
+        rng: Option<&mut Rng>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        let mut out = Tensor::zeros(&[0]);
+        let state = self.run_forward_into(x, steps, batch, lengths, init, rng, &mut out)?;
+        Ok((out, state))
+    }
+
+    /// The forward pass into `out` (reshaped; every element is written).
+    #[allow(clippy::too_many_arguments)]
+    fn run_forward_into(
+        &mut self,
+        x: Input<'_, T>,
+        steps: usize,
+        batch: usize,
+        lengths: Option<&[usize]>,
+        init: Option<&RecurrentState<T>>,
+        mut rng: Option<&mut Rng>,
+        out: &mut Tensor<T>,
+    ) -> Result<RecurrentState<T>> {
         let cfg = &self.config;
         if let Some(l) = lengths {
             if l.len() != batch {
@@ -703,7 +756,7 @@ impl<T: Real> Recurrent<T> {
         saved.outputs.resize_with(layers * dirs, Vec::new);
         saved.make_caches(cfg);
         let out_w = cfg.output_size();
-        let mut out = Tensor::zeros(&[steps, batch, out_w]);
+        out.reshape_overwritten(&[steps, batch, out_w]);
         for l in 0..layers {
             if l == 0 {
                 saved.inputs[0].clear();
@@ -770,7 +823,7 @@ impl<T: Real> Recurrent<T> {
             );
         }
         saved.ready = true;
-        Ok((out, state))
+        Ok(state)
     }
 
     /// Backpropagates through the last forward pass. `dy [T, B, output_size]` is the

@@ -12,7 +12,7 @@ use crate::layer::{
 };
 use crate::loss::softmax_cross_entropy;
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{overwritten, Tensor};
 use crate::train::GradientSink;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -115,6 +115,32 @@ pub struct CharLm {
     pub head: Linear<f32>,
     vocab: Vocab,
     precision: Precision,
+    work: Work,
+}
+
+/// The buffers of a training step, kept between steps (they are tens of MB for
+/// large models, and allocating them afresh cost page faults on every step).
+#[derive(Clone, Debug)]
+struct Work {
+    /// The recurrent stack's output `[T, B, H·D]`.
+    y: Tensor<f32>,
+    /// The head's logits `[T·B, V]`.
+    logits: Vec<f32>,
+    /// Their gradient.
+    dlogits: Vec<f32>,
+    /// The gradient of `y`.
+    dy: Tensor<f32>,
+}
+
+impl Default for Work {
+    fn default() -> Self {
+        Work {
+            y: Tensor::zeros(&[0]),
+            logits: Vec::new(),
+            dlogits: Vec::new(),
+            dy: Tensor::zeros(&[0]),
+        }
+    }
 }
 
 impl CharLm {
@@ -131,6 +157,7 @@ impl CharLm {
             head,
             vocab,
             precision: Precision::F32,
+            work: Work::default(),
         })
     }
 
@@ -170,6 +197,8 @@ impl CharLm {
         &self.vocab
     }
 
+    /// Runs the model over `inputs` into `self.work` (`y` and the logits); returns
+    /// the final state.
     fn logits(
         &mut self,
         inputs: &[usize],
@@ -177,23 +206,30 @@ impl CharLm {
         batch: usize,
         init: Option<&RecurrentState<f32>>,
         rng: Option<&mut Rng>,
-    ) -> Result<(Tensor<f32>, Vec<f32>, RecurrentState<f32>)> {
+    ) -> Result<RecurrentState<f32>> {
         with_precision(self.precision, || {
             // The count of inputs is checked by the recurrent layer.
             self.check_in_vocab("input", inputs)?;
             let n = steps * batch;
-            let (y, fin) = match &self.embed {
-                Some(e) => {
+            let Work { y, logits, .. } = &mut self.work;
+            let fin = match &self.embed {
+                Some(e) => self.rnn.forward_embedded_into(
+                    &e.weight,
+                    inputs,
+                    (steps, batch),
+                    None,
+                    init,
+                    rng,
+                    y,
+                )?,
+                None => {
                     self.rnn
-                        .forward_embedded(&e.weight, inputs, (steps, batch), None, init, rng)?
+                        .forward_one_hot_into(inputs, (steps, batch), None, init, rng, y)?
                 }
-                None => self
-                    .rnn
-                    .forward_one_hot(inputs, (steps, batch), None, init, rng)?,
             };
-            let mut logits = vec![0.0; n * self.vocab.len()];
-            self.head.forward(y.data(), n, &mut logits);
-            Ok((y, logits, fin))
+            let logits = overwritten(logits, n * self.vocab.len());
+            self.head.forward(y.data(), n, logits);
+            Ok(fin)
         })
     }
 
@@ -250,16 +286,23 @@ impl CharLm {
     ) -> Result<(f64, RecurrentState<f32>)> {
         let n = steps * batch;
         self.check_targets(targets, n)?;
-        let (y, logits, fin) = self.logits(inputs, steps, batch, init, Some(rng))?;
-        let mut dlogits = vec![0.0; logits.len()];
-        let loss = softmax_cross_entropy(&logits, targets, self.vocab.len(), Some(&mut dlogits));
-        let mut dy = Tensor::zeros(y.shape());
+        let fin = self.logits(inputs, steps, batch, init, Some(rng))?;
+        let Work {
+            y,
+            logits,
+            dlogits,
+            dy,
+        } = &mut self.work;
+        let dlogits = overwritten(dlogits, logits.len());
+        let loss = softmax_cross_entropy(logits, targets, self.vocab.len(), Some(dlogits));
+        dy.reshape_overwritten(y.shape());
         with_precision(self.precision, || -> Result<()> {
+            // Writes every element of dy.
             self.head
-                .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
+                .backward(y.data(), dlogits, n, Some(dy.data_mut()));
             ready(&[&self.head.grad_weight, &self.head.grad_bias]);
             // The embedded forward pass hands back the embedding's gradient directly.
-            let (d_embed, _) = self.rnn.backward_with(&dy, None, ready)?;
+            let (d_embed, _) = self.rnn.backward_with(dy, None, ready)?;
             let Some(embed) = &mut self.embed else {
                 return Ok(());
             };
@@ -285,9 +328,9 @@ impl CharLm {
         init: Option<&RecurrentState<f32>>,
     ) -> Result<(f64, RecurrentState<f32>)> {
         self.check_targets(targets, steps * batch)?;
-        let (_, logits, fin) = self.logits(inputs, steps, batch, init, None)?;
+        let fin = self.logits(inputs, steps, batch, init, None)?;
         Ok((
-            softmax_cross_entropy(&logits, targets, self.vocab.len(), None),
+            softmax_cross_entropy(&self.work.logits, targets, self.vocab.len(), None),
             fin,
         ))
     }
@@ -301,8 +344,8 @@ impl CharLm {
         batch: usize,
         init: Option<&RecurrentState<f32>>,
     ) -> Result<(Vec<f32>, RecurrentState<f32>)> {
-        let (_, logits, fin) = self.logits(inputs, steps, batch, init, None)?;
-        Ok((logits, fin))
+        let fin = self.logits(inputs, steps, batch, init, None)?;
+        Ok((self.work.logits.clone(), fin))
     }
 
     /// Feeds `ids` to one sequence (batch 1) from `state`; returns the logits
@@ -315,9 +358,9 @@ impl CharLm {
         if ids.is_empty() {
             return Err(Error::Input("no character to feed".into()));
         }
-        let (_, logits, fin) = self.logits(ids, ids.len(), 1, state, None)?;
+        let fin = self.logits(ids, ids.len(), 1, state, None)?;
         let v = self.vocab.len();
-        Ok((logits[(ids.len() - 1) * v..].to_vec(), fin))
+        Ok((self.work.logits[(ids.len() - 1) * v..].to_vec(), fin))
     }
 
     /// Writes the model as the PyTorch `CharLM` state dict plus `extra` tensors and
@@ -440,6 +483,7 @@ impl CharLm {
             head,
             vocab,
             precision: Precision::F32,
+            work: Work::default(),
         })
     }
 }
@@ -485,6 +529,7 @@ impl CharLm {
             head,
             vocab,
             precision: Precision::F32,
+            work: Work::default(),
         })
     }
 }
