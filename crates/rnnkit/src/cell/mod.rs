@@ -670,11 +670,18 @@ fn directions_apart() -> bool {
     threads >= 2 && threads.is_multiple_of(2) && !HALF.get()
 }
 
-/// Runs `f(d, job)` for the job of each direction `d` of a layer: both at once
-/// (see [`directions_apart`]) or one after the other.
-pub(crate) fn for_directions<J: Send>(jobs: Vec<J>, f: impl Fn(usize, J) + Sync) {
-    match <[J; 2]>::try_from(jobs) {
-        Ok([a, b]) if directions_apart() => {
+/// Runs `f(d, job)` for the job of each direction `d` of a layer (one or two jobs):
+/// both at once (see [`directions_apart`]) or one after the other. Takes the jobs as
+/// an iterator, so that handing them over allocates nothing.
+pub(crate) fn for_directions<J: Send>(
+    jobs: impl IntoIterator<Item = J>,
+    f: impl Fn(usize, J) + Sync,
+) {
+    let mut jobs = jobs.into_iter();
+    let (first, second) = (jobs.next(), jobs.next());
+    assert!(jobs.next().is_none(), "a layer has at most two directions");
+    match (first, second) {
+        (Some(a), Some(b)) if directions_apart() => {
             let prec = precision();
             let half = |d: usize, job: J| {
                 let before = HALF.replace(true);
@@ -683,8 +690,11 @@ pub(crate) fn for_directions<J: Send>(jobs: Vec<J>, f: impl Fn(usize, J) + Sync)
             };
             rayon::join(|| half(0, a), || half(1, b));
         }
-        Ok(jobs) => jobs.into_iter().enumerate().for_each(|(d, j)| f(d, j)),
-        Err(jobs) => jobs.into_iter().enumerate().for_each(|(d, j)| f(d, j)),
+        (first, second) => first
+            .into_iter()
+            .chain(second)
+            .enumerate()
+            .for_each(|(d, j)| f(d, j)),
     }
 }
 

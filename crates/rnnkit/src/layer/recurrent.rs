@@ -750,7 +750,7 @@ impl<T: Real> Recurrent<T> {
         saved.grads_pending = false;
         saved.steps = steps;
         saved.batch = batch;
-        saved.lengths = lengths.map(<[usize]>::to_vec);
+        saved.lengths = lengths.map(|l| reuse(saved.lengths.take(), l));
         saved.inputs.resize_with(layers, Vec::new);
         saved.dropout.resize_with(layers, Dropout::default);
         saved.outputs.resize_with(layers * dirs, Vec::new);
@@ -760,18 +760,20 @@ impl<T: Real> Recurrent<T> {
         for l in 0..layers {
             if l == 0 {
                 saved.inputs[0].clear();
-                saved.ids = None;
                 match x {
-                    Input::Dense(x) => saved.inputs[0].extend_from_slice(x),
+                    Input::Dense(x) => {
+                        saved.ids = None;
+                        saved.inputs[0].extend_from_slice(x);
+                    }
                     Input::Embedded { table, ids } => {
                         saved.table.clear();
                         saved.table.extend_from_slice(table);
-                        saved.ids = Some(ids.to_vec());
+                        saved.ids = Some(reuse(saved.ids.take(), ids));
                         saved.one_hot = false;
                     }
                     Input::OneHot { ids } => {
                         saved.table.clear();
-                        saved.ids = Some(ids.to_vec());
+                        saved.ids = Some(reuse(saved.ids.take(), ids));
                         saved.one_hot = true;
                     }
                 }
@@ -785,12 +787,11 @@ impl<T: Real> Recurrent<T> {
             }
             let x_l = layer_input(&saved.ids, saved.one_hot, &saved.table, &saved.inputs, l);
             let cells = l * dirs..(l + 1) * dirs;
-            let jobs: Vec<_> = saved.caches[cells.clone()]
+            let jobs = saved.caches[cells.clone()]
                 .iter_mut()
                 .zip(&mut saved.outputs[cells.clone()])
                 .zip(state_rows(&mut state, l, dirs, batch * hs))
-                .zip(&self.params[cells])
-                .collect();
+                .zip(&self.params[cells]);
             for_directions(jobs, |d, (((cache, y), (h, c)), p)| {
                 let seq = Seq {
                     steps,
@@ -892,7 +893,7 @@ impl<T: Real> Recurrent<T> {
             let cells = l * dirs..(l + 1) * dirs;
             let outputs = &saved.outputs[cells.clone()];
             let d_between = &saved.d_between;
-            let jobs: Vec<_> = saved.caches[cells.clone()]
+            let jobs = saved.caches[cells.clone()]
                 .iter_mut()
                 .zip(&mut saved.d_out)
                 .zip(&mut saved.dx_dirs)
@@ -901,8 +902,7 @@ impl<T: Real> Recurrent<T> {
                     self.params[cells.clone()]
                         .iter()
                         .zip(&mut self.grads[cells]),
-                )
-                .collect();
+                );
             let rows = dx_rows(l);
             for_directions(jobs, |d, ((((cache, dout), dx), (dh, dc)), (p, g))| {
                 let seq = Seq {
@@ -932,11 +932,15 @@ impl<T: Real> Recurrent<T> {
                 }
             });
             if weights {
-                let done: Vec<&Tensor<T>> = self.grads[l * dirs..(l + 1) * dirs]
-                    .iter()
-                    .flat_map(|g| g.named().map(|(_, t)| t))
-                    .collect();
-                ready(&done);
+                // At most 2 directions × 4 tensors, gathered on the stack.
+                let grads = &self.grads[l * dirs..(l + 1) * dirs];
+                let mut done = [&grads[0].w_ih; 8];
+                let mut n = 0;
+                for t in grads.iter().flat_map(|g| g.named().map(|(_, t)| t)) {
+                    done[n] = t;
+                    n += 1;
+                }
+                ready(&done[..n]);
             }
             if let [dx, other] = &mut saved.dx_dirs[..] {
                 dx.iter_mut().zip(&*other).for_each(|(a, &b)| *a += b);
@@ -1011,21 +1015,34 @@ fn layer_input<'a, T>(
     }
 }
 
+/// `values` in `buf`'s storage (no allocation once it is large enough).
+fn reuse(buf: Option<Vec<usize>>, values: &[usize]) -> Vec<usize> {
+    let mut buf = buf.unwrap_or_default();
+    buf.clear();
+    buf.extend_from_slice(values);
+    buf
+}
+
 /// The `(h, c)` rows `[B, H]` of each direction of layer `l` in `state` (`c` for LSTMs only).
 fn state_rows<T: Real>(
     state: &mut RecurrentState<T>,
     l: usize,
     dirs: usize,
     chunk: usize,
-) -> Vec<(&mut [T], Option<&mut [T]>)> {
+) -> impl Iterator<Item = (&mut [T], Option<&mut [T]>)> {
     let span = l * dirs * chunk..(l + 1) * dirs * chunk;
     let h = state.h.data_mut()[span.clone()].chunks_mut(chunk);
-    match &mut state.c {
-        Some(c) => h
-            .zip(c.data_mut()[span].chunks_mut(chunk).map(Some))
-            .collect(),
-        None => h.map(|h| (h, None)).collect(),
-    }
+    let c = state
+        .c
+        .as_mut()
+        .map(|c| c.data_mut()[span].chunks_mut(chunk));
+    // Without a cell state every direction gets `None`.
+    h.zip(
+        c.into_iter()
+            .flatten()
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None)),
+    )
 }
 
 /// `_l{k}` or `_l{k}_reverse`: torch's suffix for cell `idx`.
