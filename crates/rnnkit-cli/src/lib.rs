@@ -70,7 +70,6 @@ enum Command {
 
 /// Runs the command line: `std::env::args`, errors on stderr, the exit status.
 pub fn main() -> ExitCode {
-    keep_freed_memory();
     exit_quietly_when_stdout_closes();
     let cli = match Cli::from_arg_matches(&command().get_matches()) {
         Ok(cli) => cli,
@@ -231,19 +230,6 @@ pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
-    }
-}
-
-/// Keeps freed memory in the process instead of handing it back to the kernel at
-/// once: a training step allocates and frees tens of MiB, and returning them every
-/// step costs page faults and cross-core TLB flushes (10–15 % of a step on a
-/// 2×512 tanh RNN, measured with `rnnkit bench`).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
 
