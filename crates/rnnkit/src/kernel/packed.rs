@@ -758,12 +758,7 @@ mod avx512 {
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = unsafe { _mm512_loadu_ps(bp.add(16 * v).cast()) };
             }
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(f32::from_bits(unsafe { *ap.add(i) }));
-                for (acc, &bv) in acc.iter_mut().zip(&bv) {
-                    *acc = _mm512_fmadd_ps(av, bv, *acc);
-                }
-            }
+            fma_rows(&mut acc, &bv, |i| f32::from_bits(unsafe { *ap.add(i) }));
         }
         unsafe { store(&acc, tile) };
     }
@@ -790,12 +785,7 @@ mod avx512 {
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = unsafe { _mm512_loadu_ps(bp.add(16 * v).cast()) };
             }
-            for (&row, acc) in rows.iter().zip(acc.iter_mut()) {
-                let av = _mm512_set1_ps(unsafe { *row.add(p * cs) });
-                for (acc, &bv) in acc.iter_mut().zip(&bv) {
-                    *acc = _mm512_fmadd_ps(av, bv, *acc);
-                }
-            }
+            fma_rows(&mut acc, &bv, |i| unsafe { *rows[i].add(p * cs) });
         }
         unsafe { store(&acc, tile) };
     }
@@ -826,12 +816,7 @@ mod avx512 {
                 // caller's guarantee); the others are not accessed.
                 *bv = unsafe { _mm512_maskz_loadu_ps(masks[v], bp.wrapping_add(16 * v)) };
             }
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(f32::from_bits(unsafe { *ap.add(i) }));
-                for (acc, &bv) in acc.iter_mut().zip(&bv) {
-                    *acc = _mm512_fmadd_ps(av, bv, *acc);
-                }
-            }
+            fma_rows(&mut acc, &bv, |i| f32::from_bits(unsafe { *ap.add(i) }));
         }
         unsafe { store(&acc, tile) };
     }
@@ -859,6 +844,23 @@ mod avx512 {
             }
         }
         unsafe { store(&acc, tile) };
+    }
+
+    /// `acc[i] += a(i) · bv` for every row i of the tile: one depth of an f32 tile.
+    /// Inlined into the tile kernels, as [`store`] is.
+    #[inline(always)]
+    fn fma_rows<const V: usize>(
+        acc: &mut [[__m512; V]; MR],
+        bv: &[__m512; V],
+        a: impl Fn(usize) -> f32,
+    ) {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY (both intrinsics): inlined only into the AVX-512F tile kernels.
+            let av = unsafe { _mm512_set1_ps(a(i)) };
+            for (acc, &bv) in acc.iter_mut().zip(bv) {
+                *acc = unsafe { _mm512_fmadd_ps(av, bv, *acc) };
+            }
+        }
     }
 
     /// Adds or writes the accumulators to the tile's elements of C, masked at its edges.
