@@ -71,10 +71,10 @@ pub trait Real:
     fn gemv(_y: &mut [Self], _x: &[Self], _b: MatRef<'_, Self>, _accumulate: bool) -> bool {
         false
     }
-    /// `c (+)= a·b` for a fixed row-major `b` that stays in cache (a per-step
-    /// product), reading `b` in place, where this type, CPU and precision allow;
-    /// hands `c` back untouched otherwise.
-    fn gemm_rows<'c>(
+    /// `c (+)= a·b` by the hand-written f32 product `kernel`, where this type, CPU,
+    /// precision and layout allow; hands `c` back untouched otherwise.
+    fn gemm_kernel<'c>(
+        _kernel: Kernel,
         c: MatMut<'c, Self>,
         _a: MatRef<'_, Self>,
         _b: MatRef<'_, Self>,
@@ -82,16 +82,18 @@ pub trait Real:
     ) -> std::result::Result<(), MatMut<'c, Self>> {
         Err(c)
     }
-    /// `c (+)= a·b` for a few rows of `a` by a hand-written kernel, where this type,
-    /// CPU and layout have one; hands `c` back untouched otherwise.
-    fn gemm_few_rows<'c>(
-        c: MatMut<'c, Self>,
-        _a: MatRef<'_, Self>,
-        _b: MatRef<'_, Self>,
-        _accumulate: bool,
-    ) -> std::result::Result<(), MatMut<'c, Self>> {
-        Err(c)
-    }
+}
+
+/// The hand-written f32 products that [`Real::gemm_kernel`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// A few rows of `a` by a `b` whose columns are contiguous (`x·Wᵀ`).
+    FewRows,
+    /// A row-major `b` that stays in cache (a per-step product), read in place.
+    Rows,
+    /// A column-major `a` by a row-major `b` (a weight gradient `dgᵀ·x`), both read
+    /// in place.
+    DepthMajor,
 }
 
 impl Real for f32 {
@@ -111,25 +113,19 @@ impl Real for f32 {
     fn gemv(y: &mut [Self], x: &[Self], b: MatRef<'_, Self>, accumulate: bool) -> bool {
         crate::kernel::gemv_f32(y, x, b, accumulate)
     }
-    fn gemm_few_rows<'c>(
+    fn gemm_kernel<'c>(
+        kernel: Kernel,
         mut c: MatMut<'c, Self>,
         a: MatRef<'_, Self>,
         b: MatRef<'_, Self>,
         accumulate: bool,
     ) -> std::result::Result<(), MatMut<'c, Self>> {
-        if crate::kernel::few_rows_f32(&mut c, a, b, accumulate) {
-            Ok(())
-        } else {
-            Err(c)
-        }
-    }
-    fn gemm_rows<'c>(
-        mut c: MatMut<'c, Self>,
-        a: MatRef<'_, Self>,
-        b: MatRef<'_, Self>,
-        accumulate: bool,
-    ) -> std::result::Result<(), MatMut<'c, Self>> {
-        if crate::kernel::gemm_rows_f32(&mut c, a, b, accumulate) {
+        let done = match kernel {
+            Kernel::FewRows => crate::kernel::few_rows_f32(&mut c, a, b, accumulate),
+            Kernel::Rows => crate::kernel::gemm_rows_f32(&mut c, a, b, accumulate),
+            Kernel::DepthMajor => crate::kernel::gemm_depth_major_f32(&mut c, a, b, accumulate),
+        };
+        if done {
             Ok(())
         } else {
             Err(c)

@@ -2,8 +2,7 @@
 //! counted by a global allocator in this test binary: of the char LM for every cell
 //! in f32 and bf16, and of the classifier, the CTC recogniser and the tagger. None
 //! may happen per timestep (a step of 41 timesteps makes as many as one of 40). What
-//! a step still allocates (the layers' returned tensors, and in f32 the `gemm`
-//! crate's buffers for the products hoisted out of the time loop) is printed by
+//! a step still allocates (the layers' returned tensors) is printed by
 //! `cargo test --release -p rnnkit --test allocations -- --nocapture`. The
 //! encoder–decoder is not here: its decoder loop still allocates at every step.
 

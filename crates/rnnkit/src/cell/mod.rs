@@ -14,7 +14,7 @@ use crate::kernel::{
     add_bias_rows, gather_rows, matmul, precision, scatter_add_rows, serial, sum_rows_into,
     with_precision, MatMut, MatRef, PackedB, Precision, FEW_ROWS,
 };
-use crate::tensor::{Real, Scratch, Tensor};
+use crate::tensor::{Kernel, Real, Scratch, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
@@ -616,7 +616,7 @@ const PACKED_MIN_ROWS: usize = 8;
 
 /// `c (+)= a·b` for a per-step product with a fixed `b`: from its packed copy for
 /// a full micro-tile of rows or more (in bf16, for any rows but one); else, in f32,
-/// reading a row-major `b` that fits the cache in place ([`Real::gemm_rows`]: no
+/// reading a row-major `b` that fits the cache in place ([`Kernel::Rows`]: no
 /// allocation per timestep, as fast as the `gemm` crate); else by [`matmul`]. A
 /// single row is a matrix–vector product, and a few rows of a large `b` in f32 run
 /// faster through the `gemm` crate than a packed micro-tile (LSTM 2×512 at batch 8,
@@ -635,7 +635,7 @@ pub(crate) fn step_product<T: Real>(
             T::gemm_packed(c, a, p, accumulate)
         }
         _ => {
-            if let Err(c) = T::gemm_rows(c, a, b, accumulate) {
+            if let Err(c) = T::gemm_kernel(Kernel::Rows, c, a, b, accumulate) {
                 matmul(c, a, b, accumulate)
             }
         }

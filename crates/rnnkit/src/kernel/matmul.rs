@@ -1,7 +1,7 @@
 //! `C (+)= op(A) · op(B)` through the `gemm` crate, which picks AVX-512, AVX2 or
 //! scalar micro-kernels at run time, so one binary runs on any x86-64 CPU.
 
-use crate::tensor::Real;
+use crate::tensor::{Kernel, Real};
 use gemm::Parallelism;
 use serde::{Deserialize, Serialize};
 
@@ -205,7 +205,17 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
         return;
     }
     let c = if PRECISION.get() == Precision::F32 && m <= FEW_ROWS {
-        match T::gemm_few_rows(c, a, b, accumulate) {
+        match T::gemm_kernel(Kernel::FewRows, c, a, b, accumulate) {
+            Ok(()) => return,
+            Err(c) => c,
+        }
+    } else {
+        c
+    };
+    // An f32 weight gradient `dgᵀ·x` reads both operands in place, its tiles running
+    // along A's columns (no packing, which at a narrow B cost a quarter of the time).
+    let c = if PRECISION.get() == Precision::F32 && a.rs == 1 && b.cs == 1 {
+        match T::gemm_kernel(Kernel::DepthMajor, c, a, b, accumulate) {
             Ok(()) => return,
             Err(c) => c,
         }
@@ -215,9 +225,8 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
     // The packed kernels where the CPU has them (into buffers kept per thread; the
     // GEMM crate allocates its buffers on every call): every bf16 product, and f32
     // products of many row-major rows, whose A the tiles read in place (LSTM 2×512's
-    // input gradient: 206 against 198 GFLOP/s). The GEMM crate keeps the f32 weight
-    // gradients (a column-major A: 141 against 193 for `dW_hh` of H 128) and products
-    // of few rows, where packing B costs more than the product.
+    // input gradient: 206 against 198 GFLOP/s). The GEMM crate keeps f32 products of
+    // few rows, where packing B costs more than the product.
     let packed = match PRECISION.get() {
         Precision::Bf16 => true,
         Precision::F32 => a.cs == 1 && m >= PACKED_F32_MIN_ROWS,

@@ -20,4 +20,4 @@ pub(crate) use matmul::is_serial;
 pub use matmul::{
     matmul, matmul_ref, on_pool, precision, serial, with_precision, MatMut, MatRef, Precision,
 };
-pub(crate) use packed::gemm_rows_f32;
+pub(crate) use packed::{gemm_depth_major_f32, gemm_rows_f32};

@@ -210,10 +210,21 @@ unsafe fn pack_a(
         // Column-major f32 (a transposed row-major operand, as `dgᵀ` in a weight
         // gradient): at each depth the block's rows are one run, dealt out to the
         // panels in order (panel by panel, every depth was a new page).
+        // Whole panels copy a fixed 8 lanes (a copy of a slice's length was a call
+        // to `memcpy` per 32 bytes).
+        let whole = rows.len() / MR;
         for p in 0..k {
             let run = &a.data[p * a.cs + rows.start..][..rows.len()];
-            for (r, part) in run.chunks(MR).enumerate() {
-                let dst = &mut out[(r * depth + p) * MR..][..part.len()];
+            for (r, part) in run.chunks_exact(MR).enumerate() {
+                let part: &[f32; MR] = part.try_into().expect("a run of MR");
+                let dst: &mut [u32; MR] = (&mut out[(r * depth + p) * MR..][..MR])
+                    .try_into()
+                    .expect("a panel's lanes");
+                *dst = part.map(f32::to_bits);
+            }
+            let part = &run[whole * MR..];
+            if !part.is_empty() {
+                let dst = &mut out[(whole * depth + p) * MR..][..part.len()];
                 dst.iter_mut()
                     .zip(part)
                     .for_each(|(d, &v)| *d = v.to_bits());
@@ -463,6 +474,134 @@ fn rows_b_columns(
     SCRATCH.with(|s| s.borrow_mut().0 = apack);
 }
 
+/// 16-lane vectors of C's rows per [`gemm_depth_major_f32`] tile.
+const TN_V: usize = 4;
+/// Rows of C per [`gemm_depth_major_f32`] tile.
+const TN_MR: usize = 16 * TN_V;
+/// Columns of C per [`gemm_depth_major_f32`] tile (24 accumulators with [`TN_V`]).
+const TN_NR: usize = 6;
+/// Depth per block of [`gemm_depth_major_f32`], between which a tile's sums go
+/// to memory and back (deeper blocks measured faster up to 256, the A strip
+/// then in L2).
+const TN_KC: usize = 256;
+
+/// `c (+)= a·b` in f32 (the thread's precision) for a column-major `a` and a
+/// row-major `b`, as in a weight gradient `dgᵀ·x`, whose operands both run along
+/// the depth (the timesteps). Both are read in place: a tile's 64 rows of C are
+/// four vectors of one row of `dg`, and its 6 columns values of one row of `x`
+/// broadcast, so nothing is packed (our row tiles packed `dgᵀ`, a quarter of the
+/// time at a narrow `x`; the `gemm` crate allocates its buffers on every call).
+/// The tiles sum into `Cᵀ` (their vectors run along C's columns) in the thread's
+/// buffer, added to C once at the end. Returns false, having done nothing, where
+/// it does not apply.
+pub(crate) fn gemm_depth_major_f32(
+    c: &mut MatMut<'_, f32>,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    accumulate: bool,
+) -> bool {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    assert!(
+        a.rows == m && b.rows == k && b.cols == n,
+        "gemm_depth_major shapes"
+    );
+    if a.rs != 1
+        || b.cs != 1
+        || m == 0
+        || n == 0
+        || k == 0
+        || super::precision() != Precision::F32
+        || !packed_supported(Precision::F32)
+    {
+        return false;
+    }
+    let ld = c.ld;
+    let threads = rayon::current_num_threads();
+    let (out, len) = (c.data.as_mut_ptr() as usize, c.data.len());
+    // Each thread writes only its own rows or columns of C.
+    let split =
+        |parts: usize, job: &(dyn Fn(usize) + Sync)| (0..parts).into_par_iter().for_each(job);
+    // SAFETY (both splits): the parts are disjoint row or column ranges of C, each
+    // written by one thread alone; no other reference to C is used meanwhile.
+    let c_of = || unsafe { std::slice::from_raw_parts_mut(out as *mut f32, len) };
+    if threads < 2 || SERIAL.get() || m * n * k < 1 << 20 {
+        depth_major_block(c.data, ld, a, b, (0..m, 0..n), accumulate);
+    } else if m >= 2 * TN_MR * threads {
+        let share = m.div_ceil(threads).div_ceil(TN_MR) * TN_MR;
+        split(m.div_ceil(share), &|t| {
+            let rows = t * share..((t + 1) * share).min(m);
+            depth_major_block(c_of(), ld, a, b, (rows, 0..n), accumulate);
+        });
+    } else {
+        let share = n.div_ceil(threads).div_ceil(TN_NR) * TN_NR;
+        split(n.div_ceil(share), &|t| {
+            let cols = t * share..((t + 1) * share).min(n);
+            depth_major_block(c_of(), ld, a, b, (0..m, cols), accumulate);
+        });
+    }
+    true
+}
+
+/// Rows and columns `part` of [`gemm_depth_major_f32`]'s product, into `cd` (C's
+/// row 0 at `cd[0]`).
+fn depth_major_block(
+    cd: &mut [f32],
+    ld: usize,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
+    accumulate: bool,
+) {
+    let k = a.cols;
+    // The part's `Cᵀ`: column j's rows at `ct[j·ldt..]`.
+    let ldt = rows.len();
+    let mut ct = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
+    // Not cleared: the first block of depth writes every element.
+    ct.resize(ldt * cols.len(), 0);
+    // Once per part: the tiles' reads stay within these (A's rows and B's columns
+    // of the part, at every depth).
+    assert!(
+        rows.end - 1 + (k - 1) * a.cs < a.data.len(),
+        "A outside its data"
+    );
+    assert!(
+        cols.end - 1 + (k - 1) * b.rs < b.data.len(),
+        "B outside its data"
+    );
+    for p0 in (0..k).step_by(TN_KC) {
+        let depth = TN_KC.min(k - p0);
+        for i0 in rows.clone().step_by(TN_MR) {
+            for (g, j0) in cols.clone().step_by(TN_NR).enumerate() {
+                let shape = (TN_MR.min(rows.end - i0), TN_NR.min(cols.end - j0));
+                let at = (j0 - cols.start) * ldt + i0 - rows.start;
+                // SAFETY: AVX-512F is present (checked by the caller); the tile's
+                // rows of A and columns of B lie in them at every depth (asserted
+                // above), and its elements of Cᵀ in `ct` (sized above).
+                unsafe {
+                    avx512::tile_f32_depth_major(
+                        (a.data.as_ptr().add(p0 * a.cs + i0), a.cs),
+                        (b.data.as_ptr().add(p0 * b.rs + j0), b.rs),
+                        depth,
+                        (ct.as_mut_ptr().add(at).cast(), ldt),
+                        shape,
+                        p0 > 0,
+                        TN_MR + 16 * (g % TN_V),
+                    )
+                };
+            }
+        }
+    }
+    for i in rows.clone() {
+        let row = &mut cd[i * ld + cols.start..i * ld + cols.end];
+        let sums = ct[i - rows.start..].iter().step_by(ldt);
+        for (dst, &v) in row.iter_mut().zip(sums) {
+            let v = f32::from_bits(v);
+            *dst = if accumulate { *dst + v } else { v };
+        }
+    }
+    SCRATCH.with(|s| s.borrow_mut().0 = ct);
+}
+
 /// Rows `rows` of the product into `cd`, whose row 0 is C's row `rows.start`.
 fn run_rows(
     cd: &mut [f32],
@@ -557,7 +696,7 @@ fn run_rows(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR, NV};
+    use super::{MR, NR, NV, TN_NR, TN_V};
     use std::arch::x86_64::*;
 
     /// Lanes `dst[d·MR]` = bfloat16 pairs (`row[2d]`, `row[2d + 1]`) of one row of
@@ -821,6 +960,62 @@ mod avx512 {
         unsafe { store(&acc, tile) };
     }
 
+    /// `ct[j·ldt + i] (+)= Σ_p a[p·lda + i]·b[p·ldb + j]` for `i < rows` (at most
+    /// [`TN_MR`]) and `j < cols` (at most [`TN_NR`]), over `depth` values of p: a
+    /// tile of `Cᵀ`, `A`'s rows in vectors, `B`'s values broadcast. Columns past
+    /// `cols` read column 0 again; their sums are never stored. The caller
+    /// guarantees that the rows, columns and elements of `Cᵀ` lie in their data.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_f32_depth_major(
+        (a, lda): (*const f32, usize),
+        (b, ldb): (*const f32, usize),
+        depth: usize,
+        (ct, ldt): (*mut f32, usize),
+        (rows, cols): (usize, usize),
+        accumulate: bool,
+        ahead: usize,
+    ) {
+        let masks: [u16; TN_V] = std::array::from_fn(|v| match rows.saturating_sub(16 * v) {
+            16.. => u16::MAX,
+            left => ((1u32 << left) - 1) as u16,
+        });
+        let col: [usize; TN_NR] = std::array::from_fn(|j| if j < cols { j } else { 0 });
+        let mut acc = [[_mm512_setzero_ps(); TN_V]; TN_NR];
+        for p in 0..depth {
+            let (ap, bp) = (a.wrapping_add(p * lda), b.wrapping_add(p * ldb));
+            // A cache line of the next strip of A at this depth (a prefetch of an
+            // address past A is dropped, never a fault).
+            _mm_prefetch::<_MM_HINT_T1>(ap.wrapping_add(ahead).cast());
+            let mut av = [_mm512_setzero_ps(); TN_V];
+            for (v, av) in av.iter_mut().enumerate() {
+                // SAFETY: the lanes under the mask are rows of A at depth p; the
+                // others are not accessed.
+                *av = unsafe { _mm512_maskz_loadu_ps(masks[v], ap.wrapping_add(16 * v)) };
+            }
+            for (acc, &j) in acc.iter_mut().zip(&col) {
+                // SAFETY: column j < cols of B at depth p.
+                let bj = unsafe { _mm512_set1_ps(*bp.add(j)) };
+                for (acc, &av) in acc.iter_mut().zip(&av) {
+                    *acc = _mm512_fmadd_ps(av, bj, *acc);
+                }
+            }
+        }
+        for (j, acc) in acc.iter().enumerate().take(cols) {
+            for (v, &sum) in acc.iter().enumerate() {
+                // SAFETY: the lanes under the mask are elements of Cᵀ's column j.
+                unsafe {
+                    let p = ct.add(j * ldt + 16 * v);
+                    let sum = if accumulate {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], p), sum)
+                    } else {
+                        sum
+                    };
+                    _mm512_mask_storeu_ps(p, masks[v], sum);
+                }
+            }
+        }
+    }
+
     /// The same over bfloat16 pairs.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile_bf16(a: &[u32], b: &[u32], tile: Tile) {
@@ -1006,6 +1201,54 @@ mod tests {
                         let want = f64::from(accumulate)
                             + (0..k)
                                 .map(|p| a[i * k + p] as f64 * b[p * wide + wide - n + j] as f64)
+                                .sum::<f64>();
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (k as f64).sqrt(),
+                            "m{m} n{n} k{k} acc{accumulate} [{i},{j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn depth_major_products_agree_with_f64() {
+        if !packed_supported(Precision::F32) {
+            return;
+        }
+        let mut rng = Rng::new(6);
+        // Tails of every tile dimension (64 rows, 6 columns, 256 depths), row and
+        // column splits between threads, and both operands the last columns of wider
+        // matrices (A's last element ends its data; B read under its row stride).
+        for &(m, n, k, extra) in &[
+            (1, 1, 1, 0),
+            (3, 5, 7, 2),
+            (64, 6, 256, 0),
+            (65, 13, 257, 3),
+            (300, 50, 520, 5),
+            (40, 700, 300, 1),
+        ] {
+            let mut random = |len: usize| -> Vec<f32> {
+                (0..len).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
+            };
+            let (lda, ldb) = (m + extra, n + extra);
+            let (a, b) = (random(k * lda), random(k * ldb));
+            // A [m, k] column-major: element (i, p) at a[extra + p·lda + i].
+            let am = MatRef::new(&a[extra..], k, m, lda).t();
+            let bm = MatRef::new(&b[extra..], k, n, ldb);
+            for accumulate in [false, true] {
+                let mut c = vec![1.0f32; m * n];
+                let mut out = MatMut::dense(&mut c, m, n);
+                assert!(gemm_depth_major_f32(&mut out, am, bm, accumulate));
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = f64::from(accumulate)
+                            + (0..k)
+                                .map(|p| {
+                                    a[extra + p * lda + i] as f64 * b[extra + p * ldb + j] as f64
+                                })
                                 .sum::<f64>();
                         let got = c[i * n + j] as f64;
                         assert!(
