@@ -5,7 +5,7 @@
 //! classification ([`ctc_loss`]) in its own file.
 
 mod ctc;
-pub use ctc::{ctc_loss, CtcLoss, CtcOptions, Reduction};
+pub use ctc::{ctc_loss, ctc_loss_with, CtcLoss, CtcOptions, CtcWork, Reduction};
 
 use crate::error::{Error, Result};
 use crate::tensor::{scratch, Real};

@@ -182,6 +182,13 @@ pub struct Tensor<T = f32> {
     data: Vec<T>,
 }
 
+impl<T: Real> Default for Tensor<T> {
+    /// An empty tensor `[0]`, for a buffer that a pass then reshapes and fills.
+    fn default() -> Self {
+        Tensor::zeros(&[0])
+    }
+}
+
 impl<T: Real> Tensor<T> {
     /// Makes this tensor `shape`, keeping its storage: the elements hold whatever
     /// they held (zeros where it grew), for a buffer whose every element is then written.

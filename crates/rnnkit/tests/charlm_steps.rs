@@ -44,6 +44,7 @@ fn consecutive_steps_with_carried_state_match_pytorch() {
                     &mut Rng::new(0),
                 )
                 .unwrap();
+            let fin = fin.clone();
             assert!(
                 (loss - w).abs() <= 1e-5 * w,
                 "{cell} step {}: loss {loss} vs torch {w}",

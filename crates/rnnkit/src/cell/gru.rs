@@ -375,13 +375,13 @@ fn hidden_weight_grads<T: Real>(
             MatMut::dense(dw_rz, 2 * hs, hs),
             MatRef::new(&cache.dgx, rows, 2 * hs, g3),
             MatRef::dense(&cache.h_prev, rows, hs),
-            real.as_deref(),
+            real,
         );
         weight_grad(
             MatMut::dense(dw_n, hs, hs),
             MatRef::new(&cache.dgx[2 * hs..], rows, hs, g3),
             MatRef::dense(&cache.aux, rows, hs),
-            real.as_deref(),
+            real,
         );
     }
 }

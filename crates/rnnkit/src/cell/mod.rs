@@ -299,7 +299,7 @@ pub(crate) fn input_grads<T: Real>(
     };
     let grads = |g: Option<&mut CellParams<T>>,
                  (x, rows): (&[T], usize),
-                 real: Option<&[usize]>,
+                 real: Option<RealRows<'_>>,
                  dg: &[T],
                  dx: Option<&mut [T]>| {
         let dg_mat = MatRef::dense(dg, rows, gh);
@@ -319,7 +319,7 @@ pub(crate) fn input_grads<T: Real>(
     match x {
         Input::Dense(x) => {
             let real = g.as_ref().and_then(|_| real_rows(seq));
-            grads(g, (x, rows), real.as_deref(), dg, dx)
+            grads(g, (x, rows), real, dg, dx)
         }
         Input::Embedded { table, ids } => {
             let v = table.len() / i.max(1);
@@ -382,31 +382,48 @@ pub(crate) fn recurrent_grads<T: Real>(g: &mut CellParams<T>, seq: &Seq, h_prev:
         MatMut::dense(g.w_hh.data_mut(), gh, h),
         MatRef::dense(dgh, rows, gh),
         MatRef::dense(h_prev, rows, h),
-        real_rows(seq).as_deref(),
+        real_rows(seq),
     );
     if let Some(b) = &mut g.b_hh {
         sum_rows_into(b.data_mut(), &dgh[..rows * gh]);
     }
 }
 
-/// The rows `t·B + b` of a time-major `[T, B, ·]` buffer that hold real steps, when
-/// padded rows are at least an eighth of all; `None` otherwise (their gradients are
-/// zero, and multiplying them then costs less than gathering the others).
-pub(crate) fn real_rows(seq: &Seq) -> Option<Vec<usize>> {
-    let l = seq.lengths?;
-    let real: usize = l.iter().sum();
-    if real * 8 > seq.steps * seq.batch * 7 {
+/// The rows `t·B + b` of a time-major `[T, B, ·]` buffer that hold real steps (of
+/// sequences of `lengths`), `count` of them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RealRows<'a> {
+    steps: usize,
+    lengths: &'a [usize],
+    count: usize,
+}
+
+impl RealRows<'_> {
+    /// The rows, in order.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        let batch = self.lengths.len();
+        (0..self.steps).flat_map(move |t| {
+            (0..batch)
+                .filter(move |&b| t < self.lengths[b])
+                .map(move |b| t * batch + b)
+        })
+    }
+}
+
+/// The rows of real steps of the walk `seq`, when padded rows are at least an
+/// eighth of all; `None` otherwise (their gradients are zero, and multiplying them
+/// then costs less than gathering the others).
+pub(crate) fn real_rows<'a>(seq: &Seq<'a>) -> Option<RealRows<'a>> {
+    let lengths = seq.lengths?;
+    let count: usize = lengths.iter().sum();
+    if count * 8 > seq.steps * seq.batch * 7 {
         return None;
     }
-    Some(
-        (0..seq.steps)
-            .flat_map(|t| {
-                (0..seq.batch)
-                    .filter(move |&b| t < l[b])
-                    .map(move |b| t * seq.batch + b)
-            })
-            .collect(),
-    )
+    Some(RealRows {
+        steps: seq.steps,
+        lengths,
+        count,
+    })
 }
 
 /// `dw [N, K] += dgᵀ·x` for `dg [rows, N]` and `x [rows, K]`, over the rows in
@@ -415,7 +432,7 @@ pub(crate) fn weight_grad<T: Real>(
     dw: MatMut<'_, T>,
     dg: MatRef<'_, T>,
     x: MatRef<'_, T>,
-    real: Option<&[usize]>,
+    real: Option<RealRows<'_>>,
 ) {
     match real {
         None => matmul(dw, dg.t(), x, true),
@@ -423,20 +440,21 @@ pub(crate) fn weight_grad<T: Real>(
             let (dg_r, x_r) = (gather(dg, r), gather(x, r));
             matmul(
                 dw,
-                MatRef::dense(&dg_r, r.len(), dg.cols).t(),
-                MatRef::dense(&x_r, r.len(), x.cols),
+                MatRef::dense(&dg_r, r.count, dg.cols).t(),
+                MatRef::dense(&x_r, r.count, x.cols),
                 true,
             );
         }
     }
 }
 
-/// The rows `rows` of the row-major matrix `m`, packed densely.
-fn gather<T: Real>(m: MatRef<'_, T>, rows: &[usize]) -> Vec<T> {
+/// The rows `rows` of the row-major matrix `m`, packed densely (in a buffer of the
+/// thread's pool: nothing is allocated once it has grown).
+fn gather<T: Real>(m: MatRef<'_, T>, rows: RealRows<'_>) -> Scratch<T> {
     debug_assert_eq!(m.cs, 1, "gather reads row-major operands");
-    let mut out = Vec::with_capacity(rows.len() * m.cols);
-    for &r in rows {
-        out.extend_from_slice(&m.data[r * m.rs..][..m.cols]);
+    let mut out = Scratch::zeroed(rows.count * m.cols);
+    for (dst, r) in out.chunks_exact_mut(m.cols.max(1)).zip(rows.iter()) {
+        dst.copy_from_slice(&m.data[r * m.rs..][..m.cols]);
     }
     out
 }
@@ -698,14 +716,7 @@ pub(crate) fn for_directions<J: Send>(
     }
 }
 
-/// The batch rows of each worker thread of [`for_row_blocks`] (on half the threads
-/// while one of two directions runs).
-fn row_blocks(batch: usize, half: bool) -> Vec<Range<usize>> {
-    let blocks = block_count(batch, half);
-    (0..blocks).map(|k| block_rows(batch, blocks, k)).collect()
-}
-
-/// How many blocks [`row_blocks`] cuts a batch into: one per worker thread (half of
+/// How many blocks [`for_row_blocks`] cuts a batch into: one per worker thread (half of
 /// them when `half`), at most one per row.
 fn block_count(batch: usize, half: bool) -> usize {
     let threads = rayon::current_num_threads();
@@ -724,20 +735,39 @@ fn block_rows(batch: usize, blocks: usize, k: usize) -> Range<usize> {
 /// prefix, see [`Seq::active`]), and the blocks share the long and the short ones
 /// alike. Row `r` of the batch should hold sequence `order[r]`.
 pub fn packing_order(lengths: &[usize], directions: usize) -> Vec<usize> {
-    let mut by_length: Vec<usize> = (0..lengths.len()).collect();
-    by_length.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-    let blocks = row_blocks(lengths.len(), directions == 2 && directions_apart());
-    let mut filled: Vec<Vec<usize>> = blocks.iter().map(|b| Vec::with_capacity(b.len())).collect();
+    let mut order = Vec::new();
+    packing_order_into(lengths, directions, &mut order, &mut Vec::new());
+    order
+}
+
+/// [`packing_order`] into `order`, with `scratch` for its work (both reused).
+pub(crate) fn packing_order_into(
+    lengths: &[usize],
+    directions: usize,
+    order: &mut Vec<usize>,
+    scratch: &mut Vec<usize>,
+) {
+    let n = lengths.len();
+    let blocks = block_count(n, directions == 2 && directions_apart());
+    // The sequences longest first (ties in order), then each block's fill.
+    scratch.clear();
+    scratch.extend(0..n);
+    scratch.sort_unstable_by_key(|&i| (std::cmp::Reverse(lengths[i]), i));
+    scratch.resize(n + blocks, 0);
+    let (by_length, filled) = scratch.split_at_mut(n);
+    order.clear();
+    order.resize(n, 0);
     // Deal longest first, round robin over the blocks that still have room.
     let mut k = 0;
-    for i in by_length {
-        while filled[k].len() == blocks[k].len() {
-            k = (k + 1) % blocks.len();
+    for &i in by_length.iter() {
+        let room = |k: usize| block_rows(n, blocks, k).len();
+        while filled[k] == room(k) {
+            k = (k + 1) % blocks;
         }
-        filled[k].push(i);
-        k = (k + 1) % blocks.len();
+        order[block_rows(n, blocks, k).start + filled[k]] = i;
+        filled[k] += 1;
+        k = (k + 1) % blocks;
     }
-    filled.concat()
 }
 
 /// A `[T, B, width]` (or `[B, width]`) buffer that several threads write, each

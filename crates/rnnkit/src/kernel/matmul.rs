@@ -183,7 +183,8 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// the pool costs more than it saves.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 
-/// Fewest rows of an f32 product that [`matmul`] gives to the packed kernels.
+/// Fewest rows of an f32 product by a row-major B that [`matmul`] gives to the
+/// packed kernels (fewer read B in place).
 const PACKED_F32_MIN_ROWS: usize = 256;
 
 /// `C = A·B`, or `C += A·B` when `accumulate`. Shapes must agree (checked).
@@ -222,14 +223,27 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
     } else {
         c
     };
+    // Fewer rows by a row-major B that fits the cache read B in place (packing it
+    // would cost as much as the product: 100 × 512 · 512 × 128, 195 GFLOP/s against
+    // 106 packed).
+    let c =
+        if PRECISION.get() == Precision::F32 && a.cs == 1 && b.cs == 1 && m < PACKED_F32_MIN_ROWS {
+            match T::gemm_kernel(Kernel::Rows, c, a, b, accumulate) {
+                Ok(()) => return,
+                Err(c) => c,
+            }
+        } else {
+            c
+        };
     // The packed kernels where the CPU has them (into buffers kept per thread; the
-    // GEMM crate allocates its buffers on every call): every bf16 product, and f32
-    // products of many row-major rows, whose A the tiles read in place (LSTM 2×512's
-    // input gradient: 206 against 198 GFLOP/s). The GEMM crate keeps f32 products of
-    // few rows, where packing B costs more than the product.
+    // GEMM crate allocates its buffers on every call): every bf16 product, and every
+    // f32 product with a row-major A, which the tiles read in place (LSTM 2×512's
+    // input gradient: 206 against the crate's 198 GFLOP/s; a hoisted input product
+    // of 176 rows per thread, 176 × 256 · 256 × 512, 167 against 129). The GEMM crate
+    // keeps the other strides and the CPUs without AVX-512.
     let packed = match PRECISION.get() {
         Precision::Bf16 => true,
-        Precision::F32 => a.cs == 1 && m >= PACKED_F32_MIN_ROWS,
+        Precision::F32 => a.cs == 1,
     };
     let c = if packed {
         match T::matmul_packed(c, a, b, accumulate, PRECISION.get()) {

@@ -11,7 +11,7 @@ pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use pool::{Pool, PoolKind};
-pub use recurrent::{Merge, Recurrent, RecurrentConfig, RecurrentState};
+pub use recurrent::{Kept, Merge, Recurrent, RecurrentConfig, RecurrentState};
 
 use crate::tensor::{Real, Tensor};
 use std::cell::RefCell;

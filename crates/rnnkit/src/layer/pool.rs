@@ -57,6 +57,9 @@ pub struct Pool<T = f32> {
     directions: usize,
     /// `Max` only: the step each output element `[B, W]` came from.
     argmax: Vec<usize>,
+    /// Per-row accumulators of the forward pass (`Mean`, `Max`), kept between calls.
+    sum: Vec<f64>,
+    best: Vec<usize>,
     /// The backward needs positions, not values, so no `T` is stored.
     _elem: PhantomData<T>,
 }
@@ -86,10 +89,24 @@ impl<T: Real> Pool<T> {
     pub fn forward(
         &mut self,
         y: &[T],
-        (steps, batch, width): (usize, usize, usize),
+        dims: (usize, usize, usize),
         lengths: &[usize],
         directions: usize,
     ) -> Result<Tensor<T>> {
+        let mut out = Tensor::default();
+        self.forward_into(y, dims, lengths, directions, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Pool::forward`] into `out` (reshaped, its storage reused).
+    pub fn forward_into(
+        &mut self,
+        y: &[T],
+        (steps, batch, width): (usize, usize, usize),
+        lengths: &[usize],
+        directions: usize,
+        out: &mut Tensor<T>,
+    ) -> Result<()> {
         let n = steps.checked_mul(batch).and_then(|v| v.checked_mul(width));
         if n != Some(y.len()) {
             return Err(Error::Shape(format!(
@@ -130,10 +147,11 @@ impl<T: Real> Pool<T> {
         self.argmax.clear();
 
         let at = |t: usize, b: usize| &y[(t * batch + b) * width..(t * batch + b + 1) * width];
-        let mut out = Tensor::zeros(&[batch, width]);
-        // Per-row accumulators, allocated once for the batch.
-        let mut sum = vec![0.0f64; width];
-        let mut best = vec![0usize; width];
+        // Every element is written below.
+        out.reshape_overwritten(&[batch, width]);
+        let (sum, best) = (&mut self.sum, &mut self.best);
+        sum.resize(width, 0.0);
+        best.resize(width, 0);
         let rows = out.data_mut().chunks_exact_mut(width.max(1));
         for (b, (o, &len)) in rows.zip(lengths).enumerate() {
             match self.kind {
@@ -152,7 +170,7 @@ impl<T: Real> Pool<T> {
                     }
                     let inv = 1.0 / len as f64;
                     o.iter_mut()
-                        .zip(&sum)
+                        .zip(sum.iter())
                         .for_each(|(o, s)| *o = T::of(s * inv));
                 }
                 PoolKind::Max => {
@@ -167,15 +185,22 @@ impl<T: Real> Pool<T> {
                             }
                         }
                     }
-                    self.argmax.extend_from_slice(&best);
+                    self.argmax.extend_from_slice(best);
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// dy [T, B, W] (zeros at positions that did not feed the output) from dout [B, W]; max routes to the argmax step (first on ties).
     pub fn backward(&self, dout: &[T]) -> Result<Tensor<T>> {
+        let mut dy = Tensor::default();
+        self.backward_into(dout, &mut dy)?;
+        Ok(dy)
+    }
+
+    /// [`Pool::backward`] into `dy` (reshaped, its storage reused).
+    pub fn backward_into(&self, dout: &[T], dy: &mut Tensor<T>) -> Result<()> {
         let (steps, batch, width) = self.dims;
         if dout.len() != batch * width {
             return Err(Error::Shape(format!(
@@ -184,8 +209,9 @@ impl<T: Real> Pool<T> {
                 dout.len()
             )));
         }
-        let mut dy = Tensor::zeros(&[steps, batch, width]);
+        dy.reshape_overwritten(&[steps, batch, width]);
         let d = dy.data_mut();
+        d.fill(T::zero());
         let at = |t: usize, b: usize| (t * batch + b) * width;
         for (b, &len) in self.lengths.iter().enumerate() {
             let g = &dout[b * width..(b + 1) * width];
@@ -211,7 +237,7 @@ impl<T: Real> Pool<T> {
                 }
             }
         }
-        Ok(dy)
+        Ok(())
     }
 }
 

@@ -176,6 +176,16 @@ pub struct RecurrentState<T = f32> {
     pub c: Option<Tensor<T>>,
 }
 
+impl<T: Real> Default for RecurrentState<T> {
+    /// An empty state, for a buffer that a `*_into` pass then fills.
+    fn default() -> Self {
+        RecurrentState {
+            h: Tensor::zeros(&[0]),
+            c: None,
+        }
+    }
+}
+
 impl<T: Real> RecurrentState<T> {
     /// The all-zero state for a batch of `batch` sequences.
     pub fn zeros(config: &RecurrentConfig, batch: usize) -> Self {
@@ -190,15 +200,65 @@ impl<T: Real> RecurrentState<T> {
         }
     }
 
+    /// Makes this a copy of `src`, reusing this state's storage (a trainer that
+    /// carries the state from batch to batch allocates nothing for it).
+    pub fn copy_from(&mut self, src: &Self) {
+        let copy = |t: &mut Tensor<T>, src: &Tensor<T>| {
+            t.reshape_overwritten(src.shape());
+            t.data_mut().copy_from_slice(src.data());
+        };
+        copy(&mut self.h, &src.h);
+        match &src.c {
+            Some(c) => copy(self.c.get_or_insert_with(|| Tensor::zeros(&[0])), c),
+            None => self.c = None,
+        }
+    }
+
+    /// Makes this `init` (already checked), or zeros for a batch of `batch` when
+    /// `None`, reusing this state's storage.
+    fn assign(&mut self, config: &RecurrentConfig, batch: usize, init: Option<&Self>) {
+        match init {
+            Some(init) => self.copy_from(init),
+            None => self.zero(config, batch),
+        }
+    }
+
+    /// Makes this the all-zero state for a batch of `batch`, reusing its storage.
+    pub fn zero(&mut self, config: &RecurrentConfig, batch: usize) {
+        let shape = [
+            config.num_layers * config.directions(),
+            batch,
+            config.hidden_size,
+        ];
+        let zero = |t: &mut Tensor<T>| {
+            t.reshape_overwritten(&shape);
+            t.data_mut().fill(T::zero());
+        };
+        zero(&mut self.h);
+        match config.cell.has_cell_state() {
+            true => zero(self.c.get_or_insert_with(|| Tensor::zeros(&[0]))),
+            false => self.c = None,
+        }
+    }
+
     fn check(&self, config: &RecurrentConfig, batch: usize, what: &str) -> Result<()> {
         let shape = [
             config.num_layers * config.directions(),
             batch,
             config.hidden_size,
         ];
-        self.h.expect_shape(&format!("{what} h"), &shape)?;
+        // The messages are made only on a mismatch: a training step checks its state
+        // every time and allocates nothing.
+        let expect = |t: &Tensor<T>, part: &str| {
+            if t.shape() == shape {
+                Ok(())
+            } else {
+                t.expect_shape(&format!("{what} {part}"), &shape)
+            }
+        };
+        expect(&self.h, "h")?;
         match (&self.c, config.cell.has_cell_state()) {
-            (Some(c), true) => c.expect_shape(&format!("{what} c"), &shape),
+            (Some(c), true) => expect(c, "c"),
             (None, false) => Ok(()),
             (None, true) => Err(Error::Shape(format!(
                 "{what}: an LSTM state needs c as well as h"
@@ -208,6 +268,33 @@ impl<T: Real> RecurrentState<T> {
                 config.cell
             ))),
         }
+    }
+}
+
+/// What a model keeps of its recurrent layer's training step from one step to the
+/// next, for the `*_into` passes to fill: with them a warmed-up step allocates none
+/// of these.
+#[derive(Clone, Debug, Default)]
+pub struct Kept<T: Real = f32> {
+    /// The output `[T, B, output_size]`.
+    pub y: Tensor<T>,
+    /// The final state.
+    pub fin: RecurrentState<T>,
+    /// The input's gradient (the embedding table's after an embedded pass).
+    pub dx: Tensor<T>,
+    /// The initial state's gradient.
+    pub d_init: RecurrentState<T>,
+}
+
+impl<T: Real> Kept<T> {
+    /// Where a forward pass writes: the output and the final state.
+    pub fn forward(&mut self) -> (&mut Tensor<T>, &mut RecurrentState<T>) {
+        (&mut self.y, &mut self.fin)
+    }
+
+    /// Where a backward pass writes: the input's and the initial state's gradients.
+    pub fn backward(&mut self) -> (&mut Tensor<T>, &mut RecurrentState<T>) {
+        (&mut self.dx, &mut self.d_init)
     }
 }
 
@@ -415,6 +502,22 @@ impl<T: Real> Recurrent<T> {
         )
     }
 
+    /// [`Recurrent::forward_train`] (inference mode when `rng` is `None`) writing the
+    /// output and the final state into `into`, as [`Recurrent::forward_embedded_into`]
+    /// does.
+    pub fn forward_into(
+        &mut self,
+        x: &Tensor<T>,
+        lengths: Option<&[usize]>,
+        init: Option<&RecurrentState<T>>,
+        rng: Option<&mut Rng>,
+        into: (&mut Tensor<T>, &mut RecurrentState<T>),
+    ) -> Result<()> {
+        let (steps, batch) = self.check_input(x)?;
+        let x = Input::Dense(x.data());
+        self.run_forward_into(x, steps, batch, lengths, init, rng, into)
+    }
+
     /// As [`Recurrent::forward_train`] (inference mode when `rng` is `None`) for
     /// inputs that are rows of an embedding `table [V, input_size]`, given as ids
     /// `[T, B]` (time-major) with optional `lengths` as there: the first layer then
@@ -430,14 +533,14 @@ impl<T: Real> Recurrent<T> {
         init: Option<&RecurrentState<T>>,
         rng: Option<&mut Rng>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
-        let mut out = Tensor::zeros(&[0]);
-        let state = self.forward_embedded_into(table, ids, shape, lengths, init, rng, &mut out)?;
-        Ok((out, state))
+        let (mut out, mut fin) = (Tensor::zeros(&[0]), RecurrentState::default());
+        self.forward_embedded_into(table, ids, shape, lengths, init, rng, (&mut out, &mut fin))?;
+        Ok((out, fin))
     }
 
-    /// [`Recurrent::forward_embedded`] writing the output into `out` (reshaped, its
-    /// storage reused: a training loop that keeps `out` allocates no output per step);
-    /// returns the final state.
+    /// [`Recurrent::forward_embedded`] writing the output and the final state into
+    /// `into` (reshaped, their storage reused: a training loop that keeps them
+    /// allocates nothing for them per step).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_embedded_into(
         &mut self,
@@ -447,8 +550,8 @@ impl<T: Real> Recurrent<T> {
         lengths: Option<&[usize]>,
         init: Option<&RecurrentState<T>>,
         rng: Option<&mut Rng>,
-        out: &mut Tensor<T>,
-    ) -> Result<RecurrentState<T>> {
+        into: (&mut Tensor<T>, &mut RecurrentState<T>),
+    ) -> Result<()> {
         let &[v, width] = table.shape() else {
             return Err(Error::Shape(format!(
                 "embedding table must be [V, {}], got {:?}",
@@ -479,7 +582,7 @@ impl<T: Real> Recurrent<T> {
             table: table.data(),
             ids,
         };
-        self.run_forward_into(x, steps, batch, lengths, init, rng, out)
+        self.run_forward_into(x, steps, batch, lengths, init, rng, into)
     }
 
     /// As [`Recurrent::forward_embedded`] for one-hot inputs: `ids [T, B]` (< input_size)
@@ -494,13 +597,13 @@ impl<T: Real> Recurrent<T> {
         init: Option<&RecurrentState<T>>,
         rng: Option<&mut Rng>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
-        let mut out = Tensor::zeros(&[0]);
-        let state = self.forward_one_hot_into(ids, shape, lengths, init, rng, &mut out)?;
-        Ok((out, state))
+        let (mut out, mut fin) = (Tensor::zeros(&[0]), RecurrentState::default());
+        self.forward_one_hot_into(ids, shape, lengths, init, rng, (&mut out, &mut fin))?;
+        Ok((out, fin))
     }
 
-    /// [`Recurrent::forward_one_hot`] writing the output into `out`, as
-    /// [`Recurrent::forward_embedded_into`] does.
+    /// [`Recurrent::forward_one_hot`] writing the output and the final state into
+    /// `into`, as [`Recurrent::forward_embedded_into`] does.
     pub fn forward_one_hot_into(
         &mut self,
         ids: &[usize],
@@ -508,8 +611,8 @@ impl<T: Real> Recurrent<T> {
         lengths: Option<&[usize]>,
         init: Option<&RecurrentState<T>>,
         rng: Option<&mut Rng>,
-        out: &mut Tensor<T>,
-    ) -> Result<RecurrentState<T>> {
+        into: (&mut Tensor<T>, &mut RecurrentState<T>),
+    ) -> Result<()> {
         if ids.len() != steps * batch {
             return Err(Error::Shape(format!(
                 "{} ids given for {steps} steps × {batch} sequences",
@@ -524,7 +627,7 @@ impl<T: Real> Recurrent<T> {
             )));
         }
         let x = Input::OneHot { ids };
-        self.run_forward_into(x, steps, batch, lengths, init, rng, out)
+        self.run_forward_into(x, steps, batch, lengths, init, rng, into)
     }
 
     /// One timestep of a stepped sequence, for models whose next input depends on the
@@ -584,9 +687,12 @@ impl<T: Real> Recurrent<T> {
                 self.tape.len()
             )));
         }
+        let (mut dx, mut d_init) = (Tensor::zeros(&[0]), RecurrentState::default());
         self.on_tape(t, |rnn| {
-            rnn.backward_impl(dy, Some(d_state), &mut |_| {}, false)
-        })
+            let into = (&mut dx, &mut d_init);
+            rnn.backward_impl(dy, Some(d_state), &mut |_| {}, false, into)
+        })?;
+        Ok((dx, d_init))
     }
 
     /// Adds the parameter gradients of the tape steps `steps`, each backpropagated by
@@ -706,12 +812,13 @@ impl<T: Real> Recurrent<T> {
         init: Option<&RecurrentState<T>>,
         rng: Option<&mut Rng>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
-        let mut out = Tensor::zeros(&[0]);
-        let state = self.run_forward_into(x, steps, batch, lengths, init, rng, &mut out)?;
-        Ok((out, state))
+        let (mut out, mut fin) = (Tensor::zeros(&[0]), RecurrentState::default());
+        self.run_forward_into(x, steps, batch, lengths, init, rng, (&mut out, &mut fin))?;
+        Ok((out, fin))
     }
 
-    /// The forward pass into `out` (reshaped; every element is written).
+    /// The forward pass into `out` (reshaped; every element is written) and the
+    /// final state into `fin` (its storage reused).
     #[allow(clippy::too_many_arguments)]
     fn run_forward_into(
         &mut self,
@@ -721,8 +828,8 @@ impl<T: Real> Recurrent<T> {
         lengths: Option<&[usize]>,
         init: Option<&RecurrentState<T>>,
         mut rng: Option<&mut Rng>,
-        out: &mut Tensor<T>,
-    ) -> Result<RecurrentState<T>> {
+        (out, state): (&mut Tensor<T>, &mut RecurrentState<T>),
+    ) -> Result<()> {
         let cfg = &self.config;
         if let Some(l) = lengths {
             if l.len() != batch {
@@ -737,13 +844,11 @@ impl<T: Real> Recurrent<T> {
                 )));
             }
         }
-        let mut state = match init {
-            Some(s) => {
-                s.check(cfg, batch, "initial state")?;
-                s.clone()
-            }
-            None => RecurrentState::zeros(cfg, batch),
-        };
+        if let Some(s) = init {
+            s.check(cfg, batch, "initial state")?;
+        }
+        // The state evolves in `state`, layer by layer, from the initial one.
+        state.assign(cfg, batch, init);
         let (dirs, hs, layers) = (cfg.directions(), cfg.hidden_size, cfg.num_layers);
         let saved = &mut self.saved;
         saved.ready = false;
@@ -790,7 +895,7 @@ impl<T: Real> Recurrent<T> {
             let jobs = saved.caches[cells.clone()]
                 .iter_mut()
                 .zip(&mut saved.outputs[cells.clone()])
-                .zip(state_rows(&mut state, l, dirs, batch * hs))
+                .zip(state_rows(state, l, dirs, batch * hs))
                 .zip(&self.params[cells]);
             for_directions(jobs, |d, (((cache, y), (h, c)), p)| {
                 let seq = Seq {
@@ -824,7 +929,7 @@ impl<T: Real> Recurrent<T> {
             );
         }
         saved.ready = true;
-        Ok(state)
+        Ok(())
     }
 
     /// Backpropagates through the last forward pass. `dy [T, B, output_size]` is the
@@ -849,7 +954,22 @@ impl<T: Real> Recurrent<T> {
         d_final: Option<&RecurrentState<T>>,
         ready: &mut dyn FnMut(&[&Tensor<T>]),
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
-        self.backward_impl(dy, d_final, ready, true)
+        let (mut dx, mut d_init) = (Tensor::zeros(&[0]), RecurrentState::default());
+        self.backward_impl(dy, d_final, ready, true, (&mut dx, &mut d_init))?;
+        Ok((dx, d_init))
+    }
+
+    /// [`Recurrent::backward_with`] writing the input's and the initial state's
+    /// gradients into `into` (reshaped, their storage reused: a training loop that
+    /// keeps them allocates nothing for them per step).
+    pub fn backward_into(
+        &mut self,
+        dy: &Tensor<T>,
+        d_final: Option<&RecurrentState<T>>,
+        ready: &mut dyn FnMut(&[&Tensor<T>]),
+        into: (&mut Tensor<T>, &mut RecurrentState<T>),
+    ) -> Result<()> {
+        self.backward_impl(dy, d_final, ready, true, into)
     }
 
     /// The backward pass; without `weights` the parameter gradients are left for
@@ -860,7 +980,8 @@ impl<T: Real> Recurrent<T> {
         d_final: Option<&RecurrentState<T>>,
         ready: &mut dyn FnMut(&[&Tensor<T>]),
         weights: bool,
-    ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        (dx, d_state): (&mut Tensor<T>, &mut RecurrentState<T>),
+    ) -> Result<()> {
         let cfg = &self.config;
         let saved = &mut self.saved;
         if !saved.ready {
@@ -870,13 +991,11 @@ impl<T: Real> Recurrent<T> {
         }
         let (steps, batch) = (saved.steps, saved.batch);
         dy.expect_shape("output gradient", &[steps, batch, cfg.output_size()])?;
-        let mut d_state = match d_final {
-            Some(s) => {
-                s.check(cfg, batch, "final-state gradient")?;
-                s.clone()
-            }
-            None => RecurrentState::zeros(cfg, batch),
-        };
+        if let Some(s) = d_final {
+            s.check(cfg, batch, "final-state gradient")?;
+        }
+        // The state's gradient goes back in `d_state`, layer by layer.
+        d_state.assign(cfg, batch, d_final);
         let (dirs, hs) = (cfg.directions(), cfg.hidden_size);
         let lengths = saved.lengths.as_deref();
         copy(overwritten(&mut saved.d_between, dy.len()), dy.data());
@@ -897,7 +1016,7 @@ impl<T: Real> Recurrent<T> {
                 .iter_mut()
                 .zip(&mut saved.d_out)
                 .zip(&mut saved.dx_dirs)
-                .zip(state_rows(&mut d_state, l, dirs, batch * hs))
+                .zip(state_rows(d_state, l, dirs, batch * hs))
                 .zip(
                     self.params[cells.clone()]
                         .iter()
@@ -952,13 +1071,14 @@ impl<T: Real> Recurrent<T> {
                 std::mem::swap(&mut saved.d_between, &mut saved.dx_dirs[0]);
             }
         }
-        let dx = saved.dx_dirs[0].clone();
         let shape = match saved.ids {
             Some(_) => &dx_shape[..],
             None => &[steps, batch, cfg.input_size][..],
         };
+        dx.reshape_overwritten(shape);
+        dx.data_mut().copy_from_slice(&saved.dx_dirs[0]);
         saved.grads_pending = !weights;
-        Ok((Tensor::from_vec(shape, dx)?, d_state))
+        Ok(())
     }
 }
 

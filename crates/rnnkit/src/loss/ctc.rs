@@ -77,6 +77,62 @@ pub fn ctc_loss<T: Real, L: AsRef<[usize]> + Sync>(
     opts: &CtcOptions,
     dlogits: Option<&mut [T]>,
 ) -> Result<CtcLoss> {
+    let mut work = CtcWork::default();
+    let value = ctc_loss_with(
+        logits,
+        classes,
+        input_lengths,
+        targets,
+        opts,
+        dlogits,
+        &mut work,
+    )?;
+    Ok(CtcLoss {
+        losses: work.losses,
+        value,
+    })
+}
+
+/// The buffers of [`ctc_loss_with`] (the lattices of every sequence), kept between
+/// calls: a training loop that keeps them allocates nothing once they have grown.
+#[derive(Clone, Debug, Default)]
+pub struct CtcWork {
+    sequences: Vec<Lattice>,
+    losses: Vec<f64>,
+}
+
+impl CtcWork {
+    /// The per-sequence losses of the last call, as [`CtcLoss::losses`].
+    pub fn losses(&self) -> &[f64] {
+        &self.losses
+    }
+}
+
+/// One sequence's log-probabilities, forward and backward variables and gradient.
+#[derive(Clone, Debug, Default)]
+struct Lattice {
+    lp: Vec<f64>,
+    alpha: Vec<f64>,
+    beta: Vec<f64>,
+    grad: Vec<f64>,
+    occ: Vec<f64>,
+    loss: f64,
+    /// Whether `grad` holds this sequence's gradient.
+    has_grad: bool,
+}
+
+/// [`ctc_loss`] into the buffers of `work`; returns [`CtcLoss::value`] (the
+/// per-sequence losses are [`CtcWork::losses`]).
+#[allow(clippy::too_many_arguments)]
+pub fn ctc_loss_with<T: Real, L: AsRef<[usize]> + Sync>(
+    logits: &[T],
+    classes: usize,
+    input_lengths: &[usize],
+    targets: &[L],
+    opts: &CtcOptions,
+    dlogits: Option<&mut [T]>,
+    work: &mut CtcWork,
+) -> Result<f64> {
     let b = input_lengths.len();
     check(logits, classes, input_lengths, targets, opts)?;
     if let Some(d) = dlogits.as_deref() {
@@ -89,14 +145,17 @@ pub fn ctc_loss<T: Real, L: AsRef<[usize]> + Sync>(
         }
     }
     let want_grad = dlogits.is_some();
-    let per: Vec<(f64, Option<Vec<f64>>)> = (0..b)
-        .into_par_iter()
-        .map(|j| {
-            let lp = log_softmax_of(logits, j, b, classes, input_lengths[j]);
-            sequence(&lp, classes, targets[j].as_ref(), opts.blank, want_grad)
-        })
-        .collect();
-    let mut losses: Vec<f64> = per.iter().map(|(l, _)| *l).collect();
+    work.sequences.resize_with(b, Lattice::default);
+    work.sequences
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(j, lat)| {
+            log_softmax_of(logits, j, b, classes, input_lengths[j], &mut lat.lp);
+            sequence(lat, classes, targets[j].as_ref(), opts.blank, want_grad);
+        });
+    let losses = &mut work.losses;
+    losses.clear();
+    losses.extend(work.sequences.iter().map(|l| l.loss));
     if opts.zero_infinity {
         losses
             .iter_mut()
@@ -115,10 +174,12 @@ pub fn ctc_loss<T: Real, L: AsRef<[usize]> + Sync>(
     };
     if let Some(d) = dlogits {
         d.fill(T::zero());
-        for (j, (_, g)) in per.iter().enumerate() {
-            let Some(g) = g else { continue };
+        for (j, lat) in work.sequences.iter().enumerate() {
+            if !lat.has_grad {
+                continue;
+            }
             let s = scale(j);
-            for (t, row) in g.chunks_exact(classes).enumerate() {
+            for (t, row) in lat.grad.chunks_exact(classes).enumerate() {
                 let out = &mut d[(t * b + j) * classes..][..classes];
                 out.iter_mut()
                     .zip(row)
@@ -126,7 +187,7 @@ pub fn ctc_loss<T: Real, L: AsRef<[usize]> + Sync>(
             }
         }
     }
-    Ok(CtcLoss { losses, value })
+    Ok(value)
 }
 
 /// Checks every size and label.
@@ -187,9 +248,17 @@ fn check<T: Real, L: AsRef<[usize]>>(
     Ok(())
 }
 
-/// `log_softmax` of sequence `j`'s first `n` frames, `[n, classes]` in f64.
-fn log_softmax_of<T: Real>(logits: &[T], j: usize, b: usize, classes: usize, n: usize) -> Vec<f64> {
-    let mut out = vec![0.0; n * classes];
+/// `log_softmax` of sequence `j`'s first `n` frames, `[n, classes]` in f64, into `out`.
+fn log_softmax_of<T: Real>(
+    logits: &[T],
+    j: usize,
+    b: usize,
+    classes: usize,
+    n: usize,
+    out: &mut Vec<f64>,
+) {
+    out.clear();
+    out.resize(n * classes, 0.0);
     for (t, o) in out.chunks_exact_mut(classes).enumerate() {
         let row = &logits[(t * b + j) * classes..][..classes];
         let log_z = super::log_sum_exp(row);
@@ -197,7 +266,6 @@ fn log_softmax_of<T: Real>(logits: &[T], j: usize, b: usize, classes: usize, n: 
             .zip(row)
             .for_each(|(o, v)| *o = v.f64() - log_z);
     }
-    out
 }
 
 /// `ln(e^a + e^b)` without overflow; `−∞` is the identity.
@@ -210,16 +278,31 @@ fn log_add(a: f64, b: f64) -> f64 {
     }
 }
 
-/// Loss of one sequence from its log-probabilities `lp [T, classes]`, and when asked
-/// the gradient of that loss with respect to the logits, `[T, classes]` (`None` when
-/// the target is infeasible).
-fn sequence(
-    lp: &[f64],
+/// Loss of one sequence from its log-probabilities `lat.lp [T, classes]`, and when
+/// asked the gradient of that loss with respect to the logits, `[T, classes]` (none
+/// when the target is infeasible), into `lat`.
+fn sequence(lat: &mut Lattice, classes: usize, label: &[usize], blank: usize, want_grad: bool) {
+    let (loss, has_grad) = lattice(lat, classes, label, blank, want_grad);
+    lat.loss = loss;
+    lat.has_grad = has_grad;
+}
+
+/// [`sequence`]'s loss and whether it wrote a gradient.
+fn lattice(
+    lat: &mut Lattice,
     classes: usize,
     label: &[usize],
     blank: usize,
     want_grad: bool,
-) -> (f64, Option<Vec<f64>>) {
+) -> (f64, bool) {
+    let Lattice {
+        lp,
+        alpha,
+        beta,
+        grad,
+        occ,
+        ..
+    } = lat;
     let frames = lp.len() / classes;
     let s_len = 2 * label.len() + 1;
     let ext = |s: usize| {
@@ -234,10 +317,15 @@ fn sequence(
     if frames == 0 {
         // No frames: only the empty label sequence has a path (the empty one).
         let loss = if label.is_empty() { 0.0 } else { f64::INFINITY };
-        return (loss, want_grad.then(Vec::new).filter(|_| loss.is_finite()));
+        grad.clear();
+        return (loss, want_grad && loss.is_finite());
     }
     let ninf = f64::NEG_INFINITY;
-    let mut alpha = vec![ninf; frames * s_len];
+    let reset = |v: &mut Vec<f64>, n: usize, x: f64| {
+        v.clear();
+        v.resize(n, x);
+    };
+    reset(alpha, frames * s_len, ninf);
     alpha[0] = lp[blank];
     if s_len > 1 {
         alpha[1] = lp[ext(1)];
@@ -266,13 +354,13 @@ fn sequence(
         last[0]
     };
     if log_p == ninf {
-        return (f64::INFINITY, None);
+        return (f64::INFINITY, false);
     }
     if !want_grad {
-        return (-log_p, None);
+        return (-log_p, false);
     }
     // β_t(s) excludes frame t's emission: β_{T−1}(s) = 1 at the two final states.
-    let mut beta = vec![ninf; frames * s_len];
+    reset(beta, frames * s_len, ninf);
     beta[(frames - 1) * s_len + s_len - 1] = 0.0;
     if s_len > 1 {
         beta[(frames - 1) * s_len + s_len - 2] = 0.0;
@@ -293,8 +381,8 @@ fn sequence(
             cur[s] = v;
         }
     }
-    let mut grad = vec![0.0; frames * classes];
-    let mut occ = vec![ninf; classes];
+    reset(grad, frames * classes, 0.0);
+    reset(occ, classes, ninf);
     for t in 0..frames {
         occ.fill(ninf);
         for s in 0..s_len {
@@ -302,11 +390,11 @@ fn sequence(
             occ[k] = log_add(occ[k], alpha[t * s_len + s] + beta[t * s_len + s]);
         }
         let y = &lp[t * classes..][..classes];
-        for ((g, &l), &o) in grad[t * classes..][..classes].iter_mut().zip(y).zip(&occ) {
+        for ((g, &l), &o) in grad[t * classes..][..classes].iter_mut().zip(y).zip(&*occ) {
             *g = l.exp() - (o - log_p).exp();
         }
     }
-    (-log_p, Some(grad))
+    (-log_p, true)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::data::Vocab;
 use crate::error::{Error, Result};
 use crate::kernel::{with_precision, Precision};
 use crate::layer::{
-    Embedding, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig, RecurrentState,
+    Embedding, Kept, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig, RecurrentState,
 };
 use crate::loss::softmax_cross_entropy;
 use crate::rng::Rng;
@@ -120,27 +120,16 @@ pub struct CharLm {
 
 /// The buffers of a training step, kept between steps (they are tens of MB for
 /// large models, and allocating them afresh cost page faults on every step).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Work {
-    /// The recurrent stack's output `[T, B, H·D]`.
-    y: Tensor<f32>,
+    /// The recurrent stack's output `[T, B, H·D]`, final state and gradients.
+    rnn: Kept<f32>,
     /// The head's logits `[T·B, V]`.
     logits: Vec<f32>,
     /// Their gradient.
     dlogits: Vec<f32>,
-    /// The gradient of `y`.
+    /// The gradient of the stack's output.
     dy: Tensor<f32>,
-}
-
-impl Default for Work {
-    fn default() -> Self {
-        Work {
-            y: Tensor::zeros(&[0]),
-            logits: Vec::new(),
-            dlogits: Vec::new(),
-            dy: Tensor::zeros(&[0]),
-        }
-    }
 }
 
 impl CharLm {
@@ -197,8 +186,8 @@ impl CharLm {
         &self.vocab
     }
 
-    /// Runs the model over `inputs` into `self.work` (`y` and the logits); returns
-    /// the final state.
+    /// Runs the model over `inputs` into `self.work` (`y`, the logits and the
+    /// final state).
     fn logits(
         &mut self,
         inputs: &[usize],
@@ -206,30 +195,32 @@ impl CharLm {
         batch: usize,
         init: Option<&RecurrentState<f32>>,
         rng: Option<&mut Rng>,
-    ) -> Result<RecurrentState<f32>> {
+    ) -> Result<()> {
         with_precision(self.precision, || {
             // The count of inputs is checked by the recurrent layer.
             self.check_in_vocab("input", inputs)?;
             let n = steps * batch;
-            let Work { y, logits, .. } = &mut self.work;
-            let fin = match &self.embed {
+            let Work { rnn, logits, .. } = &mut self.work;
+            let shape = (steps, batch);
+            match &self.embed {
                 Some(e) => self.rnn.forward_embedded_into(
                     &e.weight,
                     inputs,
-                    (steps, batch),
+                    shape,
                     None,
                     init,
                     rng,
-                    y,
+                    rnn.forward(),
                 )?,
                 None => {
+                    let into = rnn.forward();
                     self.rnn
-                        .forward_one_hot_into(inputs, (steps, batch), None, init, rng, y)?
+                        .forward_one_hot_into(inputs, shape, None, init, rng, into)?
                 }
             };
             let logits = overwritten(logits, n * self.vocab.len());
-            self.head.forward(y.data(), n, logits);
-            Ok(fin)
+            self.head.forward(rnn.y.data(), n, logits);
+            Ok(())
         })
     }
 
@@ -257,7 +248,9 @@ impl CharLm {
     /// Forward with dropout, mean cross-entropy of `targets`, and backward: adds the
     /// gradients of that mean loss to every parameter. `inputs` and `targets` are
     /// time-major `[T, B]`. Returns the loss (nats per character) and the final state,
-    /// from which the next batch may continue (gradients stop at the batch boundary).
+    /// from which the next batch may continue (gradients stop at the batch boundary);
+    /// the model keeps that state (and every buffer of the step) until the next step,
+    /// so a warmed-up step allocates nothing.
     pub fn train_step(
         &mut self,
         inputs: &[usize],
@@ -266,7 +259,7 @@ impl CharLm {
         batch: usize,
         init: Option<&RecurrentState<f32>>,
         rng: &mut Rng,
-    ) -> Result<(f64, RecurrentState<f32>)> {
+    ) -> Result<(f64, &RecurrentState<f32>)> {
         self.train_step_with(inputs, targets, steps, batch, init, rng, &mut |_| {})
     }
 
@@ -283,26 +276,26 @@ impl CharLm {
         init: Option<&RecurrentState<f32>>,
         rng: &mut Rng,
         ready: &mut GradientSink<'_>,
-    ) -> Result<(f64, RecurrentState<f32>)> {
+    ) -> Result<(f64, &RecurrentState<f32>)> {
         let n = steps * batch;
         self.check_targets(targets, n)?;
-        let fin = self.logits(inputs, steps, batch, init, Some(rng))?;
+        self.logits(inputs, steps, batch, init, Some(rng))?;
         let Work {
-            y,
+            rnn,
             logits,
             dlogits,
             dy,
         } = &mut self.work;
         let dlogits = overwritten(dlogits, logits.len());
         let loss = softmax_cross_entropy(logits, targets, self.vocab.len(), Some(dlogits));
-        dy.reshape_overwritten(y.shape());
+        dy.reshape_overwritten(rnn.y.shape());
         with_precision(self.precision, || -> Result<()> {
             // Writes every element of dy.
             self.head
-                .backward(y.data(), dlogits, n, Some(dy.data_mut()));
+                .backward(rnn.y.data(), dlogits, n, Some(dy.data_mut()));
             ready(&[&self.head.grad_weight, &self.head.grad_bias]);
             // The embedded forward pass hands back the embedding's gradient directly.
-            let (d_embed, _) = self.rnn.backward_with(dy, None, ready)?;
+            self.rnn.backward_into(dy, None, ready, rnn.backward())?;
             let Some(embed) = &mut self.embed else {
                 return Ok(());
             };
@@ -310,12 +303,12 @@ impl CharLm {
                 .grad_weight
                 .data_mut()
                 .iter_mut()
-                .zip(d_embed.data())
+                .zip(rnn.dx.data())
                 .for_each(|(g, &d)| *g += d);
             ready(&[&embed.grad_weight]);
             Ok(())
         })?;
-        Ok((loss, fin))
+        Ok((loss, &self.work.rnn.fin))
     }
 
     /// Mean cross-entropy of `targets` (nats per character) without dropout or gradients.
@@ -328,10 +321,10 @@ impl CharLm {
         init: Option<&RecurrentState<f32>>,
     ) -> Result<(f64, RecurrentState<f32>)> {
         self.check_targets(targets, steps * batch)?;
-        let fin = self.logits(inputs, steps, batch, init, None)?;
+        self.logits(inputs, steps, batch, init, None)?;
         Ok((
             softmax_cross_entropy(&self.work.logits, targets, self.vocab.len(), None),
-            fin,
+            self.work.rnn.fin.clone(),
         ))
     }
 
@@ -344,8 +337,8 @@ impl CharLm {
         batch: usize,
         init: Option<&RecurrentState<f32>>,
     ) -> Result<(Vec<f32>, RecurrentState<f32>)> {
-        let fin = self.logits(inputs, steps, batch, init, None)?;
-        Ok((self.work.logits.clone(), fin))
+        self.logits(inputs, steps, batch, init, None)?;
+        Ok((self.work.logits.clone(), self.work.rnn.fin.clone()))
     }
 
     /// Feeds `ids` to one sequence (batch 1) from `state`; returns the logits
@@ -358,9 +351,10 @@ impl CharLm {
         if ids.is_empty() {
             return Err(Error::Input("no character to feed".into()));
         }
-        let fin = self.logits(ids, ids.len(), 1, state, None)?;
+        self.logits(ids, ids.len(), 1, state, None)?;
         let v = self.vocab.len();
-        Ok((self.work.logits[(ids.len() - 1) * v..].to_vec(), fin))
+        let last = self.work.logits[(ids.len() - 1) * v..].to_vec();
+        Ok((last, self.work.rnn.fin.clone()))
     }
 
     /// Writes the model as the PyTorch `CharLM` state dict plus `extra` tensors and

@@ -245,18 +245,19 @@ impl CharLmTask {
             true => (&inputs, &targets),
             false => (&li, &lt),
         };
-        let init = if self.carries() {
-            self.carry.as_ref()
-        } else {
-            None
-        };
+        let carries = self.carries();
+        let init = if carries { self.carry.as_ref() } else { None };
         let result =
             self.model
                 .train_step_with(x, y, self.recipe.seq_len, cols.len(), init, rng, ready);
         self.buffers = (inputs, targets);
         self.local = (li, lt);
         let (loss, fin) = result?;
-        self.carry = self.carries().then_some(fin);
+        match (carries, &mut self.carry) {
+            (true, Some(carry)) => carry.copy_from(fin),
+            (true, None) => self.carry = Some(fin.clone()),
+            (false, _) => self.carry = None,
+        }
         Ok(BatchLoss {
             loss,
             tokens: cols.len() * self.recipe.seq_len,

@@ -9,10 +9,10 @@ use super::{
 use crate::checkpoint::{self, TensorFile};
 use crate::data::{Series, TsDataset};
 use crate::error::{Error, Result};
-use crate::layer::{Linear, Pool, PoolKind, Recurrent, RecurrentConfig};
+use crate::layer::{Kept, Linear, Pool, PoolKind, Recurrent, RecurrentConfig};
 use crate::loss::{argmax_rows, cross_entropy, CrossEntropy};
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{overwritten, Tensor};
 use crate::train::{Change, GradientSink, Setting, Settings, Shard};
 use crate::CellKind;
 use serde::{Deserialize, Serialize};
@@ -122,15 +122,53 @@ pub struct Classifier {
     pub labels: Vec<String>,
     pool: Pool<f32>,
     dropout: crate::layer::Dropout<f32>,
+    work: Work,
+}
+
+/// The buffers of a training step, kept between steps.
+#[derive(Clone, Debug, Default)]
+struct Work {
+    rnn: Kept<f32>,
+    /// The pooled outputs `[B, D·H]`, the logits `[B, K]` and their gradients.
+    pooled: Tensor<f32>,
+    logits: Vec<f32>,
+    dlogits: Vec<f32>,
+    dpooled: Vec<f32>,
+    /// The gradient of the recurrent output.
+    dy: Tensor<f32>,
 }
 
 /// A padded, time-major batch of dense sequences.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct DenseBatch {
     /// `[T, B, C]`, zeros past each sequence's end.
     pub x: Tensor<f32>,
     /// Valid steps of each sequence.
     pub lengths: Vec<usize>,
+}
+
+/// Pools the recurrent output `y [T, B, W]` into `out [B, W]`.
+fn pool_into(
+    pool: &mut Pool<f32>,
+    y: &Tensor<f32>,
+    lengths: &[usize],
+    directions: usize,
+    out: &mut Tensor<f32>,
+) -> Result<()> {
+    let &[t, b, w] = y.shape() else {
+        unreachable!("the recurrent layer returns [T, B, W]")
+    };
+    pool.forward_into(y.data(), (t, b, w), lengths, directions, out)
+}
+
+impl DenseBatch {
+    /// Makes `x` `[steps, b, width]` of zeros, reusing its storage; returns its values.
+    pub(crate) fn padded(&mut self, steps: usize, b: usize, width: usize) -> &mut [f32] {
+        self.x.reshape_overwritten(&[steps, b, width]);
+        let x = self.x.data_mut();
+        x.fill(0.0);
+        x
+    }
 }
 
 impl Classifier {
@@ -156,6 +194,7 @@ impl Classifier {
             norm,
             labels,
             pool: Pool::new(config.pool),
+            work: Work::default(),
             dropout: Default::default(),
         })
     }
@@ -195,6 +234,13 @@ impl Classifier {
 
     /// Standardises and pads `cases` into one time-major batch.
     pub fn batch(&self, cases: &[&Series]) -> Result<DenseBatch> {
+        let mut batch = DenseBatch::default();
+        self.batch_into(cases, &mut batch)?;
+        Ok(batch)
+    }
+
+    /// [`Classifier::batch`] into `out`, reusing its storage.
+    pub fn batch_into(&self, cases: &[&Series], out: &mut DenseBatch) -> Result<()> {
         let c = self.channels();
         if let Some(s) = cases
             .iter()
@@ -208,17 +254,15 @@ impl Classifier {
         }
         let steps = cases.iter().map(|s| s.len).max().unwrap_or(0);
         let b = cases.len();
-        let mut x = Tensor::zeros(&[steps, b, c]);
+        let x = out.padded(steps, b, c);
         for (j, s) in cases.iter().enumerate() {
             for (t, row) in s.values.chunks_exact(c).enumerate() {
-                self.norm
-                    .apply(row, &mut x.data_mut()[(t * b + j) * c..][..c]);
+                self.norm.apply(row, &mut x[(t * b + j) * c..][..c]);
             }
         }
-        Ok(DenseBatch {
-            x,
-            lengths: cases.iter().map(|s| s.len).collect(),
-        })
+        out.lengths.clear();
+        out.lengths.extend(cases.iter().map(|s| s.len));
+        Ok(())
     }
 
     /// How the outputs over time become one vector.
@@ -229,7 +273,9 @@ impl Classifier {
     /// Logits `[B, K]` in inference mode.
     pub fn logits(&mut self, batch: &DenseBatch) -> Result<Vec<f32>> {
         let (y, _) = self.rnn.forward(&batch.x, Some(&batch.lengths), None)?;
-        let pooled = self.pool_forward(&y, &batch.lengths)?;
+        let mut pooled = Tensor::default();
+        let dirs = self.rnn.config().directions();
+        pool_into(&mut self.pool, &y, &batch.lengths, dirs, &mut pooled)?;
         let b = batch.lengths.len();
         let mut logits = vec![0.0; b * self.labels.len()];
         self.head.forward(pooled.data(), b, &mut logits);
@@ -258,39 +304,39 @@ impl Classifier {
     ) -> Result<f64> {
         let b = batch.lengths.len();
         let k = self.labels.len();
-        let (y, _) = self
-            .rnn
-            .forward_train(&batch.x, Some(&batch.lengths), None, rng)?;
-        let mut pooled = self.pool_forward(&y, &batch.lengths)?;
+        let Work {
+            rnn,
+            pooled,
+            logits,
+            dlogits,
+            dpooled,
+            dy,
+        } = &mut self.work;
+        let lengths = Some(&batch.lengths[..]);
+        self.rnn
+            .forward_into(&batch.x, lengths, None, Some(rng), rnn.forward())?;
+        let dirs = self.rnn.config().directions();
+        pool_into(&mut self.pool, &rnn.y, &batch.lengths, dirs, pooled)?;
         self.dropout
             .forward(pooled.data_mut(), self.rnn.config().dropout, rng);
-        let mut logits = vec![0.0; b * k];
-        self.head.forward(pooled.data(), b, &mut logits);
-        let mut dlogits = vec![0.0; logits.len()];
+        let logits = overwritten(logits, b * k);
+        self.head.forward(pooled.data(), b, logits);
+        let dlogits = overwritten(dlogits, logits.len());
         let loss = cross_entropy(
-            &logits,
+            logits,
             k,
             targets,
             None,
             &CrossEntropy::default(),
-            Some(&mut dlogits),
+            Some(dlogits),
         )?;
-        let mut dpooled = vec![0.0; pooled.len()];
-        self.head
-            .backward(pooled.data(), &dlogits, b, Some(&mut dpooled));
+        let dpooled = overwritten(dpooled, pooled.len());
+        self.head.backward(pooled.data(), dlogits, b, Some(dpooled));
         ready(&[&self.head.grad_weight, &self.head.grad_bias]);
-        self.dropout.backward(&mut dpooled);
-        let dy = self.pool.backward(&dpooled)?;
-        self.rnn.backward_with(&dy, None, ready)?;
+        self.dropout.backward(dpooled);
+        self.pool.backward_into(dpooled, dy)?;
+        self.rnn.backward_into(dy, None, ready, rnn.backward())?;
         Ok(loss.mean)
-    }
-
-    fn pool_forward(&mut self, y: &Tensor<f32>, lengths: &[usize]) -> Result<Tensor<f32>> {
-        let &[t, b, w] = y.shape() else {
-            unreachable!("the recurrent layer returns [T, B, W]")
-        };
-        self.pool
-            .forward(y.data(), (t, b, w), lengths, self.rnn.config().directions())
     }
 
     /// Writes the model as the PyTorch `SequenceClassifier` state dict plus `extra`
@@ -378,6 +424,7 @@ impl Classifier {
                 norm,
                 labels,
                 pool: Pool::new(pool),
+                work: Work::default(),
                 dropout: Default::default(),
             },
             file,
@@ -492,6 +539,8 @@ pub struct ClassifyTask {
     seed: u64,
     order: EpochOrder,
     shard: Shard,
+    /// The batch of the last step, its storage reused by the next.
+    inputs: DenseBatch,
 }
 
 impl ClassifyTask {
@@ -510,8 +559,10 @@ impl ClassifyTask {
         let cases: Vec<&Series> = batch.iter().map(|&i| &train[i]).collect();
         let targets: Vec<usize> = cases.iter().map(|s| s.label).collect();
         let tokens = cases.iter().map(|s| s.len).sum();
-        let batch = self.model.batch(&cases)?;
-        let loss = self.model.train_step_with(&batch, &targets, rng, ready)?;
+        self.model.batch_into(&cases, &mut self.inputs)?;
+        let loss = self
+            .model
+            .train_step_with(&self.inputs, &targets, rng, ready)?;
         Ok(BatchLoss {
             loss,
             tokens: if own { tokens } else { 0 },
@@ -549,6 +600,7 @@ impl ClassifyTask {
             seed,
             order: EpochOrder::default(),
             shard: Shard::WHOLE,
+            inputs: DenseBatch::default(),
         })
     }
 

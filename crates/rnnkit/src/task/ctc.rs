@@ -12,11 +12,11 @@ use crate::audio::augment::{augment, Augment};
 use crate::checkpoint::{self, TensorFile};
 use crate::decode::ctc::{best_path, prefix_beam_search, BeamOptions, LabelScorer};
 use crate::error::{Error, Result};
-use crate::layer::{Dropout, Linear, Recurrent, RecurrentConfig};
-use crate::loss::{ctc_loss, CtcOptions, Reduction};
+use crate::layer::{Dropout, Kept, Linear, Recurrent, RecurrentConfig};
+use crate::loss::{ctc_loss, ctc_loss_with, CtcOptions, CtcWork, Reduction};
 use crate::rng::Rng;
 use crate::task::classifier::DenseBatch;
-use crate::tensor::Tensor;
+use crate::tensor::{overwritten, Tensor};
 use crate::train::{Change, GradientSink, Setting, Settings, Shard};
 use crate::CellKind;
 use rayon::prelude::*;
@@ -89,6 +89,19 @@ pub struct CtcModel {
     stack: usize,
     augment: bool,
     dropout: Dropout<f32>,
+    work: Work,
+}
+
+/// The buffers of a training step, kept between steps.
+#[derive(Clone, Debug, Default)]
+struct Work {
+    rnn: Kept<f32>,
+    /// The logits `[T·B, L+1]` and their gradient.
+    logits: Vec<f32>,
+    dlogits: Vec<f32>,
+    ctc: CtcWork,
+    /// The gradient of the recurrent output.
+    dy: Tensor<f32>,
 }
 
 /// Steps after stacking `frames` frames `stack` at a time (a partial last group counts).
@@ -121,6 +134,7 @@ impl CtcModel {
             stack: config.stack,
             augment: config.augment,
             dropout: Default::default(),
+            work: Work::default(),
         })
     }
 
@@ -189,6 +203,13 @@ impl CtcModel {
 
     /// Stacks and pads utterances' features into one time-major batch.
     pub fn batch(&self, utts: &[&Utterance]) -> Result<DenseBatch> {
+        let mut batch = DenseBatch::default();
+        self.batch_into(utts, &mut batch)?;
+        Ok(batch)
+    }
+
+    /// [`CtcModel::batch`] into `out`, reusing its storage.
+    pub fn batch_into(&self, utts: &[&Utterance], out: &mut DenseBatch) -> Result<()> {
         let bands = self.bands();
         if let Some(u) = utts
             .iter()
@@ -200,17 +221,15 @@ impl CtcModel {
                 u.frames
             )));
         }
-        let lengths: Vec<usize> = utts
-            .iter()
-            .map(|u| stacked_len(u.frames, self.stack))
-            .collect();
+        out.lengths.clear();
+        out.lengths
+            .extend(utts.iter().map(|u| stacked_len(u.frames, self.stack)));
         let (steps, b, width) = (
-            lengths.iter().copied().max().unwrap_or(0),
+            out.lengths.iter().copied().max().unwrap_or(0),
             utts.len(),
             bands * self.stack,
         );
-        let mut x = Tensor::zeros(&[steps, b, width]);
-        let data = x.data_mut();
+        let data = out.padded(steps, b, width);
         for (j, u) in utts.iter().enumerate() {
             // Frame f goes to step f / k, slot f % k: consecutive frames side by side.
             for (f, row) in u.values.chunks_exact(bands).enumerate() {
@@ -218,7 +237,7 @@ impl CtcModel {
                 data[(t * b + j) * width + slot * bands..][..bands].copy_from_slice(row);
             }
         }
-        Ok(DenseBatch { x, lengths })
+        Ok(())
     }
 
     /// Log-probabilities `[T, B, classes]` in inference mode (rows past a sequence's end are padding).
@@ -239,34 +258,39 @@ impl CtcModel {
         targets: &[&[usize]],
         rng: &mut Rng,
     ) -> Result<f64> {
-        let (mut y, _) = self
-            .rnn
-            .forward_train(&batch.x, Some(&batch.lengths), None, rng)?;
+        let classes = self.classes();
+        let Work {
+            rnn,
+            logits,
+            dlogits,
+            ctc,
+            dy,
+        } = &mut self.work;
+        let lengths = Some(&batch.lengths[..]);
+        self.rnn
+            .forward_into(&batch.x, lengths, None, Some(rng), rnn.forward())?;
+        let y = &mut rnn.y;
         self.dropout
             .forward(y.data_mut(), self.rnn.config().dropout, rng);
         let rows = y.shape()[0] * y.shape()[1];
-        let mut logits = vec![0.0; rows * self.classes()];
-        self.head.forward(y.data(), rows, &mut logits);
-        let mut dlogits = vec![0.0; logits.len()];
+        let logits = overwritten(logits, rows * classes);
+        self.head.forward(y.data(), rows, logits);
+        let dlogits = overwritten(dlogits, logits.len());
         let opts = CtcOptions {
             blank: BLANK,
             reduction: Reduction::Mean,
             zero_infinity: true,
         };
-        let loss = ctc_loss(
-            &logits,
-            self.classes(),
-            &batch.lengths,
-            targets,
-            &opts,
-            Some(&mut dlogits),
-        )?;
-        let mut dy = Tensor::zeros(y.shape());
+        let lengths = &batch.lengths;
+        let loss = ctc_loss_with(logits, classes, lengths, targets, &opts, Some(dlogits), ctc)?;
+        // Every element of dy is written by the head's backward pass.
+        dy.reshape_overwritten(y.shape());
         self.head
-            .backward(y.data(), &dlogits, rows, Some(dy.data_mut()));
+            .backward(y.data(), dlogits, rows, Some(dy.data_mut()));
         self.dropout.backward(dy.data_mut());
-        self.rnn.backward(&dy, None)?;
-        Ok(loss.value)
+        self.rnn
+            .backward_into(dy, None, &mut |_| {}, rnn.backward())?;
+        Ok(loss)
     }
 
     /// Writes the model as the PyTorch `CtcRecognizer` state dict plus `extra` tensors
@@ -346,6 +370,7 @@ impl CtcModel {
                 stack,
                 augment: false,
                 dropout: Default::default(),
+                work: Work::default(),
             },
             file,
         ))
@@ -515,6 +540,8 @@ pub struct CtcTask {
     order: EpochOrder,
     metadata: HashMap<String, String>,
     shard: Shard,
+    /// The batch of the last step, its storage reused by the next.
+    inputs: DenseBatch,
 }
 
 impl CtcTask {
@@ -539,6 +566,7 @@ impl CtcTask {
             seed,
             order: EpochOrder::default(),
             shard: Shard::WHOLE,
+            inputs: DenseBatch::default(),
             metadata,
         })
     }
@@ -626,9 +654,10 @@ impl Task for CtcTask {
             utts = perturbed.iter().collect();
         }
         let targets: Vec<&[usize]> = utts.iter().map(|u| u.target.as_slice()).collect();
-        let b = self.model.batch(&utts)?;
+        self.model.batch_into(&utts, &mut self.inputs)?;
+        let b = &self.inputs;
         let tokens = if own { b.lengths.iter().sum() } else { 0 };
-        let loss = self.model.train_step(&b, &targets, rng)?;
+        let loss = self.model.train_step(b, &targets, rng)?;
         Ok(BatchLoss { loss, tokens })
     }
 

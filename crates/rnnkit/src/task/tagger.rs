@@ -12,12 +12,12 @@ use crate::checkpoint::{self, TensorFile};
 use crate::data::{Sentence, TagColumn};
 use crate::error::{Error, Result};
 use crate::layer::{
-    Dropout, Embedding, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig,
+    Dropout, Embedding, Kept, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig,
     RecurrentState,
 };
 use crate::loss::{argmax_rows, cross_entropy, CrossEntropy};
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{overwritten, Tensor};
 use crate::train::{Change, GradientSink, Setting, Settings, Shard};
 use crate::CellKind;
 use serde::{Deserialize, Serialize};
@@ -150,9 +150,13 @@ pub struct Tagger {
     word_freq: Vec<usize>,
     drop_in: Dropout<f32>,
     drop_out: Dropout<f32>,
+    /// The buffers of the last training step, reused by the next.
+    work: Option<Work>,
 }
 
-/// One batch of sentences as the model reads it.
+/// One batch of sentences as the model reads it, with the buffers that build it
+/// (kept between steps, so that encoding a batch allocates nothing).
+#[derive(Clone, Debug, Default)]
 struct Encoded {
     steps: usize,
     lengths: Vec<usize>,
@@ -164,6 +168,48 @@ struct Encoded {
     char_ids: Vec<usize>,
     char_steps: usize,
     char_lengths: Vec<usize>,
+    /// Every word as (sentence, position), sorted by form, then by place.
+    by_form: Vec<(usize, usize)>,
+    /// Each unique form's first word and where its words start in `by_form`, in the
+    /// order the forms first occur.
+    firsts: Vec<((usize, usize), usize)>,
+    /// The unique forms' character ids, one run each (`spans`), and their lengths.
+    ids: Vec<usize>,
+    spans: Vec<Range<usize>>,
+    unique_lengths: Vec<usize>,
+    /// The character network's row order and its scratch, and each form's row.
+    order: Vec<usize>,
+    order_scratch: Vec<usize>,
+    row_of: Vec<usize>,
+    /// A form lowercased.
+    lower: String,
+}
+
+/// The activations of a forward pass over a batch.
+#[derive(Clone, Debug, Default)]
+struct Pass {
+    /// The character network (its final states are the words' representations).
+    chars: Kept<f32>,
+    /// The sentence network's input `[T, B, Ew + 2·Hc]`, and the network.
+    x: Tensor<f32>,
+    words: Kept<f32>,
+    /// Tag scores `[T·B, K]`.
+    logits: Vec<f32>,
+}
+
+/// The buffers of a training step.
+#[derive(Clone, Debug, Default)]
+struct Work {
+    enc: Encoded,
+    targets: Vec<usize>,
+    mask: Vec<bool>,
+    pass: Pass,
+    dlogits: Vec<f32>,
+    /// The gradient of the sentence network's output.
+    dy: Tensor<f32>,
+    /// The gradients of the character network's final states and outputs.
+    d_char: RecurrentState<f32>,
+    dy_chars: Tensor<f32>,
 }
 
 impl Tagger {
@@ -249,6 +295,7 @@ impl Tagger {
             word_freq: Vec::new(),
             drop_in: Dropout::default(),
             drop_out: Dropout::default(),
+            work: None,
         })
     }
 
@@ -323,130 +370,161 @@ impl Tagger {
         }
     }
 
-    fn encode(&self, sentences: &[&Sentence], mut word_drop: Option<&mut Rng>) -> Encoded {
+    /// Encodes `sentences` into `e` (its buffers reused), dropping known words to
+    /// `<unk>` with `word_drop`.
+    fn encode(&self, sentences: &[&Sentence], mut word_drop: Option<&mut Rng>, e: &mut Encoded) {
         let b = sentences.len();
         let steps = sentences.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut word_ids = vec![0; steps * b];
-        let mut unique_of = vec![0; steps * b];
-        // Sized once for every word, so that nothing here allocates per word.
-        let mut unique: HashMap<&str, usize> = HashMap::with_capacity(steps * b);
-        let mut forms: Vec<&str> = Vec::with_capacity(steps * b);
-        let mut lower = String::new();
+        e.steps = steps;
+        e.lengths.clear();
+        e.lengths.extend(sentences.iter().map(|s| s.len()));
+        let reset = |v: &mut Vec<usize>, n: usize| {
+            v.clear();
+            v.resize(n, 0);
+        };
+        reset(&mut e.word_ids, steps * b);
+        reset(&mut e.unique_of, steps * b);
+        e.by_form.clear();
         for (j, s) in sentences.iter().enumerate() {
             for t in 0..s.len() {
-                let form = s.form(t);
-                let mut id = self.word_id_with(form, &mut lower);
+                let mut id = self.word_id_with(s.form(t), &mut e.lower);
                 if let (Some(rng), Some(&f)) = (word_drop.as_deref_mut(), self.word_freq.get(id)) {
                     let a = self.config.word_dropout as f64;
                     if id != 0 && a > 0.0 && rng.uniform() < a / (a + f as f64) {
                         id = 0;
                     }
                 }
-                word_ids[t * b + j] = id;
-                let u = *unique.entry(form).or_insert_with(|| {
-                    forms.push(form);
-                    forms.len() - 1
-                });
-                unique_of[t * b + j] = u;
+                e.word_ids[t * b + j] = id;
+                e.by_form.push((j, t));
             }
         }
+        // The unique forms, numbered in the order they first occur: grouped by a
+        // sort (a map of forms would allocate for every step's new words).
+        let form = |&(j, t): &(usize, usize)| sentences[j].form(t);
+        e.by_form
+            .sort_unstable_by(|x, y| form(x).cmp(form(y)).then(x.cmp(y)));
+        e.firsts.clear();
+        for (i, w) in e.by_form.iter().enumerate() {
+            if i == 0 || form(w) != form(&e.by_form[i - 1]) {
+                e.firsts.push((*w, i));
+            }
+        }
+        e.firsts.sort_unstable();
         // Characters: the first and last halves of long words, where affixes live;
         // form k's ids are ids[spans[k]], all in one buffer.
-        let mut ids = Vec::with_capacity(forms.iter().map(|f| f.chars().count()).sum());
-        let spans: Vec<Range<usize>> = forms
-            .iter()
-            .map(|f| {
-                let start = ids.len();
-                self.push_char_ids(f, &mut ids);
-                start..ids.len()
-            })
-            .collect();
-        let char_lengths: Vec<usize> = spans.iter().map(|r| r.len()).collect();
+        e.ids.clear();
+        e.spans.clear();
+        for (u, &(first, start)) in e.firsts.iter().enumerate() {
+            let f = form(&first);
+            for &(j, t) in e.by_form[start..].iter().take_while(|w| form(w) == f) {
+                e.unique_of[t * b + j] = u;
+            }
+            let at = e.ids.len();
+            self.push_char_ids(f, &mut e.ids);
+            e.spans.push(at..e.ids.len());
+        }
+        e.unique_lengths.clear();
+        e.unique_lengths.extend(e.spans.iter().map(|r| r.len()));
         // The character network reads the words in packing order (row r: word order[r]).
-        let order = crate::cell::packing_order(&char_lengths, 2);
-        let mut row_of = vec![0; order.len()];
-        order.iter().enumerate().for_each(|(r, &k)| row_of[k] = r);
-        unique_of.iter_mut().for_each(|u| *u = row_of[*u]);
-        let char_steps = char_lengths.iter().copied().max().unwrap_or(0).max(1);
-        let u = spans.len();
-        let mut char_ids = vec![0; char_steps * u];
-        for (r, &k) in order.iter().enumerate() {
-            for (t, &id) in ids[spans[k].clone()].iter().enumerate() {
-                char_ids[t * u + r] = id;
+        crate::cell::packing_order_into(&e.unique_lengths, 2, &mut e.order, &mut e.order_scratch);
+        reset(&mut e.row_of, e.order.len());
+        e.order
+            .iter()
+            .enumerate()
+            .for_each(|(r, &k)| e.row_of[k] = r);
+        let real = e.lengths.iter().map(|&len| 0..len);
+        for (j, len) in real.enumerate() {
+            for t in len {
+                let u = &mut e.unique_of[t * b + j];
+                *u = e.row_of[*u];
             }
         }
-        Encoded {
-            steps,
-            lengths: sentences.iter().map(|s| s.len()).collect(),
-            word_ids,
-            unique_of,
-            char_ids,
-            char_steps,
-            char_lengths: order.iter().map(|&k| char_lengths[k].max(1)).collect(),
+        e.char_steps = e.unique_lengths.iter().copied().max().unwrap_or(0).max(1);
+        let u = e.spans.len();
+        reset(&mut e.char_ids, e.char_steps * u);
+        for (r, &k) in e.order.iter().enumerate() {
+            for (t, &id) in e.ids[e.spans[k].clone()].iter().enumerate() {
+                e.char_ids[t * u + r] = id;
+            }
         }
+        e.char_lengths.clear();
+        let lengths = e.order.iter().map(|&k| e.unique_lengths[k].max(1));
+        e.char_lengths.extend(lengths);
     }
 
-    /// Forward over a batch: logits `[T·B, K]` (time-major) and what backward needs.
-    fn forward(
-        &mut self,
-        e: &Encoded,
-        mut rng: Option<&mut Rng>,
-    ) -> Result<(Vec<f32>, Tensor<f32>, Tensor<f32>)> {
+    /// Forward over a batch into `p`: the logits `[T·B, K]` (time-major) and what
+    /// backward needs.
+    fn forward(&mut self, e: &Encoded, mut rng: Option<&mut Rng>, p: &mut Pass) -> Result<()> {
         let b = e.lengths.len();
         let (ew, hc) = (self.config.word_embed, self.config.char_hidden);
         let width = ew + 2 * hc;
         let u = e.char_lengths.len();
-        let char_repr = match &mut self.char_rnn {
-            Some(crnn) => {
-                let (_, fin) = crnn.forward_embedded(
-                    &self.char_embed.weight,
-                    &e.char_ids,
-                    (e.char_steps, u),
-                    Some(&e.char_lengths),
-                    None,
-                    rng.as_deref_mut(),
-                )?;
-                fin.h // [2, U, Hc]
-            }
-            None => Tensor::zeros(&[2, u, 0]),
+        if let Some(crnn) = &mut self.char_rnn {
+            crnn.forward_embedded_into(
+                &self.char_embed.weight,
+                &e.char_ids,
+                (e.char_steps, u),
+                Some(&e.char_lengths),
+                None,
+                rng.as_deref_mut(),
+                p.chars.forward(),
+            )?;
+        }
+        // The words' representations: the final states [2, U, Hc] (none when Hc = 0).
+        let char_repr = match self.char_rnn {
+            Some(_) => p.chars.fin.h.data(),
+            None => &[],
         };
-        let mut x = Tensor::zeros(&[e.steps, b, width]);
+        p.x.reshape_overwritten(&[e.steps, b, width]);
+        let x = p.x.data_mut();
+        x.fill(0.0);
         for t in 0..e.steps {
             for j in 0..b {
                 if t >= e.lengths[j] {
                     continue;
                 }
-                let p = t * b + j;
-                let row = &mut x.data_mut()[p * width..][..width];
-                let id = e.word_ids[p];
+                let at = t * b + j;
+                let row = &mut x[at * width..][..width];
+                let id = e.word_ids[at];
                 row[..ew].copy_from_slice(&self.word_embed.weight.data()[id * ew..][..ew]);
-                let k = e.unique_of[p];
+                let k = e.unique_of[at];
                 for d in 0..2 {
-                    row[ew + d * hc..][..hc]
-                        .copy_from_slice(&char_repr.data()[(d * u + k) * hc..][..hc]);
+                    row[ew + d * hc..][..hc].copy_from_slice(&char_repr[(d * u + k) * hc..][..hc]);
                 }
             }
         }
-        let p = self.config.dropout;
-        let y = match rng {
+        let drop = self.config.dropout;
+        let lengths = Some(&e.lengths[..]);
+        match rng {
             Some(r) => {
-                self.drop_in.forward(x.data_mut(), p, r);
-                let (mut y, _) = self.rnn.forward_train(&x, Some(&e.lengths), None, r)?;
-                self.drop_out.forward(y.data_mut(), p, r);
-                y
+                self.drop_in.forward(p.x.data_mut(), drop, r);
+                let into = p.words.forward();
+                self.rnn.forward_into(&p.x, lengths, None, Some(r), into)?;
+                self.drop_out.forward(p.words.y.data_mut(), drop, r);
             }
-            None => self.rnn.forward(&x, Some(&e.lengths), None)?.0,
-        };
+            None => self
+                .rnn
+                .forward_into(&p.x, lengths, None, None, p.words.forward())?,
+        }
         let n = e.steps * b;
-        let mut logits = vec![0.0; n * self.tags.len()];
-        self.head.forward(y.data(), n, &mut logits);
-        Ok((logits, y, char_repr))
+        let logits = overwritten(&mut p.logits, n * self.tags.len());
+        self.head.forward(p.words.y.data(), n, logits);
+        Ok(())
     }
 
-    fn targets(&self, sentences: &[&Sentence], e: &Encoded) -> Result<(Vec<usize>, Vec<bool>)> {
+    /// The tag id of every word `[T·B]` into `targets` (0 at padding) and which
+    /// positions are words into `mask`.
+    fn targets(
+        &self,
+        sentences: &[&Sentence],
+        e: &Encoded,
+        (targets, mask): (&mut Vec<usize>, &mut Vec<bool>),
+    ) -> Result<()> {
         let b = sentences.len();
-        let mut targets = vec![0; e.steps * b];
-        let mut mask = vec![false; e.steps * b];
+        targets.clear();
+        targets.resize(e.steps * b, 0);
+        mask.clear();
+        mask.resize(e.steps * b, false);
         for (j, s) in sentences.iter().enumerate() {
             for t in 0..s.len() {
                 let tag = s.tag(t, self.column);
@@ -462,7 +540,7 @@ impl Tagger {
                 mask[t * b + j] = true;
             }
         }
-        Ok((targets, mask))
+        Ok(())
     }
 
     /// Forward with dropout, mean cross-entropy over every word, backward: adds the
@@ -480,48 +558,83 @@ impl Tagger {
         rng: &mut Rng,
         ready: &mut GradientSink<'_>,
     ) -> Result<(f64, usize)> {
-        let e = self.encode(sentences, Some(rng));
-        let (targets, mask) = self.targets(sentences, &e)?;
-        let (logits, y, _) = self.forward(&e, Some(rng))?;
+        let mut work = self.work.take().unwrap_or_default();
+        let result = self.step(sentences, rng, ready, &mut work);
+        self.work = Some(work);
+        result
+    }
+
+    /// [`Tagger::train_step_with`] in the buffers `w`.
+    fn step(
+        &mut self,
+        sentences: &[&Sentence],
+        rng: &mut Rng,
+        ready: &mut GradientSink<'_>,
+        w: &mut Work,
+    ) -> Result<(f64, usize)> {
+        let Work {
+            enc: e,
+            targets,
+            mask,
+            pass,
+            dlogits,
+            dy,
+            d_char,
+            dy_chars,
+        } = w;
+        self.encode(sentences, Some(rng), e);
+        self.targets(sentences, e, (targets, mask))?;
+        self.forward(e, Some(rng), pass)?;
         let k = self.tags.len();
-        let mut dlogits = vec![0.0; logits.len()];
+        let dlogits = overwritten(dlogits, pass.logits.len());
         let loss = cross_entropy(
-            &logits,
+            &pass.logits,
             k,
-            &targets,
-            Some(&mask),
+            targets,
+            Some(mask),
             &CrossEntropy::default(),
-            Some(&mut dlogits),
+            Some(dlogits),
         )?;
         let b = e.lengths.len();
         let n = e.steps * b;
-        let mut dy = Tensor::zeros(y.shape());
+        let y = &pass.words.y;
+        // Every element of dy is written by the head's backward pass.
+        dy.reshape_overwritten(y.shape());
         self.head
-            .backward(y.data(), &dlogits, n, Some(dy.data_mut()));
+            .backward(y.data(), dlogits, n, Some(dy.data_mut()));
         ready(&[&self.head.grad_weight, &self.head.grad_bias]);
         self.drop_out.backward(dy.data_mut());
-        let (mut dx, _) = self.rnn.backward_with(&dy, None, ready)?;
+        self.rnn
+            .backward_into(dy, None, ready, pass.words.backward())?;
+        let dx = &mut pass.words.dx;
         self.drop_in.backward(dx.data_mut());
         let (ew, hc) = (self.config.word_embed, self.config.char_hidden);
         let width = ew + 2 * hc;
         let u = e.char_lengths.len();
-        let mut d_char = vec![0.0f32; 2 * u * hc];
         let gw = self.word_embed.grad_weight.data_mut();
+        let crnn = self.char_rnn.as_mut();
+        if let Some(crnn) = &crnn {
+            d_char.zero(crnn.config(), u);
+        }
+        let d_repr = match crnn {
+            Some(_) => d_char.h.data_mut(),
+            None => &mut [],
+        };
         for t in 0..e.steps {
             for j in 0..b {
                 if t >= e.lengths[j] {
                     continue;
                 }
-                let p = t * b + j;
-                let row = &dx.data()[p * width..][..width];
-                let id = e.word_ids[p];
+                let at = t * b + j;
+                let row = &dx.data()[at * width..][..width];
+                let id = e.word_ids[at];
                 gw[id * ew..][..ew]
                     .iter_mut()
                     .zip(&row[..ew])
                     .for_each(|(g, &d)| *g += d);
-                let k = e.unique_of[p];
+                let k = e.unique_of[at];
                 for d in 0..2 {
-                    d_char[(d * u + k) * hc..][..hc]
+                    d_repr[(d * u + k) * hc..][..hc]
                         .iter_mut()
                         .zip(&row[ew + d * hc..][..hc])
                         .for_each(|(g, &v)| *g += v);
@@ -529,33 +642,40 @@ impl Tagger {
             }
         }
         if let Some(crnn) = &mut self.char_rnn {
-            let mut d_final = RecurrentState::zeros(crnn.config(), u);
-            d_final.h.data_mut().copy_from_slice(&d_char);
-            let dy_chars = Tensor::zeros(&[e.char_steps, u, 2 * hc]);
-            let (d_table, _) = crnn.backward(&dy_chars, Some(&d_final))?;
+            // Only the final states feed the sentence network.
+            dy_chars.reshape_overwritten(&[e.char_steps, u, 2 * hc]);
+            dy_chars.data_mut().fill(0.0);
+            let into = pass.chars.backward();
+            crnn.backward_into(dy_chars, Some(d_char), &mut |_| {}, into)?;
             self.char_embed
                 .grad_weight
                 .data_mut()
                 .iter_mut()
-                .zip(d_table.data())
+                .zip(pass.chars.dx.data())
                 .for_each(|(g, &d)| *g += d);
         }
         Ok((loss.mean, mask.iter().filter(|&&m| m).count()))
     }
 
+    /// The encoded batch and an inference-mode forward pass over it.
+    fn infer(&mut self, sentences: &[&Sentence]) -> Result<(Encoded, Pass)> {
+        let (mut e, mut p) = (Encoded::default(), Pass::default());
+        self.encode(sentences, None, &mut e);
+        self.forward(&e, None, &mut p)?;
+        Ok((e, p))
+    }
+
     /// Tag scores `[T, B, K]` (time-major, T the longest sentence; rows past a
     /// sentence's end are padding and hold `head.bias`) in inference mode.
     pub fn logits(&mut self, sentences: &[&Sentence]) -> Result<Tensor<f32>> {
-        let e = self.encode(sentences, None);
-        let (logits, _, _) = self.forward(&e, None)?;
-        Tensor::from_vec(&[e.steps, sentences.len(), self.tags.len()], logits)
+        let (e, p) = self.infer(sentences)?;
+        Tensor::from_vec(&[e.steps, sentences.len(), self.tags.len()], p.logits)
     }
 
     /// The predicted tag id of every word of every sentence.
     pub fn predict(&mut self, sentences: &[&Sentence]) -> Result<Vec<Vec<usize>>> {
-        let e = self.encode(sentences, None);
-        let (logits, _, _) = self.forward(&e, None)?;
-        let ids = argmax_rows(&logits, self.tags.len());
+        let (_, p) = self.infer(sentences)?;
+        let ids = argmax_rows(&p.logits, self.tags.len());
         let b = sentences.len();
         Ok(sentences
             .iter()
@@ -572,9 +692,10 @@ impl Tagger {
         chunk_order.sort_by_key(|&i| sentences[i].len());
         for chunk in chunk_order.chunks(batch.max(1)) {
             let sents: Vec<&Sentence> = chunk.iter().map(|&i| sentences[i]).collect();
-            let e = self.encode(&sents, None);
-            let (targets, mask) = self.targets(&sents, &e)?;
-            let (logits, _, _) = self.forward(&e, None)?;
+            let (e, p) = self.infer(&sents)?;
+            let (mut targets, mut mask) = (Vec::new(), Vec::new());
+            self.targets(&sents, &e, (&mut targets, &mut mask))?;
+            let logits = p.logits;
             let l = cross_entropy(
                 &logits,
                 self.tags.len(),
