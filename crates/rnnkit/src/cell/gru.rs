@@ -64,6 +64,14 @@ impl<T> GruCache<T> {
 impl<T: Copy> GruCache<T> {
     /// Appends what [`weight_grads`] reads of `other`'s last backward pass over
     /// `rows` rows of `hs` units, after the rows already gathered here.
+    /// Empties what [`Self::append_grad_rows`] appended, keeping the storage.
+    pub(crate) fn clear_grad_rows(&mut self) {
+        self.dgx.clear();
+        self.h_prev.clear();
+        self.dgh.clear();
+        self.aux.clear();
+    }
+
     pub(crate) fn append_grad_rows(&mut self, other: &Self, rows: usize, hs: usize) {
         self.dgx.extend_from_slice(&other.dgx[..rows * 3 * hs]);
         self.h_prev.extend_from_slice(&other.h_prev[..rows * hs]);

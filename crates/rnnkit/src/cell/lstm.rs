@@ -56,6 +56,12 @@ impl<T> LstmCache<T> {
 impl<T: Copy> LstmCache<T> {
     /// Appends what [`weight_grads`] reads of `other`'s last backward pass over
     /// `rows` rows of `hs` units, after the rows already gathered here.
+    /// Empties what [`Self::append_grad_rows`] appended, keeping the storage.
+    pub(crate) fn clear_grad_rows(&mut self) {
+        self.dgates.clear();
+        self.h_prev.clear();
+    }
+
     pub(crate) fn append_grad_rows(&mut self, other: &Self, rows: usize, hs: usize) {
         self.dgates
             .extend_from_slice(&other.dgates[..rows * 4 * hs]);

@@ -52,6 +52,12 @@ impl<T> RnnCache<T> {
 impl<T: Copy> RnnCache<T> {
     /// Appends what [`weight_grads`] reads of `other`'s last backward pass over
     /// `rows` rows of `hs` units, after the rows already gathered here.
+    /// Empties what [`Self::append_grad_rows`] appended, keeping the storage.
+    pub(crate) fn clear_grad_rows(&mut self) {
+        self.da.clear();
+        self.h_prev.clear();
+    }
+
     pub(crate) fn append_grad_rows(&mut self, other: &Self, rows: usize, hs: usize) {
         self.da.extend_from_slice(&other.da[..rows * hs]);
         self.h_prev.extend_from_slice(&other.h_prev[..rows * hs]);

@@ -331,6 +331,17 @@ impl<T> CellCache<T> {
     }
 }
 
+impl<T: Copy> CellCache<T> {
+    /// Empties what `append_grad_rows` gathered, keeping the storage.
+    fn clear_grad_rows(&mut self) {
+        match self {
+            CellCache::Rnn(c) => c.clear_grad_rows(),
+            CellCache::Lstm(c) => c.clear_grad_rows(),
+            CellCache::Gru(c) => c.clear_grad_rows(),
+        }
+    }
+}
+
 /// Everything the last forward pass keeps for the backward pass; reused between calls.
 #[derive(Clone, Debug, Default)]
 struct Saved<T> {
@@ -381,6 +392,9 @@ pub struct Recurrent<T: Real = f32> {
     saved: Saved<T>,
     /// What [`Recurrent::step_train`] kept of each timestep, for [`Recurrent::step_backward`].
     tape: Vec<Saved<T>>,
+    /// [`Recurrent::step_weight_grads`]'s rows of every tape step, per cell: the
+    /// inputs and the gradient caches (kept between calls).
+    gathered: Vec<(Vec<T>, CellCache<T>)>,
 }
 
 impl<T: Real> Recurrent<T> {
@@ -434,6 +448,7 @@ impl<T: Real> Recurrent<T> {
             grads,
             saved: Saved::default(),
             tape: Vec::new(),
+            gathered: Vec::new(),
         })
     }
 
@@ -643,6 +658,21 @@ impl<T: Real> Recurrent<T> {
         state: &RecurrentState<T>,
         rng: Option<&mut Rng>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        let (mut y, mut fin) = (Tensor::zeros(&[0]), RecurrentState::default());
+        self.step_train_into(t, x, state, rng, (&mut y, &mut fin))?;
+        Ok((y, fin))
+    }
+
+    /// [`Recurrent::step_train`] writing the step's output and new state into
+    /// `into`, as [`Recurrent::forward_into`] does.
+    pub fn step_train_into(
+        &mut self,
+        t: usize,
+        x: &Tensor<T>,
+        state: &RecurrentState<T>,
+        rng: Option<&mut Rng>,
+        into: (&mut Tensor<T>, &mut RecurrentState<T>),
+    ) -> Result<()> {
         let (steps, batch) = self.check_input(x)?;
         if steps != 1 {
             return Err(Error::Shape(format!(
@@ -652,7 +682,8 @@ impl<T: Real> Recurrent<T> {
             )));
         }
         self.on_tape(t, |rnn| {
-            rnn.run_forward(Input::Dense(x.data()), 1, batch, None, Some(state), rng)
+            let x = Input::Dense(x.data());
+            rnn.run_forward_into(x, 1, batch, None, Some(state), rng, into)
         })
     }
 
@@ -681,18 +712,30 @@ impl<T: Real> Recurrent<T> {
         dy: &Tensor<T>,
         d_state: &RecurrentState<T>,
     ) -> Result<(Tensor<T>, RecurrentState<T>)> {
+        let (mut dx, mut d_init) = (Tensor::zeros(&[0]), RecurrentState::default());
+        self.step_backward_inputs_into(t, dy, d_state, (&mut dx, &mut d_init))?;
+        Ok((dx, d_init))
+    }
+
+    /// [`Recurrent::step_backward_inputs`] writing the gradients of the step's input
+    /// and of the state it started from into `into`, as [`Recurrent::backward_into`]
+    /// does.
+    pub fn step_backward_inputs_into(
+        &mut self,
+        t: usize,
+        dy: &Tensor<T>,
+        d_state: &RecurrentState<T>,
+        into: (&mut Tensor<T>, &mut RecurrentState<T>),
+    ) -> Result<()> {
         if t >= self.tape.len() {
             return Err(Error::Input(format!(
                 "step_backward of step {t}, but only {} steps were run",
                 self.tape.len()
             )));
         }
-        let (mut dx, mut d_init) = (Tensor::zeros(&[0]), RecurrentState::default());
         self.on_tape(t, |rnn| {
-            let into = (&mut dx, &mut d_init);
             rnn.backward_impl(dy, Some(d_state), &mut |_| {}, false, into)
-        })?;
-        Ok((dx, d_init))
+        })
     }
 
     /// Adds the parameter gradients of the tape steps `steps`, each backpropagated by
@@ -741,25 +784,33 @@ impl<T: Real> Recurrent<T> {
             lengths,
             reverse: false,
         };
+        let cells = self.params.len();
+        if self.gathered.len() != cells {
+            self.gathered = (0..cells)
+                .map(|_| (Vec::new(), CellCache::new(cfg.cell)))
+                .collect();
+        }
         for (c, (p, g)) in self.params.iter().zip(&mut self.grads).enumerate() {
             let l = c / dirs;
-            let mut x = Vec::with_capacity(rows * cfg.layer_input_size(l));
-            let mut gathered = CellCache::new(cfg.cell);
+            let (x, gathered) = &mut self.gathered[c];
+            x.clear();
+            x.reserve(rows * cfg.layer_input_size(l));
+            gathered.clear_grad_rows();
             for s in tape {
                 x.extend_from_slice(&s.inputs[l]);
-                match (&mut gathered, &s.caches[c]) {
+                match (&mut *gathered, &s.caches[c]) {
                     (CellCache::Rnn(a), CellCache::Rnn(b)) => a.append_grad_rows(b, batch, hs),
                     (CellCache::Lstm(a), CellCache::Lstm(b)) => a.append_grad_rows(b, batch, hs),
                     (CellCache::Gru(a), CellCache::Gru(b)) => a.append_grad_rows(b, batch, hs),
                     _ => unreachable!("one cell kind per layer"),
                 }
             }
-            let x = Input::Dense(&x);
+            let x = Input::Dense(x);
             match gathered {
-                CellCache::Rnn(cc) => rnn::weight_grads(p, g, seq, x, &cc),
-                CellCache::Lstm(cc) => lstm::weight_grads(p, g, seq, x, &cc),
+                CellCache::Rnn(cc) => rnn::weight_grads(p, g, seq, x, cc),
+                CellCache::Lstm(cc) => lstm::weight_grads(p, g, seq, x, cc),
                 CellCache::Gru(cc) => {
-                    gru::weight_grads(p, g, cfg.cell == CellKind::Gru, seq, x, &cc)
+                    gru::weight_grads(p, g, cfg.cell == CellKind::Gru, seq, x, cc)
                 }
             }
         }
