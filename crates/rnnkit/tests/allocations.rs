@@ -1,10 +1,9 @@
 //! Heap allocations of a warmed-up training step (building the batch, forward,
 //! backward, clipping, Adam), counted by a global allocator in this test binary: of
 //! the char LM for every cell in f32 and bf16, and of the classifier, the CTC
-//! recogniser and the tagger. There must be none, at two lengths (an allocation per
-//! timestep would show at one of them). The counts are printed by
-//! `cargo test --release -p rnnkit --test allocations -- --nocapture`. The
-//! encoder–decoder is not here: its decoder loop still allocates at every step.
+//! recogniser, the tagger and the encoder–decoder, each at two lengths. A warmed-up
+//! step must allocate nothing (see [`Counted`]). The counts are printed by
+//! `cargo test --release -p rnnkit --test allocations -- --nocapture`.
 
 use rnnkit::data::Vocab;
 use rnnkit::kernel::Precision;
@@ -194,9 +193,10 @@ fn no_char_lm_training_step_allocates() {
 /// (the benchmark's synthetic data), as [`warmed_up`] counts them.
 mod tasks {
     use super::*;
-    use rnnkit::bench::{classify, ctc, tag};
+    use rnnkit::bench::{classify, ctc, seq2seq, tag};
     use rnnkit::data::{Series, TagColumn};
     use rnnkit::layer::PoolKind;
+    use rnnkit::seq2seq::{AttentionKind, PairBatch, Seq2seqConfig};
     use rnnkit::task::classifier::{Classifier, ClassifierConfig, DenseBatch, Standardizer};
     use rnnkit::task::ctc::{CtcConfig, CtcModel};
     use rnnkit::task::tagger::{Tagger, TaggerConfig};
@@ -302,6 +302,43 @@ mod tasks {
             m.train_step(&batch, rng).unwrap();
         })
     }
+
+    /// Encoder–decoder: bidirectional LSTM 2×64 encoder, general attention, 16 pairs
+    /// of `t` source and target tokens.
+    pub fn seq2seq(t: usize) -> Counted {
+        let cfg = seq2seq::Seq2seqBenchConfig {
+            model: Seq2seqConfig {
+                cell: CellKind::Lstm,
+                attention: AttentionKind::General,
+                embed: 16,
+                hidden_size: 64,
+                num_layers: 2,
+                bidirectional: true,
+                dropout: 0.1,
+                label_smoothing: 0.1,
+            },
+            src_vocab: 20,
+            tgt_vocab: 20,
+            lengths: (t, t),
+            batch: 16,
+            steps: 1,
+            decode_sources: 1,
+            beam: 2,
+            seed: 1,
+            precision: Precision::F32,
+        };
+        let data = seq2seq::pairs(&cfg);
+        let mut model = seq2seq::model(&cfg, &mut Rng::new(2)).unwrap();
+        let pairs: Vec<(&[usize], &[usize])> = data[..cfg.batch]
+            .iter()
+            .map(|(s, t)| (s.as_slice(), t.as_slice()))
+            .collect();
+        let mut batch = PairBatch::default();
+        warmed_up(&mut model, |m, rng| {
+            batch.fill(&pairs).unwrap();
+            m.train_step(&batch, rng).unwrap();
+        })
+    }
 }
 
 #[test]
@@ -315,6 +352,7 @@ fn no_task_training_step_allocates() {
         ("classify", tasks::classify as fn(usize) -> Counted),
         ("ctc", tasks::ctc),
         ("tag", tasks::tag),
+        ("seq2seq", tasks::seq2seq),
     ] {
         for t in [30, 31] {
             let counted = count(t);

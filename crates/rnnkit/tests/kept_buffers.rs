@@ -2,13 +2,15 @@
 //! step allocates nothing) are never read stale: a step after steps of other shapes
 //! (longer, wider batches, other lengths) gives exactly what the same step of a fresh
 //! copy of the model gives, loss and every gradient, for the recurrent layer's
-//! `*_into` passes, the char LM, the classifier, the CTC recogniser and the tagger.
+//! `*_into` passes, the char LM, the classifier, the CTC recogniser, the tagger and
+//! the encoder–decoder.
 
-use rnnkit::bench::{classify, ctc, tag};
+use rnnkit::bench::{classify, ctc, seq2seq, tag};
 use rnnkit::data::{Series, TagColumn, Vocab};
 use rnnkit::kernel::Precision;
 use rnnkit::layer::{Kept, PoolKind};
 use rnnkit::model::{CharLm, CharLmConfig};
+use rnnkit::seq2seq::{AttentionKind, PairBatch, Seq2seq, Seq2seqConfig};
 use rnnkit::task::classifier::{Classifier, ClassifierConfig, DenseBatch, Standardizer};
 use rnnkit::task::ctc::{CtcConfig, CtcModel, Utterance};
 use rnnkit::task::tagger::{Tagger, TaggerConfig};
@@ -253,4 +255,48 @@ fn tagger_steps_of_other_shapes() {
         m.train_step(&batch, &mut Rng::new(9)).unwrap()
     };
     same_as_fresh(&mut model, &sets[..2], &sets[2], step);
+}
+
+#[test]
+fn seq2seq_steps_of_other_shapes() {
+    for (attention, bidirectional) in [
+        (AttentionKind::Additive, true),
+        (AttentionKind::None, false),
+    ] {
+        let cfg = |lengths, batch, seed| seq2seq::Seq2seqBenchConfig {
+            model: Seq2seqConfig {
+                cell: CellKind::Lstm,
+                attention,
+                embed: 6,
+                hidden_size: 8,
+                num_layers: 2,
+                bidirectional,
+                dropout: 0.1,
+                label_smoothing: 0.1,
+            },
+            src_vocab: 12,
+            tgt_vocab: 12,
+            lengths,
+            batch,
+            steps: 1,
+            decode_sources: 1,
+            beam: 2,
+            seed,
+            precision: Precision::F32,
+        };
+        let sets = [cfg((12, 20), 9, 1), cfg((2, 5), 3, 2), cfg((4, 10), 5, 3)]
+            .map(|c| seq2seq::pairs(&c)[..c.batch].to_vec());
+        let mut model = seq2seq::model(&cfg((1, 1), 1, 1), &mut Rng::new(2)).unwrap();
+        let step = |m: &mut Seq2seq, pairs: &Vec<(Vec<usize>, Vec<usize>)>| {
+            let refs: Vec<(&[usize], &[usize])> = pairs
+                .iter()
+                .map(|(s, t)| (s.as_slice(), t.as_slice()))
+                .collect();
+            let mut batch = PairBatch::default();
+            batch.fill(&refs).unwrap();
+            let loss = m.train_step(&batch, &mut Rng::new(9)).unwrap();
+            (loss.mean, m.last_attention())
+        };
+        same_as_fresh(&mut model, &sets[..2], &sets[2], step);
+    }
 }

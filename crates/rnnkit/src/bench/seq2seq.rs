@@ -113,11 +113,9 @@ pub fn flops(model: &Seq2seq, batch: &[(Vec<usize>, Vec<usize>)]) -> (usize, f64
     )
 }
 
-/// Runs the measurement: training steps, then batch-1 decoding of the first
-/// `decode_sources` sources (greedy, then with the beam; a few untimed first).
-pub fn run(cfg: &Seq2seqBenchConfig) -> Result<Seq2seqReport> {
-    cfg.validate()?;
-    let data = pairs(cfg);
+/// The benchmark's model: `cfg.model` over vocabularies of `t0`, `t1`, … (the
+/// target's after `</s>` and `<s>`).
+pub fn model(cfg: &Seq2seqBenchConfig, rng: &mut Rng) -> Result<Seq2seq> {
     let names = |n: usize, specials: bool| {
         let mut v: Vec<String> = if specials {
             SPECIALS.iter().map(|s| s.to_string()).collect()
@@ -127,22 +125,31 @@ pub fn run(cfg: &Seq2seqBenchConfig) -> Result<Seq2seqReport> {
         v.extend((0..n).map(|i| format!("t{i}")));
         TokenVocab::new(v).expect("distinct")
     };
-    let mut rng = Rng::new(cfg.seed.wrapping_add(1));
-    let mut model = Seq2seq::new(
+    Seq2seq::new(
         &cfg.model,
         names(cfg.src_vocab, false),
         names(cfg.tgt_vocab, true),
         (Split::Space, Split::Space),
-        &mut rng,
-    )?;
+        rng,
+    )
+}
+
+/// Runs the measurement: training steps, then batch-1 decoding of the first
+/// `decode_sources` sources (greedy, then with the beam; a few untimed first).
+pub fn run(cfg: &Seq2seqBenchConfig) -> Result<Seq2seqReport> {
+    cfg.validate()?;
+    let data = pairs(cfg);
+    let mut rng = Rng::new(cfg.seed.wrapping_add(1));
+    let mut model = model(cfg, &mut rng)?;
     let batches: Vec<&[(Vec<usize>, Vec<usize>)]> = data.chunks(cfg.batch).collect();
     let work: Vec<(usize, f64)> = batches.iter().map(|b| flops(&model, b)).collect();
+    let mut batch = PairBatch::default();
     let train = time_task_steps("seq2seq", &mut model, &work, cfg.precision, |m, i| {
         let refs: Vec<(&[usize], &[usize])> = batches[i]
             .iter()
             .map(|(s, t)| (s.as_slice(), t.as_slice()))
             .collect();
-        let batch = PairBatch::new(&refs)?;
+        batch.fill(&refs)?;
         Ok(m.train_step(&batch, &mut rng)?.mean)
     })?;
     let sources: Vec<&Vec<usize>> = data

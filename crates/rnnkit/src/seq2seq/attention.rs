@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{matmul, MatMut, MatRef};
 use crate::layer::{Linear, ParamVisitor, Parameters};
 use crate::rng::Rng;
-use crate::tensor::{Real, Tensor};
+use crate::tensor::{Real, Scratch, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// How a decoder state scores the source steps.
@@ -250,6 +250,19 @@ impl<T: Real> Attention<T> {
 
     /// The memory of encoder outputs `enc [S, B, H]` with each source's `lengths`.
     pub fn memory(&self, enc: Vec<T>, lengths: &[usize], width: usize) -> Result<Memory<T>> {
+        let mut mem = Memory::default();
+        self.memory_into(&enc, lengths, width, &mut mem)?;
+        Ok(mem)
+    }
+
+    /// [`Attention::memory`] into `mem`, reusing its storage.
+    pub fn memory_into(
+        &self,
+        enc: &[T],
+        lengths: &[usize],
+        width: usize,
+        mem: &mut Memory<T>,
+    ) -> Result<()> {
         let b = lengths.len();
         if width == 0 || b == 0 || !enc.len().is_multiple_of(b * width) {
             return Err(Error::Shape(format!(
@@ -258,23 +271,23 @@ impl<T: Real> Attention<T> {
             )));
         }
         let steps = enc.len() / (b * width);
-        let mut keys = Vec::new();
+        mem.keys.clear();
         if let Some((w, _)) = &self.key {
-            keys = vec![T::zero(); enc.len()];
+            mem.keys.resize(enc.len(), T::zero());
             matmul(
-                MatMut::dense(&mut keys, steps * b, width),
-                MatRef::dense(&enc, steps * b, width),
+                MatMut::dense(&mut mem.keys, steps * b, width),
+                MatRef::dense(enc, steps * b, width),
                 MatRef::dense(w.data(), width, width).t(),
                 false,
             );
         }
-        Ok(Memory {
-            enc,
-            keys,
-            lengths: lengths.to_vec(),
-            steps,
-            width,
-        })
+        mem.enc.clear();
+        mem.enc.extend_from_slice(enc);
+        mem.lengths.clear();
+        mem.lengths.extend_from_slice(lengths);
+        mem.steps = steps;
+        mem.width = width;
+        Ok(())
     }
 
     /// Attention of `q [B, H]` over `mem`: writes `ctx [B, H]`, keeps `α` (and the
@@ -335,8 +348,9 @@ impl<T: Real> Attention<T> {
     ) {
         let (bs, ss, h) = (mem.batch(), mem.steps, mem.width);
         let keys = mem.keys();
-        let mut dscore = vec![T::zero(); ss];
-        let mut dqp = vec![T::zero(); if self.query.is_some() { bs * h } else { 0 }];
+        // In the thread's pool: a decoder's backward pass runs this at every step.
+        let mut dscore = Scratch::<T>::zeroed(ss);
+        let mut dqp = Scratch::<T>::zeroed(if self.query.is_some() { bs * h } else { 0 });
         dq.fill(T::zero());
         for b in 0..bs {
             let len = mem.lengths[b].min(ss);
@@ -379,9 +393,9 @@ impl<T: Real> Attention<T> {
             }
         }
         if let Some(query) = &mut self.query {
-            let mut dq_add = vec![T::zero(); bs * h];
+            let mut dq_add = Scratch::<T>::zeroed(bs * h);
             query.backward(q, &dqp, bs, Some(&mut dq_add));
-            dq.iter_mut().zip(&dq_add).for_each(|(d, &a)| *d += a);
+            dq.iter_mut().zip(dq_add.iter()).for_each(|(d, &a)| *d += a);
         }
     }
 

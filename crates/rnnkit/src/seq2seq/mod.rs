@@ -25,12 +25,12 @@ use crate::checkpoint::{self, TensorFile};
 use crate::data::{Split, TokenVocab};
 use crate::error::{Error, Result};
 use crate::layer::{
-    Dropout, Embedding, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig,
+    Dropout, Embedding, Kept, Linear, ParamVisitor, Parameters, Recurrent, RecurrentConfig,
     RecurrentState,
 };
 use crate::loss::{cross_entropy, CrossEntropy, LossValue};
 use crate::rng::Rng;
-use crate::tensor::{Real, Tensor};
+use crate::tensor::{overwritten, Real, Scratch, Tensor};
 use crate::train::{Change, Setting, Settings};
 use crate::CellKind;
 use serde::{Deserialize, Serialize};
@@ -155,6 +155,13 @@ pub struct PairBatch {
 impl PairBatch {
     /// Pads `pairs` (source ids, target ids without specials) time-major.
     pub fn new(pairs: &[(&[usize], &[usize])]) -> Result<Self> {
+        let mut batch = PairBatch::default();
+        batch.fill(pairs)?;
+        Ok(batch)
+    }
+
+    /// [`PairBatch::new`] into this batch, reusing its storage.
+    pub fn fill(&mut self, pairs: &[(&[usize], &[usize])]) -> Result<()> {
         let b = pairs.len();
         if b == 0 {
             return Err(Error::Input("an empty batch".into()));
@@ -164,13 +171,18 @@ impl PairBatch {
         }
         let s_max = pairs.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
         let t_max = pairs.iter().map(|(_, t)| t.len() + 1).max().unwrap_or(0);
-        let mut batch = PairBatch {
-            src: vec![0; s_max * b],
-            src_len: pairs.iter().map(|(s, _)| s.len()).collect(),
-            tgt_in: vec![crate::data::END; t_max * b],
-            tgt_out: vec![crate::data::END; t_max * b],
-            tgt_len: pairs.iter().map(|(_, t)| t.len() + 1).collect(),
+        let reset = |v: &mut Vec<usize>, n: usize, x: usize| {
+            v.clear();
+            v.resize(n, x);
         };
+        let batch = self;
+        reset(&mut batch.src, s_max * b, 0);
+        reset(&mut batch.tgt_in, t_max * b, crate::data::END);
+        reset(&mut batch.tgt_out, t_max * b, crate::data::END);
+        batch.src_len.clear();
+        batch.src_len.extend(pairs.iter().map(|(s, _)| s.len()));
+        batch.tgt_len.clear();
+        batch.tgt_len.extend(pairs.iter().map(|(_, t)| t.len() + 1));
         for (j, (s, t)) in pairs.iter().enumerate() {
             for (i, &id) in s.iter().enumerate() {
                 batch.src[i * b + j] = id;
@@ -181,7 +193,7 @@ impl PairBatch {
                 batch.tgt_out[i * b + j] = id;
             }
         }
-        Ok(batch)
+        Ok(())
     }
 
     /// Sequences in the batch.
@@ -215,11 +227,41 @@ struct StepSaved<T> {
 
 /// Everything a teacher-forced forward keeps for [`Seq2seq`]'s backward pass.
 #[derive(Clone, Debug, Default)]
-struct Saved<T> {
+struct Saved<T: Real> {
     steps: Vec<StepSaved<T>>,
     mem: Memory<T>,
     /// `o_t` of every step `[T, B, H]`.
     outputs: Vec<T>,
+    /// The buffers of a training step, taken for the step and kept between steps.
+    work: Option<Work<T>>,
+}
+
+/// The buffers of a teacher-forced training step (so that a warmed-up step
+/// allocates nothing).
+#[derive(Clone, Debug, Default)]
+struct Work<T: Real> {
+    /// The encoder's pass.
+    enc: Kept<T>,
+    /// The decoder's state before and after a step.
+    state: RecurrentState<T>,
+    next: RecurrentState<T>,
+    /// A decoder step's input `[1, B, E (+H)]`, its pass, and the fed-back `o_t`.
+    x: Tensor<T>,
+    step: Kept<T>,
+    feed: Vec<T>,
+    /// The attention's context `[B, H]`.
+    ctx: Vec<T>,
+    /// The logits `[T, B, Vt]`, their gradient, and which are real targets.
+    logits: Vec<T>,
+    dlogits: Vec<T>,
+    mask: Vec<bool>,
+    /// The backward pass's state gradients, and a step's output gradient `[1, B, H]`.
+    d_state: RecurrentState<T>,
+    d_next: RecurrentState<T>,
+    dy: Tensor<T>,
+    /// The encoder's final-state and output gradients.
+    d_final: RecurrentState<T>,
+    d_enc: Tensor<T>,
 }
 
 /// The encoder–decoder with its vocabularies and gradients.
@@ -330,6 +372,20 @@ impl<T: Real> Seq2seq<T> {
         src_len: &[usize],
         rng: Option<&mut Rng>,
     ) -> Result<(Memory<T>, RecurrentState<T>)> {
+        let (mut enc, mut mem, mut init) = Default::default();
+        self.encode_into(src, src_len, rng, (&mut enc, &mut mem, &mut init))?;
+        Ok((mem, init))
+    }
+
+    /// [`Seq2seq::encode`] into kept buffers: the encoder's pass, the memory and the
+    /// decoder's initial state.
+    fn encode_into(
+        &mut self,
+        src: &[usize],
+        src_len: &[usize],
+        rng: Option<&mut Rng>,
+        (enc, mem, init): (&mut Kept<T>, &mut Memory<T>, &mut RecurrentState<T>),
+    ) -> Result<()> {
         let b = src_len.len();
         let steps = src.len() / b.max(1);
         if let Some(k) = src.iter().position(|&id| id >= self.source_vocab.len()) {
@@ -339,20 +395,19 @@ impl<T: Real> Seq2seq<T> {
                 self.source_vocab.len()
             )));
         }
-        let (enc, state) = self.encoder.forward_embedded(
+        self.encoder.forward_embedded_into(
             &self.src_embed.weight,
             src,
             (steps, b),
             Some(src_len),
             None,
             rng,
+            enc.forward(),
         )?;
-        let mem = self
-            .attention
-            .memory(enc.into_vec(), src_len, self.config.hidden_size)?;
-        let dirs = self.config.directions();
-        let init = map_state(&state, |t| bridge(t, dirs, false));
-        Ok((mem, init))
+        let h = self.config.hidden_size;
+        self.attention.memory_into(enc.y.data(), src_len, h, mem)?;
+        bridge_state(&enc.fin, self.config.directions(), false, init);
+        Ok(())
     }
 
     /// One decoder step for the tokens `ids [B]` with the fed-back `feed [B, H]` (ignored
@@ -425,24 +480,122 @@ impl<T: Real> Seq2seq<T> {
 
     /// Teacher-forced forward over `batch` (training mode with dropout when `rng` is
     /// given); keeps what [`Seq2seq::backward`] needs. Returns the logits `[T, B, Vt]`.
-    pub fn forward(&mut self, batch: &PairBatch, mut rng: Option<&mut Rng>) -> Result<Vec<T>> {
+    pub fn forward(&mut self, batch: &PairBatch, rng: Option<&mut Rng>) -> Result<Vec<T>> {
+        self.with_work(|m, w| {
+            m.forward_in(batch, rng, w)?;
+            Ok(w.logits.clone())
+        })
+    }
+
+    /// Runs `f` with the kept buffers of a training step (taken out of the model for
+    /// the step: its passes borrow the model's layers).
+    fn with_work<R>(&mut self, f: impl FnOnce(&mut Self, &mut Work<T>) -> Result<R>) -> Result<R> {
+        let mut work = self.saved.work.take().unwrap_or_default();
+        let out = f(self, &mut work);
+        self.saved.work = Some(work);
+        out
+    }
+
+    /// [`Seq2seq::forward`] into `w` (the logits into `w.logits`).
+    fn forward_in(
+        &mut self,
+        batch: &PairBatch,
+        mut rng: Option<&mut Rng>,
+        w: &mut Work<T>,
+    ) -> Result<()> {
         let (b, tt, h) = (batch.size(), batch.tgt_steps(), self.config.hidden_size);
-        let (mem, mut state) = self.encode(&batch.src, &batch.src_len, rng.as_deref_mut())?;
-        let mut feed = vec![T::zero(); b * h];
-        let mut outputs = vec![T::zero(); tt * b * h];
-        for t in 0..tt {
-            let ids = &batch.tgt_in[t * b..][..b];
-            let (o, s, _) = self.step(Some(t), ids, &feed, &state, &mem, rng.as_deref_mut())?;
-            outputs[t * b * h..][..b * h].copy_from_slice(&o);
-            feed = o;
-            state = s;
-        }
-        let v = self.target_vocab.len();
-        let mut logits = vec![T::zero(); tt * b * v];
-        self.out.forward(&outputs, tt * b, &mut logits);
+        let mut mem = std::mem::take(&mut self.saved.mem);
+        let mut outputs = std::mem::take(&mut self.saved.outputs);
+        let encoded = self.encode_into(
+            &batch.src,
+            &batch.src_len,
+            rng.as_deref_mut(),
+            (&mut w.enc, &mut mem, &mut w.state),
+        );
+        let run = || -> Result<()> {
+            encoded?;
+            w.feed.clear();
+            w.feed.resize(b * h, T::zero());
+            let outputs = overwritten(&mut outputs, tt * b * h);
+            for (t, o) in outputs.chunks_exact_mut(b * h).enumerate() {
+                let ids = &batch.tgt_in[t * b..][..b];
+                self.step_tape(t, ids, &mem, o, w, rng.as_deref_mut())?;
+                std::mem::swap(&mut w.state, &mut w.next);
+            }
+            let logits = overwritten(&mut w.logits, tt * b * self.target_vocab.len());
+            self.out.forward(outputs, tt * b, logits);
+            Ok(())
+        };
+        let result = run();
         self.saved.mem = mem;
         self.saved.outputs = outputs;
-        Ok(logits)
+        result
+    }
+
+    /// Decoder step `t` of a teacher-forced forward, from `w.state` into `w.next`, for
+    /// the tokens `ids [B]` with the fed-back `w.feed`: writes `o_t` to `o` and to
+    /// `w.feed`, and keeps step `t` for the backward pass (in buffers reused from the
+    /// last batch's step `t`).
+    fn step_tape(
+        &mut self,
+        t: usize,
+        ids: &[usize],
+        mem: &Memory<T>,
+        o: &mut [T],
+        w: &mut Work<T>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<()> {
+        let (b, e, h) = (ids.len(), self.config.embed, self.config.hidden_size);
+        let attend = self.config.attention != AttentionKind::None;
+        let in_w = self.decoder.config().input_size;
+        // Every element is written below: the embedding, then the feed with attention.
+        w.x.reshape_overwritten(&[1, b, in_w]);
+        for (j, &id) in ids.iter().enumerate() {
+            if id >= self.target_vocab.len() {
+                return Err(Error::Input(format!(
+                    "target id {id} is outside the vocabulary of {}",
+                    self.target_vocab.len()
+                )));
+            }
+            let row = &mut w.x.data_mut()[j * in_w..][..in_w];
+            row[..e].copy_from_slice(&self.tgt_embed.weight.data()[id * e..][..e]);
+            if attend {
+                row[e..].copy_from_slice(&w.feed[j * h..][..h]);
+            }
+        }
+        let into = (&mut w.step.y, &mut w.next);
+        self.decoder
+            .step_train_into(t, &w.x, &w.state, rng.as_deref_mut(), into)?;
+        let q = w.step.y.data();
+        let steps = &mut self.saved.steps;
+        if steps.len() <= t {
+            steps.resize_with(t + 1, StepSaved::default);
+        }
+        let st = &mut steps[t];
+        if attend {
+            let ctx = overwritten(&mut w.ctx, b * h);
+            self.attention.forward(mem, q, ctx, &mut st.attn);
+            let cat = overwritten(&mut st.cat, b * 2 * h);
+            for j in 0..b {
+                cat[j * 2 * h..][..h].copy_from_slice(&ctx[j * h..][..h]);
+                cat[j * 2 * h + h..][..h].copy_from_slice(&q[j * h..][..h]);
+            }
+            let tilde = overwritten(&mut st.tilde, b * h);
+            let combine = self.combine.as_ref().expect("attention has combine");
+            combine.forward(&st.cat, b, tilde);
+            T::tanh_inplace(tilde);
+            o.copy_from_slice(tilde);
+        } else {
+            o.copy_from_slice(q);
+        }
+        match rng {
+            Some(r) => st.dropout.forward(o, self.config.dropout, r),
+            None => st.dropout.disable(),
+        }
+        st.q.clear();
+        st.q.extend_from_slice(q);
+        w.feed.copy_from_slice(o);
+        Ok(())
     }
 
     /// Mean cross-entropy of the logits of [`Seq2seq::forward`] over the real target
@@ -453,26 +606,27 @@ impl<T: Real> Seq2seq<T> {
         logits: &[T],
         dlogits: Option<&mut [T]>,
     ) -> Result<LossValue> {
-        self.smoothed_loss(batch, logits, dlogits, 0.0)
+        self.smoothed_loss(batch, logits, dlogits, 0.0, &mut Vec::new())
     }
 
-    /// [`Seq2seq::loss`] against targets smoothed by `label_smoothing` (torch's).
+    /// [`Seq2seq::loss`] against targets smoothed by `label_smoothing` (torch's),
+    /// with `mask` for which targets are real.
     fn smoothed_loss(
         &self,
         batch: &PairBatch,
         logits: &[T],
         dlogits: Option<&mut [T]>,
         label_smoothing: f64,
+        mask: &mut Vec<bool>,
     ) -> Result<LossValue> {
         let b = batch.size();
-        let mask: Vec<bool> = (0..batch.tgt_out.len())
-            .map(|r| r / b < batch.tgt_len[r % b])
-            .collect();
+        mask.clear();
+        mask.extend((0..batch.tgt_out.len()).map(|r| r / b < batch.tgt_len[r % b]));
         cross_entropy(
             logits,
             self.target_vocab.len(),
             &batch.tgt_out,
-            Some(&mask),
+            Some(mask),
             &CrossEntropy {
                 label_smoothing,
                 ..CrossEntropy::default()
@@ -482,19 +636,28 @@ impl<T: Real> Seq2seq<T> {
     }
 
     /// Forward with dropout, loss (label-smoothed as configured), backward: adds the
-    /// gradients of the batch's mean loss.
+    /// gradients of the batch's mean loss. A warmed-up step allocates nothing.
     pub fn train_step(&mut self, batch: &PairBatch, rng: &mut Rng) -> Result<LossValue> {
-        let logits = self.forward(batch, Some(rng))?;
-        let mut dlogits = vec![T::zero(); logits.len()];
-        let eps = f64::from(self.config.label_smoothing);
-        let loss = self.smoothed_loss(batch, &logits, Some(&mut dlogits), eps)?;
-        self.backward(batch, &dlogits)?;
-        Ok(loss)
+        self.with_work(|m, w| {
+            m.forward_in(batch, Some(rng), w)?;
+            let eps = f64::from(m.config.label_smoothing);
+            let mut dlogits = std::mem::take(&mut w.dlogits);
+            let d = overwritten(&mut dlogits, w.logits.len());
+            let loss = m.smoothed_loss(batch, &w.logits, Some(d), eps, &mut w.mask);
+            let result = loss.and_then(|loss| m.backward_in(batch, &dlogits, w).map(|_| loss));
+            w.dlogits = dlogits;
+            result
+        })
     }
 
     /// Backpropagates `dlogits [T, B, Vt]` through the last [`Seq2seq::forward`],
     /// adding every parameter's gradient.
     pub fn backward(&mut self, batch: &PairBatch, dlogits: &[T]) -> Result<()> {
+        self.with_work(|m, w| m.backward_in(batch, dlogits, w))
+    }
+
+    /// [`Seq2seq::backward`] in the buffers `w` (those of the forward pass).
+    fn backward_in(&mut self, batch: &PairBatch, dlogits: &[T], w: &mut Work<T>) -> Result<()> {
         let (b, tt) = (batch.size(), batch.tgt_steps());
         let (e, h) = (self.config.embed, self.config.hidden_size);
         let Seq2seq {
@@ -514,47 +677,40 @@ impl<T: Real> Seq2seq<T> {
                 "backward called without a forward pass of this batch before it".into(),
             ));
         }
-        let mut d_o = vec![T::zero(); tt * b * h];
+        // The temporaries come from the thread's pool: nothing is allocated once it
+        // has grown.
+        let mut d_o = Scratch::<T>::zeroed(tt * b * h);
         out.backward(&saved.outputs, dlogits, tt * b, Some(&mut d_o));
         let mem = &saved.mem;
-        let mut d_enc = vec![T::zero(); mem.enc.len()];
-        let mut d_keys = vec![T::zero(); mem.enc.len()];
-        let mut d_state = RecurrentState::zeros(decoder.config(), b);
-        let mut d_feed = vec![T::zero(); b * h];
+        let mut d_enc = Scratch::<T>::zeroed(mem.enc.len());
+        let mut d_keys = Scratch::<T>::zeroed(mem.enc.len());
+        w.d_state.zero(decoder.config(), b);
+        let mut d_feed = Scratch::<T>::zeroed(b * h);
         let in_w = decoder.config().input_size;
-        let mut d_embed = vec![T::zero(); b * e];
+        let mut d_embed = Scratch::<T>::zeroed(b * e);
         // The combine layer's pre-activation gradients of every step, for one weight
         // gradient over all of them after the loop.
-        let mut d_tilde = match combine {
-            Some(_) => vec![T::zero(); tt * b * h],
-            None => Vec::new(),
-        };
+        let mut d_tilde = Scratch::<T>::zeroed(if combine.is_some() { tt * b * h } else { 0 });
         for t in (0..tt).rev() {
             let st = &saved.steps[t];
-            let mut dq: Vec<T> = d_o[t * b * h..][..b * h].to_vec();
-            dq.iter_mut().zip(&d_feed).for_each(|(d, &f)| *d += f);
-            st.dropout.backward(&mut dq);
+            w.dy.reshape_overwritten(&[1, b, h]);
+            let dq = w.dy.data_mut();
+            dq.copy_from_slice(&d_o[t * b * h..][..b * h]);
+            dq.iter_mut().zip(d_feed.iter()).for_each(|(d, &f)| *d += f);
+            st.dropout.backward(dq);
             if let Some(combine) = combine.as_mut() {
                 // o = tanh(W_c [ctx; q] + b_c)
                 for (d, &y) in dq.iter_mut().zip(&st.tilde) {
                     *d *= T::one() - y * y;
                 }
-                let mut dcat = vec![T::zero(); b * 2 * h];
-                combine.backward_input(&dq, b, &mut dcat);
-                d_tilde[t * b * h..][..b * h].copy_from_slice(&dq);
-                let dctx: Vec<T> = dcat
-                    .chunks_exact(2 * h)
-                    .flat_map(|r| r[..h].iter().copied())
-                    .collect();
-                attention.backward(
-                    mem,
-                    &st.q,
-                    &st.attn,
-                    &dctx,
-                    &mut dq,
-                    &mut d_enc,
-                    &mut d_keys,
-                );
+                let mut dcat = Scratch::<T>::zeroed(b * 2 * h);
+                combine.backward_input(dq, b, &mut dcat);
+                d_tilde[t * b * h..][..b * h].copy_from_slice(dq);
+                let mut dctx = Scratch::<T>::zeroed(b * h);
+                for (d, r) in dctx.chunks_exact_mut(h).zip(dcat.chunks_exact(2 * h)) {
+                    d.copy_from_slice(&r[..h]);
+                }
+                attention.backward(mem, &st.q, &st.attn, &dctx, dq, &mut d_enc, &mut d_keys);
                 for (j, r) in dcat.chunks_exact(2 * h).enumerate() {
                     dq[j * h..][..h]
                         .iter_mut()
@@ -562,10 +718,10 @@ impl<T: Real> Seq2seq<T> {
                         .for_each(|(d, &g)| *d += g);
                 }
             }
-            let dy = Tensor::from_vec(&[1, b, h], dq)?;
-            let (dx, ds) = decoder.step_backward_inputs(t, &dy, &d_state)?;
-            d_state = ds;
-            for (j, row) in dx.data().chunks_exact(in_w).enumerate() {
+            let into = (&mut w.step.dx, &mut w.d_next);
+            decoder.step_backward_inputs_into(t, &w.dy, &w.d_state, into)?;
+            std::mem::swap(&mut w.d_state, &mut w.d_next);
+            for (j, row) in w.step.dx.data().chunks_exact(in_w).enumerate() {
                 d_embed[j * e..][..e].copy_from_slice(&row[..e]);
                 if in_w > e {
                     d_feed[j * h..][..h].copy_from_slice(&row[e..]);
@@ -576,27 +732,29 @@ impl<T: Real> Seq2seq<T> {
         // A target's steps after its end have zero gradients.
         decoder.step_weight_grads(0..tt, Some(&batch.tgt_len))?;
         if let Some(combine) = combine.as_mut() {
-            let (mut cat, mut dt, mut rows) = (Vec::new(), Vec::new(), 0);
-            for (t, st) in saved.steps[..tt].iter().enumerate() {
-                for j in (0..b).filter(|&j| t < batch.tgt_len[j]) {
-                    cat.extend_from_slice(&st.cat[j * 2 * h..][..2 * h]);
-                    dt.extend_from_slice(&d_tilde[(t * b + j) * h..][..h]);
-                    rows += 1;
-                }
+            let real = |t: usize| (0..b).filter(move |&j| t < batch.tgt_len[j]);
+            let rows: usize = (0..tt).map(|t| real(t).count()).sum();
+            let mut cat = Scratch::<T>::zeroed(rows * 2 * h);
+            let mut dt = Scratch::<T>::zeroed(rows * h);
+            let picked = (0..tt).flat_map(|t| real(t).map(move |j| (t, j)));
+            for (r, (t, j)) in picked.enumerate() {
+                let st = &saved.steps[t];
+                cat[r * 2 * h..][..2 * h].copy_from_slice(&st.cat[j * 2 * h..][..2 * h]);
+                dt[r * h..][..h].copy_from_slice(&d_tilde[(t * b + j) * h..][..h]);
             }
             combine.backward_params(&cat, &dt, rows);
         }
         attention.keys_backward(mem, &d_keys, &mut d_enc);
-        let dirs = config.directions();
-        let d_final = map_state(&d_state, |t| bridge(t, dirs, true));
-        let s = mem.steps;
-        let (d_table, _) =
-            encoder.backward(&Tensor::from_vec(&[s, b, h], d_enc)?, Some(&d_final))?;
+        bridge_state(&w.d_state, config.directions(), true, &mut w.d_final);
+        w.d_enc.reshape_overwritten(&[mem.steps, b, h]);
+        w.d_enc.data_mut().copy_from_slice(&d_enc);
+        let into = w.enc.backward();
+        encoder.backward_into(&w.d_enc, Some(&w.d_final), &mut |_| {}, into)?;
         src_embed
             .grad_weight
             .data_mut()
             .iter_mut()
-            .zip(d_table.data())
+            .zip(w.enc.dx.data())
             .for_each(|(g, &d)| *g += d);
         Ok(())
     }
@@ -655,22 +813,24 @@ impl<T: Real> Seq2seq<T> {
 }
 
 /// `f` applied to `h` and `c` of a state.
-fn map_state<T: Real>(
+/// The encoder's final state `[L·D, B, H/D]` as the decoder's initial state
+/// `[L, B, H]` (each layer's directions side by side), or back when `back`, into
+/// `out` (its storage reused).
+fn bridge_state<T: Real>(
     s: &RecurrentState<T>,
-    f: impl Fn(&Tensor<T>) -> Tensor<T>,
-) -> RecurrentState<T> {
-    RecurrentState {
-        h: f(&s.h),
-        c: s.c.as_ref().map(f),
+    dirs: usize,
+    back: bool,
+    out: &mut RecurrentState<T>,
+) {
+    bridge(&s.h, dirs, back, &mut out.h);
+    match &s.c {
+        Some(c) => bridge(c, dirs, back, out.c.get_or_insert_with(Tensor::default)),
+        None => out.c = None,
     }
 }
 
-/// The encoder's final state `[L·D, B, H/D]` as the decoder's initial state
-/// `[L, B, H]` (each layer's directions side by side), or back when `back`.
-fn bridge<T: Real>(t: &Tensor<T>, dirs: usize, back: bool) -> Tensor<T> {
-    if dirs == 1 {
-        return t.clone();
-    }
+/// [`bridge_state`] of one tensor.
+fn bridge<T: Real>(t: &Tensor<T>, dirs: usize, back: bool, out: &mut Tensor<T>) {
     let shape = t.shape();
     let (ld, b, w) = if back {
         (shape[0] * dirs, shape[1], shape[2] / dirs)
@@ -678,7 +838,11 @@ fn bridge<T: Real>(t: &Tensor<T>, dirs: usize, back: bool) -> Tensor<T> {
         (shape[0], shape[1], shape[2])
     };
     let layers = ld / dirs;
-    let mut out = vec![T::zero(); t.len()];
+    match back {
+        true => out.reshape_overwritten(&[ld, b, w]),
+        false => out.reshape_overwritten(&[layers, b, dirs * w]),
+    }
+    let out = out.data_mut();
     for l in 0..layers {
         for d in 0..dirs {
             for j in 0..b {
@@ -689,12 +853,6 @@ fn bridge<T: Real>(t: &Tensor<T>, dirs: usize, back: bool) -> Tensor<T> {
             }
         }
     }
-    let shape = if back {
-        vec![ld, b, w]
-    } else {
-        vec![layers, b, dirs * w]
-    };
-    Tensor::from_vec(&shape, out).expect("sized")
 }
 
 impl<T: Real> Parameters<T> for Seq2seq<T> {

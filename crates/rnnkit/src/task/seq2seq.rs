@@ -180,6 +180,8 @@ pub struct Seq2seqTask {
     order: EpochOrder,
     files: Vec<(&'static str, String)>,
     shard: Shard,
+    /// The batch of the last step, its storage reused by the next.
+    inputs: PairBatch,
 }
 
 impl Seq2seqTask {
@@ -206,6 +208,7 @@ impl Seq2seqTask {
             seed,
             order: EpochOrder::default(),
             shard: Shard::WHOLE,
+            inputs: PairBatch::default(),
             files: Vec::new(),
         })
     }
@@ -288,8 +291,8 @@ impl Task for Seq2seqTask {
             true => pairs.iter().map(|(s, t)| s.len() + t.len() + 1).sum(),
             false => 0,
         };
-        let batch = PairBatch::new(&pairs)?;
-        let loss = self.model.train_step(&batch, rng)?;
+        self.inputs.fill(&pairs)?;
+        let loss = self.model.train_step(&self.inputs, rng)?;
         Ok(BatchLoss {
             loss: loss.mean,
             tokens,
