@@ -15,6 +15,7 @@ use super::matmul::{MatMut, MatRef, Precision, SERIAL};
 use super::to_bf16;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// Rows of `A` per micro-tile.
 const MR: usize = 8;
@@ -433,37 +434,53 @@ pub(crate) fn gemm_rows_f32(
     }
     let ld = c.ld;
     let threads = rayon::current_num_threads();
-    let parallel = threads > 1 && !SERIAL.get() && m * n * k >= 1 << 20;
-    if parallel && n < 2 * NR * threads && m >= 2 * MR * threads {
-        // A narrow B: row blocks in whole tiles; each thread writes only its own rows.
-        let share = m.div_ceil(threads).div_ceil(MR) * MR;
-        c.data
-            .par_chunks_mut(share * ld)
-            .enumerate()
-            .for_each(|(t, cd)| {
-                let rows = t * share..((t + 1) * share).min(m);
-                let a = MatRef {
-                    data: &a.data[rows.start * a.rs..],
-                    rows: rows.len(),
-                    ..a
-                };
-                rows_b_columns(cd, ld, a, b, 0..n, accumulate);
-            });
-    } else if parallel && n >= 2 * NR * threads {
-        // Column strips of whole tiles; each thread writes only its own columns.
-        let share = n.div_ceil(threads).div_ceil(NR) * NR;
-        let (out, len) = (c.data.as_mut_ptr() as usize, c.data.len());
-        (0..n.div_ceil(share)).into_par_iter().for_each(|t| {
-            let cols = t * share..((t + 1) * share).min(n);
-            // SAFETY: the strips are disjoint column ranges of C, each written by
-            // one thread alone; no other reference to C is used meanwhile.
-            let cd = unsafe { std::slice::from_raw_parts_mut(out as *mut f32, len) };
-            rows_b_columns(cd, ld, a, b, cols, accumulate);
-        });
-    } else {
-        rows_b_columns(c.data, ld, a, b, 0..n, accumulate);
-    }
+    // Column strips, or row blocks for a narrow B.
+    let by_rows = n < 2 * NR * threads;
+    in_parts(c, m * n * k, (by_rows, (MR, NR)), |cd, rows, cols| {
+        let a = MatRef {
+            data: &a.data[rows.start * a.rs..],
+            rows: rows.len(),
+            ..a
+        };
+        rows_b_columns(&mut cd[rows.start * ld..], ld, a, b, cols, accumulate);
+    });
     true
+}
+
+/// Runs `part(c, rows, cols)` on parts of C, one per thread: row blocks of whole
+/// `tile.0` rows when `by_rows` (and C has two per thread), else column strips of
+/// whole `tile.1` columns (when it has two per thread); all of C on this thread
+/// when the product (`work` multiply-adds) is small or the caller is already one
+/// task per core. Each part writes only its own rows or columns of C.
+fn in_parts(
+    c: &mut MatMut<'_, f32>,
+    work: usize,
+    (by_rows, (mr, nr)): (bool, (usize, usize)),
+    part: impl Fn(&mut [f32], Range<usize>, Range<usize>) + Sync,
+) {
+    let (m, n) = (c.rows, c.cols);
+    let threads = rayon::current_num_threads();
+    let enough = if by_rows {
+        m >= 2 * mr * threads
+    } else {
+        n >= 2 * nr * threads
+    };
+    if threads < 2 || SERIAL.get() || work < 1 << 20 || !enough {
+        return part(c.data, 0..m, 0..n);
+    }
+    let (out, len) = (c.data.as_mut_ptr() as usize, c.data.len());
+    // SAFETY: the parts are disjoint row or column ranges of C, each written by one
+    // thread alone; no other reference to C is used meanwhile.
+    let c_of = || unsafe { std::slice::from_raw_parts_mut(out as *mut f32, len) };
+    let (whole, tile) = if by_rows { (m, mr) } else { (n, nr) };
+    let share = whole.div_ceil(threads).div_ceil(tile) * tile;
+    (0..whole.div_ceil(share)).into_par_iter().for_each(|t| {
+        let range = t * share..((t + 1) * share).min(whole);
+        match by_rows {
+            true => part(c_of(), range, 0..n),
+            false => part(c_of(), 0..m, range),
+        }
+    });
 }
 
 /// Columns `cols` of [`gemm_rows_f32`]'s product, C's row 0 at `cd[0]`.
@@ -569,28 +586,11 @@ pub(crate) fn gemm_depth_major_f32(
     }
     let ld = c.ld;
     let threads = rayon::current_num_threads();
-    let (out, len) = (c.data.as_mut_ptr() as usize, c.data.len());
-    // Each thread writes only its own rows or columns of C.
-    let split =
-        |parts: usize, job: &(dyn Fn(usize) + Sync)| (0..parts).into_par_iter().for_each(job);
-    // SAFETY (both splits): the parts are disjoint row or column ranges of C, each
-    // written by one thread alone; no other reference to C is used meanwhile.
-    let c_of = || unsafe { std::slice::from_raw_parts_mut(out as *mut f32, len) };
-    if threads < 2 || SERIAL.get() || m * n * k < 1 << 20 {
-        depth_major_block(c.data, ld, a, b, (0..m, 0..n), accumulate);
-    } else if m >= 2 * TN_MR * threads {
-        let share = m.div_ceil(threads).div_ceil(TN_MR) * TN_MR;
-        split(m.div_ceil(share), &|t| {
-            let rows = t * share..((t + 1) * share).min(m);
-            depth_major_block(c_of(), ld, a, b, (rows, 0..n), accumulate);
-        });
-    } else {
-        let share = n.div_ceil(threads).div_ceil(TN_NR) * TN_NR;
-        split(n.div_ceil(share), &|t| {
-            let cols = t * share..((t + 1) * share).min(n);
-            depth_major_block(c_of(), ld, a, b, (0..m, cols), accumulate);
-        });
-    }
+    // Row blocks, or column strips for few rows.
+    let by_rows = m >= 2 * TN_MR * threads;
+    in_parts(c, m * n * k, (by_rows, (TN_MR, TN_NR)), |cd, rows, cols| {
+        depth_major_block(cd, ld, a, b, (rows, cols), accumulate)
+    });
     true
 }
 
