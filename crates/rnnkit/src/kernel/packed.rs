@@ -623,7 +623,7 @@ fn depth_major_block(
     for p0 in (0..k).step_by(TN_KC) {
         let depth = TN_KC.min(k - p0);
         for i0 in rows.clone().step_by(TN_MR) {
-            for (g, j0) in cols.clone().step_by(TN_NR).enumerate() {
+            for j0 in cols.clone().step_by(TN_NR) {
                 let shape = (TN_MR.min(rows.end - i0), TN_NR.min(cols.end - j0));
                 let at = (j0 - cols.start) * ldt + i0 - rows.start;
                 // SAFETY: AVX-512F is present (checked by the caller); the tile's
@@ -637,7 +637,6 @@ fn depth_major_block(
                         (ct.as_mut_ptr().add(at).cast(), ldt),
                         shape,
                         p0 > 0,
-                        TN_MR + 16 * (g % TN_V),
                     )
                 };
             }
@@ -1033,7 +1032,6 @@ mod avx512 {
         (ct, ldt): (*mut f32, usize),
         (rows, cols): (usize, usize),
         accumulate: bool,
-        ahead: usize,
     ) {
         let masks: [u16; TN_V] = std::array::from_fn(|v| match rows.saturating_sub(16 * v) {
             16.. => u16::MAX,
@@ -1043,9 +1041,6 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_ps(); TN_V]; TN_NR];
         for p in 0..depth {
             let (ap, bp) = (a.wrapping_add(p * lda), b.wrapping_add(p * ldb));
-            // A cache line of the next strip of A at this depth (a prefetch of an
-            // address past A is dropped, never a fault).
-            _mm_prefetch::<_MM_HINT_T1>(ap.wrapping_add(ahead).cast());
             let mut av = [_mm512_setzero_ps(); TN_V];
             for (v, av) in av.iter_mut().enumerate() {
                 // SAFETY: the lanes under the mask are rows of A at depth p; the
