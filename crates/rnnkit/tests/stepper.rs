@@ -43,26 +43,32 @@ fn worst_error(m: &mut CharLm, weights: Weights) -> f32 {
 
 #[test]
 fn stepper_matches_the_sequence_forward_pass() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    pool.install(|| {
-        for cell in CellKind::ALL {
-            // (vocab, embed, hidden): table, no table (vocab ≫ embed), split units (H 150 → 80 + 70),
-            // one-hot inputs (embed 0).
-            for (vocab, embed, hidden) in [(30, 8, 40), (100, 8, 24), (20, 16, 150), (30, 0, 40)] {
-                let mut m = model(cell, vocab, embed, hidden);
-                let e = worst_error(&mut m, Weights::F32);
-                assert!(e < 2e-5, "{cell} V{vocab} E{embed} H{hidden} f32: {e}");
-                let e = worst_error(&mut m, Weights::Bf16);
-                assert!(e < 3e-2, "{cell} V{vocab} E{embed} H{hidden} bf16: {e}");
-                // Both operands rounded to 255 levels (0.4–1.9 % seen).
-                let e = worst_error(&mut m, Weights::Int8);
-                assert!(e < 4e-2, "{cell} V{vocab} E{embed} H{hidden} int8: {e}");
+    // Two threads split H 150 into 80 + 70 units, three into 64 + 64 + 22.
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for cell in CellKind::ALL {
+                // (vocab, embed, hidden): table, no table (vocab ≫ embed), split units,
+                // one-hot inputs (embed 0).
+                for (vocab, embed, hidden) in
+                    [(30, 8, 40), (100, 8, 24), (20, 16, 150), (30, 0, 40)]
+                {
+                    let mut m = model(cell, vocab, embed, hidden);
+                    let at = format!("{cell} V{vocab} E{embed} H{hidden} on {threads} threads");
+                    let e = worst_error(&mut m, Weights::F32);
+                    assert!(e < 2e-5, "{at} f32: {e}");
+                    let e = worst_error(&mut m, Weights::Bf16);
+                    assert!(e < 3e-2, "{at} bf16: {e}");
+                    // Both operands rounded to 255 levels (0.4–1.9 % seen).
+                    let e = worst_error(&mut m, Weights::Int8);
+                    assert!(e < 4e-2, "{at} int8: {e}");
+                }
             }
-        }
-    });
+        });
+    }
 }
 
 #[test]
@@ -116,4 +122,42 @@ fn generation_is_reproducible_and_greedy_follows_the_logits() {
     let mut sink = |_c: char| Ok(());
     assert!(generate(&m, "AB", 5, &bad, &mut Rng::new(0), &mut sink).is_err());
     assert!(generate(&m, "Z!", 5, &cfg, &mut Rng::new(0), &mut sink).is_err());
+}
+
+/// A clone carries the state on with threads of its own: both continue alike, and the
+/// recorded gates of a split layer equal those of one thread.
+#[test]
+fn clones_and_gates_across_shares() {
+    let m = model(CellKind::Lstm, 20, 16, 150);
+    let split = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let (logits, gates) = split.install(|| {
+        let mut s = Stepper::new(&m, Weights::F32).unwrap();
+        s.record_gates(true);
+        s.feed(3).unwrap();
+        let mut copy = s.clone();
+        let a = s.feed(4).unwrap().to_vec();
+        let b = copy.feed(4).unwrap().to_vec();
+        assert_eq!(a, b);
+        (a, copy.gates(1).to_vec())
+    });
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    one.install(|| {
+        let mut s = Stepper::new(&m, Weights::F32).unwrap();
+        s.record_gates(true);
+        s.feed(3).unwrap();
+        let got = s.feed(4).unwrap();
+        for (g, w) in got.iter().zip(&logits) {
+            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
+        for (g, w) in s.gates(1).iter().zip(&gates) {
+            assert!((g - w).abs() < 1e-5, "gate {g} vs {w}");
+        }
+        assert_eq!(s.gates(1).len(), 4 * 150);
+    });
 }

@@ -7,11 +7,13 @@ mod gemv;
 mod matmul;
 mod packed;
 mod panel;
+mod team;
 
 pub use activation::{exp_f32, sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
 pub use packed::{bf16_supported, gemm_packed, matmul_packed, packed_supported, PackedB};
 pub use panel::{int8_supported, Weights};
 pub(crate) use panel::{PanelVector, Panels};
+pub(crate) use team::Team;
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
 pub(crate) use elementwise::{copy, fill, gather_rows, scatter_add_rows};

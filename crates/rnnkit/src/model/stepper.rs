@@ -1,7 +1,9 @@
 //! Batch-1 inference of a [`CharLm`], one character at a time (sampling). Batch-1
 //! steps are bound by streaming the weights, so each layer's step is one pass over
 //! them: the hidden units are shared out between the cores, each computing the gate
-//! rows of its units and their cell update (one join per layer); the first layer's
+//! rows of its units and their cell update (one handoff per layer, to the stepper's
+//! own [`Team`] of threads, each of which keeps its share's weights in its core's
+//! cache); the first layer's
 //! input product is a table lookup, `W_ih0·E[id] + b_ih0` precomputed per
 //! character; the weights can be kept in bfloat16 or int8, halving or quartering
 //! the bytes to stream.
@@ -12,9 +14,8 @@ use crate::cell::{lstm, CellKind};
 use crate::error::{Error, Result};
 pub use crate::kernel::Weights;
 use crate::kernel::{
-    add_bias_rows, matmul, sigmoid_f32, tanh_f32, MatMut, MatRef, PanelVector, Panels,
+    add_bias_rows, matmul, sigmoid_f32, tanh_f32, MatMut, MatRef, PanelVector, Panels, Team,
 };
-use rayon::prelude::*;
 
 /// One recurrent layer's weights and state.
 #[derive(Clone, Debug)]
@@ -44,13 +45,10 @@ pub struct Stepper {
     layers: Vec<Layer>,
     head_w: Panels,
     head_b: Vec<f32>,
-    /// Hidden units per share of the work (a multiple of 16, so no share but the
-    /// last needs masked loads).
-    share: usize,
-    /// Per share: the input and recurrent gate pre-activations of its units, and two
-    /// unit-wide buffers for the LSTM update.
-    scratch: Vec<Vec<f32>>,
-    h_next: Vec<f32>,
+    /// The hidden units shared out for each step, one share per thread.
+    shares: Vec<Share>,
+    /// The threads that run every share but the first.
+    team: Team,
     /// `r ⊙ h` of the reset-before GRU, read by every share in its second phase.
     rh: Vec<f32>,
     /// The layer's input and hidden vectors prepared for the weights' precision.
@@ -61,6 +59,20 @@ pub struct Stepper {
 
 /// Below this many multiply-adds per layer step, one thread does the whole step.
 const PARALLEL_MIN: usize = 1 << 16;
+
+/// One share of a step: a range of hidden units, and its buffers.
+#[derive(Clone, Debug)]
+struct Share {
+    /// The first unit (a multiple of 16, so no share but the last needs masked loads).
+    j0: usize,
+    /// The input and recurrent gate pre-activations of the units (`[G, m]` each), then
+    /// two unit-wide buffers for the LSTM update.
+    scratch: Vec<f32>,
+    /// The units' next `h` (in the reset-before GRU's first phase, their `r ⊙ h`).
+    h: Vec<f32>,
+    /// The units' LSTM cell state, updated in place.
+    c: Vec<f32>,
+}
 
 impl Stepper {
     /// Prepares `model` for batch-1 steps from the zero state. Fails on a
@@ -124,7 +136,18 @@ impl Stepper {
             1
         };
         let share = hs.div_ceil(threads).div_ceil(16) * 16;
-        let shares = hs.div_ceil(share);
+        let shares = (0..hs)
+            .step_by(share)
+            .map(|j0| {
+                let m = share.min(hs - j0);
+                Share {
+                    j0,
+                    scratch: vec![0.0; (2 * g + 2) * m],
+                    h: vec![0.0; m],
+                    c: vec![0.0; m],
+                }
+            })
+            .collect();
         Ok(Stepper {
             kind,
             hs,
@@ -134,9 +157,8 @@ impl Stepper {
             layers,
             head_w: Panels::new(model.head.weight.data(), hs, 1, weights),
             head_b: model.head.bias.data().to_vec(),
-            share,
-            scratch: vec![vec![0.0; (2 * g + 2) * share]; shares],
-            h_next: vec![0.0; hs],
+            shares,
+            team: Team::default(),
             rh: vec![0.0; hs],
             vectors: Default::default(),
             weights,
@@ -221,22 +243,21 @@ impl Stepper {
             };
             step_layer(
                 self.kind,
-                self.share,
                 layer,
                 input,
-                &mut self.scratch,
-                &mut self.h_next,
+                &mut self.team,
+                &mut self.shares,
                 &mut self.rh,
                 self.weights,
                 &mut self.vectors,
             );
             if !layer.gates.is_empty() {
                 // Each share's scratch starts with its units' activated gates, [G, m].
-                for (k, sc) in self.scratch.iter().enumerate() {
-                    let j0 = k * self.share;
-                    let m = self.share.min(hs.saturating_sub(j0));
+                for s in &self.shares {
+                    let m = s.h.len();
                     for gate in 0..self.kind.gates() {
-                        layer.gates[gate * hs + j0..][..m].copy_from_slice(&sc[gate * m..][..m]);
+                        layer.gates[gate * hs + s.j0..][..m]
+                            .copy_from_slice(&s.scratch[gate * m..][..m]);
                     }
                 }
             }
@@ -256,16 +277,16 @@ enum Input<'a> {
     Ready(&'a [f32]),
 }
 
-/// One step of one layer: every share computes its units, then `h` is replaced.
-/// `vectors` receive the input and hidden vectors prepared for `weights`.
+/// One step of one layer: every share computes its units, then `h` (and `c`) take
+/// the shares' results. `vectors` receive the input and hidden vectors prepared for
+/// `weights`.
 #[allow(clippy::too_many_arguments)]
 fn step_layer(
     kind: CellKind,
-    share: usize,
     layer: &mut Layer,
     input: Input<'_>,
-    scratch: &mut [Vec<f32>],
-    h_next: &mut [f32],
+    team: &mut Team,
+    shares: &mut [Share],
     rh: &mut [f32],
     weights: Weights,
     vectors: &mut [PanelVector; 2],
@@ -280,17 +301,17 @@ fn step_layer(
         ..
     } = layer;
     let (hs, g) = (h.len(), kind.gates());
-    let h_old = &*h;
     if let Input::Project(x) = input {
         vectors[0].set(x, weights);
     }
-    vectors[1].set(h_old, weights);
+    vectors[1].set(h, weights);
+    let (h_old, c_old) = (&*h, &*c);
     let [vx, vh] = &*vectors;
     // Pre-activations of every gate of the share's units: [G, m] input side, [G, m]
     // recurrent side (for the reset-before GRU the candidate's recurrent part waits).
-    let preact = |k: usize, sc: &mut [f32], m: usize| {
-        let j0 = k * share;
-        let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
+    let preact = |s: &mut Share| {
+        let (j0, m) = (s.j0, s.h.len());
+        let (xp, hp) = s.scratch[..2 * g * m].split_at_mut(g * m);
         for gate in 0..g {
             let (r0, out) = (gate * hs + j0, &mut xp[gate * m..][..m]);
             match input {
@@ -310,60 +331,54 @@ fn step_layer(
     match kind {
         CellKind::GruResetBefore => {
             // Phase 1: r and z of every unit, and r ⊙ h for the candidate's product.
-            rh.par_chunks_mut(share)
-                .zip(scratch.par_iter_mut())
-                .enumerate()
-                .for_each(|(k, (rh, sc))| {
-                    let m = rh.len();
-                    preact(k, sc, m);
-                    let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
-                    for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
-                        *v += u;
-                    }
-                    sigmoid_f32(&mut xp[..2 * m]);
-                    for ((rh, &r), &h) in rh.iter_mut().zip(&xp[..m]).zip(&h_old[k * share..]) {
-                        *rh = r * h;
-                    }
-                });
+            team.for_each(shares, |_, s| {
+                preact(s);
+                let (j0, m) = (s.j0, s.h.len());
+                let (xp, hp) = s.scratch[..2 * g * m].split_at_mut(g * m);
+                for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
+                    *v += u;
+                }
+                sigmoid_f32(&mut xp[..2 * m]);
+                for ((rh, &r), &h) in s.h.iter_mut().zip(&xp[..m]).zip(&h_old[j0..]) {
+                    *rh = r * h;
+                }
+            });
+            for s in shares.iter() {
+                rh[s.j0..][..s.h.len()].copy_from_slice(&s.h);
+            }
             vectors[1].set(rh, weights);
             let vrh = &vectors[1];
-            h_next
-                .par_chunks_mut(share)
-                .zip(scratch.par_iter_mut())
-                .enumerate()
-                .for_each(|(k, (hn, sc))| {
-                    let (m, j0) = (hn.len(), k * share);
-                    let (xp, hp) = sc[..2 * g * m].split_at_mut(g * m);
-                    let hp_n = &mut hp[2 * m..3 * m];
-                    w_hh.dot(2, j0, vrh, None, hp_n);
-                    let (rz, n) = xp.split_at_mut(2 * m);
-                    for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
-                        *v += u;
-                    }
-                    tanh_f32(n);
-                    for j in 0..m {
-                        let z = rz[m + j];
-                        hn[j] = (1.0 - z) * n[j] + z * h_old[j0 + j];
-                    }
-                });
+            team.for_each(shares, |_, s| {
+                let (j0, m) = (s.j0, s.h.len());
+                let (xp, hp) = s.scratch[..2 * g * m].split_at_mut(g * m);
+                let hp_n = &mut hp[2 * m..3 * m];
+                w_hh.dot(2, j0, vrh, None, hp_n);
+                let (rz, n) = xp.split_at_mut(2 * m);
+                for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
+                    *v += u;
+                }
+                tanh_f32(n);
+                for j in 0..m {
+                    let z = rz[m + j];
+                    s.h[j] = (1.0 - z) * n[j] + z * h_old[j0 + j];
+                }
+            });
         }
-        _ => {
-            h_next
-                .par_chunks_mut(share)
-                .zip(c.par_chunks_mut(share))
-                .zip(scratch.par_iter_mut())
-                .enumerate()
-                .for_each(|(k, ((hn, c), sc))| {
-                    let m = hn.len();
-                    preact(k, sc, m);
-                    let (pre, spare) = sc[..(2 * g + 2) * m].split_at_mut(2 * g * m);
-                    let (xp, hp) = pre.split_at_mut(g * m);
-                    let h = &h_old[k * share..][..m];
-                    update(kind, xp, hp, h, c, hn, spare);
-                });
+        _ => team.for_each(shares, |_, s| {
+            preact(s);
+            let (j0, m) = (s.j0, s.h.len());
+            let (pre, spare) = s.scratch[..(2 * g + 2) * m].split_at_mut(2 * g * m);
+            let (xp, hp) = pre.split_at_mut(g * m);
+            s.c.copy_from_slice(&c_old[j0..j0 + m]);
+            update(kind, xp, hp, &h_old[j0..j0 + m], &mut s.c, &mut s.h, spare);
+        }),
+    }
+    for s in shares.iter() {
+        h[s.j0..][..s.h.len()].copy_from_slice(&s.h);
+        if kind == CellKind::Lstm {
+            c[s.j0..][..s.c.len()].copy_from_slice(&s.c);
         }
     }
-    h.copy_from_slice(h_next);
 }
 
 /// The cell update of `m` units from their pre-activations `xp`, `hp` (`[G, m]`
