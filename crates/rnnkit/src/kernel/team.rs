@@ -8,6 +8,11 @@
 //! caller only: thread k always takes share k, so that share's weights stay in its
 //! core's cache, and it waits for the next job by spinning (for [`SPIN`]) before it
 //! sleeps, so a job starts within a fraction of a microsecond.
+//!
+//! A share is claimed before it runs, by its thread or by the caller: the caller,
+//! done with its own share, claims every share whose thread has not started (asleep,
+//! descheduled, or sharing the caller's core) and runs it itself, so a late thread
+//! costs at most the time of its share, never a wait on the scheduler.
 
 use std::any::Any;
 use std::fmt;
@@ -34,11 +39,14 @@ type Job<'a> = &'a (dyn Fn(usize) + Sync);
 struct Slot {
     /// Sequence number of the latest job posted ([`STOP`]: exit).
     posted: AtomicU64,
-    /// Sequence number of the latest job finished.
+    /// Who runs the latest job: `2·seq + 1` for the thread, `2·seq` for the caller.
+    claimed: AtomicU64,
+    /// Sequence number of the latest job the thread is through with (run or left).
     done: AtomicU64,
     /// Set while the thread sleeps (or is about to), so the caller wakes it.
     sleeping: AtomicBool,
-    /// The caller's [`Job`] reference, valid while `posted != done`.
+    /// The caller's [`Job`] reference, valid while the thread holds the claim to a
+    /// job it is not through with.
     job: AtomicPtr<()>,
     /// A panic of the job, handed back to the caller.
     panic: Mutex<Option<Box<dyn Any + Send>>>,
@@ -77,8 +85,10 @@ unsafe impl<T: Send> Sync for Items<T> {}
 
 impl Team {
     /// Calls `f(k, &mut items[k])` for every k, share 0 on the calling thread and
-    /// share k on the team's thread k, and returns when all are done. A panic in
-    /// any share is resumed here, after every share has finished.
+    /// share k on the team's thread k (or here, if that thread has not started it
+    /// by the time share 0 is done), and returns when all are done. A panic in any
+    /// share is resumed here once every share that started has finished (a share
+    /// not started by then is not run).
     pub(crate) fn for_each<T: Send>(&mut self, items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
         let n = items.len();
         let base = Items(items.as_mut_ptr());
@@ -106,13 +116,19 @@ impl Team {
             }
         }
         {
-            // Waits for the team even when a share here panics: the threads read
-            // `job` from this frame until they are done.
+            // Waits for the threads that claimed their shares even when a share here
+            // panics: they read `job` from this frame until they are through.
             let _wait = Wait(&self.members[..helpers], seq);
             job(0);
-            // Shares without a thread (one could not be started) run here.
+            // Shares without a thread (one could not be started) run here, and so do
+            // those whose thread has not started them yet.
             for k in helpers + 1..n {
                 job(k);
+            }
+            for (i, m) in self.members[..helpers].iter().enumerate() {
+                if m.slot.claim(2 * seq) {
+                    job(i + 1);
+                }
             }
         }
         for m in &self.members[..helpers] {
@@ -134,6 +150,7 @@ impl Team {
             let index = self.members.len() + 1;
             let slot = Arc::new(Slot {
                 posted: AtomicU64::new(0),
+                claimed: AtomicU64::new(0),
                 done: AtomicU64::new(0),
                 sleeping: AtomicBool::new(false),
                 job: AtomicPtr::new(std::ptr::null_mut()),
@@ -164,16 +181,40 @@ impl Drop for Team {
     }
 }
 
-/// Waits, when dropped, until every member has finished job `seq`.
+impl Slot {
+    /// Claims job `seq` for `who` (`2·seq` or `2·seq + 1`); false if it is claimed
+    /// already, or a later job is (a thread that read `posted` long ago).
+    fn claim(&self, who: u64) -> bool {
+        let mut seen = self.claimed.load(Ordering::SeqCst);
+        while seen >> 1 < who >> 1 {
+            match self
+                .claimed
+                .compare_exchange(seen, who, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => seen = now,
+            }
+        }
+        false
+    }
+}
+
+/// When dropped, claims for the caller every share of job `seq` still unclaimed (so
+/// that no thread starts one), then waits until the threads that claimed theirs are
+/// through.
 struct Wait<'a>(&'a [Member], u64);
 
 impl Drop for Wait<'_> {
     fn drop(&mut self) {
+        let seq = self.1;
         for m in self.0 {
+            if m.slot.claim(2 * seq) || m.slot.claimed.load(Ordering::SeqCst) == 2 * seq {
+                continue;
+            }
             let mut spins = 0u32;
-            while m.slot.done.load(Ordering::Acquire) != self.1 {
+            while m.slot.done.load(Ordering::Acquire) != seq {
                 // A member the system has descheduled needs this core back.
-                if spins < 1 << 14 {
+                if spins < 1 << 10 {
                     spins += 1;
                     std::hint::spin_loop();
                 } else {
@@ -193,12 +234,15 @@ fn serve(slot: &Slot, index: usize) {
             return;
         }
         seen = seq;
-        let ptr = slot.job.load(Ordering::Relaxed) as *const Job<'_>;
-        // SAFETY: the caller stored `ptr` before posting `seq` (the load of `posted`
-        // acquired it) and keeps the job alive until `done` reaches `seq`.
-        let job = unsafe { *ptr };
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| job(index))) {
-            *slot.panic.lock().unwrap_or_else(PoisonError::into_inner) = Some(payload);
+        if slot.claim(2 * seq + 1) {
+            let ptr = slot.job.load(Ordering::Relaxed) as *const Job<'_>;
+            // SAFETY: the caller stored `ptr` before posting `seq` (the load of
+            // `posted` acquired it) and, as this thread holds the claim, keeps the
+            // job alive until `done` reaches `seq`.
+            let job = unsafe { *ptr };
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| job(index))) {
+                *slot.panic.lock().unwrap_or_else(PoisonError::into_inner) = Some(payload);
+            }
         }
         slot.done.store(seq, Ordering::Release);
     }
@@ -214,6 +258,9 @@ fn next_post(slot: &Slot, seen: u64) -> u64 {
             return posted;
         }
         spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(1024) {
+            thread::yield_now();
+        }
         if spins.is_multiple_of(256) && since.elapsed() > SPIN {
             slot.sleeping.store(true, Ordering::SeqCst);
             // Either the caller's post is seen here, or the caller sees `sleeping`
@@ -250,13 +297,41 @@ mod tests {
     fn shares_run_on_distinct_threads_that_persist() {
         let mut team = Team::default();
         let mut ids = vec![None; 3];
-        team.for_each(&mut ids, |_, id| *id = Some(thread::current().id()));
+        // Share 0 waits, so that the threads claim their shares before the caller
+        // would take them over.
+        let record = |k: usize, id: &mut Option<thread::ThreadId>| {
+            if k == 0 {
+                thread::sleep(Duration::from_millis(20));
+            }
+            *id = Some(thread::current().id());
+        };
+        team.for_each(&mut ids, record);
         let first = ids.clone();
         assert_ne!(first[0], first[1]);
         assert_ne!(first[1], first[2]);
         assert_eq!(first[0], Some(thread::current().id()));
-        team.for_each(&mut ids, |_, id| *id = Some(thread::current().id()));
+        team.for_each(&mut ids, record);
         assert_eq!(ids, first);
+    }
+
+    /// Shares taken over by the caller and shares run by their threads, mixed at
+    /// random over many jobs: each runs exactly once per job.
+    #[test]
+    fn each_share_runs_exactly_once_under_stealing() {
+        let mut team = Team::default();
+        let mut counts = vec![0u64; 3];
+        for round in 0..3000u64 {
+            team.for_each(&mut counts, |k, c| {
+                if (round + k as u64).is_multiple_of(7) {
+                    std::hint::black_box((0..2000).sum::<u64>());
+                }
+                *c += 1;
+            });
+            if round.is_multiple_of(500) {
+                thread::sleep(SPIN * 2);
+            }
+        }
+        assert_eq!(counts, vec![3000; 3]);
     }
 
     #[test]
@@ -271,16 +346,17 @@ mod tests {
     }
 
     #[test]
-    fn a_panic_in_any_share_reaches_the_caller_after_all_finish() {
+    fn a_panic_in_any_share_reaches_the_caller_after_the_others_finish() {
         let mut team = Team::default();
         for bad in [0usize, 1] {
             let mut items = vec![0u32; 2];
             let result = panic::catch_unwind(AssertUnwindSafe(|| {
                 team.for_each(&mut items, |k, v| {
+                    // Share 0 takes longest, so that the thread has started share 1.
+                    thread::sleep(Duration::from_millis(if k == 0 { 20 } else { 5 }));
                     if k == bad {
                         panic!("share {k} failed");
                     }
-                    thread::sleep(Duration::from_millis(5));
                     *v = 7;
                 })
             }));
