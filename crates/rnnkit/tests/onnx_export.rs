@@ -662,7 +662,7 @@ fn seq2seq_encoder_and_decoder_step() {
             // Two chained decoder steps: from <s> and a zero feed, then from a token.
             let (mut tokens, mut feed, mut st) = (vec![1usize; b], vec![0f32; b * h], state);
             for _ in 0..2 {
-                let (o, next, alpha) = m.step(None, &tokens, &feed, &st, &mem, None).unwrap();
+                let (o, next, alpha) = m.step(&tokens, &feed, &st, &mem).unwrap();
                 let mut logits = vec![0f32; b * vt];
                 m.out.forward(&o, b, &mut logits);
                 let mut d = Case::new(true).input(

@@ -133,7 +133,7 @@ impl<T: Real> Seq2seq<T> {
         let steps = (0..b).map(limit).max().unwrap_or(0) + 1;
         let v = self.target_vocab.len();
         for _ in 0..steps {
-            let (o, s, alpha) = self.step(None, &ids, &feed, &state, &mem, None)?;
+            let (o, s, alpha) = self.step(&ids, &feed, &state, &mem)?;
             let logits = self.logits(&o);
             for j in 0..b {
                 if done[j] {
@@ -198,7 +198,7 @@ impl<T: Real> Seq2seq<T> {
                 .iter()
                 .map(|hyp| hyp.ids.last().copied().unwrap_or(START))
                 .collect();
-            let (o, s, att) = self.step(None, &last, &feed, &state, &mem, None)?;
+            let (o, s, att) = self.step(&last, &feed, &state, &mem)?;
             let logits = self.logits(&o);
             // The k best continuations of each hypothesis hold the k best overall.
             let mut cands: Vec<(f64, usize, usize)> = Vec::new();

@@ -410,18 +410,16 @@ impl<T: Real> Seq2seq<T> {
         Ok(())
     }
 
-    /// One decoder step for the tokens `ids [B]` with the fed-back `feed [B, H]` (ignored
-    /// without attention) from `state`. With `tape = Some(t)` it runs in training mode
-    /// (dropout when `rng` is given) and keeps step `t` for the backward pass. Returns
-    /// `o_t [B, H]`, the new state and `α [B, S]` (empty without attention).
+    /// One decoder step of inference (decoding) for the tokens `ids [B]` with the
+    /// fed-back `feed [B, H]` (ignored without attention) from `state`. Returns `o_t
+    /// [B, H]`, the new state and `α [B, S]` (empty without attention). Training steps
+    /// run in [`Seq2seq::forward`].
     pub fn step(
         &mut self,
-        tape: Option<usize>,
         ids: &[usize],
         feed: &[T],
         state: &RecurrentState<T>,
         mem: &Memory<T>,
-        mut rng: Option<&mut Rng>,
     ) -> Result<(Vec<T>, RecurrentState<T>, Vec<T>)> {
         let (b, e, h) = (ids.len(), self.config.embed, self.config.hidden_size);
         let attend = self.config.attention != AttentionKind::None;
@@ -440,42 +438,24 @@ impl<T: Real> Seq2seq<T> {
                 row[e..].copy_from_slice(&feed[j * h..][..h]);
             }
         }
-        let (y, new_state) = match tape {
-            Some(t) => self.decoder.step_train(t, &x, state, rng.as_deref_mut())?,
-            None => self.decoder.forward(&x, None, Some(state))?,
-        };
+        let (y, new_state) = self.decoder.forward(&x, None, Some(state))?;
         let q = y.into_vec();
-        let mut saved = StepSaved::default();
-        let mut o = if attend {
-            let mut ctx = vec![T::zero(); b * h];
-            self.attention.forward(mem, &q, &mut ctx, &mut saved.attn);
-            saved.cat = vec![T::zero(); b * 2 * h];
-            for j in 0..b {
-                saved.cat[j * 2 * h..][..h].copy_from_slice(&ctx[j * h..][..h]);
-                saved.cat[j * 2 * h + h..][..h].copy_from_slice(&q[j * h..][..h]);
-            }
-            saved.tilde = vec![T::zero(); b * h];
-            let combine = self.combine.as_ref().expect("attention has combine");
-            combine.forward(&saved.cat, b, &mut saved.tilde);
-            T::tanh_inplace(&mut saved.tilde);
-            saved.tilde.clone()
-        } else {
-            q.clone()
-        };
-        match (tape, rng) {
-            (Some(_), Some(r)) => saved.dropout.forward(&mut o, self.config.dropout, r),
-            _ => saved.dropout.disable(),
+        if !attend {
+            return Ok((q, new_state, Vec::new()));
         }
-        let alpha = saved.attn.alpha.clone();
-        if let Some(t) = tape {
-            saved.q = q;
-            let steps = &mut self.saved.steps;
-            if steps.len() <= t {
-                steps.resize_with(t + 1, StepSaved::default);
-            }
-            steps[t] = saved;
+        let mut attn = StepAttention::default();
+        let mut ctx = vec![T::zero(); b * h];
+        self.attention.forward(mem, &q, &mut ctx, &mut attn);
+        let mut cat = vec![T::zero(); b * 2 * h];
+        for j in 0..b {
+            cat[j * 2 * h..][..h].copy_from_slice(&ctx[j * h..][..h]);
+            cat[j * 2 * h + h..][..h].copy_from_slice(&q[j * h..][..h]);
         }
-        Ok((o, new_state, alpha))
+        let mut o = vec![T::zero(); b * h];
+        let combine = self.combine.as_ref().expect("attention has combine");
+        combine.forward(&cat, b, &mut o);
+        T::tanh_inplace(&mut o);
+        Ok((o, new_state, attn.alpha))
     }
 
     /// Teacher-forced forward over `batch` (training mode with dropout when `rng` is
