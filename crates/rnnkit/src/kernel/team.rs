@@ -221,6 +221,15 @@ impl Drop for Wait<'_> {
                     thread::yield_now();
                 }
             }
+            if thread::panicking() {
+                // The caller's own panic goes on; a thread's would otherwise be
+                // resumed by the next job.
+                m.slot
+                    .panic
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+            }
         }
     }
 }
@@ -368,6 +377,16 @@ mod tests {
             // The other share finished before the caller went on.
             assert_eq!(items[1 - bad], 7);
         }
+        // Both fail: the caller's panic is resumed, and the thread's is not kept
+        // for the next job.
+        let both = panic::catch_unwind(AssertUnwindSafe(|| {
+            team.for_each(&mut [0u8; 2], |k, _| {
+                thread::sleep(Duration::from_millis(if k == 0 { 20 } else { 5 }));
+                panic!("share {k} failed");
+            })
+        }));
+        let payload = both.expect_err("the panic is resumed");
+        assert_eq!(payload.downcast_ref::<String>().unwrap(), "share 0 failed");
         // The team still works.
         let mut items = vec![0u32; 2];
         team.for_each(&mut items, |k, v| *v = k as u32 + 1);
