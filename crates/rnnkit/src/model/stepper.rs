@@ -34,6 +34,11 @@ struct Layer {
 
 /// Runs a [`CharLm`] on one sequence, a character per [`Stepper::feed`], with the
 /// state carried. Built from a model by [`Stepper::new`]; independent of it after.
+///
+/// A large model's steps are shared out between as many threads as the rayon pool
+/// current at [`Stepper::new`] has: the caller's and threads the stepper starts at
+/// its first step and ends when dropped (a clone starts its own). Between steps they
+/// spin for up to half a millisecond, then sleep.
 #[derive(Clone, Debug)]
 pub struct Stepper {
     kind: CellKind,
