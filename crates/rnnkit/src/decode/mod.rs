@@ -70,6 +70,9 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> usize {
     if cfg.temperature == 0.0 {
         return argmax();
     }
+    if cfg.top_k.is_none() && cfg.top_p.is_none() {
+        return draw(logits, cfg.temperature, rng).unwrap_or_else(argmax);
+    }
     let inv_t = 1.0 / cfg.temperature as f64;
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
     // (id, unnormalised probability), most likely first when a cut is asked for.
@@ -105,6 +108,62 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> usize {
         u -= p;
     }
     probs.last().map_or(0, |x| x.0)
+}
+
+/// A draw from `softmax(logits / temperature)` without a cut, in two passes of
+/// vectorised `exp` over a buffer on the stack (the sum, then the walk to the drawn
+/// token): it runs after every sampled character, where one allocation and a scalar
+/// `exp` per logit took longer than a small model's step. `None` when the weights do
+/// not sum to a positive finite number.
+fn draw(logits: &[f32], temperature: f32, rng: &mut Rng) -> Option<usize> {
+    let (inv_t, max) = (
+        1.0 / temperature,
+        logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+    );
+    let mut buf = [0f32; DRAW_CHUNK];
+    let mut total = 0f64;
+    for c in logits.chunks(DRAW_CHUNK) {
+        total += weights(c, max, inv_t, &mut buf)
+            .iter()
+            .map(|&w| f64::from(w))
+            .sum::<f64>();
+    }
+    if !(total > 0.0 && total.is_finite()) {
+        return None;
+    }
+    let mut u = rng.uniform() * total;
+    let mut last = None;
+    for (k, c) in logits.chunks(DRAW_CHUNK).enumerate() {
+        for (i, &w) in weights(c, max, inv_t, &mut buf).iter().enumerate() {
+            if w > 0.0 {
+                if u < f64::from(w) {
+                    return Some(k * DRAW_CHUNK + i);
+                }
+                u -= f64::from(w);
+                last = Some(k * DRAW_CHUNK + i);
+            }
+        }
+    }
+    // Rounding left `u` past the end: the last token that can be drawn.
+    last
+}
+
+/// Logits [`draw`] turns into weights at a time.
+const DRAW_CHUNK: usize = 256;
+
+/// `e^{(v − max)·inv_t}` of each logit `v` of `chunk` into `buf` (exactly 0 at −∞).
+fn weights<'a>(chunk: &[f32], max: f32, inv_t: f32, buf: &'a mut [f32; DRAW_CHUNK]) -> &'a [f32] {
+    let w = &mut buf[..chunk.len()];
+    for (w, &v) in w.iter_mut().zip(chunk) {
+        *w = (v - max) * inv_t;
+    }
+    crate::kernel::exp_f32(w);
+    for (w, &v) in w.iter_mut().zip(chunk) {
+        if v == f32::NEG_INFINITY {
+            *w = 0.0;
+        }
+    }
+    w
 }
 
 /// Feeds `prime` through the model, then generates `length` characters, passing
@@ -174,6 +233,58 @@ mod tests {
             seen[sample(&logits, &all, &mut rng)] += 1;
         }
         assert!(seen.iter().all(|&c| c > 0), "{seen:?}");
+    }
+
+    /// Draws without a cut follow `softmax(logits / T)`, over more logits than one
+    /// chunk of the two-pass draw, never give a logit of −∞, and match the draws
+    /// through the sorted path of the cuts (a top-k that keeps every token).
+    #[test]
+    fn draws_follow_the_softmax() {
+        let mut logits: Vec<f32> = (0..300).map(|i| -((i % 37) as f32) * 0.3).collect();
+        logits[5] = 2.0;
+        logits[270] = 2.5;
+        logits[7] = f32::NEG_INFINITY;
+        for t in [1.0f32, 0.7] {
+            let want: Vec<f64> = {
+                let e: Vec<f64> = logits
+                    .iter()
+                    .map(|&v| (f64::from(v) / f64::from(t)).exp())
+                    .collect();
+                let total: f64 = e.iter().sum();
+                e.iter().map(|x| x / total).collect()
+            };
+            let uncut = SamplingConfig {
+                temperature: t,
+                ..Default::default()
+            };
+            let every = SamplingConfig {
+                top_k: Some(logits.len()),
+                ..uncut
+            };
+            for cfg in [uncut, every] {
+                let mut rng = Rng::new(11);
+                let n = 60_000;
+                let mut seen = vec![0usize; logits.len()];
+                for _ in 0..n {
+                    seen[sample(&logits, &cfg, &mut rng)] += 1;
+                }
+                assert_eq!(seen[7], 0, "−∞ drawn");
+                for &i in &[0usize, 5, 36, 270, 299] {
+                    let (got, p) = (seen[i] as f64 / n as f64, want[i]);
+                    let sd = (p * (1.0 - p) / n as f64).sqrt();
+                    assert!(
+                        (got - p).abs() < 5.0 * sd + 1e-4,
+                        "T {t} id {i}: {got} vs {p}"
+                    );
+                }
+            }
+        }
+        // All −∞ (or NaN) leaves nothing to draw: the argmax's fallback, token 0.
+        let none = [f32::NEG_INFINITY; 4];
+        assert_eq!(
+            sample(&none, &SamplingConfig::default(), &mut Rng::new(1)),
+            0
+        );
     }
 
     #[test]
