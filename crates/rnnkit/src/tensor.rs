@@ -32,7 +32,7 @@ pub trait Real:
     fn of(x: f64) -> Self;
     /// Widens to `f64`.
     fn f64(self) -> f64;
-    /// This thread's spare buffers for [`Scratch`].
+    /// This thread's spare buffers for scratch tensors (the crate's `Scratch`).
     fn scratch_pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>>;
     /// `x ← σ(x)` elementwise (vectorised for f32).
     fn sigmoid_inplace(x: &mut [Self]) {

@@ -196,7 +196,7 @@ pub(crate) fn step<T: Real>(
 /// gradients `dy [T, B, H]` (ignored at padded steps) and the final-state
 /// gradients in `dh`, `dc`; leaves the initial-state gradients in `dh`, `dc`,
 /// adds the input gradients to `dx [T, B, I]` and the parameter gradients to `g`
-/// (`None`: left to [`weight_grads`], whose inputs stay in `cache`).
+/// (`None`: left to `weight_grads`, whose inputs stay in `cache`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     p: &CellParams<T>,

@@ -141,7 +141,7 @@ pub fn forward<T: Real>(
 /// Backpropagates through the sequence of the last [`forward`]: `dy [T, B, H]`
 /// (ignored at padded steps) and the final-state gradient in `dh` in; the
 /// initial-state gradient left in `dh`, input gradients added to `dx`,
-/// parameter gradients added to `g` (`None`: left to [`weight_grads`], whose inputs
+/// parameter gradients added to `g` (`None`: left to `weight_grads`, whose inputs
 /// stay in `cache`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
