@@ -2,11 +2,10 @@
 //! steps are bound by streaming the weights, so each layer's step is one pass over
 //! them: the hidden units are shared out between the cores, each computing the gate
 //! rows of its units and their cell update (one handoff per layer, to the stepper's
-//! own [`Team`] of threads, each of which keeps its share's weights in its core's
-//! cache); the first layer's
-//! input product is a table lookup, `W_ih0·E[id] + b_ih0` precomputed per
-//! character; the weights can be kept in bfloat16 or int8, halving or quartering
-//! the bytes to stream.
+//! own [`Team`] of threads, each keeping its share's weights in its core's cache);
+//! the first layer's input product is a table lookup, `W_ih0·E[id] + b_ih0`
+//! precomputed per character; the weights can be kept in bfloat16 or int8, halving
+//! or quartering the bytes to stream.
 //! The cell equations are those of `crate::cell` (named there).
 
 use super::CharLm;
