@@ -73,28 +73,30 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> usize {
     if cfg.top_k.is_none() && cfg.top_p.is_none() {
         return draw(logits, cfg.temperature, rng).unwrap_or_else(argmax);
     }
-    let inv_t = 1.0 / cfg.temperature as f64;
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    // (id, unnormalised probability), most likely first when a cut is asked for.
-    let mut probs: Vec<(usize, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i, ((v as f64 - max) * inv_t).exp()))
-        .collect();
-    if cfg.top_k.is_some() || cfg.top_p.is_some() {
-        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if let Some(k) = cfg.top_k {
-            probs.truncate(k.max(1));
-        }
-        if let Some(p) = cfg.top_p {
-            let total: f64 = probs.iter().map(|x| x.1).sum();
-            let mut acc = 0.0;
-            let keep = probs.iter().position(|x| {
-                acc += x.1;
-                acc >= p as f64 * total
-            });
-            probs.truncate(keep.map_or(probs.len(), |i| i + 1));
-        }
+    // A cut: (id, unnormalised probability), most likely first.
+    let (inv_t, max) = scale_of(logits, cfg.temperature);
+    let mut buf = [0f32; DRAW_CHUNK];
+    let mut probs: Vec<(usize, f64)> = Vec::with_capacity(logits.len());
+    for (k, c) in logits.chunks(DRAW_CHUNK).enumerate() {
+        let w = weights(c, max, inv_t, &mut buf);
+        probs.extend(
+            w.iter()
+                .enumerate()
+                .map(|(i, &w)| (k * DRAW_CHUNK + i, f64::from(w))),
+        );
+    }
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if let Some(k) = cfg.top_k {
+        probs.truncate(k.max(1));
+    }
+    if let Some(p) = cfg.top_p {
+        let total: f64 = probs.iter().map(|x| x.1).sum();
+        let mut acc = 0.0;
+        let keep = probs.iter().position(|x| {
+            acc += x.1;
+            acc >= p as f64 * total
+        });
+        probs.truncate(keep.map_or(probs.len(), |i| i + 1));
     }
     let total: f64 = probs.iter().map(|x| x.1).sum();
     if !(total > 0.0 && total.is_finite()) {
@@ -116,8 +118,7 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> usize {
 /// `exp` per logit cost 5–10 % of a small model's character. `None` when the weights
 /// do not sum to a positive finite number.
 fn draw(logits: &[f32], temperature: f32, rng: &mut Rng) -> Option<usize> {
-    let inv_t = 1.0 / temperature;
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let (inv_t, max) = scale_of(logits, temperature);
     let mut buf = [0f32; DRAW_CHUNK];
     let mut total = 0f64;
     for c in logits.chunks(DRAW_CHUNK) {
@@ -144,6 +145,12 @@ fn draw(logits: &[f32], temperature: f32, rng: &mut Rng) -> Option<usize> {
     }
     // Rounding left `u` past the end: the last token that can be drawn.
     last
+}
+
+/// `1 / temperature` and the largest logit, which the weights are taken relative to.
+fn scale_of(logits: &[f32], temperature: f32) -> (f32, f32) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    (1.0 / temperature, max)
 }
 
 /// Logits [`draw`] turns into weights at a time.
