@@ -374,7 +374,7 @@ fn hidden_weight_grads<T: Real>(
     let (rows, hs) = (seq.steps * seq.batch, g.hidden_size());
     let g3 = 3 * hs;
     if reset_after {
-        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgh);
+        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgh, None);
     } else {
         // W_h{r,z} saw h_{t-1}; W_hn saw r ⊙ h_{t-1}.
         let (dw_rz, dw_n) = g.w_hh.data_mut().split_at_mut(2 * hs * hs);

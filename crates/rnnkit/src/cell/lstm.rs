@@ -266,7 +266,7 @@ pub fn backward<T: Real>(
             );
         }
     });
-    input_grads(
+    let sum = input_grads(
         p,
         g.as_deref_mut(),
         x,
@@ -276,7 +276,8 @@ pub fn backward<T: Real>(
         Some(&mut cache.weights.packed[3]),
     );
     if let Some(g) = g {
-        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates);
+        // b_hh's gradient is b_ih's: the same pre-activation gradients.
+        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates, sum.as_deref());
     }
 }
 

@@ -239,11 +239,17 @@ pub(crate) fn project_inputs<T: Real>(
             slot,
             false,
         );
-        add_bias_rows(out, p.b_ih.data());
-        if fold_bias_hh {
-            if let Some(b) = &p.b_hh {
-                add_bias_rows(out, b.data());
+        // Both biases in one pass over the rows (each pass reads and writes all of
+        // them; a layer's rows are tens of megabytes).
+        match (&p.b_hh, fold_bias_hh) {
+            (Some(b_hh), true) => {
+                let mut both = Scratch::<T>::zeroed(gh);
+                for ((s, &a), &b) in both.iter_mut().zip(p.b_ih.data()).zip(b_hh.data()) {
+                    *s = a + b;
+                }
+                add_bias_rows(out, &both);
             }
+            _ => add_bias_rows(out, p.b_ih.data()),
         }
     };
     match x {
@@ -280,7 +286,8 @@ pub(crate) fn project_inputs<T: Real>(
 /// input side over the walk `seq`: `dW_ih += dgᵀ·x` (over real steps only) and
 /// `db_ih += Σ dg` when `g` is given, `dx += dg·W_ih` when `dx` is (for embedded
 /// inputs `dx` is the table's gradient `[V, I]`: the rows of `dg` are first summed
-/// per id, so the products run over V rows instead of T·B).
+/// per id, so the products run over V rows instead of T·B). Returns `Σ dg` when `g`
+/// is given, for a cell whose `db_hh` is the same sum ([`recurrent_grads`]).
 pub(crate) fn input_grads<T: Real>(
     p: &CellParams<T>,
     g: Option<&mut CellParams<T>>,
@@ -289,10 +296,17 @@ pub(crate) fn input_grads<T: Real>(
     dg: &[T],
     dx: Option<&mut [T]>,
     packed: Option<&mut PackedSteps>,
-) {
+) -> Option<Scratch<T>> {
     let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
     let rows = seq.steps * seq.batch;
     let w_ih = MatRef::dense(p.w_ih.data(), gh, i);
+    // Σ dg over `rows` rows of `dg`, added to `db_ih`.
+    let bias_sum = |g: &mut CellParams<T>, dg: &[T], rows: usize| {
+        let mut sum = Scratch::<T>::zeroed(gh);
+        sum_rows_into(&mut sum, &dg[..rows * gh]);
+        add_into(g.b_ih.data_mut(), &sum);
+        sum
+    };
     let slot = match (&dx, &x, packed) {
         (Some(_), Input::Dense(_), Some(packed)) => few_rows_packed(rows, packed, w_ih),
         _ => None,
@@ -303,18 +317,19 @@ pub(crate) fn input_grads<T: Real>(
                  dg: &[T],
                  dx: Option<&mut [T]>| {
         let dg_mat = MatRef::dense(dg, rows, gh);
-        if let Some(g) = g {
+        let sum = g.map(|g| {
             weight_grad(
                 MatMut::dense(g.w_ih.data_mut(), gh, i),
                 dg_mat,
                 MatRef::dense(x, rows, i),
                 real,
             );
-            sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
-        }
+            bias_sum(g, dg, rows)
+        });
         if let Some(dx) = dx {
             step_product(MatMut::dense(dx, rows, i), dg_mat, w_ih, slot, true);
         }
+        sum
     };
     match x {
         Input::Dense(x) => {
@@ -325,11 +340,12 @@ pub(crate) fn input_grads<T: Real>(
             let v = table.len() / i.max(1);
             let mut per_id = Scratch::<T>::zeroed(v * gh);
             scatter_add_rows(&mut per_id, dg, &ids[..rows], gh);
-            grads(g, (table, v), None, &per_id, dx);
+            // Σ dg = Σ of the per-id sums (V rows instead of T·B).
+            grads(g, (table, v), None, &per_id, dx)
         }
         Input::OneHot { ids } => {
             // dW_ih[:, id] += Σ of the rows of dg with that id; no input gradient.
-            let Some(g) = g else { return };
+            let g = g?;
             let mut per_id = Scratch::<T>::zeroed(i * gh);
             scatter_add_rows(&mut per_id, dg, &ids[..rows], gh);
             let gw = g.w_ih.data_mut();
@@ -338,8 +354,16 @@ pub(crate) fn input_grads<T: Real>(
                     gw[gate * i + v] += d;
                 }
             }
-            sum_rows_into(g.b_ih.data_mut(), &dg[..rows * gh]);
+            // Σ dg = Σ of the per-id sums (I rows instead of T·B).
+            Some(bias_sum(g, &per_id, i))
         }
+    }
+}
+
+/// `acc += v`, element by element.
+fn add_into<T: Real>(acc: &mut [T], v: &[T]) {
+    for (a, &b) in acc.iter_mut().zip(v) {
+        *a += b;
     }
 }
 
@@ -368,14 +392,21 @@ pub(crate) fn linear_weight_grads<T: Real>(
     dg: &[T],
     h_prev: &[T],
 ) {
-    input_grads(p, Some(&mut *g), x, seq, dg, None, None);
-    recurrent_grads(g, seq, h_prev, dg);
+    let sum = input_grads(p, Some(&mut *g), x, seq, dg, None, None);
+    recurrent_grads(g, seq, h_prev, dg, sum.as_deref());
 }
 
 /// `dW_hh += dghᵀ·h_prev` and `db_hh += Σ dgh`, for cells whose recurrent
 /// pre-activation is `h_{t-1}·W_hhᵀ + b_hh` throughout; `dgh` and `h_prev` are
-/// `[T, B, ·]` over the walk `seq`.
-pub(crate) fn recurrent_grads<T: Real>(g: &mut CellParams<T>, seq: &Seq, h_prev: &[T], dgh: &[T]) {
+/// `[T, B, ·]` over the walk `seq`. `sum` is `Σ dgh` where the caller has it (a
+/// cell whose `dgh` is the input side's `dg`: [`input_grads`] returned it).
+pub(crate) fn recurrent_grads<T: Real>(
+    g: &mut CellParams<T>,
+    seq: &Seq,
+    h_prev: &[T],
+    dgh: &[T],
+    sum: Option<&[T]>,
+) {
     let (gh, h) = (g.w_hh.shape()[0], g.w_hh.shape()[1]);
     let rows = seq.steps * seq.batch;
     weight_grad(
@@ -384,8 +415,10 @@ pub(crate) fn recurrent_grads<T: Real>(g: &mut CellParams<T>, seq: &Seq, h_prev:
         MatRef::dense(h_prev, rows, h),
         real_rows(seq),
     );
-    if let Some(b) = &mut g.b_hh {
-        sum_rows_into(b.data_mut(), &dgh[..rows * gh]);
+    match (&mut g.b_hh, sum) {
+        (Some(b), Some(sum)) => add_into(b.data_mut(), sum),
+        (Some(b), None) => sum_rows_into(b.data_mut(), &dgh[..rows * gh]),
+        (None, _) => {}
     }
 }
 

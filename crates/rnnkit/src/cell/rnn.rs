@@ -194,7 +194,7 @@ pub fn backward<T: Real>(
             );
         }
     });
-    input_grads(
+    let sum = input_grads(
         p,
         g.as_deref_mut(),
         x,
@@ -204,7 +204,8 @@ pub fn backward<T: Real>(
         Some(&mut cache.weights.packed[3]),
     );
     if let Some(g) = g {
-        recurrent_grads(g, &seq, &cache.h_prev, &cache.da);
+        // b_hh's gradient is b_ih's: the same pre-activation gradients.
+        recurrent_grads(g, &seq, &cache.h_prev, &cache.da, sum.as_deref());
     }
 }
 
