@@ -98,7 +98,14 @@ impl PackedB {
         self.precision = precision;
         // Not cleared: every lane of the real columns is written below, and whatever
         // the padding columns of the last panel hold only reaches outputs never stored.
-        self.data.resize(panels * depth * NR, 0);
+        // Grown, never shrunk: the thread's buffer for operands packed on the fly
+        // serves products of every size, and each regrowth zero-filled it (a weight
+        // gradient's `B` is megabytes).
+        let len = panels * depth * NR;
+        if self.data.len() < len {
+            self.data.resize(len, 0);
+        }
+        let data = &mut self.data[..len];
         let avx512 = packed_supported(Precision::F32);
         let by_rows = b.cs == 1 && avx512;
         let by_columns = b.rs == 1 && b.cs != 1 && precision == Precision::F32 && avx512;
@@ -116,15 +123,11 @@ impl PackedB {
         };
         // Large operands packed on the fly are packed by every thread, a panel each.
         if rayon::current_num_threads() > 1 && !SERIAL.get() && k * n >= 1 << 18 {
-            self.data
-                .par_chunks_exact_mut(depth * NR)
+            data.par_chunks_exact_mut(depth * NR)
                 .enumerate()
                 .for_each(one);
         } else {
-            self.data
-                .chunks_exact_mut(depth * NR)
-                .enumerate()
-                .for_each(one);
+            data.chunks_exact_mut(depth * NR).enumerate().for_each(one);
         }
     }
 
