@@ -716,7 +716,8 @@ fn run_rows(
                         accumulate: acc,
                     };
                     // The last panel of a narrow B runs a narrower tile (a vocabulary
-                    // of 65 would waste half the multiply-adds of its last tile).
+                    // of 65 would waste half the multiply-adds of its last tile, a
+                    // width of 512 a third of its last).
                     // SAFETY: the caller asserted the CPU features of `precision`;
                     // both panels hold `depth` lanes (sliced above) and the tile's
                     // elements lie in `c` (asserted).
@@ -745,7 +746,11 @@ fn run_rows(
                                 2 => avx512::tile_f32::<2>(ap, bp, tile),
                                 _ => avx512::tile_f32::<NV>(ap, bp, tile),
                             },
-                            Precision::Bf16 => avx512::tile_bf16(ap, bp, tile),
+                            Precision::Bf16 => match nj.div_ceil(16) {
+                                1 => avx512::tile_bf16::<1>(ap, bp, tile),
+                                2 => avx512::tile_bf16::<2>(ap, bp, tile),
+                                _ => avx512::tile_bf16::<NV>(ap, bp, tile),
+                            },
                         }
                     };
                 }
@@ -757,7 +762,7 @@ fn run_rows(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR, NV, TN_NR, TN_V};
+    use super::{MR, NR, TN_NR, TN_V};
     use std::arch::x86_64::*;
 
     /// Lanes `dst[d·MR]` = bfloat16 pairs (`row[2d]`, `row[2d + 1]`) of one row of
@@ -1189,14 +1194,14 @@ mod avx512 {
 
     /// The same over bfloat16 pairs.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn tile_bf16(a: &[u32], b: &[u32], tile: Tile) {
+    pub(super) unsafe fn tile_bf16<const V: usize>(a: &[u32], b: &[u32], tile: Tile) {
         let pairs = a.len() / MR;
         // Once per tile, not per element: the loads below trust it.
         assert!(b.len() == pairs * NR && a.len() == pairs * MR);
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..pairs {
             let bp = unsafe { b.as_ptr().add(p * NR) };
-            let mut bv = [bh(_mm512_setzero_ps()); NV];
+            let mut bv = [bh(_mm512_setzero_ps()); V];
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = bh(unsafe { _mm512_loadu_ps(bp.add(16 * v).cast()) });
             }
