@@ -211,7 +211,6 @@ pub fn backward<T: Real>(
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g4 = 4 * hs;
-    let one = T::one();
     let w_hh = MatRef::dense(p.w_hh.data(), g4, hs);
     let packed = cache.weights.packed[1].prepare(&[w_hh]);
     let (gates, tanh_c, c_prev) = (&cache.gates, &cache.tanh_c, &cache.c_prev);
@@ -243,17 +242,7 @@ pub fn backward<T: Real>(
                     &c_prev[row * hs..][..hs],
                     &dy[row * hs..][..hs],
                 );
-                for j in 0..hs {
-                    let (i_, f, gg, o) = (a[j], a[hs + j], a[2 * hs + j], a[3 * hs + j]);
-                    let dh_t = dh[j] + dy[j];
-                    let dc_t = dc[j] + dh_t * o * (one - tc[j] * tc[j]);
-                    da[j] = dc_t * gg * i_ * (one - i_);
-                    da[hs + j] = dc_t * cp[j] * f * (one - f);
-                    da[2 * hs + j] = dc_t * i_ * (one - gg * gg);
-                    da[3 * hs + j] = dh_t * tc[j] * o * (one - o);
-                    dc[j] = dc_t * f;
-                    dh[j] = T::zero(); // replaced by da · W_hh below
-                }
+                backward_row(a, (tc, cp, dy), dh, dc, da);
             }
             // dh_{t-1} = da_t · W_hh, added onto rows that are zero (valid) or carried (padded).
             let mt = seq.active(t, &rows);
@@ -278,6 +267,72 @@ pub fn backward<T: Real>(
     if let Some(g) = g {
         // b_hh's gradient is b_ih's: the same pre-activation gradients.
         recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates, sum.as_deref());
+    }
+}
+
+/// [`backward_units`], compiled for AVX-512F where the CPU has it: the build
+/// targets baseline x86-64, whose loops are 4 lanes wide (16 lanes took 2 % off a
+/// bf16 training step of LSTM 2×512; the results are the same, element by element).
+fn backward_row<T: Real>(
+    a: &[T],
+    saved: (&[T], &[T], &[T]),
+    dh: &mut [T],
+    dc: &mut [T],
+    da: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512<T: Real>(
+            a: &[T],
+            saved: (&[T], &[T], &[T]),
+            dh: &mut [T],
+            dc: &mut [T],
+            da: &mut [T],
+        ) {
+            backward_units(a, saved, dh, dc, da)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function was compiled for.
+            return unsafe { avx512(a, saved, dh, dc, da) };
+        }
+    }
+    backward_units(a, saved, dh, dc, da)
+}
+
+/// One row's gate gradients `da` from its activated gates `a`, `tanh(c_t)`, `c_{t-1}`
+/// and output gradient `dy` (the equations at the top); `dc` becomes `dc_{t-1}` and
+/// `dh` zero (the product with `W_hh` adds `dh_{t-1}` to it).
+#[inline(always)]
+fn backward_units<T: Real>(
+    a: &[T],
+    (tc, cp, dy): (&[T], &[T], &[T]),
+    dh: &mut [T],
+    dc: &mut [T],
+    da: &mut [T],
+) {
+    let hs = dh.len();
+    let one = T::one();
+    // Every slice exactly `hs` long: the loop below then needs no bounds checks.
+    let (i, f, g, o) = (
+        &a[..hs],
+        &a[hs..2 * hs],
+        &a[2 * hs..3 * hs],
+        &a[3 * hs..4 * hs],
+    );
+    let (tc, cp, dy, dc) = (&tc[..hs], &cp[..hs], &dy[..hs], &mut dc[..hs]);
+    let (dai, rest) = da[..4 * hs].split_at_mut(hs);
+    let (daf, rest) = rest.split_at_mut(hs);
+    let (dag, dao) = rest.split_at_mut(hs);
+    for j in 0..hs {
+        let dh_t = dh[j] + dy[j];
+        let dc_t = dc[j] + dh_t * o[j] * (one - tc[j] * tc[j]);
+        dai[j] = dc_t * g[j] * i[j] * (one - i[j]);
+        daf[j] = dc_t * cp[j] * f[j] * (one - f[j]);
+        dag[j] = dc_t * i[j] * (one - g[j] * g[j]);
+        dao[j] = dh_t * tc[j] * o[j] * (one - o[j]);
+        dc[j] = dc_t * f[j];
+        dh[j] = T::zero();
     }
 }
 
