@@ -270,34 +270,16 @@ pub fn backward<T: Real>(
     }
 }
 
-/// [`backward_units`], compiled for AVX-512F where the CPU has it: the build
-/// targets baseline x86-64, whose loops are 4 lanes wide (16 lanes took 2 % off a
-/// bf16 training step of LSTM 2×512; the results are the same, element by element).
-fn backward_row<T: Real>(
-    a: &[T],
-    saved: (&[T], &[T], &[T]),
-    dh: &mut [T],
-    dc: &mut [T],
-    da: &mut [T],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn avx512<T: Real>(
-            a: &[T],
-            saved: (&[T], &[T], &[T]),
-            dh: &mut [T],
-            dc: &mut [T],
-            da: &mut [T],
-        ) {
-            backward_units(a, saved, dh, dc, da)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function was compiled for.
-            return unsafe { avx512(a, saved, dh, dc, da) };
-        }
-    }
-    backward_units(a, saved, dh, dc, da)
+avx512_variant! {
+    /// [`backward_units`], 16 lanes wide where the CPU can (2 % off a bf16 training
+    /// step of LSTM 2×512).
+    fn backward_row<T: Real>(
+        a: &[T],
+        saved: (&[T], &[T], &[T]),
+        dh: &mut [T],
+        dc: &mut [T],
+        da: &mut [T],
+    ) => backward_units
 }
 
 /// One row's gate gradients `da` from its activated gates `a`, `tanh(c_t)`, `c_{t-1}`

@@ -138,6 +138,41 @@ pub fn forward<T: Real>(
     });
 }
 
+avx512_variant! {
+    /// [`backward_units`], 16 lanes wide where the CPU can.
+    fn backward_row<T: Real>(
+        act: Activation,
+        out: (&[T], &[T]),
+        dh: &mut [T],
+        da: &mut [T],
+    ) => backward_units
+}
+
+/// One row's pre-activation gradients `da` from its outputs `h_t` and their
+/// gradient `dy` (tanh: `(dh + dy)(1 − h_t²)`; ReLU: `dh + dy` where `h_t > 0`);
+/// `dh` becomes zero (the product with `W_hh` adds `dh_{t-1}` to it).
+#[inline(always)]
+fn backward_units<T: Real>(act: Activation, (h, dy): (&[T], &[T]), dh: &mut [T], da: &mut [T]) {
+    let n = dh.len();
+    // Every slice exactly `n` long, the activation chosen outside the loop: the
+    // loops then need no bounds checks or branches.
+    let (h, dy, da) = (&h[..n], &dy[..n], &mut da[..n]);
+    match act {
+        Activation::Tanh => {
+            for j in 0..n {
+                da[j] = (dh[j] + dy[j]) * (T::one() - h[j] * h[j]);
+            }
+        }
+        Activation::Relu => {
+            for j in 0..n {
+                let d = dh[j] + dy[j];
+                da[j] = if h[j] > T::zero() { d } else { T::zero() };
+            }
+        }
+    }
+    dh.fill(T::zero());
+}
+
 /// Backpropagates through the sequence of the last [`forward`]: `dy [T, B, H]`
 /// (ignored at padded steps) and the final-state gradient in `dh` in; the
 /// initial-state gradient left in `dh`, input gradients added to `dx`,
@@ -172,17 +207,9 @@ pub fn backward<T: Real>(
                 if !seq.valid(t, b) {
                     continue; // dh passes through unchanged
                 }
-                let row = (t * batch + b) * hs;
-                for j in 0..hs {
-                    let v = h_new[row + j];
-                    let d = dh[i * hs + j] + dy[row + j];
-                    da[i * hs + j] = match act {
-                        Activation::Tanh => d * (T::one() - v * v),
-                        Activation::Relu if v > T::zero() => d,
-                        Activation::Relu => T::zero(),
-                    };
-                    dh[i * hs + j] = T::zero();
-                }
+                let (row, r) = ((t * batch + b) * hs, i * hs..(i + 1) * hs);
+                let out = (&h_new[row..][..hs], &dy[row..][..hs]);
+                backward_row(act, out, &mut dh[r.clone()], &mut da[r]);
             }
             let mt = seq.active(t, &rows);
             step_product(
