@@ -800,8 +800,9 @@ mod avx512 {
         }
     }
 
-    /// Lanes `dst[j]` = the bfloat16 pair (`lo[j]`, `hi[j]`), 16 at a time (a `B`
-    /// panel's depth from two rows of `B`; the scalar rounding was a sixth of packing).
+    /// Lanes `dst[j]` = the bfloat16 pair (`lo[j]`, `hi[j]`), 16 at a time: a `B`
+    /// panel's depth from two rows of `B`, rounded by `vcvtneps2bf16` as `A`'s lanes
+    /// are (instead of one scalar rounding per value).
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn bf16_pairs_of_two_rows(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
         let w = lo.len();
