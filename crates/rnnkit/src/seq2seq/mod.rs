@@ -421,10 +421,29 @@ impl<T: Real> Seq2seq<T> {
         state: &RecurrentState<T>,
         mem: &Memory<T>,
     ) -> Result<(Vec<T>, RecurrentState<T>, Vec<T>)> {
-        let (b, e, h) = (ids.len(), self.config.embed, self.config.hidden_size);
+        let (b, h) = (ids.len(), self.config.hidden_size);
+        let mut x = Tensor::zeros(&[1, b, self.decoder.config().input_size]);
+        self.decoder_input(ids, feed, x.data_mut())?;
+        let (y, new_state) = self.decoder.forward(&x, None, Some(state))?;
+        let q = y.into_vec();
+        if self.config.attention == AttentionKind::None {
+            return Ok((q, new_state, Vec::new()));
+        }
+        let mut attn = StepAttention::default();
+        let (mut ctx, mut cat) = (vec![T::zero(); b * h], vec![T::zero(); b * 2 * h]);
+        let mut o = vec![T::zero(); b * h];
+        let parts = (&mut ctx[..], &mut cat[..], &mut attn);
+        let layers = (&self.attention, self.combine.as_ref());
+        attentional_output(layers, mem, (&q, b, h), parts, &mut o);
+        Ok((o, new_state, attn.alpha))
+    }
+
+    /// The decoder's input rows `x [B, E (+ H)]` for the tokens `ids`: each token's
+    /// embedding, then with attention its row of the fed-back `feed [B, H]`.
+    fn decoder_input(&self, ids: &[usize], feed: &[T], x: &mut [T]) -> Result<()> {
+        let (e, h) = (self.config.embed, self.config.hidden_size);
         let attend = self.config.attention != AttentionKind::None;
         let in_w = self.decoder.config().input_size;
-        let mut x = Tensor::zeros(&[1, b, in_w]);
         for (j, &id) in ids.iter().enumerate() {
             if id >= self.target_vocab.len() {
                 return Err(Error::Input(format!(
@@ -432,30 +451,13 @@ impl<T: Real> Seq2seq<T> {
                     self.target_vocab.len()
                 )));
             }
-            let row = &mut x.data_mut()[j * in_w..][..in_w];
+            let row = &mut x[j * in_w..][..in_w];
             row[..e].copy_from_slice(&self.tgt_embed.weight.data()[id * e..][..e]);
             if attend {
                 row[e..].copy_from_slice(&feed[j * h..][..h]);
             }
         }
-        let (y, new_state) = self.decoder.forward(&x, None, Some(state))?;
-        let q = y.into_vec();
-        if !attend {
-            return Ok((q, new_state, Vec::new()));
-        }
-        let mut attn = StepAttention::default();
-        let mut ctx = vec![T::zero(); b * h];
-        self.attention.forward(mem, &q, &mut ctx, &mut attn);
-        let mut cat = vec![T::zero(); b * 2 * h];
-        for j in 0..b {
-            cat[j * 2 * h..][..h].copy_from_slice(&ctx[j * h..][..h]);
-            cat[j * 2 * h + h..][..h].copy_from_slice(&q[j * h..][..h]);
-        }
-        let mut o = vec![T::zero(); b * h];
-        let combine = self.combine.as_ref().expect("attention has combine");
-        combine.forward(&cat, b, &mut o);
-        T::tanh_inplace(&mut o);
-        Ok((o, new_state, attn.alpha))
+        Ok(())
     }
 
     /// Teacher-forced forward over `batch` (training mode with dropout when `rng` is
@@ -525,24 +527,10 @@ impl<T: Real> Seq2seq<T> {
         w: &mut Work<T>,
         mut rng: Option<&mut Rng>,
     ) -> Result<()> {
-        let (b, e, h) = (ids.len(), self.config.embed, self.config.hidden_size);
-        let attend = self.config.attention != AttentionKind::None;
-        let in_w = self.decoder.config().input_size;
-        // Every element is written below: the embedding, then the feed with attention.
-        w.x.reshape_overwritten(&[1, b, in_w]);
-        for (j, &id) in ids.iter().enumerate() {
-            if id >= self.target_vocab.len() {
-                return Err(Error::Input(format!(
-                    "target id {id} is outside the vocabulary of {}",
-                    self.target_vocab.len()
-                )));
-            }
-            let row = &mut w.x.data_mut()[j * in_w..][..in_w];
-            row[..e].copy_from_slice(&self.tgt_embed.weight.data()[id * e..][..e]);
-            if attend {
-                row[e..].copy_from_slice(&w.feed[j * h..][..h]);
-            }
-        }
+        let (b, h) = (ids.len(), self.config.hidden_size);
+        // Every element is written: the embedding, then the feed with attention.
+        w.x.reshape_overwritten(&[1, b, self.decoder.config().input_size]);
+        self.decoder_input(ids, &w.feed, w.x.data_mut())?;
         let into = (&mut w.step.y, &mut w.next);
         self.decoder
             .step_train_into(t, &w.x, &w.state, rng.as_deref_mut(), into)?;
@@ -552,18 +540,15 @@ impl<T: Real> Seq2seq<T> {
             steps.resize_with(t + 1, StepSaved::default);
         }
         let st = &mut steps[t];
-        if attend {
-            let ctx = overwritten(&mut w.ctx, b * h);
-            self.attention.forward(mem, q, ctx, &mut st.attn);
-            let cat = overwritten(&mut st.cat, b * 2 * h);
-            for j in 0..b {
-                cat[j * 2 * h..][..h].copy_from_slice(&ctx[j * h..][..h]);
-                cat[j * 2 * h + h..][..h].copy_from_slice(&q[j * h..][..h]);
-            }
+        if self.config.attention != AttentionKind::None {
+            let parts = (
+                overwritten(&mut w.ctx, b * h),
+                overwritten(&mut st.cat, b * 2 * h),
+                &mut st.attn,
+            );
             let tilde = overwritten(&mut st.tilde, b * h);
-            let combine = self.combine.as_ref().expect("attention has combine");
-            combine.forward(&st.cat, b, tilde);
-            T::tanh_inplace(tilde);
+            let layers = (&self.attention, self.combine.as_ref());
+            attentional_output(layers, mem, (q, b, h), parts, tilde);
             o.copy_from_slice(tilde);
         } else {
             o.copy_from_slice(q);
@@ -790,6 +775,27 @@ impl<T: Real> Seq2seq<T> {
             cell_flops(self.decoder.config()) + attend + 2 * h * self.target_vocab.len() as u64,
         )
     }
+}
+
+/// The attentional output `o = tanh(W_c·[ctx; q])` for the decoder outputs `q [B, H]`
+/// (`b` rows of `h`): the attention over `mem` writes its context to `ctx [B, H]` and
+/// keeps its weights in `attn`; `cat [B, 2H]` receives `[ctx; q]`. Decoding and
+/// training steps share it.
+fn attentional_output<T: Real>(
+    (attention, combine): (&Attention<T>, Option<&Linear<T>>),
+    mem: &Memory<T>,
+    (q, b, h): (&[T], usize, usize),
+    (ctx, cat, attn): (&mut [T], &mut [T], &mut StepAttention<T>),
+    o: &mut [T],
+) {
+    attention.forward(mem, q, ctx, attn);
+    for j in 0..b {
+        cat[j * 2 * h..][..h].copy_from_slice(&ctx[j * h..][..h]);
+        cat[j * 2 * h + h..][..h].copy_from_slice(&q[j * h..][..h]);
+    }
+    let combine = combine.expect("attention has combine");
+    combine.forward(cat, b, o);
+    T::tanh_inplace(o);
 }
 
 /// `f` applied to `h` and `c` of a state.
