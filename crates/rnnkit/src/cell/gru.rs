@@ -280,21 +280,23 @@ pub fn backward<T: Real>(
                     continue; // dh passes through unchanged
                 }
                 let row = t * batch + b;
-                let a = &gates[row * g3..][..g3];
-                let dg = &mut dgx[i * g3..][..g3];
-                for j in 0..hs {
-                    let (r, z, n) = (a[j], a[hs + j], a[2 * hs + j]);
-                    let d = dh[i * hs + j] + dy[row * hs + j];
-                    let dan = d * (one - z) * (one - n * n);
-                    dg[hs + j] = d * (h_prev[row * hs + j] - n) * z * (one - z);
-                    dg[2 * hs + j] = dan;
-                    if reset_after {
-                        dg[j] = dan * aux[row * hs + j] * r * (one - r);
-                        let dgh = &mut dgh[i * g3..][..g3];
-                        (dgh[j], dgh[hs + j], dgh[2 * hs + j]) = (dg[j], dg[hs + j], dan * r);
-                    }
-                    dh[i * hs + j] = d * z;
-                }
+                let saved = (
+                    &dy[row * hs..][..hs],
+                    &h_prev[row * hs..][..hs],
+                    &aux[row * hs..][..hs],
+                );
+                let dgh: &mut [T] = if reset_after {
+                    &mut dgh[i * g3..][..g3]
+                } else {
+                    &mut []
+                };
+                backward_row(
+                    &gates[row * g3..][..g3],
+                    saved,
+                    &mut dh[i * hs..][..hs],
+                    &mut dgx[i * g3..][..g3],
+                    dgh,
+                );
             }
             if reset_after {
                 step_product(
@@ -347,6 +349,60 @@ pub fn backward<T: Real>(
     );
     if let Some(g) = g {
         hidden_weight_grads(g, reset_after, seq, cache);
+    }
+}
+
+avx512_variant! {
+    /// [`backward_units`], 16 lanes wide where the CPU can.
+    fn backward_row<T: Real>(
+        a: &[T],
+        saved: (&[T], &[T], &[T]),
+        dh: &mut [T],
+        dg: &mut [T],
+        dgh: &mut [T],
+    ) => backward_units
+}
+
+/// One row's gate gradients `dg` from its activated gates `a`, output gradient `dy`,
+/// `h_{t-1}` and (reset after) `W_hn h_{t-1} + b_hn` (the equations at the top); `dh`
+/// becomes its part of `dh_{t-1}` that does not pass through `W_hh`. Reset after
+/// (`dgh` not empty): `dgh` gets the gradients of the recurrent pre-activations.
+/// Reset before: `dg`'s r block is left to the caller, which needs `W_hn` first.
+#[inline(always)]
+fn backward_units<T: Real>(
+    a: &[T],
+    (dy, hp, hn): (&[T], &[T], &[T]),
+    dh: &mut [T],
+    dg: &mut [T],
+    dgh: &mut [T],
+) {
+    let hs = dh.len();
+    let one = T::one();
+    // Every slice exactly `hs` long: the loops below then need no bounds checks.
+    let (r, z, n) = (&a[..hs], &a[hs..2 * hs], &a[2 * hs..3 * hs]);
+    let (dy, hp) = (&dy[..hs], &hp[..hs]);
+    let (dgr, rest) = dg[..3 * hs].split_at_mut(hs);
+    let (dgz, dgn) = rest.split_at_mut(hs);
+    if dgh.is_empty() {
+        for j in 0..hs {
+            let d = dh[j] + dy[j];
+            dgn[j] = d * (one - z[j]) * (one - n[j] * n[j]);
+            dgz[j] = d * (hp[j] - n[j]) * z[j] * (one - z[j]);
+            dh[j] = d * z[j];
+        }
+        return;
+    }
+    let hn = &hn[..hs];
+    let (dhr, rest) = dgh[..3 * hs].split_at_mut(hs);
+    let (dhz, dhn) = rest.split_at_mut(hs);
+    for j in 0..hs {
+        let d = dh[j] + dy[j];
+        let dan = d * (one - z[j]) * (one - n[j] * n[j]);
+        dgn[j] = dan;
+        dgz[j] = d * (hp[j] - n[j]) * z[j] * (one - z[j]);
+        dgr[j] = dan * hn[j] * r[j] * (one - r[j]);
+        (dhr[j], dhz[j], dhn[j]) = (dgr[j], dgz[j], dan * r[j]);
+        dh[j] = d * z[j];
     }
 }
 
