@@ -1,7 +1,9 @@
 //! Heap allocations of a warmed-up training step (building the batch, forward,
 //! backward, clipping, Adam), counted by a global allocator in this test binary: of
 //! the char LM for every cell in f32 and bf16, and of the classifier, the CTC
-//! recogniser, the tagger and the encoder–decoder, each at two lengths. A warmed-up
+//! recogniser, the tagger and the encoder–decoder, each at two lengths; for the char
+//! LM and each of these tasks also through the trainer's `Task::train_batch` (which
+//! gathers each batch). A warmed-up
 //! step must allocate nothing (see [`Counted`]). The counts are printed by
 //! `cargo test --release -p rnnkit --test allocations -- --nocapture`.
 
@@ -9,6 +11,8 @@ use rnnkit::data::Vocab;
 use rnnkit::kernel::Precision;
 use rnnkit::model::{CharLm, CharLmConfig};
 use rnnkit::optim::{clip_grad_norm, Optimizer, OptimizerKind};
+use rnnkit::task::char_lm::{Batching, CharLmRecipe, CharLmTask};
+use rnnkit::task::Task;
 use rnnkit::{CellKind, Parameters, Rng};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -125,6 +129,22 @@ fn warmed_up<M: Parameters<f32> + Send>(
     counted
 }
 
+/// [`warmed_up`] of the trainer's steps of `task` (`Task::train_batch`, batches in
+/// the order of an epoch).
+fn trained<T: Task>(task: &mut T) -> Counted {
+    let batches = task.batches_per_epoch() as u64;
+    let mut step = 0u64;
+    warmed_up(task, |t, rng| {
+        let (epoch, k) = (step / batches, (step % batches) as usize);
+        if k == 0 {
+            t.start_epoch(epoch);
+        }
+        let out = t.train_batch(epoch, k, rng, &mut |_| {}).unwrap();
+        assert!(out.loss.is_finite());
+        step += 1;
+    })
+}
+
 /// [`warmed_up`] for a char LM of 2 layers of `hidden`, vocabulary 30, batch 32 ×
 /// `seq_len` (16 rows a thread, enough for the packed per-step products).
 fn char_lm_allocations(
@@ -189,20 +209,72 @@ fn no_char_lm_training_step_allocates() {
     }
 }
 
+#[test]
+fn no_char_lm_trainer_step_allocates() {
+    let _alone = alone();
+    if !rnnkit::kernel::packed_supported(Precision::F32) {
+        return;
+    }
+    let chars: Vec<char> = ('a'..='z').chain(".,; ".chars()).collect();
+    let mut rng = Rng::new(5);
+    // 16 batches of 32 × 40 (and the validation tenth).
+    let text: String = (0..23_000).map(|_| chars[rng.below(chars.len())]).collect();
+    for (batching, carry_state) in [(Batching::Streams, true), (Batching::Shuffled, false)] {
+        let recipe = CharLmRecipe {
+            model: CharLmConfig {
+                cell: CellKind::Lstm,
+                embed_size: 16,
+                hidden_size: 128,
+                num_layers: 2,
+                dropout: 0.1,
+            },
+            seq_len: 40,
+            carry_state,
+            batching,
+        };
+        let vocab = Vocab::from_chars(chars.clone()).unwrap();
+        let model = CharLm::new(&recipe.model, vocab, &mut rng).unwrap();
+        let mut task = CharLmTask::new(model, &recipe, 32, 0.1, 1, &text).unwrap();
+        let counted = trained(&mut task);
+        println!("char LM ({batching:?}): {counted}");
+        assert!(
+            counted.none_per_step(),
+            "char LM ({batching:?}): a warmed-up trainer step allocates"
+        );
+    }
+}
+
 /// The task models' training steps on batches whose sequences are all `t` long
-/// (the benchmark's synthetic data), as [`warmed_up`] counts them.
+/// (the benchmark's synthetic data), as [`warmed_up`] counts them: the model's own
+/// step on one batch, or the trainer's (`Task::train_batch`) on a new batch every
+/// step, which also gathers the batch.
 mod tasks {
     use super::*;
     use rnnkit::bench::{classify, ctc, seq2seq, tag};
-    use rnnkit::data::{Series, TagColumn};
+    use rnnkit::data::{Series, TagColumn, TsDataset};
     use rnnkit::layer::PoolKind;
     use rnnkit::seq2seq::{AttentionKind, PairBatch, Seq2seqConfig};
-    use rnnkit::task::classifier::{Classifier, ClassifierConfig, DenseBatch, Standardizer};
-    use rnnkit::task::ctc::{CtcConfig, CtcModel};
-    use rnnkit::task::tagger::{Tagger, TaggerConfig};
+    use rnnkit::task::classifier::{
+        Classifier, ClassifierConfig, ClassifyTask, DenseBatch, Standardizer,
+    };
+    use rnnkit::task::ctc::{CtcConfig, CtcModel, CtcTask};
+    use rnnkit::task::seq2seq::{EncodedExample, Seq2seqTask};
+    use rnnkit::task::tagger::{TagTask, Tagger, TaggerConfig};
+
+    /// Which step is counted.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Level {
+        /// The model's `train_step` on the same batch every step.
+        Model,
+        /// The task's `train_batch`, the batches in the order of one epoch.
+        Task,
+    }
+
+    /// Batches of data made (more than the 15 counted steps: one epoch).
+    const BATCHES: usize = 16;
 
     /// Sequence classification: bidirectional GRU, max pooling, 16 series of `t` steps.
-    pub fn classify(t: usize) -> Counted {
+    pub fn classify(t: usize, level: Level) -> Counted {
         let cfg = classify::ClassifyBenchConfig {
             model: ClassifierConfig {
                 cell: CellKind::Gru,
@@ -217,16 +289,33 @@ mod tasks {
             min_len: t,
             max_len: t,
             batch: 16,
-            steps: 1,
+            steps: BATCHES,
             seed: 1,
             precision: Precision::F32,
         };
         let series = classify::series(&cfg);
         let cases: Vec<&Series> = series[..cfg.batch].iter().collect();
         let norm = Standardizer::fit(&cases, cfg.channels);
-        let labels = (0..cfg.classes).map(|k| format!("c{k}")).collect();
-        let mut model =
-            Classifier::new(&cfg.model, cfg.channels, labels, norm, &mut Rng::new(2)).unwrap();
+        let labels: Vec<String> = (0..cfg.classes).map(|k| format!("c{k}")).collect();
+        let mut model = Classifier::new(
+            &cfg.model,
+            cfg.channels,
+            labels.clone(),
+            norm,
+            &mut Rng::new(2),
+        )
+        .unwrap();
+        if let Level::Task = level {
+            let data = TsDataset {
+                problem: String::new(),
+                channels: cfg.channels,
+                labels,
+                cases: series,
+            };
+            let train: Vec<usize> = (0..data.cases.len()).collect();
+            let mut task = ClassifyTask::new(model, &data, (&train, &[]), cfg.batch, 1).unwrap();
+            return trained(&mut task);
+        }
         let targets: Vec<usize> = cases.iter().map(|s| s.label).collect();
         let mut batch = DenseBatch::default();
         warmed_up(&mut model, |m, rng| {
@@ -236,7 +325,7 @@ mod tasks {
     }
 
     /// CTC: bidirectional LSTM over stacked frames, 16 utterances of `3t` frames.
-    pub fn ctc(t: usize) -> Counted {
+    pub fn ctc(t: usize, level: Level) -> Counted {
         let cfg = ctc::CtcBenchConfig {
             model: CtcConfig {
                 cell: CellKind::Lstm,
@@ -251,15 +340,24 @@ mod tasks {
             labels: 8,
             frames: (3 * t, 3 * t),
             batch: 16,
-            steps: 1,
+            steps: BATCHES,
             seed: 1,
             precision: Precision::F32,
         };
-        let utts = ctc::utterances(&cfg);
+        let mut utts = ctc::utterances(&cfg);
+        // Targets of one length, as the frames are: the loss's lattices would
+        // otherwise grow at each batch with a longer target than before.
+        let shortest = utts.iter().map(|u| u.target.len()).min().unwrap_or(0);
+        utts.iter_mut().for_each(|u| u.target.truncate(shortest));
         let labels = (0..cfg.labels)
             .map(|i| char::from(b'a' + i as u8))
             .collect();
         let mut model = CtcModel::new(&cfg.model, cfg.bands, labels, &mut Rng::new(2)).unwrap();
+        if let Level::Task = level {
+            let mut task =
+                CtcTask::new(model, utts, Vec::new(), cfg.batch, 1, Default::default()).unwrap();
+            return trained(&mut task);
+        }
         let utts: Vec<_> = utts[..cfg.batch].iter().collect();
         let targets: Vec<&[usize]> = utts.iter().map(|u| u.target.as_slice()).collect();
         let mut batch = DenseBatch::default();
@@ -271,7 +369,7 @@ mod tasks {
 
     /// Tagging: character LSTM under a word-level bidirectional LSTM, 16 sentences
     /// of `t` words.
-    pub fn tag(t: usize) -> Counted {
+    pub fn tag(t: usize, level: Level) -> Counted {
         let cfg = tag::TagBenchConfig {
             model: TaggerConfig {
                 cell: CellKind::Lstm,
@@ -291,12 +389,16 @@ mod tasks {
             words_per_sentence: (t, t),
             chars_per_word: (2, 9),
             batch: 16,
-            steps: 1,
+            steps: BATCHES,
             seed: 1,
             precision: Precision::F32,
         };
         let (_, sentences) = tag::sentences(&cfg);
         let mut model = Tagger::new(&cfg.model, &sentences, &mut Rng::new(2)).unwrap();
+        if let Level::Task = level {
+            let mut task = TagTask::new(model, sentences, Vec::new(), cfg.batch, 1).unwrap();
+            return trained(&mut task);
+        }
         let batch: Vec<_> = sentences[..cfg.batch].iter().collect();
         warmed_up(&mut model, |m, rng| {
             m.train_step(&batch, rng).unwrap();
@@ -305,7 +407,7 @@ mod tasks {
 
     /// Encoder–decoder: bidirectional LSTM 2×64 encoder, general attention, 16 pairs
     /// of `t` source and target tokens.
-    pub fn seq2seq(t: usize) -> Counted {
+    pub fn seq2seq(t: usize, level: Level) -> Counted {
         let cfg = seq2seq::Seq2seqBenchConfig {
             model: Seq2seqConfig {
                 cell: CellKind::Lstm,
@@ -321,7 +423,7 @@ mod tasks {
             tgt_vocab: 20,
             lengths: (t, t),
             batch: 16,
-            steps: 1,
+            steps: BATCHES,
             decode_sources: 1,
             beam: 2,
             seed: 1,
@@ -329,6 +431,17 @@ mod tasks {
         };
         let data = seq2seq::pairs(&cfg);
         let mut model = seq2seq::model(&cfg, &mut Rng::new(2)).unwrap();
+        if let Level::Task = level {
+            let examples: Vec<EncodedExample> = data
+                .iter()
+                .map(|(s, t)| EncodedExample {
+                    source: s.clone(),
+                    targets: vec![t.clone()],
+                })
+                .collect();
+            let mut task = Seq2seqTask::new(model, &examples, Vec::new(), cfg.batch, 1).unwrap();
+            return trained(&mut task);
+        }
         let pairs: Vec<(&[usize], &[usize])> = data[..cfg.batch]
             .iter()
             .map(|(s, t)| (s.as_slice(), t.as_slice()))
@@ -348,19 +461,22 @@ fn no_task_training_step_allocates() {
     if !rnnkit::kernel::packed_supported(Precision::F32) {
         return;
     }
+    use tasks::Level;
     for (task, count) in [
-        ("classify", tasks::classify as fn(usize) -> Counted),
+        ("classify", tasks::classify as fn(usize, Level) -> Counted),
         ("ctc", tasks::ctc),
         ("tag", tasks::tag),
         ("seq2seq", tasks::seq2seq),
     ] {
-        for t in [30, 31] {
-            let counted = count(t);
-            println!("{task}, {t} timesteps: {counted}");
-            assert!(
-                counted.none_per_step(),
-                "{task}: a warmed-up training step allocates"
-            );
+        for level in [Level::Model, Level::Task] {
+            for t in [30, 31] {
+                let counted = count(t, level);
+                println!("{task} ({level:?}), {t} timesteps: {counted}");
+                assert!(
+                    counted.none_per_step(),
+                    "{task} ({level:?}): a warmed-up training step allocates"
+                );
+            }
         }
     }
 }

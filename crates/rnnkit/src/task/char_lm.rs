@@ -85,6 +85,8 @@ enum TrainText {
         batch: usize,
         seq_len: usize,
         seed: u64,
+        /// The windows in the order of epoch `.0` (drawn at its first batch).
+        order: (Option<u64>, Vec<usize>),
     },
 }
 
@@ -96,7 +98,7 @@ impl TrainText {
         }
     }
 
-    fn fill(&self, epoch: u64, k: usize, inputs: &mut Vec<usize>, targets: &mut Vec<usize>) {
+    fn fill(&mut self, epoch: u64, k: usize, inputs: &mut Vec<usize>, targets: &mut Vec<usize>) {
         match self {
             TrainText::Streams(s) => s.batch(k, inputs, targets),
             TrainText::Windows {
@@ -105,18 +107,23 @@ impl TrainText {
                 batch,
                 seq_len,
                 seed,
+                order: (drawn, order),
             } => {
                 // The order of one epoch depends only on the seed and the epoch, so a
                 // resumed run needs nothing but the step to find its place.
-                let mut order: Vec<usize> = (0..*windows).collect();
-                Rng::new(seed ^ 0x5851_f42d_4c95_7f2d_u64.wrapping_mul(epoch + 1))
-                    .shuffle(&mut order);
-                let chosen = &order[k * batch..(k + 1) * batch];
+                if *drawn != Some(epoch) {
+                    order.clear();
+                    order.extend(0..*windows);
+                    Rng::new(*seed ^ 0x5851_f42d_4c95_7f2d_u64.wrapping_mul(epoch + 1))
+                        .shuffle(order);
+                    *drawn = Some(epoch);
+                }
+                let chosen = &order[k * *batch..(k + 1) * *batch];
                 inputs.clear();
                 targets.clear();
                 for t in 0..*seq_len {
                     for &w in chosen {
-                        let pos = w * (seq_len + 1) + t;
+                        let pos = w * (*seq_len + 1) + t;
                         inputs.push(ids[pos]);
                         targets.push(ids[pos + 1]);
                     }
@@ -187,6 +194,7 @@ impl CharLmTask {
                     batch,
                     seq_len,
                     seed,
+                    order: (None, Vec::new()),
                 }
             }
         };

@@ -541,6 +541,9 @@ pub struct ClassifyTask {
     shard: Shard,
     /// The batch of the last step, its storage reused by the next.
     inputs: DenseBatch,
+    /// Storage for a step's cases and their labels (see [`super::recycled`]).
+    cases: Vec<&'static Series>,
+    targets: Vec<usize>,
 }
 
 impl ClassifyTask {
@@ -556,13 +559,21 @@ impl ClassifyTask {
         let lengths = || train.iter().map(|s| s.len).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
         let (batch, own) = super::share(self.shard, batch);
-        let cases: Vec<&Series> = batch.iter().map(|&i| &train[i]).collect();
-        let targets: Vec<usize> = cases.iter().map(|s| s.label).collect();
+        let mut cases = super::recycled(std::mem::take(&mut self.cases));
+        cases.extend(batch.iter().map(|&i| &train[i]));
+        let targets = &mut self.targets;
+        targets.clear();
+        targets.extend(cases.iter().map(|s| s.label));
         let tokens = cases.iter().map(|s| s.len).sum();
-        self.model.batch_into(&cases, &mut self.inputs)?;
         let loss = self
             .model
-            .train_step_with(&self.inputs, &targets, rng, ready)?;
+            .batch_into(&cases, &mut self.inputs)
+            .and_then(|()| {
+                self.model
+                    .train_step_with(&self.inputs, targets, rng, ready)
+            });
+        self.cases = super::recycled(cases);
+        let loss = loss?;
         Ok(BatchLoss {
             loss,
             tokens: if own { tokens } else { 0 },
@@ -601,6 +612,8 @@ impl ClassifyTask {
             order: EpochOrder::default(),
             shard: Shard::WHOLE,
             inputs: DenseBatch::default(),
+            cases: Vec::new(),
+            targets: Vec::new(),
         })
     }
 

@@ -542,6 +542,9 @@ pub struct CtcTask {
     shard: Shard,
     /// The batch of the last step, its storage reused by the next.
     inputs: DenseBatch,
+    /// Storage for a step's utterances and their targets (see [`super::recycled`]).
+    utts: Vec<&'static Utterance>,
+    targets: Vec<&'static [usize]>,
 }
 
 impl CtcTask {
@@ -567,6 +570,8 @@ impl CtcTask {
             order: EpochOrder::default(),
             shard: Shard::WHOLE,
             inputs: DenseBatch::default(),
+            utts: Vec::new(),
+            targets: Vec::new(),
             metadata,
         })
     }
@@ -635,7 +640,9 @@ impl Task for CtcTask {
         let lengths = || train.iter().map(|u| u.frames).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
         let (batch, own) = super::share(self.shard, batch);
-        let mut utts: Vec<&Utterance> = batch.iter().map(|&i| &train[i]).collect();
+        let mut utts = super::recycled(std::mem::take(&mut self.utts));
+        utts.extend(batch.iter().map(|&i| &train[i]));
+        // Perturbed copies are new every step (augmentation only).
         let perturbed: Vec<Utterance>;
         if self.model.augment {
             let bands = self.model.bands();
@@ -651,14 +658,21 @@ impl Task for CtcTask {
                     }
                 })
                 .collect();
-            utts = perturbed.iter().collect();
+            utts.clear();
+            utts.extend(perturbed.iter());
         }
-        let targets: Vec<&[usize]> = utts.iter().map(|u| u.target.as_slice()).collect();
-        self.model.batch_into(&utts, &mut self.inputs)?;
-        let b = &self.inputs;
-        let tokens = if own { b.lengths.iter().sum() } else { 0 };
-        let loss = self.model.train_step(b, &targets, rng)?;
-        Ok(BatchLoss { loss, tokens })
+        let mut targets = super::recycled(std::mem::take(&mut self.targets));
+        targets.extend(utts.iter().map(|u| u.target.as_slice()));
+        let model = &mut self.model;
+        let inputs = &mut self.inputs;
+        let step = model.batch_into(&utts, inputs).and_then(|()| {
+            let tokens = if own { inputs.lengths.iter().sum() } else { 0 };
+            let loss = model.train_step(inputs, &targets, rng)?;
+            Ok(BatchLoss { loss, tokens })
+        });
+        self.utts = super::recycled(utts);
+        self.targets = super::recycled(targets);
+        step
     }
 
     fn set_shard(&mut self, shard: Shard) -> Result<()> {

@@ -277,6 +277,18 @@ impl EpochOrder {
     }
 }
 
+/// An empty vector that takes over `v`'s storage, for elements of another type of
+/// the same size: a task keeps the references to a step's items between steps in a
+/// `Vec<&'static _>` (they point into data borrowed only during the step), so that
+/// gathering a batch allocates nothing once warmed up. The standard library collects
+/// a mapped `vec::IntoIter` into its own buffer when the element layouts match (the
+/// allocation test checks that it still does); where they do not, this allocates
+/// nothing either, returning an empty vector.
+pub(crate) fn recycled<A, B>(mut v: Vec<A>) -> Vec<B> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
+}
+
 /// This process's items of `batch` under `shard`, and whether they are its own: a
 /// process whose share is empty (a last batch shorter than the processes are many)
 /// takes the batch's first item with weight 0, so that every process makes the

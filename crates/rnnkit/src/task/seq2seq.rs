@@ -182,6 +182,8 @@ pub struct Seq2seqTask {
     shard: Shard,
     /// The batch of the last step, its storage reused by the next.
     inputs: PairBatch,
+    /// Storage for a step's (source, target) pairs (see [`super::recycled`]).
+    batch_pairs: Vec<(&'static [usize], &'static [usize])>,
 }
 
 impl Seq2seqTask {
@@ -209,6 +211,7 @@ impl Seq2seqTask {
             order: EpochOrder::default(),
             shard: Shard::WHOLE,
             inputs: PairBatch::default(),
+            batch_pairs: Vec::new(),
             files: Vec::new(),
         })
     }
@@ -283,15 +286,19 @@ impl Task for Seq2seqTask {
         let lengths = || all.iter().map(|(s, _)| s.len()).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
         let (batch, own) = super::share(self.shard, batch);
-        let pairs: Vec<(&[usize], &[usize])> = batch
-            .iter()
-            .map(|&i| (all[i].0.as_slice(), all[i].1.as_slice()))
-            .collect();
+        let mut pairs = super::recycled(std::mem::take(&mut self.batch_pairs));
+        pairs.extend(
+            batch
+                .iter()
+                .map(|&i| (all[i].0.as_slice(), all[i].1.as_slice())),
+        );
         let tokens = match own {
             true => pairs.iter().map(|(s, t)| s.len() + t.len() + 1).sum(),
             false => 0,
         };
-        self.inputs.fill(&pairs)?;
+        let filled = self.inputs.fill(&pairs);
+        self.batch_pairs = super::recycled(pairs);
+        filled?;
         let loss = self.model.train_step(&self.inputs, rng)?;
         Ok(BatchLoss {
             loss: loss.mean,

@@ -898,6 +898,8 @@ pub struct TagTask {
     seed: u64,
     order: EpochOrder,
     shard: Shard,
+    /// Storage for a step's sentences (see [`super::recycled`]).
+    sentences: Vec<&'static Sentence>,
 }
 
 impl TagTask {
@@ -913,8 +915,11 @@ impl TagTask {
         let lengths = || train.iter().map(Sentence::len).collect();
         let batch = self.order.batch(epoch, k, lengths, self.batch, self.seed);
         let (batch, own) = super::share(self.shard, batch);
-        let sents: Vec<&Sentence> = batch.iter().map(|&i| &train[i]).collect();
-        let (loss, tokens) = self.model.train_step_with(&sents, rng, ready)?;
+        let mut sents = super::recycled(std::mem::take(&mut self.sentences));
+        sents.extend(batch.iter().map(|&i| &train[i]));
+        let step = self.model.train_step_with(&sents, rng, ready);
+        self.sentences = super::recycled(sents);
+        let (loss, tokens) = step?;
         Ok(BatchLoss {
             loss,
             tokens: if own { tokens } else { 0 },
@@ -942,6 +947,7 @@ impl TagTask {
             seed,
             order: EpochOrder::default(),
             shard: Shard::WHOLE,
+            sentences: Vec::new(),
         })
     }
 
