@@ -294,6 +294,10 @@ fn char_lm(o: BenchOpts) -> anyhow::Result<ExitCode> {
             r.step_seconds
         );
         println!(
+            "  executed: {:.1} GFLOP/s = {:.1} % (the first layer's input products run over the vocabulary's rows, not every token's)",
+            r.train_executed_gflops, r.train_executed_peak_percent
+        );
+        println!(
             "sampling: {:.1} µs per character (batch 1), {:.2}× the bandwidth bound of {:.1} µs ({:.1} MB of weights at {:.1} GB/s)",
             r.sample_us_per_char,
             r.sample_us_per_char / r.sample_bound_us_per_char,

@@ -65,8 +65,15 @@ pub struct BenchReport {
     /// `train_gflops` as a percentage of the peak of the training's arithmetic (the
     /// FMA peak in f32, the bf16 dot peak with bf16 products where the CPU has one).
     pub train_peak_percent: f64,
-    /// Bytes of weights batch-1 sampling reads per character in f32 (every recurrent
-    /// weight and the head; one embedding row is left out).
+    /// The FLOPs a step executes ([`crate::model::CharLmConfig::executed_flops_per_step`])
+    /// per second, in GFLOP/s: below `train_gflops`, which counts the first layer's
+    /// input products a row per token as PyTorch runs them, where an embedding feeds it.
+    pub train_executed_gflops: f64,
+    /// `train_executed_gflops` as a percentage of the same peak.
+    pub train_executed_peak_percent: f64,
+    /// Bytes of weights batch-1 sampling reads per character in f32: every recurrent
+    /// weight and the head, but in place of the first layer's `W_ih` one row of the
+    /// stepper's table of projected inputs where it has one (and no embedding row).
     pub sample_weight_bytes: usize,
     /// Read bandwidth measured on a working set of `sample_weight_bytes`, in GB/s.
     pub sample_read_gbs: f64,
@@ -137,29 +144,45 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let flops = 3.0 * cfg.model.flops_per_token(cfg.vocab) as f64;
 
     let mut sample_us = [0.0; 3];
+    let mut reads_table = false;
     let kinds = [Weights::F32, Weights::Bf16, Weights::Int8];
     for (us, weights) in sample_us.iter_mut().zip(kinds) {
         let mut stepper = Stepper::new(&model, weights)?;
+        reads_table = stepper.reads_table();
         *us = crate::kernel::on_pool(|| time_sampling(&mut stepper, cfg.sample_chars, &mut rng))?;
     }
     let limits = peak::measure();
-    let mut weights = 0;
+    // What a character reads: every weight but the embedding's, in the stepper's
+    // precision, except W_ih0 where one f32 row of the stepper's table replaces it.
+    let (mut weights, mut table_row) = (0, 0);
     model.visit_params(&mut |name, w| {
-        if !name.starts_with("embed") {
+        if name == "rnn.weight_ih_l0" && reads_table {
+            table_row = w.shape()[0];
+        } else if !name.starts_with("embed") {
             weights += w.len();
         }
     });
-    let (f32_bytes, bf16_bytes, int8_bytes) = (4 * weights, 2 * weights, weights);
+    let (f32_bytes, bf16_bytes, int8_bytes) = (
+        4 * (weights + table_row),
+        2 * weights + 4 * table_row,
+        weights + 4 * table_row,
+    );
     let (f32_gbs, bf16_gbs, int8_gbs) = (
         peak::read_bandwidth_gbs(f32_bytes),
         peak::read_bandwidth_gbs(bf16_bytes),
         peak::read_bandwidth_gbs(int8_bytes),
     );
     let train_gflops = flops * tokens_per_sec / 1e9;
+    let executed = cfg
+        .model
+        .executed_flops_per_step(cfg.vocab, cfg.batch, cfg.seq_len) as f64;
+    let train_executed_gflops = executed / step_seconds / 1e9;
     Ok(BenchReport {
         train_tokens_per_sec: tokens_per_sec,
         train_gflops,
         train_peak_percent: peak_percent(train_gflops, &limits, cfg.precision),
+        train_executed_gflops,
+        train_executed_peak_percent: peak_percent(train_executed_gflops, &limits, cfg.precision),
         limits,
         sample_weight_bytes: f32_bytes,
         sample_read_gbs: f32_gbs,
@@ -314,5 +337,21 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), MAX_BENCH_VOCAB, "distinct characters");
         assert!(Vocab::from_chars(chars).is_ok());
+    }
+
+    #[test]
+    fn executed_flops_take_the_first_input_products_over_the_vocabulary() {
+        let m = model(CellKind::Lstm, 1, 1024, 256);
+        let counted = 3 * m.flops_per_token(65) * 6400;
+        // Three products of 2·E·4H per row, over 65 rows instead of 6400.
+        let left_out = 3 * 2 * 256 * 4096 * (6400 - 65);
+        assert_eq!(m.executed_flops_per_step(65, 64, 100), counted - left_out);
+        assert!((0.79..0.81).contains(&(1.0 - left_out as f64 / counted as f64)));
+        // No embedding (one-hot inputs) or fewer rows than ids: all of it runs.
+        let one_hot = model(CellKind::Gru, 2, 64, 0);
+        let all = 3 * one_hot.flops_per_token(65) * 6400;
+        assert_eq!(one_hot.executed_flops_per_step(65, 64, 100), all);
+        let few = 3 * m.flops_per_token(65) * 40;
+        assert_eq!(m.executed_flops_per_step(65, 4, 10), few);
     }
 }

@@ -101,6 +101,18 @@ impl CharLmConfig {
             .sum();
         rnn + 2 * h * vocab as u64
     }
+
+    /// Multiply-adds ×2 of one training step on `batch × seq_len` tokens (forward and
+    /// backward) as this library runs it: 3 × [`Self::flops_per_token`] per token,
+    /// except the first layer's three input products (the projection, its weight
+    /// gradient, the embedding's gradient), which run over the `vocab` rows of the
+    /// embedding (per-id projections and sums) instead of a row per token.
+    pub fn executed_flops_per_step(&self, vocab: usize, batch: usize, seq_len: usize) -> u64 {
+        let rows = (batch as u64).saturating_mul(seq_len as u64);
+        let per_row = 3 * 2 * (self.embed_size * self.cell.gates() * self.hidden_size) as u64;
+        let counted = (3 * self.flops_per_token(vocab)).saturating_mul(rows);
+        counted - per_row.saturating_mul(rows.saturating_sub(vocab as u64))
+    }
 }
 
 /// The model, its gradients and its vocabulary.

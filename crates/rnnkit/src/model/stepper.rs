@@ -170,6 +170,12 @@ impl Stepper {
         })
     }
 
+    /// Whether the first layer's input projection is a row of a table of projected
+    /// characters (read per character instead of `W_ih0`).
+    pub fn reads_table(&self) -> bool {
+        !self.table.is_empty()
+    }
+
     /// Back to the zero state.
     pub fn reset(&mut self) {
         for l in &mut self.layers {
