@@ -238,6 +238,9 @@ def table(header, rows):
 
 
 def char_lm_table(results, bf, g, tok):
+    def share(m, key):
+        return fmt(g(m, key), 1) + " %" if g(m, key) else "—"
+
     header = (["configuration", "rnnkit tok/s"] + (["rnnkit bf16 tok/s"] if bf else [])
               + ["PyTorch tok/s", "ratio"] + (["bf16 ratio"] if bf else [])
               + ["rnnkit GFLOP/s"] + (["bf16 GFLOP/s"] if bf else []) + ["PyTorch GFLOP/s"]
@@ -258,7 +261,6 @@ def char_lm_table(results, bf, g, tok):
         cells += [fmt(g(mr, "train_gflops"), 1)] + ([fmt(g(mb, "train_gflops"), 1)] if bf else [])
         cells += [fmt(g(mp, "train_gflops"), 1), fmt(peak), pct(g(mr, "train_gflops"), peak),
                   pct(g(mr, "train_executed_gflops"), peak)]
-        share = lambda m, key: fmt(g(m, key), 1) + " %" if g(m, key) else "—"
         cells += [share(mb, "train_peak_percent"), share(mb, "train_executed_peak_percent")] if bf else []
         cells += [pct(g(mp, "train_gflops"), peak)]
         if res["sampling"]:
