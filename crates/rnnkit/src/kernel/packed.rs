@@ -17,6 +17,9 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+
 /// Rows of `A` per micro-tile.
 const MR: usize = 8;
 /// 16-lane vectors of `C` per micro-tile row.
@@ -673,6 +676,10 @@ fn run_rows(
     accumulate: bool,
 ) {
     let (n, precision) = (b.n, b.precision);
+    #[cfg(target_arch = "x86_64")]
+    if precision == Precision::Bf16 && amx::supported() {
+        return amx::run_rows(cd, ld, a, rows, (&b.data, n), accumulate);
+    }
     let step = per_lane(precision);
     let kp = b.k.div_ceil(step);
     let mut apack = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
@@ -765,10 +772,11 @@ mod avx512 {
     use super::{MR, NR, TN_NR, TN_V};
     use std::arch::x86_64::*;
 
-    /// Lanes `dst[d·MR]` = bfloat16 pairs (`row[2d]`, `row[2d + 1]`) of one row of
-    /// `A`, rounded to nearest even (as `vcvtne2ps2bf16` does; subnormals become zero).
+    /// Lanes `dst[d·stride]` = bfloat16 pairs (`row[2d]`, `row[2d + 1]`) of one row
+    /// of `A`, rounded to nearest even (as `vcvtne2ps2bf16` does; subnormals become
+    /// zero).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn bf16_pairs_of_row(row: &[f32], dst: &mut [u32]) {
+    pub(super) unsafe fn bf16_pairs_of_row(row: &[f32], dst: &mut [u32], stride: usize) {
         let k = row.len();
         let mut lanes = [0u32; 16];
         for c in (0..k).step_by(32) {
@@ -792,10 +800,18 @@ mod avx512 {
                 _ => unsafe { _mm512_loadu_ps(row.as_ptr().add(c + 16)) },
             };
             let pairs: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
+            let count = left.min(32).div_ceil(2);
+            if stride == 1 {
+                let dst = &mut dst[c / 2..][..count];
+                let mask = ((1u32 << count) - 1) as u16;
+                // SAFETY: `count` lanes into as many of `dst`, under the mask.
+                unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr().cast(), mask, pairs) };
+                continue;
+            }
             // SAFETY: 64 bytes into a 64-byte array.
             unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), pairs) };
-            for (j, &v) in lanes[..left.min(32).div_ceil(2)].iter().enumerate() {
-                dst[(c / 2 + j) * MR] = v;
+            for (j, &v) in lanes[..count].iter().enumerate() {
+                dst[(c / 2 + j) * stride] = v;
             }
         }
     }
@@ -962,7 +978,7 @@ mod avx512 {
         for (i, row) in rows.iter().enumerate() {
             if !row.is_empty() && 2 * whole < k {
                 // SAFETY: the caller's features; the tail's lanes lie in the panel.
-                unsafe { bf16_pairs_of_row(&row[2 * whole..], &mut panel[whole * MR + i..]) };
+                unsafe { bf16_pairs_of_row(&row[2 * whole..], &mut panel[whole * MR + i..], MR) };
             }
         }
     }

@@ -1,0 +1,343 @@
+//! bf16 products on Intel AMX tiles: `tdpbf16ps` multiplies a 16 × 32 tile of
+//! bfloat16 `A` by a 32 × 16 tile of `B` (its pairs of depth interleaved, as a
+//! packed `B` panel already holds them) into a 16 × 16 tile of f32 sums, 16 times
+//! the multiply-adds per cycle of `vdpbf16ps`, which on these CPUs runs at half
+//! the f32 FMA rate. Used for every bf16 product where the CPU and the OS allow.
+
+use super::{pair, MatRef, NR};
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// Rows of a tile, and pairs of depth per tile row (64 bytes).
+const TILE: usize = 16;
+/// Column tiles per `B` panel.
+const TILES: usize = NR / TILE;
+/// Rows of `A` per cache block.
+const MC: usize = 128;
+/// Pairs of depth per cache block: `A`'s block is `MC·KC·4` bytes (256 KiB) and a
+/// `B` panel's `KC·NR·4` (96 KiB), both in L2; deeper blocks add to C fewer times.
+const KC: usize = 512;
+
+/// Whether this CPU has AMX BF16 tiles, the OS lets this process use them, and
+/// `RNNKIT_AMX` is not `0` (which keeps the AVX-512 tiles, for comparisons).
+pub(super) fn supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    #[cfg(test)]
+    if OFF.get() {
+        return false;
+    }
+    *SUPPORTED.get_or_init(|| {
+        // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+        let tiles = super::bf16_supported() && {
+            let leaf = __cpuid_count(7, 0);
+            leaf.edx >> 22 & 1 == 1 && leaf.edx >> 24 & 1 == 1
+        };
+        tiles && std::env::var("RNNKIT_AMX").map_or(true, |v| v != "0") && permitted()
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by [`without`]: this thread's products keep the AVX-512 tiles.
+    static OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's products on the AVX-512 tiles (tests compare both).
+#[cfg(test)]
+pub(super) fn without<R>(f: impl FnOnce() -> R) -> R {
+    let before = OFF.replace(true);
+    let r = f();
+    OFF.set(before);
+    r
+}
+
+/// Asks Linux for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`): without it the first tile instruction faults.
+#[cfg(target_os = "linux")]
+fn permitted() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let status: i64;
+    // SAFETY: a system call that only changes this process's permissions; the
+    // kernel clobbers rcx and r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => status,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    status == 0
+}
+
+/// Other systems: not asked (their tile support is not tested here).
+#[cfg(not(target_os = "linux"))]
+fn permitted() -> bool {
+    false
+}
+
+/// The tile configuration (palette 1): tiles 0–2 are a row of C's tiles, 3 is
+/// `A`'s and 4–6 are `B`'s, each 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct Config {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+const CONFIG: Config = {
+    let mut config = Config {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+    };
+    let mut t = 0;
+    while t < 7 {
+        config.colsb[t] = 64;
+        config.rows[t] = TILE as u8;
+        t += 1;
+    }
+    config
+};
+
+/// Rows `rows` of `C (+)= A·B` into `cd` (whose row 0 is C's row `rows.start`),
+/// `B` a bf16 panel set of [`super::PackedB`] (`[pairs][NR]` lanes per panel).
+pub(super) fn run_rows(
+    cd: &mut [f32],
+    ld: usize,
+    a: MatRef<'_, f32>,
+    rows: std::ops::Range<usize>,
+    (b, n): (&[u32], usize),
+    accumulate: bool,
+) {
+    let k = a.cols;
+    let kp = k.div_ceil(2);
+    let mut apack = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    // SAFETY (the tile instructions below): `supported()` held for the caller; the
+    // configuration is this thread's and released before returning.
+    unsafe { asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly)) };
+    let mut out = [0.0f32; TILE * NR];
+    let mut tail = [0u32; TILE * NR];
+    for r0 in (rows.start..rows.end).step_by(MC) {
+        let r1 = (r0 + MC).min(rows.end);
+        for p0 in (0..kp).step_by(KC) {
+            let p1 = (p0 + KC).min(kp);
+            let (depth, steps) = ((p1 - p0), (p1 - p0) / TILE);
+            let stride = depth.next_multiple_of(TILE);
+            pack_a(a, r0..r1, p0..p1, stride, &mut apack);
+            for q in 0..n.div_ceil(NR) {
+                let panel = &b[(q * kp + p0) * NR..(q * kp + p1) * NR];
+                // The last depths short of a whole tile go through a copy padded
+                // with zeros (past them lies the next panel, or nothing).
+                let rest = &panel[steps * TILE * NR..];
+                if !rest.is_empty() {
+                    tail[..rest.len()].copy_from_slice(rest);
+                    tail[rest.len()..].fill(0);
+                }
+                let (j0, nj) = (q * NR, NR.min(n - q * NR));
+                let tiles = nj.div_ceil(TILE);
+                for i0 in (r0..r1).step_by(TILE) {
+                    let ap = &apack[(i0 - r0) * stride..][..TILE * stride];
+                    // SAFETY: `ap` holds 16 rows of `stride` lanes, `panel` `steps`
+                    // whole tiles of depth and `tail` one.
+                    unsafe {
+                        match tiles {
+                            1 => product::<1>(ap, stride, panel, steps, &tail, &mut out),
+                            2 => product::<2>(ap, stride, panel, steps, &tail, &mut out),
+                            _ => product::<TILES>(ap, stride, panel, steps, &tail, &mut out),
+                        }
+                    }
+                    let mi = TILE.min(r1 - i0);
+                    let first = (i0 - rows.start) * ld + j0;
+                    assert!((mi - 1) * ld + nj <= cd.len() - first, "AMX tile outside C");
+                    let acc = accumulate || p0 > 0;
+                    // SAFETY: AVX-512F is present; the rows and columns lie in C (asserted).
+                    unsafe { add_out(&out, &mut cd[first..], ld, (mi, nj), acc) };
+                }
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    SCRATCH.with(|s| *s.borrow_mut() = apack);
+}
+
+thread_local! {
+    /// `A`'s packed block, reused between calls on one thread.
+    static SCRATCH: std::cell::RefCell<Vec<u32>> = std::cell::RefCell::default();
+}
+
+/// `out [16][NR]` = the tile row of 16 rows of `A` (`ap`, lanes `[row][stride]`)
+/// times `T` column tiles of the panel: `steps` whole tiles of depth, then `tail`
+/// where `ap` holds more than `steps` of them.
+#[inline(always)]
+unsafe fn product<const T: usize>(
+    ap: &[u32],
+    stride: usize,
+    panel: &[u32],
+    steps: usize,
+    tail: &[u32; TILE * NR],
+    out: &mut [f32; TILE * NR],
+) {
+    let (lda, ldb) = (stride * 4, NR * 4);
+    // SAFETY (every tile instruction): the caller configured the tiles; each load
+    // reads 16 rows of 64 bytes at the given stride inside `ap`, `panel` or `tail`,
+    // and the stores write 16 rows of 64 bytes inside `out`.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            options(nostack, nomem)
+        );
+        let step = |a: *const u32, b: *const u32| {
+            asm!(
+                "tileloadd tmm3, [{a} + {lda}*1]",
+                "tileloadd tmm4, [{b} + {ldb}*1]",
+                "tdpbf16ps tmm0, tmm3, tmm4",
+                a = in(reg) a, b = in(reg) b, lda = in(reg) lda, ldb = in(reg) ldb,
+                options(nostack, readonly),
+            );
+            if T > 1 {
+                asm!(
+                    "tileloadd tmm5, [{b} + {ldb}*1]",
+                    "tdpbf16ps tmm1, tmm3, tmm5",
+                    b = in(reg) b.add(TILE), ldb = in(reg) ldb,
+                    options(nostack, readonly),
+                );
+            }
+            if T > 2 {
+                asm!(
+                    "tileloadd tmm6, [{b} + {ldb}*1]",
+                    "tdpbf16ps tmm2, tmm3, tmm6",
+                    b = in(reg) b.add(2 * TILE), ldb = in(reg) ldb,
+                    options(nostack, readonly),
+                );
+            }
+        };
+        for s in 0..steps {
+            step(ap.as_ptr().add(s * TILE), panel.as_ptr().add(s * TILE * NR));
+        }
+        if stride > steps * TILE {
+            step(ap.as_ptr().add(steps * TILE), tail.as_ptr());
+        }
+        let o = out.as_mut_ptr();
+        asm!(
+            "tilestored [{o} + {ldb}*1], tmm0",
+            "tilestored [{o1} + {ldb}*1], tmm1",
+            "tilestored [{o2} + {ldb}*1], tmm2",
+            o = in(reg) o, o1 = in(reg) o.add(TILE), o2 = in(reg) o.add(2 * TILE),
+            ldb = in(reg) ldb,
+            options(nostack),
+        );
+    }
+}
+
+/// Adds (or writes) the first `mi` rows and `nj` columns of `out` to `c`.
+#[target_feature(enable = "avx512f")]
+unsafe fn add_out(
+    out: &[f32; TILE * NR],
+    c: &mut [f32],
+    ld: usize,
+    (mi, nj): (usize, usize),
+    accumulate: bool,
+) {
+    for i in 0..mi {
+        for j in (0..nj).step_by(16) {
+            let mask = match nj - j {
+                16.. => u16::MAX,
+                left => ((1u32 << left) - 1) as u16,
+            };
+            // SAFETY: row i, columns j.. under the mask, lie in `c` (the caller's
+            // assertion) and in `out`.
+            unsafe {
+                let p = c.as_mut_ptr().add(i * ld + j);
+                let v = _mm512_loadu_ps(out.as_ptr().add(i * NR + j));
+                let v = match accumulate {
+                    true => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), v),
+                    false => v,
+                };
+                _mm512_mask_storeu_ps(p, mask, v);
+            }
+        }
+    }
+}
+
+/// Packs rows `rows` of `a`, pairs of depth `pairs`, as bf16 lanes `[row][stride]`
+/// (each row's pairs in order, zeros past the depth and in the rows that fill the
+/// last tile).
+fn pack_a(
+    a: MatRef<'_, f32>,
+    rows: std::ops::Range<usize>,
+    pairs: std::ops::Range<usize>,
+    stride: usize,
+    out: &mut Vec<u32>,
+) {
+    let padded = rows.len().next_multiple_of(TILE);
+    if out.len() < padded * stride {
+        out.resize(padded * stride, 0);
+    }
+    let out = &mut out[..padded * stride];
+    let ks = 2 * pairs.start..(2 * pairs.end).min(a.cols);
+    let depth = pairs.len();
+    if a.cs == 1 {
+        for (i, dst) in rows.clone().zip(out.chunks_exact_mut(stride)) {
+            let row = &a.data[i * a.rs + ks.start..][..ks.len()];
+            // SAFETY: AVX-512 BF16 is present (`supported`); `dst` holds a lane per pair.
+            unsafe { super::avx512::bf16_pairs_of_row(row, dst, 1) };
+            dst[depth..].fill(0);
+        }
+    } else if a.rs == 1 {
+        // Column-major (`dgᵀ` of a weight gradient): at each pair of depths, 16 rows
+        // are two runs, paired lane by lane and dealt out to their rows.
+        let mut lanes = [0u32; TILE];
+        let zeros = [0.0f32; TILE];
+        for (d, p) in (ks.start..ks.end).step_by(2).enumerate() {
+            let run = |p: usize, i0: usize, len: usize| match p < ks.end {
+                true => &a.data[p * a.cs + i0..][..len],
+                false => &zeros[..len],
+            };
+            for g in (0..rows.len()).step_by(TILE) {
+                let len = TILE.min(rows.len() - g);
+                let i0 = rows.start + g;
+                // SAFETY: AVX-512 BF16 is present (`supported`).
+                unsafe {
+                    super::avx512::bf16_pairs_of_two_rows(
+                        run(p, i0, len),
+                        run(p + 1, i0, len),
+                        &mut lanes,
+                    )
+                };
+                for (ii, &v) in lanes[..len].iter().enumerate() {
+                    out[(g + ii) * stride + d] = v;
+                }
+            }
+        }
+        for dst in out.chunks_exact_mut(stride).take(rows.len()) {
+            dst[depth..].fill(0);
+        }
+    } else {
+        for (i, dst) in rows.clone().zip(out.chunks_exact_mut(stride)) {
+            let at = |p: usize| match p < ks.end {
+                true => a.data[i * a.rs + p * a.cs],
+                false => 0.0,
+            };
+            for (d, dst) in dst[..depth].iter_mut().enumerate() {
+                let p = ks.start + 2 * d;
+                *dst = pair(at(p), at(p + 1));
+            }
+            dst[depth..].fill(0);
+        }
+    }
+    out[rows.len() * stride..].fill(0);
+}
