@@ -542,7 +542,10 @@ fn ctc(o: BenchOpts) -> anyhow::Result<ExitCode> {
 /// The peak a training result is a share of, with its measured value.
 fn peak_name(bf16: bool, l: &rnnkit::bench::peak::Limits) -> String {
     match (bf16, l.bf16_peak_gflops) {
-        (true, Some(p)) => format!("the measured bf16 dot peak, {p:.0} GFLOP/s"),
+        (true, Some(p)) => match l.bf16_unit {
+            Some("amx") => format!("the measured bf16 peak of the AMX tiles, {p:.0} GFLOP/s"),
+            _ => format!("the measured bf16 dot peak, {p:.0} GFLOP/s"),
+        },
         _ => format!(
             "the measured f32 FMA peak, {:.0} GFLOP/s",
             l.fma_peak_gflops

@@ -59,11 +59,11 @@ pub struct BenchReport {
     pub peak_rss_mb: f64,
     /// Worker threads used.
     pub threads: usize,
-    /// This machine's f32 FMA and bf16 dot peaks, measured with the same threads.
+    /// This machine's f32 FMA and bf16 peaks, measured with the same threads.
     #[serde(flatten)]
     pub limits: peak::Limits,
     /// `train_gflops` as a percentage of the peak of the training's arithmetic (the
-    /// FMA peak in f32, the bf16 dot peak with bf16 products where the CPU has one).
+    /// FMA peak in f32, the bf16 products' unit's peak with bf16 where the CPU has one).
     pub train_peak_percent: f64,
     /// The FLOPs a step executes ([`crate::model::CharLmConfig::executed_flops_per_step`])
     /// per second, in GFLOP/s: below `train_gflops`, which counts the first layer's
@@ -219,7 +219,7 @@ pub struct TaskReport {
     pub peak_rss_mb: f64,
     /// Worker threads used.
     pub threads: usize,
-    /// This machine's f32 FMA and bf16 dot peaks, measured with the same threads.
+    /// This machine's f32 FMA and bf16 peaks, measured with the same threads.
     #[serde(flatten)]
     pub limits: peak::Limits,
     /// `train_gflops` as a percentage of the peak of the training's arithmetic.

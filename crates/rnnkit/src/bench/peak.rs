@@ -1,5 +1,6 @@
 //! The limits of the machine the benchmark runs on, measured there: the f32 FMA
-//! peak, the bf16 dot-product peak (`vdpbf16ps`) where the CPU has it, and the read
+//! peak, the bf16 peak of the unit the bf16 products use (AMX tiles' `tdpbf16ps`
+//! where they run, else `vdpbf16ps`) where the CPU has one, and the read
 //! bandwidth for a working set of a given size. Training throughput is reported as a
 //! share of the first; batch-1 sampling, which reads every weight once per character,
 //! against the time the last allows.
@@ -19,9 +20,11 @@ const CHAINS: usize = 16;
 pub struct Limits {
     /// f32 multiply-add peak of all worker threads together, in GFLOP/s (2 FLOPs per lane).
     pub fma_peak_gflops: f64,
-    /// bfloat16 dot-product peak (`vdpbf16ps`: 2 FLOPs per bf16 pair), in GFLOP/s; `None`
-    /// where the CPU lacks AVX-512 BF16.
+    /// bfloat16 dot-product peak of the bf16 products' unit (2 FLOPs per bf16 pair),
+    /// in GFLOP/s; `None` where the CPU lacks AVX-512 BF16.
     pub bf16_peak_gflops: Option<f64>,
+    /// That unit: `"amx"` (`tdpbf16ps` tiles) or `"avx512"` (`vdpbf16ps`); `None` as above.
+    pub bf16_unit: Option<&'static str>,
 }
 
 /// Measures the peaks with every thread of the current worker pool.
@@ -29,6 +32,10 @@ pub fn measure() -> Limits {
     Limits {
         fma_peak_gflops: best_of_three(|| parallel_gflops(fma_chains)),
         bf16_peak_gflops: bf16_available().then(|| best_of_three(|| parallel_gflops(bf16_chains))),
+        bf16_unit: bf16_available().then_some(match crate::kernel::amx_supported() {
+            true => "amx",
+            false => "avx512",
+        }),
     }
 }
 
@@ -94,8 +101,12 @@ fn fma_chains(iters: u64) -> f64 {
     (iters * CHAINS as u64 * 2) as f64
 }
 
-/// `iters` rounds of [`CHAINS`] independent `vdpbf16ps` (32 bf16 pairs each); FLOPs done.
+/// `iters` rounds of independent tile products on AMX where the bf16 products use it,
+/// else of [`CHAINS`] independent `vdpbf16ps` (32 bf16 pairs each); FLOPs done.
 fn bf16_chains(iters: u64) -> f64 {
+    if crate::kernel::amx_supported() {
+        return crate::kernel::amx_dot_chains(iters);
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if bf16_available() {

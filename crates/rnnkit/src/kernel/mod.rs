@@ -10,7 +10,10 @@ mod panel;
 mod team;
 
 pub use activation::{exp_f32, sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
-pub use packed::{bf16_supported, gemm_packed, matmul_packed, packed_supported, PackedB};
+pub(crate) use packed::amx_dot_chains;
+pub use packed::{
+    amx_supported, bf16_supported, gemm_packed, matmul_packed, packed_supported, PackedB,
+};
 pub use panel::{int8_supported, Weights};
 pub(crate) use panel::{PanelVector, Panels};
 pub(crate) use team::Team;

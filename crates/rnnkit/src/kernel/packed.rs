@@ -56,6 +56,30 @@ pub fn bf16_supported() -> bool {
     packed_supported(Precision::Bf16)
 }
 
+/// Whether bf16 products run on AMX tiles here (the CPU has AMX BF16, the OS
+/// allows it, and `RNNKIT_AMX` is not `0`) rather than on `vdpbf16ps`.
+pub fn amx_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One thread's `tdpbf16ps` throughput probe: `iters` rounds of independent tile
+/// products; the FLOPs done (0 where [`amx_supported`] is false).
+pub(crate) fn amx_dot_chains(iters: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if amx::supported() {
+        return amx::dot_chains(iters);
+    }
+    let _ = iters;
+    0.0
+}
+
 /// Two f32 rounded to bfloat16 in one 32-bit lane, `lo` in the low half as
 /// `vdpbf16ps` pairs them.
 #[inline(always)]

@@ -148,21 +148,32 @@ pub(super) fn run_rows(
                 let tiles = nj.div_ceil(TILE);
                 for i0 in (r0..r1).step_by(TILE) {
                     let ap = &apack[(i0 - r0) * stride..][..TILE * stride];
-                    // SAFETY: `ap` holds 16 rows of `stride` lanes, `panel` `steps`
-                    // whole tiles of depth and `tail` one.
-                    unsafe {
-                        match tiles {
-                            1 => product::<1>(ap, stride, panel, steps, &tail, &mut out),
-                            2 => product::<2>(ap, stride, panel, steps, &tail, &mut out),
-                            _ => product::<TILES>(ap, stride, panel, steps, &tail, &mut out),
-                        }
-                    }
                     let mi = TILE.min(r1 - i0);
                     let first = (i0 - rows.start) * ld + j0;
                     assert!((mi - 1) * ld + nj <= cd.len() - first, "AMX tile outside C");
                     let acc = accumulate || p0 > 0;
-                    // SAFETY: AVX-512F is present; the rows and columns lie in C (asserted).
-                    unsafe { add_out(&out, &mut cd[first..], ld, (mi, nj), acc) };
+                    // Whole tiles of C are loaded and stored in place; those at its
+                    // edges go through `out`.
+                    let whole = mi == TILE && nj == tiles * TILE;
+                    let c = match whole {
+                        true => (cd[first..].as_mut_ptr(), ld, acc),
+                        false => (out.as_mut_ptr(), NR, false),
+                    };
+                    // SAFETY: `ap` holds 16 rows of `stride` lanes, `panel` `steps`
+                    // whole tiles of depth and `tail` one; `c` holds 16 rows of the
+                    // tiles' columns (asserted, or `out`).
+                    unsafe {
+                        match tiles {
+                            1 => product::<1>(ap, stride, panel, steps, &tail, c),
+                            2 => product::<2>(ap, stride, panel, steps, &tail, c),
+                            _ => product::<TILES>(ap, stride, panel, steps, &tail, c),
+                        }
+                    }
+                    if !whole {
+                        // SAFETY: AVX-512F is present; the rows and columns lie in C
+                        // (asserted).
+                        unsafe { add_out(&out, &mut cd[first..], ld, (mi, nj), acc) };
+                    }
                 }
             }
         }
@@ -177,9 +188,10 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u32>> = std::cell::RefCell::default();
 }
 
-/// `out [16][NR]` = the tile row of 16 rows of `A` (`ap`, lanes `[row][stride]`)
-/// times `T` column tiles of the panel: `steps` whole tiles of depth, then `tail`
-/// where `ap` holds more than `steps` of them.
+/// `C (+)=` the tile row of 16 rows of `A` (`ap`, lanes `[row][stride]`) times
+/// `T` column tiles of the panel: `steps` whole tiles of depth, then `tail` where
+/// `ap` holds more than `steps` of them. `c` is `(first element, row length,
+/// add to what it holds)`.
 #[inline(always)]
 unsafe fn product<const T: usize>(
     ap: &[u32],
@@ -187,19 +199,31 @@ unsafe fn product<const T: usize>(
     panel: &[u32],
     steps: usize,
     tail: &[u32; TILE * NR],
-    out: &mut [f32; TILE * NR],
+    (c, ldc, accumulate): (*mut f32, usize, bool),
 ) {
-    let (lda, ldb) = (stride * 4, NR * 4);
+    let (lda, ldb, ldc) = (stride * 4, NR * 4, ldc * 4);
     // SAFETY (every tile instruction): the caller configured the tiles; each load
-    // reads 16 rows of 64 bytes at the given stride inside `ap`, `panel` or `tail`,
-    // and the stores write 16 rows of 64 bytes inside `out`.
+    // reads 16 rows of 64 bytes at the given stride inside `ap`, `panel`, `tail`
+    // or C's 16 rows of the T tiles' columns, and the stores write there.
     unsafe {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            options(nostack, nomem)
-        );
+        let c1 = c.wrapping_add(TILE);
+        let c2 = c.wrapping_add(2 * TILE);
+        if accumulate {
+            asm!("tileloadd tmm0, [{c} + {ldc}*1]", c = in(reg) c, ldc = in(reg) ldc, options(nostack, readonly));
+            if T > 1 {
+                asm!("tileloadd tmm1, [{c} + {ldc}*1]", c = in(reg) c1, ldc = in(reg) ldc, options(nostack, readonly));
+            }
+            if T > 2 {
+                asm!("tileloadd tmm2, [{c} + {ldc}*1]", c = in(reg) c2, ldc = in(reg) ldc, options(nostack, readonly));
+            }
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                options(nostack, nomem)
+            );
+        }
         let step = |a: *const u32, b: *const u32| {
             asm!(
                 "tileloadd tmm3, [{a} + {lda}*1]",
@@ -231,15 +255,13 @@ unsafe fn product<const T: usize>(
         if stride > steps * TILE {
             step(ap.as_ptr().add(steps * TILE), tail.as_ptr());
         }
-        let o = out.as_mut_ptr();
-        asm!(
-            "tilestored [{o} + {ldb}*1], tmm0",
-            "tilestored [{o1} + {ldb}*1], tmm1",
-            "tilestored [{o2} + {ldb}*1], tmm2",
-            o = in(reg) o, o1 = in(reg) o.add(TILE), o2 = in(reg) o.add(2 * TILE),
-            ldb = in(reg) ldb,
-            options(nostack),
-        );
+        asm!("tilestored [{c} + {ldc}*1], tmm0", c = in(reg) c, ldc = in(reg) ldc, options(nostack));
+        if T > 1 {
+            asm!("tilestored [{c} + {ldc}*1], tmm1", c = in(reg) c1, ldc = in(reg) ldc, options(nostack));
+        }
+        if T > 2 {
+            asm!("tilestored [{c} + {ldc}*1], tmm2", c = in(reg) c2, ldc = in(reg) ldc, options(nostack));
+        }
     }
 }
 
@@ -292,40 +314,26 @@ fn pack_a(
     let depth = pairs.len();
     if a.cs == 1 {
         for (i, dst) in rows.clone().zip(out.chunks_exact_mut(stride)) {
+            // The next row's run is requested first: each run is a page or two
+            // apart from the last, where the hardware's prefetch stops.
+            if i + 1 < rows.end {
+                let next = &a.data[(i + 1) * a.rs + ks.start..][..ks.len()];
+                for line in next.chunks(16) {
+                    // SAFETY: a hint about an address inside `a`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+                }
+            }
             let row = &a.data[i * a.rs + ks.start..][..ks.len()];
             // SAFETY: AVX-512 BF16 is present (`supported`); `dst` holds a lane per pair.
             unsafe { super::avx512::bf16_pairs_of_row(row, dst, 1) };
             dst[depth..].fill(0);
         }
     } else if a.rs == 1 {
-        // Column-major (`dgᵀ` of a weight gradient): at each pair of depths, 16 rows
-        // are two runs, paired lane by lane and dealt out to their rows.
-        let mut lanes = [0u32; TILE];
-        let zeros = [0.0f32; TILE];
-        for (d, p) in (ks.start..ks.end).step_by(2).enumerate() {
-            let run = |p: usize, i0: usize, len: usize| match p < ks.end {
-                true => &a.data[p * a.cs + i0..][..len],
-                false => &zeros[..len],
-            };
-            for g in (0..rows.len()).step_by(TILE) {
-                let len = TILE.min(rows.len() - g);
-                let i0 = rows.start + g;
-                // SAFETY: AVX-512 BF16 is present (`supported`).
-                unsafe {
-                    super::avx512::bf16_pairs_of_two_rows(
-                        run(p, i0, len),
-                        run(p + 1, i0, len),
-                        &mut lanes,
-                    )
-                };
-                for (ii, &v) in lanes[..len].iter().enumerate() {
-                    out[(g + ii) * stride + d] = v;
-                }
-            }
-        }
-        for dst in out.chunks_exact_mut(stride).take(rows.len()) {
-            dst[depth..].fill(0);
-        }
+        // Column-major (`dgᵀ` of a weight gradient): 16 rows are two runs at each
+        // pair of depths, paired lane by lane, and 16 pairs of them are transposed
+        // into the rows at once.
+        // SAFETY: AVX-512 BF16 is present (`supported`); `out` holds the block.
+        unsafe { pairs_of_columns(a.data, a.cs, rows.clone(), ks, stride, out) };
     } else {
         for (i, dst) in rows.clone().zip(out.chunks_exact_mut(stride)) {
             let at = |p: usize| match p < ks.end {
@@ -340,4 +348,188 @@ fn pack_a(
         }
     }
     out[rows.len() * stride..].fill(0);
+}
+
+/// `iters` rounds of four independent `tdpbf16ps` (16 × 16 × 32 multiply-adds
+/// each, on tiles of zeros) on this thread; returns the FLOPs done. Four
+/// accumulator tiles cover the instruction's latency.
+pub(super) fn dot_chains(iters: u64) -> f64 {
+    // SAFETY: `supported()` held for the caller; the configuration is this
+    // thread's and released before returning; no tile touches memory.
+    unsafe {
+        asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly));
+        asm!("tilezero tmm4", "tilezero tmm5", options(nostack, nomem));
+        for _ in 0..iters {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm5",
+                "tdpbf16ps tmm1, tmm4, tmm5",
+                "tdpbf16ps tmm2, tmm4, tmm5",
+                "tdpbf16ps tmm6, tmm4, tmm5",
+                options(nostack, nomem),
+            );
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+    (iters * 4 * (TILE * TILE * 32 * 2) as u64) as f64
+}
+
+/// `out[i·stride + d]` = the bf16 pair (`a[i + k·cs]`, `a[i + (k + 1)·cs]`) for
+/// `k = ks.start + 2d` (zero past `ks.end`) and row `i` of `rows` (counted from
+/// `rows.start`), every pair up to `stride` (zeros past the depth).
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pairs_of_columns(
+    a: &[f32],
+    cs: usize,
+    rows: std::ops::Range<usize>,
+    ks: std::ops::Range<usize>,
+    stride: usize,
+    out: &mut [u32],
+) {
+    let depth = ks.len().div_ceil(2);
+    for d0 in (0..depth).step_by(TILE) {
+        // The next 16 pairs' runs are requested while these are read: they lie a
+        // row of `dg` apart, which the hardware does not prefetch.
+        for k in ks.start + 2 * (d0 + TILE)..(ks.start + 2 * (d0 + 2 * TILE)).min(ks.end) {
+            for line in a[k * cs + rows.start..][..rows.len()].chunks(16) {
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+            }
+        }
+        for g in (0..rows.len()).step_by(TILE) {
+            let (i0, mi) = (rows.start + g, TILE.min(rows.len() - g));
+            let mask = ((1u32 << mi) - 1) as u16;
+            let load = |k: usize| match k < ks.end {
+                // SAFETY: the first mi values of the run, under the mask.
+                true => unsafe { _mm512_maskz_loadu_ps(mask, a[k * cs + i0..][..mi].as_ptr()) },
+                false => _mm512_setzero_ps(),
+            };
+            let bf16 = |v: __m512| {
+                // SAFETY: a 32-byte plain vector.
+                let half =
+                    unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) };
+                _mm512_cvtepu16_epi32(half)
+            };
+            let mut v = [_mm512_setzero_si512(); TILE];
+            for (dd, v) in v.iter_mut().enumerate().take(depth - d0) {
+                let k = ks.start + 2 * (d0 + dd);
+                *v = _mm512_or_si512(bf16(load(k)), _mm512_slli_epi32::<16>(bf16(load(k + 1))));
+            }
+            transpose(&mut v);
+            for (ii, v) in v.iter().enumerate().take(mi) {
+                let dst = &mut out[(g + ii) * stride + d0..][..TILE];
+                // SAFETY: 16 lanes into as many of `dst`.
+                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), *v) };
+            }
+        }
+    }
+}
+
+/// Transposes 16 vectors of 16 lanes: lane j of `v[i]` goes to lane i of `v[j]`.
+#[inline(always)]
+fn transpose(v: &mut [__m512i; TILE]) {
+    // SAFETY (every intrinsic): inlined only into AVX-512F functions.
+    unsafe {
+        let mut t = [_mm512_setzero_si512(); TILE];
+        for i in (0..TILE).step_by(2) {
+            t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+            t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+        }
+        for i in (0..TILE).step_by(4) {
+            v[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+            v[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+            v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+            v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+        }
+        for h in [0, 8] {
+            for j in 0..4 {
+                t[h + j] = _mm512_shuffle_i32x4::<0x88>(v[h + j], v[h + j + 4]);
+                t[h + j + 4] = _mm512_shuffle_i32x4::<0xdd>(v[h + j], v[h + j + 4]);
+            }
+        }
+        for j in 0..8 {
+            v[j] = _mm512_shuffle_i32x4::<0x88>(t[j], t[j + 8]);
+            v[j + 8] = _mm512_shuffle_i32x4::<0xdd>(t[j], t[j + 8]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{matmul_packed, MatMut, Precision};
+    use crate::rng::Rng;
+
+    #[test]
+    fn transpose_moves_lane_j_of_vector_i_to_lane_i_of_vector_j() {
+        if !crate::kernel::packed_supported(Precision::F32) {
+            return;
+        }
+        let mut v = [[0u32; TILE]; TILE];
+        for (i, row) in v.iter_mut().enumerate() {
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = (100 * i + j) as u32;
+            }
+        }
+        // SAFETY: AVX-512F is present; both sides are 64-byte plain arrays.
+        let t: [[u32; TILE]; TILE] = unsafe {
+            let mut w: [__m512i; TILE] = std::mem::transmute(v);
+            transpose(&mut w);
+            std::mem::transmute(w)
+        };
+        for i in 0..TILE {
+            for j in 0..TILE {
+                assert_eq!(t[j][i], v[i][j], "[{i},{j}]");
+            }
+        }
+    }
+
+    /// The tiles give the AVX-512 kernels' sums (both in f32 over the same rounded
+    /// operands, in another order) for every layout of `A`, edges of C, depths
+    /// short of a tile and blocks of depth and rows.
+    #[test]
+    fn amx_products_agree_with_the_avx512_tiles() {
+        if !supported() {
+            return;
+        }
+        let mut rng = Rng::new(9);
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (16, 48, 32),
+            (17, 65, 33),
+            (64, 2048, 512),
+            (130, 100, 1100),
+            (300, 48, 2050),
+            (31, 16, 7),
+        ] {
+            for ta in [false, true] {
+                let a: Vec<f32> = (0..m * k)
+                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+                    .collect();
+                let b: Vec<f32> = (0..k * n)
+                    .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+                    .collect();
+                let am = match ta {
+                    true => MatRef::dense(&a, k, m).t(),
+                    false => MatRef::dense(&a, m, k),
+                };
+                let bm = MatRef::dense(&b, k, n);
+                for accumulate in [false, true] {
+                    let product = || {
+                        let mut c: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32).collect();
+                        let out = MatMut::dense(&mut c, m, n);
+                        crate::kernel::serial(|| {
+                            matmul_packed(out, am, bm, accumulate, Precision::Bf16)
+                        });
+                        c
+                    };
+                    let (tiles, avx) = (product(), without(product));
+                    for (i, (x, y)) in tiles.iter().zip(&avx).enumerate() {
+                        assert!(
+                            (x - y).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + y.abs()),
+                            "m{m} n{n} k{k} ta{ta} acc{accumulate} [{i}]: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
