@@ -108,8 +108,10 @@ fn per_lane(precision: Precision) -> usize {
 /// that reuse it.
 #[derive(Clone, Debug, Default)]
 pub struct PackedB {
-    /// Panels of `NR` columns, `[depth][NR]` lanes each (zero-padded).
+    /// Panels of `width` columns, `[depth][width]` lanes each (zero-padded).
     data: Vec<u32>,
+    /// Columns per panel: [`NR`], or the AMX tiles' [`amx::PANEL`].
+    width: usize,
     k: usize,
     n: usize,
     precision: Precision,
@@ -119,16 +121,22 @@ impl PackedB {
     /// Packs `b` for products in `precision`, reusing this buffer.
     pub fn pack(&mut self, b: MatRef<'_, f32>, precision: Precision) {
         let (k, n) = (b.rows, b.cols);
-        let (depth, panels) = (k.div_ceil(per_lane(precision)), n.div_ceil(NR));
+        let width = match precision {
+            #[cfg(target_arch = "x86_64")]
+            Precision::Bf16 if amx::supported() => amx::PANEL,
+            _ => NR,
+        };
+        let (depth, panels) = (k.div_ceil(per_lane(precision)), n.div_ceil(width));
         self.k = k;
         self.n = n;
         self.precision = precision;
+        self.width = width;
         // Not cleared: every lane of the real columns is written below, and whatever
         // the padding columns of the last panel hold only reaches outputs never stored.
         // Grown, never shrunk: the thread's buffer for operands packed on the fly
         // serves products of every size, and each regrowth zero-filled it (a weight
         // gradient's `B` is megabytes).
-        let len = panels * depth * NR;
+        let len = panels * depth * width;
         if self.data.len() < len {
             self.data.resize(len, 0);
         }
@@ -140,21 +148,23 @@ impl PackedB {
             if by_rows {
                 // SAFETY: AVX-512F is present; the loops stay within the operand
                 // (MatRef checked its extent) and the panel.
-                unsafe { pack_rows(panel, q, b, precision) }
+                unsafe { pack_rows(panel, (q, width), b, precision) }
             } else if by_columns {
                 // SAFETY: as above.
                 unsafe { pack_columns(panel, q, b) }
             } else {
-                pack_any(panel, q, b, depth, precision)
+                pack_any(panel, (q, width), b, depth, precision)
             }
         };
         // Large operands packed on the fly are packed by every thread, a panel each.
         if rayon::current_num_threads() > 1 && !SERIAL.get() && k * n >= 1 << 18 {
-            data.par_chunks_exact_mut(depth * NR)
+            data.par_chunks_exact_mut(depth * width)
                 .enumerate()
                 .for_each(one);
         } else {
-            data.chunks_exact_mut(depth * NR).enumerate().for_each(one);
+            data.chunks_exact_mut(depth * width)
+                .enumerate()
+                .for_each(one);
         }
     }
 
@@ -164,15 +174,20 @@ impl PackedB {
     }
 }
 
-/// Panel `q` of `B` with unit column stride: a panel's width of one row (f32) or
-/// two (bf16) per lane row.
+/// Panel `q` (of `width` ≤ [`NR`] columns) of `B` with unit column stride: a
+/// panel's width of one row (f32) or two (bf16) per lane row.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-unsafe fn pack_rows(panel: &mut [u32], q: usize, b: MatRef<'_, f32>, precision: Precision) {
+unsafe fn pack_rows(
+    panel: &mut [u32],
+    (q, width): (usize, usize),
+    b: MatRef<'_, f32>,
+    precision: Precision,
+) {
     let (k, n, step) = (b.rows, b.cols, per_lane(precision));
     let zeros = [0.0f32; NR];
-    let (j0, w) = (q * NR, NR.min(n - q * NR));
+    let (j0, w) = (q * width, width.min(n - q * width));
     let bf16_vectors = precision == Precision::Bf16 && bf16_supported();
-    for (d, dst) in panel.chunks_exact_mut(NR).enumerate() {
+    for (d, dst) in panel.chunks_exact_mut(width).enumerate() {
         let row = |p: usize| {
             if p < k {
                 &b.data[p * b.rs + j0..][..w]
@@ -232,14 +247,21 @@ unsafe fn pack_columns(panel: &mut [u32], q: usize, b: MatRef<'_, f32>) {
     }
 }
 
-/// Panel `q` of `B` with any strides (a transposed view: values of one column lie together).
-fn pack_any(panel: &mut [u32], q: usize, b: MatRef<'_, f32>, depth: usize, precision: Precision) {
+/// Panel `q` (of `width` columns) of `B` with any strides (a transposed view:
+/// values of one column lie together).
+fn pack_any(
+    panel: &mut [u32],
+    (q, width): (usize, usize),
+    b: MatRef<'_, f32>,
+    depth: usize,
+    precision: Precision,
+) {
     let (k, n, step) = (b.rows, b.cols, per_lane(precision));
     let at = |p: usize, col: usize| if p < k { b.data[col + p * b.rs] } else { 0.0 };
-    for jj in 0..NR.min(n - q * NR) {
-        let col = (q * NR + jj) * b.cs;
+    for jj in 0..width.min(n - q * width) {
+        let col = (q * width + jj) * b.cs;
         for d in 0..depth {
-            panel[d * NR + jj] = lane(precision, at(step * d, col), at(step * d + 1, col));
+            panel[d * width + jj] = lane(precision, at(step * d, col), at(step * d + 1, col));
         }
     }
 }
@@ -701,7 +723,7 @@ fn run_rows(
 ) {
     let (n, precision) = (b.n, b.precision);
     #[cfg(target_arch = "x86_64")]
-    if precision == Precision::Bf16 && amx::supported() {
+    if b.width == amx::PANEL {
         return amx::run_rows(cd, ld, a, rows, (&b.data, n), accumulate);
     }
     let step = per_lane(precision);

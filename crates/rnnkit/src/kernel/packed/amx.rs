@@ -4,19 +4,21 @@
 //! the multiply-adds per cycle of `vdpbf16ps`, which on these CPUs runs at half
 //! the f32 FMA rate. Used for every bf16 product where the CPU and the OS allow.
 
-use super::{pair, MatRef, NR};
+use super::{pair, MatRef};
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 /// Rows of a tile, and pairs of depth per tile row (64 bytes).
 const TILE: usize = 16;
-/// Column tiles per `B` panel.
-const TILES: usize = NR / TILE;
+/// Columns of a `B` panel packed for the tiles: two tiles wide, so that C's 2 × 2
+/// tiles take the other four (tile loads, not products, set the pace: a 1 × 3
+/// block over panels of 48 loaded 4 tiles per 3 products and ran at 0.7 of it).
+pub(super) const PANEL: usize = 2 * TILE;
 /// Rows of `A` per cache block.
 const MC: usize = 128;
 /// Pairs of depth per cache block: `A`'s block is `MC·KC·4` bytes (256 KiB) and a
-/// `B` panel's `KC·NR·4` (96 KiB), both in L2; deeper blocks add to C fewer times.
+/// `B` panel's `KC·PANEL·4` (64 KiB), both in L2; deeper blocks add to C fewer times.
 const KC: usize = 512;
 
 /// Whether this CPU has AMX BF16 tiles, the OS lets this process use them, and
@@ -82,8 +84,8 @@ fn permitted() -> bool {
     false
 }
 
-/// The tile configuration (palette 1): tiles 0–2 are a row of C's tiles, 3 is
-/// `A`'s and 4–6 are `B`'s, each 16 rows of 64 bytes.
+/// The tile configuration (palette 1): tiles 0–3 are C's 2 × 2 tiles (rows
+/// by columns), 4–5 `A`'s two and 6–7 `B`'s two, each 16 rows of 64 bytes.
 #[repr(C, align(64))]
 struct Config {
     palette: u8,
@@ -102,7 +104,7 @@ const CONFIG: Config = {
         rows: [0; 16],
     };
     let mut t = 0;
-    while t < 7 {
+    while t < 8 {
         config.colsb[t] = 64;
         config.rows[t] = TILE as u8;
         t += 1;
@@ -111,7 +113,7 @@ const CONFIG: Config = {
 };
 
 /// Rows `rows` of `C (+)= A·B` into `cd` (whose row 0 is C's row `rows.start`),
-/// `B` a bf16 panel set of [`super::PackedB`] (`[pairs][NR]` lanes per panel).
+/// `B` a bf16 [`super::PackedB`] of [`PANEL`]-wide panels (`[pairs][PANEL]` lanes).
 pub(super) fn run_rows(
     cd: &mut [f32],
     ld: usize,
@@ -123,11 +125,11 @@ pub(super) fn run_rows(
     let k = a.cols;
     let kp = k.div_ceil(2);
     let mut apack = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    // SAFETY (the tile instructions below): `supported()` held for the caller; the
-    // configuration is this thread's and released before returning.
+    // SAFETY (the tile instructions below): `supported()` held when `B` was packed;
+    // the configuration is this thread's and released before returning.
     unsafe { asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly)) };
-    let mut out = [0.0f32; TILE * NR];
-    let mut tail = [0u32; TILE * NR];
+    let mut out = [0.0f32; 2 * TILE * PANEL];
+    let mut tail = [0u32; TILE * PANEL];
     for r0 in (rows.start..rows.end).step_by(MC) {
         let r1 = (r0 + MC).min(rows.end);
         for p0 in (0..kp).step_by(KC) {
@@ -135,38 +137,37 @@ pub(super) fn run_rows(
             let (depth, steps) = ((p1 - p0), (p1 - p0) / TILE);
             let stride = depth.next_multiple_of(TILE);
             pack_a(a, r0..r1, p0..p1, stride, &mut apack);
-            for q in 0..n.div_ceil(NR) {
-                let panel = &b[(q * kp + p0) * NR..(q * kp + p1) * NR];
+            for q in 0..n.div_ceil(PANEL) {
+                let panel = &b[(q * kp + p0) * PANEL..(q * kp + p1) * PANEL];
                 // The last depths short of a whole tile go through a copy padded
                 // with zeros (past them lies the next panel, or nothing).
-                let rest = &panel[steps * TILE * NR..];
+                let rest = &panel[steps * TILE * PANEL..];
                 if !rest.is_empty() {
                     tail[..rest.len()].copy_from_slice(rest);
                     tail[rest.len()..].fill(0);
                 }
-                let (j0, nj) = (q * NR, NR.min(n - q * NR));
+                let (j0, nj) = (q * PANEL, PANEL.min(n - q * PANEL));
                 let tiles = nj.div_ceil(TILE);
-                for i0 in (r0..r1).step_by(TILE) {
-                    let ap = &apack[(i0 - r0) * stride..][..TILE * stride];
-                    let mi = TILE.min(r1 - i0);
+                for i0 in (r0..r1).step_by(2 * TILE) {
+                    let ap = &apack[(i0 - r0) * stride..][..2 * TILE * stride];
+                    let mi = (2 * TILE).min(r1 - i0);
                     let first = (i0 - rows.start) * ld + j0;
                     assert!((mi - 1) * ld + nj <= cd.len() - first, "AMX tile outside C");
                     let acc = accumulate || p0 > 0;
                     // Whole tiles of C are loaded and stored in place; those at its
                     // edges go through `out`.
-                    let whole = mi == TILE && nj == tiles * TILE;
+                    let whole = mi == 2 * TILE && nj == tiles * TILE;
                     let c = match whole {
                         true => (cd[first..].as_mut_ptr(), ld, acc),
-                        false => (out.as_mut_ptr(), NR, false),
+                        false => (out.as_mut_ptr(), PANEL, false),
                     };
-                    // SAFETY: `ap` holds 16 rows of `stride` lanes, `panel` `steps`
-                    // whole tiles of depth and `tail` one; `c` holds 16 rows of the
+                    // SAFETY: `ap` holds 32 rows of `stride` lanes, `panel` `steps`
+                    // whole tiles of depth and `tail` one; `c` holds 32 rows of the
                     // tiles' columns (asserted, or `out`).
                     unsafe {
                         match tiles {
                             1 => product::<1>(ap, stride, panel, steps, &tail, c),
-                            2 => product::<2>(ap, stride, panel, steps, &tail, c),
-                            _ => product::<TILES>(ap, stride, panel, steps, &tail, c),
+                            _ => product::<2>(ap, stride, panel, steps, &tail, c),
                         }
                     }
                     if !whole {
@@ -188,79 +189,101 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u32>> = std::cell::RefCell::default();
 }
 
-/// `C (+)=` the tile row of 16 rows of `A` (`ap`, lanes `[row][stride]`) times
-/// `T` column tiles of the panel: `steps` whole tiles of depth, then `tail` where
-/// `ap` holds more than `steps` of them. `c` is `(first element, row length,
-/// add to what it holds)`.
+/// `C (+)=` 32 rows of `A` (`ap`, lanes `[row][stride]`) times `T` column tiles
+/// of the panel: `steps` whole tiles of depth, then `tail` where `ap` holds more
+/// than `steps` of them. `c` is `(first element, row length, add to what it
+/// holds)`.
 #[inline(always)]
 unsafe fn product<const T: usize>(
     ap: &[u32],
     stride: usize,
     panel: &[u32],
     steps: usize,
-    tail: &[u32; TILE * NR],
+    tail: &[u32; TILE * PANEL],
     (c, ldc, accumulate): (*mut f32, usize, bool),
 ) {
-    let (lda, ldb, ldc) = (stride * 4, NR * 4, ldc * 4);
+    let (lda, ldb) = (stride * 4, PANEL * 4);
+    // C's tile (row r, column t) starts here.
+    let at = |r: usize, t: usize| c.wrapping_add(r * TILE * ldc + t * TILE);
+    let ldc = ldc * 4;
     // SAFETY (every tile instruction): the caller configured the tiles; each load
     // reads 16 rows of 64 bytes at the given stride inside `ap`, `panel`, `tail`
-    // or C's 16 rows of the T tiles' columns, and the stores write there.
+    // or C's 32 rows of the T tiles' columns, and the stores write there.
     unsafe {
-        let c1 = c.wrapping_add(TILE);
-        let c2 = c.wrapping_add(2 * TILE);
         if accumulate {
-            asm!("tileloadd tmm0, [{c} + {ldc}*1]", c = in(reg) c, ldc = in(reg) ldc, options(nostack, readonly));
+            asm!(
+                "tileloadd tmm0, [{c0} + {ldc}*1]",
+                "tileloadd tmm2, [{c2} + {ldc}*1]",
+                c0 = in(reg) at(0, 0), c2 = in(reg) at(1, 0), ldc = in(reg) ldc,
+                options(nostack, readonly),
+            );
             if T > 1 {
-                asm!("tileloadd tmm1, [{c} + {ldc}*1]", c = in(reg) c1, ldc = in(reg) ldc, options(nostack, readonly));
-            }
-            if T > 2 {
-                asm!("tileloadd tmm2, [{c} + {ldc}*1]", c = in(reg) c2, ldc = in(reg) ldc, options(nostack, readonly));
+                asm!(
+                    "tileloadd tmm1, [{c1} + {ldc}*1]",
+                    "tileloadd tmm3, [{c3} + {ldc}*1]",
+                    c1 = in(reg) at(0, 1), c3 = in(reg) at(1, 1), ldc = in(reg) ldc,
+                    options(nostack, readonly),
+                );
             }
         } else {
             asm!(
                 "tilezero tmm0",
                 "tilezero tmm1",
                 "tilezero tmm2",
+                "tilezero tmm3",
                 options(nostack, nomem)
             );
         }
         let step = |a: *const u32, b: *const u32| {
-            asm!(
-                "tileloadd tmm3, [{a} + {lda}*1]",
-                "tileloadd tmm4, [{b} + {ldb}*1]",
-                "tdpbf16ps tmm0, tmm3, tmm4",
-                a = in(reg) a, b = in(reg) b, lda = in(reg) lda, ldb = in(reg) ldb,
-                options(nostack, readonly),
-            );
             if T > 1 {
                 asm!(
-                    "tileloadd tmm5, [{b} + {ldb}*1]",
-                    "tdpbf16ps tmm1, tmm3, tmm5",
-                    b = in(reg) b.add(TILE), ldb = in(reg) ldb,
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm6, [{b0} + {ldb}*1]",
+                    "tileloadd tmm7, [{b1} + {ldb}*1]",
+                    "tileloadd tmm5, [{a1} + {lda}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a, a1 = in(reg) a.add(TILE * stride), lda = in(reg) lda,
+                    b0 = in(reg) b, b1 = in(reg) b.add(TILE), ldb = in(reg) ldb,
                     options(nostack, readonly),
                 );
-            }
-            if T > 2 {
+            } else {
                 asm!(
-                    "tileloadd tmm6, [{b} + {ldb}*1]",
-                    "tdpbf16ps tmm2, tmm3, tmm6",
-                    b = in(reg) b.add(2 * TILE), ldb = in(reg) ldb,
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm6, [{b0} + {ldb}*1]",
+                    "tileloadd tmm5, [{a1} + {lda}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    a0 = in(reg) a, a1 = in(reg) a.add(TILE * stride), lda = in(reg) lda,
+                    b0 = in(reg) b, ldb = in(reg) ldb,
                     options(nostack, readonly),
                 );
             }
         };
         for s in 0..steps {
-            step(ap.as_ptr().add(s * TILE), panel.as_ptr().add(s * TILE * NR));
+            step(
+                ap.as_ptr().add(s * TILE),
+                panel.as_ptr().add(s * TILE * PANEL),
+            );
         }
         if stride > steps * TILE {
             step(ap.as_ptr().add(steps * TILE), tail.as_ptr());
         }
-        asm!("tilestored [{c} + {ldc}*1], tmm0", c = in(reg) c, ldc = in(reg) ldc, options(nostack));
+        asm!(
+            "tilestored [{c0} + {ldc}*1], tmm0",
+            "tilestored [{c2} + {ldc}*1], tmm2",
+            c0 = in(reg) at(0, 0), c2 = in(reg) at(1, 0), ldc = in(reg) ldc,
+            options(nostack),
+        );
         if T > 1 {
-            asm!("tilestored [{c} + {ldc}*1], tmm1", c = in(reg) c1, ldc = in(reg) ldc, options(nostack));
-        }
-        if T > 2 {
-            asm!("tilestored [{c} + {ldc}*1], tmm2", c = in(reg) c2, ldc = in(reg) ldc, options(nostack));
+            asm!(
+                "tilestored [{c1} + {ldc}*1], tmm1",
+                "tilestored [{c3} + {ldc}*1], tmm3",
+                c1 = in(reg) at(0, 1), c3 = in(reg) at(1, 1), ldc = in(reg) ldc,
+                options(nostack),
+            );
         }
     }
 }
@@ -268,7 +291,7 @@ unsafe fn product<const T: usize>(
 /// Adds (or writes) the first `mi` rows and `nj` columns of `out` to `c`.
 #[target_feature(enable = "avx512f")]
 unsafe fn add_out(
-    out: &[f32; TILE * NR],
+    out: &[f32; 2 * TILE * PANEL],
     c: &mut [f32],
     ld: usize,
     (mi, nj): (usize, usize),
@@ -284,7 +307,7 @@ unsafe fn add_out(
             // assertion) and in `out`.
             unsafe {
                 let p = c.as_mut_ptr().add(i * ld + j);
-                let v = _mm512_loadu_ps(out.as_ptr().add(i * NR + j));
+                let v = _mm512_loadu_ps(out.as_ptr().add(i * PANEL + j));
                 let v = match accumulate {
                     true => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), v),
                     false => v,
@@ -305,7 +328,7 @@ fn pack_a(
     stride: usize,
     out: &mut Vec<u32>,
 ) {
-    let padded = rows.len().next_multiple_of(TILE);
+    let padded = rows.len().next_multiple_of(2 * TILE);
     if out.len() < padded * stride {
         out.resize(padded * stride, 0);
     }
