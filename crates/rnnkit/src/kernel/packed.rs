@@ -3,13 +3,14 @@
 //! call, which halves its speed once `W_hh` outgrows the L2 cache), and the
 //! products of the bf16 mode, where packing also rounds to bfloat16 and the
 //! micro-kernel is `vdpbf16ps` (AVX-512 BF16: 32 multiply-adds per instruction,
-//! twice an f32 FMA's; sums stay f32).
+//! twice an f32 FMA's; sums stay f32), or on CPUs with AMX the tiles of [`amx`].
 //!
 //! Layout: `B [k, n]` is packed into panels of [`NR`] columns, each `[depth][NR]`
 //! 32-bit lanes, where a lane is one f32 (depth = k) or a pair of bfloat16 of
 //! consecutive k (depth = k/2, as `vdpbf16ps` reads them); `A [m, k]` into panels
 //! of [`MR`] rows, `[depth][MR]` lanes each. A micro-tile of `MR × NR` outputs lives
-//! in 24 registers for a whole block of depth.
+//! in 24 registers for a whole block of depth. For the AMX tiles `B`'s panels are
+//! [`amx::PANEL`] columns wide and `A` is packed row by row.
 
 use super::matmul::{MatMut, MatRef, Precision, SERIAL};
 use super::to_bf16;

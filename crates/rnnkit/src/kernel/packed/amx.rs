@@ -1,8 +1,10 @@
 //! bf16 products on Intel AMX tiles: `tdpbf16ps` multiplies a 16 × 32 tile of
 //! bfloat16 `A` by a 32 × 16 tile of `B` (its pairs of depth interleaved, as a
-//! packed `B` panel already holds them) into a 16 × 16 tile of f32 sums, 16 times
-//! the multiply-adds per cycle of `vdpbf16ps`, which on these CPUs runs at half
-//! the f32 FMA rate. Used for every bf16 product where the CPU and the OS allow.
+//! packed `B` panel already holds them) into a 16 × 16 tile of f32 sums: 8,192
+//! multiply-adds per instruction (on a Sapphire Rapids-class Xeon, 3.0 TFLOP/s per
+//! core on tiles in registers, against about 0.1 for `vdpbf16ps`, which there runs
+//! at half the f32 FMA rate). Used for every bf16 product where the CPU and the OS
+//! allow.
 
 use super::{pair, MatRef};
 use std::arch::asm;
