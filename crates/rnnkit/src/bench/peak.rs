@@ -248,6 +248,12 @@ mod tests {
         if let Some(b) = l.bf16_peak_gflops {
             assert!(b.is_finite() && b > 0.0);
         }
+        // The unit is named exactly where a bf16 peak is measured, and it is the
+        // one the bf16 products use.
+        assert_eq!(l.bf16_unit.is_some(), l.bf16_peak_gflops.is_some());
+        if let Some(unit) = l.bf16_unit {
+            assert_eq!(unit == "amx", crate::kernel::amx_supported());
+        }
         let bw = read_bandwidth_gbs(1 << 20);
         assert!(bw.is_finite() && bw > 0.0);
     }
