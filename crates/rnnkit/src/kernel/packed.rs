@@ -878,13 +878,27 @@ mod avx512 {
             };
             // SAFETY: lanes j.. of each slice, under the mask.
             unsafe {
-                let bf = |row: &[f32]| {
-                    let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, row.as_ptr().add(j)));
-                    _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(v))
-                };
-                let lanes = _mm512_or_si512(bf(lo), _mm512_slli_epi32::<16>(bf(hi)));
+                let load = |row: &[f32]| _mm512_maskz_loadu_ps(mask, row.as_ptr().add(j));
+                let lanes = pairs(load(lo), load(hi));
                 _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(j).cast(), mask, lanes);
             }
+        }
+    }
+
+    /// Lane i = the bfloat16 pair (`lo[i]`, `hi[i]`), rounded by `vcvtneps2bf16`.
+    /// Inlined into the AVX-512 BF16 packers.
+    #[inline(always)]
+    pub(super) fn pairs(lo: __m512, hi: __m512) -> __m512i {
+        // SAFETY (every intrinsic): inlined only into AVX-512 BF16 functions; the
+        // transmutes are between 32-byte plain vectors. No closure: one would not
+        // be inlined into them, and would run without their features.
+        unsafe {
+            let lo = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(lo));
+            let hi = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(hi));
+            _mm512_or_si512(
+                _mm512_cvtepu16_epi32(lo),
+                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)),
+            )
         }
     }
 

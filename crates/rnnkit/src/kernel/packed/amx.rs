@@ -427,16 +427,10 @@ unsafe fn pairs_of_columns(
                 true => unsafe { _mm512_maskz_loadu_ps(mask, a[k * cs + i0..][..mi].as_ptr()) },
                 false => _mm512_setzero_ps(),
             };
-            let bf16 = |v: __m512| {
-                // SAFETY: a 32-byte plain vector.
-                let half =
-                    unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) };
-                _mm512_cvtepu16_epi32(half)
-            };
             let mut v = [_mm512_setzero_si512(); TILE];
             for (dd, v) in v.iter_mut().enumerate().take(depth - d0) {
                 let k = ks.start + 2 * (d0 + dd);
-                *v = _mm512_or_si512(bf16(load(k)), _mm512_slli_epi32::<16>(bf16(load(k + 1))));
+                *v = super::avx512::pairs(load(k), load(k + 1));
             }
             transpose(&mut v);
             for (ii, v) in v.iter().enumerate().take(mi) {
