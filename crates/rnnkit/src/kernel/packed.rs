@@ -689,12 +689,16 @@ fn depth_major_block(
         let depth = TN_KC.min(k - p0);
         for i0 in rows.clone().step_by(TN_MR) {
             let height = TN_MR.min(rows.end - i0);
-            for (p, lanes) in strip.chunks_exact_mut(TN_MR).take(depth).enumerate() {
-                let run = &a.data[(p0 + p) * a.cs + i0..][..height];
-                for (lane, &v) in lanes.iter_mut().zip(run) {
-                    *lane = v.to_bits();
-                }
-            }
+            // SAFETY: AVX-512F is present (checked by the caller); the strip's rows
+            // of A lie in it at every depth (asserted above), and the strip holds
+            // `depth` rows of TN_MR lanes.
+            unsafe {
+                avx512::copy_strip(
+                    (a.data.as_ptr().add(p0 * a.cs + i0), a.cs),
+                    height,
+                    &mut strip[..depth * TN_MR],
+                )
+            };
             for j0 in cols.clone().step_by(TN_NR) {
                 let shape = (height, TN_NR.min(cols.end - j0));
                 let at = (j0 - cols.start) * ldt + i0 - rows.start;
@@ -829,7 +833,7 @@ fn run_rows(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR, TN_NR, TN_V};
+    use super::{MR, NR, TN_MR, TN_NR, TN_V};
     use std::arch::x86_64::*;
 
     /// Lanes `dst[d·stride]` = bfloat16 pairs (`row[2d]`, `row[2d + 1]`) of one row
@@ -1229,6 +1233,32 @@ mod avx512 {
             fma_rows(&mut acc, &bv, |i| f32::from_bits(unsafe { *ap.add(i) }));
         }
         unsafe { store(&acc, tile) };
+    }
+
+    /// The first `height` (≤ [`TN_MR`]) values of each row of `A` at `a + p·lda`
+    /// into lanes `p·TN_MR..` of `strip`, for every depth p the strip holds (the
+    /// loop outside this function copied 16 bytes at a time). The caller
+    /// guarantees that those values lie in A's data.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn copy_strip(
+        (a, lda): (*const f32, usize),
+        height: usize,
+        strip: &mut [u32],
+    ) {
+        let masks: [u16; TN_V] = std::array::from_fn(|v| match height.saturating_sub(16 * v) {
+            16.. => u16::MAX,
+            left => ((1u32 << left) - 1) as u16,
+        });
+        for (p, lanes) in strip.chunks_exact_mut(TN_MR).enumerate() {
+            for (v, &mask) in masks.iter().enumerate() {
+                // SAFETY: the lanes under the mask are values of A (the caller's
+                // guarantee); the chunk holds TN_MR lanes.
+                unsafe {
+                    let row = _mm512_maskz_loadu_ps(mask, a.add(p * lda + 16 * v));
+                    _mm512_storeu_ps(lanes.as_mut_ptr().add(16 * v).cast(), row);
+                }
+            }
+        }
     }
 
     /// `ct[j·ldt + i] (+)= Σ_p a[p·lda + i]·b[p·ldb + j]` for `i < rows` (at most
