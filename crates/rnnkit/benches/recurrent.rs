@@ -1,7 +1,9 @@
 //! Recurrent layers forward and backward through time, one layer, B 64, T 100,
 //! input = hidden = 512, for every cell kind (and the LSTM in bf16 mode); and the
 //! products inside the time loop: one thread's per-step product in f32 and bf16,
-//! and the batch-1 matrix–vector product. Run: `cargo bench -p rnnkit --bench recurrent`.
+//! and the batch-1 matrix–vector product; and the f32 weight gradients `dgᵀ·x` of
+//! LSTM 2×512, LSTM 1×128 and a 65-letter output layer, on all threads. Run:
+//! `cargo bench -p rnnkit --bench recurrent`.
 //! Throughput is reported in elements/s where one element is one floating-point
 //! operation, so "Gelem/s" reads as GFLOP/s.
 
@@ -139,5 +141,35 @@ fn products(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cells, products);
+/// f32 weight gradients `dgᵀ·x` (`dg` is `[depth, m]`, read transposed) on all threads.
+fn weight_gradients(c: &mut Criterion) {
+    let mut rng = Rng::new(3);
+    let mut group = c.benchmark_group("weight gradient dgᵀ·x, f32, all threads");
+    group.sample_size(10);
+    for (name, m, n, depth) in [
+        ("LSTM 2×512 dW_hh", 4 * H, H, B * T),
+        ("LSTM 1×128 dW_hh", 4 * 128, 128, 32 * 64),
+        ("65-letter head", 65, 128, 32 * 64),
+    ] {
+        let dg = random(&[depth, m], &mut rng);
+        let x = random(&[depth, n], &mut rng);
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements(2 * (m * n * depth) as u64));
+        group.bench_function(format!("{name}: {m}×{depth} · {depth}×{n}"), |b| {
+            b.iter(|| {
+                on_pool(|| {
+                    matmul(
+                        MatMut::dense(&mut out, m, n),
+                        MatRef::dense(dg.data(), depth, m).t(),
+                        MatRef::dense(x.data(), depth, n),
+                        false,
+                    )
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cells, products, weight_gradients);
 criterion_main!(benches);
