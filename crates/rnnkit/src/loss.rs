@@ -10,25 +10,96 @@ pub use ctc::{ctc_loss, ctc_loss_with, CtcLoss, CtcOptions, CtcWork, Reduction};
 use crate::error::{Error, Result};
 use crate::tensor::{scratch, Real};
 
+/// Most blocks of rows [`softmax_cross_entropy`] sums separately (their totals sit
+/// on the stack).
+const CE_BLOCKS: usize = 64;
+/// Fewest rows per block.
+const CE_BLOCK_MIN: usize = 64;
+/// Fewest logits for which the blocks are shared between the threads.
+const CE_PARALLEL_MIN: usize = 1 << 15;
+
 /// Mean over rows of `−log softmax(logits_row)[target]` for `logits [n, vocab]`.
 /// When `dlogits` is given, writes `∂mean/∂logits = (softmax − onehot) / n` into it.
 /// One exponential per logit; sums in f64 so the mean does not depend on n's size.
+/// With a gradient, blocks of rows run on the threads (on one thread this was a
+/// serial twentieth of the small char LM's step); each block is summed alone and
+/// the blocks in order, so the mean is the same on any number of threads.
 pub fn softmax_cross_entropy<T: Real>(
     logits: &[T],
     targets: &[usize],
     vocab: usize,
-    mut dlogits: Option<&mut [T]>,
+    dlogits: Option<&mut [T]>,
 ) -> f64 {
     let n = targets.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let per = n.div_ceil(CE_BLOCKS).max(CE_BLOCK_MIN);
+    let blocks = n.div_ceil(per);
+    let mut totals = [0.0f64; CE_BLOCKS];
+    let totals = &mut totals[..blocks];
+    let logits = &logits[..n * vocab];
+    match dlogits {
+        Some(d) => {
+            let d = &mut d[..n * vocab];
+            // A gradient's exponentials go straight into its rows: no buffer.
+            let run = |b: usize, total: &mut f64, d: &mut [T]| {
+                let rows = b * per..((b + 1) * per).min(n);
+                let logits = &logits[rows.start * vocab..rows.end * vocab];
+                let (targets, tmp) = (&targets[rows], &mut Vec::new());
+                *total = block_cross_entropy(logits, targets, vocab, n, Some(d), tmp);
+            };
+            let parallel = n * vocab >= CE_PARALLEL_MIN
+                && !crate::kernel::is_serial()
+                && rayon::current_num_threads() > 1;
+            if parallel {
+                use rayon::prelude::*;
+                totals
+                    .par_iter_mut()
+                    .zip(d.par_chunks_mut(per * vocab))
+                    .enumerate()
+                    .for_each(|(b, (total, d))| run(b, total, d));
+            } else {
+                totals
+                    .iter_mut()
+                    .zip(d.chunks_mut(per * vocab))
+                    .enumerate()
+                    .for_each(|(b, (total, d))| run(b, total, d));
+            }
+        }
+        None => {
+            let mut tmp = Vec::new();
+            for ((total, targets), logits) in totals
+                .iter_mut()
+                .zip(targets.chunks(per))
+                .zip(logits.chunks(per * vocab))
+            {
+                *total = block_cross_entropy(logits, targets, vocab, n, None, &mut tmp);
+            }
+        }
+    }
+    totals.iter().sum::<f64>() / n as f64
+}
+
+/// Σ over one block's rows of `−log softmax(row)[target]`; with `d` (the block's
+/// rows of the gradient) also writes `(softmax − onehot) / n` there, else the
+/// exponentials go to `tmp`.
+fn block_cross_entropy<T: Real>(
+    logits: &[T],
+    targets: &[usize],
+    vocab: usize,
+    n: usize,
+    mut d: Option<&mut [T]>,
+    tmp: &mut Vec<T>,
+) -> f64 {
+    let want_grad = d.is_some();
     let mut total = 0.0f64;
-    let mut tmp = Vec::new();
-    let want_grad = dlogits.is_some();
     for (r, &target) in targets.iter().enumerate() {
         let row = &logits[r * vocab..(r + 1) * vocab];
         // e^(v − max) ≤ 1, into the gradient's row when there is one.
-        let e = match dlogits.as_deref_mut() {
+        let e = match d.as_deref_mut() {
             Some(d) => &mut d[r * vocab..(r + 1) * vocab],
-            None => scratch(&mut tmp, vocab),
+            None => scratch(tmp, vocab),
         };
         let (max, sum) = shifted_exp(row, e);
         total += max.f64() + sum.ln() - row[target].f64();
@@ -38,11 +109,7 @@ pub fn softmax_cross_entropy<T: Real>(
             e[target] -= T::of(1.0 / n as f64);
         }
     }
-    if n == 0 {
-        0.0
-    } else {
-        total / n as f64
-    }
+    total
 }
 
 /// Writes `e = exp(row − max(row))` and returns `(max, Σ e)`, the sum in f64.
@@ -344,6 +411,47 @@ mod tests {
         }
         // Large logits stay finite.
         assert!(softmax_cross_entropy(&[1e4f32, -1e4, 0.0], &[1], 3, None).is_finite());
+    }
+
+    #[test]
+    fn split_cross_entropy_matches_one_thread_and_the_plain_sum() {
+        // Enough rows to be shared between threads, not a multiple of a block.
+        let (n, vocab) = (1003, 65);
+        let logits: Vec<f32> = (0..n * vocab)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect();
+        let targets: Vec<usize> = (0..n).map(|r| (r * 31) % vocab).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let mut split = vec![0.0f32; n * vocab];
+        let loss =
+            pool.install(|| softmax_cross_entropy(&logits, &targets, vocab, Some(&mut split)));
+        let mut one = vec![0.0f32; n * vocab];
+        let loss_one = crate::kernel::serial(|| {
+            softmax_cross_entropy(&logits, &targets, vocab, Some(&mut one))
+        });
+        assert_eq!(loss.to_bits(), loss_one.to_bits());
+        assert_eq!(split, one);
+        // Without a gradient, the same blocks give the same mean.
+        let plain = softmax_cross_entropy(&logits, &targets, vocab, None);
+        assert_eq!(plain.to_bits(), loss.to_bits());
+        // And the mean is the plain per-row sum in f64, to rounding.
+        let want = (0..n)
+            .map(|r| {
+                let row = &logits[r * vocab..(r + 1) * vocab];
+                let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+                let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+                max + sum.ln() - row[targets[r]] as f64
+            })
+            .sum::<f64>()
+            / n as f64;
+        assert!((loss - want).abs() < 1e-5 * want.abs(), "{loss} vs {want}");
+        // Each row of the gradient sums to zero: softmax minus the one-hot, over n.
+        for row in split.chunks_exact(vocab) {
+            assert!(row.iter().map(|&v| v as f64).sum::<f64>().abs() < 1e-7);
+        }
     }
 
     /// Logits of 6 rows × 4 classes, some saturated (|x| ≈ 10).
