@@ -78,9 +78,9 @@ struct Counted {
 impl Counted {
     /// Whether the training steps, once warmed up, allocate nothing: a whole step
     /// runs without allocating, and the steps that still allocate are a few early
-    /// ones, not every step. (Which thread runs which job varies from step to step,
-    /// and a thread's buffers grow at its first job of a kind, which came as late
-    /// as the 12th step; an allocation per step would be in all of them.)
+    /// ones, not every step. (A task's buffers grow at the first batch longer than
+    /// all before it, and which thread runs which split job varies from step to
+    /// step; an allocation per step would be in all of them.)
     fn none_per_step(&self) -> bool {
         self.fewest.0 == 0 && self.allocating <= 3
     }

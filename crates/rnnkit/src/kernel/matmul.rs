@@ -167,16 +167,29 @@ pub fn serial<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Runs `f` on a thread of the pool (at once when already on one). Batch-1 work
-/// splits each matrix–vector product between the cores: from inside the pool a
-/// split costs about a microsecond, from outside it each one waits for a worker to
-/// wake (tens of microseconds under a hypervisor). Loops of batch-1 steps run here.
+/// Runs `f` on the pool's first thread (at once when already on a thread of the
+/// pool). Batch-1 work splits each matrix–vector product between the cores: from
+/// inside the pool a split costs about a microsecond, from outside it each one waits
+/// for a worker to wake (tens of microseconds under a hypervisor). Loops of batch-1
+/// steps and training steps run here.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
+        return f();
     }
+    // Always the same thread: the buffers that the unsplit part of a step keeps per
+    // thread then grow there once, at the first step. Handed to whichever worker
+    // woke first, a step found a thread that had never run one as late as the
+    // tenth step, and grew (and kept) a second copy of them there.
+    let f = std::sync::Mutex::new(Some(f));
+    rayon::broadcast(|ctx| {
+        let first = ctx.index() == 0;
+        let f = first.then(|| f.lock().unwrap_or_else(|e| e.into_inner()).take());
+        f.flatten().map(|f| f())
+    })
+    .into_iter()
+    .flatten()
+    .next()
+    .expect("the pool's first thread runs f")
 }
 
 /// Below this many multiply-adds a product runs on the calling thread: waking
