@@ -15,8 +15,6 @@ use crate::tensor::{scratch, Real};
 const CE_BLOCKS: usize = 64;
 /// Fewest rows per block.
 const CE_BLOCK_MIN: usize = 64;
-/// Fewest logits for which the blocks are shared between the threads.
-const CE_PARALLEL_MIN: usize = 1 << 15;
 
 /// Mean over rows of `−log softmax(logits_row)[target]` for `logits [n, vocab]`.
 /// When `dlogits` is given, writes `∂mean/∂logits = (softmax − onehot) / n` into it.
@@ -49,10 +47,7 @@ pub fn softmax_cross_entropy<T: Real>(
                 let (targets, tmp) = (&targets[rows], &mut Vec::new());
                 *total = block_cross_entropy(logits, targets, vocab, n, Some(d), tmp);
             };
-            let parallel = n * vocab >= CE_PARALLEL_MIN
-                && !crate::kernel::is_serial()
-                && rayon::current_num_threads() > 1;
-            if parallel {
+            if crate::kernel::parallel(n * vocab) {
                 use rayon::prelude::*;
                 totals
                     .par_iter_mut()
@@ -415,8 +410,9 @@ mod tests {
 
     #[test]
     fn split_cross_entropy_matches_one_thread_and_the_plain_sum() {
-        // Enough rows to be shared between threads, not a multiple of a block.
-        let (n, vocab) = (1003, 65);
+        // Enough logits to be shared between threads (2^16), rows not a multiple
+        // of a block.
+        let (n, vocab) = (1103, 65);
         let logits: Vec<f32> = (0..n * vocab)
             .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
             .collect();

@@ -64,7 +64,7 @@ pub fn sum_rows_into<T: Real>(acc: &mut [T], m: &[T]) {
 }
 
 /// Whether work on `len` elements should be split between the threads.
-fn parallel(len: usize) -> bool {
+pub(crate) fn parallel(len: usize) -> bool {
     len >= PARALLEL_MIN && !super::is_serial() && rayon::current_num_threads() > 1
 }
 

@@ -699,18 +699,17 @@ fn depth_major_block(
                     &mut strip[..depth * TN_MR],
                 )
             };
+            let strip = &strip[..depth * TN_MR];
             for j0 in cols.clone().step_by(TN_NR) {
                 let shape = (height, TN_NR.min(cols.end - j0));
                 let at = (j0 - cols.start) * ldt + i0 - rows.start;
                 // SAFETY: AVX-512F is present (checked by the caller); the tile's
-                // rows of A lie in the strip and its columns of B in B at every
-                // depth (asserted above), and its elements of Cᵀ in `ct` (sized
-                // above).
+                // columns of B lie in B at every depth of the strip (asserted
+                // above), and its elements of Cᵀ in `ct` (sized above).
                 unsafe {
                     avx512::tile_f32_depth_major(
-                        (strip.as_ptr().cast(), TN_MR),
+                        strip,
                         (b.data.as_ptr().add(p0 * b.rs + j0), b.rs),
-                        depth,
                         (ct.as_mut_ptr().add(at).cast(), ldt),
                         shape,
                         p0 > 0,
@@ -1263,18 +1262,18 @@ mod avx512 {
         }
     }
 
-    /// `ct[j·ldt + i] (+)= Σ_p a[p·lda + i]·b[p·ldb + j]` for `i < rows` (at most
-    /// [`TN_MR`]) and `j < cols` (at most [`TN_NR`]), over `depth` values of p: a
-    /// tile of `Cᵀ`, `A`'s rows in vectors, `B`'s values broadcast. Columns past
-    /// `cols` read column 0 again; their sums are never stored. The caller
-    /// guarantees that the rows, columns and elements of `Cᵀ` lie in their data.
-    /// Dispatches on the vectors that `rows` fill: a product's last strip of rows
-    /// (65 rows for a 65-letter output layer) costs its own vectors, not four.
+    /// `ct[j·ldt + i] (+)= Σ_p a[p·TN_MR + i]·b[p·ldb + j]` for `i < rows` (at
+    /// most [`TN_MR`]) and `j < cols` (at most [`TN_NR`]), over the depths p of the
+    /// strip `a` ([`copy_strip`]'s): a tile of `Cᵀ`, `A`'s rows in vectors, `B`'s
+    /// values broadcast. Columns past `cols` read column 0 again; their sums are
+    /// never stored. The caller guarantees that the columns of B at those depths
+    /// and the elements of `Cᵀ` lie in their data. Dispatches on the vectors that
+    /// `rows` fill: a product's last strip of rows (65 rows for a 65-letter output
+    /// layer) costs its own vectors, not four.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_f32_depth_major(
-        a: (*const f32, usize),
+        a: &[u32],
         b: (*const f32, usize),
-        depth: usize,
         ct: (*mut f32, usize),
         shape: (usize, usize),
         accumulate: bool,
@@ -1282,10 +1281,10 @@ mod avx512 {
         // SAFETY: the caller's guarantees, passed on.
         unsafe {
             match shape.0.div_ceil(16) {
-                1 => tile_depth_major::<1>(a, b, depth, ct, shape, accumulate),
-                2 => tile_depth_major::<2>(a, b, depth, ct, shape, accumulate),
-                3 => tile_depth_major::<3>(a, b, depth, ct, shape, accumulate),
-                _ => tile_depth_major::<TN_V>(a, b, depth, ct, shape, accumulate),
+                1 => tile_depth_major::<1>(a, b, ct, shape, accumulate),
+                2 => tile_depth_major::<2>(a, b, ct, shape, accumulate),
+                3 => tile_depth_major::<3>(a, b, ct, shape, accumulate),
+                _ => tile_depth_major::<TN_V>(a, b, ct, shape, accumulate),
             }
         }
     }
@@ -1293,23 +1292,29 @@ mod avx512 {
     /// [`tile_f32_depth_major`] with `V` vectors of rows (`rows` ≤ 16·V).
     #[target_feature(enable = "avx512f")]
     unsafe fn tile_depth_major<const V: usize>(
-        (a, lda): (*const f32, usize),
+        a: &[u32],
         (b, ldb): (*const f32, usize),
-        depth: usize,
         (ct, ldt): (*mut f32, usize),
         (rows, cols): (usize, usize),
         accumulate: bool,
     ) {
+        let depth = a.len() / TN_MR;
+        // Once per tile, not per element: the loads below trust it.
+        assert!(a.len() == depth * TN_MR && rows <= 16 * V);
         let masks: [u16; V] = lane_masks(rows);
         let col: [usize; TN_NR] = std::array::from_fn(|j| if j < cols { j } else { 0 });
         let mut acc = [[_mm512_setzero_ps(); V]; TN_NR];
         for p in 0..depth {
-            let (ap, bp) = (a.wrapping_add(p * lda), b.wrapping_add(p * ldb));
+            // SAFETY: depth p's lanes lie in the strip (asserted above).
+            let (ap, bp) = (
+                unsafe { a.as_ptr().add(p * TN_MR) },
+                b.wrapping_add(p * ldb),
+            );
             let mut av = [_mm512_setzero_ps(); V];
             for (v, av) in av.iter_mut().enumerate() {
-                // SAFETY: the lanes under the mask are rows of A at depth p; the
-                // others are not accessed.
-                *av = unsafe { _mm512_maskz_loadu_ps(masks[v], ap.wrapping_add(16 * v)) };
+                // SAFETY: V ≤ TN_V vectors of depth p's TN_MR lanes (asserted
+                // above); lanes past `rows` hold zeros.
+                *av = unsafe { _mm512_loadu_ps(ap.add(16 * v).cast()) };
             }
             for (acc, &j) in acc.iter_mut().zip(&col) {
                 // SAFETY: column j < cols of B at depth p.
