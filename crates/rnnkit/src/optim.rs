@@ -7,8 +7,13 @@ use crate::tensor::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Parameters of this many elements or more are updated by all threads at once.
-const PARALLEL_MIN: usize = 1 << 16;
+/// Elements of a gradient's piece in [`sum_of_squares`] (a fixed cut, so the sum is
+/// the same on any number of threads).
+const PIECE: usize = 1 << 16;
+
+/// Elements per job when a parameter's update is shared between the threads; one
+/// of twice this or more is shared (LSTM 1×128's `W_hh`, 64 Ki elements, in 8 jobs).
+const UPDATE_CHUNK: usize = 1 << 13;
 
 /// Which update rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,25 +97,21 @@ impl Optimizer {
             let (m, v) = (&mut ms[idx], &mut vs[idx]);
             match kind {
                 OptimizerKind::Adam => {
-                    // torch.optim.Adam: p −= lr/bc1 · m / (√v / √bc2 + ε)
-                    let adam = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
-                        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                            *m = BETA1 as f32 * *m + (1.0 - BETA1 as f32) * g;
-                            *v = BETA2 as f32 * *v + (1.0 - BETA2 as f32) * g * g;
-                            *p -= step_size * *m / (v.sqrt() / bc2_sqrt + EPS);
-                        }
-                    };
                     let (p, g) = (p.data_mut(), g.data());
+                    let scalars = AdamStep {
+                        step_size,
+                        bc2_sqrt,
+                    };
                     // Elementwise, so splitting a large parameter between the threads
                     // changes nothing but the time (LSTM 2×512: 3.3 M a step).
-                    if p.len() < PARALLEL_MIN {
-                        adam(p, g, m, v);
+                    if !shared(p.len()) {
+                        adam(p, g, m, v, scalars);
                     } else {
-                        p.par_chunks_mut(PARALLEL_MIN)
-                            .zip(g.par_chunks(PARALLEL_MIN))
-                            .zip(m.par_chunks_mut(PARALLEL_MIN))
-                            .zip(v.par_chunks_mut(PARALLEL_MIN))
-                            .for_each(|(((p, g), m), v)| adam(p, g, m, v));
+                        p.par_chunks_mut(UPDATE_CHUNK)
+                            .zip(g.par_chunks(UPDATE_CHUNK))
+                            .zip(m.par_chunks_mut(UPDATE_CHUNK))
+                            .zip(v.par_chunks_mut(UPDATE_CHUNK))
+                            .for_each(|(((p, g), m), v)| adam(p, g, m, v, scalars));
                     }
                 }
                 OptimizerKind::Sgd => {
@@ -189,6 +190,36 @@ impl Optimizer {
     }
 }
 
+/// Whether an update of `len` elements is shared between the threads.
+fn shared(len: usize) -> bool {
+    len >= 2 * UPDATE_CHUNK && !crate::kernel::is_serial() && rayon::current_num_threads() > 1
+}
+
+/// The scalars of one Adam step, the same for every parameter.
+#[derive(Clone, Copy)]
+struct AdamStep {
+    /// `lr / bc1`.
+    step_size: f32,
+    /// `√bc2`.
+    bc2_sqrt: f32,
+}
+
+/// [`adam`]'s loop.
+#[inline(always)]
+fn adam_elements(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamStep) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+        *m = BETA1 as f32 * *m + (1.0 - BETA1 as f32) * g;
+        *v = BETA2 as f32 * *v + (1.0 - BETA2 as f32) * g * g;
+        *p -= s.step_size * *m / (v.sqrt() / s.bc2_sqrt + EPS);
+    }
+}
+
+avx512_variant! {
+    /// torch.optim.Adam's update of `p` and its moments `m`, `v` from `g`:
+    /// `p −= lr/bc1 · m / (√v / √bc2 + ε)`.
+    fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamStep) => adam_elements
+}
+
 /// Global L2 norm of all gradients (accumulated in f64).
 pub fn grad_norm(model: &mut dyn Parameters<f32>) -> f64 {
     let mut sq = 0.0f64;
@@ -196,36 +227,48 @@ pub fn grad_norm(model: &mut dyn Parameters<f32>) -> f64 {
     sq.sqrt()
 }
 
-/// `Σ x²` in f64 over pieces of [`PARALLEL_MIN`] elements, each summed in 8 lanes
+/// `Σ x²` in f64 over pieces of [`PIECE`] elements, each summed in [`LANES`] lanes
 /// (independent chains, so it vectorises), the pieces' sums added in order: the same
 /// result on any number of threads.
 fn sum_of_squares(x: &[f32]) -> f64 {
-    let piece = |x: &[f32]| {
-        let mut lanes = [0.0f64; 8];
-        let mut chunks = x.chunks_exact(8);
-        for c in &mut chunks {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l += f64::from(v) * f64::from(v);
-            }
-        }
-        for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-            *l += f64::from(v) * f64::from(v);
-        }
-        lanes.iter().sum::<f64>()
-    };
-    if x.len() < 2 * PARALLEL_MIN {
-        return x.chunks(PARALLEL_MIN).map(piece).sum();
+    if x.len() < 2 * PIECE {
+        return x.chunks(PIECE).map(piece_sum_of_squares).sum();
     }
     // Taken out while the threads work: a job stolen meanwhile may call this too.
     let mut sums = PIECE_SUMS.take();
     sums.clear();
-    sums.resize(x.len().div_ceil(PARALLEL_MIN), 0.0);
+    sums.resize(x.len().div_ceil(PIECE), 0.0);
     sums.par_iter_mut()
-        .zip(x.par_chunks(PARALLEL_MIN))
-        .for_each(|(s, x)| *s = piece(x));
+        .zip(x.par_chunks(PIECE))
+        .for_each(|(s, x)| *s = piece_sum_of_squares(x));
     let total = sums.iter().sum();
     PIECE_SUMS.set(sums);
     total
+}
+
+/// Lanes of [`sum_of_squares`]: four AVX-512 vectors of f64, so that four chains of
+/// additions overlap.
+const LANES: usize = 32;
+
+/// [`piece_sum_of_squares`]' loop.
+#[inline(always)]
+fn lanes_sum_of_squares(x: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f64::from(v) * f64::from(v);
+        }
+    }
+    for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *l += f64::from(v) * f64::from(v);
+    }
+    lanes.iter().sum::<f64>()
+}
+
+avx512_variant! {
+    /// `Σ x²` of one piece of [`sum_of_squares`].
+    fn piece_sum_of_squares(x: &[f32]) -> f64 => lanes_sum_of_squares
 }
 
 thread_local! {
@@ -243,8 +286,8 @@ pub fn clip_grad_norm(model: &mut dyn Parameters<f32>, max_norm: f64) -> f64 {
         let c = coef as f32;
         let scale = |x: &mut [f32]| x.iter_mut().for_each(|x| *x *= c);
         model.visit_params_mut(&mut |_, _, g| match g.data_mut() {
-            g if g.len() < PARALLEL_MIN => scale(g),
-            g => g.par_chunks_mut(PARALLEL_MIN).for_each(scale),
+            g if !shared(g.len()) => scale(g),
+            g => g.par_chunks_mut(UPDATE_CHUNK).for_each(scale),
         });
     }
     norm
@@ -291,8 +334,9 @@ mod tests {
 
     #[test]
     fn a_large_parameter_is_updated_and_clipped_alike_on_any_number_of_threads() {
-        // Past PARALLEL_MIN the Adam update is split between the threads.
-        let n = 3 * PARALLEL_MIN + 17;
+        // Past 2·UPDATE_CHUNK the Adam update is split between the threads, and past
+        // 2·PIECE the sum of squares.
+        let n = 3 * PIECE + 17;
         let make = || {
             One(
                 Tensor::from_vec(&[n], (0..n).map(|i| (i % 97) as f32 / 50.0).collect()).unwrap(),
@@ -316,6 +360,19 @@ mod tests {
         };
         let one = run(1);
         assert_eq!(run(3), one);
+        // The vectorised update is the formula, element by element, bit for bit.
+        let (mut p, g) = (make().0.data().to_vec(), make().1.data().to_vec());
+        let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+        for t in 1..=2 {
+            let step_size = (f64::from(0.01f32) / (1.0 - BETA1.powi(t))) as f32;
+            let bc2_sqrt = (1.0 - BETA2.powi(t)).sqrt() as f32;
+            for i in 0..n {
+                m[i] = BETA1 as f32 * m[i] + (1.0 - BETA1 as f32) * g[i];
+                v[i] = BETA2 as f32 * v[i] + (1.0 - BETA2 as f32) * g[i] * g[i];
+                p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + EPS);
+            }
+        }
+        assert_eq!(one.1, p);
         assert_ne!(one.1, make().0.data());
         let want = make()
             .1
