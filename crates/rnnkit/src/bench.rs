@@ -124,7 +124,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         let t0 = Instant::now();
         model.zero_grad();
         // On the pool, as the trainer runs its steps.
-        let loss = crate::kernel::on_pool(|| -> Result<f64> {
+        let loss = crate::kernel::on_pool_polling(|| -> Result<f64> {
             let (loss, _) =
                 model.train_step(&inputs, &targets, cfg.seq_len, cfg.batch, None, &mut rng)?;
             clip_grad_norm(&mut model, 5.0);
@@ -246,7 +246,7 @@ fn time_task_steps<M: Parameters<f32> + Send>(
         let t0 = Instant::now();
         model.zero_grad();
         // On the pool, as the trainer runs its steps.
-        let loss = crate::kernel::on_pool(|| -> Result<f64> {
+        let loss = crate::kernel::on_pool_polling(|| -> Result<f64> {
             let loss = crate::kernel::with_precision(precision, || forward_backward(model, i))?;
             clip_grad_norm(model, 5.0);
             optimizer.step(model, 1e-3);

@@ -110,7 +110,8 @@ fn warmed_up<M: Parameters<f32> + Send>(
     };
     for n in 0..15 {
         let before = (COUNT.load(Relaxed), BYTES.load(Relaxed));
-        rnnkit::kernel::on_pool(|| {
+        // As the trainer runs its steps.
+        rnnkit::kernel::on_pool_polling(|| {
             model.zero_grad();
             step(model, &mut rng);
             clip_grad_norm(model, 1.0);

@@ -4,6 +4,7 @@
 use crate::tensor::{Kernel, Real};
 use gemm::Parallelism;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A read-only matrix operand: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -171,20 +172,62 @@ pub fn serial<R>(f: impl FnOnce() -> R) -> R {
 /// pool). Batch-1 work splits each matrix–vector product between the cores: from
 /// inside the pool a split costs about a microsecond, from outside it each one waits
 /// for a worker to wake (tens of microseconds under a hypervisor). Loops of batch-1
-/// steps and training steps run here.
+/// steps run here.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    on_first_thread(f, false)
+}
+
+/// [`on_pool`] for a training step: meanwhile the pool's other threads look for its
+/// jobs without pause instead of going to sleep between them. A step splits dozens
+/// of pieces of work between the threads, with serial work between them (the loss,
+/// the optimiser) long enough for an idle thread to fall asleep; waking it again
+/// cost tens of microseconds each time under a hypervisor. Not for batch-1 loops,
+/// whose own team of threads needs the cores those would poll on.
+pub fn on_pool_polling<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    on_first_thread(f, true)
+}
+
+/// How many times in a row an idle thread of [`on_pool_polling`] finds no job before
+/// it polls through the scheduler (`sched_yield`) rather than a pause instruction,
+/// so that it gives the core away where there are more threads than cores.
+const POLL_PAUSES: u32 = 4096;
+
+/// [`on_pool`], with the other threads polling for jobs while `f` runs when `poll`.
+fn on_first_thread<R: Send>(f: impl FnOnce() -> R + Send, poll: bool) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
+    }
+    /// Tells the polling threads that `f` is over, even if it panicked.
+    struct Over<'a>(&'a AtomicBool);
+    impl Drop for Over<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
     }
     // Always the same thread: the buffers that the unsplit part of a step keeps per
     // thread then grow there once, at the first step. Handed to whichever worker
     // woke first, a step found a thread that had never run one as late as the
     // tenth step, and grew (and kept) a second copy of them there.
     let f = std::sync::Mutex::new(Some(f));
+    let over = AtomicBool::new(false);
     rayon::broadcast(|ctx| {
-        let first = ctx.index() == 0;
-        let f = first.then(|| f.lock().unwrap_or_else(|e| e.into_inner()).take());
-        f.flatten().map(|f| f())
+        if ctx.index() == 0 {
+            let _over = Over(&over);
+            let f = f.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return f.map(|f| f());
+        }
+        let mut idle = 0u32;
+        while poll && !over.load(Ordering::Acquire) {
+            if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                idle = 0;
+            } else if idle < POLL_PAUSES {
+                idle += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        None
     })
     .into_iter()
     .flatten()
@@ -319,6 +362,22 @@ pub fn matmul_ref<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>,
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    #[test]
+    fn steps_run_on_the_first_thread_and_a_panic_in_one_reaches_the_caller() {
+        use rayon::prelude::*;
+        for run in [on_pool::<Option<usize>>, on_pool_polling] {
+            assert_eq!(run(Box::new(rayon::current_thread_index)), Some(0));
+        }
+        // The other threads take the step's jobs while it runs, and stop polling
+        // when it is over, also when it panics.
+        let sum = || (0..100_000u64).into_par_iter().map(|i| i * i).sum::<u64>();
+        let want: u64 = (0..100_000u64).map(|i| i * i).sum();
+        assert_eq!(on_pool_polling(sum), want);
+        let caught = std::panic::catch_unwind(|| on_pool_polling(|| -> u64 { panic!("a step") }));
+        assert!(caught.is_err());
+        assert_eq!(on_pool_polling(sum), want);
+    }
 
     /// `d` as an `r × c` operand, stored transposed when `t`.
     fn op(d: &[f32], r: usize, c: usize, t: bool) -> MatRef<'_, f32> {

@@ -23,6 +23,7 @@ pub(crate) use elementwise::{copy, fill, gather_rows, parallel, scatter_add_rows
 pub(crate) use gemv::{few_rows_f32, gemv_f32, to_bf16, FEW_ROWS};
 pub(crate) use matmul::is_serial;
 pub use matmul::{
-    matmul, matmul_ref, on_pool, precision, serial, with_precision, MatMut, MatRef, Precision,
+    matmul, matmul_ref, on_pool, on_pool_polling, precision, serial, with_precision, MatMut,
+    MatRef, Precision,
 };
 pub(crate) use packed::{gemm_depth_major_f32, gemm_rows_f32};

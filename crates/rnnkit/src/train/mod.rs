@@ -255,7 +255,7 @@ pub fn run_parallel<T: Task>(
             // On a thread of the pool: each product split between the cores then
             // costs a hand-over inside the pool, not a wake-up of it from outside.
             let rng = &mut st.rng;
-            let out = crate::kernel::on_pool(|| {
+            let out = crate::kernel::on_pool_polling(|| {
                 crate::kernel::with_precision(recipe.precision, || {
                     task.train_batch(epoch_idx, k, rng, &mut |_| {})
                 })
@@ -279,7 +279,7 @@ pub fn run_parallel<T: Task>(
             )));
         }
         // Large parameters are clipped and updated by every thread of the pool.
-        crate::kernel::on_pool(|| {
+        crate::kernel::on_pool_polling(|| {
             if let Some(v) = recipe.clip_value {
                 clip_grad_value(task, v);
             }
