@@ -177,12 +177,13 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     on_first_thread(f, false)
 }
 
-/// [`on_pool`] for a training step: meanwhile the pool's other threads look for its
-/// jobs without pause instead of going to sleep between them. A step splits dozens
-/// of pieces of work between the threads, with serial work between them (the loss,
-/// the optimiser) long enough for an idle thread to fall asleep; waking it again
-/// cost tens of microseconds each time under a hypervisor. Not for batch-1 loops,
-/// whose own team of threads needs the cores those would poll on.
+/// [`on_pool`] for a training step (or a pass of scoring): meanwhile the pool's other
+/// threads look for its jobs without pause instead of going to sleep between them.
+/// A step splits dozens of pieces of work between the threads, with serial work
+/// between them (the loss, the optimiser) long enough for an idle thread to fall
+/// asleep; waking it again cost tens of microseconds each time under a hypervisor.
+/// Not for loops on a [`crate::model::Stepper`], whose own team of threads needs the
+/// cores those would poll on.
 pub fn on_pool_polling<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     on_first_thread(f, true)
 }

@@ -475,7 +475,7 @@ pub fn eval_ids(
     check_scorable(ids)?;
     let chunk = chunk.max(1);
     let n = ids.len() - 1;
-    crate::kernel::on_pool(|| {
+    crate::kernel::on_pool_polling(|| {
         let mut state: Option<RecurrentState<f32>> = None;
         let mut sum = 0.0;
         for pos in (0..n).step_by(chunk) {
