@@ -322,7 +322,9 @@ pub fn run_parallel<T: Task>(
             if let Some(a) = &mut average {
                 a.swap(task);
             }
-            let val = crate::kernel::with_precision(recipe.precision, || task.validate())?;
+            let val = crate::kernel::on_pool_polling(|| {
+                crate::kernel::with_precision(recipe.precision, || task.validate())
+            })?;
             if parallel {
                 agree(collective, lead, val)?
             } else {
