@@ -232,7 +232,7 @@ pub(crate) fn project_inputs<T: Real>(
     let w_ih_t = MatRef::dense(p.w_ih.data(), gh, i).t();
     let slot = few_rows_packed(rows, packed, w_ih_t);
     let project = |x: &[T], rows: usize, out: &mut [T]| {
-        step_product(
+        pass_product(
             MatMut::dense(out, rows, gh),
             MatRef::dense(x, rows, i),
             w_ih_t,
@@ -327,13 +327,7 @@ pub(crate) fn input_grads<T: Real>(
             bias_sum(g, dg, rows)
         });
         if let Some(dx) = dx {
-            let c = MatMut::dense(dx, rows, i);
-            match slot {
-                Some(_) => step_product(c, dg_mat, w_ih, slot, true),
-                // `matmul` packs `W_ih` for many rows (LSTM 2×512's 6400: 114 GFLOP/s
-                // read in place, as a per-step product would, against ~200 packed).
-                None => matmul(c, dg_mat, w_ih, true),
-            }
+            pass_product(MatMut::dense(dx, rows, i), dg_mat, w_ih, slot, true);
         }
         sum
     };
@@ -385,6 +379,24 @@ fn few_rows_packed<'p, T: Real>(
         return None;
     }
     packed.prepare(&[w]).map(|p| &p[0])
+}
+
+/// `c (+)= a·b` for a product over a whole pass through `W_ih` (not a timestep's):
+/// from [`few_rows_packed`]'s copy where it gave one, else by [`matmul`], which packs
+/// `b` for many rows. (Read in place as a per-step product reads `W_hh`, LSTM
+/// 2×512's input gradient, 6400 × 2048 · 2048 × 512, ran at about 115 GFLOP/s,
+/// against about 200 packed.)
+fn pass_product<T: Real>(
+    c: MatMut<'_, T>,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    packed: Option<&PackedB>,
+    accumulate: bool,
+) {
+    match packed {
+        Some(_) => step_product(c, a, b, packed, accumulate),
+        None => matmul(c, a, b, accumulate),
+    }
 }
 
 /// The parameter gradients of a cell whose gates are all linear in `x_t` and
