@@ -616,10 +616,10 @@ const TN_KC: usize = 128;
 
 /// `c (+)= a·b` in f32 (the thread's precision) for a column-major `a` and a
 /// row-major `b`, as in a weight gradient `dgᵀ·x`, whose operands both run along
-/// the depth (the timesteps). Both are read in place: a tile's 64 rows of C are
+/// the depth (the timesteps). Neither is transposed: a tile's 64 rows of C are
 /// four vectors of one row of `dg`, and its 6 columns values of one row of `x`
-/// broadcast, so nothing is packed (our row tiles packed `dgᵀ`, a quarter of the
-/// time at a narrow `x`; the `gemm` crate allocates its buffers on every call).
+/// broadcast (our row tiles transposed `dgᵀ` into panels, a quarter of the time at
+/// a narrow `x`; the `gemm` crate allocates its buffers on every call).
 /// The tiles sum into `Cᵀ` (their vectors run along C's columns) in the thread's
 /// buffer, added to C once at the end. Returns false, having done nothing, where
 /// it does not apply.
@@ -658,7 +658,8 @@ pub(crate) fn gemm_depth_major_f32(
 /// row 0 at `cd[0]`). Each strip of A's rows is copied, per block of depth, into
 /// `[depth][TN_MR]`: in place its depths lie a row of `dg` apart (8 KiB at 2048
 /// gates), all in the same few L1 sets, so every tile read the strip from L2
-/// (LSTM 2×512's `dW_hh`, 2048 × 6400 · 6400 × 512: 166 → 219 GFLOP/s on 2 threads).
+/// (LSTM 2×512's `dW_hh`, 2048 × 6400 · 6400 × 512: 166 → 219 GFLOP/s on 2 threads),
+/// and B's block into groups of columns ([`pack_b_groups`]: 214 → 241).
 fn depth_major_block(
     cd: &mut [f32],
     ld: usize,
@@ -673,8 +674,10 @@ fn depth_major_block(
     let mut buf = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
     // Not cleared: the first block of depth writes every element of `Cᵀ`, and the
     // tiles read only the strip's lanes copied for them.
-    buf.resize(ldt * cols.len() + TN_KC * TN_MR, 0);
-    let (ct, strip) = buf.split_at_mut(ldt * cols.len());
+    let groups = cols.len().div_ceil(TN_NR);
+    buf.resize(ldt * cols.len() + TN_KC * TN_MR + groups * TN_KC * TN_NR, 0);
+    let (ct, rest) = buf.split_at_mut(ldt * cols.len());
+    let (strip, bpack) = rest.split_at_mut(TN_KC * TN_MR);
     // Once per part: the tiles' reads stay within these (A's rows and B's columns
     // of the part, at every depth).
     assert!(
@@ -687,6 +690,12 @@ fn depth_major_block(
     );
     for p0 in (0..k).step_by(TN_KC) {
         let depth = TN_KC.min(k - p0);
+        pack_b_groups(
+            b,
+            p0..p0 + depth,
+            cols.clone(),
+            &mut bpack[..groups * depth * TN_NR],
+        );
         for i0 in rows.clone().step_by(TN_MR) {
             let height = TN_MR.min(rows.end - i0);
             // SAFETY: AVX-512F is present (checked by the caller); the strip's rows
@@ -709,7 +718,7 @@ fn depth_major_block(
                 unsafe {
                     avx512::tile_f32_depth_major(
                         strip,
-                        (b.data.as_ptr().add(p0 * b.rs + j0), b.rs),
+                        (bpack.as_ptr().add((j0 - cols.start) * depth).cast(), TN_NR),
                         (ct.as_mut_ptr().add(at).cast(), ldt),
                         shape,
                         p0 > 0,
@@ -727,6 +736,32 @@ fn depth_major_block(
         }
     }
     SCRATCH.with(|s| s.borrow_mut().0 = buf);
+}
+
+/// Columns `cols` of B's rows `depths` into groups of [`TN_NR`] columns, each
+/// `[depth][TN_NR]` (the last padded with zeros): read in place, a tile's column
+/// values lie a row of B apart at every depth (2 KiB at 512 columns), all in the
+/// same two L1 sets, so each one was a miss.
+fn pack_b_groups(b: MatRef<'_, f32>, depths: Range<usize>, cols: Range<usize>, out: &mut [u32]) {
+    let depth = depths.len();
+    for (d, p) in depths.enumerate() {
+        let row = &b.data[p * b.rs + cols.start..][..cols.len()];
+        let whole = row.len() / TN_NR;
+        for (g, part) in row.chunks_exact(TN_NR).enumerate() {
+            let part: &[f32; TN_NR] = part.try_into().expect("a group of TN_NR");
+            let dst: &mut [u32; TN_NR] = (&mut out[(g * depth + d) * TN_NR..][..TN_NR])
+                .try_into()
+                .expect("a group's lanes");
+            *dst = part.map(f32::to_bits);
+        }
+        let tail = &row[whole * TN_NR..];
+        if !tail.is_empty() {
+            let dst = &mut out[(whole * depth + d) * TN_NR..][..TN_NR];
+            for (j, dst) in dst.iter_mut().enumerate() {
+                *dst = tail.get(j).map_or(0, |v| v.to_bits());
+            }
+        }
+    }
 }
 
 /// Rows `rows` of the product into `cd`, whose row 0 is C's row `rows.start`.
