@@ -1182,6 +1182,7 @@ mod avx512 {
 
     /// Where a micro-tile's sums go: `rows × cols` (at most `MR × NR`) elements of a
     /// row-major C from `c`, rows `ld` apart, added to what C holds when `accumulate`.
+    #[derive(Clone, Copy)]
     pub(super) struct Tile {
         pub(super) c: *mut f32,
         pub(super) ld: usize,
@@ -1226,6 +1227,7 @@ mod avx512 {
         assert!(tile.rows >= 1 && depth >= 1 && (tile.rows - 1) * rs + (depth - 1) * cs < a.len());
         let rows: [*const f32; MR] =
             std::array::from_fn(|i| a[if i < tile.rows { i * rs } else { 0 }..].as_ptr());
+        prefetch::<V>(tile);
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..depth {
             let bp = unsafe { b.as_ptr().add(p * NR) };
@@ -1338,6 +1340,14 @@ mod avx512 {
         assert!(a.len() == depth * TN_MR && rows <= 16 * V);
         let masks: [u16; V] = lane_masks(rows);
         let col: [usize; TN_NR] = std::array::from_fn(|j| if j < cols { j } else { 0 });
+        if accumulate {
+            for j in 0..cols {
+                for v in 0..V {
+                    // SAFETY: a prefetch of an element of Cᵀ's column j, never a fault.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(ct.add(j * ldt + 16 * v).cast()) };
+                }
+            }
+        }
         let mut acc = [[_mm512_setzero_ps(); V]; TN_NR];
         for p in 0..depth {
             // SAFETY: depth p's lanes lie in the strip (asserted above).
@@ -1413,6 +1423,23 @@ mod avx512 {
             let av = unsafe { _mm512_set1_ps(a(i)) };
             for (acc, &bv) in acc.iter_mut().zip(bv) {
                 *acc = unsafe { _mm512_fmadd_ps(av, bv, *acc) };
+            }
+        }
+    }
+
+    /// Prefetches the tile's elements of C that [`store`] will add to, while the
+    /// tile's sums run.
+    #[inline(always)]
+    fn prefetch<const V: usize>(tile: Tile) {
+        if !tile.accumulate {
+            return;
+        }
+        for i in 0..tile.rows {
+            for v in 0..V {
+                // SAFETY: a prefetch, never a fault.
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(tile.c.wrapping_add(i * tile.ld + 16 * v).cast())
+                };
             }
         }
     }
