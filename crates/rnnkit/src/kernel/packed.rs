@@ -1199,6 +1199,7 @@ mod avx512 {
         // Once per tile, not per element: the loads below trust it.
         assert!(b.len() == depth * NR);
         assert!(a.len() == depth * MR);
+        prefetch::<V>(tile);
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..depth {
             let bp = unsafe { b.as_ptr().add(p * NR) };
@@ -1252,6 +1253,7 @@ mod avx512 {
         let depth = a.len() / MR;
         assert!(a.len() == depth * MR && tile.cols <= 16 * V);
         let masks: [u16; V] = lane_masks(tile.cols);
+        prefetch::<V>(tile);
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..depth {
             // Never dereferenced past the masks: a masked-off lane is not read.
@@ -1340,12 +1342,10 @@ mod avx512 {
         assert!(a.len() == depth * TN_MR && rows <= 16 * V);
         let masks: [u16; V] = lane_masks(rows);
         let col: [usize; TN_NR] = std::array::from_fn(|j| if j < cols { j } else { 0 });
-        if accumulate {
-            for j in 0..cols {
-                for v in 0..V {
-                    // SAFETY: a prefetch of an element of Cᵀ's column j, never a fault.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(ct.add(j * ldt + 16 * v).cast()) };
-                }
+        for j in 0..cols {
+            for v in 0..V {
+                // SAFETY: a prefetch of an element of Cᵀ's column j, never a fault.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(ct.add(j * ldt + 16 * v).cast()) };
             }
         }
         let mut acc = [[_mm512_setzero_ps(); V]; TN_NR];
@@ -1391,6 +1391,7 @@ mod avx512 {
         let pairs = a.len() / MR;
         // Once per tile, not per element: the loads below trust it.
         assert!(b.len() == pairs * NR && a.len() == pairs * MR);
+        prefetch::<V>(tile);
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..pairs {
             let bp = unsafe { b.as_ptr().add(p * NR) };
@@ -1427,13 +1428,11 @@ mod avx512 {
         }
     }
 
-    /// Prefetches the tile's elements of C that [`store`] will add to, while the
-    /// tile's sums run.
+    /// Prefetches the tile's elements of C, which [`store`] adds to or writes, while
+    /// the tile's sums run (a product's C is often larger than the L2 cache: the input
+    /// projection of LSTM 2×512, 6400 × 512 · 512 × 2048, 213 → 248 GFLOP/s).
     #[inline(always)]
     fn prefetch<const V: usize>(tile: Tile) {
-        if !tile.accumulate {
-            return;
-        }
         for i in 0..tile.rows {
             for v in 0..V {
                 // SAFETY: a prefetch, never a fault.
