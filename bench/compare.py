@@ -220,6 +220,7 @@ def compare(args):
     tok = lambda m: g(m, "train_tokens_per_sec")  # noqa: E731
     if results:
         out += char_lm_table(results, bf, g, tok)
+        out += gemm_ceiling(args, g(results[0]["median"]["rnnkit"], "fma_peak_gflops"))
     task_results, task_failed = compare_tasks(args)
     if task_results:
         out += task_table(task_results, bf, g, tok, args.pytorch_bf16)
@@ -294,6 +295,43 @@ def char_lm_table(results, bf, g, tok):
             "bound = the weight bytes batch-1 sampling reads per character ÷ the read bandwidth "
             "measured on a working set of that size; ÷ bound = measured µs ÷ bound (1 = at the memory limit)."]
     return out
+
+
+# The f32 products of one LSTM 2x512 training step over a whole batch (m, k, n, A
+# transposed): the input projection, the input gradient and a weight gradient dgᵀ·x.
+CEILING_SHAPES = [(6400, 512, 2048, False), (6400, 2048, 512, False), (2048, 6400, 512, True)]
+
+CEILING_SCRIPT = """
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+out = []
+for m, k, n, transposed in json.loads(sys.argv[2]):
+    a, b, c = torch.randn(k, m).t() if transposed else torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+    times = []
+    for _ in range(9):
+        t = time.perf_counter(); torch.mm(a, b, out=c); times.append(time.perf_counter() - t)
+    times.sort()
+    out.append(2 * m * n * k / times[4] / 1e9)
+print(json.dumps(out))
+"""
+
+
+def gemm_ceiling(args, peak):
+    """PyTorch's own f32 matrix product (MKL or oneDNN) at the large products of a
+    training step, with the same threads: what a tuned GEMM reaches of the peak here."""
+    log("PyTorch f32 GEMM ceiling")
+    try:
+        p = subprocess.run([args.python, "-c", CEILING_SCRIPT, str(args.threads),
+                            json.dumps(CEILING_SHAPES)],
+                           capture_output=True, text=True, timeout=600)
+        rates = json.loads(p.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+        return ["", f"PyTorch f32 GEMM ceiling: not measured ({e})"]
+    parts = [f"{f'({k}×{m})ᵀ' if t else f'{m}×{k}'} · {k}×{n} {fmt(r, 1)} GFLOP/s ({pct(r, peak)})"
+             for (m, k, n, t), r in zip(CEILING_SHAPES, rates)]
+    return ["", "PyTorch's own f32 matrix product (`torch.mm`, median of 9) at LSTM 2×512's "
+            f"whole-batch products, {args.threads} threads, against the same FMA peak: "
+            + "; ".join(parts) + "."]
 
 
 def compare_tasks(args):
