@@ -1,8 +1,9 @@
 //! Recurrent layers forward and backward through time, one layer, B 64, T 100,
 //! input = hidden = 512, for every cell kind (and the LSTM in bf16 mode); and the
 //! products inside the time loop: one thread's per-step product in f32 and bf16,
-//! and the batch-1 matrix–vector product; and the f32 weight gradients `dgᵀ·x` of
-//! LSTM 2×512, LSTM 1×128 and a 65-letter output layer, on all threads. Run:
+//! and the batch-1 matrix–vector product; the f32 weight gradients `dgᵀ·x` of
+//! LSTM 2×512, LSTM 1×128 and a 65-letter output layer, and LSTM 2×512's input
+//! projection and input gradient over the whole batch, on all threads. Run:
 //! `cargo bench -p rnnkit --bench recurrent`.
 //! Throughput is reported in elements/s where one element is one floating-point
 //! operation, so "Gelem/s" reads as GFLOP/s.
@@ -171,5 +172,35 @@ fn weight_gradients(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cells, products, weight_gradients);
+/// LSTM 2×512's f32 products over the whole batch with `W` packed, on all threads:
+/// the input projection `x·W_ihᵀ` and the input gradient `dg·W_ih`.
+fn batch_products(c: &mut Criterion) {
+    let mut rng = Rng::new(4);
+    let mut group = c.benchmark_group("whole-batch product, f32, weights packed, all threads");
+    group.sample_size(10);
+    for (name, k, n) in [("input projection", H, 4 * H), ("input gradient", 4 * H, H)] {
+        let m = B * T;
+        let a = random(&[m, k], &mut rng);
+        let w = random(&[k, n], &mut rng);
+        let mut packed = PackedB::default();
+        packed.pack(MatRef::dense(w.data(), k, n), Precision::F32);
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+        group.bench_function(format!("{name}: {m}×{k} · {k}×{n}"), |b| {
+            b.iter(|| {
+                on_pool(|| {
+                    gemm_packed(
+                        MatMut::dense(&mut out, m, n),
+                        MatRef::dense(a.data(), m, k),
+                        &packed,
+                        false,
+                    )
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cells, products, weight_gradients, batch_products);
 criterion_main!(benches);
