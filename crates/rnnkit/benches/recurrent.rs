@@ -1,7 +1,8 @@
 //! Recurrent layers forward and backward through time, one layer, B 64, T 100,
 //! input = hidden = 512, for every cell kind (and the LSTM in bf16 mode); and the
 //! products inside the time loop: one thread's per-step product in f32 and bf16,
-//! and the batch-1 matrix–vector product; the f32 weight gradients `dgᵀ·x` of
+//! the whole batch's over 100 timesteps on all threads, and the batch-1
+//! matrix–vector product; the f32 weight gradients `dgᵀ·x` of
 //! LSTM 2×512, LSTM 1×128 and a 65-letter output layer, and LSTM 2×512's input
 //! projection and input gradient over the whole batch, on all threads. Run:
 //! `cargo bench -p rnnkit --bench recurrent`.
@@ -9,6 +10,7 @@
 //! operation, so "Gelem/s" reads as GFLOP/s.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rayon::prelude::*;
 use rnnkit::kernel::{
     bf16_supported, gemm_packed, matmul, on_pool, serial, with_precision, MatMut, MatRef, PackedB,
     Precision,
@@ -121,6 +123,42 @@ fn products(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+    // As a training step runs them: each thread its own block of the batch's rows
+    // against the whole of W_hh, adding to the projected inputs, T timesteps.
+    let threads = rayon::current_num_threads();
+    let (rows, whole) = (B.div_ceil(threads), B);
+    let h = random(&[whole, k], &mut rng);
+    let mut gates = vec![0.0f32; whole * n];
+    let mut packed = PackedB::default();
+    packed.pack(MatRef::dense(w_t.data(), k, n), Precision::F32);
+    let mut group = c.benchmark_group(format!(
+        "{T} per-step products {whole}×{k} · {k}×{n}, {rows} rows on each of {threads} threads"
+    ));
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(2 * (T * whole * n * k) as u64));
+    group.bench_function("f32, weights packed", |b| {
+        b.iter(|| {
+            on_pool(|| {
+                gates
+                    .par_chunks_mut(rows * n)
+                    .zip(h.data().par_chunks(rows * k))
+                    .for_each(|(g, x)| {
+                        let m = x.len() / k;
+                        serial(|| {
+                            for _ in 0..T {
+                                gemm_packed(
+                                    MatMut::dense(&mut *g, m, n),
+                                    MatRef::dense(x, m, k),
+                                    &packed,
+                                    true,
+                                )
+                            }
+                        })
+                    })
+            })
+        })
+    });
     group.finish();
     let mut group = c.benchmark_group(format!(
         "batch-1 product 1×{k} · {k}×{n}, all threads, handed to the pool per call"
