@@ -16,6 +16,8 @@ use rnnkit::kernel::{
     Precision,
 };
 use rnnkit::{CellKind, Parameters, Recurrent, RecurrentConfig, Rng, Tensor};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 const T: usize = 100;
 const B: usize = 64;
@@ -159,6 +161,44 @@ fn products(c: &mut Criterion) {
             })
         })
     });
+    // The alternative not taken: each thread all of the batch's rows against its
+    // share of W_hh's columns (its own packed copy, its own outputs), a spinning
+    // barrier after each timestep.
+    let cols = n.div_ceil(threads).div_ceil(16) * 16;
+    let shares: Vec<(PackedB, Mutex<Vec<f32>>)> = (0..n.div_ceil(cols))
+        .map(|t| {
+            let width = cols.min(n - t * cols);
+            let mut p = PackedB::default();
+            p.pack(
+                MatRef::new(&w_t.data()[t * cols..], k, width, n),
+                Precision::F32,
+            );
+            (p, Mutex::new(vec![0.0f32; whole * width]))
+        })
+        .collect();
+    let barrier = SpinBarrier::new(shares.len());
+    group.bench_function("f32, weights packed, columns split (not used)", |b| {
+        b.iter(|| {
+            rayon::broadcast(|ctx| {
+                let Some((p, out)) = shares.get(ctx.index()) else {
+                    return;
+                };
+                let mut out = out.lock().unwrap();
+                let width = out.len() / whole;
+                serial(|| {
+                    for _ in 0..T {
+                        gemm_packed(
+                            MatMut::dense(&mut out, whole, width),
+                            MatRef::dense(h.data(), whole, k),
+                            p,
+                            false,
+                        );
+                        barrier.wait();
+                    }
+                })
+            })
+        })
+    });
     group.finish();
     let mut group = c.benchmark_group(format!(
         "batch-1 product 1×{k} · {k}×{n}, all threads, handed to the pool per call"
@@ -178,6 +218,37 @@ fn products(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// A barrier whose threads spin (a timestep is too short to sleep through).
+struct SpinBarrier {
+    threads: usize,
+    arrived: AtomicUsize,
+    round: AtomicUsize,
+}
+
+impl SpinBarrier {
+    fn new(threads: usize) -> Self {
+        let (arrived, round) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        SpinBarrier {
+            threads,
+            arrived,
+            round,
+        }
+    }
+
+    /// Returns once all `threads` have called it in this round.
+    fn wait(&self) {
+        let round = self.round.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            self.arrived.store(0, Ordering::Release);
+            self.round.fetch_add(1, Ordering::Release);
+        } else {
+            while self.round.load(Ordering::Acquire) == round {
+                std::hint::spin_loop();
+            }
+        }
+    }
 }
 
 /// f32 weight gradients `dgᵀ·x` (`dg` is `[depth, m]`, read transposed) on all threads.
