@@ -302,26 +302,7 @@ unsafe fn pack_a(
         // Column-major f32 (a transposed row-major operand, as `dgᵀ` in a weight
         // gradient): at each depth the block's rows are one run, dealt out to the
         // panels in order (panel by panel, every depth was a new page).
-        // Whole panels copy a fixed 8 lanes (a copy of a slice's length was a call
-        // to `memcpy` per 32 bytes).
-        let whole = rows.len() / MR;
-        for p in 0..k {
-            let run = &a.data[p * a.cs + rows.start..][..rows.len()];
-            for (r, part) in run.chunks_exact(MR).enumerate() {
-                let part: &[f32; MR] = part.try_into().expect("a run of MR");
-                let dst: &mut [u32; MR] = (&mut out[(r * depth + p) * MR..][..MR])
-                    .try_into()
-                    .expect("a panel's lanes");
-                *dst = part.map(f32::to_bits);
-            }
-            let part = &run[whole * MR..];
-            if !part.is_empty() {
-                let dst = &mut out[(whole * depth + p) * MR..][..part.len()];
-                dst.iter_mut()
-                    .zip(part)
-                    .for_each(|(d, &v)| *d = v.to_bits());
-            }
-        }
+        deal_runs::<MR>(k, |p| &a.data[p * a.cs + rows.start..][..rows.len()], out);
         return;
     }
     for (r, panel) in out.chunks_exact_mut(depth * MR).enumerate() {
@@ -739,27 +720,37 @@ fn depth_major_block(
 }
 
 /// Columns `cols` of B's rows `depths` into groups of [`TN_NR`] columns, each
-/// `[depth][TN_NR]` (the last padded with zeros): read in place, a tile's column
-/// values lie a row of B apart at every depth (2 KiB at 512 columns), all in the
-/// same two L1 sets, so each one was a miss.
+/// `[depth][TN_NR]`: read in place, a tile's column values lie a row of B apart at
+/// every depth (2 KiB at 512 columns), all in the same two L1 sets, so each one was
+/// a miss. (The last group's lanes past `cols` are left as they were: the tiles
+/// never read them.)
 fn pack_b_groups(b: MatRef<'_, f32>, depths: Range<usize>, cols: Range<usize>, out: &mut [u32]) {
-    let depth = depths.len();
-    for (d, p) in depths.enumerate() {
-        let row = &b.data[p * b.rs + cols.start..][..cols.len()];
-        let whole = row.len() / TN_NR;
-        for (g, part) in row.chunks_exact(TN_NR).enumerate() {
-            let part: &[f32; TN_NR] = part.try_into().expect("a group of TN_NR");
-            let dst: &mut [u32; TN_NR] = (&mut out[(g * depth + d) * TN_NR..][..TN_NR])
+    let run = |d: usize| &b.data[(depths.start + d) * b.rs + cols.start..][..cols.len()];
+    deal_runs::<TN_NR>(depths.len(), run, out);
+}
+
+/// Runs of values, one per depth p < `depth` (`run(p)`, all of one length), dealt
+/// out to panels of `W` lanes, each `[depth][W]`: lane i of panel r at depth p is
+/// value `r·W + i` of run p; the last panel's lanes past the runs' end are left as
+/// they were. Whole panels copy a fixed `W` lanes (a copy of a slice's length was
+/// a call to `memcpy` per 32 bytes).
+fn deal_runs<'a, const W: usize>(depth: usize, run: impl Fn(usize) -> &'a [f32], out: &mut [u32]) {
+    for p in 0..depth {
+        let run = run(p);
+        let whole = run.len() / W;
+        for (r, part) in run.chunks_exact(W).enumerate() {
+            let part: &[f32; W] = part.try_into().expect("a run of W");
+            let dst: &mut [u32; W] = (&mut out[(r * depth + p) * W..][..W])
                 .try_into()
-                .expect("a group's lanes");
+                .expect("a panel's lanes");
             *dst = part.map(f32::to_bits);
         }
-        let tail = &row[whole * TN_NR..];
-        if !tail.is_empty() {
-            let dst = &mut out[(whole * depth + d) * TN_NR..][..TN_NR];
-            for (j, dst) in dst.iter_mut().enumerate() {
-                *dst = tail.get(j).map_or(0, |v| v.to_bits());
-            }
+        let part = &run[whole * W..];
+        if !part.is_empty() {
+            let dst = &mut out[(whole * depth + p) * W..][..part.len()];
+            dst.iter_mut()
+                .zip(part)
+                .for_each(|(d, &v)| *d = v.to_bits());
         }
     }
 }
