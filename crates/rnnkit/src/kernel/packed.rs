@@ -1173,7 +1173,6 @@ mod avx512 {
 
     /// Where a micro-tile's sums go: `rows × cols` (at most `MR × NR`) elements of a
     /// row-major C from `c`, rows `ld` apart, added to what C holds when `accumulate`.
-    #[derive(Clone, Copy)]
     pub(super) struct Tile {
         pub(super) c: *mut f32,
         pub(super) ld: usize,
@@ -1190,7 +1189,7 @@ mod avx512 {
         // Once per tile, not per element: the loads below trust it.
         assert!(b.len() == depth * NR);
         assert!(a.len() == depth * MR);
-        prefetch::<V>(tile);
+        prefetch::<V>(tile.c, tile.rows, tile.ld);
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..depth {
             let bp = unsafe { b.as_ptr().add(p * NR) };
@@ -1219,7 +1218,7 @@ mod avx512 {
         assert!(tile.rows >= 1 && depth >= 1 && (tile.rows - 1) * rs + (depth - 1) * cs < a.len());
         let rows: [*const f32; MR] =
             std::array::from_fn(|i| a[if i < tile.rows { i * rs } else { 0 }..].as_ptr());
-        prefetch::<V>(tile);
+        prefetch::<V>(tile.c, tile.rows, tile.ld);
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..depth {
             let bp = unsafe { b.as_ptr().add(p * NR) };
@@ -1244,7 +1243,7 @@ mod avx512 {
         let depth = a.len() / MR;
         assert!(a.len() == depth * MR && tile.cols <= 16 * V);
         let masks: [u16; V] = lane_masks(tile.cols);
-        prefetch::<V>(tile);
+        prefetch::<V>(tile.c, tile.rows, tile.ld);
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..depth {
             // Never dereferenced past the masks: a masked-off lane is not read.
@@ -1333,12 +1332,7 @@ mod avx512 {
         assert!(a.len() == depth * TN_MR && rows <= 16 * V);
         let masks: [u16; V] = lane_masks(rows);
         let col: [usize; TN_NR] = std::array::from_fn(|j| if j < cols { j } else { 0 });
-        for j in 0..cols {
-            for v in 0..V {
-                // SAFETY: a prefetch of an element of Cᵀ's column j, never a fault.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(ct.add(j * ldt + 16 * v).cast()) };
-            }
-        }
+        prefetch::<V>(ct, cols, ldt);
         let mut acc = [[_mm512_setzero_ps(); V]; TN_NR];
         for p in 0..depth {
             // SAFETY: depth p's lanes lie in the strip (asserted above).
@@ -1382,7 +1376,7 @@ mod avx512 {
         let pairs = a.len() / MR;
         // Once per tile, not per element: the loads below trust it.
         assert!(b.len() == pairs * NR && a.len() == pairs * MR);
-        prefetch::<V>(tile);
+        prefetch::<V>(tile.c, tile.rows, tile.ld);
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for p in 0..pairs {
             let bp = unsafe { b.as_ptr().add(p * NR) };
@@ -1419,17 +1413,16 @@ mod avx512 {
         }
     }
 
-    /// Prefetches the tile's elements of C, which [`store`] adds to or writes, while
-    /// the tile's sums run (a product's C is often larger than the L2 cache: the input
-    /// projection of LSTM 2×512, 6400 × 512 · 512 × 2048, 213 → 248 GFLOP/s).
+    /// Prefetches a tile's elements of C (or `Cᵀ`), `V` vectors on each of `lines`
+    /// lines `ld` apart from `c`, which the tile adds to or writes, while its sums run
+    /// (a product's C is often larger than the L2 cache: the input projection of LSTM
+    /// 2×512, 6400 × 512 · 512 × 2048, 213 → 248 GFLOP/s).
     #[inline(always)]
-    fn prefetch<const V: usize>(tile: Tile) {
-        for i in 0..tile.rows {
+    fn prefetch<const V: usize>(c: *const f32, lines: usize, ld: usize) {
+        for i in 0..lines {
             for v in 0..V {
                 // SAFETY: a prefetch, never a fault.
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(tile.c.wrapping_add(i * tile.ld + 16 * v).cast())
-                };
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ld + 16 * v).cast()) };
             }
         }
     }
