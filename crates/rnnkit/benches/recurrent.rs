@@ -129,16 +129,16 @@ fn products(c: &mut Criterion) {
     // As a training step runs them: each thread its own block of the batch's rows
     // against the whole of W_hh, adding to the projected inputs, T timesteps.
     let threads = rayon::current_num_threads();
-    let (rows, whole) = (B.div_ceil(threads), B);
-    let h = random(&[whole, k], &mut rng);
-    let mut gates = vec![0.0f32; whole * n];
+    let rows = B.div_ceil(threads);
+    let h = random(&[B, k], &mut rng);
+    let mut gates = vec![0.0f32; B * n];
     let mut packed = PackedB::default();
     packed.pack(MatRef::dense(w_t.data(), k, n), Precision::F32);
     let mut group = c.benchmark_group(format!(
-        "{T} per-step products {whole}×{k} · {k}×{n}, {rows} rows on each of {threads} threads"
+        "{T} per-step products {B}×{k} · {k}×{n}, {rows} rows on each of {threads} threads"
     ));
     group.sample_size(20);
-    group.throughput(Throughput::Elements(2 * (T * whole * n * k) as u64));
+    group.throughput(Throughput::Elements(2 * (T * B * n * k) as u64));
     group.bench_function("f32, weights packed", |b| {
         b.iter(|| {
             on_pool(|| {
@@ -173,7 +173,7 @@ fn products(c: &mut Criterion) {
                 MatRef::new(&w_t.data()[t * cols..], k, width, n),
                 Precision::F32,
             );
-            (p, Mutex::new(vec![0.0f32; whole * width]))
+            (p, Mutex::new(vec![0.0f32; B * width]))
         })
         .collect();
     let barrier = SpinBarrier::new(shares.len());
@@ -184,12 +184,12 @@ fn products(c: &mut Criterion) {
                     return;
                 };
                 let mut out = out.lock().unwrap();
-                let width = out.len() / whole;
+                let width = out.len() / B;
                 serial(|| {
                     for _ in 0..T {
                         gemm_packed(
-                            MatMut::dense(&mut out, whole, width),
-                            MatRef::dense(h.data(), whole, k),
+                            MatMut::dense(&mut out, B, width),
+                            MatRef::dense(h.data(), B, k),
                             p,
                             false,
                         );
