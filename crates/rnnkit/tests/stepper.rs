@@ -9,6 +9,10 @@ use rnnkit::model::{CharLm, CharLmConfig, Stepper, Weights};
 use rnnkit::Rng;
 
 fn model(cell: CellKind, vocab: usize, embed: usize, hidden: usize) -> CharLm {
+    deep_model(cell, vocab, embed, hidden, 2)
+}
+
+fn deep_model(cell: CellKind, vocab: usize, embed: usize, hidden: usize, layers: usize) -> CharLm {
     let chars = (0..vocab as u32)
         .map(|i| char::from_u32(0x41 + i).unwrap())
         .collect();
@@ -16,7 +20,7 @@ fn model(cell: CellKind, vocab: usize, embed: usize, hidden: usize) -> CharLm {
         cell,
         embed_size: embed,
         hidden_size: hidden,
-        num_layers: 2,
+        num_layers: layers,
         dropout: 0.0,
     };
     CharLm::new(&cfg, Vocab::from_chars(chars).unwrap(), &mut Rng::new(7)).unwrap()
@@ -28,6 +32,8 @@ fn worst_error(m: &mut CharLm, weights: Weights) -> f32 {
     let vocab = m.vocab().len();
     let ids: Vec<usize> = (0..12).map(|i| (i * 7 + 3) % vocab).collect();
     let mut stepper = Stepper::new(m, weights).unwrap();
+    // Split as on a large model, whatever this one's size.
+    stepper.set_threads(rayon::current_num_threads());
     let (mut worst, mut state) = (0.0f32, None);
     for &id in &ids {
         let got = stepper.feed(id).unwrap().to_vec();
@@ -69,6 +75,70 @@ fn stepper_matches_the_sequence_forward_pass() {
             }
         });
     }
+}
+
+/// Alternate characters read the weights in different orders (forward, with each
+/// layer's recurrent product computed in the job of the layer below, and backward):
+/// a stepper one character out of phase with another gives the same bits, and
+/// three layers (where a job both uses and computes products ahead) match the
+/// sequence pass.
+#[test]
+fn the_order_of_reads_changes_no_logit() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for cell in CellKind::ALL {
+            let mut m = deep_model(cell, 20, 16, 150, 3);
+            let e = worst_error(&mut m, Weights::F32);
+            assert!(e < 2e-5, "{cell} 3 layers: {e}");
+            for weights in [Weights::F32, Weights::Bf16, Weights::Int8] {
+                let mut a = Stepper::new(&m, weights).unwrap();
+                a.set_threads(2);
+                let mut b = a.clone();
+                b.feed(1).unwrap();
+                b.reset();
+                for i in 0..6 {
+                    let id = (i * 7 + 3) % 20;
+                    let bits = |l: &[f32]| l.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    let want = bits(a.feed(id).unwrap());
+                    assert_eq!(
+                        bits(b.feed(id).unwrap()),
+                        want,
+                        "{cell} {weights:?} char {i}"
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// A step is split between the pool's threads only where the weights a layer step
+/// reads are large enough to repay the handoff; `set_threads` overrides the choice.
+#[test]
+fn only_large_models_split_their_steps() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let small = model(CellKind::Lstm, 30, 8, 40);
+        let large = model(CellKind::Lstm, 30, 8, 512);
+        for weights in [Weights::F32, Weights::Bf16, Weights::Int8] {
+            let mut s = Stepper::new(&small, weights).unwrap();
+            assert_eq!(s.threads(), 1, "{weights:?}");
+            s.set_threads(3);
+            assert_eq!(s.threads(), 3, "{weights:?}");
+            s.set_threads(0);
+            assert_eq!(s.threads(), 1, "{weights:?}");
+            assert_eq!(
+                Stepper::new(&large, weights).unwrap().threads(),
+                2,
+                "{weights:?}"
+            );
+        }
+    });
 }
 
 #[test]
@@ -135,6 +205,8 @@ fn clones_and_gates_across_shares() {
         .unwrap();
     let (logits, gates) = split.install(|| {
         let mut s = Stepper::new(&m, Weights::F32).unwrap();
+        s.set_threads(2);
+        assert_eq!(s.threads(), 2);
         s.record_gates(true);
         s.feed(3).unwrap();
         let mut copy = s.clone();

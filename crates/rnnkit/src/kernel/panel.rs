@@ -35,6 +35,40 @@ impl From<Precision> for Weights {
     }
 }
 
+/// The order in which a product reads its groups of rows: first to last, or last to
+/// first. Each group's sum is the same either way, so the results are identical.
+///
+/// Why it matters: a stepper whose weights are larger than its cores' caches evicts,
+/// reading them in the same order at every character, each line just before it is
+/// read again. Reading in alternate directions finds the lines read last still in
+/// the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Sweep {
+    /// First group to last.
+    #[default]
+    Forward,
+    /// Last group to first.
+    Backward,
+}
+
+impl Sweep {
+    /// The other direction.
+    pub(crate) fn flip(self) -> Sweep {
+        match self {
+            Sweep::Forward => Sweep::Backward,
+            Sweep::Backward => Sweep::Forward,
+        }
+    }
+
+    /// `0..n` in this direction.
+    pub(crate) fn order(self, n: usize) -> impl Iterator<Item = usize> {
+        (0..n).map(move |i| match self {
+            Sweep::Forward => i,
+            Sweep::Backward => n - 1 - i,
+        })
+    }
+}
+
 /// Rows per group: the f32 lanes of one AVX-512 register.
 pub(crate) const GROUP: usize = 16;
 
@@ -148,8 +182,13 @@ impl Panels {
         p
     }
 
+    /// The bytes the panels hold (those a product of all their rows reads).
+    pub(crate) fn bytes(&self) -> usize {
+        std::mem::size_of_val(&self.lines[..])
+    }
+
     /// `y[i] = row(j0 + i) of block b · x` (+ `bias[i]`), for `y.len()` rows from a
-    /// multiple of [`GROUP`].
+    /// multiple of [`GROUP`], reading the groups of rows in the `sweep`'s order.
     ///
     /// # Panics
     /// If `j0` is not a multiple of [`GROUP`], the rows run past the block, or `x`
@@ -161,6 +200,7 @@ impl Panels {
         x: &PanelVector,
         bias: Option<&[f32]>,
         y: &mut [f32],
+        sweep: Sweep,
     ) {
         let m = y.len();
         assert!(
@@ -175,7 +215,7 @@ impl Panels {
         );
         let first = (b * self.groups_per_block + j0 / GROUP) * self.steps;
         let lines = &self.lines[first..first + m.div_ceil(GROUP) * self.steps];
-        dot_groups(self.weights, lines, self.steps, x, y);
+        dot_groups(self.weights, lines, self.steps, x, y, sweep);
         if self.weights == Weights::Int8 {
             let r = b * self.block_rows + j0;
             for ((y, &s), &sum) in y
@@ -260,13 +300,20 @@ pub fn int8_supported() -> bool {
     }
 }
 
-/// A group kernel: `(lines, steps, x, y)` as [`dot_groups`] takes them.
+/// A group kernel: `(lines, steps, x, y, sweep)` as [`dot_groups`] takes them.
 #[cfg(target_arch = "x86_64")]
-type Kernel = unsafe fn(&[Line], usize, &PanelVector, &mut [f32]);
+type Kernel = unsafe fn(&[Line], usize, &PanelVector, &mut [f32], Sweep);
 
 /// The groups of `lines` (`steps` lines each) times `x` into `y` (int8: the raw
-/// integer sums, as f32).
-fn dot_groups(weights: Weights, lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
+/// integer sums, as f32), in the `sweep`'s order.
+fn dot_groups(
+    weights: Weights,
+    lines: &[Line],
+    steps: usize,
+    x: &PanelVector,
+    y: &mut [f32],
+    sweep: Sweep,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
@@ -281,7 +328,7 @@ fn dot_groups(weights: Weights, lines: &[Line], steps: usize, x: &PanelVector, y
             // SAFETY: the CPU has the kernel's features; `lines` holds
             // `y.len().div_ceil(GROUP)` groups of `steps` lines and `x` is prepared
             // for `steps` steps (both checked by the caller).
-            unsafe { kernel(lines, steps, x, y) };
+            unsafe { kernel(lines, steps, x, y, sweep) };
             return;
         }
     }
@@ -324,7 +371,7 @@ fn dot_groups_ref(weights: Weights, lines: &[Line], steps: usize, x: &PanelVecto
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Line, PanelVector, GROUP};
+    use super::{Line, PanelVector, Sweep, GROUP};
     use std::arch::x86_64::*;
 
     /// Accumulators per group: enough independent chains to cover the latency of
@@ -332,18 +379,23 @@ mod avx512 {
     const CHAINS: usize = 4;
 
     /// Runs `step(acc, line, s)` for every step `s` of every group (the chains taking
-    /// turns), then `finish(sum of the chains, group's outputs)`.
+    /// turns), then `finish(sum of the chains, group's outputs)`, the groups in the
+    /// `sweep`'s order.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn groups<A: Copy>(
         lines: &[Line],
         steps: usize,
         y: &mut [f32],
+        sweep: Sweep,
         zero: A,
         add: impl Fn(A, A) -> A,
         step: impl Fn(A, *const Line, usize) -> A,
         finish: impl Fn(A, &mut [f32]),
     ) {
-        for (g, y) in y.chunks_mut(GROUP).enumerate() {
+        let m = y.len();
+        for g in sweep.order(m.div_ceil(GROUP)) {
+            let y = &mut y[g * GROUP..m.min(g * GROUP + GROUP)];
             // SAFETY (for every pointer below): the caller guarantees `steps` lines per group.
             let base = unsafe { lines.as_ptr().add(g * steps) };
             let mut acc = [zero; CHAINS];
@@ -379,25 +431,29 @@ mod avx512 {
         lines: &[Line],
         steps: usize,
         y: &mut [f32],
+        sweep: Sweep,
         step: impl Fn(__m512, *const Line, usize) -> __m512,
     ) {
         let add = |a, b| _mm512_add_ps(a, b);
-        unsafe {
-            groups(lines, steps, y, _mm512_setzero_ps(), add, step, |s, y| {
-                store(s, y)
-            })
-        }
+        let zero = _mm512_setzero_ps();
+        unsafe { groups(lines, steps, y, sweep, zero, add, step, |s, y| store(s, y)) }
     }
 
     /// f32 weights: `acc += line · broadcast(x[s])`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn f32_groups(lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
+    pub(super) unsafe fn f32_groups(
+        lines: &[Line],
+        steps: usize,
+        x: &PanelVector,
+        y: &mut [f32],
+        sweep: Sweep,
+    ) {
         let xs = x.values.as_ptr();
         let step = |a, line: *const Line, s| {
             let w = unsafe { _mm512_load_ps(line.cast()) };
             _mm512_fmadd_ps(w, _mm512_set1_ps(unsafe { *xs.add(s) }), a)
         };
-        unsafe { float_groups(lines, steps, y, step) }
+        unsafe { float_groups(lines, steps, y, sweep, step) }
     }
 
     /// bfloat16 pairs by `vdpbf16ps` against `x`'s pairs rounded to bfloat16.
@@ -407,6 +463,7 @@ mod avx512 {
         steps: usize,
         x: &PanelVector,
         y: &mut [f32],
+        sweep: Sweep,
     ) {
         // Pairs of bfloat16 values, read 4 bytes at a time.
         let xs = x.half.as_ptr().cast::<u32>();
@@ -422,12 +479,18 @@ mod avx512 {
             };
             _mm512_dpbf16_ps(a, w, xv)
         };
-        unsafe { float_groups(lines, steps, y, step) }
+        unsafe { float_groups(lines, steps, y, sweep, step) }
     }
 
     /// bfloat16 pairs widened exactly to f32 (a shift and a mask), times `x` in f32.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn bf16_groups(lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
+    pub(super) unsafe fn bf16_groups(
+        lines: &[Line],
+        steps: usize,
+        x: &PanelVector,
+        y: &mut [f32],
+        sweep: Sweep,
+    ) {
         let xs = x.values.as_ptr();
         let step = |a, line: *const Line, s: usize| {
             let w = unsafe { _mm512_load_si512(line.cast()) };
@@ -436,12 +499,18 @@ mod avx512 {
             let a = _mm512_fmadd_ps(even, _mm512_set1_ps(unsafe { *xs.add(2 * s) }), a);
             _mm512_fmadd_ps(odd, _mm512_set1_ps(unsafe { *xs.add(2 * s + 1) }), a)
         };
-        unsafe { float_groups(lines, steps, y, step) }
+        unsafe { float_groups(lines, steps, y, sweep, step) }
     }
 
     /// int8 quads by `vpdpbusd` (unsigned `x` bytes × signed weights), exact in i32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn vnni_groups(lines: &[Line], steps: usize, x: &PanelVector, y: &mut [f32]) {
+    pub(super) unsafe fn vnni_groups(
+        lines: &[Line],
+        steps: usize,
+        x: &PanelVector,
+        y: &mut [f32],
+        sweep: Sweep,
+    ) {
         // Quads of levels, read 4 bytes at a time.
         let xs = x.levels.as_ptr().cast::<u32>();
         let step = |a, line: *const Line, s| {
@@ -456,6 +525,7 @@ mod avx512 {
                 lines,
                 steps,
                 y,
+                sweep,
                 _mm512_setzero_si512(),
                 |a, b| _mm512_add_epi32(a, b),
                 step,
@@ -508,12 +578,21 @@ mod tests {
                     for j0 in (0..rows).step_by(GROUP) {
                         let m = (rows - j0).min(2 * GROUP);
                         let mut got = vec![f32::NAN; m];
-                        p.dot(b, j0, &v, Some(&bias[..m]), &mut got);
+                        p.dot(b, j0, &v, Some(&bias[..m]), &mut got, Sweep::Forward);
+                        // The groups read last to first give the same sums.
+                        let mut back = vec![f32::NAN; m];
+                        p.dot(b, j0, &v, Some(&bias[..m]), &mut back, Sweep::Backward);
+                        assert_eq!(
+                            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{weights:?} {rows}×{cols}×{blocks}"
+                        );
                         // The kernel this CPU runs and the portable loop on the same lines:
                         // int8 sums are exact on both.
                         let first = (b * p.groups_per_block + j0 / GROUP) * p.steps;
                         let (mut fast, mut plain) = (vec![0.0; m], vec![0.0; m]);
-                        dot_groups(weights, &p.lines[first..], p.steps, &v, &mut fast);
+                        let lines = &p.lines[first..];
+                        dot_groups(weights, lines, p.steps, &v, &mut fast, Sweep::Forward);
                         dot_groups_ref(weights, &p.lines[first..], p.steps, &v, &mut plain);
                         if weights == Weights::Int8 {
                             assert_eq!(fast, plain, "{rows}×{cols}×{blocks}");
@@ -576,10 +655,10 @@ mod tests {
             let mut v = PanelVector::default();
             v.set(&[0.0; 4], weights);
             let mut y = [1.0; 2];
-            p.dot(0, 0, &v, None, &mut y);
+            p.dot(0, 0, &v, None, &mut y, Sweep::Forward);
             assert_eq!(y, [0.0, 0.0]);
             v.set(&[1.0, -1.0, 0.5, 0.0], weights);
-            p.dot(0, 0, &v, None, &mut y);
+            p.dot(0, 0, &v, None, &mut y, Sweep::Forward);
             assert_eq!(y, [0.0, 0.0]);
         }
     }
@@ -590,6 +669,6 @@ mod tests {
         let p = Panels::new(&[1.0; 64], 2, 1, Weights::F32);
         let mut v = PanelVector::default();
         v.set(&[1.0; 2], Weights::F32);
-        p.dot(0, 3, &v, None, &mut [0.0; 4]);
+        p.dot(0, 3, &v, None, &mut [0.0; 4], Sweep::Forward);
     }
 }
