@@ -141,8 +141,16 @@ thread_local! {
 }
 
 /// Runs `f` with every f32 [`matmul`] it makes on this thread (and in the row
-/// blocks the cells hand to other threads) in `precision`.
+/// blocks the cells hand to other threads) in `precision`; bf16 on a CPU without
+/// AVX-512 BF16 runs as f32, through the same kernels and to the same bits.
 pub fn with_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
+    // Downgraded here, not kernel by kernel: a bf16 product the CPU cannot run
+    // would otherwise fall through to the GEMM crate (another order of sums) where
+    // f32 reads A in place.
+    let precision = match precision {
+        Precision::Bf16 if !super::bf16_supported() => Precision::F32,
+        p => p,
+    };
     let before = PRECISION.replace(precision);
     let r = f();
     PRECISION.set(before);
