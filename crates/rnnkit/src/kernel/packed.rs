@@ -13,7 +13,7 @@
 //! [`amx::PANEL`] columns wide and `A` is packed row by row.
 
 use super::matmul::{MatMut, MatRef, Precision, SERIAL};
-use super::to_bf16;
+use super::{to_bf16, Sweep};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -271,6 +271,8 @@ thread_local! {
     /// Packing buffers reused between calls on one thread: `A` panels, and `B`
     /// for products that pack it on the fly.
     static SCRATCH: RefCell<(Vec<u32>, PackedB)> = RefCell::default();
+    /// The direction of this thread's last sweep over `B`'s panels (see [`run_rows`]).
+    static SWEEP: std::cell::Cell<Sweep> = const { std::cell::Cell::new(Sweep::Forward) };
 }
 
 /// Packs rows `rows` of `a [m, k]` into panels of `MR` rows, `[depth][MR]` lanes each.
@@ -756,6 +758,13 @@ fn deal_runs<'a, const W: usize>(depth: usize, run: impl Fn(usize) -> &'a [f32],
 }
 
 /// Rows `rows` of the product into `cd`, whose row 0 is C's row `rows.start`.
+///
+/// A per-step product (a block of rows or fewer, `A` read in place) takes `B`'s
+/// panels one at a time over their whole depth, in the direction opposite to the
+/// thread's previous such product: at every timestep a thread reads all of `W_hh`
+/// (4 MB for LSTM 512, twice its L2), and starting where the last timestep ended
+/// finds part of it still in L2 (as the stepper's sweeps do). Each tile sums the
+/// same depths in the same order either way, so the results are the same.
 fn run_rows(
     cd: &mut [f32],
     ld: usize,
@@ -771,6 +780,56 @@ fn run_rows(
     }
     let step = per_lane(precision);
     let kp = b.k.div_ceil(step);
+    // Row-major f32 A is read in place by the tiles (each row a stream that stays
+    // in L1 over a block of depth): packing it would cost a pass over A, which for
+    // an input gradient is 4× the size of B. (A column-major A read in place lost to
+    // packing it on a narrow B: 120 against 177 GFLOP/s.)
+    let in_place = precision == Precision::F32 && a.cs == 1;
+    // The tile of A's rows from `i` (C's from `i - rows.start`) by B's panel `q` at
+    // depths p0..p1, A read in place.
+    let in_place_tile = |cd: &mut [f32], i: usize, q: usize, (p0, p1): (usize, usize)| {
+        let (i0, j0) = (i - rows.start, q * NR);
+        let (mi, nj) = (MR.min(rows.end - i), NR.min(n - j0));
+        let bp = &b.data[(q * kp + p0) * NR..(q * kp + p1) * NR];
+        let c = &mut cd[i0 * ld + j0..];
+        assert!((mi - 1) * ld + nj <= c.len(), "packed tile outside C");
+        let tile = avx512::Tile {
+            c: c.as_mut_ptr(),
+            ld,
+            rows: mi,
+            cols: nj,
+            accumulate: accumulate || p0 > 0,
+        };
+        // Rows i.. of A from depth p0; each of the tile's rows holds p1 − p0 values
+        // there.
+        let (a, strides) = (&a.data[i * a.rs + p0 * a.cs..], (a.rs, a.cs));
+        // SAFETY: AVX-512F is present (the caller asserted it); the tile kernel
+        // asserts that the rows lie in A; the panel holds p1 − p0 lanes, the tile
+        // lies in `c` (asserted). The last panel of a narrow B runs a narrower tile
+        // (a vocabulary of 65 would waste half the multiply-adds of its last tile, a
+        // width of 512 a third of its last).
+        unsafe {
+            match nj.div_ceil(16) {
+                1 => avx512::tile_f32_a_rows::<1>(a, strides, bp, tile),
+                2 => avx512::tile_f32_a_rows::<2>(a, strides, bp, tile),
+                _ => avx512::tile_f32_a_rows::<NV>(a, strides, bp, tile),
+            }
+        };
+    };
+    if in_place && rows.len() <= MC {
+        let sweep = SWEEP.with(|s| {
+            s.set(s.get().flip());
+            s.get()
+        });
+        for q in sweep.order(n.div_ceil(NR)) {
+            for p0 in (0..kp).step_by(KC) {
+                for i in rows.clone().step_by(MR) {
+                    in_place_tile(cd, i, q, (p0, (p0 + KC).min(kp)));
+                }
+            }
+        }
+        return;
+    }
     let mut apack = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
     for r0 in (rows.start..rows.end).step_by(MC) {
         let r1 = (r0 + MC).min(rows.end);
@@ -787,17 +846,18 @@ fn run_rows(
                 cols: ks.len(),
                 ..a
             };
-            // Row-major f32 A is read in place by the tiles (each row a stream that
-            // stays in L1 over the block): packing it would cost a pass over A,
-            // which for an input gradient is 4× the size of B. (A column-major A read
-            // in place lost to packing it on a narrow B: 120 against 177 GFLOP/s.)
-            let in_place = precision == Precision::F32 && a.cs == 1;
             if !in_place {
                 // SAFETY: AVX-512F is present (the caller asserted it).
                 unsafe { pack_a(block, r0..r1, precision, &mut apack) };
             }
             let acc = accumulate || p0 > 0;
             for q in 0..n.div_ceil(NR) {
+                if in_place {
+                    for i in (r0..r1).step_by(MR) {
+                        in_place_tile(cd, i, q, (p0, p1));
+                    }
+                    continue;
+                }
                 let bp = &b.data[(q * kp + p0) * NR..(q * kp + p1) * NR];
                 for ra in 0..a_panels {
                     let (i0, j0) = (r0 - rows.start + ra * MR, q * NR);
@@ -811,30 +871,10 @@ fn run_rows(
                         cols: nj,
                         accumulate: acc,
                     };
-                    // The last panel of a narrow B runs a narrower tile (a vocabulary
-                    // of 65 would waste half the multiply-adds of its last tile, a
-                    // width of 512 a third of its last).
+                    let ap = &apack[ra * depth * MR..(ra + 1) * depth * MR];
                     // SAFETY: the caller asserted the CPU features of `precision`;
                     // both panels hold `depth` lanes (sliced above) and the tile's
-                    // elements lie in `c` (asserted).
-                    if in_place {
-                        // Rows r0 + ra·MR.. of A from depth p0; each of the tile's rows
-                        // holds `depth` values there.
-                        let first = (r0 + ra * MR) * a.rs + p0 * a.cs;
-                        // SAFETY: AVX-512F is present; the tile kernel asserts that
-                        // the rows lie in A; the panel holds `depth` lanes, the tile
-                        // lies in `c`.
-                        let (a, strides) = (&a.data[first..], (a.rs, a.cs));
-                        unsafe {
-                            match nj.div_ceil(16) {
-                                1 => avx512::tile_f32_a_rows::<1>(a, strides, bp, tile),
-                                2 => avx512::tile_f32_a_rows::<2>(a, strides, bp, tile),
-                                _ => avx512::tile_f32_a_rows::<NV>(a, strides, bp, tile),
-                            }
-                        };
-                        continue;
-                    }
-                    let ap = &apack[ra * depth * MR..(ra + 1) * depth * MR];
+                    // elements lie in `c` (asserted). Narrow last tiles as above.
                     unsafe {
                         match precision {
                             Precision::F32 => match nj.div_ceil(16) {
@@ -1539,6 +1579,37 @@ mod tests {
     fn packed_f32_products_agree_with_f64() {
         if packed_supported(Precision::F32) {
             check(Precision::F32);
+        }
+    }
+
+    /// A per-step product sweeps B's panels forward and backward in turn, and a
+    /// product of more rows takes them block of depth by block: every tile sums the
+    /// same depths in the same order, so all three give the same bits.
+    #[test]
+    fn sweeps_and_blocks_give_the_same_bits() {
+        if !packed_supported(Precision::F32) {
+            return;
+        }
+        let (m, n, k) = (40, 100, 600);
+        let mut rng = Rng::new(6);
+        let mut random = |len: usize| -> Vec<f32> {
+            (0..len).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
+        };
+        let (a, b, c0) = (random(5 * m * k), random(k * n), random(5 * m * n));
+        let mut packed = PackedB::default();
+        packed.pack(MatRef::dense(&b, k, n), Precision::F32);
+        let bits = |c: &[f32]| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for accumulate in [false, true] {
+            let product = |rows: usize| {
+                let mut c = c0[..rows * n].to_vec();
+                let a = MatRef::dense(&a[..rows * k], rows, k);
+                let out = MatMut::dense(&mut c, rows, n);
+                crate::kernel::serial(|| gemm_packed(out, a, &packed, accumulate));
+                c
+            };
+            let (first, second, blocks) = (product(m), product(m), product(5 * m));
+            assert_eq!(bits(&first), bits(&second), "acc {accumulate}");
+            assert_eq!(bits(&first), bits(&blocks[..m * n]), "acc {accumulate}");
         }
     }
 
