@@ -559,17 +559,9 @@ fn rows_b_columns(
                 let bp = b.data[p0 * b.rs + j0..].as_ptr();
                 for (ra, ap) in apack.chunks_exact(depth * MR).enumerate() {
                     let (i0, mi) = (r0 + ra * MR, MR.min(r1 - r0 - ra * MR));
-                    let c = &mut cd[i0 * ld + j0..];
-                    assert!((mi - 1) * ld + nj <= c.len(), "tile outside C");
-                    let tile = avx512::Tile {
-                        c: c.as_mut_ptr(),
-                        ld,
-                        rows: mi,
-                        cols: nj,
-                        accumulate: accumulate || p0 > 0,
-                    };
+                    let tile = avx512::Tile::at(cd, ld, (i0, j0), (mi, nj), accumulate || p0 > 0);
                     // SAFETY: AVX-512F is present; B's rows p0..p1 hold `nj` columns
-                    // from j0 (asserted), and the tile's elements lie in `c` (asserted).
+                    // from j0 (asserted), and the tile's elements lie in C (`Tile::at`).
                     // A narrow last strip runs a narrower tile: no multiply-adds on
                     // columns past B's (n = H = 128 would waste a ninth of them).
                     unsafe {
@@ -791,21 +783,13 @@ fn run_rows(
         let (i0, j0) = (i - rows.start, q * NR);
         let (mi, nj) = (MR.min(rows.end - i), NR.min(n - j0));
         let bp = &b.data[(q * kp + p0) * NR..(q * kp + p1) * NR];
-        let c = &mut cd[i0 * ld + j0..];
-        assert!((mi - 1) * ld + nj <= c.len(), "packed tile outside C");
-        let tile = avx512::Tile {
-            c: c.as_mut_ptr(),
-            ld,
-            rows: mi,
-            cols: nj,
-            accumulate: accumulate || p0 > 0,
-        };
+        let tile = avx512::Tile::at(cd, ld, (i0, j0), (mi, nj), accumulate || p0 > 0);
         // Rows i.. of A from depth p0; each of the tile's rows holds p1 − p0 values
         // there.
         let (a, strides) = (&a.data[i * a.rs + p0 * a.cs..], (a.rs, a.cs));
         // SAFETY: AVX-512F is present (the caller asserted it); the tile kernel
         // asserts that the rows lie in A; the panel holds p1 − p0 lanes, the tile
-        // lies in `c` (asserted). The last panel of a narrow B runs a narrower tile
+        // lies in C (`Tile::at`). The last panel of a narrow B runs a narrower tile
         // (a vocabulary of 65 would waste half the multiply-adds of its last tile, a
         // width of 512 a third of its last).
         unsafe {
@@ -862,19 +846,11 @@ fn run_rows(
                 for ra in 0..a_panels {
                     let (i0, j0) = (r0 - rows.start + ra * MR, q * NR);
                     let (mi, nj) = (MR.min(r1 - r0 - ra * MR), NR.min(n - j0));
-                    let c = &mut cd[i0 * ld + j0..];
-                    assert!((mi - 1) * ld + nj <= c.len(), "packed tile outside C");
-                    let tile = avx512::Tile {
-                        c: c.as_mut_ptr(),
-                        ld,
-                        rows: mi,
-                        cols: nj,
-                        accumulate: acc,
-                    };
+                    let tile = avx512::Tile::at(cd, ld, (i0, j0), (mi, nj), acc);
                     let ap = &apack[ra * depth * MR..(ra + 1) * depth * MR];
                     // SAFETY: the caller asserted the CPU features of `precision`;
                     // both panels hold `depth` lanes (sliced above) and the tile's
-                    // elements lie in `c` (asserted). Narrow last tiles as above.
+                    // elements lie in C (`Tile::at`). Narrow last tiles as above.
                     unsafe {
                         match precision {
                             Precision::F32 => match nj.div_ceil(16) {
@@ -1219,6 +1195,29 @@ mod avx512 {
         pub(super) rows: usize,
         pub(super) cols: usize,
         pub(super) accumulate: bool,
+    }
+
+    impl Tile {
+        /// The `rows × cols` elements from (i0, j0) of the row-major C in `cd`, rows
+        /// `ld` apart. Panics unless they all lie in `cd`, so the kernels need not check.
+        pub(super) fn at(
+            cd: &mut [f32],
+            ld: usize,
+            (i0, j0): (usize, usize),
+            (rows, cols): (usize, usize),
+            accumulate: bool,
+        ) -> Tile {
+            let c = &mut cd[i0 * ld + j0..];
+            assert!((rows - 1) * ld + cols <= c.len(), "tile outside C");
+            let c = c.as_mut_ptr();
+            Tile {
+                c,
+                ld,
+                rows,
+                cols,
+                accumulate,
+            }
+        }
     }
 
     /// `C (+)= Σ_p A[p]·B[p]` over one block of f32 lanes: `a` is `[depth][MR]`,
