@@ -42,6 +42,17 @@ pub trait Real:
     fn tanh_inplace(x: &mut [Self]) {
         x.iter_mut().for_each(|v| *v = v.tanh());
     }
+    /// `σ(x)` exactly as [`Self::sigmoid_inplace`] computes it, for the fused loops of
+    /// the cells (inlined, so that they vectorise).
+    #[inline(always)]
+    fn sigmoid_one(self) -> Self {
+        crate::kernel::sigmoid(self)
+    }
+    /// `tanh(x)` exactly as [`Self::tanh_inplace`] computes it (see [`Self::sigmoid_one`]).
+    #[inline(always)]
+    fn tanh_one(self) -> Self {
+        self.tanh()
+    }
     /// `c (+)= a·b` by the packed products in `precision` where this type and CPU
     /// have them; hands `c` back untouched otherwise.
     fn matmul_packed<'c>(
@@ -159,6 +170,14 @@ impl Real for f32 {
     }
     fn tanh_inplace(x: &mut [Self]) {
         crate::kernel::tanh_f32(x)
+    }
+    #[inline(always)]
+    fn sigmoid_one(self) -> Self {
+        crate::kernel::sigmoid_one_f32(self)
+    }
+    #[inline(always)]
+    fn tanh_one(self) -> Self {
+        crate::kernel::tanh_one_f32(self)
     }
 }
 

@@ -184,40 +184,79 @@ pub fn forward<T: Real>(
                     continue;
                 }
                 let (a, hp) = (&mut a[i * g3..][..g3], &hp[i * g3..][..g3]);
+                let (h, y) = (&mut h[r.clone()], &mut y[r.clone()]);
                 if reset_after {
-                    a[..2 * hs]
-                        .iter_mut()
-                        .zip(&hp[..2 * hs])
-                        .zip(b_hh)
-                        .for_each(|((v, &u), &bias)| *v += u + bias);
-                    T::sigmoid_inplace(&mut a[..2 * hs]);
-                    let hn = &mut aux[r.clone()];
-                    hn.iter_mut()
-                        .zip(&hp[2 * hs..])
-                        .zip(&b_hh[2 * hs..])
-                        .for_each(|((v, &u), &bias)| *v = u + bias);
-                    let (rz, n) = a.split_at_mut(2 * hs);
-                    n.iter_mut()
-                        .zip(&rz[..hs])
-                        .zip(hn.iter())
-                        .for_each(|((v, &rv), &hv)| *v += rv * hv);
+                    step_after(a, hp, b_hh, &mut aux[r], h, y);
                 } else {
-                    a[hs..]
-                        .iter_mut()
-                        .zip(&hp[hs..])
-                        .for_each(|(v, &u)| *v += u);
-                    T::sigmoid_inplace(&mut a[hs..2 * hs]);
-                }
-                T::tanh_inplace(&mut a[2 * hs..]);
-                let (z, n) = a[hs..].split_at(hs);
-                for j in 0..hs {
-                    let v = (T::one() - z[j]) * n[j] + z[j] * h[i * hs + j];
-                    h[i * hs + j] = v;
-                    y[i * hs + j] = v;
+                    step_before(a, hp, h, y);
                 }
             }
         }
     });
+}
+
+avx512_variant! {
+    /// One row's step after the products in torch's form: `a` holds the input
+    /// projections and becomes the activated gates, `hn` receives `W_hn h + b_hn`,
+    /// `h` becomes `h'`, copied to `y`. One pass, 16 lanes wide where the CPU can.
+    fn step_after<T: Real>(
+        a: &mut [T],
+        hp: &[T],
+        b_hh: &[T],
+        hn: &mut [T],
+        h: &mut [T],
+        y: &mut [T],
+    ) => step_after_units
+}
+
+/// [`step_after`]'s equations (at the top) for every unit.
+#[inline(always)]
+fn step_after_units<T: Real>(
+    a: &mut [T],
+    hp: &[T],
+    b_hh: &[T],
+    hn: &mut [T],
+    h: &mut [T],
+    y: &mut [T],
+) {
+    let hs = h.len();
+    // Every slice exactly `hs` long: the loop below then needs no bounds checks.
+    let (ar, rest) = a[..3 * hs].split_at_mut(hs);
+    let (az, an) = rest.split_at_mut(hs);
+    let (pr, pz, pn) = (&hp[..hs], &hp[hs..2 * hs], &hp[2 * hs..3 * hs]);
+    let (br, bz, bn) = (&b_hh[..hs], &b_hh[hs..2 * hs], &b_hh[2 * hs..3 * hs]);
+    let (hn, y) = (&mut hn[..hs], &mut y[..hs]);
+    for j in 0..hs {
+        let r = (ar[j] + (pr[j] + br[j])).sigmoid_one();
+        let z = (az[j] + (pz[j] + bz[j])).sigmoid_one();
+        hn[j] = pn[j] + bn[j];
+        let n = (an[j] + r * hn[j]).tanh_one();
+        (ar[j], az[j], an[j]) = (r, z, n);
+        h[j] = (T::one() - z) * n + z * h[j];
+        y[j] = h[j];
+    }
+}
+
+avx512_variant! {
+    /// [`step_after`] in Keras' form: r is activated already, and `hp`'s n block
+    /// holds `W_hn (r ⊙ h)`.
+    fn step_before<T: Real>(a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) => step_before_units
+}
+
+/// [`step_before`]'s equations (at the top) for every unit.
+#[inline(always)]
+fn step_before_units<T: Real>(a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) {
+    let hs = h.len();
+    let (az, an) = a[hs..3 * hs].split_at_mut(hs);
+    let (pz, pn) = (&hp[hs..2 * hs], &hp[2 * hs..3 * hs]);
+    let y = &mut y[..hs];
+    for j in 0..hs {
+        let z = (az[j] + pz[j]).sigmoid_one();
+        let n = (an[j] + pn[j]).tanh_one();
+        (az[j], an[j]) = (z, n);
+        h[j] = (T::one() - z) * n + z * h[j];
+        y[j] = h[j];
+    }
 }
 
 /// Backpropagates through the sequence of the last [`forward`]: `dy [T, B, H]`

@@ -125,17 +125,37 @@ pub fn forward<T: Real>(
                     y[r].fill(T::zero()); // padded: state carried unchanged
                     continue;
                 }
-                let a = &mut a[r.clone()];
-                a.iter_mut().zip(&hp[r.clone()]).for_each(|(v, &u)| *v += u);
-                match act {
-                    Activation::Tanh => T::tanh_inplace(a),
-                    Activation::Relu => a.iter_mut().for_each(|v| *v = v.max(T::zero())),
-                }
-                h[r.clone()].copy_from_slice(a);
-                y[r].copy_from_slice(a);
+                step(
+                    act,
+                    &mut a[r.clone()],
+                    &hp[r.clone()],
+                    &mut h[r.clone()],
+                    &mut y[r],
+                );
             }
         }
     });
+}
+
+avx512_variant! {
+    /// One row's step after the product: `a` holds the input projection and becomes
+    /// `h_t`, copied to `h` and `y`. One pass, 16 lanes wide where the CPU can.
+    fn step<T: Real>(act: Activation, a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) => step_units
+}
+
+/// [`step`]'s equation (at the top) for every unit.
+#[inline(always)]
+fn step_units<T: Real>(act: Activation, a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) {
+    let hs = a.len();
+    let (hp, h, y) = (&hp[..hs], &mut h[..hs], &mut y[..hs]);
+    for j in 0..hs {
+        let v = a[j] + hp[j];
+        let v = match act {
+            Activation::Tanh => v.tanh_one(),
+            Activation::Relu => v.max(T::zero()),
+        };
+        (a[j], h[j], y[j]) = (v, v, v);
+    }
 }
 
 avx512_variant! {
