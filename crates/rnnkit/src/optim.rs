@@ -192,7 +192,7 @@ impl Optimizer {
 
 /// Whether an update of `len` elements is shared between the threads.
 fn shared(len: usize) -> bool {
-    len >= 2 * UPDATE_CHUNK && !crate::kernel::is_serial() && rayon::current_num_threads() > 1
+    crate::kernel::parallel_from(len, 2 * UPDATE_CHUNK)
 }
 
 /// The scalars of one Adam step, the same for every parameter.

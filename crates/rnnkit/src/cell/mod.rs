@@ -578,7 +578,7 @@ fn transpose_into<T: Copy + Send + Sync>(out: &mut [T], m: &[T], rows: usize, co
     if rows == 0 {
         return;
     }
-    if rows * cols < 1 << 16 || crate::kernel::is_serial() {
+    if !crate::kernel::parallel(rows * cols) {
         out.chunks_mut(TILE * rows).enumerate().for_each(band);
     } else {
         out.par_chunks_mut(TILE * rows).enumerate().for_each(band);

@@ -65,7 +65,13 @@ pub fn sum_rows_into<T: Real>(acc: &mut [T], m: &[T]) {
 
 /// Whether work on `len` elements should be split between the threads.
 pub(crate) fn parallel(len: usize) -> bool {
-    len >= PARALLEL_MIN && !super::is_serial() && rayon::current_num_threads() > 1
+    parallel_from(len, PARALLEL_MIN)
+}
+
+/// Whether work on `len` elements, worth splitting from `min` elements up, should
+/// be split between the threads (none where this thread runs serial work).
+pub(crate) fn parallel_from(len: usize, min: usize) -> bool {
+    len >= min && !super::is_serial() && rayon::current_num_threads() > 1
 }
 
 /// `dst.copy_from_slice(src)`, split between the threads when large (a layer's
