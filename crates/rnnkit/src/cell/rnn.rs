@@ -139,8 +139,9 @@ pub fn forward<T: Real>(
 
 avx512_variant! {
     /// One row's step after the product: `a` holds the input projection and becomes
-    /// `h_t`, copied to `h` and `y`. One pass, 16 lanes wide where the CPU can.
-    fn step<T: Real>(act: Activation, a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) => step_units
+    /// `h_t`, copied to `h` and `y`. One pass, 16 lanes wide where the CPU can. (Also
+    /// the batch-1 stepper's update of a share of the units.)
+    pub(crate) fn step<T: Real>(act: Activation, a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) => step_units
 }
 
 /// [`step`]'s equation (at the top) for every unit.

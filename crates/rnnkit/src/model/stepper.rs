@@ -11,6 +11,7 @@
 //! The cell equations are those of `crate::cell` (named there).
 
 use super::CharLm;
+use crate::cell::rnn::{self, Activation};
 use crate::cell::{lstm, CellKind};
 use crate::error::{Error, Result};
 pub use crate::kernel::Weights;
@@ -496,14 +497,12 @@ fn update(
     let m = hn.len();
     match kind {
         CellKind::RnnTanh | CellKind::RnnRelu => {
-            for ((o, &a), &b) in hn.iter_mut().zip(&*xp).zip(hp) {
-                *o = a + b;
-            }
-            if kind == CellKind::RnnTanh {
-                tanh_f32(hn);
+            let act = if kind == CellKind::RnnTanh {
+                Activation::Tanh
             } else {
-                hn.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
+                Activation::Relu
+            };
+            rnn::step(act, xp, hp, hn, &mut spare[..m]);
         }
         CellKind::Lstm => {
             let (tanh_c, y) = spare.split_at_mut(m);
