@@ -6,44 +6,29 @@
 //! elementwise work), [`tensor`] (owned buffers). [`checkpoint`] reads and writes
 //! safetensors files under torch's parameter names.
 
-/// `fn $name(args)` (or `fn $name<T: Real>(args)`) that runs `$body(args)` compiled
-/// for AVX-512F where the CPU has it: the build targets baseline x86-64, whose loops
-/// are 4 lanes wide, and an elementwise loop inlined (`#[inline(always)]`) into a
-/// function with the feature runs 16 wide. The results are the same, element by
-/// element.
+/// `fn $name(args) { body }` (or `fn $name<T: Real>(args) { body }`) whose body runs
+/// compiled for AVX-512F where the CPU has it: the build targets baseline x86-64,
+/// whose loops are 4 lanes wide, and the body, inlined (`#[inline(always)]`) into a
+/// function with the feature, runs 16 wide. The results are the same, element by
+/// element. Arguments are plain names (a tuple is taken apart in the body).
 macro_rules! avx512_variant {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident<T: Real>($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident $(<$t:ident: Real>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
-        $vis fn $name<T: Real>($($arg: $ty),*) {
+        $vis fn $name $(<$t: Real>)? ($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body $(<$t: Real>)? ($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512<T: Real>($($arg: $ty),*) {
-                    $body($($arg),*)
+                fn avx512 $(<$t: Real>)? ($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the feature the function was compiled for.
                     return unsafe { avx512($($arg),*) };
                 }
             }
-            $body($($arg),*)
-        }
-    };
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
-        $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the feature the function was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-            }
-            $body($($arg),*)
+            body($($arg),*)
         }
     };
 }

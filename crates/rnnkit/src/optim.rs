@@ -204,20 +204,16 @@ struct AdamStep {
     bc2_sqrt: f32,
 }
 
-/// [`adam`]'s loop.
-#[inline(always)]
-fn adam_elements(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamStep) {
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-        *m = BETA1 as f32 * *m + (1.0 - BETA1 as f32) * g;
-        *v = BETA2 as f32 * *v + (1.0 - BETA2 as f32) * g * g;
-        *p -= s.step_size * *m / (v.sqrt() / s.bc2_sqrt + EPS);
-    }
-}
-
 avx512_variant! {
     /// torch.optim.Adam's update of `p` and its moments `m`, `v` from `g`:
     /// `p −= lr/bc1 · m / (√v / √bc2 + ε)`.
-    fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamStep) => adam_elements
+    fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamStep) {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+            *m = BETA1 as f32 * *m + (1.0 - BETA1 as f32) * g;
+            *v = BETA2 as f32 * *v + (1.0 - BETA2 as f32) * g * g;
+            *p -= s.step_size * *m / (v.sqrt() / s.bc2_sqrt + EPS);
+        }
+    }
 }
 
 /// Global L2 norm of all gradients (accumulated in f64).
@@ -250,25 +246,21 @@ fn sum_of_squares(x: &[f32]) -> f64 {
 /// additions overlap.
 const LANES: usize = 32;
 
-/// [`piece_sum_of_squares`]' loop.
-#[inline(always)]
-fn lanes_sum_of_squares(x: &[f32]) -> f64 {
-    let mut lanes = [0.0f64; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += f64::from(v) * f64::from(v);
-        }
-    }
-    for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *l += f64::from(v) * f64::from(v);
-    }
-    lanes.iter().sum::<f64>()
-}
-
 avx512_variant! {
     /// `Σ x²` of one piece of [`sum_of_squares`].
-    fn piece_sum_of_squares(x: &[f32]) -> f64 => lanes_sum_of_squares
+    fn piece_sum_of_squares(x: &[f32]) -> f64 {
+        let mut lanes = [0.0f64; LANES];
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += f64::from(v) * f64::from(v);
+            }
+        }
+        for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+            *l += f64::from(v) * f64::from(v);
+        }
+        lanes.iter().sum::<f64>()
+    }
 }
 
 thread_local! {

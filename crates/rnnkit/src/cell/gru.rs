@@ -196,9 +196,10 @@ pub fn forward<T: Real>(
 }
 
 avx512_variant! {
-    /// One row's step after the products in torch's form: `a` holds the input
-    /// projections and becomes the activated gates, `hn` receives `W_hn h + b_hn`,
-    /// `h` becomes `h'`, copied to `y`. One pass, 16 lanes wide where the CPU can.
+    /// One row's step after the products in torch's form (the equations at the top):
+    /// `a` holds the input projections and becomes the activated gates, `hn` receives
+    /// `W_hn h + b_hn`, `h` becomes `h'`, copied to `y`. One pass, 16 lanes wide where
+    /// the CPU can.
     fn step_after<T: Real>(
         a: &mut [T],
         hp: &[T],
@@ -206,56 +207,41 @@ avx512_variant! {
         hn: &mut [T],
         h: &mut [T],
         y: &mut [T],
-    ) => step_after_units
-}
-
-/// [`step_after`]'s equations (at the top) for every unit.
-#[inline(always)]
-fn step_after_units<T: Real>(
-    a: &mut [T],
-    hp: &[T],
-    b_hh: &[T],
-    hn: &mut [T],
-    h: &mut [T],
-    y: &mut [T],
-) {
-    let hs = h.len();
-    // Every slice exactly `hs` long: the loop below then needs no bounds checks.
-    let (ar, rest) = a[..3 * hs].split_at_mut(hs);
-    let (az, an) = rest.split_at_mut(hs);
-    let (pr, pz, pn) = (&hp[..hs], &hp[hs..2 * hs], &hp[2 * hs..3 * hs]);
-    let (br, bz, bn) = (&b_hh[..hs], &b_hh[hs..2 * hs], &b_hh[2 * hs..3 * hs]);
-    let (hn, y) = (&mut hn[..hs], &mut y[..hs]);
-    for j in 0..hs {
-        let r = (ar[j] + (pr[j] + br[j])).sigmoid_one();
-        let z = (az[j] + (pz[j] + bz[j])).sigmoid_one();
-        hn[j] = pn[j] + bn[j];
-        let n = (an[j] + r * hn[j]).tanh_one();
-        (ar[j], az[j], an[j]) = (r, z, n);
-        h[j] = (T::one() - z) * n + z * h[j];
-        y[j] = h[j];
+    ) {
+        let hs = h.len();
+        // Every slice exactly `hs` long: the loop below then needs no bounds checks.
+        let (ar, rest) = a[..3 * hs].split_at_mut(hs);
+        let (az, an) = rest.split_at_mut(hs);
+        let (pr, pz, pn) = (&hp[..hs], &hp[hs..2 * hs], &hp[2 * hs..3 * hs]);
+        let (br, bz, bn) = (&b_hh[..hs], &b_hh[hs..2 * hs], &b_hh[2 * hs..3 * hs]);
+        let (hn, y) = (&mut hn[..hs], &mut y[..hs]);
+        for j in 0..hs {
+            let r = (ar[j] + (pr[j] + br[j])).sigmoid_one();
+            let z = (az[j] + (pz[j] + bz[j])).sigmoid_one();
+            hn[j] = pn[j] + bn[j];
+            let n = (an[j] + r * hn[j]).tanh_one();
+            (ar[j], az[j], an[j]) = (r, z, n);
+            h[j] = (T::one() - z) * n + z * h[j];
+            y[j] = h[j];
+        }
     }
 }
 
 avx512_variant! {
     /// [`step_after`] in Keras' form: r is activated already, and `hp`'s n block
     /// holds `W_hn (r ⊙ h)`.
-    fn step_before<T: Real>(a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) => step_before_units
-}
-
-/// [`step_before`]'s equations (at the top) for every unit.
-#[inline(always)]
-fn step_before_units<T: Real>(a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) {
-    let hs = h.len();
-    let (az, an) = a[hs..3 * hs].split_at_mut(hs);
-    let (pz, pn) = (&hp[hs..2 * hs], &hp[2 * hs..3 * hs]);
-    let y = &mut y[..hs];
-    for j in 0..hs {
-        let z = (az[j] + pz[j]).sigmoid_one();
-        let n = (an[j] + pn[j]).tanh_one();
-        (az[j], an[j]) = (z, n);
-        h[j] = (T::one() - z) * n + z * h[j];
-        y[j] = h[j];
+    fn step_before<T: Real>(a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) {
+        let hs = h.len();
+        let (az, an) = a[hs..3 * hs].split_at_mut(hs);
+        let (pz, pn) = (&hp[hs..2 * hs], &hp[2 * hs..3 * hs]);
+        let y = &mut y[..hs];
+        for j in 0..hs {
+            let z = (az[j] + pz[j]).sigmoid_one();
+            let n = (an[j] + pn[j]).tanh_one();
+            (az[j], an[j]) = (z, n);
+            h[j] = (T::one() - z) * n + z * h[j];
+            y[j] = h[j];
+        }
     }
 }
 
@@ -392,56 +378,48 @@ pub fn backward<T: Real>(
 }
 
 avx512_variant! {
-    /// [`backward_units`], 16 lanes wide where the CPU can.
+    /// One row's gate gradients `dg` from its activated gates `a`, output gradient `dy`,
+    /// `h_{t-1}` and (reset after) `W_hn h_{t-1} + b_hn` (the equations at the top); `dh`
+    /// becomes its part of `dh_{t-1}` that does not pass through `W_hh`. Reset after
+    /// (`dgh` not empty): `dgh` gets the gradients of the recurrent pre-activations.
+    /// Reset before: `dg`'s r block is left to the caller, which needs `W_hn` first.
+    /// 16 lanes wide where the CPU can.
     fn backward_row<T: Real>(
         a: &[T],
         saved: (&[T], &[T], &[T]),
         dh: &mut [T],
         dg: &mut [T],
         dgh: &mut [T],
-    ) => backward_units
-}
-
-/// One row's gate gradients `dg` from its activated gates `a`, output gradient `dy`,
-/// `h_{t-1}` and (reset after) `W_hn h_{t-1} + b_hn` (the equations at the top); `dh`
-/// becomes its part of `dh_{t-1}` that does not pass through `W_hh`. Reset after
-/// (`dgh` not empty): `dgh` gets the gradients of the recurrent pre-activations.
-/// Reset before: `dg`'s r block is left to the caller, which needs `W_hn` first.
-#[inline(always)]
-fn backward_units<T: Real>(
-    a: &[T],
-    (dy, hp, hn): (&[T], &[T], &[T]),
-    dh: &mut [T],
-    dg: &mut [T],
-    dgh: &mut [T],
-) {
-    let hs = dh.len();
-    let one = T::one();
-    // Every slice exactly `hs` long: the loops below then need no bounds checks.
-    let (r, z, n) = (&a[..hs], &a[hs..2 * hs], &a[2 * hs..3 * hs]);
-    let (dy, hp) = (&dy[..hs], &hp[..hs]);
-    let (dgr, rest) = dg[..3 * hs].split_at_mut(hs);
-    let (dgz, dgn) = rest.split_at_mut(hs);
-    if dgh.is_empty() {
+    ) {
+        let (dy, hp, hn) = saved;
+        let hs = dh.len();
+        let one = T::one();
+        // Every slice exactly `hs` long: the loops below then need no bounds checks.
+        let (r, z, n) = (&a[..hs], &a[hs..2 * hs], &a[2 * hs..3 * hs]);
+        let (dy, hp) = (&dy[..hs], &hp[..hs]);
+        let (dgr, rest) = dg[..3 * hs].split_at_mut(hs);
+        let (dgz, dgn) = rest.split_at_mut(hs);
+        if dgh.is_empty() {
+            for j in 0..hs {
+                let d = dh[j] + dy[j];
+                dgn[j] = d * (one - z[j]) * (one - n[j] * n[j]);
+                dgz[j] = d * (hp[j] - n[j]) * z[j] * (one - z[j]);
+                dh[j] = d * z[j];
+            }
+            return;
+        }
+        let hn = &hn[..hs];
+        let (dhr, rest) = dgh[..3 * hs].split_at_mut(hs);
+        let (dhz, dhn) = rest.split_at_mut(hs);
         for j in 0..hs {
             let d = dh[j] + dy[j];
-            dgn[j] = d * (one - z[j]) * (one - n[j] * n[j]);
+            let dan = d * (one - z[j]) * (one - n[j] * n[j]);
+            dgn[j] = dan;
             dgz[j] = d * (hp[j] - n[j]) * z[j] * (one - z[j]);
+            dgr[j] = dan * hn[j] * r[j] * (one - r[j]);
+            (dhr[j], dhz[j], dhn[j]) = (dgr[j], dgz[j], dan * r[j]);
             dh[j] = d * z[j];
         }
-        return;
-    }
-    let hn = &hn[..hs];
-    let (dhr, rest) = dgh[..3 * hs].split_at_mut(hs);
-    let (dhz, dhn) = rest.split_at_mut(hs);
-    for j in 0..hs {
-        let d = dh[j] + dy[j];
-        let dan = d * (one - z[j]) * (one - n[j] * n[j]);
-        dgn[j] = dan;
-        dgz[j] = d * (hp[j] - n[j]) * z[j] * (one - z[j]);
-        dgr[j] = dan * hn[j] * r[j] * (one - r[j]);
-        (dhr[j], dhz[j], dhn[j]) = (dgr[j], dgz[j], dan * r[j]);
-        dh[j] = d * z[j];
     }
 }
 

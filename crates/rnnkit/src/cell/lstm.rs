@@ -164,10 +164,11 @@ pub fn forward<T: Real>(
 }
 
 avx512_variant! {
-    /// One sequence, one step: `a` holds the input projection and becomes the
-    /// activated gates. (Also the batch-1 stepper's update of a share of the units:
-    /// blocks of `c.len()`.) One pass, 16 lanes wide where the CPU can: a pass per
-    /// activation, half of them on SSE, was a tenth of an LSTM 1×128 training step.
+    /// One sequence, one step (the equations at the top): `a` holds the input
+    /// projection and becomes the activated gates. (Also the batch-1 stepper's update
+    /// of a share of the units: blocks of `c.len()`.) One pass, 16 lanes wide where the
+    /// CPU can: a pass per activation, half of them on SSE, was a tenth of an LSTM
+    /// 1×128 training step.
     pub(crate) fn step<T: Real>(
         a: &mut [T],
         hp: &[T],
@@ -175,41 +176,30 @@ avx512_variant! {
         tanh_c: &mut [T],
         h: &mut [T],
         y: &mut [T],
-    ) => step_units
-}
-
-/// [`step`]'s equations (at the top) for every unit.
-#[inline(always)]
-fn step_units<T: Real>(
-    a: &mut [T],
-    hp: &[T],
-    c: &mut [T],
-    tanh_c: &mut [T],
-    h: &mut [T],
-    y: &mut [T],
-) {
-    let hs = c.len();
-    // Every slice exactly `hs` long: the loop below then needs no bounds checks.
-    let (ai, rest) = a[..4 * hs].split_at_mut(hs);
-    let (af, rest) = rest.split_at_mut(hs);
-    let (ag, ao) = rest.split_at_mut(hs);
-    let (hi, hf, hg, ho) = (
-        &hp[..hs],
-        &hp[hs..2 * hs],
-        &hp[2 * hs..3 * hs],
-        &hp[3 * hs..4 * hs],
-    );
-    let (tanh_c, h, y) = (&mut tanh_c[..hs], &mut h[..hs], &mut y[..hs]);
-    for j in 0..hs {
-        let i = (ai[j] + hi[j]).sigmoid_one();
-        let f = (af[j] + hf[j]).sigmoid_one();
-        let g = (ag[j] + hg[j]).tanh_one();
-        let o = (ao[j] + ho[j]).sigmoid_one();
-        (ai[j], af[j], ag[j], ao[j]) = (i, f, g, o);
-        c[j] = f * c[j] + i * g;
-        tanh_c[j] = c[j].tanh_one();
-        h[j] = o * tanh_c[j];
-        y[j] = h[j];
+    ) {
+        let hs = c.len();
+        // Every slice exactly `hs` long: the loop below then needs no bounds checks.
+        let (ai, rest) = a[..4 * hs].split_at_mut(hs);
+        let (af, rest) = rest.split_at_mut(hs);
+        let (ag, ao) = rest.split_at_mut(hs);
+        let (hi, hf, hg, ho) = (
+            &hp[..hs],
+            &hp[hs..2 * hs],
+            &hp[2 * hs..3 * hs],
+            &hp[3 * hs..4 * hs],
+        );
+        let (tanh_c, h, y) = (&mut tanh_c[..hs], &mut h[..hs], &mut y[..hs]);
+        for j in 0..hs {
+            let i = (ai[j] + hi[j]).sigmoid_one();
+            let f = (af[j] + hf[j]).sigmoid_one();
+            let g = (ag[j] + hg[j]).tanh_one();
+            let o = (ao[j] + ho[j]).sigmoid_one();
+            (ai[j], af[j], ag[j], ao[j]) = (i, f, g, o);
+            c[j] = f * c[j] + i * g;
+            tanh_c[j] = c[j].tanh_one();
+            h[j] = o * tanh_c[j];
+            y[j] = h[j];
+        }
     }
 }
 
@@ -292,50 +282,41 @@ pub fn backward<T: Real>(
 }
 
 avx512_variant! {
-    /// [`backward_units`], 16 lanes wide where the CPU can (2 % off a bf16 training
-    /// step of LSTM 2×512).
+    /// One row's gate gradients `da` from its activated gates `a`, `tanh(c_t)`, `c_{t-1}`
+    /// and output gradient `dy` (the equations at the top); `dc` becomes `dc_{t-1}` and
+    /// `dh` zero (the product with `W_hh` adds `dh_{t-1}` to it). 16 lanes wide where
+    /// the CPU can (2 % off a bf16 training step of LSTM 2×512).
     fn backward_row<T: Real>(
         a: &[T],
         saved: (&[T], &[T], &[T]),
         dh: &mut [T],
         dc: &mut [T],
         da: &mut [T],
-    ) => backward_units
-}
-
-/// One row's gate gradients `da` from its activated gates `a`, `tanh(c_t)`, `c_{t-1}`
-/// and output gradient `dy` (the equations at the top); `dc` becomes `dc_{t-1}` and
-/// `dh` zero (the product with `W_hh` adds `dh_{t-1}` to it).
-#[inline(always)]
-fn backward_units<T: Real>(
-    a: &[T],
-    (tc, cp, dy): (&[T], &[T], &[T]),
-    dh: &mut [T],
-    dc: &mut [T],
-    da: &mut [T],
-) {
-    let hs = dh.len();
-    let one = T::one();
-    // Every slice exactly `hs` long: the loop below then needs no bounds checks.
-    let (i, f, g, o) = (
-        &a[..hs],
-        &a[hs..2 * hs],
-        &a[2 * hs..3 * hs],
-        &a[3 * hs..4 * hs],
-    );
-    let (tc, cp, dy, dc) = (&tc[..hs], &cp[..hs], &dy[..hs], &mut dc[..hs]);
-    let (dai, rest) = da[..4 * hs].split_at_mut(hs);
-    let (daf, rest) = rest.split_at_mut(hs);
-    let (dag, dao) = rest.split_at_mut(hs);
-    for j in 0..hs {
-        let dh_t = dh[j] + dy[j];
-        let dc_t = dc[j] + dh_t * o[j] * (one - tc[j] * tc[j]);
-        dai[j] = dc_t * g[j] * i[j] * (one - i[j]);
-        daf[j] = dc_t * cp[j] * f[j] * (one - f[j]);
-        dag[j] = dc_t * i[j] * (one - g[j] * g[j]);
-        dao[j] = dh_t * tc[j] * o[j] * (one - o[j]);
-        dc[j] = dc_t * f[j];
-        dh[j] = T::zero();
+    ) {
+        let (tc, cp, dy) = saved;
+        let hs = dh.len();
+        let one = T::one();
+        // Every slice exactly `hs` long: the loop below then needs no bounds checks.
+        let (i, f, g, o) = (
+            &a[..hs],
+            &a[hs..2 * hs],
+            &a[2 * hs..3 * hs],
+            &a[3 * hs..4 * hs],
+        );
+        let (tc, cp, dy, dc) = (&tc[..hs], &cp[..hs], &dy[..hs], &mut dc[..hs]);
+        let (dai, rest) = da[..4 * hs].split_at_mut(hs);
+        let (daf, rest) = rest.split_at_mut(hs);
+        let (dag, dao) = rest.split_at_mut(hs);
+        for j in 0..hs {
+            let dh_t = dh[j] + dy[j];
+            let dc_t = dc[j] + dh_t * o[j] * (one - tc[j] * tc[j]);
+            dai[j] = dc_t * g[j] * i[j] * (one - i[j]);
+            daf[j] = dc_t * cp[j] * f[j] * (one - f[j]);
+            dag[j] = dc_t * i[j] * (one - g[j] * g[j]);
+            dao[j] = dh_t * tc[j] * o[j] * (one - o[j]);
+            dc[j] = dc_t * f[j];
+            dh[j] = T::zero();
+        }
     }
 }
 

@@ -138,60 +138,55 @@ pub fn forward<T: Real>(
 }
 
 avx512_variant! {
-    /// One row's step after the product: `a` holds the input projection and becomes
-    /// `h_t`, copied to `h` and `y`. One pass, 16 lanes wide where the CPU can. (Also
-    /// the batch-1 stepper's update of a share of the units.)
-    pub(crate) fn step<T: Real>(act: Activation, a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) => step_units
-}
-
-/// [`step`]'s equation (at the top) for every unit.
-#[inline(always)]
-fn step_units<T: Real>(act: Activation, a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) {
-    let hs = a.len();
-    let (hp, h, y) = (&hp[..hs], &mut h[..hs], &mut y[..hs]);
-    for j in 0..hs {
-        let v = a[j] + hp[j];
-        let v = match act {
-            Activation::Tanh => v.tanh_one(),
-            Activation::Relu => v.max(T::zero()),
-        };
-        (a[j], h[j], y[j]) = (v, v, v);
+    /// One row's step after the product (the equation at the top): `a` holds the
+    /// input projection and becomes `h_t`, copied to `h` and `y`. One pass, 16 lanes
+    /// wide where the CPU can. (Also the batch-1 stepper's update of a share of the units.)
+    pub(crate) fn step<T: Real>(
+        act: Activation,
+        a: &mut [T],
+        hp: &[T],
+        h: &mut [T],
+        y: &mut [T],
+    ) {
+        let hs = a.len();
+        let (hp, h, y) = (&hp[..hs], &mut h[..hs], &mut y[..hs]);
+        for j in 0..hs {
+            let v = a[j] + hp[j];
+            let v = match act {
+                Activation::Tanh => v.tanh_one(),
+                Activation::Relu => v.max(T::zero()),
+            };
+            (a[j], h[j], y[j]) = (v, v, v);
+        }
     }
 }
 
 avx512_variant! {
-    /// [`backward_units`], 16 lanes wide where the CPU can.
-    fn backward_row<T: Real>(
-        act: Activation,
-        out: (&[T], &[T]),
-        dh: &mut [T],
-        da: &mut [T],
-    ) => backward_units
-}
-
-/// One row's pre-activation gradients `da` from its outputs `h_t` and their
-/// gradient `dy` (tanh: `(dh + dy)(1 − h_t²)`; ReLU: `dh + dy` where `h_t > 0`);
-/// `dh` becomes zero (the product with `W_hh` adds `dh_{t-1}` to it).
-#[inline(always)]
-fn backward_units<T: Real>(act: Activation, (h, dy): (&[T], &[T]), dh: &mut [T], da: &mut [T]) {
-    let n = dh.len();
-    // Every slice exactly `n` long, the activation chosen outside the loop: the
-    // loops then need no bounds checks or branches.
-    let (h, dy, da) = (&h[..n], &dy[..n], &mut da[..n]);
-    match act {
-        Activation::Tanh => {
-            for j in 0..n {
-                da[j] = (dh[j] + dy[j]) * (T::one() - h[j] * h[j]);
+    /// One row's pre-activation gradients `da` from its outputs `h_t` and their
+    /// gradient `dy` (tanh: `(dh + dy)(1 − h_t²)`; ReLU: `dh + dy` where `h_t > 0`);
+    /// `dh` becomes zero (the product with `W_hh` adds `dh_{t-1}` to it). 16 lanes
+    /// wide where the CPU can.
+    fn backward_row<T: Real>(act: Activation, out: (&[T], &[T]), dh: &mut [T], da: &mut [T]) {
+        let (h, dy) = out;
+        let n = dh.len();
+        // Every slice exactly `n` long, the activation chosen outside the loop: the
+        // loops then need no bounds checks or branches.
+        let (h, dy, da) = (&h[..n], &dy[..n], &mut da[..n]);
+        match act {
+            Activation::Tanh => {
+                for j in 0..n {
+                    da[j] = (dh[j] + dy[j]) * (T::one() - h[j] * h[j]);
+                }
+            }
+            Activation::Relu => {
+                for j in 0..n {
+                    let d = dh[j] + dy[j];
+                    da[j] = if h[j] > T::zero() { d } else { T::zero() };
+                }
             }
         }
-        Activation::Relu => {
-            for j in 0..n {
-                let d = dh[j] + dy[j];
-                da[j] = if h[j] > T::zero() { d } else { T::zero() };
-            }
-        }
+        dh.fill(T::zero());
     }
-    dh.fill(T::zero());
 }
 
 /// Backpropagates through the sequence of the last [`forward`]: `dy [T, B, H]`
