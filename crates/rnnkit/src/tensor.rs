@@ -36,11 +36,11 @@ pub trait Real:
     fn scratch_pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>>;
     /// `x ← σ(x)` elementwise (vectorised for f32).
     fn sigmoid_inplace(x: &mut [Self]) {
-        x.iter_mut().for_each(|v| *v = crate::kernel::sigmoid(*v));
+        x.iter_mut().for_each(|v| *v = v.sigmoid_one());
     }
     /// `x ← tanh(x)` elementwise (vectorised for f32).
     fn tanh_inplace(x: &mut [Self]) {
-        x.iter_mut().for_each(|v| *v = v.tanh());
+        x.iter_mut().for_each(|v| *v = v.tanh_one());
     }
     /// `σ(x)` exactly as [`Self::sigmoid_inplace`] computes it, for the fused loops of
     /// the cells (inlined, so that they vectorise).

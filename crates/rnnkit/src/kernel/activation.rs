@@ -27,11 +27,13 @@ fn exp(x: f32) -> f32 {
     y * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
 }
 
+/// `1 / (1 + e^{−x})` by [`exp`]: [`sigmoid_f32`]'s element, inlined into fused loops.
 #[inline(always)]
 pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// `tanh(x)`: [`tanh_f32`]'s element, inlined into fused loops.
 #[inline(always)]
 pub(crate) fn tanh(x: f32) -> f32 {
     let z = x * x;

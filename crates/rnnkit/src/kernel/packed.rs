@@ -1468,12 +1468,13 @@ mod avx512 {
         }
     }
 
-    /// Prefetches a tile's elements of C (or `Cᵀ`), `V` vectors on each of `lines`
-    /// lines `ld` apart from `c`, which the tile adds to or writes, while its sums run
-    /// (a product's C is often larger than the L2 cache: the input projection of LSTM
-    /// 2×512, 6400 × 512 · 512 × 2048, 213 → 248 GFLOP/s).
     /// How many depths ahead [`tile_f32_a_rows`] prefetches its panel of `B`.
     const PF_DEPTH: usize = 16;
+
+    /// Prefetches `V` vectors on each of `lines` lines `ld` apart from `c`: a tile's
+    /// elements of C (or `Cᵀ`), which the tile adds to or writes, while its sums run
+    /// (a product's C is often larger than the L2 cache: the input projection of LSTM
+    /// 2×512, 6400 × 512 · 512 × 2048, 213 → 248 GFLOP/s), or a panel of `B` ahead.
     #[inline(always)]
     fn prefetch<const V: usize>(c: *const f32, lines: usize, ld: usize) {
         for i in 0..lines {
