@@ -359,10 +359,13 @@ struct Saved<T> {
     table: Vec<T>,
     /// Dropout on the input of every layer (unused for layer 0).
     dropout: Vec<Dropout<T>>,
-    /// Output of every cell `[T, B, H]`.
+    /// Output of every cell `[T, B, H]` of a bidirectional layer, to be merged (a
+    /// single direction writes its own into the next layer's input, or the last
+    /// layer's into the caller's output).
     outputs: Vec<Vec<T>>,
     caches: Vec<CellCache<T>>,
-    /// Scratch for the output gradient of each direction `[T, B, H]`.
+    /// Scratch for the output gradient of each of two directions `[T, B, H]` (a
+    /// single direction reads the layer's).
     d_out: Vec<Vec<T>>,
     /// The gradient flowing between layers `[T, B, width]`.
     d_between: Vec<T>,
@@ -909,7 +912,10 @@ impl<T: Real> Recurrent<T> {
         saved.lengths = lengths.map(|l| reuse(saved.lengths.take(), l));
         saved.inputs.resize_with(layers, Vec::new);
         saved.dropout.resize_with(layers, Dropout::default);
-        saved.outputs.resize_with(layers * dirs, Vec::new);
+        // Kept for two directions alone (to merge them).
+        saved
+            .outputs
+            .resize_with(if dirs > 1 { layers * dirs } else { 0 }, Vec::new);
         saved.make_caches(cfg);
         let out_w = cfg.output_size();
         out.reshape_overwritten(&[steps, batch, out_w]);
@@ -934,20 +940,39 @@ impl<T: Real> Recurrent<T> {
                     }
                 }
             } else {
-                let inp = overwritten(&mut saved.inputs[l], out.len());
-                copy(inp, out.data());
+                // One direction wrote its output here itself (below); two were merged into `out`.
+                let inp = &mut saved.inputs[l];
+                if dirs > 1 {
+                    copy(overwritten(inp, out.len()), out.data());
+                }
                 match rng.as_deref_mut() {
                     Some(r) => saved.dropout[l].forward(inp, cfg.dropout, r),
                     None => saved.dropout[l].disable(),
                 }
             }
-            let x_l = layer_input(&saved.ids, saved.one_hot, &saved.table, &saved.inputs, l);
+            let (below, above) = saved.inputs.split_at_mut(l + 1);
+            let x_l = layer_input(&saved.ids, saved.one_hot, &saved.table, below, l);
             let cells = l * dirs..(l + 1) * dirs;
+            // Every output is written by the cell (zeros at padded steps). One
+            // direction writes straight into the next layer's input, or the last
+            // layer's into `out`, where a merge would only have copied it.
+            let len = steps * batch * hs;
+            let (first, second): (&mut [T], Option<&mut [T]>) = if dirs > 1 {
+                let (f, b) = saved.outputs[cells.clone()].split_at_mut(1);
+                (
+                    overwritten(&mut f[0], len),
+                    Some(overwritten(&mut b[0], len)),
+                )
+            } else if let Some(next) = above.first_mut() {
+                (overwritten(next, len), None)
+            } else {
+                (out.data_mut(), None)
+            };
             let jobs = saved.caches[cells.clone()]
                 .iter_mut()
-                .zip(&mut saved.outputs[cells.clone()])
+                .zip(std::iter::once(first).chain(second))
                 .zip(state_rows(state, l, dirs, batch * hs))
-                .zip(&self.params[cells]);
+                .zip(&self.params[cells.clone()]);
             for_directions(jobs, |d, (((cache, y), (h, c)), p)| {
                 let seq = Seq {
                     steps,
@@ -955,8 +980,6 @@ impl<T: Real> Recurrent<T> {
                     lengths,
                     reverse: d == 1,
                 };
-                // Every output is written by the cell (zeros at padded steps).
-                let y = overwritten(y, steps * batch * hs);
                 match (cache, cfg.cell) {
                     (CellCache::Rnn(cc), CellKind::RnnTanh) => {
                         rnn::forward(p, Activation::Tanh, seq, x_l, cc, y, h)
@@ -973,11 +996,9 @@ impl<T: Real> Recurrent<T> {
                     }
                 }
             });
-            merge_forward(
-                cfg,
-                &saved.outputs[l * dirs..(l + 1) * dirs],
-                out.data_mut(),
-            );
+            if dirs > 1 {
+                merge_forward(cfg, &saved.outputs[cells], out.data_mut());
+            }
         }
         saved.ready = true;
         Ok(())
@@ -1049,7 +1070,6 @@ impl<T: Real> Recurrent<T> {
         d_state.assign(cfg, batch, d_final);
         let (dirs, hs) = (cfg.directions(), cfg.hidden_size);
         let lengths = saved.lengths.as_deref();
-        copy(overwritten(&mut saved.d_between, dy.len()), dy.data());
         let dx_rows = |l: usize| match (&saved.ids, l) {
             (Some(_), 0) => saved.table.len() / cfg.input_size.max(1),
             _ => steps * batch,
@@ -1061,8 +1081,14 @@ impl<T: Real> Recurrent<T> {
             let in_w = cfg.layer_input_size(l);
             let x_l = layer_input(&saved.ids, saved.one_hot, &saved.table, &saved.inputs, l);
             let cells = l * dirs..(l + 1) * dirs;
-            let outputs = &saved.outputs[cells.clone()];
-            let d_between = &saved.d_between;
+            // Kept for two directions alone.
+            let outputs = &saved.outputs[if dirs > 1 { cells.clone() } else { 0..0 }];
+            // The gradient of this layer's output: `dy` itself for the top layer
+            // (no copy), then the input gradient of the layer above.
+            let d_above = match l + 1 == cfg.num_layers {
+                true => dy.data(),
+                false => &saved.d_between[..],
+            };
             let jobs = saved.caches[cells.clone()]
                 .iter_mut()
                 .zip(&mut saved.d_out)
@@ -1081,8 +1107,16 @@ impl<T: Real> Recurrent<T> {
                     lengths,
                     reverse: d == 1,
                 };
-                let dout = overwritten(dout, steps * batch * hs);
-                merge_backward(cfg, d_between, outputs, d, dout);
+                // One direction's output gradient is the layer's; two take theirs
+                // from it.
+                let dout: &[T] = match dirs {
+                    1 => d_above,
+                    _ => {
+                        let dout = overwritten(dout, steps * batch * hs);
+                        merge_backward(cfg, d_above, outputs, d, dout);
+                        dout
+                    }
+                };
                 let dx = scratch(dx, rows * in_w);
                 let g = weights.then_some(g);
                 match (cache, cfg.cell) {
@@ -1228,12 +1262,10 @@ fn layer_and_reverse(cfg: &RecurrentConfig, idx: usize) -> (usize, &'static str)
     (l, if d == 1 { "_reverse" } else { "" })
 }
 
-/// Combines the direction outputs `[T, B, H]` of one layer into `out [T, B, output_size]`.
+/// Combines the two directions' outputs `[T, B, H]` of one layer into `out [T, B,
+/// output_size]`.
 fn merge_forward<T: Real>(cfg: &RecurrentConfig, dirs: &[Vec<T>], out: &mut [T]) {
     let hs = cfg.hidden_size;
-    if dirs.len() == 1 {
-        return copy(out, &dirs[0]);
-    }
     let (f, b) = (&dirs[0], &dirs[1]);
     match cfg.merge {
         Merge::Concat => {
@@ -1261,7 +1293,7 @@ fn merge_forward<T: Real>(cfg: &RecurrentConfig, dirs: &[Vec<T>], out: &mut [T])
     }
 }
 
-/// The gradient reaching direction `d` from the merged output gradient `dy`.
+/// The gradient reaching direction `d` of two from the merged output gradient `dy`.
 fn merge_backward<T: Real>(
     cfg: &RecurrentConfig,
     dy: &[T],
@@ -1270,9 +1302,6 @@ fn merge_backward<T: Real>(
     out: &mut [T],
 ) {
     let hs = cfg.hidden_size;
-    if dirs.len() == 1 {
-        return copy(out, dy);
-    }
     match cfg.merge {
         Merge::Concat => {
             for (o, g) in out.chunks_exact_mut(hs).zip(dy.chunks_exact(2 * hs)) {
