@@ -940,7 +940,7 @@ impl<T: Real> Recurrent<T> {
                     }
                 }
             } else {
-                // One direction wrote its output here itself (below); two were merged into `out`.
+                // One direction wrote here itself (below); two were merged into `out`.
                 let inp = &mut saved.inputs[l];
                 if dirs > 1 {
                     copy(overwritten(inp, out.len()), out.data());
@@ -1082,7 +1082,7 @@ impl<T: Real> Recurrent<T> {
             let x_l = layer_input(&saved.ids, saved.one_hot, &saved.table, &saved.inputs, l);
             let cells = l * dirs..(l + 1) * dirs;
             // Kept for two directions alone.
-            let outputs = &saved.outputs[if dirs > 1 { cells.clone() } else { 0..0 }];
+            let outputs = saved.outputs.get(cells.clone()).unwrap_or_default();
             // The gradient of this layer's output: `dy` itself for the top layer
             // (no copy), then the input gradient of the layer above.
             let d_above = match l + 1 == cfg.num_layers {
