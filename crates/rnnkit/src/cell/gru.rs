@@ -98,9 +98,10 @@ pub fn forward<T: Real>(
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g3 = 3 * hs;
-    // Written whole below: gates by the input product, h_prev row by row.
+    // Written whole below: gates by the input product (or step by step from ids),
+    // h_prev row by row.
     let gates = overwritten(&mut cache.gates, steps * batch * g3);
-    project_inputs(
+    let xp = project_inputs(
         p,
         x,
         steps * batch,
@@ -148,6 +149,7 @@ pub fn forward<T: Real>(
                     slot(0),
                     false,
                 );
+                xp.fill(t * batch + rows.start, a);
             } else {
                 // Only r and z see h directly; n sees r ⊙ h, known after this product.
                 step_product(
@@ -157,6 +159,7 @@ pub fn forward<T: Real>(
                     slot(0),
                     false,
                 );
+                xp.fill(t * batch + rows.start, a);
                 for (i, b) in rows.clone().enumerate() {
                     if seq.valid(t, b) {
                         let r = &mut a[i * g3..][..hs];

@@ -85,7 +85,7 @@ pub fn forward<T: Real>(
     let g4 = 4 * hs;
     // Every element of these is written below (tanh_c and dgates at padded steps too).
     let gates = overwritten(&mut cache.gates, steps * batch * g4);
-    project_inputs(
+    let xp = project_inputs(
         p,
         x,
         steps * batch,
@@ -142,6 +142,7 @@ pub fn forward<T: Real>(
                 packed.map(|p| &p[0]),
                 false,
             );
+            xp.fill(t * batch + rows.start, a);
             for (i, b) in rows.clone().enumerate() {
                 let r = i * hs..(i + 1) * hs;
                 if !seq.valid(t, b) {

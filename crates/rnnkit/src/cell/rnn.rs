@@ -77,9 +77,10 @@ pub fn forward<T: Real>(
     h: &mut [T],
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
-    // Written whole below: h_new by the input product, h_prev row by row.
+    // Written whole below: h_new by the input product (or step by step from ids),
+    // h_prev row by row.
     let h_new = overwritten(&mut cache.h_new, steps * batch * hs);
-    project_inputs(
+    let xp = project_inputs(
         p,
         x,
         steps * batch,
@@ -119,6 +120,7 @@ pub fn forward<T: Real>(
                 packed.map(|p| &p[0]),
                 false,
             );
+            xp.fill(t * batch + rows.start, a);
             for (i, b) in rows.clone().enumerate() {
                 let r = i * hs..(i + 1) * hs;
                 if !seq.valid(t, b) {
