@@ -217,25 +217,37 @@ pub enum Input<'a, T> {
     },
 }
 
-/// Rows of an input projection that [`project_inputs`] left for the time loop to
-/// copy: for embedded and one-hot inputs, one projected row per id, copied into a
-/// timestep's rows just before the step reads them. (Copied all at once, up front,
-/// a layer's rows went to memory and came back, 52 MB each way for the first layer
-/// of LSTM 2×512 at B64 T100: training steps alternating both ways in one process,
-/// LSTM 1×128 e32 +7.6 %, LSTM 2×512 +1 to +3 %, on an Ice Lake Xeon.)
+/// What of an input projection [`project_inputs`] left for the time loop to finish,
+/// a timestep's rows just before the step reads them: for embedded and one-hot
+/// inputs, copying each row from the projected row of its id; for dense inputs,
+/// adding the biases to the products. (Done all at once, up front, each was a pass
+/// over all the rows, to memory and back: 52 MB each way for a layer of LSTM 2×512
+/// at B64 T100. Training steps alternating both ways in one process on an Ice Lake
+/// Xeon, the copies: LSTM 1×128 e32 +7.6 %, LSTM 2×512 +1 to +3 %; the biases:
+/// LSTM and GRU 2×512 +0.1 to +0.6 %, within the noise.)
 pub(crate) struct Projected<'a, T: Real> {
-    /// The projected row of each id, `[V, G·H]`, and the rows' ids.
+    /// The projected row of each id, `[V, G·H]`, and the rows' ids; else none.
     per_id: Option<(Scratch<T>, &'a [usize])>,
+    /// The biases still to add, `[G·H]`; else none.
+    bias: Option<Scratch<T>>,
+    /// `G·H`.
     width: usize,
 }
 
 impl<T: Real> Projected<'_, T> {
-    /// Rows `first..` of the projection into `out` (whole rows), where they are
-    /// copied per id; elsewhere `project_inputs` wrote them already.
+    /// Finishes the projection's rows `first..` in `out` (whole rows of `G·H`).
     pub(crate) fn fill(&self, first: usize, out: &mut [T]) {
+        let w = self.width.max(1);
         if let Some((table, ids)) = &self.per_id {
-            for (o, &id) in out.chunks_exact_mut(self.width).zip(&ids[first..]) {
-                o.copy_from_slice(&table[id * self.width..][..self.width]);
+            for (o, &id) in out.chunks_exact_mut(w).zip(&ids[first..]) {
+                o.copy_from_slice(&table[id * w..][..w]);
+            }
+        }
+        if let Some(bias) = &self.bias {
+            for row in out.chunks_exact_mut(w) {
+                for (x, &b) in row.iter_mut().zip(bias.iter()) {
+                    *x += b;
+                }
             }
         }
     }
@@ -243,8 +255,8 @@ impl<T: Real> Projected<'_, T> {
 
 /// `xp [rows, G·H] = x [rows, I] · W_ihᵀ + b_ih`, plus `b_hh` when `fold_bias_hh`
 /// (cells whose recurrent term is purely additive fold both biases in once).
-/// For embedded and one-hot inputs `xp` is left unwritten: the rows are copied as
-/// the time loop reaches them ([`Projected::fill`]).
+/// The time loop finishes each timestep's rows ([`Projected::fill`]): for dense
+/// inputs `xp` holds the products, for embedded and one-hot inputs nothing.
 /// In bf16 mode a few rows (a stepped decoder) read `W_ihᵀ` packed once in `packed`.
 pub(crate) fn project_inputs<'a, T: Real>(
     p: &CellParams<T>,
@@ -257,6 +269,14 @@ pub(crate) fn project_inputs<'a, T: Real>(
     let (gh, i) = (p.w_ih.shape()[0], p.w_ih.shape()[1]);
     let w_ih_t = MatRef::dense(p.w_ih.data(), gh, i).t();
     let slot = few_rows_packed(rows, packed, w_ih_t);
+    // Both biases at once where the cell folds them in.
+    let mut bias = Scratch::<T>::zeroed(gh);
+    bias.copy_from_slice(p.b_ih.data());
+    if let (Some(b_hh), true) = (&p.b_hh, fold_bias_hh) {
+        for (s, &b) in bias.iter_mut().zip(b_hh.data()) {
+            *s += b;
+        }
+    }
     let project = |x: &[T], rows: usize, out: &mut [T]| {
         pass_product(
             MatMut::dense(out, rows, gh),
@@ -264,30 +284,19 @@ pub(crate) fn project_inputs<'a, T: Real>(
             w_ih_t,
             slot,
             false,
-        );
-        // Both biases in one pass over the rows (each pass reads and writes all of
-        // them; a layer's rows are tens of megabytes).
-        match (&p.b_hh, fold_bias_hh) {
-            (Some(b_hh), true) => {
-                let mut both = Scratch::<T>::zeroed(gh);
-                for ((s, &a), &b) in both.iter_mut().zip(p.b_ih.data()).zip(b_hh.data()) {
-                    *s = a + b;
-                }
-                add_bias_rows(out, &both);
-            }
-            _ => add_bias_rows(out, p.b_ih.data()),
-        }
+        )
     };
-    let per_id = match x {
+    let (per_id, bias) = match x {
         Input::Dense(x) => {
             project(x, rows, &mut xp[..rows * gh]);
-            None
+            (None, Some(bias))
         }
         Input::Embedded { table, ids } => {
             let v = table.len() / i.max(1);
             let mut per_id = Scratch::<T>::zeroed(v * gh);
             project(table, v, &mut per_id);
-            Some((per_id, &ids[..rows]))
+            add_bias_rows(&mut per_id, &bias);
+            (Some((per_id, &ids[..rows])), None)
         }
         Input::OneHot { ids } => {
             // W_ih x for a one-hot x is column id of W_ih: per_id [I, G·H] = W_ihᵀ + biases.
@@ -306,10 +315,14 @@ pub(crate) fn project_inputs<'a, T: Real>(
                     }
                 }
             }
-            Some((per_id, &ids[..rows]))
+            (Some((per_id, &ids[..rows])), None)
         }
     };
-    Projected { per_id, width: gh }
+    Projected {
+        per_id,
+        bias,
+        width: gh,
+    }
 }
 
 /// After the time loop, from the pre-activation gradients `dg [T·B, G·H]` of the
