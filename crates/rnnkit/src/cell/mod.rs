@@ -271,7 +271,9 @@ pub(crate) fn project_inputs<'a, T: Real>(
     let slot = few_rows_packed(rows, packed, w_ih_t);
     // Both biases at once where the cell folds them in.
     let mut bias = Scratch::<T>::zeroed(gh);
-    bias.copy_from_slice(p.b_ih.data());
+    for (s, &b) in bias.iter_mut().zip(p.b_ih.data()) {
+        *s = b;
+    }
     if let (Some(b_hh), true) = (&p.b_hh, fold_bias_hh) {
         for (s, &b) in bias.iter_mut().zip(b_hh.data()) {
             *s += b;
@@ -307,14 +309,7 @@ pub(crate) fn project_inputs<'a, T: Real>(
                     per_id[v * gh + g] = x;
                 }
             }
-            for row in per_id.chunks_exact_mut(gh) {
-                add_bias_rows(row, p.b_ih.data());
-                if fold_bias_hh {
-                    if let Some(b) = &p.b_hh {
-                        add_bias_rows(row, b.data());
-                    }
-                }
-            }
+            add_bias_rows(&mut per_id, &bias);
             (Some((per_id, &ids[..rows])), None)
         }
     };
