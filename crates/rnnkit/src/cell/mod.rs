@@ -244,11 +244,7 @@ impl<T: Real> Projected<'_, T> {
             }
         }
         if let Some(bias) = &self.bias {
-            for row in out.chunks_exact_mut(w) {
-                for (x, &b) in row.iter_mut().zip(bias.iter()) {
-                    *x += b;
-                }
-            }
+            add_bias_rows(out, bias);
         }
     }
 }
