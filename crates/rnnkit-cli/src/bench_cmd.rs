@@ -298,27 +298,31 @@ fn char_lm(o: BenchOpts) -> anyhow::Result<ExitCode> {
             r.train_executed_gflops, r.train_executed_peak_percent
         );
         println!(
-            "sampling: {:.1} µs per character (batch 1), {:.2}× the bandwidth bound of {:.1} µs ({:.1} MB of weights at {:.1} GB/s)",
+            "sampling: {:.1} µs per character (batch 1, {}), {:.2}× the bandwidth bound of {:.1} µs ({:.1} MB of weights at {:.1} GB/s)",
             r.sample_us_per_char,
+            on_threads(r.sample_threads),
             r.sample_us_per_char / r.sample_bound_us_per_char,
             r.sample_bound_us_per_char,
             r.sample_weight_bytes as f64 / 1e6,
             r.sample_read_gbs
         );
-        for (name, us, bound) in [
+        for (name, us, bound, threads) in [
             (
                 "bf16",
                 r.sample_bf16_us_per_char,
                 r.sample_bf16_bound_us_per_char,
+                r.sample_bf16_threads,
             ),
             (
                 "int8",
                 r.sample_int8_us_per_char,
                 r.sample_int8_bound_us_per_char,
+                r.sample_int8_threads,
             ),
         ] {
             println!(
-                "sampling with {name} weights: {us:.1} µs per character, {:.2}× its bound of {bound:.1} µs",
+                "sampling with {name} weights: {us:.1} µs per character ({}), {:.2}× its bound of {bound:.1} µs",
+                on_threads(threads),
                 us / bound
             );
         }
@@ -537,6 +541,14 @@ fn ctc(o: BenchOpts) -> anyhow::Result<ExitCode> {
         cfg.batch
     );
     report(&o, &what, "stacked steps", &r)
+}
+
+/// The threads a sampling step is shared out between, in words.
+fn on_threads(threads: usize) -> String {
+    match threads {
+        1 => "on 1 thread".into(),
+        n => format!("on {n} threads"),
+    }
 }
 
 /// The peak a training result is a share of, with its measured value.

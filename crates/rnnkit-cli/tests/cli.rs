@@ -600,6 +600,15 @@ fn bench_prints_the_documented_json_keys() {
     ] {
         assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {j}");
     }
+    // A model this small is stepped on one thread, and its sampling bounds are taken
+    // with that thread's bandwidth.
+    for k in [
+        "sample_threads",
+        "sample_bf16_threads",
+        "sample_int8_threads",
+    ] {
+        assert_eq!(j[k].as_u64(), Some(1), "{k} in {j}");
+    }
 }
 
 #[test]

@@ -55,6 +55,14 @@ pub struct BenchReport {
     pub sample_bf16_us_per_char: f64,
     /// The same with int8 weights ([`Weights::Int8`]).
     pub sample_int8_us_per_char: f64,
+    /// Threads the f32 stepper shares each character's step between
+    /// ([`Stepper::threads`]: one for weights under 512 KiB a layer); the bandwidth
+    /// of its bound is theirs.
+    pub sample_threads: usize,
+    /// The same for bf16 weights.
+    pub sample_bf16_threads: usize,
+    /// The same for int8 weights.
+    pub sample_int8_threads: usize,
     /// Peak resident memory of the process, in MiB (Linux; 0 elsewhere).
     pub peak_rss_mb: f64,
     /// Worker threads used.
@@ -75,7 +83,8 @@ pub struct BenchReport {
     /// weight and the head, but in place of the first layer's `W_ih` one row of the
     /// stepper's table of projected inputs where it has one (and no embedding row).
     pub sample_weight_bytes: usize,
-    /// Read bandwidth measured on a working set of `sample_weight_bytes`, in GB/s.
+    /// Read bandwidth measured on a working set of `sample_weight_bytes` with
+    /// `sample_threads` threads, in GB/s.
     pub sample_read_gbs: f64,
     /// The least time per character that bandwidth allows: weight bytes ÷ bandwidth, in µs.
     pub sample_bound_us_per_char: f64,
@@ -144,10 +153,14 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let flops = 3.0 * cfg.model.flops_per_token(cfg.vocab) as f64;
 
     let mut sample_us = [0.0; 3];
+    // The threads the stepper shares a character's step between (one for a small
+    // model, where a handoff costs more than it saves): its bound is their bandwidth.
+    let mut sample_threads = [1; 3];
     let mut reads_table = false;
     let kinds = [Weights::F32, Weights::Bf16, Weights::Int8];
-    for (us, weights) in sample_us.iter_mut().zip(kinds) {
+    for ((us, threads), weights) in sample_us.iter_mut().zip(&mut sample_threads).zip(kinds) {
         let mut stepper = Stepper::new(&model, weights)?;
+        *threads = stepper.threads();
         reads_table = stepper.reads_table();
         *us = crate::kernel::on_pool(|| time_sampling(&mut stepper, cfg.sample_chars, &mut rng))?;
     }
@@ -168,9 +181,9 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         weights + 4 * table_row,
     );
     let (f32_gbs, bf16_gbs, int8_gbs) = (
-        peak::read_bandwidth_gbs(f32_bytes),
-        peak::read_bandwidth_gbs(bf16_bytes),
-        peak::read_bandwidth_gbs(int8_bytes),
+        peak::read_bandwidth_gbs(f32_bytes, sample_threads[0]),
+        peak::read_bandwidth_gbs(bf16_bytes, sample_threads[1]),
+        peak::read_bandwidth_gbs(int8_bytes, sample_threads[2]),
     );
     let train_gflops = flops * tokens_per_sec / 1e9;
     let executed = cfg
@@ -193,6 +206,9 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         sample_us_per_char: sample_us[0],
         sample_bf16_us_per_char: sample_us[1],
         sample_int8_us_per_char: sample_us[2],
+        sample_threads: sample_threads[0],
+        sample_bf16_threads: sample_threads[1],
+        sample_int8_threads: sample_threads[2],
         peak_rss_mb: peak_rss_mb(),
         threads: rayon::current_num_threads(),
     })

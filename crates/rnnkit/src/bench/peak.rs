@@ -183,16 +183,20 @@ mod x86 {
     }
 }
 
-/// Read bandwidth in GB/s of all worker threads summing a `bytes`-sized buffer (split
-/// between them) again and again, as batch-1 sampling reads the weights: what fits in
-/// a cache is read at that cache's speed. Best of three runs of about 0.1 s.
-pub fn read_bandwidth_gbs(bytes: usize) -> f64 {
-    let threads = rayon::current_num_threads();
+/// Read bandwidth in GB/s of `threads` worker threads (at most the pool's) summing a
+/// `bytes`-sized buffer (split between them) again and again, as batch-1 sampling
+/// reads the weights: what fits in a cache is read at that cache's speed. Best of
+/// three runs of about 0.1 s.
+pub fn read_bandwidth_gbs(bytes: usize, threads: usize) -> f64 {
+    let threads = threads.clamp(1, rayon::current_num_threads());
     let n = (bytes / 4).max(16 * threads);
     let data = vec![1f32; n];
     let chunk = n.div_ceil(threads);
     let sweep = |reps: usize| {
         rayon::broadcast(|ctx| {
+            if ctx.index() >= threads {
+                return;
+            }
             let part = data.chunks(chunk).nth(ctx.index()).unwrap_or(&[]);
             let mut total = 0f32;
             for _ in 0..reps {
@@ -254,8 +258,10 @@ mod tests {
         if let Some(unit) = l.bf16_unit {
             assert_eq!(unit == "amx", crate::kernel::amx_supported());
         }
-        let bw = read_bandwidth_gbs(1 << 20);
-        assert!(bw.is_finite() && bw > 0.0);
+        for threads in [1, rayon::current_num_threads(), usize::MAX] {
+            let bw = read_bandwidth_gbs(1 << 20, threads);
+            assert!(bw.is_finite() && bw > 0.0);
+        }
     }
 
     #[test]
