@@ -130,10 +130,17 @@ fn draw(logits: &[f32], temperature: f32, rng: &mut Rng) -> Option<usize> {
     if !(total > 0.0 && total.is_finite()) {
         return None;
     }
+    // A vocabulary of one chunk keeps its weights in `buf` for the walk (the same
+    // values again: recomputing them was a fifth of a small model's draw).
+    let whole = logits.len() <= DRAW_CHUNK;
     let mut u = rng.uniform() * total;
     let mut last = None;
     for (k, c) in logits.chunks(DRAW_CHUNK).enumerate() {
-        for (i, &w) in weights(c, max, inv_t, &mut buf).iter().enumerate() {
+        let w = match whole {
+            true => &buf[..c.len()],
+            false => weights(c, max, inv_t, &mut buf),
+        };
+        for (i, &w) in w.iter().enumerate() {
             if w > 0.0 {
                 if u < f64::from(w) {
                     return Some(k * DRAW_CHUNK + i);
@@ -240,47 +247,55 @@ mod tests {
         assert!(seen.iter().all(|&c| c > 0), "{seen:?}");
     }
 
-    /// Draws without a cut follow `softmax(logits / T)`, over more logits than one
-    /// chunk of the two-pass draw, never give a logit of −∞, and match the draws
-    /// through the sorted path of the cuts (a top-k that keeps every token).
+    /// Draws without a cut follow `softmax(logits / T)`, over one chunk of the draw's
+    /// logits (whose weights the walk reuses) and over more than one, never give a
+    /// logit of −∞, and match the draws through the sorted path of the cuts (a top-k
+    /// that keeps every token).
     #[test]
     fn draws_follow_the_softmax() {
         let mut logits: Vec<f32> = (0..300).map(|i| -((i % 37) as f32) * 0.3).collect();
         logits[5] = 2.0;
         logits[270] = 2.5;
         logits[7] = f32::NEG_INFINITY;
-        for t in [1.0f32, 0.7] {
-            let want: Vec<f64> = {
-                let e: Vec<f64> = logits
-                    .iter()
-                    .map(|&v| (f64::from(v) / f64::from(t)).exp())
-                    .collect();
-                let total: f64 = e.iter().sum();
-                e.iter().map(|x| x / total).collect()
-            };
-            let uncut = SamplingConfig {
-                temperature: t,
-                ..Default::default()
-            };
-            let every = SamplingConfig {
-                top_k: Some(logits.len()),
-                ..uncut
-            };
-            for cfg in [uncut, every] {
-                let mut rng = Rng::new(11);
-                let n = 60_000;
-                let mut seen = vec![0usize; logits.len()];
-                for _ in 0..n {
-                    seen[sample(&logits, &cfg, &mut rng)] += 1;
-                }
-                assert_eq!(seen[7], 0, "−∞ drawn");
-                for &i in &[0usize, 5, 36, 270, 299] {
-                    let (got, p) = (seen[i] as f64 / n as f64, want[i]);
-                    let sd = (p * (1.0 - p) / n as f64).sqrt();
-                    assert!(
-                        (got - p).abs() < 5.0 * sd + 1e-4,
-                        "T {t} id {i}: {got} vs {p}"
-                    );
+        let cases: [(&[f32], &[usize]); 2] = [
+            (&logits, &[0, 5, 36, 270, 299]),
+            (&logits[..65], &[0, 5, 36, 64]),
+        ];
+        for (logits, ids) in cases {
+            for t in [1.0f32, 0.7] {
+                let want: Vec<f64> = {
+                    let e: Vec<f64> = logits
+                        .iter()
+                        .map(|&v| (f64::from(v) / f64::from(t)).exp())
+                        .collect();
+                    let total: f64 = e.iter().sum();
+                    e.iter().map(|x| x / total).collect()
+                };
+                let uncut = SamplingConfig {
+                    temperature: t,
+                    ..Default::default()
+                };
+                let every = SamplingConfig {
+                    top_k: Some(logits.len()),
+                    ..uncut
+                };
+                for cfg in [uncut, every] {
+                    let mut rng = Rng::new(11);
+                    let n = 60_000;
+                    let mut seen = vec![0usize; logits.len()];
+                    for _ in 0..n {
+                        seen[sample(logits, &cfg, &mut rng)] += 1;
+                    }
+                    assert_eq!(seen[7], 0, "−∞ drawn");
+                    for &i in ids {
+                        let (got, p) = (seen[i] as f64 / n as f64, want[i]);
+                        let sd = (p * (1.0 - p) / n as f64).sqrt();
+                        assert!(
+                            (got - p).abs() < 5.0 * sd + 1e-4,
+                            "{} logits, T {t}, id {i}: {got} vs {p}",
+                            logits.len()
+                        );
+                    }
                 }
             }
         }
