@@ -216,18 +216,26 @@ impl Panels {
         let first = (b * self.groups_per_block + j0 / GROUP) * self.steps;
         let lines = &self.lines[first..first + m.div_ceil(GROUP) * self.steps];
         dot_groups(self.weights, lines, self.steps, x, y, sweep);
-        if self.weights == Weights::Int8 {
-            let r = b * self.block_rows + j0;
-            for ((y, &s), &sum) in y
-                .iter_mut()
-                .zip(&self.scale[r..r + m])
-                .zip(&self.sum[r..r + m])
-            {
-                *y = s * x.scale * (*y - 128.0 * sum as f32);
+        let r = b * self.block_rows + j0;
+        let int8 = (self.weights == Weights::Int8)
+            .then(|| (&self.scale[r..r + m], &self.sum[r..r + m], x.scale));
+        finish_rows(y, int8, bias.unwrap_or(&[]));
+    }
+}
+
+avx512_variant! {
+    /// `y`'s sums made outputs: int8 sums (`Σ q·u`) taken back to the scale of the
+    /// rows and the vector (`int8`: the rows' scales and sums, the vector's scale), then
+    /// `bias` added (as long as `y`, or empty). It runs after every product of a
+    /// sampled character (in SSE, a tenth of a small int8 model's time).
+    fn finish_rows(y: &mut [f32], int8: Option<(&[f32], &[i32], f32)>, bias: &[f32]) {
+        if let Some((scale, sum, x_scale)) = int8 {
+            for ((y, &s), &sum) in y.iter_mut().zip(scale).zip(sum) {
+                *y = s * x_scale * (*y - 128.0 * sum as f32);
             }
         }
-        if let Some(bias) = bias {
-            y.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
+        for (y, &b) in y.iter_mut().zip(bias) {
+            *y += b;
         }
     }
 }
@@ -249,41 +257,50 @@ impl PanelVector {
             Weights::Bf16 => self.half.extend(self.values.iter().map(|&v| to_bf16(v))),
             Weights::Int8 => {
                 self.scale = scale_of(x);
-                let inv = 1.0 / self.scale;
-                // v·inv lies in [−127, 127] (NaN is taken to level 1 by `max`); adding
-                // 2^23 rounds it to the nearest level in the low mantissa bits. A
-                // float-to-int cast would do the same, but scalar.
-                #[allow(clippy::manual_clamp)] // `clamp` would keep a NaN
-                let level = |&v: &f32| {
-                    ((v * inv + 128.0).max(1.0).min(255.0) + 8_388_608.0).to_bits() as u8
-                };
-                self.levels.extend(self.values.iter().map(level));
+                self.levels.resize(self.values.len(), 0);
+                levels_of(&self.values, 1.0 / self.scale, &mut self.levels);
             }
         }
     }
 }
 
-/// The step between levels that maps the largest magnitude of `x` to 127 (1 for an
-/// all-zero or non-finite `x`). Written to vectorise: it runs before every int8
-/// product of a sampled character.
-fn scale_of(x: &[f32]) -> f32 {
-    // Sixteen running maxima, so that the loop vectorises (`max` skips NaN).
-    let mut top = [0.0f32; 16];
-    let mut chunks = x.chunks_exact(16);
-    for c in &mut chunks {
-        for (t, &v) in top.iter_mut().zip(c) {
-            *t = t.max(v.abs());
+avx512_variant! {
+    /// The int8 level `u` of each value (`v ≈ s·(u − 128)`, `inv` = 1/s) into `levels`.
+    fn levels_of(values: &[f32], inv: f32, levels: &mut [u8]) {
+        for (u, &v) in levels.iter_mut().zip(values) {
+            // v·inv lies in [−127, 127] (NaN is taken to level 1 by `max`); adding 2^23
+            // rounds it to the nearest level in the low mantissa bits. A float-to-int
+            // cast would do the same, but scalar.
+            #[allow(clippy::manual_clamp)] // `clamp` would keep a NaN
+            let level = (v * inv + 128.0).max(1.0).min(255.0) + 8_388_608.0;
+            *u = level.to_bits() as u8;
         }
     }
-    let top = chunks
-        .remainder()
-        .iter()
-        .chain(&top)
-        .fold(0.0f32, |m, v| m.max(v.abs()));
-    if top > 0.0 && top.is_finite() {
-        top / 127.0
-    } else {
-        1.0
+}
+
+avx512_variant! {
+    /// The step between levels that maps the largest magnitude of `x` to 127 (1 for
+    /// an all-zero or non-finite `x`). Written to vectorise: it runs before every int8
+    /// product of a sampled character.
+    fn scale_of(x: &[f32]) -> f32 {
+        // Sixteen running maxima, so that the loop vectorises (`max` skips NaN).
+        let mut top = [0.0f32; 16];
+        let mut chunks = x.chunks_exact(16);
+        for c in &mut chunks {
+            for (t, &v) in top.iter_mut().zip(c) {
+                *t = t.max(v.abs());
+            }
+        }
+        let top = chunks
+            .remainder()
+            .iter()
+            .chain(&top)
+            .fold(0.0f32, |m, v| m.max(v.abs()));
+        if top > 0.0 && top.is_finite() {
+            top / 127.0
+        } else {
+            1.0
+        }
     }
 }
 
