@@ -4,10 +4,10 @@
 Runs `OLD bench ARGS --json` and `NEW bench ARGS --json` in turn, ROUNDS times
 (the order alternating every round), and prints each build's median of a figure
 of the JSON (the training step's seconds unless --figure names others, such as
-sample_us_per_char) and the median and quartiles of the per-round ratios old/new. A machine shared
-with other tenants drifts by tens of percent over minutes; the two runs of a
-round share that drift, so their ratio keeps a few percent of signal that
-the medians of separate sessions lose.
+sample_us_per_char) and the median and quartiles of the per-round ratios
+old/new. A machine shared with other tenants drifts by tens of percent over
+minutes; the two runs of a round share that drift, so their ratio keeps a few
+percent of signal that the medians of separate sessions lose.
 
     python3 bench/ab.py --old /tmp/rnnkit_before --new target/release/rnnkit \
         --rounds 10 -- --threads 2 --steps 4 --sample-chars 1
@@ -73,6 +73,7 @@ def main():
             f"speedup old/new per round: median {med:.3f} (quartiles {q1:.3f}–{q3:.3f}), "
             f"{a.rounds} rounds: bench {' '.join(a.bench_args)}"
         )
+
 
 if __name__ == "__main__":
     main()

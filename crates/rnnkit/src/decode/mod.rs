@@ -136,9 +136,10 @@ fn draw(logits: &[f32], temperature: f32, rng: &mut Rng) -> Option<usize> {
     let mut u = rng.uniform() * total;
     let mut last = None;
     for (k, c) in logits.chunks(DRAW_CHUNK).enumerate() {
-        let w = match whole {
-            true => &buf[..c.len()],
-            false => weights(c, max, inv_t, &mut buf),
+        let w = if whole {
+            &buf[..c.len()]
+        } else {
+            weights(c, max, inv_t, &mut buf)
         };
         for (i, &w) in w.iter().enumerate() {
             if w > 0.0 {

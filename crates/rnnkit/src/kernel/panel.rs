@@ -106,7 +106,8 @@ pub(crate) struct Panels {
 
 /// A vector prepared for [`Panels::dot`] in the panels' precision: the f32 values
 /// padded to whole steps, and their bfloat16 roundings (where `vdpbf16ps` reads
-/// them) or their 8-bit levels and scale. Kept in order, so that a lane's pair or quad is 4 consecutive bytes.
+/// them) or their 8-bit levels and scale. Kept in order, so that a lane's pair or
+/// quad is 4 consecutive bytes.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PanelVector {
     values: Vec<f32>,
@@ -256,7 +257,7 @@ impl PanelVector {
             Weights::F32 => {}
             // Rounded for `vdpbf16ps` alone: the other bf16 products widen the
             // weights and keep `x` in f32.
-            Weights::Bf16 if dpbf16_supported() => {
+            Weights::Bf16 if super::bf16_supported() => {
                 self.half.extend(self.values.iter().map(|&v| to_bf16(v)))
             }
             Weights::Bf16 => {}
@@ -309,20 +310,6 @@ avx512_variant! {
     }
 }
 
-/// Whether bf16 products run on `vdpbf16ps` (AVX-512 BF16), which reads `x` rounded
-/// to bf16 pairs.
-fn dpbf16_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        has!("avx512bf16") && has!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Whether int8 products run on AVX-512 VNNI (elsewhere a portable loop, slower than f32).
 pub fn int8_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -355,7 +342,7 @@ fn dot_groups(
         use std::arch::is_x86_feature_detected as has;
         let kernel: Option<Kernel> = match weights {
             Weights::F32 if has!("avx512f") => Some(avx512::f32_groups),
-            Weights::Bf16 if dpbf16_supported() => Some(avx512::dpbf16_groups),
+            Weights::Bf16 if super::bf16_supported() => Some(avx512::dpbf16_groups),
             Weights::Bf16 if has!("avx512f") => Some(avx512::bf16_groups),
             Weights::Int8 if int8_supported() => Some(avx512::vnni_groups),
             _ => None,
