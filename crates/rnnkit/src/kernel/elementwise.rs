@@ -96,8 +96,8 @@ pub(crate) fn fill<T: Real>(dst: &mut [T], v: T) {
 }
 
 /// Row `ids[r]` of `acc [·, w]` += row `r` of the `[ids.len(), w]` matrix `rows`: the
-/// gradient of a lookup of rows by id. Split between the threads by id, each id's rows summed
-/// in their order, so the sums are those of one thread.
+/// gradient of a lookup of rows by id. Split between the threads by id, each id's
+/// rows summed in their order, so the sums are those of one thread.
 pub(crate) fn scatter_add_rows<T: Real>(acc: &mut [T], rows: &[T], ids: &[usize], w: usize) {
     if w == 0 {
         return;
