@@ -7,11 +7,12 @@
 //! safetensors files under torch's parameter names.
 
 /// `fn $name(args) { body }` (or `fn $name<T: Real>(args) { body }`) whose body runs
-/// compiled for AVX-512F where the CPU has it: the build targets baseline x86-64,
-/// whose loops are 4 lanes wide, and the body, inlined (`#[inline(always)]`) into a
-/// function with the feature, runs 16 wide. The results are the same, element by
-/// element. Arguments are plain names (a tuple is taken apart in the body).
-macro_rules! avx512_variant {
+/// compiled for AVX-512F, or else AVX2 and FMA, where the CPU has them: the build
+/// targets baseline x86-64, whose loops are 4 lanes wide, and the body, inlined
+/// (`#[inline(always)]`) into a function with the features, runs 16 or 8 wide, its
+/// `mul_add`s single instructions. The results are the same, element by element.
+/// Arguments are plain names (a tuple is taken apart in the body).
+macro_rules! simd_variant {
     ($(#[$meta:meta])* $vis:vis fn $name:ident $(<$t:ident: Real>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         $vis fn $name $(<$t: Real>)? ($($arg: $ty),*) $(-> $ret)? {
@@ -23,9 +24,19 @@ macro_rules! avx512_variant {
                 fn avx512 $(<$t: Real>)? ($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2 $(<$t: Real>)? ($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if crate::kernel::avx512_enabled() {
                     // SAFETY: the CPU has the feature the function was compiled for.
                     return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
                 }
             }
             body($($arg),*)

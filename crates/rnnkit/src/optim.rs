@@ -204,7 +204,7 @@ struct AdamStep {
     bc2_sqrt: f32,
 }
 
-avx512_variant! {
+simd_variant! {
     /// torch.optim.Adam's update of `p` and its moments `m`, `v` from `g`:
     /// `p −= lr/bc1 · m / (√v / √bc2 + ε)`.
     fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamStep) {
@@ -246,7 +246,7 @@ fn sum_of_squares(x: &[f32]) -> f64 {
 /// additions overlap.
 const LANES: usize = 32;
 
-avx512_variant! {
+simd_variant! {
     /// `Σ x²` of one piece of [`sum_of_squares`].
     fn piece_sum_of_squares(x: &[f32]) -> f64 {
         let mut lanes = [0.0f64; LANES];

@@ -64,8 +64,7 @@ fn parallel_gflops(kernel: fn(u64) -> f64) -> f64 {
 fn bf16_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
+        crate::kernel::avx512_enabled() && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -78,7 +77,7 @@ fn bf16_available() -> bool {
 fn fma_chains(iters: u64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::kernel::avx512_enabled() {
             // SAFETY: the CPU has AVX-512F.
             unsafe { x86::fma512(iters) };
             return (iters * CHAINS as u64 * 16 * 2) as f64;
@@ -226,7 +225,7 @@ pub fn read_bandwidth_gbs(bytes: usize, threads: usize) -> f64 {
 fn sum(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::kernel::avx512_enabled() {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { x86::sum512(x) };
         }

@@ -198,7 +198,7 @@ pub fn forward<T: Real>(
     });
 }
 
-avx512_variant! {
+simd_variant! {
     /// One row's step after the products in torch's form (the equations at the top):
     /// `a` holds the input projections and becomes the activated gates, `hn` receives
     /// `W_hn h + b_hn`, `h` becomes `h'`, copied to `y`. One pass, 16 lanes wide where
@@ -230,7 +230,7 @@ avx512_variant! {
     }
 }
 
-avx512_variant! {
+simd_variant! {
     /// [`step_after`] in Keras' form: r is activated already, and `hp`'s n block
     /// holds `W_hn (r ⊙ h)`.
     fn step_before<T: Real>(a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) {
@@ -380,7 +380,7 @@ pub fn backward<T: Real>(
     }
 }
 
-avx512_variant! {
+simd_variant! {
     /// One row's gate gradients `dg` from its activated gates `a`, output gradient `dy`,
     /// `h_{t-1}` and (reset after) `W_hn h_{t-1} + b_hn` (the equations at the top); `dh`
     /// becomes its part of `dh_{t-1}` that does not pass through `W_hh`. Reset after

@@ -164,7 +164,7 @@ pub fn forward<T: Real>(
     });
 }
 
-avx512_variant! {
+simd_variant! {
     /// One sequence, one step (the equations at the top): `a` holds the input
     /// projection and becomes the activated gates. (Also the batch-1 stepper's update
     /// of a share of the units: blocks of `c.len()`.) One pass, 16 lanes wide where the
@@ -282,7 +282,7 @@ pub fn backward<T: Real>(
     }
 }
 
-avx512_variant! {
+simd_variant! {
     /// One row's gate gradients `da` from its activated gates `a`, `tanh(c_t)`, `c_{t-1}`
     /// and output gradient `dy` (the equations at the top); `dc` becomes `dc_{t-1}` and
     /// `dh` zero (the product with `W_hh` adds `dh_{t-1}` to it). 16 lanes wide where

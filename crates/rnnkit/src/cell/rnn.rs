@@ -139,7 +139,7 @@ pub fn forward<T: Real>(
     });
 }
 
-avx512_variant! {
+simd_variant! {
     /// One row's step after the product (the equation at the top): `a` holds the
     /// input projection and becomes `h_t`, copied to `h` and `y`. One pass, 16 lanes
     /// wide where the CPU can. (Also the batch-1 stepper's update of a share of the units.)
@@ -163,7 +163,7 @@ avx512_variant! {
     }
 }
 
-avx512_variant! {
+simd_variant! {
     /// One row's pre-activation gradients `da` from its outputs `h_t` and their
     /// gradient `dy` (tanh: `(dh + dy)(1 − h_t²)`; ReLU: `dh + dy` where `h_t > 0`);
     /// `dh` becomes zero (the product with `W_hh` adds `dh_{t-1}` to it). 16 lanes

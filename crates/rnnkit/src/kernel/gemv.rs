@@ -32,7 +32,7 @@ pub(crate) fn gemv_f32(y: &mut [f32], x: &[f32], b: MatRef<'_, f32>, accumulate:
     #[cfg(target_arch = "x86_64")]
     {
         let by_rows = b.cs == 1;
-        if !(by_rows || b.rs == 1) || !std::arch::is_x86_feature_detected!("avx512f") {
+        if !(by_rows || b.rs == 1) || !crate::kernel::avx512_enabled() {
             return false;
         }
         let ld = if by_rows { b.rs } else { b.cs };
@@ -91,7 +91,7 @@ pub(crate) fn few_rows_f32(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+        if !crate::kernel::avx512_enabled() {
             return false;
         }
         let (ld, cld) = (b.cs, c.ld);

@@ -9,6 +9,25 @@ mod packed;
 mod panel;
 mod team;
 
+/// Whether the AVX-512 kernels run: the CPU has AVX-512F and `RNNKIT_AVX512` is not
+/// `0`. Set to `0`, every product and loop takes the path of a CPU without AVX-512
+/// (AVX2 and FMA kernels, the `gemm` crate), for comparisons and for testing those
+/// paths on a CPU that has both.
+pub fn avx512_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ENABLED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::env::var_os("RNNKIT_AVX512").is_none_or(|v| v != "0")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 pub use activation::{exp_f32, sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
 pub(crate) use activation::{sigmoid as sigmoid_one_f32, tanh as tanh_one_f32};
 pub(crate) use packed::amx_dot_chains;

@@ -50,7 +50,7 @@ pub fn packed_supported(precision: Precision) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        has!("avx512f")
+        crate::kernel::avx512_enabled()
             && (precision == Precision::F32
                 || (has!("avx512bf16") && has!("avx512vl") && has!("avx512bw")))
     }

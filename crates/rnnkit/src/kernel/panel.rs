@@ -224,7 +224,7 @@ impl Panels {
     }
 }
 
-avx512_variant! {
+simd_variant! {
     /// `y`'s sums made outputs: int8 sums (`Σ q·u`) taken back to the scale of the
     /// rows and the vector (`int8`: the rows' scales and sums, the vector's scale), then
     /// `bias` added (as long as `y`, or empty). It runs after every product of a
@@ -270,7 +270,7 @@ impl PanelVector {
     }
 }
 
-avx512_variant! {
+simd_variant! {
     /// The int8 level `u` of each value (`v ≈ s·(u − 128)`, `inv` = 1/s) into `levels`.
     fn levels_of(values: &[f32], inv: f32, levels: &mut [u8]) {
         for (u, &v) in levels.iter_mut().zip(values) {
@@ -284,7 +284,7 @@ avx512_variant! {
     }
 }
 
-avx512_variant! {
+simd_variant! {
     /// The step between levels that maps the largest magnitude of `x` to 127 (1 for
     /// an all-zero or non-finite `x`). Written to vectorise: it runs before every int8
     /// product of a sampled character.
@@ -315,7 +315,7 @@ pub fn int8_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        has!("avx512f") && has!("avx512bw") && has!("avx512vnni")
+        crate::kernel::avx512_enabled() && has!("avx512bw") && has!("avx512vnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -341,9 +341,11 @@ fn dot_groups(
     {
         use std::arch::is_x86_feature_detected as has;
         let kernel: Option<Kernel> = match weights {
-            Weights::F32 if has!("avx512f") => Some(avx512::f32_groups),
+            Weights::F32 if crate::kernel::avx512_enabled() => Some(avx512::f32_groups),
             Weights::Bf16 if super::bf16_supported() => Some(avx512::dpbf16_groups),
-            Weights::Bf16 if has!("avx512f") => Some(avx512::bf16_groups),
+            Weights::Bf16 if crate::kernel::avx512_enabled() => Some(avx512::bf16_groups),
+            Weights::F32 if has!("avx2") && has!("fma") => Some(avx2::f32_groups),
+            Weights::Bf16 if has!("avx2") && has!("fma") => Some(avx2::bf16_groups),
             Weights::Int8 if int8_supported() => Some(avx512::vnni_groups),
             _ => None,
         };
@@ -392,49 +394,54 @@ fn dot_groups_ref(weights: Weights, lines: &[Line], steps: usize, x: &PanelVecto
     }
 }
 
+/// Accumulators per group: enough independent chains to cover the latency of the
+/// multiply-adds while a group streams.
+#[cfg(target_arch = "x86_64")]
+const CHAINS: usize = 4;
+
+/// Runs `step(acc, line, s)` for every step `s` of every group (the chains taking
+/// turns), then `finish(sum of the chains, group's outputs)`, the groups in the
+/// `sweep`'s order. Inlined into each kernel, whose features it takes.
+///
+/// # Safety
+/// `lines` holds `steps` lines for each group of `y`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn groups<A: Copy>(
+    lines: &[Line],
+    steps: usize,
+    y: &mut [f32],
+    sweep: Sweep,
+    zero: A,
+    add: impl Fn(A, A) -> A,
+    step: impl Fn(A, *const Line, usize) -> A,
+    finish: impl Fn(A, &mut [f32]),
+) {
+    let m = y.len();
+    for g in sweep.order(m.div_ceil(GROUP)) {
+        let y = &mut y[g * GROUP..m.min(g * GROUP + GROUP)];
+        // SAFETY (for every pointer below): the caller guarantees `steps` lines per group.
+        let base = unsafe { lines.as_ptr().add(g * steps) };
+        let mut acc = [zero; CHAINS];
+        let mut s = 0;
+        while steps - s >= CHAINS {
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = step(*a, unsafe { base.add(s + c) }, s + c);
+            }
+            s += CHAINS;
+        }
+        for s in s..steps {
+            acc[0] = step(acc[0], unsafe { base.add(s) }, s);
+        }
+        finish(add(add(acc[0], acc[1]), add(acc[2], acc[3])), y);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Line, PanelVector, Sweep, GROUP};
+    use super::{groups, Line, PanelVector, Sweep, GROUP};
     use std::arch::x86_64::*;
-
-    /// Accumulators per group: enough independent chains to cover the latency of
-    /// the multiply-adds while a group streams.
-    const CHAINS: usize = 4;
-
-    /// Runs `step(acc, line, s)` for every step `s` of every group (the chains taking
-    /// turns), then `finish(sum of the chains, group's outputs)`, the groups in the
-    /// `sweep`'s order.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn groups<A: Copy>(
-        lines: &[Line],
-        steps: usize,
-        y: &mut [f32],
-        sweep: Sweep,
-        zero: A,
-        add: impl Fn(A, A) -> A,
-        step: impl Fn(A, *const Line, usize) -> A,
-        finish: impl Fn(A, &mut [f32]),
-    ) {
-        let m = y.len();
-        for g in sweep.order(m.div_ceil(GROUP)) {
-            let y = &mut y[g * GROUP..m.min(g * GROUP + GROUP)];
-            // SAFETY (for every pointer below): the caller guarantees `steps` lines per group.
-            let base = unsafe { lines.as_ptr().add(g * steps) };
-            let mut acc = [zero; CHAINS];
-            let mut s = 0;
-            while steps - s >= CHAINS {
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a = step(*a, unsafe { base.add(s + c) }, s + c);
-                }
-                s += CHAINS;
-            }
-            for s in s..steps {
-                acc[0] = step(acc[0], unsafe { base.add(s) }, s);
-            }
-            finish(add(add(acc[0], acc[1]), add(acc[2], acc[3])), y);
-        }
-    }
 
     #[target_feature(enable = "avx512f")]
     fn store(sum: __m512, y: &mut [f32]) {
@@ -558,6 +565,101 @@ mod avx512 {
     }
 }
 
+/// The f32 and bfloat16 kernels for CPUs with AVX2 and FMA but not AVX-512: a line
+/// is two registers of 8 lanes, each lane summed in the same order as in `avx512`,
+/// so the results are the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{groups, Line, PanelVector, Sweep, GROUP};
+    use std::arch::x86_64::*;
+
+    /// A line's 16 lanes.
+    type Pair = [__m256; 2];
+
+    /// [`groups`] with f32 accumulators, stored as they are.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn float_groups(
+        lines: &[Line],
+        steps: usize,
+        y: &mut [f32],
+        sweep: Sweep,
+        step: impl Fn(Pair, *const Line, usize) -> Pair,
+    ) {
+        let add = |a: Pair, b: Pair| [_mm256_add_ps(a[0], b[0]), _mm256_add_ps(a[1], b[1])];
+        let zero = [_mm256_setzero_ps(); 2];
+        let finish = |s: Pair, y: &mut [f32]| {
+            let mut lanes = [0.0f32; GROUP];
+            // SAFETY: `lanes` holds both registers.
+            unsafe {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), s[0]);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), s[1]);
+            }
+            y.copy_from_slice(&lanes[..y.len()]);
+        };
+        unsafe { groups(lines, steps, y, sweep, zero, add, step, finish) }
+    }
+
+    /// f32 weights: `acc += line · broadcast(x[s])`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn f32_groups(
+        lines: &[Line],
+        steps: usize,
+        x: &PanelVector,
+        y: &mut [f32],
+        sweep: Sweep,
+    ) {
+        let xs = x.values.as_ptr();
+        let step = |a: Pair, line: *const Line, s: usize| {
+            // SAFETY: a line is 64 aligned bytes; step s's value lies inside `values`.
+            let (w, xv) = unsafe {
+                let w = line.cast::<f32>();
+                (
+                    [_mm256_load_ps(w), _mm256_load_ps(w.add(8))],
+                    _mm256_set1_ps(*xs.add(s)),
+                )
+            };
+            [
+                _mm256_fmadd_ps(w[0], xv, a[0]),
+                _mm256_fmadd_ps(w[1], xv, a[1]),
+            ]
+        };
+        unsafe { float_groups(lines, steps, y, sweep, step) }
+    }
+
+    /// bfloat16 pairs widened exactly to f32 (a shift and a mask), times `x` in f32.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bf16_groups(
+        lines: &[Line],
+        steps: usize,
+        x: &PanelVector,
+        y: &mut [f32],
+        sweep: Sweep,
+    ) {
+        let xs = x.values.as_ptr();
+        let step = |a: Pair, line: *const Line, s: usize| {
+            // SAFETY: as in `f32_groups`; step s's pair lies inside `values`.
+            let (w, x0, x1) = unsafe {
+                let w = line.cast::<__m256i>();
+                (
+                    [_mm256_load_si256(w), _mm256_load_si256(w.add(1))],
+                    _mm256_set1_ps(*xs.add(2 * s)),
+                    _mm256_set1_ps(*xs.add(2 * s + 1)),
+                )
+            };
+            let high = _mm256_set1_epi32(-65536);
+            let mut out = a;
+            for (o, w) in out.iter_mut().zip(w) {
+                let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w));
+                let odd = _mm256_castsi256_ps(_mm256_and_si256(w, high));
+                *o = _mm256_fmadd_ps(odd, x1, _mm256_fmadd_ps(even, x0, *o));
+            }
+            out
+        };
+        unsafe { float_groups(lines, steps, y, sweep, step) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,6 +671,39 @@ mod tests {
 
     /// Every precision, on every path this CPU has, against the f64 product of the
     /// weights as stored, within the rounding of the vector.
+    /// The AVX2 kernel's sums of `m` rows of `lines` where the CPU has it and the
+    /// precision has one.
+    fn avx2_groups(
+        weights: Weights,
+        lines: &[Line],
+        steps: usize,
+        x: &PanelVector,
+        m: usize,
+    ) -> Option<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let kernel: Kernel = match weights {
+                Weights::F32 => avx2::f32_groups,
+                Weights::Bf16 => avx2::bf16_groups,
+                Weights::Int8 => return None,
+            };
+            if cfg!(miri) || !(has!("avx2") && has!("fma")) {
+                return None;
+            }
+            assert!(lines.len() >= m.div_ceil(GROUP) * steps);
+            let mut y = vec![f32::NAN; m];
+            // SAFETY: the CPU has the features; `lines` holds `steps` lines for each
+            // group of `y` (asserted).
+            unsafe { kernel(lines, steps, x, &mut y, Sweep::Forward) };
+            Some(y)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    }
+
     #[test]
     fn panels_match_the_rows_they_hold() {
         let mut rng = Rng::new(9);
@@ -620,6 +755,17 @@ mod tests {
                         if weights == Weights::Int8 {
                             assert_eq!(fast, plain, "{rows}×{cols}×{blocks}");
                         }
+                        // The AVX2 kernels sum each lane as the AVX-512 ones do.
+                        let narrow = avx2_groups(weights, lines, p.steps, &v, m);
+                        if let Some(narrow) = &narrow {
+                            if weights == Weights::F32 || !crate::kernel::bf16_supported() {
+                                assert_eq!(
+                                    narrow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    "{weights:?} {rows}×{cols}×{blocks}"
+                                );
+                            }
+                        }
                         for (i, &got) in got.iter().enumerate() {
                             let r = b * rows + j0 + i;
                             let row = &w[r * cols..][..cols];
@@ -658,7 +804,8 @@ mod tests {
                             // The portable loop's f32 and bfloat16 results as well (its int8
                             // sums were compared exactly above).
                             let portable = (weights != Weights::Int8).then_some(plain[i] as f64);
-                            for got in std::iter::once(got).chain(portable) {
+                            let narrow = narrow.as_ref().map(|n| n[i] as f64);
+                            for got in std::iter::once(got).chain(portable).chain(narrow) {
                                 assert!(
                                     (got - stored).abs() <= tol,
                                     "{weights:?} {rows}×{cols}×{blocks} row {r}: {got} vs {stored}"
