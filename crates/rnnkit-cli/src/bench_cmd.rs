@@ -327,7 +327,9 @@ fn char_lm(o: BenchOpts) -> anyhow::Result<ExitCode> {
             );
         }
         if !rnnkit::kernel::int8_supported() {
-            println!("(this CPU has no AVX-512 VNNI: int8 products run a portable loop)");
+            println!(
+                "(this CPU has neither AVX-512 VNNI nor AVX2: int8 products run a portable loop)"
+            );
         }
         println!("peak RSS: {:.1} MiB", r.peak_rss_mb);
     }

@@ -38,7 +38,7 @@ pub struct SampleOpts {
     #[arg(long)]
     bf16: bool,
     /// Hold the weights in 8-bit integers (a scale per row): faster again than --bf16
-    /// on CPUs with AVX-512 VNNI (README, performance), logits within a few % of f32.
+    /// on CPUs with AVX-512 VNNI or AVX2 (README, performance), logits within a few % of f32.
     #[arg(long, conflicts_with = "bf16")]
     int8: bool,
     /// Worker threads [default: all cores].

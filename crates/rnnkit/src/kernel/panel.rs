@@ -22,7 +22,8 @@ pub enum Weights {
     /// bfloat16: half the bytes; logits within about 1 % of f32.
     Bf16,
     /// 8-bit integers with a scale per row, the vector quantised to 8 bits at each
-    /// product (AVX-512 VNNI): a quarter of the bytes; slower than f32 without VNNI.
+    /// product (AVX-512 VNNI, or AVX2): a quarter of the bytes; slower than f32 on a
+    /// CPU with neither.
     Int8,
 }
 
@@ -216,23 +217,25 @@ impl Panels {
         );
         let first = (b * self.groups_per_block + j0 / GROUP) * self.steps;
         let lines = &self.lines[first..first + m.div_ceil(GROUP) * self.steps];
-        dot_groups(self.weights, lines, self.steps, x, y, sweep);
+        let centred = dot_groups(self.weights, lines, self.steps, x, y, sweep);
         let r = b * self.block_rows + j0;
+        let offset = if centred { 0.0 } else { 128.0 };
         let int8 = (self.weights == Weights::Int8)
-            .then(|| (&self.scale[r..r + m], &self.sum[r..r + m], x.scale));
+            .then(|| (&self.scale[r..r + m], &self.sum[r..r + m], x.scale, offset));
         finish_rows(y, int8, bias.unwrap_or(&[]));
     }
 }
 
 simd_variant! {
-    /// `y`'s sums made outputs: int8 sums (`Σ q·u`) taken back to the scale of the
-    /// rows and the vector (`int8`: the rows' scales and sums, the vector's scale), then
-    /// `bias` added (as long as `y`, or empty). It runs after every product of a
-    /// sampled character (in SSE, a tenth of a small int8 model's time).
-    fn finish_rows(y: &mut [f32], int8: Option<(&[f32], &[i32], f32)>, bias: &[f32]) {
-        if let Some((scale, sum, x_scale)) = int8 {
+    /// `y`'s sums made outputs: int8 sums taken back to the scale of the rows and the
+    /// vector (`int8`: the rows' scales and sums, the vector's scale, and the level the
+    /// sums count from: 128 for `Σ q·u`, 0 for `Σ q·(u − 128)`), then `bias` added (as
+    /// long as `y`, or empty). It runs after every product of a sampled character (in
+    /// SSE, a tenth of a small int8 model's time).
+    fn finish_rows(y: &mut [f32], int8: Option<(&[f32], &[i32], f32, f32)>, bias: &[f32]) {
+        if let Some((scale, sum, x_scale, offset)) = int8 {
             for ((y, &s), &sum) in y.iter_mut().zip(scale).zip(sum) {
-                *y = s * x_scale * (*y - 128.0 * sum as f32);
+                *y = s * x_scale * (*y - offset * sum as f32);
             }
         }
         for (y, &b) in y.iter_mut().zip(bias) {
@@ -310,12 +313,26 @@ simd_variant! {
     }
 }
 
-/// Whether int8 products run on AVX-512 VNNI (elsewhere a portable loop, slower than f32).
-pub fn int8_supported() -> bool {
+/// Whether int8 products run on AVX-512 VNNI here.
+fn vnni_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
         crate::kernel::avx512_enabled() && has!("avx512bw") && has!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether int8 products run a SIMD kernel here (AVX-512 VNNI, or AVX2); elsewhere
+/// a portable loop, slower than f32.
+pub fn int8_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        vnni_supported() || has!("avx2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -328,7 +345,8 @@ pub fn int8_supported() -> bool {
 type Kernel = unsafe fn(&[Line], usize, &PanelVector, &mut [f32], Sweep);
 
 /// The groups of `lines` (`steps` lines each) times `x` into `y` (int8: the raw
-/// integer sums, as f32), in the `sweep`'s order.
+/// integer sums, as f32), in the `sweep`'s order. Returns whether int8 sums count
+/// the vector's levels from 128 (`Σ q·(u − 128)`, the AVX2 kernel's) rather than 0.
 fn dot_groups(
     weights: Weights,
     lines: &[Line],
@@ -336,7 +354,7 @@ fn dot_groups(
     x: &PanelVector,
     y: &mut [f32],
     sweep: Sweep,
-) {
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
@@ -346,7 +364,8 @@ fn dot_groups(
             Weights::Bf16 if crate::kernel::avx512_enabled() => Some(avx512::bf16_groups),
             Weights::F32 if has!("avx2") && has!("fma") => Some(avx2::f32_groups),
             Weights::Bf16 if has!("avx2") && has!("fma") => Some(avx2::bf16_groups),
-            Weights::Int8 if int8_supported() => Some(avx512::vnni_groups),
+            Weights::Int8 if vnni_supported() => Some(avx512::vnni_groups),
+            Weights::Int8 if has!("avx2") => Some(avx2::int8_groups),
             _ => None,
         };
         if let Some(kernel) = kernel {
@@ -354,10 +373,11 @@ fn dot_groups(
             // `y.len().div_ceil(GROUP)` groups of `steps` lines and `x` is prepared
             // for `steps` steps (both checked by the caller).
             unsafe { kernel(lines, steps, x, y, sweep) };
-            return;
+            return weights == Weights::Int8 && !vnni_supported();
         }
     }
     dot_groups_ref(weights, lines, steps, x, y);
+    false
 }
 
 /// The portable loop of [`dot_groups`] (bfloat16 weights widened exactly, `x` kept f32).
@@ -565,9 +585,9 @@ mod avx512 {
     }
 }
 
-/// The f32 and bfloat16 kernels for CPUs with AVX2 and FMA but not AVX-512: a line
-/// is two registers of 8 lanes, each lane summed in the same order as in `avx512`,
-/// so the results are the same bits.
+/// The kernels for CPUs with AVX2 and FMA but not AVX-512: a line is two registers of
+/// 8 lanes, each lane summed in the same order as in `avx512`, so the f32 and
+/// widened-bfloat16 results are the same bits.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{groups, Line, PanelVector, Sweep, GROUP};
@@ -575,6 +595,18 @@ mod avx2 {
 
     /// A line's 16 lanes.
     type Pair = [__m256; 2];
+
+    /// A group's 16 sums into `y` (as many as it has rows).
+    #[target_feature(enable = "avx2")]
+    fn store(s: Pair, y: &mut [f32]) {
+        let mut lanes = [0.0f32; GROUP];
+        // SAFETY: `lanes` holds both registers.
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), s[0]);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), s[1]);
+        }
+        y.copy_from_slice(&lanes[..y.len()]);
+    }
 
     /// [`groups`] with f32 accumulators, stored as they are.
     #[target_feature(enable = "avx2,fma")]
@@ -588,16 +620,7 @@ mod avx2 {
     ) {
         let add = |a: Pair, b: Pair| [_mm256_add_ps(a[0], b[0]), _mm256_add_ps(a[1], b[1])];
         let zero = [_mm256_setzero_ps(); 2];
-        let finish = |s: Pair, y: &mut [f32]| {
-            let mut lanes = [0.0f32; GROUP];
-            // SAFETY: `lanes` holds both registers.
-            unsafe {
-                _mm256_storeu_ps(lanes.as_mut_ptr(), s[0]);
-                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), s[1]);
-            }
-            y.copy_from_slice(&lanes[..y.len()]);
-        };
-        unsafe { groups(lines, steps, y, sweep, zero, add, step, finish) }
+        unsafe { groups(lines, steps, y, sweep, zero, add, step, |s, y| store(s, y)) }
     }
 
     /// f32 weights: `acc += line · broadcast(x[s])`.
@@ -658,6 +681,49 @@ mod avx2 {
         };
         unsafe { float_groups(lines, steps, y, sweep, step) }
     }
+
+    /// int8 quads without VNNI: `|q|` times the vector's centred levels `u − 128`
+    /// given `q`'s signs (`vpmaddubsw` of `vpabsb` and `vpsignb`), the pairs' sums
+    /// widened and added by `vpmaddwd`: `Σ q·(u − 128)`, exact (a pair is at most
+    /// 2·127·127 in magnitude, inside i16; `u − 128` keeps `vpmaddubsw`'s signed
+    /// operand in [−127, 127]).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn int8_groups(
+        lines: &[Line],
+        steps: usize,
+        x: &PanelVector,
+        y: &mut [f32],
+        sweep: Sweep,
+    ) {
+        type Sums = [__m256i; 2];
+        let xs = x.levels.as_ptr().cast::<u32>();
+        let ones = _mm256_set1_epi16(1);
+        let flip = _mm256_set1_epi8(-128);
+        let step = |a: Sums, line: *const Line, s: usize| {
+            // SAFETY: a line is 64 aligned bytes; step s's quad lies inside `levels`.
+            let (w, quad) = unsafe {
+                let w = line.cast::<__m256i>();
+                (
+                    [_mm256_load_si256(w), _mm256_load_si256(w.add(1))],
+                    xs.add(s).read_unaligned(),
+                )
+            };
+            // Broadcast from memory, then flipped in the register (no trip through a
+            // general-purpose register).
+            let centred = _mm256_xor_si256(_mm256_set1_epi32(quad as i32), flip);
+            let mut out = a;
+            for (o, w) in out.iter_mut().zip(w) {
+                let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(centred, w));
+                *o = _mm256_add_epi32(*o, _mm256_madd_epi16(pairs, ones));
+            }
+            out
+        };
+        let add = |a: Sums, b: Sums| [_mm256_add_epi32(a[0], b[0]), _mm256_add_epi32(a[1], b[1])];
+        let finish =
+            |s: Sums, y: &mut [f32]| store([_mm256_cvtepi32_ps(s[0]), _mm256_cvtepi32_ps(s[1])], y);
+        let zero = [_mm256_setzero_si256(); 2];
+        unsafe { groups(lines, steps, y, sweep, zero, add, step, finish) }
+    }
 }
 
 #[cfg(test)]
@@ -671,8 +737,7 @@ mod tests {
 
     /// Every precision, on every path this CPU has, against the f64 product of the
     /// weights as stored, within the rounding of the vector.
-    /// The AVX2 kernel's sums of `m` rows of `lines` where the CPU has it and the
-    /// precision has one.
+    /// The AVX2 kernel's sums of `m` rows of `lines` where the CPU has it.
     fn avx2_groups(
         weights: Weights,
         lines: &[Line],
@@ -686,7 +751,7 @@ mod tests {
             let kernel: Kernel = match weights {
                 Weights::F32 => avx2::f32_groups,
                 Weights::Bf16 => avx2::bf16_groups,
-                Weights::Int8 => return None,
+                Weights::Int8 => avx2::int8_groups,
             };
             if cfg!(miri) || !(has!("avx2") && has!("fma")) {
                 return None;
@@ -750,15 +815,32 @@ mod tests {
                         let first = (b * p.groups_per_block + j0 / GROUP) * p.steps;
                         let (mut fast, mut plain) = (vec![0.0; m], vec![0.0; m]);
                         let lines = &p.lines[first..];
-                        dot_groups(weights, lines, p.steps, &v, &mut fast, Sweep::Forward);
+                        let centred =
+                            dot_groups(weights, lines, p.steps, &v, &mut fast, Sweep::Forward);
                         dot_groups_ref(weights, &p.lines[first..], p.steps, &v, &mut plain);
+                        // int8 sums counted from 128 (`Σ q·(u − 128)`) and from 0 differ
+                        // by 128 times the row's sum; exactly, at these sizes.
+                        let from_zero = |sums: &[f32], centred: bool| -> Vec<f32> {
+                            let row_sums = (0..m).map(|i| p.sum[b * rows + j0 + i]);
+                            let shift = |sum: i32| if centred { 128.0 * sum as f32 } else { 0.0 };
+                            sums.iter()
+                                .zip(row_sums)
+                                .map(|(&v, sum)| v + shift(sum))
+                                .collect()
+                        };
                         if weights == Weights::Int8 {
-                            assert_eq!(fast, plain, "{rows}×{cols}×{blocks}");
+                            assert_eq!(from_zero(&fast, centred), plain, "{rows}×{cols}×{blocks}");
                         }
                         // The AVX2 kernels sum each lane as the AVX-512 ones do.
                         let narrow = avx2_groups(weights, lines, p.steps, &v, m);
                         if let Some(narrow) = &narrow {
-                            if weights == Weights::F32 || !crate::kernel::bf16_supported() {
+                            if weights == Weights::Int8 {
+                                assert_eq!(
+                                    from_zero(narrow, true),
+                                    plain,
+                                    "{rows}×{cols}×{blocks}"
+                                );
+                            } else if weights == Weights::F32 || !crate::kernel::bf16_supported() {
                                 assert_eq!(
                                     narrow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                                     fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -804,7 +886,10 @@ mod tests {
                             // The portable loop's f32 and bfloat16 results as well (its int8
                             // sums were compared exactly above).
                             let portable = (weights != Weights::Int8).then_some(plain[i] as f64);
-                            let narrow = narrow.as_ref().map(|n| n[i] as f64);
+                            let narrow = narrow
+                                .as_ref()
+                                .filter(|_| weights != Weights::Int8)
+                                .map(|n| n[i] as f64);
                             for got in std::iter::once(got).chain(portable).chain(narrow) {
                                 assert!(
                                     (got - stored).abs() <= tol,
