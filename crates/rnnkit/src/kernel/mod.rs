@@ -10,9 +10,10 @@ mod panel;
 mod team;
 
 /// Whether the AVX-512 kernels run: the CPU has AVX-512F and `RNNKIT_AVX512` is not
-/// `0`. Set to `0`, every product and loop takes the path of a CPU without AVX-512
-/// (AVX2 and FMA kernels, the `gemm` crate), for comparisons and for testing those
-/// paths on a CPU that has both.
+/// `0`. Set to `0`, rnnkit's products and loops take the paths of a CPU without
+/// AVX-512 (AVX2 and FMA kernels; the training products go to the `gemm` crate, which
+/// still picks its kernels by the CPU), for comparisons and for testing those paths
+/// on a CPU that has both.
 pub fn avx512_enabled() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
