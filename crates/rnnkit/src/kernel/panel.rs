@@ -735,8 +735,6 @@ mod tests {
         f32::from_bits(u32::from(to_bf16(v)) << 16) as f64
     }
 
-    /// Every precision, on every path this CPU has, against the f64 product of the
-    /// weights as stored, within the rounding of the vector.
     /// The AVX2 kernel's sums of `m` rows of `lines` where the CPU has it.
     fn avx2_groups(
         weights: Weights,
@@ -769,6 +767,8 @@ mod tests {
         }
     }
 
+    /// Every precision, on every path this CPU has, against the f64 product of the
+    /// weights as stored, within the rounding of the vector.
     #[test]
     fn panels_match_the_rows_they_hold() {
         let mut rng = Rng::new(9);
