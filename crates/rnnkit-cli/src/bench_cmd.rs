@@ -281,8 +281,16 @@ fn char_lm(o: BenchOpts) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {}x{} embed {} vocab {} batch {} seq {} threads {}",
-            cfg.model.cell, layers, hidden, embed, vocab, batch, seq_len, r.threads
+            "{} {}x{} embed {} vocab {} batch {} seq {} threads {}, {} kernels",
+            cfg.model.cell,
+            layers,
+            hidden,
+            embed,
+            vocab,
+            batch,
+            seq_len,
+            r.threads,
+            r.limits.kernels
         );
         println!(
             "training ({}): {:.0} tokens/s, {:.1} GFLOP/s = {:.1} % of {} ({:.3} s per step, median)",
@@ -572,7 +580,10 @@ fn report(o: &BenchOpts, what: &str, tokens: &str, r: &TaskReport) -> anyhow::Re
     if o.json {
         println!("{}", serde_json::to_string(r)?);
     } else {
-        println!("{what}, threads {}", r.threads);
+        println!(
+            "{what}, threads {}, {} kernels",
+            r.threads, r.limits.kernels
+        );
         println!(
             "training ({}): {:.0} {tokens}/s, {:.1} GFLOP/s = {:.1} % of {} ({:.2} ms per step, median; {:.0} {tokens} per step)",
             if o.bf16 { "bf16 products" } else { "f32" },

@@ -609,6 +609,26 @@ fn bench_prints_the_documented_json_keys() {
     ] {
         assert_eq!(j[k].as_u64(), Some(1), "{k} in {j}");
     }
+    let kernels = j["kernels"].as_str();
+    assert!(
+        matches!(kernels, Some("avx512" | "avx2" | "portable")),
+        "kernels in {j}"
+    );
+    // RNNKIT_AVX512=0 takes the paths of a CPU without AVX-512, and says so.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rnnkit"))
+        .args(args)
+        .current_dir(dir.path())
+        .env("RNNKIT_AVX512", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let expected = if kernels == Some("portable") {
+        "portable"
+    } else {
+        "avx2"
+    };
+    assert_eq!(j["kernels"].as_str(), Some(expected), "{j}");
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub struct Limits {
     pub bf16_peak_gflops: Option<f64>,
     /// That unit: `"amx"` (`tdpbf16ps` tiles) or `"avx512"` (`vdpbf16ps`); `None` as above.
     pub bf16_unit: Option<&'static str>,
+    /// The vectors rnnkit's own kernels run on here: `"avx512"`, `"avx2"` (a CPU
+    /// without AVX-512, or `RNNKIT_AVX512=0`) or `"portable"`.
+    pub kernels: &'static str,
 }
 
 /// Measures the peaks with every thread of the current worker pool.
@@ -36,7 +39,23 @@ pub fn measure() -> Limits {
             true => "amx",
             false => "avx512",
         }),
+        kernels: kernels(),
     }
+}
+
+/// [`Limits::kernels`] of this CPU and setting.
+fn kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if crate::kernel::avx512_enabled() {
+            return "avx512";
+        }
+        if has!("avx2") && has!("fma") {
+            return "avx2";
+        }
+    }
+    "portable"
 }
 
 fn best_of_three(f: impl Fn() -> f64) -> f64 {
