@@ -2,9 +2,52 @@
 //! scalar micro-kernels at run time, so one binary runs on any x86-64 CPU.
 
 use crate::tensor::{Kernel, Real};
-use gemm::Parallelism;
+use gemm_common::Parallelism;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A product of the `gemm` crate's kernels, `dst ← alpha·dst + beta·lhs·rhs` (`dst`
+/// read only when asked): the shapes `m, n, k`, each matrix as a pointer, its column
+/// stride and its row stride, then `alpha`, `beta`, three conjugation flags (unused
+/// for real types) and the threads.
+type CrateGemm<T> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut T,
+    isize,
+    isize,
+    bool,
+    *const T,
+    isize,
+    isize,
+    *const T,
+    isize,
+    isize,
+    T,
+    T,
+    bool,
+    bool,
+    bool,
+    Parallelism,
+);
+
+/// The `gemm` crate's product for `T` (its kernels picked for the CPU at first use).
+///
+/// # Panics
+/// For a type other than f32 and f64, the two that implement [`Real`] here.
+fn crate_gemm<T: Real>() -> CrateGemm<T> {
+    use std::any::TypeId;
+    let f = if TypeId::of::<T>() == TypeId::of::<f32>() {
+        gemm_f32::gemm::f32::get_gemm_fn() as *const ()
+    } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+        gemm_f64::gemm::f64::get_gemm_fn() as *const ()
+    } else {
+        panic!("matrix products are implemented for f32 and f64")
+    };
+    // SAFETY: `f` is the product for `T` itself (the types compared above).
+    unsafe { std::mem::transmute::<*const (), CrateGemm<T>>(f) }
+}
 
 /// A read-only matrix operand: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -324,23 +367,34 @@ pub fn matmul<T: Real>(c: MatMut<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, acc
     } else {
         Parallelism::None
     };
+    // The crate's kernels prefer a column-major C: a row-major C (rows `ld` apart)
+    // is computed as `Cᵀ = Bᵀ·Aᵀ`, the operands swapped with their strides, as the
+    // crate's own entry point does.
+    let a = (a.data.as_ptr(), a.cs as isize, a.rs as isize);
+    let b = (b.data.as_ptr(), b.cs as isize, b.rs as isize);
+    let ld = c.ld as isize;
+    let (m, n, (dcs, drs), lhs, rhs) = if ld > 1 {
+        (n, m, (ld, 1), (b.0, b.2, b.1), (a.0, a.2, a.1))
+    } else {
+        (m, n, (1, ld), a, b)
+    };
     // SAFETY: `MatRef::new`/`MatMut::new` checked that every addressed element lies
     // inside its slice; `c` is borrowed mutably so it aliases neither input.
     unsafe {
-        gemm::gemm(
+        crate_gemm::<T>()(
             m,
             n,
             k,
             c.data.as_mut_ptr(),
-            1,
-            c.ld as isize,
+            dcs,
+            drs,
             accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
+            lhs.0,
+            lhs.1,
+            lhs.2,
+            rhs.0,
+            rhs.1,
+            rhs.2,
             T::one(),
             T::one(),
             false,
