@@ -489,8 +489,8 @@ fn manifests_resolve_paths_and_name_the_bad_line() {
 }
 
 /// Reads every utterance of a generated data set (`tools/make_digits.py`) and reports
-/// the feature throughput: `RNNKIT_DIGITS=data/digits cargo test -p rnnkit --test audio
-/// -- --ignored --nocapture`.
+/// the feature throughput: `RNNKIT_DIGITS=data/digits cargo test -p rnnkit --test library
+/// audio:: -- --ignored --nocapture`.
 #[test]
 #[ignore = "needs a data set made by tools/make_digits.py in $RNNKIT_DIGITS"]
 fn a_generated_digit_set_reads_whole() {

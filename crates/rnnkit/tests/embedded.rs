@@ -3,8 +3,7 @@
 //! gradients the finite-difference checks prove; the table's gradient is the
 //! row-wise sum of the input gradients.
 
-mod common;
-use common::{assert_close, grads, random};
+use crate::common::{assert_close, grads, random};
 
 use rnnkit::{CellKind, Merge, Recurrent, RecurrentConfig, Rng, Tensor};
 

@@ -151,7 +151,7 @@ fn check(name: &str, graph: &Exported, cases: &[Case]) {
         write_cases(&fixtures().join(format!("{name}.cases.safetensors")), cases);
     } else {
         let committed = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!("{}: {e}; write the fixtures with RNNKIT_WRITE_ONNX_FIXTURES=1 cargo test -p rnnkit --test onnx_export, then run tools/onnx_check.py", path.display())
+            panic!("{}: {e}; write the fixtures with RNNKIT_WRITE_ONNX_FIXTURES=1 cargo test -p rnnkit --test library onnx_export::, then run tools/onnx_check.py", path.display())
         });
         assert!(
             committed == bytes,

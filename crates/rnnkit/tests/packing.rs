@@ -4,9 +4,8 @@
 //! what is computed: a permuted batch gives the permuted outputs and the same
 //! gradients, and one thread computes what two do.
 
+use crate::common::{assert_close, grads, random};
 use rnnkit::cell::packing_order;
-mod common;
-use common::{assert_close, grads, random};
 
 use rnnkit::{CellKind, Recurrent, RecurrentConfig, Rng, Tensor};
 
