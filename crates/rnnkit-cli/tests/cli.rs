@@ -1,7 +1,6 @@
 //! End-to-end tests: the real `rnnkit` binary in a temporary folder.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use rnnkit::checkpoint::TensorFile;
 use std::path::{Path, PathBuf};

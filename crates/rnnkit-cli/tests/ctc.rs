@@ -2,8 +2,7 @@
 //! written as WAV files (each label a pitch, with pauses), which a small recogniser
 //! learns in seconds; and every bad-input path.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::process::Output;
 
@@ -192,7 +191,7 @@ fn bad_input_gets_one_line_errors() {
     // A checkpoint of another task; a missing WAV to transcribe.
     let o = rnnkit(&["ctc", "transcribe", "--checkpoint", ck, "nothere.wav"], d);
     fails_with(&o, "nothere.wav");
-    let lm = common::repo().join("tests/fixtures/tasks/ctc/lstm_bi_2l_stack3.safetensors");
+    let lm = crate::common::repo().join("tests/fixtures/tasks/ctc/lstm_bi_2l_stack3.safetensors");
     let o = rnnkit(
         &[
             "ctc",
@@ -226,7 +225,7 @@ fn synthesised_digits_train_and_score_per_speaker() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let script = common::repo().join("tools/make_digits.py");
+    let script = crate::common::repo().join("tools/make_digits.py");
     let made = std::process::Command::new("python3")
         .arg(&script)
         .args([

@@ -2,8 +2,7 @@
 //! the graphs the library exports (whose numerics `crates/rnnkit/tests/onnx_export.rs`
 //! and `tools/onnx_check.py` prove), and clear errors for what cannot be exported.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use prost::Message;
 use rnnkit::data::{parse_conllu, TagColumn, TokenVocab, Vocab};

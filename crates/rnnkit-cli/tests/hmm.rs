@@ -1,8 +1,7 @@
 //! `--model hmm` of `rnnkit classify` and `rnnkit tag` end to end: the real binary in a
 //! temporary folder, on synthetic series and a slice of the bundled treebank.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use rnnkit::checkpoint::{self, TensorFile};
 use rnnkit::Tensor;

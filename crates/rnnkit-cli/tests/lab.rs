@@ -1,7 +1,6 @@
 //! `rnnkit lab` end to end: the real binary in a temporary folder.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn lab_rtrl_compares_both_methods_for_each_hidden_size() {

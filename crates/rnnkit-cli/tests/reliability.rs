@@ -2,8 +2,7 @@
 //! an error that says what is wrong, never a panic, an abort or a lost checkpoint.
 //! Tests named for a crash pin the input that caused it.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use rnnkit::checkpoint::{self, TensorFile};
 use rnnkit::model::CharLm;
@@ -21,7 +20,7 @@ fn fails_with(o: &Output, needle: &str) {
         "expected a clean failure: {}",
         stderr(o)
     );
-    common::fails_with(o, needle);
+    crate::common::fails_with(o, needle);
 }
 
 /// A copy of fixture `rel` with tensors replaced, written to `dir/name`.

@@ -1,7 +1,6 @@
 //! `rnnkit seq2seq` end to end: the real binary in a temporary folder.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use rnnkit::checkpoint::TensorFile;
 use std::path::Path;

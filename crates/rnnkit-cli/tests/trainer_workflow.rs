@@ -1,8 +1,7 @@
 //! The trainer's workflow as users live it (resume, output folders, logs), each test
 //! named for the fault it pins; the real binary in a temporary folder.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,8 +2,7 @@
 //! writes read back, and (where Chromium is installed; `.ci/run` installs it) the page
 //! rendered headless as a person would see it.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use base64::Engine;
 use std::path::Path;

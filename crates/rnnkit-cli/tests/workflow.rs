@@ -2,8 +2,7 @@
 //! that do not fit the vocabulary, bringing PyTorch state dicts in, and behaving as
 //! a well-mannered Unix filter. Each test runs the real binary in a temporary folder.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use rnnkit::checkpoint::{self, TensorFile};
 use rnnkit::data::Vocab;
@@ -21,7 +20,7 @@ fn succeeds(o: &Output) -> String {
 
 /// A failure saying `needle` on one line; returns it.
 fn fails_with(o: &Output, needle: &str) -> String {
-    let e = common::fails_with(o, needle);
+    let e = crate::common::fails_with(o, needle);
     assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
     e
 }

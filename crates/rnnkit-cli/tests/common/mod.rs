@@ -1,5 +1,5 @@
 //! Helpers shared by the tests that run the `rnnkit` binary.
-// Each test file is its own crate and uses only some of these.
+// The Keras and MPI test binaries use only some of these.
 #![allow(dead_code)]
 
 use rnnkit::checkpoint::TensorFile;
