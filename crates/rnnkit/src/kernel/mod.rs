@@ -4,6 +4,7 @@
 mod activation;
 mod elementwise;
 mod gemv;
+mod lanes;
 mod matmul;
 mod packed;
 mod panel;

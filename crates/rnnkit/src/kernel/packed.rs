@@ -12,6 +12,7 @@
 //! in 24 registers for a whole block of depth. For the AMX tiles `B`'s panels are
 //! [`amx::PANEL`] columns wide and `A` is packed row by row.
 
+use super::lanes::{Lanes, LINE_LANES};
 use super::matmul::{MatMut, MatRef, Precision, SERIAL};
 use super::{to_bf16, Sweep};
 use rayon::prelude::*;
@@ -119,7 +120,7 @@ fn per_lane(precision: Precision) -> usize {
 #[derive(Clone, Debug, Default)]
 pub struct PackedB {
     /// Panels of `width` columns, `[depth][width]` lanes each (zero-padded).
-    data: Vec<u32>,
+    data: Lanes,
     /// Columns per panel: [`NR`], or the AMX tiles' [`amx::PANEL`].
     width: usize,
     k: usize,
@@ -279,7 +280,7 @@ fn pack_any(
 thread_local! {
     /// Packing buffers reused between calls on one thread: `A` panels, and `B`
     /// for products that pack it on the fly.
-    static SCRATCH: RefCell<(Vec<u32>, PackedB)> = RefCell::default();
+    static SCRATCH: RefCell<(Lanes, PackedB)> = RefCell::default();
     /// The direction of this thread's last sweep over `B`'s panels (see [`run_rows`]).
     static SWEEP: std::cell::Cell<Sweep> = const { std::cell::Cell::new(Sweep::Forward) };
 }
@@ -290,7 +291,7 @@ unsafe fn pack_a(
     a: MatRef<'_, f32>,
     rows: std::ops::Range<usize>,
     precision: Precision,
-    out: &mut Vec<u32>,
+    out: &mut Lanes,
 ) {
     let (k, step) = (a.cols, per_lane(precision));
     let depth = k.div_ceil(step);
@@ -653,8 +654,9 @@ fn depth_major_block(
     accumulate: bool,
 ) {
     let k = a.cols;
-    // The part's `Cᵀ`: column j's rows at `ct[j·ldt..]`.
-    let ldt = rows.len();
+    // The part's `Cᵀ`: column j's rows at `ct[j·ldt..]`, each column (and so the
+    // strip after them) starting a cache line, as the tiles' vectors do.
+    let ldt = rows.len().next_multiple_of(LINE_LANES);
     let mut buf = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
     // Not cleared: the first block of depth writes every element of `Cᵀ`, and the
     // tiles read only the strip's lanes copied for them.

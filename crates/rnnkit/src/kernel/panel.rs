@@ -11,6 +11,7 @@
 //! 255]`), so that `w_i·x ≈ s_i·s_x·(Σ_j q_ij·u_j − 128·Σ_j q_ij)`, the row sums kept
 //! with the rows.
 
+use super::lanes::{Line, LINE_LANES};
 use super::{to_bf16, Precision};
 
 /// How batch-1 products hold the weight matrices they stream at every step.
@@ -70,13 +71,9 @@ impl Sweep {
     }
 }
 
-/// Rows per group: the f32 lanes of one AVX-512 register.
-pub(crate) const GROUP: usize = 16;
-
-/// One column step of a group: 64 bytes, aligned to a cache line.
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Default)]
-struct Line([u32; GROUP]);
+/// Rows per group: the f32 lanes of one AVX-512 register (a column step of a group
+/// is one [`Line`]).
+pub(crate) const GROUP: usize = LINE_LANES;
 
 impl Weights {
     /// Columns packed into one lane of a [`Line`].

@@ -7,6 +7,7 @@
 //! allow.
 
 use super::{pair, MatRef};
+use crate::kernel::lanes::Lanes;
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
@@ -188,7 +189,7 @@ pub(super) fn run_rows(
 
 thread_local! {
     /// `A`'s packed block, reused between calls on one thread.
-    static SCRATCH: std::cell::RefCell<Vec<u32>> = std::cell::RefCell::default();
+    static SCRATCH: std::cell::RefCell<Lanes> = std::cell::RefCell::default();
 }
 
 /// `C (+)=` 32 rows of `A` (`ap`, lanes `[row][stride]`) times `T` column tiles
@@ -328,7 +329,7 @@ fn pack_a(
     rows: std::ops::Range<usize>,
     pairs: std::ops::Range<usize>,
     stride: usize,
-    out: &mut Vec<u32>,
+    out: &mut Lanes,
 ) {
     let padded = rows.len().next_multiple_of(2 * TILE);
     if out.len() < padded * stride {
