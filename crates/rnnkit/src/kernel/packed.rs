@@ -314,7 +314,10 @@ unsafe fn pack_a(
         // Column-major f32 (a transposed row-major operand, as `dgᵀ` in a weight
         // gradient): at each depth the block's rows are one run, dealt out to the
         // panels in order (panel by panel, every depth was a new page).
-        deal_runs::<MR>(k, |p| &a.data[p * a.cs + rows.start..][..rows.len()], out);
+        // SAFETY: AVX-512F is present (this function's feature).
+        unsafe {
+            avx512::deal_runs::<MR>(k, |p| &a.data[p * a.cs + rows.start..][..rows.len()], out)
+        };
         return;
     }
     for (r, panel) in out.chunks_exact_mut(depth * MR).enumerate() {
@@ -739,38 +742,8 @@ fn depth_major_block(
 /// never read them.)
 fn pack_b_groups(b: MatRef<'_, f32>, depths: Range<usize>, cols: Range<usize>, out: &mut [u32]) {
     let run = |d: usize| &b.data[(depths.start + d) * b.rs + cols.start..][..cols.len()];
-    deal_runs::<TN_NR>(depths.len(), run, out);
-}
-
-/// Runs of values, one per depth p < `depth` (`run(p)`, all of one length), dealt
-/// out to panels of `W` lanes, each `[depth][W]`: lane i of panel r at depth p is
-/// value `r·W + i` of run p; the last panel's lanes past the runs' end are left as
-/// they were. Whole panels copy a fixed `W` lanes (a copy of a slice's length was
-/// a call to `memcpy` per 32 bytes).
-fn deal_runs<'a, const W: usize>(depth: usize, run: impl Fn(usize) -> &'a [f32], out: &mut [u32]) {
-    #[cfg(target_arch = "x86_64")]
-    if W <= 16 && packed_supported(Precision::F32) {
-        // SAFETY: AVX-512F is present.
-        return unsafe { avx512::deal_runs::<W>(depth, run, out) };
-    }
-    for p in 0..depth {
-        let run = run(p);
-        let whole = run.len() / W;
-        for (r, part) in run.chunks_exact(W).enumerate() {
-            let part: &[f32; W] = part.try_into().expect("a run of W");
-            let dst: &mut [u32; W] = (&mut out[(r * depth + p) * W..][..W])
-                .try_into()
-                .expect("a panel's lanes");
-            *dst = part.map(f32::to_bits);
-        }
-        let part = &run[whole * W..];
-        if !part.is_empty() {
-            let dst = &mut out[(whole * depth + p) * W..][..part.len()];
-            dst.iter_mut()
-                .zip(part)
-                .for_each(|(d, &v)| *d = v.to_bits());
-        }
-    }
+    // SAFETY: AVX-512F is present (checked by the caller of the product).
+    unsafe { avx512::deal_runs::<TN_NR>(depths.len(), run, out) };
 }
 
 /// Rows `rows` of the product into `cd`, whose row 0 is C's row `rows.start`.
@@ -1487,11 +1460,14 @@ mod avx512 {
         }
     }
 
-    /// [`super::deal_runs`] a few depths at a time, each panel's lanes at those depths
+    /// Runs of values, one per depth p < `depth` (`run(p)`, all of one length), dealt
+    /// out to panels of `W` ≤ 16 lanes, each `[depth][W]`: lane i of panel r at depth
+    /// p is value `r·W + i` of run p; the last panel's lanes past the runs' end are
+    /// left as they were. Eight depths at a time, each panel's lanes at those depths
     /// (a few whole lines) written together, each part of a run moved by one masked
-    /// load and one masked store (`W` ≤ 16). A depth at a time wrote a part to every
-    /// panel, `depth·W` lanes apart: at a power of two (6 · 128 · 4 bytes is 48 lines)
-    /// the panels fell in 4 of the 64 L1 sets, and nearly every store missed. Weight
+    /// load and one masked store. A depth at a time wrote a part to every panel,
+    /// `depth·W` lanes apart: at a power of two (6 · 128 · 4 bytes is 48 lines) the
+    /// panels fell in 4 of the 64 L1 sets, and nearly every store missed. Weight
     /// gradients on 2 threads (Ice Lake Xeon): a tanh RNN 2×512's `dW_hh` (512 × 6400
     /// · 6400 × 512) 244 → 265 GFLOP/s, LSTM 2×512's 265 → 274.
     #[target_feature(enable = "avx512f")]
