@@ -11,6 +11,13 @@
 //! of [`MR`] rows, `[depth][MR]` lanes each. A micro-tile of `MR × NR` outputs lives
 //! in 24 registers for a whole block of depth. For the AMX tiles `B`'s panels are
 //! [`amx::PANEL`] columns wide and `A` is packed row by row.
+//!
+//! The kernels are x86-64's alone: elsewhere [`packed_supported`] is false, the
+//! products go to the `gemm` crate, and this module's blocking and helpers go unused.
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, unused_imports, unused_variables)
+)]
 
 use super::lanes::{Lanes, LINE_LANES};
 use super::matmul::{MatMut, MatRef, Precision, SERIAL};
@@ -310,11 +317,12 @@ unsafe fn pack_a(
         };
         return;
     }
-    if a.rs == 1 && a.cs != 1 && precision == Precision::F32 {
+    if a.rs == 1 && a.cs != 1 && precision == Precision::F32 && cfg!(target_arch = "x86_64") {
         // Column-major f32 (a transposed row-major operand, as `dgᵀ` in a weight
         // gradient): at each depth the block's rows are one run, dealt out to the
         // panels in order (panel by panel, every depth was a new page).
         // SAFETY: AVX-512F is present (this function's feature).
+        #[cfg(target_arch = "x86_64")]
         unsafe {
             avx512::deal_runs::<MR>(k, |p| &a.data[p * a.cs + rows.start..][..rows.len()], out)
         };
@@ -397,20 +405,24 @@ pub fn gemm_packed(c: MatMut<'_, f32>, a: MatRef<'_, f32>, b: &PackedB, accumula
     if m == 0 || n == 0 {
         return;
     }
-    let ld = c.ld;
-    let threads = rayon::current_num_threads();
-    if threads > 1 && !SERIAL.get() && m >= 2 * MR && m * n * k >= 1 << 20 {
-        // Row blocks in whole micro-tiles; each thread writes only its own rows.
-        let share = m.div_ceil(threads).div_ceil(MR) * MR;
-        c.data
-            .par_chunks_mut(share * ld)
-            .enumerate()
-            .for_each(|(t, cd)| {
-                let rows = t * share..((t + 1) * share).min(m);
-                run_rows(cd, ld, a, rows, b, accumulate);
-            });
-    } else {
-        run_rows(c.data, ld, a, 0..m, b, accumulate);
+    // Only x86-64 gets here (`packed_supported`): the kernels are its own.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ld = c.ld;
+        let threads = rayon::current_num_threads();
+        if threads > 1 && !SERIAL.get() && m >= 2 * MR && m * n * k >= 1 << 20 {
+            // Row blocks in whole micro-tiles; each thread writes only its own rows.
+            let share = m.div_ceil(threads).div_ceil(MR) * MR;
+            c.data
+                .par_chunks_mut(share * ld)
+                .enumerate()
+                .for_each(|(t, cd)| {
+                    let rows = t * share..((t + 1) * share).min(m);
+                    run_rows(cd, ld, a, rows, b, accumulate);
+                });
+        } else {
+            run_rows(c.data, ld, a, 0..m, b, accumulate);
+        }
     }
 }
 
@@ -488,21 +500,26 @@ pub(crate) fn gemm_rows_f32(
     {
         return false;
     }
-    let ld = c.ld;
-    let threads = rayon::current_num_threads();
-    // Column strips, or row blocks for a narrow B.
-    let by_rows = n < 2 * NR * threads;
-    in_parts(c, m * n * k, (by_rows, (MR, NR)), |cd, rows, cols| {
-        let a = MatRef {
-            data: &a.data[rows.start * a.rs..],
-            rows: rows.len(),
-            ..a
-        };
-        rows_b_columns(&mut cd[rows.start * ld..], ld, a, b, cols, accumulate);
-    });
+    // Only x86-64 gets here (`packed_supported`): the kernels are its own.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ld = c.ld;
+        let threads = rayon::current_num_threads();
+        // Column strips, or row blocks for a narrow B.
+        let by_rows = n < 2 * NR * threads;
+        in_parts(c, m * n * k, (by_rows, (MR, NR)), |cd, rows, cols| {
+            let a = MatRef {
+                data: &a.data[rows.start * a.rs..],
+                rows: rows.len(),
+                ..a
+            };
+            rows_b_columns(&mut cd[rows.start * ld..], ld, a, b, cols, accumulate);
+        });
+    }
     true
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Runs `part(c, rows, cols)` on parts of C, one per thread: row blocks of whole
 /// `tile.0` rows when `by_rows` (and C has two per thread), else column strips of
 /// whole `tile.1` columns (when it has two per thread); all of C on this thread
@@ -539,6 +556,7 @@ fn in_parts(
     });
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Columns `cols` of [`gemm_rows_f32`]'s product, C's row 0 at `cd[0]`.
 fn rows_b_columns(
     cd: &mut [f32],
@@ -632,16 +650,21 @@ pub(crate) fn gemm_depth_major_f32(
     {
         return false;
     }
-    let ld = c.ld;
-    let threads = rayon::current_num_threads();
-    // Row blocks, or column strips for few rows.
-    let by_rows = m >= 2 * TN_MR * threads;
-    in_parts(c, m * n * k, (by_rows, (TN_MR, TN_NR)), |cd, rows, cols| {
-        depth_major_block(cd, ld, a, b, (rows, cols), accumulate)
-    });
+    // Only x86-64 gets here (`packed_supported`): the kernels are its own.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ld = c.ld;
+        let threads = rayon::current_num_threads();
+        // Row blocks, or column strips for few rows.
+        let by_rows = m >= 2 * TN_MR * threads;
+        in_parts(c, m * n * k, (by_rows, (TN_MR, TN_NR)), |cd, rows, cols| {
+            depth_major_block(cd, ld, a, b, (rows, cols), accumulate)
+        });
+    }
     true
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Rows and columns `part` of [`gemm_depth_major_f32`]'s product, into `cd` (C's
 /// row 0 at `cd[0]`). Each strip of A's rows is copied, per block of depth, into
 /// `[depth][TN_MR]`: in place its depths lie a row of `dg` apart (8 KiB at 2048
@@ -735,6 +758,7 @@ fn depth_major_block(
     SCRATCH.with(|s| s.borrow_mut().0 = buf);
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Columns `cols` of B's rows `depths` into groups of [`TN_NR`] columns, each
 /// `[depth][TN_NR]`: read in place, a tile's column values lie a row of B apart at
 /// every depth (2 KiB at 512 columns), all in the same two L1 sets, so each one was
@@ -746,6 +770,7 @@ fn pack_b_groups(b: MatRef<'_, f32>, depths: Range<usize>, cols: Range<usize>, o
     unsafe { avx512::deal_runs::<TN_NR>(depths.len(), run, out) };
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Rows `rows` of the product into `cd`, whose row 0 is C's row `rows.start`.
 ///
 /// A per-step product (a block of rows or fewer, `A` read in place) takes `B`'s
