@@ -5,10 +5,14 @@
 //! columns of large products. Columns never mix, so the result does not depend on
 //! the thread count.
 
-use super::matmul::{MatRef, SERIAL};
+use super::matmul::MatRef;
+#[cfg(target_arch = "x86_64")]
+use super::matmul::SERIAL;
+#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
 /// Below this many multiply-adds the product runs on the calling thread.
+#[cfg(target_arch = "x86_64")]
 const PARALLEL_MIN: usize = 1 << 16;
 
 /// `y = x·b` (or `y += x·b`) when the CPU has AVX-512 and `b` has unit stride along

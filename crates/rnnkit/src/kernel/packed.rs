@@ -402,12 +402,12 @@ pub fn gemm_packed(c: MatMut<'_, f32>, a: MatRef<'_, f32>, b: &PackedB, accumula
         packed_supported(b.precision),
         "gemm_packed needs AVX-512 (and BF16 for bf16)"
     );
-    if m == 0 || n == 0 {
-        return;
-    }
     // Only x86-64 gets here (`packed_supported`): the kernels are its own.
     #[cfg(target_arch = "x86_64")]
     {
+        if m == 0 || n == 0 {
+            return;
+        }
         let ld = c.ld;
         let threads = rayon::current_num_threads();
         if threads > 1 && !SERIAL.get() && m >= 2 * MR && m * n * k >= 1 << 20 {

@@ -311,16 +311,10 @@ simd_variant! {
 }
 
 /// Whether int8 products run on AVX-512 VNNI here.
+#[cfg(target_arch = "x86_64")]
 fn vnni_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        crate::kernel::avx512_enabled() && has!("avx512bw") && has!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    use std::arch::is_x86_feature_detected as has;
+    crate::kernel::avx512_enabled() && has!("avx512bw") && has!("avx512vnni")
 }
 
 /// Whether int8 products run a SIMD kernel here (AVX-512 VNNI, or AVX2); elsewhere
@@ -373,6 +367,8 @@ fn dot_groups(
             return weights == Weights::Int8 && !vnni_supported();
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = sweep; // the portable loop reads the groups in order
     dot_groups_ref(weights, lines, steps, x, y);
     false
 }
