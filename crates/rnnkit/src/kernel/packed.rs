@@ -519,12 +519,12 @@ pub(crate) fn gemm_rows_f32(
     true
 }
 
-#[cfg(target_arch = "x86_64")]
 /// Runs `part(c, rows, cols)` on parts of C, one per thread: row blocks of whole
 /// `tile.0` rows when `by_rows` (and C has two per thread), else column strips of
 /// whole `tile.1` columns (when it has two per thread); all of C on this thread
 /// when the product (`work` multiply-adds) is small or the caller is already one
 /// task per core. Each part writes only its own rows or columns of C.
+#[cfg(target_arch = "x86_64")]
 fn in_parts(
     c: &mut MatMut<'_, f32>,
     work: usize,
@@ -556,8 +556,8 @@ fn in_parts(
     });
 }
 
-#[cfg(target_arch = "x86_64")]
 /// Columns `cols` of [`gemm_rows_f32`]'s product, C's row 0 at `cd[0]`.
+#[cfg(target_arch = "x86_64")]
 fn rows_b_columns(
     cd: &mut [f32],
     ld: usize,
@@ -664,13 +664,13 @@ pub(crate) fn gemm_depth_major_f32(
     true
 }
 
-#[cfg(target_arch = "x86_64")]
 /// Rows and columns `part` of [`gemm_depth_major_f32`]'s product, into `cd` (C's
 /// row 0 at `cd[0]`). Each strip of A's rows is copied, per block of depth, into
 /// `[depth][TN_MR]`: in place its depths lie a row of `dg` apart (8 KiB at 2048
 /// gates), all in the same few L1 sets, so every tile read the strip from L2
 /// (LSTM 2×512's `dW_hh`, 2048 × 6400 · 6400 × 512: 166 → 219 GFLOP/s on 2 threads),
 /// and B's block into groups of columns ([`pack_b_groups`]: 214 → 241).
+#[cfg(target_arch = "x86_64")]
 fn depth_major_block(
     cd: &mut [f32],
     ld: usize,
@@ -758,19 +758,18 @@ fn depth_major_block(
     SCRATCH.with(|s| s.borrow_mut().0 = buf);
 }
 
-#[cfg(target_arch = "x86_64")]
 /// Columns `cols` of B's rows `depths` into groups of [`TN_NR`] columns, each
 /// `[depth][TN_NR]`: read in place, a tile's column values lie a row of B apart at
 /// every depth (2 KiB at 512 columns), all in the same two L1 sets, so each one was
 /// a miss. (The last group's lanes past `cols` are left as they were: the tiles
 /// never read them.)
+#[cfg(target_arch = "x86_64")]
 fn pack_b_groups(b: MatRef<'_, f32>, depths: Range<usize>, cols: Range<usize>, out: &mut [u32]) {
     let run = |d: usize| &b.data[(depths.start + d) * b.rs + cols.start..][..cols.len()];
     // SAFETY: AVX-512F is present (checked by the caller of the product).
     unsafe { avx512::deal_runs::<TN_NR>(depths.len(), run, out) };
 }
 
-#[cfg(target_arch = "x86_64")]
 /// Rows `rows` of the product into `cd`, whose row 0 is C's row `rows.start`.
 ///
 /// A per-step product (a block of rows or fewer, `A` read in place) takes `B`'s
@@ -779,6 +778,7 @@ fn pack_b_groups(b: MatRef<'_, f32>, depths: Range<usize>, cols: Range<usize>, o
 /// (4 MB for LSTM 512, twice its L2), and starting where the last timestep ended
 /// finds part of it still in L2 (as the stepper's sweeps do). Each tile sums the
 /// same depths in the same order either way, so the results are the same.
+#[cfg(target_arch = "x86_64")]
 fn run_rows(
     cd: &mut [f32],
     ld: usize,
