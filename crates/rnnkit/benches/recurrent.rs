@@ -2,9 +2,9 @@
 //! input = hidden = 512, for every cell kind (and the LSTM in bf16 mode); and the
 //! products inside the time loop: one thread's per-step product in f32 and bf16,
 //! the whole batch's over 100 timesteps on all threads, and the batch-1
-//! matrix–vector product; the f32 weight gradients `dgᵀ·x` of
-//! LSTM 2×512, LSTM 1×128 and a 65-letter output layer, and LSTM 2×512's input
-//! projection and input gradient over the whole batch, on all threads. Run:
+//! matrix–vector product; the weight gradients `dgᵀ·x` of LSTM 2×512, LSTM 1×128 and
+//! a 65-letter output layer, and LSTM 2×512's input projection and input gradient over
+//! the whole batch, on all threads, in f32 and (where the CPU has it) bf16. Run:
 //! `cargo bench -p rnnkit --bench recurrent`.
 //! Throughput is reported in elements/s where one element is one floating-point
 //! operation, so "Gelem/s" reads as GFLOP/s.
@@ -251,64 +251,81 @@ impl SpinBarrier {
     }
 }
 
-/// f32 weight gradients `dgᵀ·x` (`dg` is `[depth, m]`, read transposed) on all threads.
+/// Weight gradients `dgᵀ·x` (`dg` is `[depth, m]`, read transposed) on all threads, in
+/// f32 and, where the CPU has AVX-512 BF16, in bf16 mode.
 fn weight_gradients(c: &mut Criterion) {
     let mut rng = Rng::new(3);
-    let mut group = c.benchmark_group("weight gradient dgᵀ·x, f32, all threads");
-    group.sample_size(10);
-    for (name, m, n, depth) in [
-        ("LSTM 2×512 dW_hh", 4 * H, H, B * T),
-        ("LSTM 1×128 dW_hh", 4 * 128, 128, 32 * 64),
-        ("65-letter head", 65, 128, 32 * 64),
-    ] {
-        let dg = random(&[depth, m], &mut rng);
-        let x = random(&[depth, n], &mut rng);
-        let mut out = vec![0.0f32; m * n];
-        group.throughput(Throughput::Elements(2 * (m * n * depth) as u64));
-        group.bench_function(format!("{name}: {m}×{depth} · {depth}×{n}"), |b| {
-            b.iter(|| {
-                on_pool(|| {
-                    matmul(
-                        MatMut::dense(&mut out, m, n),
-                        MatRef::dense(dg.data(), depth, m).t(),
-                        MatRef::dense(x.data(), depth, n),
-                        false,
-                    )
+    for (label, precision) in precisions() {
+        let mut group = c.benchmark_group(format!("weight gradient dgᵀ·x, {label}, all threads"));
+        group.sample_size(10);
+        for (name, m, n, depth) in [
+            ("LSTM 2×512 dW_hh", 4 * H, H, B * T),
+            ("LSTM 1×128 dW_hh", 4 * 128, 128, 32 * 64),
+            ("65-letter head", 65, 128, 32 * 64),
+        ] {
+            let dg = random(&[depth, m], &mut rng);
+            let x = random(&[depth, n], &mut rng);
+            let mut out = vec![0.0f32; m * n];
+            group.throughput(Throughput::Elements(2 * (m * n * depth) as u64));
+            group.bench_function(format!("{name}: {m}×{depth} · {depth}×{n}"), |b| {
+                b.iter(|| {
+                    on_pool(|| {
+                        with_precision(precision, || {
+                            matmul(
+                                MatMut::dense(&mut out, m, n),
+                                MatRef::dense(dg.data(), depth, m).t(),
+                                MatRef::dense(x.data(), depth, n),
+                                false,
+                            )
+                        })
+                    })
                 })
-            })
-        });
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
-/// LSTM 2×512's f32 products over the whole batch with `W` packed, on all threads:
-/// the input projection `x·W_ihᵀ` and the input gradient `dg·W_ih`.
+/// f32, and bf16 where the CPU has AVX-512 BF16.
+fn precisions() -> impl Iterator<Item = (&'static str, Precision)> {
+    [("f32", Precision::F32), ("bf16", Precision::Bf16)]
+        .into_iter()
+        .filter(|&(_, p)| p == Precision::F32 || bf16_supported())
+}
+
+/// LSTM 2×512's products over the whole batch with `W` packed, on all threads (f32,
+/// and bf16 where the CPU has it): the input projection `x·W_ihᵀ` and the input
+/// gradient `dg·W_ih`.
 fn batch_products(c: &mut Criterion) {
     let mut rng = Rng::new(4);
-    let mut group = c.benchmark_group("whole-batch product, f32, weights packed, all threads");
-    group.sample_size(10);
-    for (name, k, n) in [("input projection", H, 4 * H), ("input gradient", 4 * H, H)] {
-        let m = B * T;
-        let a = random(&[m, k], &mut rng);
-        let w = random(&[k, n], &mut rng);
-        let mut packed = PackedB::default();
-        packed.pack(MatRef::dense(w.data(), k, n), Precision::F32);
-        let mut out = vec![0.0f32; m * n];
-        group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
-        group.bench_function(format!("{name}: {m}×{k} · {k}×{n}"), |b| {
-            b.iter(|| {
-                on_pool(|| {
-                    gemm_packed(
-                        MatMut::dense(&mut out, m, n),
-                        MatRef::dense(a.data(), m, k),
-                        &packed,
-                        false,
-                    )
+    for (label, precision) in precisions() {
+        let mut group = c.benchmark_group(format!(
+            "whole-batch product, {label}, weights packed, all threads"
+        ));
+        group.sample_size(10);
+        for (name, k, n) in [("input projection", H, 4 * H), ("input gradient", 4 * H, H)] {
+            let m = B * T;
+            let a = random(&[m, k], &mut rng);
+            let w = random(&[k, n], &mut rng);
+            let mut packed = PackedB::default();
+            packed.pack(MatRef::dense(w.data(), k, n), precision);
+            let mut out = vec![0.0f32; m * n];
+            group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+            group.bench_function(format!("{name}: {m}×{k} · {k}×{n}"), |b| {
+                b.iter(|| {
+                    on_pool(|| {
+                        gemm_packed(
+                            MatMut::dense(&mut out, m, n),
+                            MatRef::dense(a.data(), m, k),
+                            &packed,
+                            false,
+                        )
+                    })
                 })
-            })
-        });
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, cells, products, weight_gradients, batch_products);
