@@ -372,6 +372,7 @@ pub fn backward<T: Real>(
         x,
         &seq,
         &cache.dgx,
+        None,
         Some(dx),
         Some(&mut cache.weights.packed[3]),
     );
@@ -436,7 +437,7 @@ pub(crate) fn weight_grads<T: Real>(
     x: Input<'_, T>,
     cache: &GruCache<T>,
 ) {
-    input_grads(p, Some(&mut *g), x, &seq, &cache.dgx, None, None);
+    input_grads(p, Some(&mut *g), x, &seq, &cache.dgx, None, None, None);
     hidden_weight_grads(g, reset_after, seq, cache);
 }
 
@@ -450,7 +451,7 @@ fn hidden_weight_grads<T: Real>(
     let (rows, hs) = (seq.steps * seq.batch, g.hidden_size());
     let g3 = 3 * hs;
     if reset_after {
-        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgh, None);
+        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgh, None, None);
     } else {
         // W_h{r,z} saw h_{t-1}; W_hn saw r ⊙ h_{t-1}.
         let (dw_rz, dw_n) = g.w_hh.data_mut().split_at_mut(2 * hs * hs);
@@ -460,12 +461,14 @@ fn hidden_weight_grads<T: Real>(
             MatRef::new(&cache.dgx, rows, 2 * hs, g3),
             MatRef::dense(&cache.h_prev, rows, hs),
             real,
+            None,
         );
         weight_grad(
             MatMut::dense(dw_n, hs, hs),
             MatRef::new(&cache.dgx[2 * hs..], rows, hs, g3),
             MatRef::dense(&cache.aux, rows, hs),
             real,
+            None,
         );
     }
 }

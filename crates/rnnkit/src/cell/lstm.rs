@@ -18,9 +18,9 @@
 
 use super::{
     for_row_blocks, input_grads, linear_weight_grads, project_inputs, recurrent_grads,
-    step_product, CellParams, Input, Seq, Shared, WeightCopies,
+    step_product, write_dg_rows, writes_dg_panels, CellParams, Input, Seq, Shared, WeightCopies,
 };
-use crate::kernel::{MatMut, MatRef};
+use crate::kernel::{DgPanels, MatMut, MatRef};
 use crate::tensor::{overwritten, Real, Scratch};
 
 /// What the forward pass saves for the backward pass, reused between calls.
@@ -38,6 +38,9 @@ pub struct LstmCache<T> {
     weights: WeightCopies<T>,
     /// Pre-activation gradients `[T, B, 4H]` (backward).
     dgates: Vec<T>,
+    /// `dgates` as the bf16 weight gradients read them, where the backward pass writes
+    /// them (see [`DgPanels`]).
+    dg_panels: DgPanels,
 }
 
 impl<T> LstmCache<T> {
@@ -232,6 +235,8 @@ pub fn backward<T: Real>(
         g4,
     );
     let (dh_all, dc_all) = (Shared::new(dh, batch, hs), Shared::new(dc, batch, hs));
+    let panels = (g.is_some() && writes_dg_panels::<T>(&seq))
+        .then(|| cache.dg_panels.prepare(steps * batch, g4));
     for_row_blocks(batch, |rows| {
         // SAFETY: every block touches only its own batch rows of each buffer.
         let (dh, dc) = unsafe { (dh_all.rows(0, &rows), dc_all.rows(0, &rows)) };
@@ -256,6 +261,8 @@ pub fn backward<T: Real>(
                 );
                 backward_row(a, (tc, cp, dy), dh, dc, da);
             }
+            // SAFETY: each block writes its own rows (even ones: `writes_dg_panels`).
+            unsafe { write_dg_rows(panels.as_ref(), da_t, t * batch + rows.start) };
             // dh_{t-1} = da_t · W_hh, added onto rows that are zero (valid) or carried (padded).
             let mt = seq.active(t, &rows);
             step_product(
@@ -267,18 +274,27 @@ pub fn backward<T: Real>(
             );
         }
     });
+    let panels = panels.is_some().then_some(&cache.dg_panels);
     let sum = input_grads(
         p,
         g.as_deref_mut(),
         x,
         &seq,
         &cache.dgates,
+        panels,
         Some(dx),
         Some(&mut cache.weights.packed[3]),
     );
     if let Some(g) = g {
         // b_hh's gradient is b_ih's: the same pre-activation gradients.
-        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgates, sum.as_deref());
+        recurrent_grads(
+            g,
+            &seq,
+            &cache.h_prev,
+            &cache.dgates,
+            panels,
+            sum.as_deref(),
+        );
     }
 }
 

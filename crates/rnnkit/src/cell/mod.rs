@@ -8,11 +8,14 @@
 
 pub mod gru;
 pub mod lstm;
+#[cfg(test)]
+mod panels_tests;
 pub mod rnn;
 
 use crate::kernel::{
-    add_bias_rows, matmul, precision, scatter_add_rows, serial, sum_rows_into, with_precision,
-    MatMut, MatRef, PackedB, Precision, FEW_ROWS,
+    add_bias_rows, dg_panels_supported, matmul, matmul_dg_panels, precision, scatter_add_rows,
+    serial, sum_rows_into, with_precision, DgPanels, DgWriter, MatMut, MatRef, PackedB, Precision,
+    FEW_ROWS,
 };
 use crate::tensor::{Kernel, Real, Scratch, Tensor};
 use rayon::prelude::*;
@@ -322,12 +325,14 @@ pub(crate) fn project_inputs<'a, T: Real>(
 /// inputs `dx` is the table's gradient `[V, I]`: the rows of `dg` are first summed
 /// per id, so the products run over V rows instead of T·B). Returns `Σ dg` when `g`
 /// is given, for a cell whose `db_hh` is the same sum ([`recurrent_grads`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn input_grads<T: Real>(
     p: &CellParams<T>,
     g: Option<&mut CellParams<T>>,
     x: Input<'_, T>,
     seq: &Seq,
     dg: &[T],
+    panels: Option<&DgPanels>,
     dx: Option<&mut [T]>,
     packed: Option<&mut PackedSteps>,
 ) -> Option<Scratch<T>> {
@@ -348,7 +353,7 @@ pub(crate) fn input_grads<T: Real>(
     let grads = |g: Option<&mut CellParams<T>>,
                  (x, rows): (&[T], usize),
                  real: Option<RealRows<'_>>,
-                 dg: &[T],
+                 (dg, panels): (&[T], Option<&DgPanels>),
                  dx: Option<&mut [T]>| {
         let dg_mat = MatRef::dense(dg, rows, gh);
         let sum = g.map(|g| {
@@ -357,6 +362,7 @@ pub(crate) fn input_grads<T: Real>(
                 dg_mat,
                 MatRef::dense(x, rows, i),
                 real,
+                panels,
             );
             bias_sum(g, dg, rows)
         });
@@ -368,14 +374,14 @@ pub(crate) fn input_grads<T: Real>(
     match x {
         Input::Dense(x) => {
             let real = g.as_ref().and_then(|_| real_rows(seq));
-            grads(g, (x, rows), real, dg, dx)
+            grads(g, (x, rows), real, (dg, panels), dx)
         }
         Input::Embedded { table, ids } => {
             let v = table.len() / i.max(1);
             let mut per_id = Scratch::<T>::zeroed(v * gh);
             scatter_add_rows(&mut per_id, dg, &ids[..rows], gh);
             // Σ dg = Σ of the per-id sums (V rows instead of T·B).
-            grads(g, (table, v), None, &per_id, dx)
+            grads(g, (table, v), None, (&per_id, None), dx)
         }
         Input::OneHot { ids } => {
             // dW_ih[:, id] += Σ of the rows of dg with that id; no input gradient.
@@ -444,19 +450,21 @@ pub(crate) fn linear_weight_grads<T: Real>(
     dg: &[T],
     h_prev: &[T],
 ) {
-    let sum = input_grads(p, Some(&mut *g), x, seq, dg, None, None);
-    recurrent_grads(g, seq, h_prev, dg, sum.as_deref());
+    let sum = input_grads(p, Some(&mut *g), x, seq, dg, None, None, None);
+    recurrent_grads(g, seq, h_prev, dg, None, sum.as_deref());
 }
 
 /// `dW_hh += dghᵀ·h_prev` and `db_hh += Σ dgh`, for cells whose recurrent
 /// pre-activation is `h_{t-1}·W_hhᵀ + b_hh` throughout; `dgh` and `h_prev` are
-/// `[T, B, ·]` over the walk `seq`. `sum` is `Σ dgh` where the caller has it (a
-/// cell whose `dgh` is the input side's `dg`: [`input_grads`] returned it).
+/// `[T, B, ·]` over the walk `seq`, `panels` the bf16 panels of `dgh` where the
+/// backward pass wrote them. `sum` is `Σ dgh` where the caller has it (a cell whose
+/// `dgh` is the input side's `dg`: [`input_grads`] returned it).
 pub(crate) fn recurrent_grads<T: Real>(
     g: &mut CellParams<T>,
     seq: &Seq,
     h_prev: &[T],
     dgh: &[T],
+    panels: Option<&DgPanels>,
     sum: Option<&[T]>,
 ) {
     let (gh, h) = (g.w_hh.shape()[0], g.w_hh.shape()[1]);
@@ -466,6 +474,7 @@ pub(crate) fn recurrent_grads<T: Real>(
         MatRef::dense(dgh, rows, gh),
         MatRef::dense(h_prev, rows, h),
         real_rows(seq),
+        panels,
     );
     match (&mut g.b_hh, sum) {
         (Some(b), Some(sum)) => add_into(b.data_mut(), sum),
@@ -512,13 +521,24 @@ pub(crate) fn real_rows<'a>(seq: &Seq<'a>) -> Option<RealRows<'a>> {
 }
 
 /// `dw [N, K] += dgᵀ·x` for `dg [rows, N]` and `x [rows, K]`, over the rows in
-/// `real` only (all when `None`): a weight gradient that skips padded steps.
+/// `real` only (all when `None`): a weight gradient that skips padded steps. With
+/// `panels` (bf16 pairs of `dg`'s rows, written by the backward pass) the product
+/// reads them instead of packing `dgᵀ` itself, with the same sums.
 pub(crate) fn weight_grad<T: Real>(
     dw: MatMut<'_, T>,
     dg: MatRef<'_, T>,
     x: MatRef<'_, T>,
     real: Option<RealRows<'_>>,
+    panels: Option<&DgPanels>,
 ) {
+    if let (None, Some(panels)) = (real, panels) {
+        let (rows, cols, ld) = (dw.rows, dw.cols, dw.ld);
+        // Panels are written for f32 alone (see `writes_dg_panels`).
+        let (dw, xd) = (f32_mut(dw.data), f32_ref(x.data));
+        let (dw, xd) = dw.zip(xd).expect("dg panels come with f32 operands");
+        let x = MatRef::new(xd, x.rows, x.cols, x.rs);
+        return matmul_dg_panels(MatMut::new(dw, rows, cols, ld), panels, x, true);
+    }
     match real {
         None => matmul(dw, dg.t(), x, true),
         Some(r) => {
@@ -542,6 +562,54 @@ fn gather<T: Real>(m: MatRef<'_, T>, rows: RealRows<'_>) -> Scratch<T> {
         dst.copy_from_slice(&m.data[r * m.rs..][..m.cols]);
     }
     out
+}
+
+/// Whether a backward pass over `seq` writes its `dg`'s bf16 panels for the weight
+/// gradients ([`DgPanels`]): f32 parameters in bf16 mode on the AVX-512 BF16 tiles,
+/// every row in the products (no gather of the real ones), and every worker's block
+/// of batch rows (see [`for_row_blocks`]) from an even row and of an even length, as
+/// the panels pair consecutive rows.
+pub(crate) fn writes_dg_panels<T: Real>(seq: &Seq) -> bool {
+    let blocks = block_count(seq.batch, HALF.get());
+    let even = |k| {
+        let rows = block_rows(seq.batch, blocks, k);
+        rows.start.is_multiple_of(2) && rows.len().is_multiple_of(2)
+    };
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && seq.steps * seq.batch > 0
+        && precision() == Precision::Bf16
+        && dg_panels_supported()
+        && real_rows(seq).is_none()
+        && (0..blocks).all(even)
+}
+
+/// Writes a worker's block of one timestep's `dg` rows, from row `first`, into the
+/// panels of `writer` (where the backward pass keeps them).
+///
+/// # Safety
+/// No other thread may write the same rows (the blocks of [`for_row_blocks`] do not).
+pub(crate) unsafe fn write_dg_rows<T: Real>(writer: Option<&DgWriter<'_>>, dg: &[T], first: usize) {
+    if let Some(writer) = writer {
+        let dg = f32_ref(dg).expect("dg panels are written for f32");
+        // SAFETY: the caller's rows alone.
+        unsafe { writer.write(dg, first) };
+    }
+}
+
+/// `s` as f32, where `T` is f32.
+fn f32_ref<T: Real>(s: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
+        // SAFETY: `T` is f32 (compared above): the same type, length and borrow.
+        unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) }
+    })
+}
+
+/// `s` as f32, where `T` is f32.
+fn f32_mut<T: Real>(s: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
+        // SAFETY: as in `f32_ref`, mutably.
+        unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) }
+    })
 }
 
 /// The right operand of the per-step product `h_{t-1}·W_hhᵀ`, for the gate blocks

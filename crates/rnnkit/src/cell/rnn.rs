@@ -9,9 +9,9 @@
 
 use super::{
     for_row_blocks, input_grads, linear_weight_grads, project_inputs, recurrent_grads,
-    step_product, CellParams, Input, Seq, Shared, WeightCopies,
+    step_product, write_dg_rows, writes_dg_panels, CellParams, Input, Seq, Shared, WeightCopies,
 };
-use crate::kernel::{MatMut, MatRef};
+use crate::kernel::{DgPanels, MatMut, MatRef};
 use crate::tensor::{overwritten, scratch, Real, Scratch};
 
 /// The nonlinearity of an Elman RNN.
@@ -34,6 +34,9 @@ pub struct RnnCache<T> {
     weights: WeightCopies<T>,
     /// Pre-activation gradients `[T, B, H]` (backward).
     da: Vec<T>,
+    /// `da` as the bf16 weight gradients read them, where the backward pass writes
+    /// them (see [`DgPanels`]).
+    dg_panels: DgPanels,
 }
 
 impl<T> RnnCache<T> {
@@ -214,6 +217,8 @@ pub fn backward<T: Real>(
     let h_new = &cache.h_new;
     let da_all = Shared::new(scratch(&mut cache.da, steps * batch * hs), batch, hs);
     let dh_all = Shared::new(dh, batch, hs);
+    let panels = (g.is_some() && writes_dg_panels::<T>(&seq))
+        .then(|| cache.dg_panels.prepare(steps * batch, hs));
     for_row_blocks(batch, |rows| {
         // SAFETY: every block touches only its own batch rows of each buffer.
         let dh = unsafe { dh_all.rows(0, &rows) };
@@ -229,6 +234,8 @@ pub fn backward<T: Real>(
                 let out = (&h_new[row..][..hs], &dy[row..][..hs]);
                 backward_row(act, out, &mut dh[r.clone()], &mut da[r]);
             }
+            // SAFETY: each block writes its own rows (even ones: `writes_dg_panels`).
+            unsafe { write_dg_rows(panels.as_ref(), da, t * batch + rows.start) };
             let mt = seq.active(t, &rows);
             step_product(
                 MatMut::dense(dh, mt, hs),
@@ -239,18 +246,20 @@ pub fn backward<T: Real>(
             );
         }
     });
+    let panels = panels.is_some().then_some(&cache.dg_panels);
     let sum = input_grads(
         p,
         g.as_deref_mut(),
         x,
         &seq,
         &cache.da,
+        panels,
         Some(dx),
         Some(&mut cache.weights.packed[3]),
     );
     if let Some(g) = g {
         // b_hh's gradient is b_ih's: the same pre-activation gradients.
-        recurrent_grads(g, &seq, &cache.h_prev, &cache.da, sum.as_deref());
+        recurrent_grads(g, &seq, &cache.h_prev, &cache.da, panels, sum.as_deref());
     }
 }
 

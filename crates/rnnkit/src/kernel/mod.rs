@@ -48,4 +48,6 @@ pub use matmul::{
     matmul, matmul_ref, on_pool, on_pool_polling, precision, serial, with_precision, MatMut,
     MatRef, Precision,
 };
-pub(crate) use packed::{gemm_depth_major_f32, gemm_rows_f32};
+pub(crate) use packed::{
+    dg_panels_supported, gemm_depth_major_f32, gemm_rows_f32, matmul_dg_panels, DgPanels, DgWriter,
+};

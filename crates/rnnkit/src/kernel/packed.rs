@@ -408,21 +408,154 @@ pub fn gemm_packed(c: MatMut<'_, f32>, a: MatRef<'_, f32>, b: &PackedB, accumula
         if m == 0 || n == 0 {
             return;
         }
-        let ld = c.ld;
-        let threads = rayon::current_num_threads();
-        if threads > 1 && !SERIAL.get() && m >= 2 * MR && m * n * k >= 1 << 20 {
-            // Row blocks in whole micro-tiles; each thread writes only its own rows.
-            let share = m.div_ceil(threads).div_ceil(MR) * MR;
-            c.data
-                .par_chunks_mut(share * ld)
-                .enumerate()
-                .for_each(|(t, cd)| {
-                    let rows = t * share..((t + 1) * share).min(m);
-                    run_rows(cd, ld, a, rows, b, accumulate);
-                });
-        } else {
-            run_rows(c.data, ld, a, 0..m, b, accumulate);
+        split_rows(c, a, b, None, accumulate);
+    }
+}
+
+/// Runs [`run_rows`] over C's rows: large products split their rows between the
+/// cores, in whole micro-tiles, each thread writing only its own rows.
+#[cfg(target_arch = "x86_64")]
+fn split_rows(
+    c: MatMut<'_, f32>,
+    a: MatRef<'_, f32>,
+    b: &PackedB,
+    ready: Option<&[u32]>,
+    accumulate: bool,
+) {
+    let (m, n, k, ld) = (c.rows, c.cols, b.k, c.ld);
+    let threads = rayon::current_num_threads();
+    if threads > 1 && !SERIAL.get() && m >= 2 * MR && m * n * k >= 1 << 20 {
+        let share = m.div_ceil(threads).div_ceil(MR) * MR;
+        c.data
+            .par_chunks_mut(share * ld)
+            .enumerate()
+            .for_each(|(t, cd)| {
+                let rows = t * share..((t + 1) * share).min(m);
+                run_rows(cd, ld, a, rows, b, ready, accumulate);
+            });
+    } else {
+        run_rows(c.data, ld, a, 0..m, b, ready, accumulate);
+    }
+}
+
+/// Whether bf16 weight gradients can take `dgᵀ` as [`DgPanels`]: the AVX-512 BF16
+/// tiles (the AMX tiles read `A` row by row instead).
+pub(crate) fn dg_panels_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        packed_supported(Precision::Bf16) && !amx::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The left operand `dgᵀ` of a bf16 weight gradient `dgᵀ·x`, packed as the tiles'
+/// `A` panels over its whole depth (bf16 pairs of consecutive rows of `dg`) while
+/// `dg` is computed, a few rows at a time and still in cache. Packed by the product
+/// instead, `dgᵀ` is read back from memory a short run of each row at every depth,
+/// which the hardware does not prefetch: a seventh of the product's time.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DgPanels {
+    data: Lanes,
+    /// Columns of `dg` (rows of `dgᵀ`), and its rows (the depth).
+    m: usize,
+    k: usize,
+}
+
+impl DgPanels {
+    /// Makes room for a `dg` of `k` rows × `m` columns (`k` even); the lanes are
+    /// written by [`DgWriter::write`].
+    pub(crate) fn prepare(&mut self, k: usize, m: usize) -> DgWriter<'_> {
+        assert!(k.is_multiple_of(2), "dg panels pair rows");
+        let kp = k / 2;
+        let len = m.div_ceil(MR) * kp * MR;
+        if self.data.len() < len {
+            self.data.resize(len, 0);
         }
+        (self.m, self.k) = (m, k);
+        DgWriter {
+            ptr: self.data.as_mut_ptr(),
+            len,
+            m,
+            kp,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Writes rows of `dg` into [`DgPanels`], from every thread at once (each its own rows).
+pub(crate) struct DgWriter<'a> {
+    ptr: *mut u32,
+    len: usize,
+    m: usize,
+    kp: usize,
+    _borrow: std::marker::PhantomData<&'a mut [u32]>,
+}
+
+// SAFETY: writes go through `write`, whose contract keeps threads on disjoint lanes.
+unsafe impl Send for DgWriter<'_> {}
+unsafe impl Sync for DgWriter<'_> {}
+
+impl DgWriter<'_> {
+    /// Rows `first..` of `dg` (`rows`, row-major, an even number of `m`-wide rows;
+    /// `first` even): their pairs become depths `first / 2..` of every panel.
+    ///
+    /// # Safety
+    /// No two threads may write the same rows at once.
+    pub(crate) unsafe fn write(&self, rows: &[f32], first: usize) {
+        let count = rows.len() / self.m.max(1);
+        assert!(count.is_multiple_of(2) && first.is_multiple_of(2) && rows.len() == count * self.m);
+        assert!(
+            first / 2 + count / 2 <= self.kp,
+            "dg rows outside the panels"
+        );
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `prepare` made `len` lanes at `ptr`; the kernel stays within depths
+        // first/2.. of each panel (asserted above), which this caller alone writes.
+        unsafe {
+            let out = std::slice::from_raw_parts_mut(self.ptr, self.len);
+            avx512::bf16_panels_of_row_pairs(rows, self.m, self.kp, first / 2, out)
+        }
+    }
+}
+
+/// `C (+)= dgᵀ·B` in bf16 with `dgᵀ` already packed (see [`DgPanels`]).
+///
+/// # Panics
+/// If the shapes disagree or the CPU cannot (see [`dg_panels_supported`]).
+pub(crate) fn matmul_dg_panels(
+    c: MatMut<'_, f32>,
+    a: &DgPanels,
+    b: MatRef<'_, f32>,
+    accumulate: bool,
+) {
+    assert!(
+        c.rows == a.m && b.rows == a.k && c.cols == b.cols,
+        "matmul_dg_panels shapes"
+    );
+    assert!(
+        dg_panels_supported(),
+        "dg panels need AVX-512 BF16 without AMX"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if c.rows == 0 || c.cols == 0 {
+            return;
+        }
+        let mut packed = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().1));
+        packed.pack(b, Precision::Bf16);
+        // Never read: the panels stand for A (its shape only, for the split).
+        let shape = MatRef {
+            data: &[],
+            rows: a.m,
+            cols: a.k,
+            rs: 1,
+            cs: 0,
+        };
+        split_rows(c, shape, &packed, Some(&a.data), accumulate);
+        SCRATCH.with(|s| s.borrow_mut().1 = packed);
     }
 }
 
@@ -785,6 +918,7 @@ fn run_rows(
     a: MatRef<'_, f32>,
     rows: std::ops::Range<usize>,
     b: &PackedB,
+    ready: Option<&[u32]>,
     accumulate: bool,
 ) {
     let (n, precision) = (b.n, b.precision);
@@ -849,13 +983,13 @@ fn run_rows(
             // A's block of depth alone is packed (MC·KC lanes, in L2): packing the
             // whole depth at once outgrows the caches when k is large (a weight
             // gradient sums over every timestep).
-            let ks = p0 * step..(p1 * step).min(b.k);
-            let block = MatRef {
-                data: &a.data[ks.start * a.cs..],
-                cols: ks.len(),
-                ..a
-            };
-            if !in_place {
+            if !in_place && ready.is_none() {
+                let ks = p0 * step..(p1 * step).min(b.k);
+                let block = MatRef {
+                    data: &a.data[ks.start * a.cs..],
+                    cols: ks.len(),
+                    ..a
+                };
                 // SAFETY: AVX-512F is present (the caller asserted it).
                 unsafe { pack_a(block, r0..r1, precision, &mut apack) };
             }
@@ -872,7 +1006,14 @@ fn run_rows(
                     let (i0, j0) = (r0 - rows.start + ra * MR, q * NR);
                     let (mi, nj) = (MR.min(r1 - r0 - ra * MR), NR.min(n - j0));
                     let tile = avx512::Tile::at(cd, ld, (i0, j0), (mi, nj), acc);
-                    let ap = &apack[ra * depth * MR..(ra + 1) * depth * MR];
+                    let ap = match ready {
+                        // Panel r0/MR + ra of the whole depth's panels, depths p0..p1.
+                        Some(panels) => {
+                            let panel = r0 / MR + ra;
+                            &panels[(panel * kp + p0) * MR..(panel * kp + p1) * MR]
+                        }
+                        None => &apack[ra * depth * MR..(ra + 1) * depth * MR],
+                    };
                     // SAFETY: the caller asserted the CPU features of `precision`;
                     // both panels hold `depth` lanes (sliced above) and the tile's
                     // elements lie in C (`Tile::at`). Narrow last tiles as above.
@@ -964,6 +1105,94 @@ mod avx512 {
                 let load = |row: &[f32]| _mm512_maskz_loadu_ps(mask, row.as_ptr().add(j));
                 let lanes = pairs(load(lo), load(hi));
                 _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(j).cast(), mask, lanes);
+            }
+        }
+    }
+
+    /// Depths `d0 + i` of the `MR`-row panels (`[kp][MR]` lanes each, panel after
+    /// panel) of `dgᵀ`, from rows `2i` and `2i + 1` of `rows` (row-major, `m` wide):
+    /// lane `j mod MR` of panel `j / MR` is the bfloat16 pair of column `j` of the two
+    /// rows, rounded as [`bf16_panels_of_columns`] rounds them. Sixteen columns (two
+    /// panels) at a time.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_panels_of_row_pairs(
+        rows: &[f32],
+        m: usize,
+        kp: usize,
+        d0: usize,
+        out: &mut [u32],
+    ) {
+        let count = rows.len() / m.max(1);
+        assert!(out.len() >= m.div_ceil(MR) * kp * MR && d0 + count / 2 <= kp);
+        // Two depths of a panel fill a cache line: where the lines start on one (even
+        // depths, `out` on a line), each is written whole by a streaming store, which
+        // spares reading it first. The panels lie `kp · 32` bytes apart, so the lines
+        // of one depth all fall in a few sets of L1, and a store of half a line missed
+        // there and read the line back from memory.
+        let whole = m / 16 * 16;
+        let lined = d0.is_multiple_of(2)
+            && kp.is_multiple_of(2)
+            && (out.as_ptr() as usize).is_multiple_of(64);
+        let quads = if lined { count / 4 } else { 0 };
+        for (i, four) in rows.chunks_exact(4 * m).take(quads).enumerate() {
+            let d = d0 + 2 * i;
+            for j in (0..whole).step_by(2 * MR) {
+                // SAFETY: 16 lanes from j < whole in each of the four rows.
+                let (first, second) = unsafe {
+                    let load = |r: usize| _mm512_loadu_ps(four.as_ptr().add(r * m + j));
+                    (pairs(load(0), load(1)), pairs(load(2), load(3)))
+                };
+                let panel = j / MR;
+                // Columns j..j + 8 of both depths, and j + 8..j + 16.
+                let lines = [
+                    _mm512_shuffle_i64x2::<0x44>(first, second),
+                    _mm512_shuffle_i64x2::<0xEE>(first, second),
+                ];
+                for (q, line) in lines.into_iter().enumerate() {
+                    let at = ((panel + q) * kp + d) * MR;
+                    let dst = &mut out[at..at + 2 * MR];
+                    // SAFETY: 16 lanes of the panel, on a line (`lined`).
+                    unsafe { _mm512_stream_si512(dst.as_mut_ptr().cast(), line) };
+                }
+            }
+        }
+        if quads > 0 {
+            // The streaming stores are weakly ordered: done before the product reads.
+            _mm_sfence();
+        }
+        for (i, pair) in rows.chunks_exact(2 * m).enumerate() {
+            let columns = if i < 2 * quads { whole } else { 0 };
+            let (lo, hi) = pair.split_at(m);
+            let d = d0 + i;
+            for j in (columns..m).step_by(2 * MR) {
+                let mask = match m - j {
+                    16.. => u16::MAX,
+                    left => ((1u32 << left) - 1) as u16,
+                };
+                // SAFETY: lanes j.. of each row, under the mask.
+                let lanes = unsafe {
+                    let load = |row: &[f32]| _mm512_maskz_loadu_ps(mask, row.as_ptr().add(j));
+                    pairs(load(lo), load(hi))
+                };
+                let panel = j / MR;
+                let at = (panel * kp + d) * MR;
+                // SAFETY: lanes at..at + MR lie in panel `panel` (asserted above).
+                unsafe {
+                    _mm256_storeu_si256(
+                        out[at..at + MR].as_mut_ptr().cast(),
+                        _mm512_castsi512_si256(lanes),
+                    )
+                };
+                if m - j > MR {
+                    let at = ((panel + 1) * kp + d) * MR;
+                    // SAFETY: as above, in the next panel.
+                    unsafe {
+                        _mm256_storeu_si256(
+                            out[at..at + MR].as_mut_ptr().cast(),
+                            _mm512_extracti64x4_epi64::<1>(lanes),
+                        )
+                    };
+                }
             }
         }
     }
@@ -1578,6 +1807,76 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    /// A bf16 weight gradient `dgᵀ·x` from `dg`'s panels, written a few rows at a
+    /// time as a backward pass writes them (blocks of a timestep in any order, from
+    /// several threads), gives the bits of the product that packs `dgᵀ` itself: on
+    /// streaming whole lines (even depths, rows in fours) and not (odd depths, a pair
+    /// left over, a width that is not a multiple of 16 or of 8).
+    #[test]
+    fn dg_panels_give_the_packed_products_bits() {
+        if !dg_panels_supported() {
+            return;
+        }
+        let mut rng = Rng::new(8);
+        // (columns of dg, rows of x's width, timesteps, rows per timestep, blocks).
+        for &(m, n, steps, batch, blocks) in &[
+            (2048, 512, 7, 64, 2),
+            (37, 20, 9, 6, 3),
+            (100, 49, 5, 2, 1),
+            (64, 48, 3, 12, 2),
+            (24, 33, 40, 4, 2),
+        ] {
+            let k = steps * batch;
+            let mut random = |len: usize| -> Vec<f32> {
+                (0..len).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
+            };
+            let (dg, x) = (random(k * m), random(k * n));
+            let mut panels = DgPanels::default();
+            // A larger use first: stale lanes from it must not matter.
+            let _ = panels.prepare(k + 2 * batch, m + 8);
+            let writer = panels.prepare(k, m);
+            let share = batch / blocks;
+            (0..blocks).into_par_iter().for_each(|b| {
+                for t in (0..steps).rev() {
+                    let first = t * batch + b * share;
+                    let rows = &dg[first * m..(first + share) * m];
+                    // SAFETY: each block writes its own rows.
+                    unsafe { writer.write(rows, first) };
+                }
+            });
+            for accumulate in [false, true] {
+                let (mut want, mut got) = (vec![0.5f32; m * n], vec![0.5f32; m * n]);
+                let (dgm, xm) = (MatRef::dense(&dg, k, m).t(), MatRef::dense(&x, k, n));
+                matmul_packed(
+                    MatMut::dense(&mut want, m, n),
+                    dgm,
+                    xm,
+                    accumulate,
+                    Precision::Bf16,
+                );
+                matmul_dg_panels(MatMut::dense(&mut got, m, n), &panels, xm, accumulate);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&got) == bits(&want), "m{m} n{n} k{k} acc{accumulate}");
+            }
+        }
+    }
+
+    /// Panels of an odd depth, or rows outside them, are refused.
+    #[test]
+    fn dg_panels_refuse_odd_rows() {
+        let mut panels = DgPanels::default();
+        assert!(std::panic::catch_unwind(move || {
+            let _ = panels.prepare(3, 8);
+        })
+        .is_err());
+        let mut panels = DgPanels::default();
+        let writer = panels.prepare(4, 8);
+        let rows = [0.0f32; 16];
+        // SAFETY: one thread.
+        assert!(std::panic::catch_unwind(|| unsafe { writer.write(&rows, 1) }).is_err());
+        assert!(std::panic::catch_unwind(|| unsafe { writer.write(&rows, 4) }).is_err());
+    }
 
     /// Every shape and transpose, accumulating or not, against sums in f64 of the
     /// operands as the products see them (bf16: rounded), within `1e-5·√k`. f32
