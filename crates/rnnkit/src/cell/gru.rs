@@ -26,9 +26,9 @@
 
 use super::{
     for_row_blocks, input_grads, project_inputs, real_rows, recurrent_grads, step_product,
-    weight_grad, CellParams, Input, Seq, Shared, WeightCopies,
+    weight_grad, write_dg_rows, writes_dg_panels, CellParams, Input, Seq, Shared, WeightCopies,
 };
-use crate::kernel::{MatMut, MatRef};
+use crate::kernel::{DgPanels, MatMut, MatRef};
 use crate::tensor::{overwritten, scratch, Real, Scratch};
 
 /// What the forward pass saves for the backward pass, reused between calls.
@@ -46,6 +46,9 @@ pub struct GruCache<T> {
     dgx: Vec<T>,
     /// Recurrent-side pre-activation gradients `[T, B, 3H]` (backward, reset after only).
     dgh: Vec<T>,
+    /// `dgx` and `dgh` as the bf16 weight gradients read them, where the backward pass
+    /// writes them (reset after; see [`DgPanels`]).
+    dg_panels: [DgPanels; 2],
 }
 
 impl<T> GruCache<T> {
@@ -288,6 +291,9 @@ pub fn backward<T: Real>(
         g3,
     );
     let dh_all = Shared::new(dh, batch, hs);
+    let [px, ph] = &mut cache.dg_panels;
+    let panels = (reset_after && g.is_some() && writes_dg_panels::<T>(&seq))
+        .then(|| [px, ph].map(|p| p.prepare(steps * batch, g3)));
     for_row_blocks(batch, |rows| {
         let m = rows.len();
         let mut drh = Scratch::<T>::zeroed(if reset_after { 0 } else { m * hs });
@@ -325,6 +331,14 @@ pub fn backward<T: Real>(
                     &mut dgx[i * g3..][..g3],
                     dgh,
                 );
+            }
+            if let Some([px, ph]) = &panels {
+                let first = t * batch + rows.start;
+                // SAFETY: each block writes its own rows (even ones: `writes_dg_panels`).
+                unsafe {
+                    write_dg_rows(Some(px), dgx, first);
+                    write_dg_rows(Some(ph), dgh, first);
+                }
             }
             if reset_after {
                 step_product(
@@ -366,18 +380,20 @@ pub fn backward<T: Real>(
             );
         }
     });
+    let written = panels.is_some();
+    let [px, ph] = &cache.dg_panels;
     input_grads(
         p,
         g.as_deref_mut(),
         x,
         &seq,
         &cache.dgx,
-        None,
+        written.then_some(px),
         Some(dx),
         Some(&mut cache.weights.packed[3]),
     );
     if let Some(g) = g {
-        hidden_weight_grads(g, reset_after, seq, cache);
+        hidden_weight_grads(g, reset_after, seq, cache, written.then_some(ph));
     }
 }
 
@@ -438,20 +454,22 @@ pub(crate) fn weight_grads<T: Real>(
     cache: &GruCache<T>,
 ) {
     input_grads(p, Some(&mut *g), x, &seq, &cache.dgx, None, None, None);
-    hidden_weight_grads(g, reset_after, seq, cache);
+    hidden_weight_grads(g, reset_after, seq, cache, None);
 }
 
-/// `dW_hh` and `db_hh` of the hidden side.
+/// `dW_hh` and `db_hh` of the hidden side (from `dgh`'s `panels` where the backward
+/// pass wrote them).
 fn hidden_weight_grads<T: Real>(
     g: &mut CellParams<T>,
     reset_after: bool,
     seq: Seq,
     cache: &GruCache<T>,
+    panels: Option<&DgPanels>,
 ) {
     let (rows, hs) = (seq.steps * seq.batch, g.hidden_size());
     let g3 = 3 * hs;
     if reset_after {
-        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgh, None, None);
+        recurrent_grads(g, &seq, &cache.h_prev, &cache.dgh, panels, None);
     } else {
         // W_h{r,z} saw h_{t-1}; W_hn saw r ⊙ h_{t-1}.
         let (dw_rz, dw_n) = g.w_hh.data_mut().split_at_mut(2 * hs * hs);

@@ -2,7 +2,7 @@
 //! ([`DgPanels`](crate::kernel::DgPanels)) against the same gradients taken after it
 //! by each cell's `weight_grads`, which packs `dgᵀ` itself: the same bits.
 
-use super::{lstm, rnn, CellKind, CellParams, Input, Seq};
+use super::{gru, lstm, rnn, CellKind, CellParams, Input, Seq};
 use crate::kernel::{on_pool, with_precision, Precision};
 use crate::Rng;
 
@@ -42,6 +42,15 @@ fn grads(kind: CellKind, deferred: bool) -> Vec<u32> {
                 lstm::weight_grads(&p, &mut g, seq, x, &cache);
             }
         }
+        CellKind::Gru => {
+            let mut cache = gru::GruCache::default();
+            gru::forward(&p, true, seq, x, &mut cache, &mut y, &mut h);
+            let now = (!deferred).then_some(&mut g);
+            gru::backward(&p, now, true, seq, x, &mut cache, &dy, &mut dh, &mut dx);
+            if deferred {
+                gru::weight_grads(&p, &mut g, true, seq, x, &cache);
+            }
+        }
         _ => {
             let (act, mut cache) = (rnn::Activation::Tanh, rnn::RnnCache::default());
             rnn::forward(&p, act, seq, x, &mut cache, &mut y, &mut h);
@@ -61,7 +70,7 @@ fn grads(kind: CellKind, deferred: bool) -> Vec<u32> {
 /// AVX-512 BF16; elsewhere both take the same path and agree as well.
 #[test]
 fn weight_grads_from_the_panels_match_the_deferred_ones() {
-    for kind in [CellKind::Lstm, CellKind::RnnTanh] {
+    for kind in [CellKind::Lstm, CellKind::Gru, CellKind::RnnTanh] {
         on_pool(|| assert!(grads(kind, false) == grads(kind, true), "{kind:?}"));
     }
 }
