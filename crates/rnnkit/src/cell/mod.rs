@@ -533,6 +533,7 @@ pub(crate) fn weight_grad<T: Real>(
 ) {
     if let (None, Some(panels)) = (real, panels) {
         let (rows, cols, ld) = (dw.rows, dw.cols, dw.ld);
+        assert!(x.cs == 1, "weight gradients read x by rows");
         // Panels are written for f32 alone (see `writes_dg_panels`).
         let (dw, xd) = (f32_mut(dw.data), f32_ref(x.data));
         let (dw, xd) = dw.zip(xd).expect("dg panels come with f32 operands");
