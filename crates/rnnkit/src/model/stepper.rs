@@ -2,7 +2,11 @@
 //! steps are bound by streaming the weights, so each layer's step is one pass over
 //! them: the hidden units are shared out between the cores, each computing the gate
 //! rows of its units and their cell update (one handoff per layer, to the stepper's
-//! own [`Team`] of threads, each keeping its share's weights in its core's cache);
+//! own [`Team`] of threads, each keeping its share's weights in its core's cache).
+//! Nothing passes through the caller between the layers: each share prepares the
+//! vectors it reads itself, writes its units' `h` and `c` into the layer's state,
+//! and multiplies its units' new `h` of the last layer by its columns of the output
+//! layer, so the caller only adds the shares' partial logits;
 //! the first layer's input product is a table lookup, `W_ih0·E[id] + b_ih0`
 //! precomputed per character; the weights can be kept in bfloat16 or int8, halving
 //! or quartering the bytes to stream. Where a core's share of the weights is larger
@@ -18,6 +22,10 @@ pub use crate::kernel::Weights;
 use crate::kernel::{
     add_bias_rows, matmul, sigmoid_f32, tanh_f32, MatMut, MatRef, PanelVector, Panels, Sweep, Team,
 };
+use reads::{ReadTuner, Reads};
+use std::marker::PhantomData;
+
+mod reads;
 
 /// One recurrent layer's weights and state.
 #[derive(Clone, Debug)]
@@ -27,11 +35,22 @@ struct Layer {
     w_hh: Panels,
     b_ih: Vec<f32>,
     b_hh: Option<Vec<f32>>,
-    h: Vec<f32>,
-    /// Cell state (LSTM); unused zeros otherwise.
+    /// `h[cur]` is the state; a step's shares write their units' next `h` into the
+    /// other, which no share reads during the step, and `cur` then moves to it.
+    h: [Vec<f32>; 2],
+    cur: usize,
+    /// Cell state (LSTM), each share updating its own units in place; unused zeros
+    /// otherwise.
     c: Vec<f32>,
     /// The activated gates of the last step `[G, H]`, kept when recording.
     gates: Vec<f32>,
+}
+
+impl Layer {
+    /// The state's `h`.
+    fn h(&self) -> &[f32] {
+        &self.h[self.cur]
+    }
 }
 
 /// Runs a [`CharLm`] on one sequence, a character per [`Stepper::feed`], with the
@@ -50,7 +69,8 @@ pub struct Stepper {
     /// `[V, G·H]`: `W_ih0·E[v] + b_ih0` for every character v (empty when not used).
     table: Vec<f32>,
     layers: Vec<Layer>,
-    head_w: Panels,
+    /// The output layer's weights `[V, H]`, from which each share takes its columns.
+    head_w: Vec<f32>,
     head_b: Vec<f32>,
     /// The hidden units shared out for each step, one share per thread.
     shares: Vec<Share>,
@@ -58,12 +78,11 @@ pub struct Stepper {
     team: Team,
     /// `r ⊙ h` of the reset-before GRU, read by every share in its second phase.
     rh: Vec<f32>,
-    /// The layer's input and hidden vectors, and the next layer's hidden vector,
-    /// prepared for the weights' precision.
-    vectors: [PanelVector; 3],
     weights: Weights,
     /// The direction of the last character's reads (see [`Order`]).
     sweep: Sweep,
+    /// Whether characters alternate their directions, or read forward.
+    reads: ReadTuner,
     logits: Vec<f32>,
 }
 
@@ -79,16 +98,66 @@ const SPLIT_MIN_BYTES: usize = 512 << 10;
 struct Share {
     /// The first unit (a multiple of 16, so no share but the last needs masked loads).
     j0: usize,
+    /// The number of units.
+    m: usize,
     /// The input and recurrent gate pre-activations of the units (`[G, m]` each), then
     /// two unit-wide buffers for the LSTM update.
     scratch: Vec<f32>,
-    /// The units' next `h` (in the reset-before GRU's first phase, their `r ⊙ h`).
-    h: Vec<f32>,
-    /// The units' LSTM cell state, updated in place.
-    c: Vec<f32>,
     /// The next layer's recurrent pre-activations of the units (`[G, m]`), when
     /// computed ahead (see [`Order`]).
     ahead: Vec<f32>,
+    /// The vectors the share's products read, prepared by the share itself.
+    vectors: Vectors,
+    /// The output layer's columns of the share's units, `[V, m]`.
+    head: Panels,
+    /// Those columns times the units' `h` of the last layer: the share's part of the
+    /// logits, before the bias.
+    logits: Vec<f32>,
+}
+
+/// A share's vectors, prepared for the weights' precision.
+#[derive(Clone, Debug, Default)]
+struct Vectors {
+    /// The layer's input.
+    x: PanelVector,
+    /// The layer's `h` (for the reset-before GRU's candidate, `r ⊙ h`).
+    h: PanelVector,
+    /// The next layer's `h`, when its recurrent product is computed ahead.
+    next: PanelVector,
+    /// The share's units of the last layer's new `h`.
+    units: PanelVector,
+}
+
+/// A buffer that the shares of one job write in parts, each share its own units.
+struct Parts<'a> {
+    ptr: *mut f32,
+    len: usize,
+    buf: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: shares write disjoint parts (see `part`), and the buffer outlives the job.
+unsafe impl Sync for Parts<'_> {}
+
+impl<'a> Parts<'a> {
+    fn new(buf: &'a mut [f32]) -> Parts<'a> {
+        Parts {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            buf: PhantomData,
+        }
+    }
+
+    /// Elements `j0..j0 + m`.
+    ///
+    /// # Safety
+    /// No other part given out during the job overlaps this one, and nothing else
+    /// reads or writes the buffer until the job is done.
+    #[allow(clippy::mut_from_ref)] // each share asks for its own units only
+    unsafe fn part(&self, j0: usize, m: usize) -> &mut [f32] {
+        assert!(j0 + m <= self.len, "units {j0}..{} of {}", j0 + m, self.len);
+        // SAFETY: in bounds (checked), and the caller guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(j0), m) }
+    }
 }
 
 impl Stepper {
@@ -142,7 +211,8 @@ impl Stepper {
                 w_hh: Panels::new(p.w_hh.data(), hs, g, weights),
                 b_ih: p.b_ih.data().to_vec(),
                 b_hh: p.b_hh.as_ref().map(|b| b.data().to_vec()),
-                h: vec![0.0; hs],
+                h: [vec![0.0; hs], vec![0.0; hs]],
+                cur: 0,
                 c: vec![0.0; hs],
                 gates: Vec::new(),
             })
@@ -156,6 +226,7 @@ impl Stepper {
         } else {
             1
         };
+        let head_w = model.head.weight.data().to_vec();
         Ok(Stepper {
             kind,
             hs,
@@ -163,14 +234,14 @@ impl Stepper {
             embed,
             table,
             layers,
-            head_w: Panels::new(model.head.weight.data(), hs, 1, weights),
+            shares: shares(hs, g, threads, &head_w, weights),
+            head_w,
             head_b: model.head.bias.data().to_vec(),
-            shares: shares(hs, g, threads),
             team: Team::default(),
             rh: vec![0.0; hs],
-            vectors: Default::default(),
             weights,
             sweep: Sweep::default(),
+            reads: ReadTuner::default(),
             logits: vec![0.0; vocab],
         })
     }
@@ -180,7 +251,9 @@ impl Stepper {
     /// [`Stepper::new`] picked: the rayon pool's size for a large model, 1 for a
     /// small one. A share holds at least 16 units.
     pub fn set_threads(&mut self, threads: usize) {
-        self.shares = shares(self.hs, self.kind.gates(), threads);
+        let g = self.kind.gates();
+        self.shares = shares(self.hs, g, threads, &self.head_w, self.weights);
+        self.reads = ReadTuner::default();
     }
 
     /// The threads each step is shared out between (the caller's included).
@@ -197,7 +270,7 @@ impl Stepper {
     /// Back to the zero state.
     pub fn reset(&mut self) {
         for l in &mut self.layers {
-            l.h.fill(0.0);
+            l.h.iter_mut().for_each(|h| h.fill(0.0));
             l.c.fill(0.0);
         }
     }
@@ -217,7 +290,7 @@ impl Stepper {
     /// unless the cell is an LSTM).
     pub fn state(&self, l: usize) -> (&[f32], &[f32]) {
         let layer = &self.layers[l];
-        (&layer.h, &layer.c)
+        (layer.h(), &layer.c)
     }
 
     /// Puts layer `l` back in a state read earlier by [`Stepper::state`], so one
@@ -235,7 +308,7 @@ impl Stepper {
                 c.len()
             )));
         }
-        layer.h.copy_from_slice(h);
+        layer.h[layer.cur].copy_from_slice(h);
         layer.c.copy_from_slice(c);
         Ok(())
     }
@@ -261,24 +334,29 @@ impl Stepper {
         }
         let (hs, e) = (self.hs, self.embed.len() / self.vocab);
         let gh = self.kind.gates() * hs;
-        self.sweep = self.sweep.flip();
+        self.sweep = match self.reads.next() {
+            Reads::Alternate => self.sweep.flip(),
+            Reads::Forward => Sweep::Forward,
+        };
         let ahead = self.sweep == Sweep::Forward && self.kind != CellKind::GruResetBefore;
-        for l in 0..self.layers.len() {
+        let last = self.layers.len() - 1;
+        for l in 0..=last {
             let (below, rest) = self.layers.split_at_mut(l);
             let (layer, above) = rest.split_first_mut().expect("layer l exists");
             let input = match below.last() {
-                Some(prev) => Input::Project(&prev.h),
+                Some(prev) => Input::Project(prev.h()),
                 None if self.table.is_empty() => Input::Project(&self.embed[id * e..][..e]),
                 None => Input::Ready(&self.table[id * gh..][..gh]),
             };
-            let next = above.first().filter(|_| ahead).map(|up| {
-                self.vectors[2].set(&up.h, self.weights);
-                (&up.w_hh, up.b_hh.as_deref())
-            });
+            let next = above
+                .first()
+                .filter(|_| ahead)
+                .map(|up| (&up.w_hh, up.b_hh.as_deref(), up.h()));
             let order = Order {
                 sweep: self.sweep,
                 ready: ahead && l > 0,
                 next,
+                head: l == last,
             };
             step_layer(
                 self.kind,
@@ -289,41 +367,54 @@ impl Stepper {
                 &mut self.shares,
                 &mut self.rh,
                 self.weights,
-                &mut self.vectors,
             );
             if !layer.gates.is_empty() {
                 // Each share's scratch starts with its units' activated gates, [G, m].
                 for s in &self.shares {
-                    let m = s.h.len();
                     for gate in 0..self.kind.gates() {
-                        layer.gates[gate * hs + s.j0..][..m]
-                            .copy_from_slice(&s.scratch[gate * m..][..m]);
+                        layer.gates[gate * hs + s.j0..][..s.m]
+                            .copy_from_slice(&s.scratch[gate * s.m..][..s.m]);
                     }
                 }
             }
         }
-        let top = &self.layers[self.layers.len() - 1].h;
-        self.vectors[1].set(top, self.weights);
-        let (v, b) = (&self.vectors[1], Some(&self.head_b[..]));
-        self.head_w.dot(0, 0, v, b, &mut self.logits, self.sweep);
+        // The shares' partial logits in share order, then the bias.
+        let (first, rest) = self.shares.split_first().expect("a stepper has a share");
+        self.logits.copy_from_slice(&first.logits);
+        for s in rest {
+            for (y, &p) in self.logits.iter_mut().zip(&s.logits) {
+                *y += p;
+            }
+        }
+        for (y, &b) in self.logits.iter_mut().zip(&self.head_b) {
+            *y += b;
+        }
         Ok(&self.logits)
     }
 }
 
 /// `hs` hidden units of a `g`-gate cell shared out between `threads` threads, in
-/// multiples of 16 units.
-fn shares(hs: usize, g: usize, threads: usize) -> Vec<Share> {
+/// multiples of 16 units, each with its columns of the output layer `head` (`[V, hs]`).
+fn shares(hs: usize, g: usize, threads: usize, head: &[f32], weights: Weights) -> Vec<Share> {
     let share = hs.div_ceil(threads.max(1)).div_ceil(16) * 16;
+    let vocab = head.len() / hs;
     (0..hs)
         .step_by(share)
         .map(|j0| {
             let m = share.min(hs - j0);
+            let columns: Vec<f32> = head
+                .chunks_exact(hs)
+                .flat_map(|row| &row[j0..j0 + m])
+                .copied()
+                .collect();
             Share {
                 j0,
+                m,
                 scratch: vec![0.0; (2 * g + 2) * m],
-                h: vec![0.0; m],
-                c: vec![0.0; m],
                 ahead: vec![0.0; g * m],
+                vectors: Vectors::default(),
+                head: Panels::new(&columns, m, 1, weights),
+                logits: vec![0.0; vocab],
             }
         })
         .collect()
@@ -349,21 +440,27 @@ enum Input<'a> {
 /// the same in both orders, so the results are too. Measured on a 2-core Xeon (2 MiB
 /// L2 per core), LSTM 2×512 at batch 1: bf16 115 → 95 µs a character, f32 240 → 213
 /// (its matrices are 2 MB each, and only every other character starts with the one
-/// it ended with).
+/// it ended with). Where that does not pay, every character reads forward, B A C:
+/// the stepper times both ways on its first characters ([`ReadTuner`]).
 #[derive(Clone, Copy)]
 struct Order<'a> {
     /// The direction of every product's reads, and of its gates.
     sweep: Sweep,
     /// The shares' `ahead` hold this layer's recurrent pre-activations already.
     ready: bool,
-    /// The next layer's `W_hh` and `b_hh`, to multiply first by its `h` (`vectors[2]`)
-    /// into the shares' `ahead`.
-    next: Option<(&'a Panels, Option<&'a [f32]>)>,
+    /// The next layer's `W_hh`, `b_hh` and `h`, to multiply first into the shares'
+    /// `ahead`.
+    next: Option<NextLayer<'a>>,
+    /// The last layer: each share multiplies its units' new `h` by its columns of the
+    /// output layer.
+    head: bool,
 }
 
-/// One step of one layer: every share computes its units, then `h` (and `c`) take
-/// the shares' results. `vectors` receive the input and hidden vectors prepared for
-/// `weights` (the third is the next layer's hidden vector, when `order.next` reads it).
+/// The next layer's `W_hh`, `b_hh` and `h`.
+type NextLayer<'a> = (&'a Panels, Option<&'a [f32]>, &'a [f32]);
+
+/// One step of one layer: every share computes its units and writes their `h` (and
+/// `c`) into the layer's state, and then `h[cur]` is the new state.
 #[allow(clippy::too_many_arguments)]
 fn step_layer(
     kind: CellKind,
@@ -374,7 +471,6 @@ fn step_layer(
     shares: &mut [Share],
     rh: &mut [f32],
     weights: Weights,
-    vectors: &mut [PanelVector; 3],
 ) {
     let Layer {
         w_ih,
@@ -382,31 +478,37 @@ fn step_layer(
         b_ih,
         b_hh,
         h,
+        cur,
         c,
         ..
     } = layer;
-    let (hs, g) = (h.len(), kind.gates());
-    if let Input::Project(x) = input {
-        vectors[0].set(x, weights);
-    }
-    vectors[1].set(h, weights);
-    let (h_old, c_old) = (&*h, &*c);
-    let [vx, vh, vn] = &*vectors;
+    let g = kind.gates();
+    let hs = c.len();
+    let (h_old, h_new) = match h {
+        [a, b] if *cur == 0 => (&*a, Parts::new(b)),
+        [a, b] => (&*b, Parts::new(a)),
+    };
+    let c = Parts::new(c);
     let sweep = order.sweep;
     // Pre-activations of every gate of the share's units: [G, m] input side, [G, m]
     // recurrent side (for the reset-before GRU the candidate's recurrent part waits).
     let preact = |s: &mut Share| {
-        let (j0, m) = (s.j0, s.h.len());
+        let (j0, m) = (s.j0, s.m);
         let (xp, hp) = s.scratch[..2 * g * m].split_at_mut(g * m);
+        let v = &mut s.vectors;
         if order.ready {
             hp.copy_from_slice(&s.ahead);
         }
-        if let Some((w, b)) = order.next {
+        if let Some((w, b, h_next)) = order.next {
+            v.next.set(h_next, weights);
             for gate in sweep.order(g) {
                 let r0 = gate * hs + j0;
                 let b = b.map(|b| &b[r0..r0 + m]);
-                w.dot(gate, j0, vn, b, &mut s.ahead[gate * m..][..m], sweep);
+                w.dot(gate, j0, &v.next, b, &mut s.ahead[gate * m..][..m], sweep);
             }
+        }
+        if let Input::Project(x) = input {
+            v.x.set(x, weights);
         }
         for gate in sweep.order(g) {
             let (r0, out) = (gate * hs + j0, &mut xp[gate * m..][..m]);
@@ -414,73 +516,83 @@ fn step_layer(
                 Input::Ready(v) => out.copy_from_slice(&v[r0..r0 + m]),
                 Input::Project(_) => {
                     let w = w_ih.as_ref().expect("W_ih kept for projected inputs");
-                    w.dot(gate, j0, vx, Some(&b_ih[r0..r0 + m]), out, sweep);
+                    w.dot(gate, j0, &v.x, Some(&b_ih[r0..r0 + m]), out, sweep);
                 }
             }
         }
         if order.ready {
             return;
         }
+        v.h.set(h_old, weights);
         for gate in sweep.order(g) {
             if kind == CellKind::GruResetBefore && gate == 2 {
                 continue;
             }
             let r0 = gate * hs + j0;
             let b = b_hh.as_deref().map(|b| &b[r0..r0 + m]);
-            w_hh.dot(gate, j0, vh, b, &mut hp[gate * m..][..m], sweep);
+            w_hh.dot(gate, j0, &v.h, b, &mut hp[gate * m..][..m], sweep);
+        }
+    };
+    // The share's part of the logits from its units' new `h`, on the last layer.
+    let head = |s: &mut Share, h: &[f32]| {
+        if order.head {
+            s.vectors.units.set(h, weights);
+            s.head
+                .dot(0, 0, &s.vectors.units, None, &mut s.logits, sweep);
         }
     };
     match kind {
         CellKind::GruResetBefore => {
             // Phase 1: r and z of every unit, and r ⊙ h for the candidate's product.
+            let parts = Parts::new(rh);
             team.for_each(shares, |_, s| {
                 preact(s);
-                let (j0, m) = (s.j0, s.h.len());
+                let (j0, m) = (s.j0, s.m);
                 let (xp, hp) = s.scratch[..2 * g * m].split_at_mut(g * m);
                 for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
                     *v += u;
                 }
                 sigmoid_f32(&mut xp[..2 * m]);
-                for ((rh, &r), &h) in s.h.iter_mut().zip(&xp[..m]).zip(&h_old[j0..]) {
+                // SAFETY: the share's own units; `rh` is read only in phase 2.
+                let rh = unsafe { parts.part(j0, m) };
+                for ((rh, &r), &h) in rh.iter_mut().zip(&xp[..m]).zip(&h_old[j0..]) {
                     *rh = r * h;
                 }
             });
-            for s in shares.iter() {
-                rh[s.j0..][..s.h.len()].copy_from_slice(&s.h);
-            }
-            vectors[1].set(rh, weights);
-            let vrh = &vectors[1];
+            let rh = &*rh;
             team.for_each(shares, |_, s| {
-                let (j0, m) = (s.j0, s.h.len());
+                let (j0, m) = (s.j0, s.m);
+                s.vectors.h.set(rh, weights);
                 let (xp, hp) = s.scratch[..2 * g * m].split_at_mut(g * m);
                 let hp_n = &mut hp[2 * m..3 * m];
-                w_hh.dot(2, j0, vrh, None, hp_n, sweep);
+                w_hh.dot(2, j0, &s.vectors.h, None, hp_n, sweep);
                 let (rz, n) = xp.split_at_mut(2 * m);
                 for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
                     *v += u;
                 }
                 tanh_f32(n);
+                // SAFETY: the share's own units; nothing else touches `h_new` now.
+                let hn = unsafe { h_new.part(j0, m) };
                 for j in 0..m {
                     let z = rz[m + j];
-                    s.h[j] = (1.0 - z) * n[j] + z * h_old[j0 + j];
+                    hn[j] = (1.0 - z) * n[j] + z * h_old[j0 + j];
                 }
+                head(s, hn);
             });
         }
         _ => team.for_each(shares, |_, s| {
             preact(s);
-            let (j0, m) = (s.j0, s.h.len());
+            let (j0, m) = (s.j0, s.m);
             let (pre, spare) = s.scratch[..(2 * g + 2) * m].split_at_mut(2 * g * m);
             let (xp, hp) = pre.split_at_mut(g * m);
-            s.c.copy_from_slice(&c_old[j0..j0 + m]);
-            update(kind, xp, hp, &h_old[j0..j0 + m], &mut s.c, &mut s.h, spare);
+            // SAFETY: the share's own units; no other share reads or writes them, and
+            // `h_old` is the other buffer.
+            let (hn, c) = unsafe { (h_new.part(j0, m), c.part(j0, m)) };
+            update(kind, xp, hp, &h_old[j0..j0 + m], c, hn, spare);
+            head(s, hn);
         }),
     }
-    for s in shares.iter() {
-        h[s.j0..][..s.h.len()].copy_from_slice(&s.h);
-        if kind == CellKind::Lstm {
-            c[s.j0..][..s.c.len()].copy_from_slice(&s.c);
-        }
-    }
+    *cur ^= 1;
 }
 
 /// The cell update of `m` units from their pre-activations `xp`, `hp` (`[G, m]`
