@@ -140,6 +140,7 @@ pub(crate) fn few_rows_f32(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use crate::kernel::lanes::first_lanes;
     use std::arch::x86_64::*;
 
     /// `B` row-major: row `p` of the columns at hand starts at `b + p·ld`. Each
@@ -158,7 +159,7 @@ mod avx512 {
             j += 16;
         }
         if j < n {
-            let mask = (1u16 << (n - j)) - 1;
+            let mask = first_lanes(n - j);
             let y = &mut y[j..];
             let b = unsafe { b.add(j) };
             let mut s = if acc {
@@ -277,7 +278,7 @@ mod avx512 {
             p += 16;
         }
         if p < k {
-            let mask = (1u16 << (k - p)) - 1;
+            let mask = first_lanes(k - p);
             let xv = unsafe { _mm512_maskz_loadu_ps(mask, x.as_ptr().add(p)) };
             for (c, s) in s.iter_mut().enumerate() {
                 let w = unsafe { _mm512_maskz_loadu_ps(mask, b.add(c * ld + p)) };

@@ -12,6 +12,16 @@ use std::ops::{Deref, DerefMut};
 /// Lanes per [`Line`].
 pub(crate) const LINE_LANES: usize = 16;
 
+/// The mask of the first `n` lanes of a 16-lane vector (all of them from 16 on).
+#[inline]
+pub(crate) fn first_lanes(n: usize) -> u16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
 /// 64 bytes, aligned to a cache line.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default)]

@@ -292,6 +292,24 @@ thread_local! {
     static SWEEP: std::cell::Cell<Sweep> = const { std::cell::Cell::new(Sweep::Forward) };
 }
 
+/// Runs `f` on this thread's packing buffer for `A`, taken out of [`SCRATCH`] while
+/// `f` runs (so that `f` may take the other) and put back after.
+#[cfg(target_arch = "x86_64")]
+fn with_scratch_a<R>(f: impl FnOnce(&mut Lanes) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
+    let r = f(&mut buf);
+    SCRATCH.with(|s| s.borrow_mut().0 = buf);
+    r
+}
+
+/// [`with_scratch_a`] for the buffer of `B` packed on the fly.
+fn with_scratch_b<R>(f: impl FnOnce(&mut PackedB) -> R) -> R {
+    let mut packed = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().1));
+    let r = f(&mut packed);
+    SCRATCH.with(|s| s.borrow_mut().1 = packed);
+    r
+}
+
 /// Packs rows `rows` of `a [m, k]` into panels of `MR` rows, `[depth][MR]` lanes each.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn pack_a(
@@ -544,18 +562,18 @@ pub(crate) fn matmul_dg_panels(
         if c.rows == 0 || c.cols == 0 {
             return;
         }
-        let mut packed = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().1));
-        packed.pack(b, Precision::Bf16);
-        // Never read: the panels stand for A (its shape only, for the split).
-        let shape = MatRef {
-            data: &[],
-            rows: a.m,
-            cols: a.k,
-            rs: 1,
-            cs: 0,
-        };
-        split_rows(c, shape, &packed, Some(&a.data), accumulate);
-        SCRATCH.with(|s| s.borrow_mut().1 = packed);
+        with_scratch_b(|packed| {
+            packed.pack(b, Precision::Bf16);
+            // Never read: the panels stand for A (its shape only, for the split).
+            let shape = MatRef {
+                data: &[],
+                rows: a.m,
+                cols: a.k,
+                rs: 1,
+                cs: 0,
+            };
+            split_rows(c, shape, packed, Some(&a.data), accumulate);
+        });
     }
 }
 
@@ -568,34 +586,34 @@ pub fn matmul_packed(
     accumulate: bool,
     precision: Precision,
 ) {
-    let mut packed = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().1));
-    // A deep B (a weight gradient sums over every timestep) is packed and used a
-    // block of depth at a time, so the packed block stays in cache between its
-    // packing and its use (packed whole, it went to memory and back).
-    // (bf16 packs B whole: its blocks were not measured to gain.)
-    let (k, ld) = (a.cols, c.ld);
-    let block = match precision {
-        Precision::F32 => DEPTH_BLOCK,
-        Precision::Bf16 => k.max(1),
-    };
-    let (cd, rows, cols) = (c.data, c.rows, c.cols);
-    for p0 in (0..k).step_by(block) {
-        let p1 = (p0 + block).min(k);
-        let bb = MatRef {
-            data: &b.data[p0 * b.rs..],
-            rows: p1 - p0,
-            ..b
+    with_scratch_b(|packed| {
+        // A deep B (a weight gradient sums over every timestep) is packed and used a
+        // block of depth at a time, so the packed block stays in cache between its
+        // packing and its use (packed whole, it went to memory and back).
+        // (bf16 packs B whole: its blocks were not measured to gain.)
+        let (k, ld) = (a.cols, c.ld);
+        let block = match precision {
+            Precision::F32 => DEPTH_BLOCK,
+            Precision::Bf16 => k.max(1),
         };
-        let ab = MatRef {
-            data: &a.data[p0 * a.cs..],
-            cols: p1 - p0,
-            ..a
-        };
-        packed.pack(bb, precision);
-        let c = MatMut::new(&mut *cd, rows, cols, ld);
-        gemm_packed(c, ab, &packed, accumulate || p0 > 0);
-    }
-    SCRATCH.with(|s| s.borrow_mut().1 = packed);
+        let (cd, rows, cols) = (c.data, c.rows, c.cols);
+        for p0 in (0..k).step_by(block) {
+            let p1 = (p0 + block).min(k);
+            let bb = MatRef {
+                data: &b.data[p0 * b.rs..],
+                rows: p1 - p0,
+                ..b
+            };
+            let ab = MatRef {
+                data: &a.data[p0 * a.cs..],
+                cols: p1 - p0,
+                ..a
+            };
+            packed.pack(bb, precision);
+            let c = MatMut::new(&mut *cd, rows, cols, ld);
+            gemm_packed(c, ab, packed, accumulate || p0 > 0);
+        }
+    });
 }
 
 /// Largest `B` (elements) that [`gemm_rows_f32`] reads in place: beyond it `B`
@@ -700,46 +718,47 @@ fn rows_b_columns(
     accumulate: bool,
 ) {
     let (m, k) = (a.rows, a.cols);
-    let mut apack = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
-    for r0 in (0..m).step_by(MC) {
-        let r1 = (r0 + MC).min(m);
-        for p0 in (0..k).step_by(ROWS_KC) {
-            let p1 = (p0 + ROWS_KC).min(k);
-            let block = MatRef {
-                data: &a.data[p0 * a.cs..],
-                cols: p1 - p0,
-                ..a
-            };
-            // SAFETY: AVX-512F is present (checked by the caller).
-            unsafe { pack_a(block, r0..r1, Precision::F32, &mut apack) };
-            let depth = p1 - p0;
-            for j0 in cols.clone().step_by(NR) {
-                let nj = NR.min(cols.end - j0);
-                // B's rows p0..p1 of this strip; the last ends at column j0 + nj.
-                assert!(
-                    (p1 - 1) * b.rs + j0 + nj <= b.data.len(),
-                    "B strip outside B"
-                );
-                let bp = b.data[p0 * b.rs + j0..].as_ptr();
-                for (ra, ap) in apack.chunks_exact(depth * MR).enumerate() {
-                    let (i0, mi) = (r0 + ra * MR, MR.min(r1 - r0 - ra * MR));
-                    let tile = avx512::Tile::at(cd, ld, (i0, j0), (mi, nj), accumulate || p0 > 0);
-                    // SAFETY: AVX-512F is present; B's rows p0..p1 hold `nj` columns
-                    // from j0 (asserted), and the tile's elements lie in C (`Tile::at`).
-                    // A narrow last strip runs a narrower tile: no multiply-adds on
-                    // columns past B's (n = H = 128 would waste a ninth of them).
-                    unsafe {
-                        match nj.div_ceil(16) {
-                            1 => avx512::tile_f32_rows::<1>(ap, bp, b.rs, tile),
-                            2 => avx512::tile_f32_rows::<2>(ap, bp, b.rs, tile),
-                            _ => avx512::tile_f32_rows::<NV>(ap, bp, b.rs, tile),
-                        }
-                    };
+    with_scratch_a(|apack| {
+        for r0 in (0..m).step_by(MC) {
+            let r1 = (r0 + MC).min(m);
+            for p0 in (0..k).step_by(ROWS_KC) {
+                let p1 = (p0 + ROWS_KC).min(k);
+                let block = MatRef {
+                    data: &a.data[p0 * a.cs..],
+                    cols: p1 - p0,
+                    ..a
+                };
+                // SAFETY: AVX-512F is present (checked by the caller).
+                unsafe { pack_a(block, r0..r1, Precision::F32, apack) };
+                let depth = p1 - p0;
+                for j0 in cols.clone().step_by(NR) {
+                    let nj = NR.min(cols.end - j0);
+                    // B's rows p0..p1 of this strip; the last ends at column j0 + nj.
+                    assert!(
+                        (p1 - 1) * b.rs + j0 + nj <= b.data.len(),
+                        "B strip outside B"
+                    );
+                    let bp = b.data[p0 * b.rs + j0..].as_ptr();
+                    for (ra, ap) in apack.chunks_exact(depth * MR).enumerate() {
+                        let (i0, mi) = (r0 + ra * MR, MR.min(r1 - r0 - ra * MR));
+                        let tile =
+                            avx512::Tile::at(cd, ld, (i0, j0), (mi, nj), accumulate || p0 > 0);
+                        // SAFETY: AVX-512F is present; B's rows p0..p1 hold `nj` columns
+                        // from j0 (asserted), and the tile's elements lie in C (`Tile::at`).
+                        // A narrow last strip runs a narrower tile: no multiply-adds on
+                        // columns past B's (n = H = 128 would waste a ninth of them).
+                        unsafe {
+                            match nj.div_ceil(16) {
+                                1 => avx512::tile_f32_rows::<1>(ap, bp, b.rs, tile),
+                                2 => avx512::tile_f32_rows::<2>(ap, bp, b.rs, tile),
+                                _ => avx512::tile_f32_rows::<NV>(ap, bp, b.rs, tile),
+                            }
+                        };
+                    }
                 }
             }
         }
-    }
-    SCRATCH.with(|s| s.borrow_mut().0 = apack);
+    });
 }
 
 /// 16-lane vectors of C's rows per [`gemm_depth_major_f32`] tile.
@@ -816,79 +835,79 @@ fn depth_major_block(
     // The part's `Cᵀ`: column j's rows at `ct[j·ldt..]`, each column (and so the
     // strip after them) starting a cache line, as the tiles' vectors do.
     let ldt = rows.len().next_multiple_of(LINE_LANES);
-    let mut buf = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
-    // Not cleared: the first block of depth writes every element of `Cᵀ`, and the
-    // tiles read only the strip's lanes copied for them.
-    let groups = cols.len().div_ceil(TN_NR);
-    buf.resize(ldt * cols.len() + TN_KC * TN_MR + groups * TN_KC * TN_NR, 0);
-    let (ct, rest) = buf.split_at_mut(ldt * cols.len());
-    let (strip, bpack) = rest.split_at_mut(TN_KC * TN_MR);
-    // Once per part: the tiles' reads stay within these (A's rows and B's columns
-    // of the part, at every depth).
-    assert!(
-        rows.end - 1 + (k - 1) * a.cs < a.data.len(),
-        "A outside its data"
-    );
-    assert!(
-        cols.end - 1 + (k - 1) * b.rs < b.data.len(),
-        "B outside its data"
-    );
-    for p0 in (0..k).step_by(TN_KC) {
-        let depth = TN_KC.min(k - p0);
-        pack_b_groups(
-            b,
-            p0..p0 + depth,
-            cols.clone(),
-            &mut bpack[..groups * depth * TN_NR],
+    with_scratch_a(|buf| {
+        // Not cleared: the first block of depth writes every element of `Cᵀ`, and the
+        // tiles read only the strip's lanes copied for them.
+        let groups = cols.len().div_ceil(TN_NR);
+        buf.resize(ldt * cols.len() + TN_KC * TN_MR + groups * TN_KC * TN_NR, 0);
+        let (ct, rest) = buf.split_at_mut(ldt * cols.len());
+        let (strip, bpack) = rest.split_at_mut(TN_KC * TN_MR);
+        // Once per part: the tiles' reads stay within these (A's rows and B's columns
+        // of the part, at every depth).
+        assert!(
+            rows.end - 1 + (k - 1) * a.cs < a.data.len(),
+            "A outside its data"
         );
-        for i0 in rows.clone().step_by(TN_MR) {
-            let height = TN_MR.min(rows.end - i0);
-            // SAFETY: AVX-512F is present (checked by the caller); the strip's rows
-            // of A lie in it at every depth (asserted above), and the strip holds
-            // `depth` rows of TN_MR lanes.
-            unsafe {
-                avx512::copy_strip(
-                    (a.data.as_ptr().add(p0 * a.cs + i0), a.cs),
-                    height,
-                    &mut strip[..depth * TN_MR],
-                )
-            };
-            let strip = &strip[..depth * TN_MR];
-            for j0 in cols.clone().step_by(TN_NR) {
-                let shape = (height, TN_NR.min(cols.end - j0));
-                let at = (j0 - cols.start) * ldt + i0 - rows.start;
-                // SAFETY: AVX-512F is present (checked by the caller); the tile's
-                // columns of B lie in B at every depth of the strip (asserted
-                // above), and its elements of Cᵀ in `ct` (sized above).
+        assert!(
+            cols.end - 1 + (k - 1) * b.rs < b.data.len(),
+            "B outside its data"
+        );
+        for p0 in (0..k).step_by(TN_KC) {
+            let depth = TN_KC.min(k - p0);
+            pack_b_groups(
+                b,
+                p0..p0 + depth,
+                cols.clone(),
+                &mut bpack[..groups * depth * TN_NR],
+            );
+            for i0 in rows.clone().step_by(TN_MR) {
+                let height = TN_MR.min(rows.end - i0);
+                // SAFETY: AVX-512F is present (checked by the caller); the strip's rows
+                // of A lie in it at every depth (asserted above), and the strip holds
+                // `depth` rows of TN_MR lanes.
                 unsafe {
-                    avx512::tile_f32_depth_major(
-                        strip,
-                        (bpack.as_ptr().add((j0 - cols.start) * depth).cast(), TN_NR),
-                        (ct.as_mut_ptr().add(at).cast(), ldt),
-                        shape,
-                        p0 > 0,
+                    avx512::copy_strip(
+                        (a.data.as_ptr().add(p0 * a.cs + i0), a.cs),
+                        height,
+                        &mut strip[..depth * TN_MR],
                     )
                 };
+                let strip = &strip[..depth * TN_MR];
+                for j0 in cols.clone().step_by(TN_NR) {
+                    let shape = (height, TN_NR.min(cols.end - j0));
+                    let at = (j0 - cols.start) * ldt + i0 - rows.start;
+                    // SAFETY: AVX-512F is present (checked by the caller); the tile's
+                    // columns of B lie in B at every depth of the strip (asserted
+                    // above), and its elements of Cᵀ in `ct` (sized above).
+                    unsafe {
+                        avx512::tile_f32_depth_major(
+                            strip,
+                            (bpack.as_ptr().add((j0 - cols.start) * depth).cast(), TN_NR),
+                            (ct.as_mut_ptr().add(at).cast(), ldt),
+                            shape,
+                            p0 > 0,
+                        )
+                    };
+                }
             }
         }
-    }
-    // `Cᵀ` into C, 16 columns at a time: a row of C then reads 16 lines of `Cᵀ`, which
-    // serve the next 15 rows too. (A whole row at a time read a line per column, all
-    // `ldt` floats apart in the same few cache sets, each a miss: 2.4 % of LSTM
-    // 2×512's `dW_hh` in `perf`, now 1.3 %.)
-    for j0 in cols.clone().step_by(16) {
-        let j1 = cols.end.min(j0 + 16);
-        let sums = &ct[(j0 - cols.start) * ldt..];
-        for i in rows.clone() {
-            let row = &mut cd[i * ld + j0..i * ld + j1];
-            let sums = sums[i - rows.start..].iter().step_by(ldt);
-            for (dst, &v) in row.iter_mut().zip(sums) {
-                let v = f32::from_bits(v);
-                *dst = if accumulate { *dst + v } else { v };
+        // `Cᵀ` into C, 16 columns at a time: a row of C then reads 16 lines of `Cᵀ`, which
+        // serve the next 15 rows too. (A whole row at a time read a line per column, all
+        // `ldt` floats apart in the same few cache sets, each a miss: 2.4 % of LSTM
+        // 2×512's `dW_hh` in `perf`, now 1.3 %.)
+        for j0 in cols.clone().step_by(16) {
+            let j1 = cols.end.min(j0 + 16);
+            let sums = &ct[(j0 - cols.start) * ldt..];
+            for i in rows.clone() {
+                let row = &mut cd[i * ld + j0..i * ld + j1];
+                let sums = sums[i - rows.start..].iter().step_by(ldt);
+                for (dst, &v) in row.iter_mut().zip(sums) {
+                    let v = f32::from_bits(v);
+                    *dst = if accumulate { *dst + v } else { v };
+                }
             }
         }
-    }
-    SCRATCH.with(|s| s.borrow_mut().0 = buf);
+    });
 }
 
 /// Columns `cols` of B's rows `depths` into groups of [`TN_NR`] columns, each
@@ -970,77 +989,78 @@ fn run_rows(
         }
         return;
     }
-    let mut apack = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut().0));
-    // The same blocks of depth as the per-step path above, so that its rows of C
-    // get the same bits.
-    let kc = if in_place { IN_PLACE_KC } else { KC };
-    for r0 in (rows.start..rows.end).step_by(MC) {
-        let r1 = (r0 + MC).min(rows.end);
-        let a_panels = (r1 - r0).div_ceil(MR);
-        for p0 in (0..kp).step_by(kc) {
-            let p1 = (p0 + kc).min(kp);
-            let depth = p1 - p0;
-            // A's block of depth alone is packed (MC·KC lanes, in L2): packing the
-            // whole depth at once outgrows the caches when k is large (a weight
-            // gradient sums over every timestep).
-            if !in_place && ready.is_none() {
-                let ks = p0 * step..(p1 * step).min(b.k);
-                let block = MatRef {
-                    data: &a.data[ks.start * a.cs..],
-                    cols: ks.len(),
-                    ..a
-                };
-                // SAFETY: AVX-512F is present (the caller asserted it).
-                unsafe { pack_a(block, r0..r1, precision, &mut apack) };
-            }
-            let acc = accumulate || p0 > 0;
-            for q in 0..n.div_ceil(NR) {
-                if in_place {
-                    for i in (r0..r1).step_by(MR) {
-                        in_place_tile(cd, i, q, (p0, p1));
-                    }
-                    continue;
+    with_scratch_a(|apack| {
+        // The same blocks of depth as the per-step path above, so that its rows of C
+        // get the same bits.
+        let kc = if in_place { IN_PLACE_KC } else { KC };
+        for r0 in (rows.start..rows.end).step_by(MC) {
+            let r1 = (r0 + MC).min(rows.end);
+            let a_panels = (r1 - r0).div_ceil(MR);
+            for p0 in (0..kp).step_by(kc) {
+                let p1 = (p0 + kc).min(kp);
+                let depth = p1 - p0;
+                // A's block of depth alone is packed (MC·KC lanes, in L2): packing the
+                // whole depth at once outgrows the caches when k is large (a weight
+                // gradient sums over every timestep).
+                if !in_place && ready.is_none() {
+                    let ks = p0 * step..(p1 * step).min(b.k);
+                    let block = MatRef {
+                        data: &a.data[ks.start * a.cs..],
+                        cols: ks.len(),
+                        ..a
+                    };
+                    // SAFETY: AVX-512F is present (the caller asserted it).
+                    unsafe { pack_a(block, r0..r1, precision, apack) };
                 }
-                let bp = &b.data[(q * kp + p0) * NR..(q * kp + p1) * NR];
-                for ra in 0..a_panels {
-                    let (i0, j0) = (r0 - rows.start + ra * MR, q * NR);
-                    let (mi, nj) = (MR.min(r1 - r0 - ra * MR), NR.min(n - j0));
-                    let tile = avx512::Tile::at(cd, ld, (i0, j0), (mi, nj), acc);
-                    let ap = match ready {
-                        // Panel r0/MR + ra of the whole depth's panels, depths p0..p1.
-                        Some(panels) => {
-                            let panel = r0 / MR + ra;
-                            &panels[(panel * kp + p0) * MR..(panel * kp + p1) * MR]
+                let acc = accumulate || p0 > 0;
+                for q in 0..n.div_ceil(NR) {
+                    if in_place {
+                        for i in (r0..r1).step_by(MR) {
+                            in_place_tile(cd, i, q, (p0, p1));
                         }
-                        None => &apack[ra * depth * MR..(ra + 1) * depth * MR],
-                    };
-                    // SAFETY: the caller asserted the CPU features of `precision`;
-                    // both panels hold `depth` lanes (sliced above) and the tile's
-                    // elements lie in C (`Tile::at`). Narrow last tiles as above.
-                    unsafe {
-                        match precision {
-                            Precision::F32 => match nj.div_ceil(16) {
-                                1 => avx512::tile_f32::<1>(ap, bp, tile),
-                                2 => avx512::tile_f32::<2>(ap, bp, tile),
-                                _ => avx512::tile_f32::<NV>(ap, bp, tile),
-                            },
-                            Precision::Bf16 => match nj.div_ceil(16) {
-                                1 => avx512::tile_bf16::<1>(ap, bp, tile),
-                                2 => avx512::tile_bf16::<2>(ap, bp, tile),
-                                _ => avx512::tile_bf16::<NV>(ap, bp, tile),
-                            },
-                        }
-                    };
+                        continue;
+                    }
+                    let bp = &b.data[(q * kp + p0) * NR..(q * kp + p1) * NR];
+                    for ra in 0..a_panels {
+                        let (i0, j0) = (r0 - rows.start + ra * MR, q * NR);
+                        let (mi, nj) = (MR.min(r1 - r0 - ra * MR), NR.min(n - j0));
+                        let tile = avx512::Tile::at(cd, ld, (i0, j0), (mi, nj), acc);
+                        let ap = match ready {
+                            // Panel r0/MR + ra of the whole depth's panels, depths p0..p1.
+                            Some(panels) => {
+                                let panel = r0 / MR + ra;
+                                &panels[(panel * kp + p0) * MR..(panel * kp + p1) * MR]
+                            }
+                            None => &apack[ra * depth * MR..(ra + 1) * depth * MR],
+                        };
+                        // SAFETY: the caller asserted the CPU features of `precision`;
+                        // both panels hold `depth` lanes (sliced above) and the tile's
+                        // elements lie in C (`Tile::at`). Narrow last tiles as above.
+                        unsafe {
+                            match precision {
+                                Precision::F32 => match nj.div_ceil(16) {
+                                    1 => avx512::tile_f32::<1>(ap, bp, tile),
+                                    2 => avx512::tile_f32::<2>(ap, bp, tile),
+                                    _ => avx512::tile_f32::<NV>(ap, bp, tile),
+                                },
+                                Precision::Bf16 => match nj.div_ceil(16) {
+                                    1 => avx512::tile_bf16::<1>(ap, bp, tile),
+                                    2 => avx512::tile_bf16::<2>(ap, bp, tile),
+                                    _ => avx512::tile_bf16::<NV>(ap, bp, tile),
+                                },
+                            }
+                        };
+                    }
                 }
             }
         }
-    }
-    SCRATCH.with(|s| s.borrow_mut().0 = apack);
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{MR, NR, TN_MR, TN_NR, TN_V};
+    use crate::kernel::lanes::first_lanes;
     use std::arch::x86_64::*;
 
     /// Lanes `dst[d·stride]` = bfloat16 pairs (`row[2d]`, `row[2d + 1]`) of one row
@@ -1052,11 +1072,7 @@ mod avx512 {
         let mut lanes = [0u32; 16];
         for c in (0..k).step_by(32) {
             let left = k - c;
-            let lo_mask = if left >= 16 {
-                u16::MAX
-            } else {
-                ((1u32 << left) - 1) as u16
-            };
+            let lo_mask = first_lanes(left);
             // SAFETY: lanes c.. within `row`, under the mask.
             let lo = unsafe { _mm512_maskz_loadu_ps(lo_mask, row.as_ptr().add(c)) };
             // The upper half starts past the end of `row` when 16 or fewer are left:
@@ -1064,7 +1080,7 @@ mod avx512 {
             let hi = match left {
                 0..=16 => _mm512_setzero_ps(),
                 17..=31 => {
-                    let mask = ((1u32 << (left - 16)) - 1) as u16;
+                    let mask = first_lanes(left - 16);
                     // SAFETY: lanes c + 16.. within `row`, under the mask.
                     unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(c + 16)) }
                 }
@@ -1074,7 +1090,7 @@ mod avx512 {
             let count = left.min(32).div_ceil(2);
             if stride == 1 {
                 let dst = &mut dst[c / 2..][..count];
-                let mask = ((1u32 << count) - 1) as u16;
+                let mask = first_lanes(count);
                 // SAFETY: `count` lanes into as many of `dst`, under the mask.
                 unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr().cast(), mask, pairs) };
                 continue;
@@ -1095,11 +1111,7 @@ mod avx512 {
         let w = lo.len();
         assert!(hi.len() == w && dst.len() >= w);
         for j in (0..w).step_by(16) {
-            let mask = if w - j >= 16 {
-                u16::MAX
-            } else {
-                ((1u32 << (w - j)) - 1) as u16
-            };
+            let mask = first_lanes(w - j);
             // SAFETY: lanes j.. of each slice, under the mask.
             unsafe {
                 let load = |row: &[f32]| _mm512_maskz_loadu_ps(mask, row.as_ptr().add(j));
@@ -1165,10 +1177,7 @@ mod avx512 {
             let (lo, hi) = pair.split_at(m);
             let d = d0 + i;
             for j in (columns..m).step_by(2 * MR) {
-                let mask = match m - j {
-                    16.. => u16::MAX,
-                    left => ((1u32 << left) - 1) as u16,
-                };
+                let mask = first_lanes(m - j);
                 // SAFETY: lanes j.. of each row, under the mask.
                 let lanes = unsafe {
                     let load = |row: &[f32]| _mm512_maskz_loadu_ps(mask, row.as_ptr().add(j));
@@ -1247,7 +1256,7 @@ mod avx512 {
             }
             for g in (0..rows.len()).step_by(2 * MR) {
                 let (i0, mi) = (rows.start + g, (2 * MR).min(rows.len() - g));
-                let mask = ((1u32 << mi) - 1) as u16;
+                let mask = first_lanes(mi);
                 let load = |p: usize| {
                     if p < k {
                         let run = &a[p * cs + i0..][..mi];
@@ -1563,10 +1572,7 @@ mod avx512 {
 
     /// Masks of the first `n` lanes of `V` vectors of 16: full, partial, then empty.
     fn lane_masks<const V: usize>(n: usize) -> [u16; V] {
-        std::array::from_fn(|v| match n.saturating_sub(16 * v) {
-            16.. => u16::MAX,
-            left => ((1u32 << left) - 1) as u16,
-        })
+        std::array::from_fn(|v| first_lanes(n.saturating_sub(16 * v)))
     }
 
     /// The first `height` (≤ [`TN_MR`]) values of each row of `A` at `a + p·lda`
@@ -1784,10 +1790,7 @@ mod avx512 {
                 if j0 >= tile.cols {
                     break;
                 }
-                let mask = match tile.cols - j0 {
-                    16.. => u16::MAX,
-                    left => ((1u32 << left) - 1) as u16,
-                };
+                let mask = first_lanes(tile.cols - j0);
                 // SAFETY: element (i, j0 + lane) of the tile for every lane in the mask.
                 unsafe {
                     let p = tile.c.add(i * tile.ld + j0);

@@ -453,18 +453,14 @@ unsafe fn groups<A: Copy>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{groups, Line, PanelVector, Sweep, GROUP};
+    use super::{groups, Line, PanelVector, Sweep};
+    use crate::kernel::lanes::first_lanes;
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
     fn store(sum: __m512, y: &mut [f32]) {
-        let mask = if y.len() >= GROUP {
-            u16::MAX
-        } else {
-            (1u16 << y.len()) - 1
-        };
         // SAFETY: the mask covers the lanes of `y` alone.
-        unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr(), mask, sum) };
+        unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr(), first_lanes(y.len()), sum) };
     }
 
     /// [`groups`] with f32 accumulators, stored as they are.

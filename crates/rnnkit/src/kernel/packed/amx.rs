@@ -7,7 +7,7 @@
 //! allow.
 
 use super::{pair, MatRef};
-use crate::kernel::lanes::Lanes;
+use crate::kernel::lanes::{first_lanes, Lanes};
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
@@ -302,10 +302,7 @@ unsafe fn add_out(
 ) {
     for i in 0..mi {
         for j in (0..nj).step_by(16) {
-            let mask = match nj - j {
-                16.. => u16::MAX,
-                left => ((1u32 << left) - 1) as u16,
-            };
+            let mask = first_lanes(nj - j);
             // SAFETY: row i, columns j.. under the mask, lie in `c` (the caller's
             // assertion) and in `out`.
             unsafe {
@@ -422,7 +419,7 @@ unsafe fn pairs_of_columns(
         }
         for g in (0..rows.len()).step_by(TILE) {
             let (i0, mi) = (rows.start + g, TILE.min(rows.len() - g));
-            let mask = ((1u32 << mi) - 1) as u16;
+            let mask = first_lanes(mi);
             let load = |k: usize| match k < ks.end {
                 // SAFETY: the first mi values of the run, under the mask.
                 true => unsafe { _mm512_maskz_loadu_ps(mask, a[k * cs + i0..][..mi].as_ptr()) },
