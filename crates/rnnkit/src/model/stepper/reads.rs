@@ -24,11 +24,11 @@ pub(super) enum Reads {
 }
 
 /// Characters fed before the timing starts (the team's threads start at the first).
-const WARM: usize = 8;
+const WARM: usize = 16;
 /// Characters per timed block; a block of alternating reads holds both directions.
-const BLOCK: usize = 4;
+const BLOCK: usize = 8;
 /// Timed blocks of each kind, taken in turn.
-const BLOCKS: usize = 8;
+const BLOCKS: usize = 12;
 
 /// Times blocks of characters read each way in turn, then keeps the way whose
 /// median block was faster.
