@@ -6,12 +6,13 @@
 //! Nothing passes through the caller between the layers: each share prepares the
 //! vectors it reads itself, writes its units' `h` and `c` into the layer's state,
 //! and multiplies its units' new `h` of the last layer by its columns of the output
-//! layer, so the caller only adds the shares' partial logits;
-//! the first layer's input product is a table lookup, `W_ih0·E[id] + b_ih0`
-//! precomputed per character; the weights can be kept in bfloat16 or int8, halving
-//! or quartering the bytes to stream. Where a core's share of the weights is larger
-//! than its cache, alternate characters read them in orders that find part of them
-//! still cached (see [`Order`]).
+//! layer, so the caller only adds the shares' partial logits. The first layer's
+//! input product is a table lookup, `W_ih0·E[id] + b_ih0` precomputed per
+//! character; the weights can be kept in bfloat16 or int8, halving or quartering
+//! the bytes to stream. Where a core's share of the weights is larger than its
+//! cache, alternate characters can read them in orders that find part of them still
+//! cached (see [`Order`]); a stepper times that against reading forward at every
+//! character and keeps the faster (see [`ReadTuner`]).
 //! The cell equations are those of `crate::cell` (named there).
 
 use super::CharLm;
