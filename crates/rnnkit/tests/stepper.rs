@@ -141,6 +141,59 @@ fn only_large_models_split_their_steps() {
     });
 }
 
+/// The state lives with the layers, not the shares: a stepper whose threads change
+/// mid-sequence (its units and output columns shared out anew) carries on as one that
+/// kept them, for every cell and precision, and `state` reads the same.
+#[test]
+fn changing_the_threads_carries_the_state_on() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for cell in CellKind::ALL {
+            let m = model(cell, 20, 16, 150);
+            for (weights, tol) in [
+                (Weights::F32, 1e-5),
+                (Weights::Bf16, 1e-2),
+                (Weights::Int8, 5e-2),
+            ] {
+                let mut kept = Stepper::new(&m, weights).unwrap();
+                kept.set_threads(2);
+                let mut moved = kept.clone();
+                for i in 0..8 {
+                    if i == 3 {
+                        moved.set_threads(3);
+                    }
+                    if i == 6 {
+                        moved.set_threads(1);
+                    }
+                    let id = (i * 5 + 1) % 20;
+                    let want = kept.feed(id).unwrap().to_vec();
+                    let got = moved.feed(id).unwrap();
+                    let scale = want.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() <= tol * scale,
+                            "{cell} {weights:?} char {i}: {g} vs {w}"
+                        );
+                    }
+                }
+                for l in 0..2 {
+                    let (kh, kc) = kept.state(l);
+                    let (mh, mc) = moved.state(l);
+                    for (a, b) in kh.iter().chain(kc).zip(mh.iter().chain(mc)) {
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{cell} {weights:?} layer {l}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn reset_and_bad_ids() {
     let m = model(CellKind::Lstm, 10, 4, 8);
