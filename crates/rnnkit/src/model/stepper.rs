@@ -17,7 +17,7 @@
 
 use super::CharLm;
 use crate::cell::rnn::{self, Activation};
-use crate::cell::{lstm, CellKind};
+use crate::cell::{lstm, CellKind, Projection};
 use crate::error::{Error, Result};
 pub use crate::kernel::Weights;
 use crate::kernel::{
@@ -40,9 +40,8 @@ struct Layer {
     /// other, which no share reads during the step, and `cur` then moves to it.
     h: [Vec<f32>; 2],
     cur: usize,
-    /// Cell state (LSTM), each share updating its own units in place; unused zeros
-    /// otherwise.
-    c: Vec<f32>,
+    /// The cell state (LSTM; unused zeros otherwise), `c[cur]` as `h[cur]`.
+    c: [Vec<f32>; 2],
     /// The activated gates of the last step `[G, H]`, kept when recording.
     gates: Vec<f32>,
 }
@@ -51,6 +50,11 @@ impl Layer {
     /// The state's `h`.
     fn h(&self) -> &[f32] {
         &self.h[self.cur]
+    }
+
+    /// The state's `c`.
+    fn c(&self) -> &[f32] {
+        &self.c[self.cur]
     }
 }
 
@@ -101,11 +105,15 @@ struct Share {
     j0: usize,
     /// The number of units.
     m: usize,
-    /// The input and recurrent gate pre-activations of the units (`[G, m]` each), then
-    /// two unit-wide buffers for the LSTM update.
-    scratch: Vec<f32>,
+    /// The input gate pre-activations of the units (`[G, m]`); after the update,
+    /// their activated gates.
+    xp: Vec<f32>,
+    /// The recurrent gate pre-activations of the units (`[G, m]`).
+    hp: Vec<f32>,
+    /// Two unit-wide buffers for the LSTM update.
+    spare: Vec<f32>,
     /// The next layer's recurrent pre-activations of the units (`[G, m]`), when
-    /// computed ahead (see [`Order`]).
+    /// computed ahead (see [`Order`]); they become that layer's `hp` by a swap.
     ahead: Vec<f32>,
     /// The vectors the share's products read, prepared by the share itself.
     vectors: Vectors,
@@ -214,7 +222,7 @@ impl Stepper {
                 b_hh: p.b_hh.as_ref().map(|b| b.data().to_vec()),
                 h: [vec![0.0; hs], vec![0.0; hs]],
                 cur: 0,
-                c: vec![0.0; hs],
+                c: [vec![0.0; hs], vec![0.0; hs]],
                 gates: Vec::new(),
             })
             .collect();
@@ -272,7 +280,7 @@ impl Stepper {
     pub fn reset(&mut self) {
         for l in &mut self.layers {
             l.h.iter_mut().for_each(|h| h.fill(0.0));
-            l.c.fill(0.0);
+            l.c.iter_mut().for_each(|c| c.fill(0.0));
         }
     }
 
@@ -291,7 +299,7 @@ impl Stepper {
     /// unless the cell is an LSTM).
     pub fn state(&self, l: usize) -> (&[f32], &[f32]) {
         let layer = &self.layers[l];
-        (layer.h(), &layer.c)
+        (layer.h(), layer.c())
     }
 
     /// Puts layer `l` back in a state read earlier by [`Stepper::state`], so one
@@ -310,7 +318,7 @@ impl Stepper {
             )));
         }
         layer.h[layer.cur].copy_from_slice(h);
-        layer.c.copy_from_slice(c);
+        layer.c[layer.cur].copy_from_slice(c);
         Ok(())
     }
 
@@ -370,11 +378,11 @@ impl Stepper {
                 self.weights,
             );
             if !layer.gates.is_empty() {
-                // Each share's scratch starts with its units' activated gates, [G, m].
+                // Each share's `xp` holds its units' activated gates, [G, m].
                 for s in &self.shares {
                     for gate in 0..self.kind.gates() {
                         layer.gates[gate * hs + s.j0..][..s.m]
-                            .copy_from_slice(&s.scratch[gate * s.m..][..s.m]);
+                            .copy_from_slice(&s.xp[gate * s.m..][..s.m]);
                     }
                 }
             }
@@ -411,7 +419,9 @@ fn shares(hs: usize, g: usize, threads: usize, head: &[f32], weights: Weights) -
             Share {
                 j0,
                 m,
-                scratch: vec![0.0; (2 * g + 2) * m],
+                xp: vec![0.0; g * m],
+                hp: vec![0.0; g * m],
+                spare: vec![0.0; 2 * m],
                 ahead: vec![0.0; g * m],
                 vectors: Vectors::default(),
                 head: Panels::new(&columns, m, 1, weights),
@@ -484,22 +494,20 @@ fn step_layer(
         ..
     } = layer;
     let g = kind.gates();
-    let hs = c.len();
-    let (h_old, h_new) = match h {
-        [a, b] if *cur == 0 => (&*a, Parts::new(b)),
-        [a, b] => (&*b, Parts::new(a)),
-    };
-    let c = Parts::new(c);
+    let hs = h[0].len();
+    let [(h_old, h_new), (c_old, c_new)] = [h, c].map(|[a, b]| match *cur {
+        0 => (&*a, Parts::new(b)),
+        _ => (&*b, Parts::new(a)),
+    });
     let sweep = order.sweep;
     // Pre-activations of every gate of the share's units: [G, m] input side, [G, m]
     // recurrent side (for the reset-before GRU the candidate's recurrent part waits).
     let preact = |s: &mut Share| {
         let (j0, m) = (s.j0, s.m);
-        let (xp, hp) = s.scratch[..2 * g * m].split_at_mut(g * m);
-        let v = &mut s.vectors;
         if order.ready {
-            hp.copy_from_slice(&s.ahead);
+            std::mem::swap(&mut s.hp, &mut s.ahead);
         }
+        let (xp, hp, v) = (&mut s.xp, &mut s.hp, &mut s.vectors);
         if let Some((w, b, h_next)) = order.next {
             v.next.set(h_next, weights);
             for gate in sweep.order(g) {
@@ -549,7 +557,7 @@ fn step_layer(
             team.for_each(shares, |_, s| {
                 preact(s);
                 let (j0, m) = (s.j0, s.m);
-                let (xp, hp) = s.scratch[..2 * g * m].split_at_mut(g * m);
+                let (xp, hp) = (&mut s.xp, &s.hp);
                 for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
                     *v += u;
                 }
@@ -564,8 +572,7 @@ fn step_layer(
             team.for_each(shares, |_, s| {
                 let (j0, m) = (s.j0, s.m);
                 s.vectors.h.set(rh, weights);
-                let (xp, hp) = s.scratch[..2 * g * m].split_at_mut(g * m);
-                let hp_n = &mut hp[2 * m..3 * m];
+                let (xp, hp_n) = (&mut s.xp, &mut s.hp[2 * m..3 * m]);
                 w_hh.dot(2, j0, &s.vectors.h, None, hp_n, sweep);
                 let (rz, n) = xp.split_at_mut(2 * m);
                 for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
@@ -584,12 +591,11 @@ fn step_layer(
         _ => team.for_each(shares, |_, s| {
             preact(s);
             let (j0, m) = (s.j0, s.m);
-            let (pre, spare) = s.scratch[..(2 * g + 2) * m].split_at_mut(2 * g * m);
-            let (xp, hp) = pre.split_at_mut(g * m);
             // SAFETY: the share's own units; no other share reads or writes them, and
-            // `h_old` is the other buffer.
-            let (hn, c) = unsafe { (h_new.part(j0, m), c.part(j0, m)) };
-            update(kind, xp, hp, &h_old[j0..j0 + m], c, hn, spare);
+            // `h_old`, `c_old` are the other buffers.
+            let (hn, cn) = unsafe { (h_new.part(j0, m), c_new.part(j0, m)) };
+            let old = (&h_old[j0..j0 + m], &c_old[j0..j0 + m]);
+            update(kind, &mut s.xp, &s.hp, old, cn, hn, &mut s.spare);
             head(s, hn);
         }),
     }
@@ -597,13 +603,14 @@ fn step_layer(
 }
 
 /// The cell update of `m` units from their pre-activations `xp`, `hp` (`[G, m]`
-/// each, biases included); `xp` is overwritten, `spare` (`2m`) is scratch.
+/// each, biases included) and their state `(h, c)`, into `hn`, `cn`; `xp` is
+/// overwritten, `spare` (`2m`) is scratch.
 fn update(
     kind: CellKind,
     xp: &mut [f32],
     hp: &[f32],
-    h: &[f32],
-    c: &mut [f32],
+    (h, c): (&[f32], &[f32]),
+    cn: &mut [f32],
     hn: &mut [f32],
     spare: &mut [f32],
 ) {
@@ -619,7 +626,7 @@ fn update(
         }
         CellKind::Lstm => {
             let (tanh_c, y) = spare.split_at_mut(m);
-            lstm::step(xp, hp, c, tanh_c, hn, y);
+            lstm::step(xp, Projection::Here, hp, (c, cn), tanh_c, hn, y);
         }
         CellKind::Gru => {
             for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
