@@ -452,4 +452,28 @@ mod tests {
         assert_eq!(bits(&h), bits(&h_want));
         assert_eq!(bits(&y), bits(&h_want));
     }
+
+    /// The step reads its projection where it lies with the bits it has when
+    /// finished in place first: a row of products plus the biases, or a table's row.
+    #[test]
+    fn every_kind_of_projection_gives_the_same_bits() {
+        let hs = 21;
+        let mut rng = Rng::new(9);
+        let mut draw =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-3.0, 3.0) as f32).collect() };
+        let (x, bias, hp, c0) = (draw(4 * hs), draw(4 * hs), draw(4 * hs), draw(hs));
+        let finished: Vec<f32> = x.iter().zip(&bias).map(|(x, b)| x + b).collect();
+        let run = |mut a: Vec<f32>, p: Projection<'_, f32>| {
+            let mut c = vec![f32::NAN; hs];
+            let (mut tc, mut h, mut y) = (vec![0.0; hs], vec![0.0; hs], vec![0.0; hs]);
+            step(&mut a, p, &hp, (&c0, &mut c), &mut tc, &mut h, &mut y);
+            [a, c, tc, h, y].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+        };
+        let want = run(finished.clone(), Projection::Here);
+        assert_eq!(run(x.clone(), Projection::Biased(&bias)), want);
+        assert_eq!(
+            run(vec![f32::NAN; 4 * hs], Projection::Row(&finished)),
+            want
+        );
+    }
 }
