@@ -413,27 +413,33 @@ mod tests {
     use crate::kernel::{sigmoid_f32, tanh_f32};
     use crate::Rng;
 
+    /// `n` values drawn uniformly from (−4, 4).
+    fn draw(rng: &mut Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.uniform_in(-4.0, 4.0) as f32).collect()
+    }
+
+    /// The bits of `a`, `c`, `tanh c`, `h` and `y` after one step from `a`, `x`, `hp`
+    /// and `c0` (`c` starts as NaN: it is written, not read).
+    fn step_bits(mut a: Vec<f32>, x: Projection<'_, f32>, hp: &[f32], c0: &[f32]) -> [Vec<u32>; 5] {
+        let hs = c0.len();
+        let mut c = vec![f32::NAN; hs];
+        let (mut tc, mut h, mut y) = (vec![0.0; hs], vec![0.0; hs], vec![0.0; hs]);
+        step(&mut a, x, hp, (c0, &mut c), &mut tc, &mut h, &mut y);
+        [a, c, tc, h, y].map(|v| v.iter().map(|x| x.to_bits()).collect())
+    }
+
     /// The fused step gives the bits of one pass per activation (the vectorised
     /// slice functions), at a width with a vector tail.
     #[test]
     fn fused_step_matches_the_activations_pass_by_pass() {
         let hs = 37;
         let mut rng = Rng::new(5);
-        let mut draw =
-            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-4.0, 4.0) as f32).collect() };
-        let (a0, hp, c0) = (draw(4 * hs), draw(4 * hs), draw(hs));
-        // `c` is written, not read: NaN in it would show.
-        let (mut a, mut c) = (a0.clone(), vec![f32::NAN; hs]);
-        let (mut tc, mut h, mut y) = (vec![0.0; hs], vec![0.0; hs], vec![0.0; hs]);
-        step(
-            &mut a,
-            Projection::Here,
-            &hp,
-            (&c0, &mut c),
-            &mut tc,
-            &mut h,
-            &mut y,
+        let (a0, hp, c0) = (
+            draw(&mut rng, 4 * hs),
+            draw(&mut rng, 4 * hs),
+            draw(&mut rng, hs),
         );
+        let got = step_bits(a0.clone(), Projection::Here, &hp, &c0);
 
         let mut gates: Vec<f32> = a0.iter().zip(&hp).map(|(x, u)| x + u).collect();
         sigmoid_f32(&mut gates[..2 * hs]);
@@ -446,11 +452,8 @@ mod tests {
         tanh_f32(&mut tc_want);
         let h_want: Vec<f32> = (0..hs).map(|j| gates[3 * hs + j] * tc_want[j]).collect();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&a), bits(&gates));
-        assert_eq!(bits(&c), bits(&c_want));
-        assert_eq!(bits(&tc), bits(&tc_want));
-        assert_eq!(bits(&h), bits(&h_want));
-        assert_eq!(bits(&y), bits(&h_want));
+        let want = [&gates, &c_want, &tc_want, &h_want, &h_want].map(|v| bits(v));
+        assert_eq!(got, want);
     }
 
     /// The step reads its projection where it lies with the bits it has when
@@ -459,21 +462,11 @@ mod tests {
     fn every_kind_of_projection_gives_the_same_bits() {
         let hs = 21;
         let mut rng = Rng::new(9);
-        let mut draw =
-            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-3.0, 3.0) as f32).collect() };
-        let (x, bias, hp, c0) = (draw(4 * hs), draw(4 * hs), draw(4 * hs), draw(hs));
+        let [x, bias, hp, c0] = [4 * hs, 4 * hs, 4 * hs, hs].map(|n| draw(&mut rng, n));
         let finished: Vec<f32> = x.iter().zip(&bias).map(|(x, b)| x + b).collect();
-        let run = |mut a: Vec<f32>, p: Projection<'_, f32>| {
-            let mut c = vec![f32::NAN; hs];
-            let (mut tc, mut h, mut y) = (vec![0.0; hs], vec![0.0; hs], vec![0.0; hs]);
-            step(&mut a, p, &hp, (&c0, &mut c), &mut tc, &mut h, &mut y);
-            [a, c, tc, h, y].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
-        };
-        let want = run(finished.clone(), Projection::Here);
-        assert_eq!(run(x.clone(), Projection::Biased(&bias)), want);
-        assert_eq!(
-            run(vec![f32::NAN; 4 * hs], Projection::Row(&finished)),
-            want
-        );
+        let want = step_bits(finished.clone(), Projection::Here, &hp, &c0);
+        assert_eq!(step_bits(x, Projection::Biased(&bias), &hp, &c0), want);
+        let nan = vec![f32::NAN; 4 * hs];
+        assert_eq!(step_bits(nan, Projection::Row(&finished), &hp, &c0), want);
     }
 }
