@@ -26,7 +26,8 @@
 
 use super::{
     for_row_blocks, input_grads, project_inputs, real_rows, recurrent_grads, step_product,
-    weight_grad, write_dg_rows, writes_dg_panels, CellParams, Input, Seq, Shared, WeightCopies,
+    weight_grad, write_dg_rows, writes_dg_panels, CellParams, Input, Projection, Seq, Shared,
+    WeightCopies,
 };
 use crate::kernel::{DgPanels, MatMut, MatRef};
 use crate::tensor::{overwritten, scratch, Real, Scratch};
@@ -101,8 +102,8 @@ pub fn forward<T: Real>(
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g3 = 3 * hs;
-    // Written whole below: gates by the input product (or step by step from ids),
-    // h_prev row by row.
+    // Written below: gates by the input product or by the steps (a padded row's
+    // from ids keeps what it held: the backward pass skips it), h_prev row by row.
     let gates = overwritten(&mut cache.gates, steps * batch * g3);
     let xp = project_inputs(
         p,
@@ -126,23 +127,36 @@ pub fn forward<T: Real>(
     );
     let aux = Shared::new(scratch(&mut cache.aux, steps * batch * hs), batch, hs);
     let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
+    if steps == 0 {
+        return;
+    }
     for_row_blocks(batch, |rows| {
         let m = rows.len();
         let mut hp = Scratch::<T>::zeroed(m * g3);
         // SAFETY: every block touches only its own batch rows of each buffer.
         let h = unsafe { h.rows(0, &rows) };
+        // Each step writes its new state straight into the next step's saved
+        // `h_{t-1}` (the last into `h`), as the LSTM's does.
+        // SAFETY: as above.
+        unsafe { h_prev.rows(seq.time(0), &rows).copy_from_slice(h) };
         for s in 0..steps {
             let t = seq.time(s);
-            // SAFETY: as above; one slice per buffer and timestep.
+            // SAFETY: as above; one slice per buffer and timestep (the next step's
+            // saved state is another timestep's).
             let (a, hp_t, aux, y) = unsafe {
                 (
                     gates.rows(t, &rows),
-                    h_prev.rows(t, &rows),
+                    &*h_prev.rows(t, &rows),
                     aux.rows(t, &rows),
                     y.rows(t, &rows),
                 )
             };
-            hp_t.copy_from_slice(h);
+            let h_next: &mut [T] = if s + 1 < steps {
+                // SAFETY: as above.
+                unsafe { h_prev.rows(seq.time(s + 1), &rows) }
+            } else {
+                &mut *h
+            };
             let mt = seq.active(t, &rows);
             if reset_after {
                 step_product(
@@ -152,7 +166,6 @@ pub fn forward<T: Real>(
                     slot(0),
                     false,
                 );
-                xp.fill(t * batch + rows.start, a);
             } else {
                 // Only r and z see h directly; n sees r ⊙ h, known after this product.
                 step_product(
@@ -171,7 +184,7 @@ pub fn forward<T: Real>(
                             .for_each(|(v, &u)| *v += u);
                         T::sigmoid_inplace(r);
                         for j in 0..hs {
-                            aux[i * hs + j] = r[j] * h[i * hs + j];
+                            aux[i * hs + j] = r[j] * hp_t[i * hs + j];
                         }
                     }
                 }
@@ -186,13 +199,17 @@ pub fn forward<T: Real>(
             for (i, b) in rows.clone().enumerate() {
                 let r = i * hs..(i + 1) * hs;
                 if !seq.valid(t, b) {
-                    y[r].fill(T::zero()); // padded: state carried unchanged
+                    // Padded: the state carried unchanged, the output zero.
+                    h_next[r.clone()].copy_from_slice(&hp_t[r.clone()]);
+                    y[r].fill(T::zero());
                     continue;
                 }
                 let (a, hp) = (&mut a[i * g3..][..g3], &hp[i * g3..][..g3]);
-                let (h, y) = (&mut h[r.clone()], &mut y[r.clone()]);
+                let h = (&hp_t[r.clone()], &mut h_next[r.clone()]);
+                let y = &mut y[r.clone()];
                 if reset_after {
-                    step_after(a, hp, b_hh, &mut aux[r], h, y);
+                    let x = xp.row(t * batch + b);
+                    step_after(a, x, hp, b_hh, &mut aux[r], h, y);
                 } else {
                     step_before(a, hp, h, y);
                 }
@@ -203,41 +220,71 @@ pub fn forward<T: Real>(
 
 simd_variant! {
     /// One row's step after the products in torch's form (the equations at the top):
-    /// `a` holds the input projections and becomes the activated gates, `hn` receives
-    /// `W_hn h + b_hn`, `h` becomes `h'`, copied to `y`. One pass, 16 lanes wide where
-    /// the CPU can.
+    /// the input projections `x` are read (from `a` itself, or with biases, or from
+    /// another row) and `a` becomes the activated gates, `hn` receives `W_hn h + b_hn`,
+    /// `h` is `(h, h')`, the second written and copied to `y`. One pass, 16 lanes wide
+    /// where the CPU can.
     fn step_after<T: Real>(
         a: &mut [T],
+        x: Projection<'_, T>,
         hp: &[T],
         b_hh: &[T],
         hn: &mut [T],
-        h: &mut [T],
+        h: (&[T], &mut [T]),
         y: &mut [T],
     ) {
+        let (h_prev, h) = h;
         let hs = h.len();
-        // Every slice exactly `hs` long: the loop below then needs no bounds checks.
+        // Every slice exactly `hs` long: the loops below then need no bounds checks.
+        let h_prev = &h_prev[..hs];
         let (ar, rest) = a[..3 * hs].split_at_mut(hs);
         let (az, an) = rest.split_at_mut(hs);
-        let (pr, pz, pn) = (&hp[..hs], &hp[hs..2 * hs], &hp[2 * hs..3 * hs]);
-        let (br, bz, bn) = (&b_hh[..hs], &b_hh[hs..2 * hs], &b_hh[2 * hs..3 * hs]);
+        let (pr, pz, pn) = thirds(hp, hs);
+        let (br, bz, bn) = thirds(b_hh, hs);
         let (hn, y) = (&mut hn[..hs], &mut y[..hs]);
-        for j in 0..hs {
-            let r = (ar[j] + (pr[j] + br[j])).sigmoid_one();
-            let z = (az[j] + (pz[j] + bz[j])).sigmoid_one();
-            hn[j] = pn[j] + bn[j];
-            let n = (an[j] + r * hn[j]).tanh_one();
-            (ar[j], az[j], an[j]) = (r, z, n);
-            h[j] = (T::one() - z) * n + z * h[j];
-            y[j] = h[j];
+        // One unit from its three input projections; a loop per kind of input, so
+        // that each vectorises.
+        macro_rules! unit {
+            ($j:expr, $xr:expr, $xz:expr, $xn:expr) => {{
+                let j = $j;
+                let r = ($xr + (pr[j] + br[j])).sigmoid_one();
+                let z = ($xz + (pz[j] + bz[j])).sigmoid_one();
+                hn[j] = pn[j] + bn[j];
+                let n = ($xn + r * hn[j]).tanh_one();
+                (ar[j], az[j], an[j]) = (r, z, n);
+                h[j] = (T::one() - z) * n + z * h_prev[j];
+                y[j] = h[j];
+            }};
+        }
+        match x {
+            Projection::Here => {
+                for j in 0..hs {
+                    unit!(j, ar[j], az[j], an[j]);
+                }
+            }
+            Projection::Biased(b) => {
+                let (cr, cz, cn) = thirds(b, hs);
+                for j in 0..hs {
+                    unit!(j, ar[j] + cr[j], az[j] + cz[j], an[j] + cn[j]);
+                }
+            }
+            Projection::Row(x) => {
+                let (xr, xz, xn) = thirds(x, hs);
+                for j in 0..hs {
+                    unit!(j, xr[j], xz[j], xn[j]);
+                }
+            }
         }
     }
 }
 
 simd_variant! {
-    /// [`step_after`] in Keras' form: r is activated already, and `hp`'s n block
-    /// holds `W_hn (r ⊙ h)`.
-    fn step_before<T: Real>(a: &mut [T], hp: &[T], h: &mut [T], y: &mut [T]) {
+    /// [`step_after`] in Keras' form: r is activated already, `a` holds the finished
+    /// input projections, and `hp`'s n block holds `W_hn (r ⊙ h)`.
+    fn step_before<T: Real>(a: &mut [T], hp: &[T], h: (&[T], &mut [T]), y: &mut [T]) {
+        let (h_prev, h) = h;
         let hs = h.len();
+        let h_prev = &h_prev[..hs];
         let (az, an) = a[hs..3 * hs].split_at_mut(hs);
         let (pz, pn) = (&hp[hs..2 * hs], &hp[2 * hs..3 * hs]);
         let y = &mut y[..hs];
@@ -245,10 +292,16 @@ simd_variant! {
             let z = (az[j] + pz[j]).sigmoid_one();
             let n = (an[j] + pn[j]).tanh_one();
             (az[j], an[j]) = (z, n);
-            h[j] = (T::one() - z) * n + z * h[j];
+            h[j] = (T::one() - z) * n + z * h_prev[j];
             y[j] = h[j];
         }
     }
+}
+
+/// The three gates' blocks of `v`, `hs` each.
+#[inline(always)]
+fn thirds<T>(v: &[T], hs: usize) -> (&[T], &[T], &[T]) {
+    (&v[..hs], &v[hs..2 * hs], &v[2 * hs..3 * hs])
 }
 
 /// Backpropagates through the sequence of the last [`forward`]: `dy [T, B, H]`
@@ -487,6 +540,39 @@ fn hidden_weight_grads<T: Real>(
             MatRef::dense(&cache.aux, rows, hs),
             real,
             None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    /// Torch's form of the step reads its projections where they lie with the bits
+    /// they have when finished in place first (a row of products plus the biases, or
+    /// a table's row), and reads `h` from the saved state, at a width with a vector
+    /// tail.
+    #[test]
+    fn every_kind_of_projection_gives_the_same_bits() {
+        let hs = 21;
+        let mut rng = Rng::new(6);
+        let mut draw =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-3.0, 3.0) as f32).collect() };
+        let [x, bias, hp, b_hh] = [(); 4].map(|_| draw(3 * hs));
+        let h0 = draw(hs);
+        let finished: Vec<f32> = x.iter().zip(&bias).map(|(x, b)| x + b).collect();
+        let run = |mut a: Vec<f32>, p: Projection<'_, f32>| {
+            let [mut hn, mut h, mut y] = [(); 3].map(|_| vec![f32::NAN; hs]);
+            step_after(&mut a, p, &hp, &b_hh, &mut hn, (&h0, &mut h), &mut y);
+            [a, hn, h, y].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+        };
+        let want = run(finished.clone(), Projection::Here);
+        assert!(want[2].iter().all(|&b| !f32::from_bits(b).is_nan()));
+        assert_eq!(run(x.clone(), Projection::Biased(&bias)), want);
+        assert_eq!(
+            run(vec![f32::NAN; 3 * hs], Projection::Row(&finished)),
+            want
         );
     }
 }

@@ -87,7 +87,8 @@ pub fn forward<T: Real>(
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
     let g4 = 4 * hs;
-    // Every element of these is written below (tanh_c and dgates at padded steps too).
+    // Written below: every element of these (tanh_c and dgates at padded steps too)
+    // but a padded row's gates from ids, which the backward pass skips.
     let gates = overwritten(&mut cache.gates, steps * batch * g4);
     let xp = project_inputs(
         p,

@@ -9,7 +9,8 @@
 
 use super::{
     for_row_blocks, input_grads, linear_weight_grads, project_inputs, recurrent_grads,
-    step_product, write_dg_rows, writes_dg_panels, CellParams, Input, Seq, Shared, WeightCopies,
+    step_product, write_dg_rows, writes_dg_panels, CellParams, Input, Projection, Seq, Shared,
+    WeightCopies,
 };
 use crate::kernel::{DgPanels, MatMut, MatRef};
 use crate::tensor::{overwritten, scratch, Real, Scratch};
@@ -80,8 +81,8 @@ pub fn forward<T: Real>(
     h: &mut [T],
 ) {
     let (steps, batch, hs) = (seq.steps, seq.batch, p.hidden_size());
-    // Written whole below: h_new by the input product (or step by step from ids),
-    // h_prev row by row.
+    // Written below: h_new by the input product or by the steps (a padded row's
+    // from ids keeps what it held: the backward pass skips it), h_prev row by row.
     let h_new = overwritten(&mut cache.h_new, steps * batch * hs);
     let xp = project_inputs(
         p,
@@ -99,22 +100,35 @@ pub fn forward<T: Real>(
         hs,
     );
     let (y, h) = (Shared::new(y, batch, hs), Shared::new(h, batch, hs));
+    if steps == 0 {
+        return;
+    }
     for_row_blocks(batch, |rows| {
         let m = rows.len();
         let mut hp = Scratch::<T>::zeroed(m * hs);
         // SAFETY: every block touches only its own batch rows of each buffer.
         let h = unsafe { h.rows(0, &rows) };
+        // Each step writes its new state straight into the next step's saved
+        // `h_{t-1}` (the last into `h`), as the LSTM's does.
+        // SAFETY: as above.
+        unsafe { h_prev.rows(seq.time(0), &rows).copy_from_slice(h) };
         for s in 0..steps {
             let t = seq.time(s);
-            // SAFETY: as above; one slice per buffer and timestep.
+            // SAFETY: as above; one slice per buffer and timestep (the next step's
+            // saved state is another timestep's).
             let (a, hp_t, y) = unsafe {
                 (
                     h_new.rows(t, &rows),
-                    h_prev.rows(t, &rows),
+                    &*h_prev.rows(t, &rows),
                     y.rows(t, &rows),
                 )
             };
-            hp_t.copy_from_slice(h);
+            let h_next: &mut [T] = if s + 1 < steps {
+                // SAFETY: as above.
+                unsafe { h_prev.rows(seq.time(s + 1), &rows) }
+            } else {
+                &mut *h
+            };
             let mt = seq.active(t, &rows);
             step_product(
                 MatMut::dense(&mut hp, mt, hs),
@@ -123,18 +137,20 @@ pub fn forward<T: Real>(
                 packed.map(|p| &p[0]),
                 false,
             );
-            xp.fill(t * batch + rows.start, a);
             for (i, b) in rows.clone().enumerate() {
                 let r = i * hs..(i + 1) * hs;
                 if !seq.valid(t, b) {
-                    y[r].fill(T::zero()); // padded: state carried unchanged
+                    // Padded: the state carried unchanged, the output zero.
+                    h_next[r.clone()].copy_from_slice(&hp_t[r.clone()]);
+                    y[r].fill(T::zero());
                     continue;
                 }
                 step(
                     act,
                     &mut a[r.clone()],
+                    xp.row(t * batch + b),
                     &hp[r.clone()],
-                    &mut h[r.clone()],
+                    &mut h_next[r.clone()],
                     &mut y[r],
                 );
             }
@@ -143,25 +159,50 @@ pub fn forward<T: Real>(
 }
 
 simd_variant! {
-    /// One row's step after the product (the equation at the top): `a` holds the
-    /// input projection and becomes `h_t`, copied to `h` and `y`. One pass, 16 lanes
-    /// wide where the CPU can. (Also the batch-1 stepper's update of a share of the units.)
+    /// One row's step after the product (the equation at the top): the input
+    /// projection `x` is read (from `a` itself, or with biases, or from another row)
+    /// and `a` becomes `h_t`, copied to `h` and `y`. One pass, 16 lanes wide where the
+    /// CPU can. (Also the batch-1 stepper's update of a share of the units.)
     pub(crate) fn step<T: Real>(
         act: Activation,
         a: &mut [T],
+        x: Projection<'_, T>,
         hp: &[T],
         h: &mut [T],
         y: &mut [T],
     ) {
         let hs = a.len();
         let (hp, h, y) = (&hp[..hs], &mut h[..hs], &mut y[..hs]);
-        for j in 0..hs {
-            let v = a[j] + hp[j];
-            let v = match act {
-                Activation::Tanh => v.tanh_one(),
-                Activation::Relu => v.max(T::zero()),
-            };
-            (a[j], h[j], y[j]) = (v, v, v);
+        // One unit from its input projection; a loop per kind of input, so that
+        // each vectorises.
+        macro_rules! unit {
+            ($j:expr, $x:expr) => {{
+                let j = $j;
+                let v = $x + hp[j];
+                let v = match act {
+                    Activation::Tanh => v.tanh_one(),
+                    Activation::Relu => v.max(T::zero()),
+                };
+                (a[j], h[j], y[j]) = (v, v, v);
+            }};
+        }
+        match x {
+            Projection::Here => {
+                for j in 0..hs {
+                    unit!(j, a[j]);
+                }
+            }
+            Projection::Biased(b) => {
+                let b = &b[..hs];
+                for j in 0..hs {
+                    unit!(j, a[j] + b[j]);
+                }
+            }
+            Projection::Row(x) => {
+                for (j, &x) in x[..hs].iter().enumerate() {
+                    unit!(j, x);
+                }
+            }
         }
     }
 }
@@ -273,4 +314,36 @@ pub(crate) fn weight_grads<T: Real>(
     cache: &RnnCache<T>,
 ) {
     linear_weight_grads(p, g, &seq, x, &cache.da, &cache.h_prev);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    /// The step reads its projection where it lies with the bits it has when
+    /// finished in place first (a row of products plus the biases, or a table's
+    /// row), with either activation, at a width with a vector tail.
+    #[test]
+    fn every_kind_of_projection_gives_the_same_bits() {
+        let hs = 21;
+        let mut rng = Rng::new(4);
+        let [x, bias, hp] = [(); 3].map(|_| {
+            (0..hs)
+                .map(|_| rng.uniform_in(-3.0, 3.0) as f32)
+                .collect::<Vec<_>>()
+        });
+        let finished: Vec<f32> = x.iter().zip(&bias).map(|(x, b)| x + b).collect();
+        for act in [Activation::Tanh, Activation::Relu] {
+            let run = |mut a: Vec<f32>, p: Projection<'_, f32>| {
+                let (mut h, mut y) = (vec![f32::NAN; hs], vec![f32::NAN; hs]);
+                step(act, &mut a, p, &hp, &mut h, &mut y);
+                [a, h, y].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            };
+            let want = run(finished.clone(), Projection::Here);
+            assert!(want[0].iter().all(|&b| !f32::from_bits(b).is_nan()));
+            assert_eq!(run(x.clone(), Projection::Biased(&bias)), want);
+            assert_eq!(run(vec![f32::NAN; hs], Projection::Row(&finished)), want);
+        }
+    }
 }

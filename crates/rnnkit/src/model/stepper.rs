@@ -622,7 +622,7 @@ fn update(
             } else {
                 Activation::Relu
             };
-            rnn::step(act, xp, hp, hn, &mut spare[..m]);
+            rnn::step(act, xp, Projection::Here, hp, hn, &mut spare[..m]);
         }
         CellKind::Lstm => {
             let (tanh_c, y) = spare.split_at_mut(m);
