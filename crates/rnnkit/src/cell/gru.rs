@@ -138,7 +138,7 @@ pub fn forward<T: Real>(
         // Each step writes its new state straight into the next step's saved
         // `h_{t-1}` (the last into `h`), as the LSTM's does.
         // SAFETY: as above.
-        unsafe { h_prev.rows(seq.time(0), &rows).copy_from_slice(h) };
+        unsafe { h_prev.save_initial(&seq, &rows, h) };
         for s in 0..steps {
             let t = seq.time(s);
             // SAFETY: as above; one slice per buffer and timestep (the next step's
@@ -151,12 +151,8 @@ pub fn forward<T: Real>(
                     y.rows(t, &rows),
                 )
             };
-            let h_next: &mut [T] = if s + 1 < steps {
-                // SAFETY: as above.
-                unsafe { h_prev.rows(seq.time(s + 1), &rows) }
-            } else {
-                &mut *h
-            };
+            // SAFETY: as above.
+            let h_next = unsafe { h_prev.next_state(&seq, s, &rows, h) };
             let mt = seq.active(t, &rows);
             if reset_after {
                 step_product(
@@ -547,6 +543,7 @@ fn hidden_weight_grads<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::assert_projections_agree;
     use crate::Rng;
 
     /// Torch's form of the step reads its projections where they lie with the bits
@@ -559,20 +556,13 @@ mod tests {
         let mut rng = Rng::new(6);
         let mut draw =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-3.0, 3.0) as f32).collect() };
-        let [x, bias, hp, b_hh] = [(); 4].map(|_| draw(3 * hs));
+        let [hp, b_hh] = [(); 2].map(|_| draw(3 * hs));
         let h0 = draw(hs);
-        let finished: Vec<f32> = x.iter().zip(&bias).map(|(x, b)| x + b).collect();
-        let run = |mut a: Vec<f32>, p: Projection<'_, f32>| {
+        let want = assert_projections_agree(3 * hs, &mut rng, |mut a, p| {
             let [mut hn, mut h, mut y] = [(); 3].map(|_| vec![f32::NAN; hs]);
             step_after(&mut a, p, &hp, &b_hh, &mut hn, (&h0, &mut h), &mut y);
             [a, hn, h, y].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
-        };
-        let want = run(finished.clone(), Projection::Here);
+        });
         assert!(want[2].iter().all(|&b| !f32::from_bits(b).is_nan()));
-        assert_eq!(run(x.clone(), Projection::Biased(&bias)), want);
-        assert_eq!(
-            run(vec![f32::NAN; 3 * hs], Projection::Row(&finished)),
-            want
-        );
     }
 }

@@ -133,10 +133,9 @@ pub fn forward<T: Real>(
         // copied at every step (two copies of `[B, H]` a step were 1 % of a bf16
         // training step of LSTM 2×512).
         // SAFETY: as above.
-        let first = seq.time(0);
         unsafe {
-            h_prev.rows(first, &rows).copy_from_slice(h);
-            c_prev.rows(first, &rows).copy_from_slice(c);
+            h_prev.save_initial(&seq, &rows, h);
+            c_prev.save_initial(&seq, &rows, c);
         }
         for s in 0..steps {
             let t = seq.time(s);
@@ -151,12 +150,12 @@ pub fn forward<T: Real>(
                     y.rows(t, &rows),
                 )
             };
-            let (h_next, c_next): (&mut [T], &mut [T]) = if s + 1 < steps {
-                let next = seq.time(s + 1);
-                // SAFETY: as above.
-                unsafe { (h_prev.rows(next, &rows), c_prev.rows(next, &rows)) }
-            } else {
-                (&mut *h, &mut *c)
+            // SAFETY: as above.
+            let (h_next, c_next) = unsafe {
+                (
+                    h_prev.next_state(&seq, s, &rows, h),
+                    c_prev.next_state(&seq, s, &rows, c),
+                )
             };
             let mt = seq.active(t, &rows);
             step_product(
@@ -411,6 +410,7 @@ pub(crate) fn weight_grads<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::assert_projections_agree;
     use crate::kernel::{sigmoid_f32, tanh_f32};
     use crate::Rng;
 
@@ -463,11 +463,7 @@ mod tests {
     fn every_kind_of_projection_gives_the_same_bits() {
         let hs = 21;
         let mut rng = Rng::new(9);
-        let [x, bias, hp, c0] = [4 * hs, 4 * hs, 4 * hs, hs].map(|n| draw(&mut rng, n));
-        let finished: Vec<f32> = x.iter().zip(&bias).map(|(x, b)| x + b).collect();
-        let want = step_bits(finished.clone(), Projection::Here, &hp, &c0);
-        assert_eq!(step_bits(x, Projection::Biased(&bias), &hp, &c0), want);
-        let nan = vec![f32::NAN; 4 * hs];
-        assert_eq!(step_bits(nan, Projection::Row(&finished), &hp, &c0), want);
+        let [hp, c0] = [4 * hs, hs].map(|n| draw(&mut rng, n));
+        assert_projections_agree(4 * hs, &mut rng, |a, x| step_bits(a, x, &hp, &c0));
     }
 }

@@ -275,6 +275,30 @@ pub(crate) enum Projection<'a, T> {
     Row(&'a [T]),
 }
 
+/// Asserts that a step reads each kind of [`Projection`] of `width` values drawn
+/// from `rng` (and as many biases) with the bits it gets from them finished in its
+/// own row first: `run` takes the step's own row and the projection and returns
+/// what the step wrote, whose value for the finished row is returned.
+#[cfg(test)]
+pub(crate) fn assert_projections_agree<R: PartialEq + std::fmt::Debug>(
+    width: usize,
+    rng: &mut crate::Rng,
+    run: impl Fn(Vec<f32>, Projection<'_, f32>) -> R,
+) -> R {
+    let mut draw = || -> Vec<f32> {
+        (0..width)
+            .map(|_| rng.uniform_in(-3.0, 3.0) as f32)
+            .collect()
+    };
+    let (x, bias) = (draw(), draw());
+    let finished: Vec<f32> = x.iter().zip(&bias).map(|(x, b)| x + b).collect();
+    let want = run(finished.clone(), Projection::Here);
+    assert_eq!(run(x, Projection::Biased(&bias)), want);
+    // NaN in the step's own row would show if it were read.
+    assert_eq!(run(vec![f32::NAN; width], Projection::Row(&finished)), want);
+    want
+}
+
 /// `xp [rows, G·H] = x [rows, I] · W_ihᵀ + b_ih`, plus `b_hh` when `fold_bias_hh`
 /// (cells whose recurrent term is purely additive fold both biases in once).
 /// The time loop finishes each timestep's rows ([`Projected::fill`]): for dense
@@ -973,6 +997,40 @@ impl<'a, T> Shared<'a, T> {
             batch,
             width,
             _borrow: PhantomData,
+        }
+    }
+
+    /// Saves a block's initial `state` (its `rows`) as the state before the first
+    /// step of `seq`, in a buffer of the states before each step (`h_{t-1}`).
+    ///
+    /// # Safety
+    /// As [`Shared::rows`].
+    pub(crate) unsafe fn save_initial(&self, seq: &Seq, rows: &Range<usize>, state: &[T])
+    where
+        T: Copy,
+    {
+        // SAFETY: the caller's.
+        unsafe { self.rows(seq.time(0), rows) }.copy_from_slice(state);
+    }
+
+    /// Where step `s` of `seq` writes a block's new state: in this buffer of the
+    /// states before each step, the next step's rows `rows`; after the last step,
+    /// `state`.
+    ///
+    /// # Safety
+    /// As [`Shared::rows`].
+    pub(crate) unsafe fn next_state<'s>(
+        &'s self,
+        seq: &Seq,
+        s: usize,
+        rows: &Range<usize>,
+        state: &'s mut [T],
+    ) -> &'s mut [T] {
+        if s + 1 < seq.steps {
+            // SAFETY: the caller's.
+            unsafe { self.rows(seq.time(s + 1), rows) }
+        } else {
+            state
         }
     }
 

@@ -111,7 +111,7 @@ pub fn forward<T: Real>(
         // Each step writes its new state straight into the next step's saved
         // `h_{t-1}` (the last into `h`), as the LSTM's does.
         // SAFETY: as above.
-        unsafe { h_prev.rows(seq.time(0), &rows).copy_from_slice(h) };
+        unsafe { h_prev.save_initial(&seq, &rows, h) };
         for s in 0..steps {
             let t = seq.time(s);
             // SAFETY: as above; one slice per buffer and timestep (the next step's
@@ -123,12 +123,8 @@ pub fn forward<T: Real>(
                     y.rows(t, &rows),
                 )
             };
-            let h_next: &mut [T] = if s + 1 < steps {
-                // SAFETY: as above.
-                unsafe { h_prev.rows(seq.time(s + 1), &rows) }
-            } else {
-                &mut *h
-            };
+            // SAFETY: as above.
+            let h_next = unsafe { h_prev.next_state(&seq, s, &rows, h) };
             let mt = seq.active(t, &rows);
             step_product(
                 MatMut::dense(&mut hp, mt, hs),
@@ -319,6 +315,7 @@ pub(crate) fn weight_grads<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::assert_projections_agree;
     use crate::Rng;
 
     /// The step reads its projection where it lies with the bits it has when
@@ -328,22 +325,14 @@ mod tests {
     fn every_kind_of_projection_gives_the_same_bits() {
         let hs = 21;
         let mut rng = Rng::new(4);
-        let [x, bias, hp] = [(); 3].map(|_| {
-            (0..hs)
-                .map(|_| rng.uniform_in(-3.0, 3.0) as f32)
-                .collect::<Vec<_>>()
-        });
-        let finished: Vec<f32> = x.iter().zip(&bias).map(|(x, b)| x + b).collect();
+        let hp: Vec<f32> = (0..hs).map(|_| rng.uniform_in(-3.0, 3.0) as f32).collect();
         for act in [Activation::Tanh, Activation::Relu] {
-            let run = |mut a: Vec<f32>, p: Projection<'_, f32>| {
+            let want = assert_projections_agree(hs, &mut rng, |mut a, p| {
                 let (mut h, mut y) = (vec![f32::NAN; hs], vec![f32::NAN; hs]);
                 step(act, &mut a, p, &hp, &mut h, &mut y);
                 [a, h, y].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
-            };
-            let want = run(finished.clone(), Projection::Here);
+            });
             assert!(want[0].iter().all(|&b| !f32::from_bits(b).is_nan()));
-            assert_eq!(run(x.clone(), Projection::Biased(&bias)), want);
-            assert_eq!(run(vec![f32::NAN; hs], Projection::Row(&finished)), want);
         }
     }
 }
