@@ -457,11 +457,11 @@ unsafe fn groups<A: Copy, const N: usize>(
     };
     loop {
         let mut together = [0; N];
-        let taken = together
-            .iter_mut()
-            .zip(&mut order)
-            .map(|(slot, g)| *slot = g)
-            .count();
+        let mut taken = 0;
+        for g in order.by_ref().take(N) {
+            together[taken] = g;
+            taken += 1;
+        }
         if taken == N {
             // SAFETY: the caller guarantees `steps` lines for every group.
             let sums = unsafe { chains(lines, together, steps, zero, &step) };
