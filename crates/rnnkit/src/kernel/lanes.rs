@@ -13,6 +13,7 @@ use std::ops::{Deref, DerefMut};
 pub(crate) const LINE_LANES: usize = 16;
 
 /// The mask of the first `n` lanes of a 16-lane vector (all of them from 16 on).
+#[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn first_lanes(n: usize) -> u16 {
     if n >= 16 {

@@ -814,6 +814,7 @@ mod tests {
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
+            let _ = (weights, lines, steps, x, m);
             None
         }
     }
