@@ -71,6 +71,54 @@ impl Sweep {
     }
 }
 
+/// How many groups of rows the AVX-512 f32 and int8 products stream at once.
+///
+/// Four groups share each step's broadcast of `x` (a line costs one instruction,
+/// the multiply-add reading it, instead of two); one keeps a single stream of lines
+/// in flight. Which is faster depends on the CPU and on where the weights come
+/// from: on a Zen 4 (LSTM 2×512 from L3) four sampled 4 % faster in f32 and 3–10 %
+/// in int8; on a Zen 5 one sampled 5 % faster in f32 and 2 % in int8 there, and
+/// 17 % in f32 for LSTM 1×128, whose weights stream from L2. So a stepper times
+/// both on its first characters. Each group's chains and sums are the same either
+/// way, so the results are too. The bf16 and AVX2 kernels always stream one (bf16
+/// ran 2–7 % slower with four on both CPUs; AVX2's chains of one group take half
+/// of its registers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Streams {
+    /// One group at a time.
+    #[default]
+    One,
+    /// Four groups at a time, sharing each broadcast of `x`.
+    Four,
+}
+
+/// How a product reads its groups of rows: in which order, and how many at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pass {
+    /// The order of the groups.
+    pub(crate) sweep: Sweep,
+    /// How many groups stream at once.
+    pub(crate) streams: Streams,
+}
+
+/// Whether [`Streams`] changes how this CPU's kernel for `weights` runs (AVX-512
+/// f32, or int8 on VNNI); elsewhere a product streams one group at a time.
+pub(crate) fn streams_matter(weights: Weights) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match weights {
+            Weights::F32 => crate::kernel::avx512_enabled(),
+            Weights::Int8 => vnni_supported(),
+            Weights::Bf16 => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = weights;
+        false
+    }
+}
+
 /// Rows per group: the f32 lanes of one AVX-512 register (a column step of a group
 /// is one [`Line`]).
 pub(crate) const GROUP: usize = LINE_LANES;
@@ -187,7 +235,7 @@ impl Panels {
     }
 
     /// `y[i] = row(j0 + i) of block b · x` (+ `bias[i]`), for `y.len()` rows from a
-    /// multiple of [`GROUP`], reading the groups of rows in the `sweep`'s order.
+    /// multiple of [`GROUP`], reading the groups of rows as `pass` says.
     ///
     /// # Panics
     /// If `j0` is not a multiple of [`GROUP`], the rows run past the block, or `x`
@@ -199,7 +247,7 @@ impl Panels {
         x: &PanelVector,
         bias: Option<&[f32]>,
         y: &mut [f32],
-        sweep: Sweep,
+        pass: Pass,
     ) {
         let m = y.len();
         assert!(
@@ -214,7 +262,7 @@ impl Panels {
         );
         let first = (b * self.groups_per_block + j0 / GROUP) * self.steps;
         let lines = &self.lines[first..first + m.div_ceil(GROUP) * self.steps];
-        let centred = dot_groups(self.weights, lines, self.steps, x, y, sweep);
+        let centred = dot_groups(self.weights, lines, self.steps, x, y, pass);
         let r = b * self.block_rows + j0;
         let offset = if centred { 0.0 } else { 128.0 };
         let int8 = (self.weights == Weights::Int8)
@@ -342,12 +390,12 @@ pub fn int8_supported() -> bool {
     }
 }
 
-/// A group kernel: `(lines, steps, x, y, sweep)` as [`dot_groups`] takes them.
+/// A group kernel: `(lines, steps, x, y, pass)` as [`dot_groups`] takes them.
 #[cfg(target_arch = "x86_64")]
-type Kernel = unsafe fn(&[Line], usize, &PanelVector, &mut [f32], Sweep);
+type Kernel = unsafe fn(&[Line], usize, &PanelVector, &mut [f32], Pass);
 
 /// The groups of `lines` (`steps` lines each) times `x` into `y` (int8: the raw
-/// integer sums, as f32), in the `sweep`'s order. Returns whether int8 sums count
+/// integer sums, as f32), read as `pass` says. Returns whether int8 sums count
 /// the vector's levels from 128 (`Σ q·(u − 128)`, the AVX2 kernel's) rather than 0.
 fn dot_groups(
     weights: Weights,
@@ -355,7 +403,7 @@ fn dot_groups(
     steps: usize,
     x: &PanelVector,
     y: &mut [f32],
-    sweep: Sweep,
+    pass: Pass,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -374,12 +422,12 @@ fn dot_groups(
             // SAFETY: the CPU has the kernel's features; `lines` holds
             // `y.len().div_ceil(GROUP)` groups of `steps` lines and `x` is prepared
             // for `steps` steps (both checked by the caller).
-            unsafe { kernel(lines, steps, x, y, sweep) };
+            unsafe { kernel(lines, steps, x, y, pass) };
             return weights == Weights::Int8 && !vnni_supported();
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = sweep; // the portable loop reads the groups in order
+    let _ = pass; // the portable loop reads the groups in order, one at a time
     dot_groups_ref(weights, lines, steps, x, y);
     false
 }
@@ -428,11 +476,8 @@ const CHAINS: usize = 4;
 /// `sweep`'s order, `N` groups at a time. Inlined into each kernel, whose features
 /// it takes.
 ///
-/// Groups taken together share each step's broadcast of `x`: a line then costs one
-/// instruction (the multiply-add reading it) instead of two, so the core keeps more
-/// lines in flight from L3 (LSTM 2×512 sampled 4 % faster in f32 with `N` = 4, 3–10 %
-/// in int8; bf16 ran 3–4 % slower, and keeps `N` = 1). Each group's chains and sums
-/// are those of one group at a time, so the results are too.
+/// Groups taken together share each step's broadcast of `x` (see [`Streams`]). Each
+/// group's chains and sums are those of one group at a time, so the results are too.
 ///
 /// # Safety
 /// `lines` holds `steps` lines for each group of `y`.
@@ -514,7 +559,7 @@ unsafe fn chains<A: Copy, const N: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{groups, Line, PanelVector, Sweep};
+    use super::{groups, Line, PanelVector, Pass, Streams, Sweep};
     use crate::kernel::lanes::first_lanes;
     use std::arch::x86_64::*;
 
@@ -546,14 +591,17 @@ mod avx512 {
         steps: usize,
         x: &PanelVector,
         y: &mut [f32],
-        sweep: Sweep,
+        pass: Pass,
     ) {
         let xs = x.values.as_ptr();
         let step = |a, line: *const Line, s| {
             let w = unsafe { _mm512_load_ps(line.cast()) };
             _mm512_fmadd_ps(w, _mm512_set1_ps(unsafe { *xs.add(s) }), a)
         };
-        unsafe { float_groups::<4>(lines, steps, y, sweep, step) }
+        match pass.streams {
+            Streams::One => unsafe { float_groups::<1>(lines, steps, y, pass.sweep, step) },
+            Streams::Four => unsafe { float_groups::<4>(lines, steps, y, pass.sweep, step) },
+        }
     }
 
     /// bfloat16 pairs by `vdpbf16ps` against `x`'s pairs rounded to bfloat16.
@@ -563,7 +611,7 @@ mod avx512 {
         steps: usize,
         x: &PanelVector,
         y: &mut [f32],
-        sweep: Sweep,
+        pass: Pass,
     ) {
         // Pairs of bfloat16 values, read 4 bytes at a time.
         let xs = x.half.as_ptr().cast::<u32>();
@@ -579,7 +627,7 @@ mod avx512 {
             };
             _mm512_dpbf16_ps(a, w, xv)
         };
-        unsafe { float_groups::<1>(lines, steps, y, sweep, step) }
+        unsafe { float_groups::<1>(lines, steps, y, pass.sweep, step) }
     }
 
     /// bfloat16 pairs widened exactly to f32 (a shift and a mask), times `x` in f32.
@@ -589,7 +637,7 @@ mod avx512 {
         steps: usize,
         x: &PanelVector,
         y: &mut [f32],
-        sweep: Sweep,
+        pass: Pass,
     ) {
         let xs = x.values.as_ptr();
         let step = |a, line: *const Line, s: usize| {
@@ -599,7 +647,7 @@ mod avx512 {
             let a = _mm512_fmadd_ps(even, _mm512_set1_ps(unsafe { *xs.add(2 * s) }), a);
             _mm512_fmadd_ps(odd, _mm512_set1_ps(unsafe { *xs.add(2 * s + 1) }), a)
         };
-        unsafe { float_groups::<1>(lines, steps, y, sweep, step) }
+        unsafe { float_groups::<1>(lines, steps, y, pass.sweep, step) }
     }
 
     /// int8 quads by `vpdpbusd` (unsigned `x` bytes × signed weights), exact in i32.
@@ -609,7 +657,7 @@ mod avx512 {
         steps: usize,
         x: &PanelVector,
         y: &mut [f32],
-        sweep: Sweep,
+        pass: Pass,
     ) {
         // Quads of levels, read 4 bytes at a time.
         let xs = x.levels.as_ptr().cast::<u32>();
@@ -620,17 +668,15 @@ mod avx512 {
             _mm512_dpbusd_epi32(a, _mm512_set1_epi32(quad), w)
         };
         let finish = |s: __m512i, y: &mut [f32]| store(_mm512_cvtepi32_ps(s), y);
-        unsafe {
-            groups::<_, 4>(
-                lines,
-                steps,
-                y,
-                sweep,
-                _mm512_setzero_si512(),
-                |a, b| _mm512_add_epi32(a, b),
-                step,
-                finish,
-            )
+        let (zero, add) = (_mm512_setzero_si512(), |a, b| _mm512_add_epi32(a, b));
+        let sweep = pass.sweep;
+        match pass.streams {
+            Streams::One => unsafe {
+                groups::<_, 1>(lines, steps, y, sweep, zero, add, step, finish)
+            },
+            Streams::Four => unsafe {
+                groups::<_, 4>(lines, steps, y, sweep, zero, add, step, finish)
+            },
         }
     }
 }
@@ -640,7 +686,7 @@ mod avx512 {
 /// widened-bfloat16 results are the same bits.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{groups, Line, PanelVector, Sweep, GROUP};
+    use super::{groups, Line, PanelVector, Pass, Sweep, GROUP};
     use std::arch::x86_64::*;
 
     /// A line's 16 lanes.
@@ -681,7 +727,7 @@ mod avx2 {
         steps: usize,
         x: &PanelVector,
         y: &mut [f32],
-        sweep: Sweep,
+        pass: Pass,
     ) {
         let xs = x.values.as_ptr();
         let step = |a: Pair, line: *const Line, s: usize| {
@@ -698,7 +744,7 @@ mod avx2 {
                 _mm256_fmadd_ps(w[1], xv, a[1]),
             ]
         };
-        unsafe { float_groups(lines, steps, y, sweep, step) }
+        unsafe { float_groups(lines, steps, y, pass.sweep, step) }
     }
 
     /// bfloat16 pairs widened exactly to f32 (a shift and a mask), times `x` in f32.
@@ -708,7 +754,7 @@ mod avx2 {
         steps: usize,
         x: &PanelVector,
         y: &mut [f32],
-        sweep: Sweep,
+        pass: Pass,
     ) {
         let xs = x.values.as_ptr();
         let step = |a: Pair, line: *const Line, s: usize| {
@@ -730,7 +776,7 @@ mod avx2 {
             }
             out
         };
-        unsafe { float_groups(lines, steps, y, sweep, step) }
+        unsafe { float_groups(lines, steps, y, pass.sweep, step) }
     }
 
     /// int8 quads without VNNI: `|q|` times the vector's centred levels `u − 128`
@@ -744,7 +790,7 @@ mod avx2 {
         steps: usize,
         x: &PanelVector,
         y: &mut [f32],
-        sweep: Sweep,
+        pass: Pass,
     ) {
         type Sums = [__m256i; 2];
         let xs = x.levels.as_ptr().cast::<u32>();
@@ -773,7 +819,7 @@ mod avx2 {
         let finish =
             |s: Sums, y: &mut [f32]| store([_mm256_cvtepi32_ps(s[0]), _mm256_cvtepi32_ps(s[1])], y);
         let zero = [_mm256_setzero_si256(); 2];
-        unsafe { groups::<_, 1>(lines, steps, y, sweep, zero, add, step, finish) }
+        unsafe { groups::<_, 1>(lines, steps, y, pass.sweep, zero, add, step, finish) }
     }
 }
 
@@ -809,7 +855,7 @@ mod tests {
             let mut y = vec![f32::NAN; m];
             // SAFETY: the CPU has the features; `lines` holds `steps` lines for each
             // group of `y` (asserted).
-            unsafe { kernel(lines, steps, x, &mut y, Sweep::Forward) };
+            unsafe { kernel(lines, steps, x, &mut y, Pass::default()) };
             Some(y)
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -861,22 +907,28 @@ mod tests {
                             (rows - j0).min(2 * GROUP)
                         };
                         let mut got = vec![f32::NAN; m];
-                        p.dot(b, j0, &v, Some(&bias[..m]), &mut got, Sweep::Forward);
-                        // The groups read last to first give the same sums.
-                        let mut back = vec![f32::NAN; m];
-                        p.dot(b, j0, &v, Some(&bias[..m]), &mut back, Sweep::Backward);
-                        assert_eq!(
-                            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            "{weights:?} {rows}×{cols}×{blocks}"
-                        );
+                        p.dot(b, j0, &v, Some(&bias[..m]), &mut got, Pass::default());
+                        // The groups read last to first, and four at a time, give the
+                        // same sums.
+                        for sweep in [Sweep::Forward, Sweep::Backward] {
+                            for streams in [Streams::One, Streams::Four] {
+                                let mut other = vec![f32::NAN; m];
+                                let pass = Pass { sweep, streams };
+                                p.dot(b, j0, &v, Some(&bias[..m]), &mut other, pass);
+                                assert_eq!(
+                                    other.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    "{weights:?} {rows}×{cols}×{blocks} {pass:?}"
+                                );
+                            }
+                        }
                         // The kernel this CPU runs and the portable loop on the same lines:
                         // int8 sums are exact on both.
                         let first = (b * p.groups_per_block + j0 / GROUP) * p.steps;
                         let (mut fast, mut plain) = (vec![0.0; m], vec![0.0; m]);
                         let lines = &p.lines[first..];
                         let centred =
-                            dot_groups(weights, lines, p.steps, &v, &mut fast, Sweep::Forward);
+                            dot_groups(weights, lines, p.steps, &v, &mut fast, Pass::default());
                         dot_groups_ref(weights, &p.lines[first..], p.steps, &v, &mut plain);
                         // int8 sums counted from 128 (`Σ q·(u − 128)`) and from 0 differ
                         // by 128 times the row's sum; exactly, at these sizes.
@@ -970,10 +1022,10 @@ mod tests {
             let mut v = PanelVector::default();
             v.set(&[0.0; 4], weights);
             let mut y = [1.0; 2];
-            p.dot(0, 0, &v, None, &mut y, Sweep::Forward);
+            p.dot(0, 0, &v, None, &mut y, Pass::default());
             assert_eq!(y, [0.0, 0.0]);
             v.set(&[1.0, -1.0, 0.5, 0.0], weights);
-            p.dot(0, 0, &v, None, &mut y, Sweep::Forward);
+            p.dot(0, 0, &v, None, &mut y, Pass::default());
             assert_eq!(y, [0.0, 0.0]);
         }
     }
@@ -984,6 +1036,6 @@ mod tests {
         let p = Panels::new(&[1.0; 64], 2, 1, Weights::F32);
         let mut v = PanelVector::default();
         v.set(&[1.0; 2], Weights::F32);
-        p.dot(0, 3, &v, None, &mut [0.0; 4], Sweep::Forward);
+        p.dot(0, 3, &v, None, &mut [0.0; 4], Pass::default());
     }
 }

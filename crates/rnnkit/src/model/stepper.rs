@@ -12,7 +12,8 @@
 //! the bytes to stream. Where a core's share of the weights is larger than its
 //! cache, alternate characters can read them in orders that find part of them still
 //! cached (see [`Order`]); a stepper times that against reading forward at every
-//! character and keeps the faster (see [`ReadTuner`]).
+//! character, and its products' streaming one group of rows at a time against four,
+//! and keeps the fastest (see [`ReadTuner`]).
 //! The cell equations are those of `crate::cell` (named there).
 
 use super::CharLm;
@@ -21,7 +22,8 @@ use crate::cell::{lstm, CellKind, Projection};
 use crate::error::{Error, Result};
 pub use crate::kernel::Weights;
 use crate::kernel::{
-    add_bias_rows, matmul, sigmoid_f32, tanh_f32, MatMut, MatRef, PanelVector, Panels, Sweep, Team,
+    add_bias_rows, matmul, sigmoid_f32, streams_matter, tanh_f32, MatMut, MatRef, PanelVector,
+    Panels, Pass, Sweep, Team,
 };
 use reads::{ReadTuner, Reads};
 use std::marker::PhantomData;
@@ -250,7 +252,7 @@ impl Stepper {
             rh: vec![0.0; hs],
             weights,
             sweep: Sweep::default(),
-            reads: ReadTuner::default(),
+            reads: ReadTuner::new(streams_matter(weights)),
             logits: vec![0.0; vocab],
         })
     }
@@ -262,7 +264,14 @@ impl Stepper {
     pub fn set_threads(&mut self, threads: usize) {
         let g = self.kind.gates();
         self.shares = shares(self.hs, g, threads, &self.head_w, self.weights);
-        self.reads = ReadTuner::default();
+        self.reads = ReadTuner::new(streams_matter(self.weights));
+    }
+
+    /// Whether the stepper is still timing the ways it can read its weights on its
+    /// first few hundred characters (see [`ReadTuner`]): a benchmark feeds it until
+    /// it is done.
+    pub fn tuning(&self) -> bool {
+        !self.reads.done()
     }
 
     /// The threads each step is shared out between (the caller's included).
@@ -343,7 +352,8 @@ impl Stepper {
         }
         let (hs, e) = (self.hs, self.embed.len() / self.vocab);
         let gh = self.kind.gates() * hs;
-        self.sweep = match self.reads.next() {
+        let way = self.reads.next();
+        self.sweep = match way.reads {
             Reads::Alternate => self.sweep.flip(),
             Reads::Forward => Sweep::Forward,
         };
@@ -362,7 +372,10 @@ impl Stepper {
                 .filter(|_| ahead)
                 .map(|up| (&up.w_hh, up.b_hh.as_deref(), up.h()));
             let order = Order {
-                sweep: self.sweep,
+                pass: Pass {
+                    sweep: self.sweep,
+                    streams: way.streams,
+                },
                 ready: ahead && l > 0,
                 next,
                 head: l == last,
@@ -455,8 +468,8 @@ enum Input<'a> {
 /// the stepper times both ways on its first characters ([`ReadTuner`]).
 #[derive(Clone, Copy)]
 struct Order<'a> {
-    /// The direction of every product's reads, and of its gates.
-    sweep: Sweep,
+    /// The direction of every product's reads (and of its gates), and its streams.
+    pass: Pass,
     /// The shares' `ahead` hold this layer's recurrent pre-activations already.
     ready: bool,
     /// The next layer's `W_hh`, `b_hh` and `h`, to multiply first into the shares'
@@ -499,7 +512,7 @@ fn step_layer(
         0 => (&*a, Parts::new(b)),
         _ => (&*b, Parts::new(a)),
     });
-    let sweep = order.sweep;
+    let (pass, sweep) = (order.pass, order.pass.sweep);
     // Pre-activations of every gate of the share's units: [G, m] input side, [G, m]
     // recurrent side (for the reset-before GRU the candidate's recurrent part waits).
     let preact = |s: &mut Share| {
@@ -513,7 +526,7 @@ fn step_layer(
             for gate in sweep.order(g) {
                 let r0 = gate * hs + j0;
                 let b = b.map(|b| &b[r0..r0 + m]);
-                w.dot(gate, j0, &v.next, b, &mut s.ahead[gate * m..][..m], sweep);
+                w.dot(gate, j0, &v.next, b, &mut s.ahead[gate * m..][..m], pass);
             }
         }
         if let Input::Project(x) = input {
@@ -525,7 +538,7 @@ fn step_layer(
                 Input::Ready(v) => out.copy_from_slice(&v[r0..r0 + m]),
                 Input::Project(_) => {
                     let w = w_ih.as_ref().expect("W_ih kept for projected inputs");
-                    w.dot(gate, j0, &v.x, Some(&b_ih[r0..r0 + m]), out, sweep);
+                    w.dot(gate, j0, &v.x, Some(&b_ih[r0..r0 + m]), out, pass);
                 }
             }
         }
@@ -539,7 +552,7 @@ fn step_layer(
             }
             let r0 = gate * hs + j0;
             let b = b_hh.as_deref().map(|b| &b[r0..r0 + m]);
-            w_hh.dot(gate, j0, &v.h, b, &mut hp[gate * m..][..m], sweep);
+            w_hh.dot(gate, j0, &v.h, b, &mut hp[gate * m..][..m], pass);
         }
     };
     // The share's part of the logits from its units' new `h`, on the last layer.
@@ -547,7 +560,7 @@ fn step_layer(
         if order.head {
             s.vectors.units.set(h, weights);
             s.head
-                .dot(0, 0, &s.vectors.units, None, &mut s.logits, sweep);
+                .dot(0, 0, &s.vectors.units, None, &mut s.logits, pass);
         }
     };
     match kind {
@@ -573,7 +586,7 @@ fn step_layer(
                 let (j0, m) = (s.j0, s.m);
                 s.vectors.h.set(rh, weights);
                 let (xp, hp_n) = (&mut s.xp, &mut s.hp[2 * m..3 * m]);
-                w_hh.dot(2, j0, &s.vectors.h, None, hp_n, sweep);
+                w_hh.dot(2, j0, &s.vectors.h, None, hp_n, pass);
                 let (rz, n) = xp.split_at_mut(2 * m);
                 for (v, &u) in n.iter_mut().zip(hp_n.iter()) {
                     *v += u;

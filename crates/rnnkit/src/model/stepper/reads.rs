@@ -1,5 +1,6 @@
 //! Whether a stepper's characters alternate the direction of their reads or all read
-//! forward, chosen by timing both on its first characters.
+//! forward, and whether its products stream one group of rows at a time or four
+//! (see `Streams`), chosen by timing each way on its first characters.
 //!
 //! Alternating pays where a core's caches keep what the last character read last
 //! (see `Order`): on a Sapphire Rapids Xeon (2 MiB of L2 a core) LSTM 2×512 sampled
@@ -9,8 +10,9 @@
 //! forward: 72.8 µs a character in f32, backward 80.5; bf16 36.0 and 43.5): there
 //! forward reads sample LSTM 2×512 5.8 % faster in f32 and 7.3 % in bf16, and 1.3 %
 //! slower in int8, whose 1.6 MB a core nearly fit its L2. Every sum is the same in
-//! both orders, so the choice changes no result.
+//! both orders, so the choice changes no result; nor does the number of streams.
 
+use crate::kernel::Streams;
 use std::time::Instant;
 
 /// How consecutive characters order their reads.
@@ -23,6 +25,37 @@ pub(super) enum Reads {
     Forward,
 }
 
+/// How a character reads its weights: the order of consecutive characters' reads,
+/// and how many groups of rows each product streams at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Way {
+    /// The order of consecutive characters' reads.
+    pub(super) reads: Reads,
+    /// The groups each product streams at once.
+    pub(super) streams: Streams,
+}
+
+/// The ways a tuner times, a block of each in turn: both orders with one stream,
+/// then (where the kernels have both) with four.
+const WAYS: [Way; 4] = [
+    Way {
+        reads: Reads::Alternate,
+        streams: Streams::One,
+    },
+    Way {
+        reads: Reads::Forward,
+        streams: Streams::One,
+    },
+    Way {
+        reads: Reads::Alternate,
+        streams: Streams::Four,
+    },
+    Way {
+        reads: Reads::Forward,
+        streams: Streams::Four,
+    },
+];
+
 /// Characters fed before the timing starts (the team's threads start at the first).
 const WARM: usize = 16;
 /// Characters per timed block; a block of alternating reads holds both directions.
@@ -31,66 +64,81 @@ const BLOCK: usize = 8;
 const BLOCKS: usize = 12;
 
 /// Times blocks of characters read each way in turn, then keeps the way whose
-/// median block was faster.
-#[derive(Clone, Debug, Default)]
+/// median block was fastest.
+#[derive(Clone, Debug)]
 pub(super) struct ReadTuner {
+    /// How many of [`WAYS`] are timed: all four where the number of streams changes
+    /// the kernels, else the first two.
+    ways: usize,
     /// Characters fed while tuning.
     fed: usize,
     /// When the current block began.
     block_start: Option<Instant>,
-    /// Seconds of the timed blocks: alternating, forward.
-    seconds: [[f64; BLOCKS]; 2],
-    chosen: Option<Reads>,
+    /// Seconds of the timed blocks of each way.
+    seconds: [[f64; BLOCKS]; WAYS.len()],
+    chosen: Option<Way>,
 }
 
 impl ReadTuner {
-    /// The reads of the next character (and the time of the block it ends).
-    pub(super) fn next(&mut self) -> Reads {
-        if let Some(reads) = self.chosen {
-            return reads;
+    /// A tuner of the read orders, and of the streams too where `streams` (see
+    /// `streams_matter`).
+    pub(super) fn new(streams: bool) -> ReadTuner {
+        ReadTuner {
+            ways: if streams { WAYS.len() } else { 2 },
+            fed: 0,
+            block_start: None,
+            seconds: [[0.0; BLOCKS]; WAYS.len()],
+            chosen: None,
+        }
+    }
+
+    /// The way of the next character (and the time of the block it ends).
+    pub(super) fn next(&mut self) -> Way {
+        if let Some(way) = self.chosen {
+            return way;
         }
         let k = self.fed.saturating_sub(WARM);
         let warm = self.fed < WARM;
         self.fed += 1;
         if warm {
-            return Reads::Alternate;
+            return WAYS[0];
         }
+        let n = self.ways;
         if k.is_multiple_of(BLOCK) {
             let now = Instant::now();
             let block = k / BLOCK;
             if let Some(t0) = self.block_start {
                 let done = block - 1;
-                self.seconds[done % 2][done / 2] = now.duration_since(t0).as_secs_f64();
+                self.seconds[done % n][done / n] = now.duration_since(t0).as_secs_f64();
             }
             self.block_start = Some(now);
-            if block == 2 * BLOCKS {
-                let [alternate, forward] = self.seconds.map(median);
-                let reads = if forward < alternate {
-                    Reads::Forward
-                } else {
-                    Reads::Alternate
-                };
-                self.chosen = Some(reads);
-                return reads;
+            if block == n * BLOCKS {
+                let medians = self.seconds.map(median);
+                let best = (0..n)
+                    .min_by(|&a, &b| medians[a].total_cmp(&medians[b]))
+                    .expect("at least two ways");
+                self.chosen = Some(WAYS[best]);
+                return WAYS[best];
             }
         }
-        if (k / BLOCK).is_multiple_of(2) {
-            Reads::Alternate
-        } else {
-            Reads::Forward
-        }
+        WAYS[(k / BLOCK) % n]
     }
 
-    /// The reads chosen, once the tuning is over.
+    /// Whether the tuning is over (every character from now on reads one way).
+    pub(super) fn done(&self) -> bool {
+        self.chosen.is_some()
+    }
+
+    /// The way chosen, once the tuning is over.
     #[cfg(test)]
-    pub(super) fn chosen(&self) -> Option<Reads> {
+    pub(super) fn chosen(&self) -> Option<Way> {
         self.chosen
     }
 
-    /// Skips the tuning: every character reads `reads`' way.
+    /// Skips the tuning: every character reads `way`.
     #[cfg(test)]
-    pub(super) fn force(&mut self, reads: Reads) {
-        self.chosen = Some(reads);
+    pub(super) fn force(&mut self, way: Way) {
+        self.chosen = Some(way);
     }
 }
 
@@ -108,38 +156,50 @@ mod tests {
     use crate::Rng;
 
     /// The next reads after a microsecond's work, so that every block's time is above 0.
-    fn slow_next(t: &mut ReadTuner) -> Reads {
+    fn slow_next(t: &mut ReadTuner) -> Way {
         let t0 = Instant::now();
         while t0.elapsed().as_nanos() < 1000 {}
         t.next()
     }
 
-    /// Warm-up, then blocks of alternating and forward reads in turn; then one choice
-    /// for good.
+    /// Warm-up, then a block of each way in turn (both orders, and with four streams
+    /// too where they matter); then one choice for good, among the ways timed.
     #[test]
-    fn the_tuner_times_both_ways_then_keeps_one() {
-        let mut t = ReadTuner::default();
-        let ways: Vec<Reads> = (0..WARM + 2 * BLOCKS * BLOCK)
-            .map(|_| slow_next(&mut t))
-            .collect();
-        assert!(ways[..WARM + BLOCK].iter().all(|&r| r == Reads::Alternate));
-        assert!(ways[WARM + BLOCK..WARM + 2 * BLOCK]
-            .iter()
-            .all(|&r| r == Reads::Forward));
-        assert_eq!(t.chosen(), None);
-        assert!(t
-            .seconds
-            .iter()
-            .flatten()
-            .take(2 * BLOCKS - 1)
-            .all(|&s| s > 0.0));
-        let chosen = t.next();
-        assert_eq!(t.chosen(), Some(chosen));
-        assert!((0..50).all(|_| t.next() == chosen));
+    fn the_tuner_times_every_way_then_keeps_one() {
+        for (streams, n) in [(false, 2), (true, 4)] {
+            let mut t = ReadTuner::new(streams);
+            let ways: Vec<Way> = (0..WARM + n * BLOCKS * BLOCK)
+                .map(|_| slow_next(&mut t))
+                .collect();
+            assert!(ways[..WARM].iter().all(|&w| w == WAYS[0]));
+            for (b, block) in ways[WARM..].chunks(BLOCK).enumerate() {
+                assert!(
+                    block.iter().all(|&w| w == WAYS[b % n]),
+                    "{streams} block {b}"
+                );
+            }
+            assert_eq!(t.chosen(), None);
+            assert!(
+                t.seconds[..n]
+                    .iter()
+                    .flat_map(|s| s.iter())
+                    .filter(|&&s| s > 0.0)
+                    .count()
+                    >= n * BLOCKS - 1
+            );
+            assert!(t.seconds[n..].iter().flatten().all(|&s| s == 0.0));
+            assert!(!t.done());
+            let chosen = t.next();
+            assert!(t.done());
+            assert_eq!(t.chosen(), Some(chosen));
+            assert!(WAYS[..n].contains(&chosen));
+            assert!((0..50).all(|_| t.next() == chosen));
+        }
     }
 
-    /// Two steppers on two threads, one reading forward at every character, the other
-    /// alternating: the same logits, bit for bit, for every cell and precision.
+    /// Steppers on two threads reading every way (forward at every character or
+    /// alternating, one stream or four): the same logits, bit for bit, for every
+    /// cell and precision.
     #[test]
     fn both_ways_give_the_same_bits() {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -153,16 +213,22 @@ mod tests {
                 let vocab = Vocab::from_chars(chars.collect()).unwrap();
                 let m = CharLm::new(&cfg, vocab, &mut Rng::new(3)).unwrap();
                 for weights in [Weights::F32, Weights::Bf16, Weights::Int8] {
-                    let mut a = Stepper::new(&m, weights).unwrap();
-                    a.set_threads(2);
-                    let mut b = a.clone();
-                    a.reads.force(Reads::Alternate);
-                    b.reads.force(Reads::Forward);
+                    let mut first = Stepper::new(&m, weights).unwrap();
+                    first.set_threads(2);
+                    let mut steppers = WAYS.map(|way| {
+                        let mut s = first.clone();
+                        s.reads.force(way);
+                        s
+                    });
                     for i in 0..9 {
                         let id = (i * 7 + 3) % 20;
                         let bits = |l: &[f32]| l.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        let (a, rest) = steppers.split_first_mut().unwrap();
                         let want = bits(a.feed(id).unwrap());
-                        assert_eq!(bits(b.feed(id).unwrap()), want, "{cell} {weights:?} {i}");
+                        for (b, way) in rest.iter_mut().zip(&WAYS[1..]) {
+                            let got = bits(b.feed(id).unwrap());
+                            assert_eq!(got, want, "{cell} {weights:?} {way:?} {i}");
+                        }
                     }
                 }
             }
