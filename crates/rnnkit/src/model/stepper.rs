@@ -12,8 +12,10 @@
 //! the bytes to stream. Where a core's share of the weights is larger than its
 //! cache, alternate characters can read them in orders that find part of them still
 //! cached (see [`Order`]); a stepper times that against reading forward at every
-//! character, and its products' streaming one group of rows at a time against four,
-//! and keeps the fastest (see [`ReadTuner`]).
+//! character, its products' streaming one group of rows at a time against four, and
+//! a small model's step on one thread against all, and keeps the fastest (see
+//! [`ReadTuner`]). The logits are the same bits every way: the output layer's parts
+//! of the logits are those of the widest split, added in order.
 //! The cell equations are those of `crate::cell` (named there).
 
 use super::CharLm;
@@ -81,6 +83,10 @@ pub struct Stepper {
     head_b: Vec<f32>,
     /// The hidden units shared out for each step, one share per thread.
     shares: Vec<Share>,
+    /// The other way to share them where the stepper times both (one thread and
+    /// the pool's), else empty; `split` says whether `shares` is the pool's.
+    other: Vec<Share>,
+    split: bool,
     /// The threads that run every share but the first.
     team: Team,
     /// `r ⊙ h` of the reset-before GRU, read by every share in its second phase.
@@ -88,13 +94,16 @@ pub struct Stepper {
     weights: Weights,
     /// The direction of the last character's reads (see [`Order`]).
     sweep: Sweep,
-    /// Whether characters alternate their directions, or read forward.
+    /// The way characters read their weights: their directions, the products'
+    /// streams, and (for a small model) the split, timed on the first characters.
     reads: ReadTuner,
     logits: Vec<f32>,
 }
 
-/// Below this many bytes of weights per layer step (on average over the layers),
-/// one thread does the whole step. A handoff to the team and back costs 1–1.5 µs
+/// From this many bytes of weights per layer step (on average over the layers), the
+/// pool's threads share every step; below it a stepper times one thread against
+/// them ([`ReadTuner`]): on a Zen 5 LSTM 1×128 sampled 20 % faster in f32 on two
+/// threads, on the Xeon below 24 % slower. A handoff to the team and back costs 1–1.5 µs
 /// under a hypervisor; measured on a 2-core Xeon, splitting the step paid from
 /// 384–576 KiB per layer on, in every precision (f32 LSTM 1×128, 256 KiB: 2.9 µs a
 /// character on one thread, 3.6 on two; bf16 LSTM 1×256, 512 KiB: 7.0 and 6.6).
@@ -119,10 +128,23 @@ struct Share {
     ahead: Vec<f32>,
     /// The vectors the share's products read, prepared by the share itself.
     vectors: Vectors,
-    /// The output layer's columns of the share's units, `[V, m]`.
-    head: Panels,
-    /// Those columns times the units' `h` of the last layer: the share's part of the
-    /// logits, before the bias.
+    /// The output layer's columns of the share's units, in parts.
+    head: Vec<HeadPart>,
+}
+
+/// Some of a share's units' columns of the output layer, and their part of the
+/// logits. The parts are the same whatever the threads (those of the widest split
+/// the stepper may use), and the caller adds them in order, so the logits are the
+/// same bits on one thread or several.
+#[derive(Clone, Debug)]
+struct HeadPart {
+    /// The part's first unit, counted from the share's.
+    offset: usize,
+    /// Its number of units.
+    width: usize,
+    /// The output layer's columns of the part's units, `[V, width]`.
+    columns: Panels,
+    /// Those columns times the units' `h` of the last layer, before the bias.
     logits: Vec<f32>,
 }
 
@@ -232,12 +254,19 @@ impl Stepper {
             .iter()
             .map(|l| l.w_hh.bytes() + l.w_ih.as_ref().map_or(0, Panels::bytes))
             .sum();
-        let threads = if bytes >= SPLIT_MIN_BYTES * layers.len() {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
+        // Large models share every step between the pool's threads; small ones start
+        // on one and time the pool's too.
+        let pool = rayon::current_num_threads().max(1);
+        let large = bytes >= SPLIT_MIN_BYTES * layers.len();
         let head_w = model.head.weight.data().to_vec();
+        let threads = if large { pool } else { 1 };
+        let other = if large || pool == 1 {
+            Vec::new()
+        } else {
+            shares(hs, g, pool, pool, &head_w, weights)
+        };
+        let split = threads > 1;
+        let tune_split = if other.is_empty() { Some(split) } else { None };
         Ok(Stepper {
             kind,
             hs,
@@ -245,14 +274,16 @@ impl Stepper {
             embed,
             table,
             layers,
-            shares: shares(hs, g, threads, &head_w, weights),
+            shares: shares(hs, g, threads, pool, &head_w, weights),
+            other,
+            split,
             head_w,
             head_b: model.head.bias.data().to_vec(),
             team: Team::default(),
             rh: vec![0.0; hs],
             weights,
             sweep: Sweep::default(),
-            reads: ReadTuner::new(streams_matter(weights)),
+            reads: ReadTuner::new(streams_matter(weights), tune_split),
             logits: vec![0.0; vocab],
         })
     }
@@ -263,8 +294,11 @@ impl Stepper {
     /// small one. A share holds at least 16 units.
     pub fn set_threads(&mut self, threads: usize) {
         let g = self.kind.gates();
-        self.shares = shares(self.hs, g, threads, &self.head_w, self.weights);
-        self.reads = ReadTuner::new(streams_matter(self.weights));
+        let threads = threads.max(1);
+        self.shares = shares(self.hs, g, threads, threads, &self.head_w, self.weights);
+        self.other = Vec::new();
+        self.split = threads > 1;
+        self.reads = ReadTuner::new(streams_matter(self.weights), Some(self.split));
     }
 
     /// Whether the stepper is still timing the ways it can read its weights on its
@@ -353,6 +387,10 @@ impl Stepper {
         let (hs, e) = (self.hs, self.embed.len() / self.vocab);
         let gh = self.kind.gates() * hs;
         let way = self.reads.next();
+        if way.split != self.split && !self.other.is_empty() {
+            std::mem::swap(&mut self.shares, &mut self.other);
+            self.split = way.split;
+        }
         self.sweep = match way.reads {
             Reads::Alternate => self.sweep.flip(),
             Reads::Forward => Sweep::Forward,
@@ -400,11 +438,14 @@ impl Stepper {
                 }
             }
         }
-        // The shares' partial logits in share order, then the bias.
-        let (first, rest) = self.shares.split_first().expect("a stepper has a share");
+        // The parts of the logits in order of their units, then the bias.
+        let mut parts = self.shares.iter().flat_map(|s| &s.head);
+        let first = parts
+            .next()
+            .expect("a stepper has a share of the output layer");
         self.logits.copy_from_slice(&first.logits);
-        for s in rest {
-            for (y, &p) in self.logits.iter_mut().zip(&s.logits) {
+        for part in parts {
+            for (y, &p) in self.logits.iter_mut().zip(&part.logits) {
                 *y += p;
             }
         }
@@ -415,19 +456,45 @@ impl Stepper {
     }
 }
 
+/// The units of each of `threads` shares of `hs`: a multiple of 16.
+fn share_width(hs: usize, threads: usize) -> usize {
+    hs.div_ceil(threads.max(1)).div_ceil(16) * 16
+}
+
 /// `hs` hidden units of a `g`-gate cell shared out between `threads` threads, in
-/// multiples of 16 units, each with its columns of the output layer `head` (`[V, hs]`).
-fn shares(hs: usize, g: usize, threads: usize, head: &[f32], weights: Weights) -> Vec<Share> {
-    let share = hs.div_ceil(threads.max(1)).div_ceil(16) * 16;
+/// multiples of 16 units, each with its columns of the output layer `head` (`[V, hs]`)
+/// in the parts of `parts` shares (`threads` is 1 or `parts`).
+fn shares(
+    hs: usize,
+    g: usize,
+    threads: usize,
+    parts: usize,
+    head: &[f32],
+    weights: Weights,
+) -> Vec<Share> {
+    let share = share_width(hs, threads);
+    let part = share_width(hs, parts);
     let vocab = head.len() / hs;
     (0..hs)
         .step_by(share)
         .map(|j0| {
             let m = share.min(hs - j0);
-            let columns: Vec<f32> = head
-                .chunks_exact(hs)
-                .flat_map(|row| &row[j0..j0 + m])
-                .copied()
+            let head = (j0..j0 + m)
+                .step_by(part)
+                .map(|p0| {
+                    let width = part.min(j0 + m - p0);
+                    let columns: Vec<f32> = head
+                        .chunks_exact(hs)
+                        .flat_map(|row| &row[p0..p0 + width])
+                        .copied()
+                        .collect();
+                    HeadPart {
+                        offset: p0 - j0,
+                        width,
+                        columns: Panels::new(&columns, width, 1, weights),
+                        logits: vec![0.0; vocab],
+                    }
+                })
                 .collect();
             Share {
                 j0,
@@ -437,8 +504,7 @@ fn shares(hs: usize, g: usize, threads: usize, head: &[f32], weights: Weights) -
                 spare: vec![0.0; 2 * m],
                 ahead: vec![0.0; g * m],
                 vectors: Vectors::default(),
-                head: Panels::new(&columns, m, 1, weights),
-                logits: vec![0.0; vocab],
+                head,
             }
         })
         .collect()
@@ -558,9 +624,12 @@ fn step_layer(
     // The share's part of the logits from its units' new `h`, on the last layer.
     let head = |s: &mut Share, h: &[f32]| {
         if order.head {
-            s.vectors.units.set(h, weights);
-            s.head
-                .dot(0, 0, &s.vectors.units, None, &mut s.logits, pass);
+            for part in &mut s.head {
+                let units = &h[part.offset..part.offset + part.width];
+                s.vectors.units.set(units, weights);
+                part.columns
+                    .dot(0, 0, &s.vectors.units, None, &mut part.logits, pass);
+            }
         }
     };
     match kind {

@@ -26,35 +26,20 @@ pub(super) enum Reads {
 }
 
 /// How a character reads its weights: the order of consecutive characters' reads,
-/// and how many groups of rows each product streams at once.
+/// how many groups of rows each product streams at once, and whether the step is
+/// shared between the stepper's threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Way {
     /// The order of consecutive characters' reads.
     pub(super) reads: Reads,
     /// The groups each product streams at once.
     pub(super) streams: Streams,
+    /// Whether the step is shared between the pool's threads (else one does it).
+    pub(super) split: bool,
 }
 
-/// The ways a tuner times, a block of each in turn: both orders with one stream,
-/// then (where the kernels have both) with four.
-const WAYS: [Way; 4] = [
-    Way {
-        reads: Reads::Alternate,
-        streams: Streams::One,
-    },
-    Way {
-        reads: Reads::Forward,
-        streams: Streams::One,
-    },
-    Way {
-        reads: Reads::Alternate,
-        streams: Streams::Four,
-    },
-    Way {
-        reads: Reads::Forward,
-        streams: Streams::Four,
-    },
-];
+/// The most ways a tuner times: two orders × two stream counts × two splits.
+const MAX_WAYS: usize = 8;
 
 /// Characters fed before the timing starts (the team's threads start at the first).
 const WARM: usize = 16;
@@ -67,27 +52,63 @@ const BLOCKS: usize = 12;
 /// median block was fastest.
 #[derive(Clone, Debug)]
 pub(super) struct ReadTuner {
-    /// How many of [`WAYS`] are timed: all four where the number of streams changes
-    /// the kernels, else the first two.
-    ways: usize,
+    /// The ways timed, a block of each in turn (the first `n`).
+    ways: [Way; MAX_WAYS],
+    n: usize,
     /// Characters fed while tuning.
     fed: usize,
     /// When the current block began.
     block_start: Option<Instant>,
     /// Seconds of the timed blocks of each way.
-    seconds: [[f64; BLOCKS]; WAYS.len()],
+    seconds: [[f64; BLOCKS]; MAX_WAYS],
     chosen: Option<Way>,
 }
 
 impl ReadTuner {
-    /// A tuner of the read orders, and of the streams too where `streams` (see
-    /// `streams_matter`).
-    pub(super) fn new(streams: bool) -> ReadTuner {
+    /// A tuner of the read orders, of the streams too where `streams` (see
+    /// `streams_matter`), and of the split where `split` is `None` (else every way
+    /// has that split). The first way alternates, on one stream, unsplit where the
+    /// split is timed.
+    pub(super) fn new(streams: bool, split: Option<bool>) -> ReadTuner {
+        let splits: &[bool] = match split {
+            Some(s) => {
+                if s {
+                    &[true]
+                } else {
+                    &[false]
+                }
+            }
+            None => &[false, true],
+        };
+        let counts: &[Streams] = if streams {
+            &[Streams::One, Streams::Four]
+        } else {
+            &[Streams::One]
+        };
+        let mut ways = [Way {
+            reads: Reads::Alternate,
+            streams: Streams::One,
+            split: false,
+        }; MAX_WAYS];
+        let mut n = 0;
+        for &split in splits {
+            for &streams in counts {
+                for reads in [Reads::Alternate, Reads::Forward] {
+                    ways[n] = Way {
+                        reads,
+                        streams,
+                        split,
+                    };
+                    n += 1;
+                }
+            }
+        }
         ReadTuner {
-            ways: if streams { WAYS.len() } else { 2 },
+            ways,
+            n,
             fed: 0,
             block_start: None,
-            seconds: [[0.0; BLOCKS]; WAYS.len()],
+            seconds: [[0.0; BLOCKS]; MAX_WAYS],
             chosen: None,
         }
     }
@@ -101,9 +122,9 @@ impl ReadTuner {
         let warm = self.fed < WARM;
         self.fed += 1;
         if warm {
-            return WAYS[0];
+            return self.ways[0];
         }
-        let n = self.ways;
+        let n = self.n;
         if k.is_multiple_of(BLOCK) {
             let now = Instant::now();
             let block = k / BLOCK;
@@ -117,11 +138,11 @@ impl ReadTuner {
                 let best = (0..n)
                     .min_by(|&a, &b| medians[a].total_cmp(&medians[b]))
                     .expect("at least two ways");
-                self.chosen = Some(WAYS[best]);
-                return WAYS[best];
+                self.chosen = Some(self.ways[best]);
+                return self.ways[best];
             }
         }
-        WAYS[(k / BLOCK) % n]
+        self.ways[(k / BLOCK) % n]
     }
 
     /// Whether the tuning is over (every character from now on reads one way).
@@ -162,20 +183,38 @@ mod tests {
         t.next()
     }
 
-    /// Warm-up, then a block of each way in turn (both orders, and with four streams
-    /// too where they matter); then one choice for good, among the ways timed.
+    /// Warm-up, then a block of each way in turn (both orders, four streams too where
+    /// they matter, both splits where the split is timed); then one choice for good,
+    /// among the ways timed.
     #[test]
     fn the_tuner_times_every_way_then_keeps_one() {
-        for (streams, n) in [(false, 2), (true, 4)] {
-            let mut t = ReadTuner::new(streams);
+        let cases = [
+            (false, Some(false), 2),
+            (false, Some(true), 2),
+            (true, Some(false), 4),
+            (false, None, 4),
+            (true, None, 8),
+        ];
+        for (streams, split, n) in cases {
+            let mut t = ReadTuner::new(streams, split);
+            assert_eq!(t.n, n);
+            let timed = &t.ways[..n];
+            assert!(timed
+                .iter()
+                .enumerate()
+                .all(|(i, w)| !timed[..i].contains(w)));
+            assert!(timed.iter().all(|w| split.is_none_or(|s| w.split == s)));
+            assert!(timed.iter().all(|w| streams || w.streams == Streams::One));
+            let (first, timed) = (t.ways[0], t.ways);
+            assert_eq!(first.reads, Reads::Alternate);
             let ways: Vec<Way> = (0..WARM + n * BLOCKS * BLOCK)
                 .map(|_| slow_next(&mut t))
                 .collect();
-            assert!(ways[..WARM].iter().all(|&w| w == WAYS[0]));
+            assert!(ways[..WARM].iter().all(|&w| w == first));
             for (b, block) in ways[WARM..].chunks(BLOCK).enumerate() {
                 assert!(
-                    block.iter().all(|&w| w == WAYS[b % n]),
-                    "{streams} block {b}"
+                    block.iter().all(|&w| w == timed[b % n]),
+                    "{streams} {split:?} block {b}"
                 );
             }
             assert_eq!(t.chosen(), None);
@@ -192,43 +231,55 @@ mod tests {
             let chosen = t.next();
             assert!(t.done());
             assert_eq!(t.chosen(), Some(chosen));
-            assert!(WAYS[..n].contains(&chosen));
+            assert!(timed[..n].contains(&chosen));
             assert!((0..50).all(|_| t.next() == chosen));
         }
     }
 
-    /// Steppers on two threads reading every way (forward at every character or
-    /// alternating, one stream or four): the same logits, bit for bit, for every
-    /// cell and precision.
+    /// Small steppers on two threads reading every way (forward at every character or
+    /// alternating, one stream or four, on one thread or both), and one that changes
+    /// its way at every character: the same logits, bit for bit, for every cell and
+    /// precision.
     #[test]
-    fn both_ways_give_the_same_bits() {
+    fn every_way_gives_the_same_bits() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
         pool.install(|| {
+            let tuner = ReadTuner::new(true, None);
+            let ways = &tuner.ways[..tuner.n];
             for cell in CellKind::ALL {
                 let cfg = crate::bench::model(cell, 3, 48, 8);
                 let chars = (0..20u32).map(|i| char::from_u32(0x41 + i).unwrap());
                 let vocab = Vocab::from_chars(chars.collect()).unwrap();
                 let m = CharLm::new(&cfg, vocab, &mut Rng::new(3)).unwrap();
                 for weights in [Weights::F32, Weights::Bf16, Weights::Int8] {
-                    let mut first = Stepper::new(&m, weights).unwrap();
-                    first.set_threads(2);
-                    let mut steppers = WAYS.map(|way| {
-                        let mut s = first.clone();
-                        s.reads.force(way);
-                        s
-                    });
+                    let first = Stepper::new(&m, weights).unwrap();
+                    assert!(!first.other.is_empty(), "a small model times the split");
+                    let mut steppers: Vec<Stepper> = ways
+                        .iter()
+                        .map(|&way| {
+                            let mut s = first.clone();
+                            s.reads.force(way);
+                            s
+                        })
+                        .collect();
+                    let mut changing = first.clone();
                     for i in 0..9 {
                         let id = (i * 7 + 3) % 20;
                         let bits = |l: &[f32]| l.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                         let (a, rest) = steppers.split_first_mut().unwrap();
                         let want = bits(a.feed(id).unwrap());
-                        for (b, way) in rest.iter_mut().zip(&WAYS[1..]) {
+                        for (b, way) in rest.iter_mut().zip(&ways[1..]) {
                             let got = bits(b.feed(id).unwrap());
                             assert_eq!(got, want, "{cell} {weights:?} {way:?} {i}");
                         }
+                        let way = ways[(i * 3 + 1) % ways.len()];
+                        changing.reads.force(way);
+                        let got = bits(changing.feed(id).unwrap());
+                        assert_eq!(got, want, "{cell} {weights:?} changing to {way:?} {i}");
+                        assert_eq!(changing.threads(), if way.split { 2 } else { 1 });
                     }
                 }
             }
