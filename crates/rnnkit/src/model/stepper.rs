@@ -290,8 +290,10 @@ impl Stepper {
 
     /// Shares each step's hidden units out between `threads` threads (the caller's
     /// and `threads − 1` of the stepper's own; 0 counts as 1) instead of the number
-    /// [`Stepper::new`] picked: the rayon pool's size for a large model, 1 for a
-    /// small one. A share holds at least 16 units.
+    /// [`Stepper::new`] picked: the rayon pool's size for a large model, for a small
+    /// one whichever of 1 and the pool's size was faster on its first characters
+    /// (that timing then stops). A share holds at least 16 units. The logits' last
+    /// bits may change with the threads set here.
     pub fn set_threads(&mut self, threads: usize) {
         let g = self.kind.gates();
         let threads = threads.max(1);
@@ -308,7 +310,8 @@ impl Stepper {
         !self.reads.done()
     }
 
-    /// The threads each step is shared out between (the caller's included).
+    /// The threads each step is shared out between (the caller's included); a small
+    /// model's may change while it times its first characters.
     pub fn threads(&self) -> usize {
         self.shares.len()
     }
