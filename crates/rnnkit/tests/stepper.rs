@@ -114,8 +114,47 @@ fn the_order_of_reads_changes_no_logit() {
     });
 }
 
-/// A step is split between the pool's threads only where the weights a layer step
-/// reads are large enough to repay the handoff; `set_threads` overrides the choice.
+/// A step is split between the pool's threads where the weights a layer step reads
+/// are large enough to repay the handoff; a small model starts on one thread and
+/// ends, once it has timed both, on one or two, whatever the pool; `set_threads`
+/// overrides the choice.
+#[test]
+fn only_large_models_split_their_steps_between_all_threads() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let small = model(CellKind::Lstm, 30, 8, 64);
+        let large = model(CellKind::Lstm, 30, 8, 512);
+        for weights in [Weights::F32, Weights::Bf16, Weights::Int8] {
+            let mut s = Stepper::new(&small, weights).unwrap();
+            assert_eq!(s.threads(), 1, "{weights:?}");
+            let mut seen = [false; 3];
+            let mut n = 0;
+            while s.tuning() {
+                s.feed(n % 30).unwrap();
+                seen[s.threads()] = true;
+                n += 1;
+                assert!(n < 10_000, "the tuning ends");
+            }
+            assert_eq!(
+                seen,
+                [false, true, true],
+                "{weights:?}: one thread and two timed"
+            );
+            assert!(s.threads() <= 2, "{weights:?}");
+            let mut l = Stepper::new(&large, weights).unwrap();
+            assert_eq!(l.threads(), 4, "{weights:?}");
+            for i in 0..1000 {
+                l.feed(i % 30).unwrap();
+                assert_eq!(l.threads(), 4, "{weights:?}");
+            }
+            assert!(!l.tuning(), "{weights:?}");
+        }
+    });
+}
+
 #[test]
 fn only_large_models_split_their_steps() {
     let pool = rayon::ThreadPoolBuilder::new()

@@ -84,7 +84,7 @@ pub struct Stepper {
     /// The hidden units shared out for each step, one share per thread.
     shares: Vec<Share>,
     /// The other way to share them where the stepper times both (one thread and
-    /// the pool's), else empty; `split` says whether `shares` is the pool's.
+    /// two), else empty; `split` says whether `shares` is the split one.
     other: Vec<Share>,
     split: bool,
     /// The threads that run every share but the first.
@@ -102,7 +102,7 @@ pub struct Stepper {
 
 /// From this many bytes of weights per layer step (on average over the layers), the
 /// pool's threads share every step; below it a stepper times one thread against
-/// them ([`ReadTuner`]): on a Zen 5 LSTM 1×128 sampled 20 % faster in f32 on two
+/// two ([`ReadTuner`]): on a Zen 5 LSTM 1×128 sampled 20 % faster in f32 on two
 /// threads, on the Xeon below 24 % slower. A handoff to the team and back costs 1–1.5 µs
 /// under a hypervisor; measured on a 2-core Xeon, splitting the step paid from
 /// 384–576 KiB per layer on, in every precision (f32 LSTM 1×128, 256 KiB: 2.9 µs a
@@ -255,15 +255,20 @@ impl Stepper {
             .map(|l| l.w_hh.bytes() + l.w_ih.as_ref().map_or(0, Panels::bytes))
             .sum();
         // Large models share every step between the pool's threads; small ones start
-        // on one and time the pool's too.
+        // on one and time two too (more would cut the output layer into smaller
+        // parts, and hand off more, for a step that fits two cores' caches).
         let pool = rayon::current_num_threads().max(1);
         let large = bytes >= SPLIT_MIN_BYTES * layers.len();
         let head_w = model.head.weight.data().to_vec();
-        let threads = if large { pool } else { 1 };
-        let other = if large || pool == 1 {
+        let (threads, wide) = if large {
+            (pool, pool)
+        } else {
+            (1, pool.min(2))
+        };
+        let other = if large || wide == 1 {
             Vec::new()
         } else {
-            shares(hs, g, pool, pool, &head_w, weights)
+            shares(hs, g, wide, wide, &head_w, weights)
         };
         let split = threads > 1;
         let tune_split = if other.is_empty() { Some(split) } else { None };
@@ -274,7 +279,7 @@ impl Stepper {
             embed,
             table,
             layers,
-            shares: shares(hs, g, threads, pool, &head_w, weights),
+            shares: shares(hs, g, threads, wide, &head_w, weights),
             other,
             split,
             head_w,
@@ -291,9 +296,9 @@ impl Stepper {
     /// Shares each step's hidden units out between `threads` threads (the caller's
     /// and `threads − 1` of the stepper's own; 0 counts as 1) instead of the number
     /// [`Stepper::new`] picked: the rayon pool's size for a large model, for a small
-    /// one whichever of 1 and the pool's size was faster on its first characters
-    /// (that timing then stops). A share holds at least 16 units. The logits' last
-    /// bits may change with the threads set here.
+    /// one whichever of 1 and 2 (where the pool has two) was faster on its first
+    /// characters (that timing then stops). A share holds at least 16 units. The
+    /// logits' last bits may change with the threads set here.
     pub fn set_threads(&mut self, threads: usize) {
         let g = self.kind.gates();
         let threads = threads.max(1);

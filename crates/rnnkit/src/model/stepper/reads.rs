@@ -34,7 +34,7 @@ pub(super) struct Way {
     pub(super) reads: Reads,
     /// The groups each product streams at once.
     pub(super) streams: Streams,
-    /// Whether the step is shared between the pool's threads (else one does it).
+    /// Whether the step is shared between the stepper's threads (else one does it).
     pub(super) split: bool,
 }
 
