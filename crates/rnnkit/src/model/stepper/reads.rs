@@ -43,8 +43,15 @@ const MAX_WAYS: usize = 8;
 
 /// Characters fed before the timing starts (the team's threads start at the first).
 const WARM: usize = 16;
-/// Characters per timed block; a block of alternating reads holds both directions.
+/// The fewest characters per timed block; a block of alternating reads holds both
+/// directions.
 const BLOCK: usize = 8;
+/// The most characters per timed block.
+const MAX_BLOCK: usize = 256;
+/// The time a block should take, from which the warm-up's second half sizes the
+/// blocks: 8 characters of LSTM 1×128 took 16 µs, where one interruption decided a
+/// way's median and processes kept the slower way of sharing a step.
+const BLOCK_SECONDS: f64 = 200e-6;
 /// Timed blocks of each kind, taken in turn.
 const BLOCKS: usize = 12;
 
@@ -57,7 +64,9 @@ pub(super) struct ReadTuner {
     n: usize,
     /// Characters fed while tuning.
     fed: usize,
-    /// When the current block began.
+    /// Characters per timed block, sized at the end of the warm-up.
+    block: usize,
+    /// When the current block (or the warm-up's second half) began.
     block_start: Option<Instant>,
     /// Seconds of the timed blocks of each way.
     seconds: [[f64; BLOCKS]; MAX_WAYS],
@@ -107,6 +116,7 @@ impl ReadTuner {
             ways,
             n,
             fed: 0,
+            block: BLOCK,
             block_start: None,
             seconds: [[0.0; BLOCKS]; MAX_WAYS],
             chosen: None,
@@ -120,14 +130,24 @@ impl ReadTuner {
         }
         let k = self.fed.saturating_sub(WARM);
         let warm = self.fed < WARM;
+        if self.fed == WARM / 2 {
+            self.block_start = Some(Instant::now());
+        }
         self.fed += 1;
         if warm {
             return self.ways[0];
         }
+        if k == 0 {
+            if let Some(t0) = self.block_start.take() {
+                let per_char = t0.elapsed().as_secs_f64() / (WARM - WARM / 2) as f64;
+                let chars = (BLOCK_SECONDS / per_char.max(1e-9)).ceil().min(1e6) as usize;
+                self.block = chars.clamp(BLOCK, MAX_BLOCK).next_multiple_of(2);
+            }
+        }
         let n = self.n;
-        if k.is_multiple_of(BLOCK) {
+        if k.is_multiple_of(self.block) {
             let now = Instant::now();
-            let block = k / BLOCK;
+            let block = k / self.block;
             if let Some(t0) = self.block_start {
                 let done = block - 1;
                 self.seconds[done % n][done / n] = now.duration_since(t0).as_secs_f64();
@@ -142,7 +162,7 @@ impl ReadTuner {
                 return self.ways[best];
             }
         }
-        self.ways[(k / BLOCK) % n]
+        self.ways[(k / self.block) % n]
     }
 
     /// Whether the tuning is over (every character from now on reads one way).
@@ -207,11 +227,16 @@ mod tests {
             assert!(timed.iter().all(|w| streams || w.streams == Streams::One));
             let (first, timed) = (t.ways[0], t.ways);
             assert_eq!(first.reads, Reads::Alternate);
-            let ways: Vec<Way> = (0..WARM + n * BLOCKS * BLOCK)
-                .map(|_| slow_next(&mut t))
-                .collect();
+            let mut ways: Vec<Way> = (0..=WARM).map(|_| slow_next(&mut t)).collect();
+            // Blocks of about 200 µs of these 1 µs characters.
+            let block = t.block;
+            assert!(
+                (100..=MAX_BLOCK).contains(&block) && block.is_multiple_of(2),
+                "{block}"
+            );
+            ways.extend((1..n * BLOCKS * block).map(|_| slow_next(&mut t)));
             assert!(ways[..WARM].iter().all(|&w| w == first));
-            for (b, block) in ways[WARM..].chunks(BLOCK).enumerate() {
+            for (b, block) in ways[WARM..].chunks(block).enumerate() {
                 assert!(
                     block.iter().all(|&w| w == timed[b % n]),
                     "{streams} {split:?} block {b}"
