@@ -119,7 +119,7 @@ fn the_order_of_reads_changes_no_logit() {
 /// ends, once it has timed both, on one or two, whatever the pool; `set_threads`
 /// overrides the choice.
 #[test]
-fn only_large_models_split_their_steps_between_all_threads() {
+fn only_large_models_split_their_steps() {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(4)
         .build()
@@ -144,6 +144,14 @@ fn only_large_models_split_their_steps_between_all_threads() {
                 "{weights:?}: one thread and two timed"
             );
             assert!(s.threads() <= 2, "{weights:?}");
+            // Set threads stay set: the split is no longer timed.
+            s.set_threads(4);
+            for i in 0..1000 {
+                s.feed(i % 30).unwrap();
+                assert_eq!(s.threads(), 4, "{weights:?}");
+            }
+            s.set_threads(0);
+            assert_eq!(s.threads(), 1, "{weights:?}");
             let mut l = Stepper::new(&large, weights).unwrap();
             assert_eq!(l.threads(), 4, "{weights:?}");
             let mut i = 0;
@@ -153,31 +161,6 @@ fn only_large_models_split_their_steps_between_all_threads() {
                 i += 1;
                 assert!(i < 100_000, "the tuning ends");
             }
-        }
-    });
-}
-
-#[test]
-fn only_large_models_split_their_steps() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    pool.install(|| {
-        let small = model(CellKind::Lstm, 30, 8, 40);
-        let large = model(CellKind::Lstm, 30, 8, 512);
-        for weights in [Weights::F32, Weights::Bf16, Weights::Int8] {
-            let mut s = Stepper::new(&small, weights).unwrap();
-            assert_eq!(s.threads(), 1, "{weights:?}");
-            s.set_threads(3);
-            assert_eq!(s.threads(), 3, "{weights:?}");
-            s.set_threads(0);
-            assert_eq!(s.threads(), 1, "{weights:?}");
-            assert_eq!(
-                Stepper::new(&large, weights).unwrap().threads(),
-                2,
-                "{weights:?}"
-            );
         }
     });
 }
