@@ -80,13 +80,8 @@ impl ReadTuner {
     /// split is timed.
     pub(super) fn new(streams: bool, split: Option<bool>) -> ReadTuner {
         let splits: &[bool] = match split {
-            Some(s) => {
-                if s {
-                    &[true]
-                } else {
-                    &[false]
-                }
-            }
+            Some(false) => &[false],
+            Some(true) => &[true],
             None => &[false, true],
         };
         let counts: &[Streams] = if streams {
