@@ -134,9 +134,7 @@ impl ReadTuner {
         }
         if k == 0 {
             if let Some(t0) = self.block_start.take() {
-                let per_char = t0.elapsed().as_secs_f64() / (WARM - WARM / 2) as f64;
-                let chars = (BLOCK_SECONDS / per_char.max(1e-9)).ceil().min(1e6) as usize;
-                self.block = chars.clamp(BLOCK, MAX_BLOCK).next_multiple_of(2);
+                self.block = block_for(t0.elapsed().as_secs_f64() / (WARM - WARM / 2) as f64);
             }
         }
         let n = self.n;
@@ -176,6 +174,13 @@ impl ReadTuner {
     pub(super) fn force(&mut self, way: Way) {
         self.chosen = Some(way);
     }
+}
+
+/// Characters per timed block for characters of `per_char` seconds: about
+/// [`BLOCK_SECONDS`], an even number from [`BLOCK`] to [`MAX_BLOCK`].
+fn block_for(per_char: f64) -> usize {
+    let chars = (BLOCK_SECONDS / per_char.max(1e-9)).round().min(1e6) as usize;
+    chars.clamp(BLOCK, MAX_BLOCK).next_multiple_of(2)
 }
 
 fn median(mut v: [f64; BLOCKS]) -> f64 {
@@ -223,10 +228,11 @@ mod tests {
             let (first, timed) = (t.ways[0], t.ways);
             assert_eq!(first.reads, Reads::Alternate);
             let mut ways: Vec<Way> = (0..=WARM).map(|_| slow_next(&mut t)).collect();
-            // Blocks of about 200 µs of these 1 µs characters.
+            // Blocks sized by the warm-up (how long these 1 µs characters took
+            // depends on the machine's load).
             let block = t.block;
             assert!(
-                (100..=MAX_BLOCK).contains(&block) && block.is_multiple_of(2),
+                (BLOCK..=MAX_BLOCK).contains(&block) && block.is_multiple_of(2),
                 "{block}"
             );
             ways.extend((1..n * BLOCKS * block).map(|_| slow_next(&mut t)));
@@ -254,6 +260,19 @@ mod tests {
             assert!(timed[..n].contains(&chosen));
             assert!((0..50).all(|_| t.next() == chosen));
         }
+    }
+
+    /// Blocks of about 200 µs: 8 characters of a large model, 100 of a 2 µs one,
+    /// 256 at most; even, and sane for a warm-up that measured nothing.
+    #[test]
+    fn blocks_last_about_200_microseconds() {
+        assert_eq!(block_for(65e-6), BLOCK);
+        assert_eq!(block_for(20e-6), 10);
+        assert_eq!(block_for(2e-6), 100);
+        assert_eq!(block_for(1.5e-6), 134);
+        assert_eq!(block_for(0.5e-6), MAX_BLOCK);
+        assert_eq!(block_for(0.0), MAX_BLOCK);
+        assert_eq!(block_for(f64::NAN), MAX_BLOCK);
     }
 
     /// Small steppers on two threads reading every way (forward at every character or
