@@ -154,7 +154,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
 
     let mut sample_us = [0.0; 3];
     // The threads the stepper shares a character's step between (for a small model,
-    // whichever of one and all was faster): its bound is their bandwidth.
+    // whichever of one and two was faster): its bound is their bandwidth.
     let mut sample_threads = [1; 3];
     let mut reads_table = false;
     let kinds = [Weights::F32, Weights::Bf16, Weights::Int8];
