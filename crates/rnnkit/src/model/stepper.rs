@@ -15,7 +15,7 @@
 //! character, its products' streaming one group of rows at a time against four, and
 //! a small model's step on one thread against two, and keeps the fastest (see
 //! [`ReadTuner`]). The logits are the same bits every way: the output layer's parts
-//! of the logits are those of the two threads' split, added in order.
+//! of the logits are those of the widest split it may use, added in order.
 //! The cell equations are those of `crate::cell` (named there).
 
 use super::CharLm;
