@@ -13,8 +13,9 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
 
+/// `e^x` for x ≤ 88: [`exp_f32`]'s element, inlined into fused loops.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.0);
     let n = (x * LOG2E + 0.5).floor();
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));

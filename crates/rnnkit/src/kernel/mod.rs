@@ -30,8 +30,8 @@ pub fn avx512_enabled() -> bool {
     }
 }
 
+pub(crate) use activation::{exp as exp_one_f32, sigmoid as sigmoid_one_f32, tanh as tanh_one_f32};
 pub use activation::{exp_f32, sigmoid_f32, sigmoid_f32_ref, tanh_f32, tanh_f32_ref};
-pub(crate) use activation::{sigmoid as sigmoid_one_f32, tanh as tanh_one_f32};
 pub(crate) use packed::amx_dot_chains;
 pub use packed::{
     amx_supported, bf16_supported, gemm_packed, matmul_packed, packed_supported, PackedB,
