@@ -13,8 +13,8 @@
 //! cache, alternate characters can read them in orders that find part of them still
 //! cached (see [`Order`]); a stepper times that against reading forward at every
 //! character, its products' streaming one group of rows at a time against four, and
-//! a small model's step on one thread against two, and keeps the fastest (see
-//! [`ReadTuner`]). The logits are the same bits every way: the output layer's parts
+//! a small model's step on one thread against two, and keeps the fastest, timing
+//! them again every few seconds or once it slows (see [`ReadTuner`]). The logits are the same bits every way: the output layer's parts
 //! of the logits are those of the widest split it may use, added in order.
 //! The cell equations are those of `crate::cell` (named there).
 
@@ -308,15 +308,15 @@ impl Stepper {
         self.reads = ReadTuner::new(streams_matter(self.weights), Some(self.split));
     }
 
-    /// Whether the stepper is still timing the ways it can read its weights on its
-    /// first few hundred characters (see [`ReadTuner`]): a benchmark feeds it until
-    /// it is done.
+    /// Whether the stepper is timing the ways it can read its weights, as on its
+    /// first few hundred characters (and again every few seconds, or once the way
+    /// it chose slows; see [`ReadTuner`]): a benchmark feeds it until it is done.
     pub fn tuning(&self) -> bool {
         !self.reads.done()
     }
 
     /// The threads each step is shared out between (the caller's included); a small
-    /// model's may change while it times its first characters.
+    /// model's may change while it times its ways.
     pub fn threads(&self) -> usize {
         self.shares.len()
     }

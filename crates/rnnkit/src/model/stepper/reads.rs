@@ -1,6 +1,7 @@
 //! Whether a stepper's characters alternate the direction of their reads or all read
 //! forward, and whether its products stream one group of rows at a time or four
-//! (see `Streams`), chosen by timing each way on its first characters.
+//! (see `Streams`), chosen by timing each way on its first characters, and timed
+//! again every few seconds or once the chosen way slows.
 //!
 //! Alternating pays where a core's caches keep what the last character read last
 //! (see `Order`): on a Sapphire Rapids Xeon (2 MiB of L2 a core) LSTM 2×512 sampled
@@ -54,15 +55,30 @@ const MAX_BLOCK: usize = 256;
 const BLOCK_SECONDS: f64 = 200e-6;
 /// Timed blocks of each kind, taken in turn.
 const BLOCKS: usize = 12;
+/// Blocks of the chosen way before it is timed again against the others: about
+/// two seconds. A choice does not hold for good: under a hypervisor, LSTM 1×128's
+/// step shared between two threads took 1.45 µs a character on a Zen 5 for seconds
+/// at a time and 3.3–3.5 µs for others (on one thread 1.9 throughout), so a
+/// process kept whichever way the machine favoured while it tuned.
+const KEEP_BLOCKS: usize = 10_000;
+/// From this many blocks of the chosen way on (about 0.2 s), blocks running
+/// [`SLOWER`] than the way's timed median, [`SLOW_BLOCKS`] in a row, start the
+/// timing again early. The wait bounds the share of a caller's time spent timing
+/// when its own pauses make blocks slow (a tenth of its blocks at most).
+const MIN_KEEP_BLOCKS: usize = 1_000;
+/// How much slower than its timed median a chosen way's block is slow.
+const SLOWER: f64 = 1.3;
+/// Slow blocks in a row that start the timing again.
+const SLOW_BLOCKS: usize = 8;
 
 /// Times blocks of characters read each way in turn, then keeps the way whose
-/// median block was fastest.
+/// median block was fastest, while it stays about as fast (see [`KEEP_BLOCKS`]).
 #[derive(Clone, Debug)]
 pub(super) struct ReadTuner {
     /// The ways timed, a block of each in turn (the first `n`).
     ways: [Way; MAX_WAYS],
     n: usize,
-    /// Characters fed while tuning.
+    /// Characters fed while tuning, then since the choice.
     fed: usize,
     /// Characters per timed block, sized at the end of the warm-up.
     block: usize,
@@ -71,6 +87,11 @@ pub(super) struct ReadTuner {
     /// Seconds of the timed blocks of each way.
     seconds: [[f64; BLOCKS]; MAX_WAYS],
     chosen: Option<Way>,
+    /// The chosen way's median block, in seconds.
+    chosen_block: f64,
+    /// Blocks of the chosen way so far, and how many of the last ran slow in a row.
+    kept: usize,
+    slow: usize,
 }
 
 impl ReadTuner {
@@ -107,6 +128,11 @@ impl ReadTuner {
                 }
             }
         }
+        ReadTuner::timing(ways, n)
+    }
+
+    /// A tuner of the first `n` of `ways` at the start of its timing.
+    fn timing(ways: [Way; MAX_WAYS], n: usize) -> ReadTuner {
         ReadTuner {
             ways,
             n,
@@ -115,12 +141,19 @@ impl ReadTuner {
             block_start: None,
             seconds: [[0.0; BLOCKS]; MAX_WAYS],
             chosen: None,
+            chosen_block: 0.0,
+            kept: 0,
+            slow: 0,
         }
     }
 
     /// The way of the next character (and the time of the block it ends).
     pub(super) fn next(&mut self) -> Way {
         if let Some(way) = self.chosen {
+            self.fed += 1;
+            if self.fed.is_multiple_of(self.block) {
+                self.watch();
+            }
             return way;
         }
         let k = self.fed.saturating_sub(WARM);
@@ -152,13 +185,31 @@ impl ReadTuner {
                     .min_by(|&a, &b| medians[a].total_cmp(&medians[b]))
                     .expect("at least two ways");
                 self.chosen = Some(self.ways[best]);
+                self.chosen_block = medians[best];
+                self.fed = 0;
                 return self.ways[best];
             }
         }
         self.ways[(k / self.block) % n]
     }
 
-    /// Whether the tuning is over (every character from now on reads one way).
+    /// Times a block of the chosen way, and starts the timing again if the choice
+    /// is old (see [`KEEP_BLOCKS`]) or its blocks have run slow (see [`SLOW_BLOCKS`]).
+    fn watch(&mut self) {
+        let now = Instant::now();
+        if let Some(t0) = self.block_start.replace(now) {
+            let slow = now.duration_since(t0).as_secs_f64() > SLOWER * self.chosen_block;
+            self.slow = if slow { self.slow + 1 } else { 0 };
+        }
+        self.kept += 1;
+        let slowed = self.kept >= MIN_KEEP_BLOCKS && self.slow >= SLOW_BLOCKS;
+        if slowed || self.kept >= KEEP_BLOCKS {
+            *self = ReadTuner::timing(self.ways, self.n);
+        }
+    }
+
+    /// Whether a way is chosen (every character reads it until the choice is timed
+    /// again, after a few seconds or sooner if it slows).
     pub(super) fn done(&self) -> bool {
         self.chosen.is_some()
     }
@@ -173,6 +224,7 @@ impl ReadTuner {
     #[cfg(test)]
     pub(super) fn force(&mut self, way: Way) {
         self.chosen = Some(way);
+        self.chosen_block = f64::INFINITY;
     }
 }
 
@@ -204,8 +256,8 @@ mod tests {
     }
 
     /// Warm-up, then a block of each way in turn (both orders, four streams too where
-    /// they matter, both splits where the split is timed); then one choice for good,
-    /// among the ways timed.
+    /// they matter, both splits where the split is timed); then one choice among the
+    /// ways timed, kept (until it is timed again, below).
     #[test]
     fn the_tuner_times_every_way_then_keeps_one() {
         let cases = [
@@ -259,6 +311,28 @@ mod tests {
             assert_eq!(t.chosen(), Some(chosen));
             assert!(timed[..n].contains(&chosen));
             assert!((0..50).all(|_| t.next() == chosen));
+        }
+    }
+
+    /// A choice is timed again after [`KEEP_BLOCKS`] blocks however fast they run,
+    /// or after [`MIN_KEEP_BLOCKS`] when the last [`SLOW_BLOCKS`] ran slow, with the
+    /// same ways.
+    #[test]
+    fn a_choice_is_timed_again_when_old_or_slow() {
+        for (median, blocks) in [(f64::INFINITY, KEEP_BLOCKS), (-1.0, MIN_KEEP_BLOCKS)] {
+            let mut t = ReadTuner::new(true, None);
+            let (ways, n) = (t.ways, t.n);
+            let way = ways[3];
+            t.force(way);
+            t.chosen_block = median;
+            for _ in 1..blocks * BLOCK {
+                assert_eq!(t.next(), way);
+            }
+            assert!(t.done(), "{median}");
+            assert_eq!(t.next(), way);
+            assert!(!t.done(), "{median}: timing again");
+            assert_eq!((t.ways, t.n, t.fed), (ways, n, 0));
+            assert_eq!(t.next(), ways[0]);
         }
     }
 
