@@ -14,8 +14,9 @@
 //! cached (see [`Order`]); a stepper times that against reading forward at every
 //! character, its products' streaming one group of rows at a time against four, and
 //! a small model's step on one thread against two, and keeps the fastest, timing
-//! them again every few seconds or once it slows (see [`ReadTuner`]). The logits are the same bits every way: the output layer's parts
-//! of the logits are those of the widest split it may use, added in order.
+//! them again every few seconds or once it slows (see [`ReadTuner`]). The logits are
+//! the same bits every way: the output layer's parts of the logits are those of the
+//! widest split it may use, added in order.
 //! The cell equations are those of `crate::cell` (named there).
 
 use super::CharLm;

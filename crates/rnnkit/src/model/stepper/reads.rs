@@ -56,12 +56,13 @@ const BLOCK_SECONDS: f64 = 200e-6;
 /// Timed blocks of each kind, taken in turn.
 const BLOCKS: usize = 12;
 /// Blocks of the chosen way before it is timed again against the others: about
-/// two seconds. A choice does not hold for good: under a hypervisor, LSTM 1×128's
-/// step shared between two threads took 1.45 µs a character on a Zen 5 for seconds
-/// at a time and 3.3–3.5 µs for others (on one thread 1.9 throughout), so a
-/// process kept whichever way the machine favoured while it tuned.
+/// two seconds (more where [`BLOCK`] characters take longer than 200 µs). A choice
+/// does not hold for good: under a hypervisor, LSTM 1×128's step shared between two
+/// threads took 1.45 µs a character on a Zen 5 for seconds at a time, and 3.3–3.5 µs
+/// at other times (on one thread 1.9 throughout), so a process kept whichever way the
+/// machine favoured while it tuned.
 const KEEP_BLOCKS: usize = 10_000;
-/// From this many blocks of the chosen way on (about 0.2 s), blocks running
+/// From this many blocks of the chosen way on (0.2 s or more), blocks running
 /// [`SLOWER`] than the way's timed median, [`SLOW_BLOCKS`] in a row, start the
 /// timing again early. The wait bounds the share of a caller's time spent timing
 /// when its own pauses make blocks slow (a tenth of its blocks at most).
