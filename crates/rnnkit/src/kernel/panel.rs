@@ -106,11 +106,7 @@ pub(crate) struct Pass {
 pub(crate) fn streams_matter(weights: Weights) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        match weights {
-            Weights::F32 => crate::kernel::avx512_enabled(),
-            Weights::Int8 => vnni_supported(),
-            Weights::Bf16 => false,
-        }
+        group_kernel(weights).is_some_and(|k| k.four)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -394,6 +390,35 @@ pub fn int8_supported() -> bool {
 #[cfg(target_arch = "x86_64")]
 type Kernel = unsafe fn(&[Line], usize, &PanelVector, &mut [f32], Pass);
 
+/// This CPU's SIMD kernel for products of `weights`, and how it runs.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct GroupKernel {
+    run: Kernel,
+    /// It streams four groups at once when the pass asks (see [`Streams`]).
+    four: bool,
+    /// Its int8 sums count the vector's levels from 128 (`Σ q·(u − 128)`).
+    centred: bool,
+}
+
+/// The SIMD kernel for `weights` on this CPU; `None` where the portable loop runs.
+#[cfg(target_arch = "x86_64")]
+fn group_kernel(weights: Weights) -> Option<GroupKernel> {
+    use std::arch::is_x86_feature_detected as has;
+    let avx2 = has!("avx2") && has!("fma");
+    let (run, four, centred): (Kernel, bool, bool) = match weights {
+        Weights::F32 if crate::kernel::avx512_enabled() => (avx512::f32_groups, true, false),
+        Weights::Bf16 if super::bf16_supported() => (avx512::dpbf16_groups, false, false),
+        Weights::Bf16 if crate::kernel::avx512_enabled() => (avx512::bf16_groups, false, false),
+        Weights::F32 if avx2 => (avx2::f32_groups, false, false),
+        Weights::Bf16 if avx2 => (avx2::bf16_groups, false, false),
+        Weights::Int8 if vnni_supported() => (avx512::vnni_groups, true, false),
+        Weights::Int8 if has!("avx2") => (avx2::int8_groups, false, true),
+        _ => return None,
+    };
+    Some(GroupKernel { run, four, centred })
+}
+
 /// The groups of `lines` (`steps` lines each) times `x` into `y` (int8: the raw
 /// integer sums, as f32), read as `pass` says. Returns whether int8 sums count
 /// the vector's levels from 128 (`Σ q·(u − 128)`, the AVX2 kernel's) rather than 0.
@@ -406,25 +431,12 @@ fn dot_groups(
     pass: Pass,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        let kernel: Option<Kernel> = match weights {
-            Weights::F32 if crate::kernel::avx512_enabled() => Some(avx512::f32_groups),
-            Weights::Bf16 if super::bf16_supported() => Some(avx512::dpbf16_groups),
-            Weights::Bf16 if crate::kernel::avx512_enabled() => Some(avx512::bf16_groups),
-            Weights::F32 if has!("avx2") && has!("fma") => Some(avx2::f32_groups),
-            Weights::Bf16 if has!("avx2") && has!("fma") => Some(avx2::bf16_groups),
-            Weights::Int8 if vnni_supported() => Some(avx512::vnni_groups),
-            Weights::Int8 if has!("avx2") => Some(avx2::int8_groups),
-            _ => None,
-        };
-        if let Some(kernel) = kernel {
-            // SAFETY: the CPU has the kernel's features; `lines` holds
-            // `y.len().div_ceil(GROUP)` groups of `steps` lines and `x` is prepared
-            // for `steps` steps (both checked by the caller).
-            unsafe { kernel(lines, steps, x, y, pass) };
-            return weights == Weights::Int8 && !vnni_supported();
-        }
+    if let Some(kernel) = group_kernel(weights) {
+        // SAFETY: the CPU has the kernel's features; `lines` holds
+        // `y.len().div_ceil(GROUP)` groups of `steps` lines and `x` is prepared for
+        // `steps` steps (both checked by the caller).
+        unsafe { (kernel.run)(lines, steps, x, y, pass) };
+        return kernel.centred;
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = pass; // the portable loop reads the groups in order, one at a time
