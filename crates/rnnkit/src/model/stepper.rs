@@ -598,37 +598,33 @@ fn step_layer(
         let (xp, hp, v) = (&mut s.xp, &mut s.hp, &mut s.vectors);
         if let Some((w, b, h_next)) = order.next {
             v.next.set(h_next, weights);
-            for gate in sweep.order(g) {
-                let r0 = gate * hs + j0;
-                let b = b.map(|b| &b[r0..r0 + m]);
-                w.dot(gate, j0, &v.next, b, &mut s.ahead[gate * m..][..m], pass);
-            }
+            w.dot_blocks(0..g, j0, &v.next, b, &mut s.ahead, pass);
         }
-        if let Input::Project(x) = input {
-            v.x.set(x, weights);
-        }
-        for gate in sweep.order(g) {
-            let (r0, out) = (gate * hs + j0, &mut xp[gate * m..][..m]);
-            match input {
-                Input::Ready(v) => out.copy_from_slice(&v[r0..r0 + m]),
-                Input::Project(_) => {
-                    let w = w_ih.as_ref().expect("W_ih kept for projected inputs");
-                    w.dot(gate, j0, &v.x, Some(&b_ih[r0..r0 + m]), out, pass);
+        match input {
+            Input::Ready(v) => {
+                for gate in sweep.order(g) {
+                    let r0 = gate * hs + j0;
+                    xp[gate * m..][..m].copy_from_slice(&v[r0..r0 + m]);
                 }
+            }
+            Input::Project(x) => {
+                v.x.set(x, weights);
+                let w = w_ih.as_ref().expect("W_ih kept for projected inputs");
+                w.dot_blocks(0..g, j0, &v.x, Some(b_ih), xp, pass);
             }
         }
         if order.ready {
             return;
         }
         v.h.set(h_old, weights);
-        for gate in sweep.order(g) {
-            if kind == CellKind::GruResetBefore && gate == 2 {
-                continue;
-            }
-            let r0 = gate * hs + j0;
-            let b = b_hh.as_deref().map(|b| &b[r0..r0 + m]);
-            w_hh.dot(gate, j0, &v.h, b, &mut hp[gate * m..][..m], pass);
-        }
+        // The reset-before GRU's candidate (gate 2) waits for `r ⊙ h`.
+        let gates = if kind == CellKind::GruResetBefore {
+            2
+        } else {
+            g
+        };
+        let hp = &mut hp[..gates * m];
+        w_hh.dot_blocks(0..gates, j0, &v.h, b_hh.as_deref(), hp, pass);
     };
     // The share's part of the logits from its units' new `h`, on the last layer.
     let head = |s: &mut Share, h: &[f32]| {
