@@ -147,6 +147,23 @@ thread_local! {
     static ROW_ORDER: std::cell::Cell<(Vec<usize>, Vec<usize>)> = Default::default();
 }
 
+/// The largest of `init` and `f(v)` for every `v` of `x` (a NaN is never the
+/// largest), by sixteen running maxima so that the loop vectorises; inlined into its
+/// callers' SIMD variants.
+#[inline(always)]
+pub(crate) fn largest(x: &[f32], init: f32, f: impl Fn(f32) -> f32) -> f32 {
+    let mut top = [init; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (t, &v) in top.iter_mut().zip(c) {
+            let v = f(v);
+            *t = if v > *t { v } else { *t };
+        }
+    }
+    let rest = chunks.remainder().iter().map(|&v| f(v));
+    rest.chain(top).fold(init, |m, v| if v > m { v } else { m })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,7 @@ pub(crate) use panel::{streams_matter, PanelVector, Panels, Pass, Streams, Sweep
 pub(crate) use team::Team;
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};
-pub(crate) use elementwise::{copy, fill, parallel, parallel_from, scatter_add_rows};
+pub(crate) use elementwise::{copy, fill, largest, parallel, parallel_from, scatter_add_rows};
 pub(crate) use gemv::{few_rows_f32, gemv_f32, to_bf16, FEW_ROWS};
 pub(crate) use matmul::is_serial;
 pub use matmul::{

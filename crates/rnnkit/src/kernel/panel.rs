@@ -407,19 +407,7 @@ simd_variant! {
     /// an all-zero or non-finite `x`). Written to vectorise: it runs before every int8
     /// product of a sampled character.
     fn scale_of(x: &[f32]) -> f32 {
-        // Sixteen running maxima, so that the loop vectorises (`max` skips NaN).
-        let mut top = [0.0f32; 16];
-        let mut chunks = x.chunks_exact(16);
-        for c in &mut chunks {
-            for (t, &v) in top.iter_mut().zip(c) {
-                *t = t.max(v.abs());
-            }
-        }
-        let top = chunks
-            .remainder()
-            .iter()
-            .chain(&top)
-            .fold(0.0f32, |m, v| m.max(v.abs()));
+        let top = super::largest(x, 0.0, f32::abs);
         if top > 0.0 && top.is_finite() {
             top / 127.0
         } else {
