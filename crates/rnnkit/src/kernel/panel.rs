@@ -252,10 +252,6 @@ impl Panels {
             j0 + m,
             self.block_rows
         );
-        assert!(
-            x.weights == self.weights && x.values.len() == self.steps * self.weights.per_lane(),
-            "vector prepared for other panels"
-        );
         let first = (b * self.groups_per_block + j0 / GROUP) * self.steps;
         self.dot_lines(first, b * self.block_rows + j0, x, bias, y, pass);
     }
@@ -287,10 +283,6 @@ impl Panels {
         );
         if j0 == 0 && m == self.block_rows && m.is_multiple_of(GROUP) {
             let r = blocks.start * m;
-            assert!(
-                x.weights == self.weights && x.values.len() == self.steps * self.weights.per_lane(),
-                "vector prepared for other panels"
-            );
             let bias = bias.map(|b| &b[r..r + n * m]);
             self.dot_lines(
                 blocks.start * self.groups_per_block * self.steps,
@@ -311,6 +303,9 @@ impl Panels {
 
     /// The product of the groups from line `first` on, for rows `r..r + y.len()`
     /// (`y.len().div_ceil(GROUP)` groups), finished (see [`finish_rows`]).
+    ///
+    /// # Panics
+    /// If `x` was prepared for another precision or length.
     fn dot_lines(
         &self,
         first: usize,
@@ -320,6 +315,10 @@ impl Panels {
         y: &mut [f32],
         pass: Pass,
     ) {
+        assert!(
+            x.weights == self.weights && x.values.len() == self.steps * self.weights.per_lane(),
+            "vector prepared for other panels"
+        );
         let m = y.len();
         let lines = &self.lines[first..first + m.div_ceil(GROUP) * self.steps];
         let centred = dot_groups(self.weights, lines, self.steps, x, y, pass);
