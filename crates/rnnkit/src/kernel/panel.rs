@@ -1149,6 +1149,24 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "vector prepared for other panels")]
+    fn a_vector_of_another_precision_is_refused() {
+        let p = Panels::new(&[1.0; 64], 2, 2, Weights::F32);
+        let mut v = PanelVector::default();
+        v.set(&[1.0; 2], Weights::Bf16);
+        p.dot_blocks(0..2, 0, &v, None, &mut [0.0; 32], Pass::default());
+    }
+
+    #[test]
+    #[should_panic(expected = "vector prepared for other panels")]
+    fn a_vector_of_another_length_is_refused() {
+        let p = Panels::new(&[1.0; 64], 4, 1, Weights::F32);
+        let mut v = PanelVector::default();
+        v.set(&[1.0; 3], Weights::F32);
+        p.dot(0, 0, &v, None, &mut [0.0; 16], Pass::default());
+    }
+
+    #[test]
     #[should_panic(expected = "outside the panels")]
     fn rows_not_starting_a_group_are_refused() {
         let p = Panels::new(&[1.0; 64], 2, 1, Weights::F32);
