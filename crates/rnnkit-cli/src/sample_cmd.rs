@@ -4,7 +4,7 @@ use clap::Args;
 use rnnkit::decode::{generate, SamplingConfig};
 use rnnkit::model::{CharLm, Weights};
 use rnnkit::Rng;
-use std::io::Write;
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -82,9 +82,17 @@ pub fn run(o: SampleOpts) -> anyhow::Result<ExitCode> {
         .vocab()
         .encode(&o.prime)
         .map_err(|e| anyhow::anyhow!("--prime: {e}"))?;
-    let mut out = std::io::stdout();
-    out.write_all(o.prime.as_bytes())?;
-    out.flush()?;
+    // On a terminal each character shows as it is drawn; into a file or a pipe the
+    // text goes in blocks: a write a character took 3.5 µs a character of LSTM 1×128,
+    // whose own step takes 1.5–2.
+    let stdout = std::io::stdout();
+    let live = stdout.is_terminal();
+    let mut out = BufWriter::new(stdout);
+    let show = |out: &mut BufWriter<_>, text: &[u8]| {
+        out.write_all(text)
+            .and_then(|_| if live { out.flush() } else { Ok(()) })
+    };
+    show(&mut out, o.prime.as_bytes())?;
     let mut buf = [0u8; 4];
     generate(
         &model,
@@ -93,13 +101,12 @@ pub fn run(o: SampleOpts) -> anyhow::Result<ExitCode> {
         &cfg,
         &mut Rng::new(o.seed),
         &mut |c| {
-            out.write_all(c.encode_utf8(&mut buf).as_bytes())
-                .and_then(|_| out.flush())
-                .map_err(|e| rnnkit::Error::Io {
-                    path: "<stdout>".into(),
-                    source: e,
-                })
+            show(&mut out, c.encode_utf8(&mut buf).as_bytes()).map_err(|e| rnnkit::Error::Io {
+                path: "<stdout>".into(),
+                source: e,
+            })
         },
     )?;
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
