@@ -37,7 +37,7 @@ pub use packed::{
     amx_supported, bf16_supported, gemm_packed, matmul_packed, packed_supported, PackedB,
 };
 pub use panel::{int8_supported, Weights};
-pub(crate) use panel::{streams_matter, PanelVector, Panels, Pass, Streams, Sweep};
+pub(crate) use panel::{streams_matter, LstmShare, PanelVector, Panels, Pass, Streams, Sweep};
 pub(crate) use team::Team;
 
 pub use elementwise::{add_bias_rows, sigmoid, sum_rows_into};

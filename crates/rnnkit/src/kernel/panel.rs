@@ -14,6 +14,9 @@
 use super::lanes::{Line, LINE_LANES};
 use super::{to_bf16, Precision};
 
+mod lstm;
+pub(crate) use lstm::LstmShare;
+
 /// How batch-1 products hold the weight matrices they stream at every step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Weights {
@@ -301,6 +304,15 @@ impl Panels {
         }
     }
 
+    /// # Panics
+    /// If `x` was prepared for another precision or length.
+    fn check(&self, x: &PanelVector) {
+        assert!(
+            x.weights == self.weights && x.values.len() == self.steps * self.weights.per_lane(),
+            "vector prepared for other panels"
+        );
+    }
+
     /// The product of the groups from line `first` on, for rows `r..r + y.len()`
     /// (`y.len().div_ceil(GROUP)` groups), finished (see [`finish_rows`]).
     ///
@@ -315,10 +327,7 @@ impl Panels {
         y: &mut [f32],
         pass: Pass,
     ) {
-        assert!(
-            x.weights == self.weights && x.values.len() == self.steps * self.weights.per_lane(),
-            "vector prepared for other panels"
-        );
+        self.check(x);
         let m = y.len();
         let lines = &self.lines[first..first + m.div_ceil(GROUP) * self.steps];
         let centred = dot_groups(self.weights, lines, self.steps, x, y, pass);

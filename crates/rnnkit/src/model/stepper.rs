@@ -25,8 +25,8 @@ use crate::cell::{lstm, CellKind, Projection};
 use crate::error::{Error, Result};
 pub use crate::kernel::Weights;
 use crate::kernel::{
-    add_bias_rows, matmul, sigmoid_f32, streams_matter, tanh_f32, MatMut, MatRef, PanelVector,
-    Panels, Pass, Sweep, Team,
+    add_bias_rows, matmul, sigmoid_f32, streams_matter, tanh_f32, LstmShare, MatMut, MatRef,
+    PanelVector, Panels, Pass, Sweep, Team,
 };
 use reads::{ReadTuner, Reads};
 use std::marker::PhantomData;
@@ -590,7 +590,9 @@ fn step_layer(
     let (pass, sweep) = (order.pass, order.pass.sweep);
     // Pre-activations of every gate of the share's units: [G, m] input side, [G, m]
     // recurrent side (for the reset-before GRU the candidate's recurrent part waits).
-    let preact = |s: &mut Share| {
+    // Given an LSTM's state `(c_{t-1}, c_t, h_t)`, the recurrent product may update
+    // the units as it goes (`Panels::lstm_f32`): then it returns true.
+    let preact = |s: &mut Share, state: Option<(&[f32], &mut [f32], &mut [f32])>| {
         let (j0, m) = (s.j0, s.m);
         if order.ready {
             std::mem::swap(&mut s.hp, &mut s.ahead);
@@ -614,7 +616,7 @@ fn step_layer(
             }
         }
         if order.ready {
-            return;
+            return false;
         }
         v.h.set(h_old, weights);
         // The reset-before GRU's candidate (gate 2) waits for `r ⊙ h`.
@@ -624,7 +626,19 @@ fn step_layer(
             g
         };
         let hp = &mut hp[..gates * m];
+        if let Some((c_prev, c, h)) = state {
+            let share = LstmShare {
+                xp,
+                hp: &mut *hp,
+                c: (c_prev, c),
+                h,
+            };
+            if w_hh.lstm_f32(j0, &v.h, b_hh.as_deref(), pass, share) {
+                return true;
+            }
+        }
         w_hh.dot_blocks(0..gates, j0, &v.h, b_hh.as_deref(), hp, pass);
+        false
     };
     // The share's part of the logits from its units' new `h`, on the last layer.
     let head = |s: &mut Share, h: &[f32]| {
@@ -642,7 +656,7 @@ fn step_layer(
             // Phase 1: r and z of every unit, and r ⊙ h for the candidate's product.
             let parts = Parts::new(rh);
             team.for_each(shares, |_, s| {
-                preact(s);
+                preact(s, None);
                 let (j0, m) = (s.j0, s.m);
                 let (xp, hp) = (&mut s.xp, &s.hp);
                 for (v, &u) in xp[..2 * m].iter_mut().zip(&hp[..2 * m]) {
@@ -676,13 +690,15 @@ fn step_layer(
             });
         }
         _ => team.for_each(shares, |_, s| {
-            preact(s);
             let (j0, m) = (s.j0, s.m);
             // SAFETY: the share's own units; no other share reads or writes them, and
             // `h_old`, `c_old` are the other buffers.
             let (hn, cn) = unsafe { (h_new.part(j0, m), c_new.part(j0, m)) };
             let old = (&h_old[j0..j0 + m], &c_old[j0..j0 + m]);
-            update(kind, &mut s.xp, &s.hp, old, cn, hn, &mut s.spare);
+            let state = (kind == CellKind::Lstm).then_some((old.1, &mut *cn, &mut *hn));
+            if !preact(s, state) {
+                update(kind, &mut s.xp, &s.hp, old, cn, hn, &mut s.spare);
+            }
             head(s, hn);
         }),
     }
