@@ -91,7 +91,8 @@ pub(crate) enum Streams {
     /// One group at a time.
     #[default]
     One,
-    /// Four groups at a time, sharing each broadcast of `x`.
+    /// Four groups at a time, sharing each broadcast of `x` (for an f32 LSTM step,
+    /// a group of every gate, with the cell's update between: `Panels::lstm_f32`).
     Four,
 }
 
