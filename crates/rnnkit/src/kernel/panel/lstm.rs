@@ -94,21 +94,31 @@ mod avx512 {
     /// The four gates' chains of one group of units.
     type Chains = [[__m512; CHAINS]; 4];
 
-    /// Steps `s0..s0 + STRETCH` of the groups at `base` into `acc` (step `s` into
-    /// chain `s % CHAINS`, as every product of the panels sums them).
+    /// Pieces the update of a group of units is cut into.
+    const PIECES: usize = 6;
+
+    /// Steps `s..s + CHAINS` of the groups at `base` into `acc`, step `s + c` into
+    /// chain `c` (as every product of the panels sums them).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn turn(base: [*const Line; 4], xs: *const f32, s: usize, acc: &mut Chains) {
+        for c in 0..CHAINS {
+            // SAFETY: the caller's steps lie inside every group and `x`.
+            let xb = _mm512_set1_ps(unsafe { *xs.add(s + c) });
+            for (a, b) in acc.iter_mut().zip(base) {
+                let w = unsafe { _mm512_load_ps(b.add(s + c).cast()) };
+                a[c] = _mm512_fmadd_ps(w, xb, a[c]);
+            }
+        }
+    }
+
+    /// Steps `s0..s0 + STRETCH`: a fixed count of turns.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn stretch(base: [*const Line; 4], xs: *const f32, s0: usize, acc: &mut Chains) {
-        for turn in 0..STRETCH / CHAINS {
-            for c in 0..CHAINS {
-                let s = s0 + turn * CHAINS + c;
-                // SAFETY: the caller's stretch lies inside every group and `x`.
-                let xb = _mm512_set1_ps(unsafe { *xs.add(s) });
-                for (a, b) in acc.iter_mut().zip(base) {
-                    let w = unsafe { _mm512_load_ps(b.add(s).cast()) };
-                    a[c] = _mm512_fmadd_ps(w, xb, a[c]);
-                }
-            }
+        for t in 0..STRETCH / CHAINS {
+            // SAFETY: as the caller's.
+            unsafe { turn(base, xs, s0 + t * CHAINS, acc) };
         }
     }
 
@@ -125,17 +135,12 @@ mod avx512 {
     ) {
         let mut s = s0;
         while steps - s >= CHAINS {
-            for c in 0..CHAINS {
-                // SAFETY: as in `stretch`.
-                let xb = _mm512_set1_ps(unsafe { *xs.add(s + c) });
-                for (a, b) in acc.iter_mut().zip(base) {
-                    let w = unsafe { _mm512_load_ps(b.add(s + c).cast()) };
-                    a[c] = _mm512_fmadd_ps(w, xb, a[c]);
-                }
-            }
+            // SAFETY: as the caller's.
+            unsafe { turn(base, xs, s, acc) };
             s += CHAINS;
         }
         for s in s..steps {
+            // SAFETY: as the caller's.
             let xb = _mm512_set1_ps(unsafe { *xs.add(s) });
             for (a, b) in acc.iter_mut().zip(base) {
                 let w = unsafe { _mm512_load_ps(b.add(s).cast()) };
@@ -235,9 +240,9 @@ mod avx512 {
             let base = groups.map(|first| unsafe { lines.as_ptr().add((first + u) * steps) });
             let mut acc: Chains = [[_mm512_setzero_ps(); CHAINS]; 4];
             let mut s0 = 0;
-            // The previous group's six pieces after the first six stretches (all
-            // after the product where it has fewer).
-            for k in 0..6 {
+            // The previous group's pieces after the first stretches (all after the
+            // product where it has fewer).
+            for k in 0..PIECES {
                 if k < whole {
                     unsafe { stretch(base, xs, s0, &mut acc) };
                     s0 += STRETCH;
@@ -246,13 +251,13 @@ mod avx512 {
                     piece!(k, v * GROUP);
                 }
             }
-            for _ in 6..whole {
+            for _ in PIECES..whole {
                 unsafe { stretch(base, xs, s0, &mut acc) };
                 s0 += STRETCH;
             }
             unsafe { rest(base, xs, s0, steps, &mut acc) };
-            if let Some(v) = done.filter(|_| whole < 6) {
-                for k in whole..6 {
+            if let Some(v) = done.filter(|_| whole < PIECES) {
+                for k in whole..PIECES {
                     piece!(k, v * GROUP);
                 }
             }
@@ -269,7 +274,7 @@ mod avx512 {
             done = Some(u);
         }
         if let Some(v) = done {
-            for k in 0..6 {
+            for k in 0..PIECES {
                 piece!(k, v * GROUP);
             }
         }
